@@ -1,0 +1,182 @@
+//! The persisted layout of a root: the shard count fixed when the database was created, and the
+//! stable numeric ids of tables and attributes that prefix every stored key.
+//!
+//! Kept in `<root>/data/layout.json`, replaced atomically (write, fsync, rename, fsync dir).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::schema::Catalog;
+
+const FILE: &str = "layout.json";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TableLayout {
+    id: u32,
+    /// Attribute name -> id, for index keys.
+    attributes: BTreeMap<String, u16>,
+    /// Attributes whose index is complete.
+    indexed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayoutFile {
+    format: u32,
+    shard_count: usize,
+    next_table_id: u32,
+    tables: BTreeMap<String, TableLayout>,
+}
+
+/// An index that a table declares but whose entries do not exist yet: it must be built from the
+/// records before queries use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingIndex {
+    pub table: String,
+    pub table_id: u32,
+    pub attribute: String,
+    pub attribute_id: u16,
+}
+
+/// The layout of one root.
+#[derive(Debug)]
+pub struct Layout {
+    path: PathBuf,
+    file: LayoutFile,
+}
+
+/// Why the layout could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is not a Tessera layout: {source}")]
+    Corrupt { path: String, source: serde_json::Error },
+    #[error("too many attributes in table {0}")]
+    TooManyAttributes(String),
+}
+
+impl Layout {
+    /// Reads the layout under `data_dir`, or creates one with `shard_count` shards.
+    pub fn open_or_create(data_dir: &Path, shard_count: usize) -> Result<Layout, LayoutError> {
+        let path = data_dir.join(FILE);
+        let io = |source| LayoutError::Io { path: path.display().to_string(), source };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let file = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Corrupt { path: path.display().to_string(), source })?;
+                Ok(Layout { path, file })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(data_dir).map_err(io)?;
+                let layout = Layout {
+                    path,
+                    file: LayoutFile { format: 1, shard_count: shard_count.max(1), next_table_id: 1, tables: BTreeMap::new() },
+                };
+                layout.save()?;
+                Ok(layout)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The number of shards, fixed when the root was created.
+    pub fn shard_count(&self) -> usize {
+        self.file.shard_count
+    }
+
+    /// Gives every table and attribute of `catalog` its persisted id (allocating new ones), and
+    /// returns the indexes that must be built because the attribute became `@indexed` while the
+    /// table already existed. Call [`Layout::mark_indexed`] once each is built.
+    pub fn assign(&mut self, catalog: &mut Catalog) -> Result<Vec<MissingIndex>, LayoutError> {
+        let mut missing = Vec::new();
+        for table in &mut catalog.tables {
+            let full = table.full_name();
+            let is_new = !self.file.tables.contains_key(&full);
+            if is_new {
+                let id = self.file.next_table_id;
+                self.file.next_table_id += 1;
+                self.file.tables.insert(full.clone(), TableLayout { id, ..Default::default() });
+            }
+            let Some(tl) = self.file.tables.get_mut(&full) else { continue };
+            table.id = tl.id;
+            for a in &mut table.attributes {
+                let next = tl.attributes.values().max().map_or(Some(1), |m| m.checked_add(1));
+                let id = match tl.attributes.get(&a.name) {
+                    Some(id) => *id,
+                    None => {
+                        let id = next.ok_or_else(|| LayoutError::TooManyAttributes(full.clone()))?;
+                        tl.attributes.insert(a.name.clone(), id);
+                        id
+                    }
+                };
+                a.id = id;
+            }
+            let wanted: Vec<String> = table.indexed().map(|a| a.name.clone()).collect();
+            for a in table.indexed() {
+                if !tl.indexed.contains(&a.name) {
+                    if is_new {
+                        tl.indexed.push(a.name.clone());
+                    } else {
+                        missing.push(MissingIndex { table: full.clone(), table_id: tl.id, attribute: a.name.clone(), attribute_id: a.id });
+                    }
+                }
+            }
+            // An index that is no longer declared is stale from now on: forget it, so that
+            // declaring it again rebuilds it.
+            tl.indexed.retain(|n| wanted.contains(n));
+        }
+        self.save()?;
+        Ok(missing)
+    }
+
+    /// Records that `index` has been built on every shard.
+    pub fn mark_indexed(&mut self, index: &MissingIndex) -> Result<(), LayoutError> {
+        if let Some(tl) = self.file.tables.get_mut(&index.table)
+            && !tl.indexed.contains(&index.attribute)
+        {
+            tl.indexed.push(index.attribute.clone());
+        }
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), LayoutError> {
+        let io = |source| LayoutError::Io { path: self.path.display().to_string(), source };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|source| LayoutError::Corrupt { path: tmp.display().to_string(), source })?;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_new_indexes_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::default();
+        c.load_schema("s", "type A @table { id: ID @primaryKey x: Int @indexed y: Int }").unwrap();
+        let mut l = Layout::open_or_create(dir.path(), 3).unwrap();
+        assert!(l.assign(&mut c).unwrap().is_empty());
+        let (tid, yid) = (c.tables[0].id, c.tables[0].attribute("y").unwrap().id);
+
+        let mut c2 = Catalog::default();
+        c2.load_schema("s", "type B @table { id: ID @primaryKey } type A @table { id: ID @primaryKey y: Int @indexed x: Int @indexed }").unwrap();
+        let mut l2 = Layout::open_or_create(dir.path(), 8).unwrap();
+        assert_eq!(l2.shard_count(), 3);
+        let missing = l2.assign(&mut c2).unwrap();
+        let a = c2.tables.iter().find(|t| t.name == "A").unwrap();
+        assert_eq!((a.id, a.attribute("y").unwrap().id), (tid, yid));
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].attribute, "y");
+    }
+}

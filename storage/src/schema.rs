@@ -1,0 +1,545 @@
+//! The schema catalog: tables, attributes and nested types read from a component's
+//! `schema.graphql` with Harper's directives (seed `002`, HARPER.md section 3).
+//!
+//! This is the only module that sees graphql-parser. Every directive Tessera does not know is a
+//! load error that names the file, line and column, so a typo never silently drops an index.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use graphql_parser::schema::{Definition, Directive, Field, Type, TypeDefinition};
+
+use crate::value::Value;
+
+/// A scalar attribute type of Harper's schema language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    String,
+    Int,
+    Long,
+    Float,
+    BigInt,
+    Boolean,
+    Id,
+    Any,
+    Date,
+    Bytes,
+    Blob,
+}
+
+impl Scalar {
+    fn from_name(name: &str) -> Option<Scalar> {
+        Some(match name {
+            "String" => Scalar::String,
+            "Int" => Scalar::Int,
+            "Long" => Scalar::Long,
+            "Float" => Scalar::Float,
+            "BigInt" => Scalar::BigInt,
+            "Boolean" => Scalar::Boolean,
+            "ID" => Scalar::Id,
+            "Any" => Scalar::Any,
+            "Date" => Scalar::Date,
+            "Bytes" => Scalar::Bytes,
+            "Blob" => Scalar::Blob,
+            _ => return None,
+        })
+    }
+
+    /// The type's name as written in the schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scalar::String => "String",
+            Scalar::Int => "Int",
+            Scalar::Long => "Long",
+            Scalar::Float => "Float",
+            Scalar::BigInt => "BigInt",
+            Scalar::Boolean => "Boolean",
+            Scalar::Id => "ID",
+            Scalar::Any => "Any",
+            Scalar::Date => "Date",
+            Scalar::Bytes => "Bytes",
+            Scalar::Blob => "Blob",
+        }
+    }
+
+    /// Whether primary keys of this type are numbers (ids in URLs are converted, POST counts up).
+    pub fn is_numeric_key(self) -> bool {
+        matches!(self, Scalar::Int | Scalar::Long | Scalar::Float | Scalar::BigInt | Scalar::Any)
+    }
+}
+
+/// The declared type of an attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldType {
+    Scalar(Scalar),
+    List(Box<FieldType>),
+    /// Another type of the schema: a nested object, or the target of a relationship.
+    Named(String),
+}
+
+impl FieldType {
+    /// The name shown in table descriptions: `String`, `[String]`, `Address`.
+    pub fn display(&self) -> String {
+        match self {
+            FieldType::Scalar(s) => s.name().to_owned(),
+            FieldType::List(t) => format!("[{}]", t.display()),
+            FieldType::Named(n) => n.clone(),
+        }
+    }
+}
+
+/// `@relationship(from:, to:)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Relationship {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// One declared attribute of a table or nested type.
+#[derive(Debug, Clone)]
+pub struct Attribute {
+    pub name: String,
+    pub ty: FieldType,
+    /// `T!`: may not be missing or null.
+    pub required: bool,
+    pub primary_key: bool,
+    pub indexed: bool,
+    pub created_time: bool,
+    pub updated_time: bool,
+    pub hidden: bool,
+    pub relationship: Option<Relationship>,
+    /// `@computed(from: "expr")`: the expression, or empty for one set in code.
+    pub computed: Option<String>,
+    /// The persisted attribute id used in index keys (assigned by the layout, 0 until then).
+    pub id: u16,
+    pub line: usize,
+}
+
+impl Attribute {
+    /// Whether the attribute is part of the stored record (not a relationship or computed).
+    pub fn is_stored(&self) -> bool {
+        self.relationship.is_none() && self.computed.is_none()
+    }
+}
+
+/// A non-table type used as the type of a nested object attribute.
+#[derive(Debug, Clone)]
+pub struct ObjectType {
+    pub name: String,
+    pub attributes: Vec<Attribute>,
+    pub sealed: bool,
+}
+
+/// A `@table` type.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// The persisted table id (key prefix), assigned by the layout; 0 until then.
+    pub id: u32,
+    pub type_name: String,
+    pub name: String,
+    pub database: String,
+    /// The URL segment when exported (`@export` or `@export(name:)`).
+    pub export: Option<String>,
+    pub sealed: bool,
+    /// `@table(expiration:)` in seconds.
+    pub expiration: Option<f64>,
+    pub attributes: Vec<Attribute>,
+    /// Index into `attributes` of the primary key.
+    pub primary_key: usize,
+    /// Nested object types reachable from this table's attributes, by name.
+    pub types: Arc<HashMap<String, ObjectType>>,
+}
+
+impl Table {
+    /// `database.table`, unique in the catalog.
+    pub fn full_name(&self) -> String {
+        format!("{}.{}", self.database, self.name)
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&Attribute> {
+        self.attributes.iter().find(|a| a.name == name)
+    }
+
+    pub fn primary_key(&self) -> &Attribute {
+        &self.attributes[self.primary_key]
+    }
+
+    /// The scalar type of the primary key (`Any` when it is not a scalar).
+    pub fn key_type(&self) -> Scalar {
+        match &self.primary_key().ty {
+            FieldType::Scalar(s) => *s,
+            _ => Scalar::Any,
+        }
+    }
+
+    pub fn created_time(&self) -> Option<&str> {
+        self.attributes.iter().find(|a| a.created_time).map(|a| a.name.as_str())
+    }
+
+    pub fn updated_time(&self) -> Option<&str> {
+        self.attributes.iter().find(|a| a.updated_time).map(|a| a.name.as_str())
+    }
+
+    /// The indexed, stored attributes.
+    pub fn indexed(&self) -> impl Iterator<Item = &Attribute> {
+        self.attributes.iter().filter(|a| a.indexed && a.is_stored() && !a.primary_key)
+    }
+
+    /// The description object of `GET /Table` (HARPER.md section 1).
+    pub fn describe(&self, audit_size: u64) -> Value {
+        let attrs = self
+            .attributes
+            .iter()
+            .map(|a| {
+                let mut o = vec![
+                    ("name".to_owned(), Value::String(a.name.clone())),
+                    ("type".to_owned(), Value::String(describe_type(&a.ty))),
+                ];
+                if let FieldType::List(el) = &a.ty {
+                    o.push((
+                        "elements".to_owned(),
+                        Value::Object(vec![("type".to_owned(), Value::String(describe_type(el)))]),
+                    ));
+                }
+                if a.primary_key {
+                    o.push(("isPrimaryKey".to_owned(), Value::Bool(true)));
+                }
+                if a.indexed {
+                    o.push(("indexed".to_owned(), Value::Object(vec![])));
+                }
+                if a.required {
+                    o.push(("nullable".to_owned(), Value::Bool(false)));
+                }
+                if let Some(r) = &a.relationship {
+                    let mut rel = vec![];
+                    if let Some(f) = &r.from {
+                        rel.push(("from".to_owned(), Value::String(f.clone())));
+                    }
+                    if let Some(t) = &r.to {
+                        rel.push(("to".to_owned(), Value::String(t.clone())));
+                    }
+                    o.push(("relationship".to_owned(), Value::Object(rel)));
+                }
+                if let Some(c) = &a.computed {
+                    o.push(("computed".to_owned(), Value::String(c.clone())));
+                }
+                if a.created_time {
+                    o.push(("assignCreatedTime".to_owned(), Value::Bool(true)));
+                }
+                if a.updated_time {
+                    o.push(("assignUpdatedTime".to_owned(), Value::Bool(true)));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        Value::Object(vec![
+            ("records".to_owned(), Value::String("./".to_owned())),
+            ("name".to_owned(), Value::String(self.name.clone())),
+            ("database".to_owned(), Value::String(self.database.clone())),
+            ("auditSize".to_owned(), Value::Int(audit_size as i64)),
+            ("attributes".to_owned(), Value::Array(attrs)),
+        ])
+    }
+}
+
+fn describe_type(t: &FieldType) -> String {
+    match t {
+        FieldType::Scalar(s) => s.name().to_owned(),
+        FieldType::List(_) => "array".to_owned(),
+        FieldType::Named(n) => n.clone(),
+    }
+}
+
+/// Why a schema could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}:{line}:{column}: {message}")]
+    At { file: String, line: usize, column: usize, message: String },
+}
+
+/// Every table of the loaded components.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub tables: Vec<Table>,
+}
+
+impl Catalog {
+    /// Parses one schema file and adds its tables. `file` names the file in errors.
+    pub fn load_schema(&mut self, file: &str, source: &str) -> Result<(), SchemaError> {
+        let doc = graphql_parser::parse_schema::<String>(source).map_err(|e| SchemaError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })?;
+        let err = |pos: graphql_parser::Pos, message: String| SchemaError::At {
+            file: file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+        };
+        let mut objects = Vec::new();
+        for def in &doc.definitions {
+            match def {
+                Definition::TypeDefinition(TypeDefinition::Object(o)) => objects.push(o),
+                Definition::TypeDefinition(TypeDefinition::Scalar(s)) => {
+                    return Err(err(s.position, format!("custom scalar {} is not supported", s.name)));
+                }
+                Definition::TypeDefinition(TypeDefinition::Enum(e)) => {
+                    return Err(err(e.position, format!("enum {} is not supported", e.name)));
+                }
+                Definition::TypeDefinition(TypeDefinition::Interface(i)) => {
+                    return Err(err(i.position, format!("interface {} is not supported", i.name)));
+                }
+                Definition::TypeDefinition(TypeDefinition::Union(u)) => {
+                    return Err(err(u.position, format!("union {} is not supported", u.name)));
+                }
+                Definition::TypeDefinition(TypeDefinition::InputObject(i)) => {
+                    return Err(err(i.position, format!("input {} is not supported", i.name)));
+                }
+                Definition::SchemaDefinition(s) => {
+                    return Err(err(s.position, "schema definitions are not supported".to_owned()));
+                }
+                Definition::TypeExtension(_) => {
+                    return Err(SchemaError::Syntax {
+                        file: file.to_owned(),
+                        message: "type extensions are not supported".to_owned(),
+                    });
+                }
+                Definition::DirectiveDefinition(d) => {
+                    return Err(err(d.position, format!("directive definition @{} is not supported", d.name)));
+                }
+            }
+        }
+        let type_names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+
+        // Nested (non-table) types first, so that tables can refer to them.
+        let mut nested = HashMap::new();
+        for o in &objects {
+            let mut is_table = false;
+            let mut sealed = false;
+            for d in &o.directives {
+                match d.name.as_str() {
+                    "table" => is_table = true,
+                    "sealed" => sealed = true,
+                    "export" | "hidden" => {}
+                    other => return Err(err(d.position, format!("unknown directive @{other} on type {}", o.name))),
+                }
+            }
+            if !is_table {
+                let attributes = o
+                    .fields
+                    .iter()
+                    .map(|f| attribute(f, &type_names).map_err(|(p, m)| err(p, m)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                nested.insert(o.name.clone(), ObjectType { name: o.name.clone(), attributes, sealed });
+            }
+        }
+        let nested = Arc::new(nested);
+
+        for o in &objects {
+            if !o.directives.iter().any(|d| d.name == "table") {
+                continue;
+            }
+            let mut table = Table {
+                id: 0,
+                type_name: o.name.clone(),
+                name: o.name.clone(),
+                database: "data".to_owned(),
+                export: None,
+                sealed: false,
+                expiration: None,
+                attributes: Vec::new(),
+                primary_key: 0,
+                types: nested.clone(),
+            };
+            for d in &o.directives {
+                match d.name.as_str() {
+                    "table" => {
+                        for (k, v) in &d.arguments {
+                            match (k.as_str(), v) {
+                                ("table", graphql_parser::query::Value::String(s)) => table.name = s.clone(),
+                                ("database", graphql_parser::query::Value::String(s)) => table.database = s.clone(),
+                                ("expiration", v) => table.expiration = Some(number_arg(v).ok_or_else(|| err(d.position, "@table(expiration:) must be a number of seconds".to_owned()))?),
+                                ("eviction" | "scanInterval", v) => {
+                                    number_arg(v).ok_or_else(|| err(d.position, format!("@table({k}:) must be a number of seconds")))?;
+                                }
+                                ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
+                                (k, _) => return Err(err(d.position, format!("unknown or mistyped argument {k} of @table"))),
+                            }
+                        }
+                    }
+                    "export" => {
+                        let mut name = o.name.clone();
+                        for (k, v) in &d.arguments {
+                            match (k.as_str(), v) {
+                                ("name", graphql_parser::query::Value::String(s)) => name = s.clone(),
+                                (k, _) => return Err(err(d.position, format!("unknown or mistyped argument {k} of @export"))),
+                            }
+                        }
+                        table.export = Some(name);
+                    }
+                    "sealed" => table.sealed = true,
+                    _ => {}
+                }
+            }
+            for f in &o.fields {
+                table.attributes.push(attribute(f, &type_names).map_err(|(p, m)| err(p, m))?);
+            }
+            let keys: Vec<usize> = (0..table.attributes.len()).filter(|&i| table.attributes[i].primary_key).collect();
+            table.primary_key = match keys.as_slice() {
+                [k] => *k,
+                [] => match table.attributes.iter().position(|a| a.name == "id") {
+                    Some(k) => {
+                        table.attributes[k].primary_key = true;
+                        k
+                    }
+                    None => return Err(err(o.position, format!("table {} has no @primaryKey attribute", o.name))),
+                },
+                _ => return Err(err(o.position, format!("table {} has more than one @primaryKey", o.name))),
+            };
+            if let Some(pk) = table.attributes.get(table.primary_key)
+                && !matches!(pk.ty, FieldType::Scalar(_))
+            {
+                return Err(err(o.position, format!("primary key {} of {} must be a scalar type", pk.name, o.name)));
+            }
+            if let Some(dup) = self.tables.iter().find(|t| t.full_name() == table.full_name()) {
+                return Err(err(o.position, format!("table {} is declared twice (also as type {})", table.full_name(), dup.type_name)));
+            }
+            if let Some(export) = &table.export
+                && self.tables.iter().any(|t| t.export.as_ref() == Some(export))
+            {
+                return Err(err(o.position, format!("two tables are exported as {export}")));
+            }
+            self.tables.push(table);
+        }
+        Ok(())
+    }
+
+    /// The exported table reachable at URL segment `name`.
+    pub fn exported(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| t.export.as_deref() == Some(name))
+    }
+}
+
+fn number_arg(v: &graphql_parser::query::Value<'_, String>) -> Option<f64> {
+    match v {
+        graphql_parser::query::Value::Int(n) => n.as_i64().map(|i| i as f64),
+        graphql_parser::query::Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn field_type(t: &Type<'_, String>, type_names: &[&str]) -> Result<(FieldType, bool), String> {
+    Ok(match t {
+        Type::NonNullType(inner) => (field_type(inner, type_names)?.0, true),
+        Type::ListType(inner) => (FieldType::List(Box::new(field_type(inner, type_names)?.0)), false),
+        Type::NamedType(n) => match Scalar::from_name(n) {
+            Some(s) => (FieldType::Scalar(s), false),
+            None if type_names.contains(&n.as_str()) => (FieldType::Named(n.clone()), false),
+            None => return Err(format!("unknown type {n}")),
+        },
+    })
+}
+
+fn string_arg(d: &Directive<'_, String>, name: &str) -> Option<String> {
+    d.arguments.iter().find(|(k, _)| k == name).and_then(|(_, v)| match v {
+        // Harper's examples write attribute names bare (`from: brandId`), which GraphQL reads as
+        // an enum value.
+        graphql_parser::query::Value::String(s) | graphql_parser::query::Value::Enum(s) => Some(s.clone()),
+        _ => None,
+    })
+}
+
+fn attribute(f: &Field<'_, String>, type_names: &[&str]) -> Result<Attribute, (graphql_parser::Pos, String)> {
+    let (ty, required) = field_type(&f.field_type, type_names).map_err(|m| (f.position, format!("{m} in field {}", f.name)))?;
+    let mut a = Attribute {
+        name: f.name.clone(),
+        ty,
+        required,
+        primary_key: false,
+        indexed: false,
+        created_time: false,
+        updated_time: false,
+        hidden: false,
+        relationship: None,
+        computed: None,
+        id: 0,
+        line: f.position.line,
+    };
+    for d in &f.directives {
+        match d.name.as_str() {
+            "primaryKey" => a.primary_key = true,
+            "indexed" => {
+                if let Some(t) = string_arg(d, "type") {
+                    return Err((d.position, format!("@indexed(type: \"{t}\") is not supported")));
+                }
+                a.indexed = true;
+            }
+            "createdTime" => a.created_time = true,
+            "updatedTime" => a.updated_time = true,
+            "hidden" => a.hidden = true,
+            "relationship" => {
+                let r = Relationship { from: string_arg(d, "from"), to: string_arg(d, "to") };
+                if r.from.is_none() && r.to.is_none() {
+                    return Err((d.position, format!("@relationship on {} needs from: or to:", f.name)));
+                }
+                a.relationship = Some(r);
+            }
+            "computed" => a.computed = Some(string_arg(d, "from").unwrap_or_default()),
+            other => return Err((d.position, format!("unknown directive @{other} on field {}", f.name))),
+        }
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRODUCT: &str = r#"
+type Product @table @export {
+  id: ID @primaryKey
+  name: String! @indexed
+  price: Float @indexed
+  tags: [String] @indexed
+  brandId: ID @indexed
+  brand: Brand @relationship(from: brandId)
+  address: Address
+  createdAt: Long @createdTime
+}
+type Brand @table(database: "shop", table: "brands") @export(name: "b") @sealed { id: Long @primaryKey }
+type Address { street: String }
+"#;
+
+    #[test]
+    fn loads_directives() {
+        let mut c = Catalog::default();
+        c.load_schema("schema.graphql", PRODUCT).unwrap();
+        assert_eq!(c.tables.len(), 2);
+        let p = c.exported("Product").unwrap();
+        assert_eq!(p.primary_key().name, "id");
+        assert_eq!(p.key_type(), Scalar::Id);
+        assert!(p.attribute("name").unwrap().required);
+        assert_eq!(p.attribute("tags").unwrap().ty, FieldType::List(Box::new(FieldType::Scalar(Scalar::String))));
+        assert_eq!(p.created_time(), Some("createdAt"));
+        assert!(p.types.contains_key("Address"));
+        let b = c.exported("b").unwrap();
+        assert_eq!(b.full_name(), "shop.brands");
+        assert!(b.sealed);
+        assert!(c.exported("Brand").is_none());
+    }
+
+    #[test]
+    fn unknown_directive_names_the_line() {
+        let mut c = Catalog::default();
+        let e = c.load_schema("s.graphql", "type T @table {\n  id: ID @primaryKey\n  x: Int @indexd\n}").unwrap_err();
+        assert_eq!(e.to_string(), "s.graphql:3:10: unknown directive @indexd on field x");
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        let mut c = Catalog::default();
+        assert!(c.load_schema("s", "type T @table { id: ID @primaryKey x: Strin }").is_err());
+    }
+}

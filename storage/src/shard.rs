@@ -1,0 +1,385 @@
+//! One shard's store: a fjall database with a `records` keyspace and an `index` keyspace.
+//!
+//! Keys: `records` = `table id (u32 BE) ++ key(primary key)`; `index` = `table id ++ attribute id
+//! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value. A write group
+//! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and
+//! commits records and index changes in one fjall batch, so a record and its index entries are
+//! never seen apart. [`ShardStore::persist`] makes committed groups durable; the caller (the
+//! shard's writer thread) decides when, which is what makes group commit possible.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
+
+use crate::key::{self, KeyError};
+use crate::record::{self, RecordRef};
+use crate::schema::Table;
+use crate::value::{self, DecodeError, Value};
+
+/// Size budget of one shard's fjall database.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardOptions {
+    pub cache_bytes: u64,
+    pub memtable_bytes: u64,
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions { cache_bytes: 16 << 20, memtable_bytes: 8 << 20 }
+    }
+}
+
+/// When a committed write counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the journal is fsynced (fdatasync).
+    Durable,
+    /// After the journal is written to the OS (survives a process crash, not a power loss).
+    Buffered,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Fjall(#[from] fjall::Error),
+    #[error("stored record {0} is corrupt")]
+    Corrupt(String),
+    #[error("stored record: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+/// What a write does to its record.
+#[derive(Debug, Clone)]
+pub enum WriteKind {
+    /// Create or fully replace with this (validated) record; `@createdTime` survives.
+    Put(Value),
+    /// Merge these top-level properties into the record, creating it if missing.
+    Patch(Value),
+    Delete,
+}
+
+/// One record write, addressed by its full `records` key.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub table: Arc<Table>,
+    pub key: Vec<u8>,
+    pub kind: WriteKind,
+}
+
+/// The result of one write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// The new version (µs); for a delete, the version of the deletion.
+    pub version: u64,
+    /// Whether a live record existed before.
+    pub existed: bool,
+    /// The stored bytes written (`None` for a delete).
+    pub record: Option<Vec<u8>>,
+}
+
+/// A per-shard source of versions: microseconds since the epoch, strictly increasing.
+#[derive(Debug, Default)]
+pub struct Clock {
+    last: u64,
+}
+
+impl Clock {
+    pub fn next(&mut self) -> u64 {
+        let now = now_micros();
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `records` key prefix of a table.
+pub fn table_prefix(table_id: u32) -> [u8; 4] {
+    table_id.to_be_bytes()
+}
+
+/// The `records` key of a record.
+pub fn record_key(table_id: u32, pk: &Value) -> Result<Vec<u8>, KeyError> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&table_prefix(table_id));
+    key::encode(pk, &mut k)?;
+    Ok(k)
+}
+
+/// The `index` key prefix of one attribute's index.
+pub fn index_prefix(table_id: u32, attribute_id: u16) -> [u8; 6] {
+    let mut p = [0u8; 6];
+    p[..4].copy_from_slice(&table_id.to_be_bytes());
+    p[4..].copy_from_slice(&attribute_id.to_be_bytes());
+    p
+}
+
+/// A shard's fjall database.
+pub struct ShardStore {
+    db: Database,
+    records: Keyspace,
+    index: Keyspace,
+}
+
+impl ShardStore {
+    /// Opens (or creates) the shard at `path`.
+    pub fn open(path: &Path, opts: ShardOptions) -> Result<ShardStore, StoreError> {
+        let db = Database::builder(path)
+            .cache_size(opts.cache_bytes)
+            .worker_threads(1)
+            .manual_journal_persist(true)
+            .open()?;
+        let ks = || KeyspaceCreateOptions::default().max_memtable_size(opts.memtable_bytes);
+        let records = db.keyspace("records", ks)?;
+        let index = db.keyspace("index", ks)?;
+        Ok(ShardStore { db, records, index })
+    }
+
+    /// The stored bytes of a record (header + MessagePack), expired or not.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Slice>, StoreError> {
+        Ok(self.records.get(key)?)
+    }
+
+    /// Records whose key starts with `prefix`, in key order.
+    pub fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Slice, Slice), StoreError>> + use<> {
+        self.records.prefix(prefix).map(|g| g.into_inner().map_err(StoreError::from))
+    }
+
+    /// Index keys that start with `prefix`, in key order.
+    pub fn scan_index(&self, prefix: &[u8]) -> impl Iterator<Item = Result<Slice, StoreError>> + use<> {
+        self.index.prefix(prefix).map(|g| g.key().map_err(StoreError::from))
+    }
+
+    /// The largest numeric primary key of a table on this shard (for auto-increment).
+    pub fn max_number_key(&self, table_id: u32) -> Result<Option<f64>, StoreError> {
+        let (lo, hi) = key::number_range();
+        let p = table_prefix(table_id);
+        let start = [p.as_slice(), lo.as_slice()].concat();
+        let end = [p.as_slice(), hi.as_slice()].concat();
+        match self.records.range(start..end).next_back() {
+            None => Ok(None),
+            Some(g) => {
+                let k = g.key()?;
+                let (v, _) = key::decode(k.get(4..).unwrap_or_default()).map_err(|_| StoreError::Corrupt(format!("{k:?}")))?;
+                Ok(v.as_f64())
+            }
+        }
+    }
+
+    /// Applies a group of writes as one atomic batch (not yet durable: see [`Self::persist`]).
+    /// Later writes in the group see earlier ones. Returns one outcome per op, in order.
+    pub fn apply(&self, ops: &[WriteOp], clock: &mut Clock) -> Result<Vec<WriteOutcome>, StoreError> {
+        let mut latest: HashMap<&[u8], Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
+        let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let version = clock.next();
+            let now_ms = version / 1000;
+            let old_bytes: Option<Vec<u8>> = match latest.get(op.key.as_slice()) {
+                Some(v) => v.clone(),
+                None => self.records.get(&op.key)?.map(|s| s.to_vec()),
+            };
+            let old = match &old_bytes {
+                Some(b) => {
+                    let r = RecordRef::parse(b).ok_or_else(|| StoreError::Corrupt(format!("{:?}", op.key)))?;
+                    (!r.is_expired(now_ms)).then(|| value::from_msgpack(r.body)).transpose()?
+                }
+                None => None,
+            };
+            let stamp = version as f64 / 1000.0;
+            let new = match &op.kind {
+                WriteKind::Delete => None,
+                WriteKind::Put(v) => {
+                    let mut v = v.clone();
+                    stamp_times(&op.table, &mut v, old.as_ref(), stamp);
+                    Some(v)
+                }
+                WriteKind::Patch(props) => {
+                    let mut v = old.clone().unwrap_or_else(|| Value::Object(Vec::new()));
+                    if let Value::Object(ps) = props {
+                        for (k, val) in ps {
+                            v.set(k, val.clone());
+                        }
+                    }
+                    stamp_times(&op.table, &mut v, old.as_ref(), stamp);
+                    Some(v)
+                }
+            };
+            let pk = op.key.get(4..).unwrap_or_default();
+            let old_entries = index_entries(&op.table, old.as_ref(), pk);
+            let new_entries = index_entries(&op.table, new.as_ref(), pk);
+            for e in old_entries.difference(&new_entries) {
+                index_changes.insert(e.clone(), false);
+            }
+            for e in new_entries.difference(&old_entries) {
+                index_changes.insert(e.clone(), true);
+            }
+            let expires = op.table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
+            let stored = new.map(|v| record::encode(version, expires, &v.to_msgpack()));
+            outcomes.push(WriteOutcome { version, existed: old.is_some(), record: stored.clone() });
+            latest.insert(op.key.as_slice(), stored);
+        }
+        let mut batch = self.db.batch();
+        for (k, v) in latest {
+            match v {
+                Some(v) => batch.insert(&self.records, k, v),
+                None => batch.remove(&self.records, k),
+            }
+        }
+        for (k, insert) in index_changes {
+            if insert {
+                batch.insert(&self.index, k, []);
+            } else {
+                batch.remove(&self.index, k);
+            }
+        }
+        batch.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Makes every committed batch survive a crash (`Durable`: also a power loss).
+    pub fn persist(&self, durability: Durability) -> Result<(), StoreError> {
+        let mode = match durability {
+            Durability::Durable => PersistMode::SyncData,
+            Durability::Buffered => PersistMode::Buffer,
+        };
+        Ok(self.db.persist(mode)?)
+    }
+
+    /// Writes the index entries of one attribute for every record of a table on this shard
+    /// (used when an attribute becomes `@indexed` on a table that already has records).
+    pub fn build_index(&self, table: &Table, attribute: &str) -> Result<usize, StoreError> {
+        let Some(attr) = table.attribute(attribute) else { return Ok(0) };
+        let prefix = index_prefix(table.id, attr.id);
+        let mut batch = self.db.batch();
+        for old in self.index.prefix(prefix) {
+            batch.remove(&self.index, old.key()?);
+        }
+        let mut n = 0;
+        for kv in self.scan(&table_prefix(table.id)) {
+            let (k, v) = kv?;
+            let r = RecordRef::parse(&v).ok_or_else(|| StoreError::Corrupt(format!("{k:?}")))?;
+            let rec = value::from_msgpack(r.body)?;
+            for e in attribute_entries(&prefix, rec.get(attribute), k.get(4..).unwrap_or_default()) {
+                batch.insert(&self.index, e, []);
+                n += 1;
+            }
+        }
+        batch.commit()?;
+        self.persist(Durability::Durable)?;
+        Ok(n)
+    }
+}
+
+/// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
+fn stamp_times(table: &Table, v: &mut Value, old: Option<&Value>, stamp: f64) {
+    if let Some(c) = table.created_time() {
+        let created = old.and_then(|o| o.get(c)).cloned().unwrap_or(Value::Float(stamp));
+        v.set(c, created);
+    }
+    if let Some(u) = table.updated_time() {
+        v.set(u, Value::Float(stamp));
+    }
+}
+
+/// The index keys of a record: one per indexed attribute value (each element of an array, and
+/// explicit nulls); records that lack the attribute have none for it.
+fn index_entries(table: &Table, rec: Option<&Value>, pk: &[u8]) -> HashSet<Vec<u8>> {
+    let mut out = HashSet::new();
+    let Some(rec) = rec else { return out };
+    for a in table.indexed() {
+        let prefix = index_prefix(table.id, a.id);
+        out.extend(attribute_entries(&prefix, rec.get(&a.name), pk));
+    }
+    out
+}
+
+fn attribute_entries(prefix: &[u8], v: Option<&Value>, pk: &[u8]) -> Vec<Vec<u8>> {
+    let one = |v: &Value| {
+        let mut k = prefix.to_vec();
+        key::encode(v, &mut k).ok()?;
+        k.extend_from_slice(pk);
+        Some(k)
+    };
+    match v {
+        None => vec![],
+        Some(Value::Array(items)) => items.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Catalog;
+
+    fn setup() -> (tempfile::TempDir, ShardStore, Arc<Table>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
+        let mut c = Catalog::default();
+        c.load_schema("s", "type T @table { id: ID @primaryKey tag: [String] @indexed n: Int @indexed c: Float @createdTime u: Float @updatedTime }").unwrap();
+        let mut t = c.tables.remove(0);
+        t.id = 7;
+        for (i, a) in t.attributes.iter_mut().enumerate() {
+            a.id = i as u16 + 1;
+        }
+        (dir, store, Arc::new(t))
+    }
+
+    fn obj(pairs: &[(&str, Value)]) -> Value {
+        Value::Object(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+    }
+
+    fn index_keys(store: &ShardStore) -> Vec<Vec<u8>> {
+        store.scan_index(&[]).map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    #[test]
+    fn writes_keep_index_in_step() {
+        let (_d, store, t) = setup();
+        let mut clock = Clock::default();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        let put = |v: Value| WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Put(v) };
+        let r1 = obj(&[("id", Value::String("a".into())), ("tag", Value::Array(vec![Value::String("x".into()), Value::String("y".into())])), ("n", Value::Null)]);
+        let out = store.apply(&[put(r1)], &mut clock).unwrap();
+        assert!(!out[0].existed);
+        assert_eq!(index_keys(&store).len(), 3);
+
+        // Same key twice in one group: the second sees the first; createdTime survives.
+        let r2 = obj(&[("id", Value::String("a".into())), ("n", Value::Int(5))]);
+        let patch = WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Patch(obj(&[("tag", Value::Array(vec![Value::String("z".into())]))])) };
+        let out = store.apply(&[put(r2), patch], &mut clock).unwrap();
+        assert!(out[1].existed && out[1].version > out[0].version);
+        let stored = store.get(&key).unwrap().unwrap();
+        let rec = value::from_msgpack(RecordRef::parse(&stored).unwrap().body).unwrap();
+        assert_eq!(rec.get("n"), Some(&Value::Int(5)));
+        assert!(rec.get("c").unwrap().as_f64().unwrap() < rec.get("u").unwrap().as_f64().unwrap());
+        assert_eq!(index_keys(&store).len(), 2);
+
+        store.apply(&[WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Delete }], &mut clock).unwrap();
+        assert!(store.get(&key).unwrap().is_none());
+        assert!(index_keys(&store).is_empty());
+    }
+
+    #[test]
+    fn max_number_key_and_rebuild() {
+        let (_d, store, t) = setup();
+        let mut clock = Clock::default();
+        for id in [3i64, 11, 7] {
+            let key = record_key(t.id, &Value::Int(id)).unwrap();
+            let rec = obj(&[("id", Value::Int(id)), ("n", Value::Int(id))]);
+            store.apply(&[WriteOp { table: t.clone(), key, kind: WriteKind::Put(rec) }], &mut clock).unwrap();
+        }
+        assert_eq!(store.max_number_key(t.id).unwrap(), Some(11.0));
+        assert_eq!(store.build_index(&t, "n").unwrap(), 3);
+        assert_eq!(index_keys(&store).len(), 3);
+    }
+}
