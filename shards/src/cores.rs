@@ -1,0 +1,189 @@
+//! Pinned executors, the channel mesh between them, and the per-core router.
+//!
+//! Shard `s` is owned by core `s % cores`, where a core's number is its id in the mesh. The owner
+//! runs reads of its shards inline; other cores send it a job over the mesh and await the reply.
+//! Writes go straight to the shard's writer thread from whichever core has the request: the writer
+//! serialises them, and a detour through the owner core would add a hop without adding order.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::{LocalExecutorBuilder, Placement};
+use tessera_storage::shard::{ShardStore, WriteOp, WriteOutcome};
+
+use crate::writer::Command;
+use crate::{ShardError, ShardSet};
+
+/// Work sent to another core: runs there with the shard set.
+type Job = Box<dyn FnOnce(&ShardSet) + Send>;
+
+/// Capacity of each core-to-core channel.
+const MESH_CHANNEL: usize = 1024;
+
+/// How the executors run.
+#[derive(Debug, Clone)]
+pub struct ExecutorSettings {
+    pub threads: usize,
+    /// glommio's `preempt_timer`: DESIGN.md asks for 5-10 ms (1 ms lost wake-ups here).
+    pub preempt_timer: Duration,
+}
+
+/// What each core's initial task receives.
+pub struct CoreContext {
+    /// This core's number (its mesh id), `0..cores`.
+    pub core: usize,
+    pub cores: usize,
+    pub router: Router,
+}
+
+/// Raises `RLIMIT_MEMLOCK` as far as the process may and sizes glommio's registered I/O memory
+/// to fit it. Returns `(memlock bytes, io_memory bytes per executor)`.
+fn size_io_memory(threads: usize) -> (u64, usize) {
+    use rlimit::Resource;
+    let (_, hard) = Resource::MEMLOCK.get().unwrap_or((0, 0));
+    let wanted = rlimit::INFINITY;
+    let limit = if Resource::MEMLOCK.set(wanted, wanted).is_ok() {
+        wanted
+    } else {
+        let _ = Resource::MEMLOCK.set(hard, hard);
+        Resource::MEMLOCK.get().map_or(0, |(soft, _)| soft)
+    };
+    const DEFAULT: u64 = 10 << 20;
+    // Leave a quarter of the limit for everything else that locks memory.
+    let per = if limit == rlimit::INFINITY { DEFAULT } else { (limit / 4 * 3 / threads.max(1) as u64).clamp(64 << 10, DEFAULT) };
+    (limit, per as usize)
+}
+
+/// Starts one pinned executor per thread; each joins the mesh, serves jobs from the other cores,
+/// and runs `init`. Returns the join handles (they end when `init`'s futures end).
+pub fn start_executors<F, Fut>(settings: &ExecutorSettings, shards: Arc<ShardSet>, init: F) -> std::io::Result<Vec<std::thread::JoinHandle<()>>>
+where
+    F: Fn(CoreContext) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let threads = settings.threads.max(1);
+    let cpus: Vec<usize> = core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+    let (memlock, io_memory) = size_io_memory(threads);
+    let shown = |b: u64| if b == rlimit::INFINITY { "unlimited".to_owned() } else { format!("{} KiB", b >> 10) };
+    eprintln!("executors: {threads} pinned to cpus {cpus:?}; memlock {}, io_memory {} KiB each", shown(memlock), io_memory >> 10);
+    let mesh: MeshBuilder<Job, Full> = MeshBuilder::full(threads, MESH_CHANNEL);
+    let mut handles = Vec::with_capacity(threads);
+    for i in 0..threads {
+        let placement = match cpus.get(i % cpus.len().max(1)) {
+            Some(&cpu) => Placement::Fixed(cpu),
+            None => Placement::Unbound,
+        };
+        let (mesh, shards, init) = (mesh.clone(), shards.clone(), init.clone());
+        let builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("tessera-core-{i}"))
+            .preempt_timer(settings.preempt_timer)
+            .io_memory(io_memory);
+        let h = builder
+            .spawn(move || async move {
+                let (core, senders) = if threads > 1 {
+                    let Ok((senders, mut receivers)) = mesh.join().await else {
+                        eprintln!("core {i}: could not join the mesh");
+                        return;
+                    };
+                    for (_, rx) in receivers.streams() {
+                        let shards = shards.clone();
+                        glommio::spawn_local(async move {
+                            while let Some(job) = rx.recv().await {
+                                job(&shards);
+                            }
+                        })
+                        .detach();
+                    }
+                    (senders.peer_id(), Some(Rc::new(senders)))
+                } else {
+                    (0, None)
+                };
+                let router = Router { core, cores: threads, shards, mesh: senders };
+                init(CoreContext { core, cores: threads, router }).await;
+            })
+            .map_err(|e| std::io::Error::other(format!("executor {i}: {e}")))?;
+        handles.push(std::thread::spawn(move || {
+            let _ = h.join();
+        }));
+    }
+    Ok(handles)
+}
+
+/// Runs by-key work on the core that owns the shard. One per core; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    core: usize,
+    cores: usize,
+    shards: Arc<ShardSet>,
+    mesh: Option<Rc<Senders<Job>>>,
+}
+
+impl Router {
+    /// The number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.count()
+    }
+
+    /// The shard of a stored key.
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        crate::shard_of(key, self.shards.count())
+    }
+
+    /// The core that owns `shard`.
+    pub fn owner(&self, shard: usize) -> usize {
+        shard % self.cores
+    }
+
+    /// Runs `f` on `shard`'s store on its owner core: inline when that is this core, otherwise
+    /// over the mesh.
+    pub async fn on_shard<R, F>(&self, shard: usize, f: F) -> Result<R, ShardError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ShardStore) -> R + Send + 'static,
+    {
+        let owner = self.owner(shard);
+        match &self.mesh {
+            Some(mesh) if owner != self.core => {
+                let (tx, rx) = oneshot::channel();
+                let job: Job = Box::new(move |set: &ShardSet| {
+                    if let Some(store) = set.store(shard) {
+                        let _ = tx.send(f(store));
+                    }
+                });
+                mesh.send_to(owner, job).await.map_err(|_| ShardError::Unavailable(shard))?;
+                rx.await.map_err(|_| ShardError::Unavailable(shard))
+            }
+            _ => {
+                let store = self.shards.store(shard).ok_or(ShardError::Unavailable(shard))?;
+                Ok(f(store))
+            }
+        }
+    }
+
+    /// Runs `f` on every shard (in parallel across cores); results in shard order.
+    pub async fn on_all_shards<R, F>(&self, f: F) -> Result<Vec<R>, ShardError>
+    where
+        R: Send + 'static,
+        F: Fn(&ShardStore) -> R + Send + Sync + Clone + 'static,
+    {
+        let runs = (0..self.shards.count()).map(|s| self.on_shard(s, f.clone()));
+        futures::future::join_all(runs).await.into_iter().collect()
+    }
+
+    /// Commits one write through the shard's writer thread (group commit) and returns once it is
+    /// as durable as the configured mode promises.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome, ShardError> {
+        if self.shards.is_closing() {
+            return Err(ShardError::Closing);
+        }
+        let shard = self.shard_of(&op.key);
+        let writer = self.shards.writers.get(shard).ok_or(ShardError::Unavailable(shard))?;
+        let (tx, rx) = oneshot::channel();
+        writer.tx.send(Command::Write(op, tx)).map_err(|_| ShardError::Unavailable(shard))?;
+        rx.await.map_err(|_| ShardError::Unavailable(shard))?.map_err(ShardError::Store)
+    }
+}

@@ -1,0 +1,83 @@
+//! The per-shard writer thread and its group commit.
+//!
+//! Every write to a shard is queued to that shard's writer thread. The thread takes everything
+//! queued (up to [`MAX_GROUP`]), applies it as one fjall batch, persists once for the whole group,
+//! and only then answers each writer: one fsync is shared by every write in flight, and no
+//! executor thread ever blocks in fjall or in fsync.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use futures::channel::oneshot;
+use tessera_storage::shard::{Clock, Durability, ShardStore, StoreError, WriteOp, WriteOutcome};
+
+/// Most writes committed in one group.
+pub const MAX_GROUP: usize = 2048;
+
+pub(crate) type WriteReply = oneshot::Sender<Result<WriteOutcome, Arc<StoreError>>>;
+
+pub(crate) enum Command {
+    Write(WriteOp, WriteReply),
+    /// Persist everything queued before this and answer (used at shutdown).
+    Flush(mpsc::Sender<Result<(), Arc<StoreError>>>),
+}
+
+/// The queue of one shard's writer thread.
+#[derive(Clone)]
+pub(crate) struct WriterHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+}
+
+/// Starts the writer thread of `shard`.
+pub(crate) fn spawn(shard: usize, store: Arc<ShardStore>, durability: Durability) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name(format!("tessera-writer-{shard}"))
+        .spawn(move || run(&store, &rx, durability))?;
+    Ok((WriterHandle { tx }, handle))
+}
+
+fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability) {
+    let mut clock = Clock::default();
+    let mut ops = Vec::with_capacity(64);
+    let mut replies = Vec::with_capacity(64);
+    let mut flushes = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Write(op, reply) => {
+                    ops.push(op);
+                    replies.push(reply);
+                }
+                Command::Flush(done) => flushes.push(done),
+            }
+            if ops.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = if ops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            store.apply(&ops, &mut clock).and_then(|outcomes| store.persist(durability).map(|()| outcomes))
+        };
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        ops.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(store.persist(Durability::Durable).map_err(Arc::new));
+        }
+    }
+}
