@@ -1,1 +1,32 @@
-fn main() {}
+//! The `tessera` binary: the process that is database, cache, REST server and (soon) broker.
+//!
+//! This crate owns the process: command line and configuration, application components, users
+//! and authentication, the HTTP connection loop and tables as REST resources. It must not encode
+//! stored bytes itself (that is `tessera-storage`) nor move work between threads by hand (that is
+//! `tessera-shards`).
+
+mod auth;
+mod body;
+mod component;
+mod config;
+mod error;
+mod http;
+mod rest;
+mod server;
+
+use clap::Parser;
+
+fn main() {
+    let cli = config::Cli::parse();
+    let result = match cli.command {
+        config::Command::Run(args) => config::Settings::resolve(args).and_then(server::run),
+    };
+    match result {
+        // Executors never return on their own: leave without waiting for them.
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

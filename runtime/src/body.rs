@@ -1,0 +1,100 @@
+//! Request bodies to [`Value`]s: JSON through simd-json's tape (which keeps property order and
+//! parses in place), MessagePack through storage's decoder.
+
+use simd_json::StaticNode;
+use simd_json::tape::Node;
+use tessera_protocol::MediaType;
+use tessera_storage::value::{DecodeError, MAX_DEPTH};
+use tessera_storage::Value;
+
+/// Why a body could not be read. All are the client's fault (400 or 415).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("The request body is empty")]
+    Empty,
+    #[error("Invalid JSON in the request body: {0}")]
+    Json(String),
+    #[error("Invalid MessagePack in the request body: {0}")]
+    MsgPack(#[from] DecodeError),
+    #[error("The request body nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("Content-Type {0} is not supported for request bodies")]
+    Unsupported(String),
+}
+
+/// Decodes a body of the given `Content-Type` (JSON when absent).
+pub fn decode(content_type: Option<&str>, body: &mut [u8]) -> Result<Value, BodyError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::Empty);
+    }
+    match content_type.map(|ct| (ct, MediaType::from_content_type(ct))) {
+        None | Some((_, Some(MediaType::Json))) => json(body),
+        Some((_, Some(MediaType::MsgPack))) => Ok(tessera_storage::value::from_msgpack(body)?),
+        Some((ct, _)) => Err(BodyError::Unsupported(ct.to_owned())),
+    }
+}
+
+/// Parses JSON in place.
+pub fn json(body: &mut [u8]) -> Result<Value, BodyError> {
+    let tape = simd_json::to_tape(body).map_err(|e| BodyError::Json(e.to_string()))?;
+    let mut nodes = tape.0.iter();
+    node_value(&mut nodes, 0)
+}
+
+fn node_value<'a, 'i: 'a>(nodes: &mut std::slice::Iter<'a, Node<'i>>, depth: usize) -> Result<Value, BodyError> {
+    if depth > MAX_DEPTH {
+        return Err(BodyError::TooDeep);
+    }
+    let Some(node) = nodes.next() else { return Err(BodyError::Json("unexpected end".into())) };
+    Ok(match node {
+        Node::String(s) => Value::String((*s).to_owned()),
+        Node::Static(StaticNode::Null) => Value::Null,
+        Node::Static(StaticNode::Bool(b)) => Value::Bool(*b),
+        Node::Static(StaticNode::I64(i)) => Value::Int(*i),
+        Node::Static(StaticNode::U64(u)) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
+        Node::Static(StaticNode::F64(f)) => Value::Float(*f),
+        Node::Array { len, .. } => {
+            let mut items = Vec::with_capacity(*len);
+            for _ in 0..*len {
+                items.push(node_value(nodes, depth + 1)?);
+            }
+            Value::Array(items)
+        }
+        Node::Object { len, .. } => {
+            let mut props: Vec<(String, Value)> = Vec::with_capacity(*len);
+            for _ in 0..*len {
+                let Some(Node::String(k)) = nodes.next() else { return Err(BodyError::Json("object key is not a string".into())) };
+                let v = node_value(nodes, depth + 1)?;
+                // JSON allows duplicate keys; like JavaScript, the last one wins.
+                match props.iter_mut().find(|(pk, _)| pk == k) {
+                    Some((_, old)) => *old = v,
+                    None => props.push(((*k).to_owned(), v)),
+                }
+            }
+            Value::Object(props)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_order_and_types() {
+        let mut b = br#"{"z":1,"a":[true,null,2.5,"x"],"m":{"k":18446744073709551615},"z":2}"#.to_vec();
+        let v = decode(Some("application/json; charset=utf-8"), &mut b).unwrap();
+        assert_eq!(v.to_json(), r#"{"z":2,"a":[true,null,2.5,"x"],"m":{"k":18446744073709552000}}"#);
+    }
+
+    #[test]
+    fn bad_bodies() {
+        assert!(matches!(decode(None, &mut b"{\"a\":".to_vec()), Err(BodyError::Json(_))));
+        assert_eq!(decode(None, &mut b"  ".to_vec()), Err(BodyError::Empty));
+        assert!(matches!(decode(Some("application/x-msgpack"), &mut vec![0x81, 0xa1]), Err(BodyError::MsgPack(_))));
+        assert!(matches!(decode(Some("text/calendar"), &mut b"x".to_vec()), Err(BodyError::Unsupported(_))));
+        let mut deep = vec![b'['; 1000];
+        deep.extend(vec![b']'; 1000]);
+        assert!(decode(None, &mut deep).is_err());
+    }
+}

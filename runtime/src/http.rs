@@ -1,0 +1,184 @@
+//! The HTTP/1.1 connection loop: reads requests (pipelined ones included), frames their bodies,
+//! hands each to the core's [`Core`], and writes responses in order, flushing whenever no further
+//! complete request is waiting in the buffer.
+
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use tessera_protocol::http::{BodyFraming, ChunkedDecoder, FramingError, parse_head_info, parse_request, write_head};
+
+use crate::rest::Core;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Responses are flushed early once this much is waiting.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Accepts connections forever, serving each on its own task.
+pub async fn serve(listener: TcpListener, core: Rc<Core>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let core = core.clone();
+                glommio::spawn_local(async move { connection(core, stream).await }).detach();
+            }
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Bytes received and not yet consumed: `buf[start..end]`.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more bytes, making room for at least `want` pending bytes. `false` on EOF or error.
+    async fn fill(&mut self, stream: &mut TcpStream, want: usize) -> bool {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < READ_CHUNK) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let need = (self.start + want).max(self.end + READ_CHUNK);
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        match stream.read(&mut self.buf[self.end..]).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.end += n;
+                true
+            }
+        }
+    }
+
+    /// Gives back memory held for a large body once it is consumed.
+    fn shrink(&mut self) {
+        if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = stream.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}
+
+/// Answers a framing error and tells the caller to close.
+fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
+    let body = format!("\"ClientError: {e}\"");
+    write_head(out, e.status(), &[("Content-Type", b"application/json; charset=utf-8")], body.len(), false);
+    out.extend_from_slice(body.as_bytes());
+}
+
+async fn connection(core: Rc<Core>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    let max_body = core.shared.settings.max_body;
+    let mut input = Input { buf: vec![0; READ_CHUNK], start: 0, end: 0 };
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut chunked = Vec::new();
+    loop {
+        let info = match parse_head_info(input.pending(), max_body) {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                if !flush(&mut stream, &mut out).await || !input.fill(&mut stream, 0).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                framing_error(&mut out, &e);
+                flush(&mut stream, &mut out).await;
+                return;
+            }
+        };
+        // The body: wait for all of it (Content-Length) or decode it (chunked).
+        if info.expect_continue && input.pending().len() == info.len {
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !flush(&mut stream, &mut out).await {
+                return;
+            }
+        }
+        let consumed = match info.body {
+            BodyFraming::Length(n) => {
+                let total = info.len + n;
+                while input.pending().len() < total {
+                    if !input.fill(&mut stream, total).await {
+                        return;
+                    }
+                }
+                total
+            }
+            BodyFraming::Chunked => {
+                chunked.clear();
+                let mut decoder = ChunkedDecoder::default();
+                let mut at = info.len;
+                loop {
+                    match decoder.feed(&input.pending()[at..], &mut chunked, max_body) {
+                        Ok((n, true)) => break at + n,
+                        Ok((n, false)) => {
+                            at += n;
+                            // Keep the head; drop decoded chunk bytes as they are consumed.
+                            let head_end = input.start + info.len;
+                            let drop = at - info.len;
+                            input.buf.copy_within(head_end + drop..input.end, head_end);
+                            input.end -= drop;
+                            at = info.len;
+                            if !input.fill(&mut stream, info.len + READ_CHUNK).await {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            framing_error(&mut out, &e);
+                            flush(&mut stream, &mut out).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let keep_alive = {
+            let (head, rest) = input.buf[input.start..input.end].split_at_mut(info.len);
+            let req = match parse_request(head) {
+                Ok(r) => r,
+                Err(e) => {
+                    framing_error(&mut out, &e);
+                    flush(&mut stream, &mut out).await;
+                    return;
+                }
+            };
+            let body: &mut [u8] = match info.body {
+                BodyFraming::Length(n) => &mut rest[..n],
+                BodyFraming::Chunked => &mut chunked,
+            };
+            core.handle(&req, body, from_loopback, &mut out).await
+        };
+        input.start += consumed;
+        input.shrink();
+        if !keep_alive {
+            flush(&mut stream, &mut out).await;
+            return;
+        }
+        if out.len() >= FLUSH_AT && !flush(&mut stream, &mut out).await {
+            return;
+        }
+    }
+}
