@@ -1,1 +1,311 @@
-//! placeholder
+//! The black-box test harness: starts the real `tessera` binary on loopback (temp root, a port
+//! picked by the kernel, two threads) and speaks raw HTTP/1.1 to it.
+//!
+//! The binary is the one `cargo build -p tessera-runtime` put in the target directory (the
+//! README's test command builds it first); `TESSERA_BIN` overrides the path.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+pub const ADMIN: (&str, &str) = ("admin", "s3cret-pass");
+
+/// The path of the `tessera` binary under test.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TESSERA_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug/tessera");
+    assert!(p.exists(), "{} is missing: run `cargo build -p tessera-runtime` first", p.display());
+    p
+}
+
+/// An application component written to a temp directory.
+pub struct App {
+    pub dir: tempfile::TempDir,
+}
+
+impl App {
+    pub fn new(schema: &str) -> App {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("config.yaml"), "rest: true\ngraphqlSchema:\n  files: 'schema.graphql'\n").expect("write config");
+        std::fs::write(dir.path().join("schema.graphql"), schema).expect("write schema");
+        App { dir }
+    }
+}
+
+/// A running server. Killed (SIGKILL) when dropped.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub root: PathBuf,
+    output: Arc<Mutex<String>>,
+}
+
+/// Options for starting a server.
+pub struct Start<'a> {
+    pub app: &'a Path,
+    pub root: &'a Path,
+    pub threads: usize,
+    pub extra: Vec<String>,
+    pub admin: bool,
+}
+
+impl<'a> Start<'a> {
+    pub fn new(app: &'a Path, root: &'a Path) -> Self {
+        Start { app, root, threads: 2, extra: vec![], admin: true }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("run").arg(self.app).arg("--root").arg(self.root).arg("--threads").arg(self.threads.to_string());
+        c.args(["--http-port", "0", "--host", "127.0.0.1"]).args(&self.extra);
+        c.env_remove("TESSERA_ADMIN_USERNAME").env_remove("TESSERA_ADMIN_PASSWORD");
+        c.env_remove("HDB_ADMIN_USERNAME").env_remove("HDB_ADMIN_PASSWORD");
+        if self.admin {
+            c.env("TESSERA_ADMIN_USERNAME", ADMIN.0).env("TESSERA_ADMIN_PASSWORD", ADMIN.1);
+        }
+        c
+    }
+
+    /// Starts the server and waits for its listener line.
+    pub fn start(&self) -> Server {
+        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tessera");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let out2 = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(port) = line.split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()) {
+                    let _ = tx.send(port);
+                }
+                out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
+            }
+        });
+        let out3 = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                out3.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("tessera did not start: {}", output.lock().map(|o| o.clone()).unwrap_or_default());
+            }
+        };
+        Server { child, port, root: self.root.to_owned(), output }
+    }
+
+    /// Runs the server expecting it to fail at start-up; returns (exit code, output).
+    pub fn fail(&self) -> (Option<i32>, String) {
+        let out = self.command().output().expect("run tessera");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+impl Server {
+    /// Starts a server on `schema` with a fresh root. Returns the server and the temp dirs.
+    pub fn with_schema(schema: &str) -> (Server, App, tempfile::TempDir) {
+        let app = App::new(schema);
+        let root = tempfile::tempdir().expect("temp root");
+        let s = Start::new(app.dir.path(), root.path()).start();
+        (s, app, root)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "tessera did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// The Basic `Authorization` value of a user and password.
+pub fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub auth: Option<String>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream, buf: Vec::new(), auth: Some(basic(ADMIN.0, ADMIN.1)) }
+    }
+
+    pub fn anonymous(mut self) -> Self {
+        self.auth = None;
+        self
+    }
+
+    /// Formats one request (Content-Length framing) with the client's credentials.
+    pub fn format(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+        let mut r = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        if let Some(a) = &self.auth {
+            r += &format!("Authorization: {a}\r\n");
+        }
+        for (k, v) in headers {
+            r += &format!("{k}: {v}\r\n");
+        }
+        if let Some(b) = body {
+            r += &format!("Content-Length: {}\r\n", b.len());
+        }
+        r += "\r\n";
+        let mut bytes = r.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        bytes
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Response {
+        let req = self.format(method, path, headers, body);
+        self.send_raw(&req);
+        self.read_response(method == "HEAD").expect("response")
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn put_json(&mut self, path: &str, body: &str) -> Response {
+        self.request("PUT", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+    }
+
+    pub fn patch_json(&mut self, path: &str, body: &str) -> Response {
+        self.request("PATCH", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+    }
+
+    pub fn post_json(&mut self, path: &str, body: &str) -> Response {
+        self.request("POST", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+    }
+
+    pub fn delete(&mut self, path: &str) -> Response {
+        self.request("DELETE", path, &[], None)
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    /// Reads one response; `None` when the server closed the connection first.
+    pub fn read_response(&mut self, head_only: bool) -> Option<Response> {
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if self.fill().ok()? == 0 {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+        let len = if head_only || status == 304 || status == 204 || status < 200 { 0 } else { len };
+        while self.buf.len() < head_end + len {
+            if self.fill().ok()? == 0 {
+                return None;
+            }
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        Some(Response { status, headers, body })
+    }
+
+    /// Whether the server has closed the connection (reads EOF within a second).
+    pub fn is_closed(&mut self) -> bool {
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(1)));
+        matches!(self.fill(), Ok(0) | Err(_))
+    }
+}
+
+/// MessagePack bytes of a JSON value.
+pub fn to_msgpack(v: &serde_json::Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("msgpack")
+}
+
+/// A JSON value from MessagePack bytes.
+pub fn from_msgpack(b: &[u8]) -> serde_json::Value {
+    rmp_serde::from_slice(b).expect("msgpack")
+}
