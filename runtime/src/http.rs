@@ -81,9 +81,28 @@ async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
     ok
 }
 
+/// After an error answer, stops writing and drains what the client is still sending for a moment,
+/// so that closing does not reset the connection before the client has read the answer.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut sink = [0u8; 8192];
+    let mut budget: usize = 64 << 20;
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 || n >= budget {
+            break;
+        }
+        budget -= n;
+    }
+}
+
 /// Answers a framing error and tells the caller to close.
 fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
-    let body = format!("\"ClientError: {e}\"");
+    // Harper words the body-limit answer without an error class (HARPER.md section 2).
+    let body = match e {
+        FramingError::BodyTooLarge(_) => format!("\"{e}\""),
+        _ => format!("\"ClientError: {e}\""),
+    };
     write_head(out, e.status(), &[("Content-Type", b"application/json; charset=utf-8")], body.len(), false);
     out.extend_from_slice(body.as_bytes());
 }
@@ -107,6 +126,7 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream) {
             Err(e) => {
                 framing_error(&mut out, &e);
                 flush(&mut stream, &mut out).await;
+                linger_close(&mut stream).await;
                 return;
             }
         };
@@ -149,6 +169,7 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream) {
                         Err(e) => {
                             framing_error(&mut out, &e);
                             flush(&mut stream, &mut out).await;
+                            linger_close(&mut stream).await;
                             return;
                         }
                     }

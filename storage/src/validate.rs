@@ -10,7 +10,7 @@ use crate::schema::{Attribute, FieldType, ObjectType, Scalar, Table};
 use crate::value::{Value, parse_date};
 
 /// JavaScript's `Number.MAX_SAFE_INTEGER + 1`, the bound Harper gives `Long`.
-const LONG_BOUND: f64 = 9_007_199_254_740_992.0;
+const LONG_BOUND: i64 = 9_007_199_254_740_992;
 
 /// How a write treats the properties it does not mention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,9 +118,9 @@ fn check_value(
                     must("a boolean", value, errors);
                 }
             }
-            Scalar::Int => integer(value, 2_147_483_648.0, "an integer (from -2147483648 to 2147483647)", prop, errors),
-            Scalar::Long => integer(value, LONG_BOUND, "an integer (from -9007199254740992 to 9007199254740992)", prop, errors),
-            Scalar::BigInt => integer(value, f64::MAX, "an integer", prop, errors),
+            Scalar::Int => integer(value, (i32::MIN as i64, i32::MAX as i64), "an integer (from -2147483648 to 2147483647)", prop, errors),
+            Scalar::Long => integer(value, (-LONG_BOUND, LONG_BOUND), "an integer (from -9007199254740992 to 9007199254740992)", prop, errors),
+            Scalar::BigInt => integer(value, (i64::MIN, i64::MAX), "an integer", prop, errors),
             Scalar::Float => {
                 if value.as_f64().is_none() {
                     must("a number", value, errors);
@@ -164,10 +164,11 @@ fn check_value(
     }
 }
 
-fn integer(value: &mut Value, bound: f64, what: &str, prop: &str, errors: &mut Vec<String>) {
+/// Accepts integers in `[lo, hi]` (and integral doubles, converted).
+fn integer(value: &mut Value, (lo, hi): (i64, i64), what: &str, prop: &str, errors: &mut Vec<String>) {
     let ok = match *value {
-        Value::Int(i) => (i as f64) < bound && (i as f64) >= -bound,
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < bound.min(9.2e18) => {
+        Value::Int(i) => (lo..=hi).contains(&i),
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 && (lo..=hi).contains(&(f as i64)) => {
             *value = Value::Int(f as i64);
             true
         }

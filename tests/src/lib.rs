@@ -85,10 +85,11 @@ impl<'a> Start<'a> {
         let out2 = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(port) = line.split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok()) {
+                let port = line.split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+                out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
+                if let Some(port) = port {
                     let _ = tx.send(port);
                 }
-                out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
             }
         });
         let out3 = output.clone();
@@ -228,6 +229,11 @@ impl Client {
             bytes.extend_from_slice(b);
         }
         bytes
+    }
+
+    /// Writes bytes; `false` if the server has closed the connection.
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
