@@ -112,7 +112,11 @@ pub fn parse_head_info(buf: &[u8], max_body: usize) -> Result<Option<HeadInfo>, 
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > MAX_HEAD_BYTES { Err(FramingError::HeadTooLarge) } else { Ok(None) };
+            return if buf.len() > MAX_HEAD_BYTES {
+                Err(FramingError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(FramingError::HeadTooLarge),
         Err(_) => return Err(FramingError::Malformed("bad request line or header")),
@@ -130,7 +134,9 @@ pub fn parse_head_info(buf: &[u8], max_body: usize) -> Result<Option<HeadInfo>, 
                 .and_then(|s| s.parse::<usize>().ok())
                 .ok_or(FramingError::Malformed("bad Content-Length"))?;
             if length.is_some_and(|l| l != n) {
-                return Err(FramingError::Malformed("conflicting Content-Length headers"));
+                return Err(FramingError::Malformed(
+                    "conflicting Content-Length headers",
+                ));
             }
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -151,7 +157,11 @@ pub fn parse_head_info(buf: &[u8], max_body: usize) -> Result<Option<HeadInfo>, 
         (false, Some(n)) if n > max_body => return Err(FramingError::BodyTooLarge(max_body)),
         (false, n) => BodyFraming::Length(n.unwrap_or(0)),
     };
-    Ok(Some(HeadInfo { len, body, expect_continue: expect_continue && body != BodyFraming::Length(0) }))
+    Ok(Some(HeadInfo {
+        len,
+        body,
+        expect_continue: expect_continue && body != BodyFraming::Length(0),
+    }))
 }
 
 /// Second parse of a complete head, borrowing `head` (exactly the head's bytes).
@@ -216,7 +226,12 @@ enum ChunkState {
 impl ChunkedDecoder {
     /// Decodes as much of `input` as possible into `out`. Returns the bytes consumed and whether
     /// the body is complete. Fails when the decoded body would exceed `max_body`.
-    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, max_body: usize) -> Result<(usize, bool), FramingError> {
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        max_body: usize,
+    ) -> Result<(usize, bool), FramingError> {
         let mut pos = 0;
         loop {
             let rest = input.get(pos..).unwrap_or_default();
@@ -224,20 +239,31 @@ impl ChunkedDecoder {
                 ChunkState::Done => return Ok((pos, true)),
                 ChunkState::Size => {
                     let Some(eol) = find_crlf(rest) else {
-                        return if rest.len() > 1024 { Err(FramingError::Malformed("chunk size line too long")) } else { Ok((pos, false)) };
+                        return if rest.len() > 1024 {
+                            Err(FramingError::Malformed("chunk size line too long"))
+                        } else {
+                            Ok((pos, false))
+                        };
                     };
                     let line = &rest[..eol];
                     let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let hex = std::str::from_utf8(hex).map_err(|_| FramingError::Malformed("bad chunk size"))?.trim();
+                    let hex = std::str::from_utf8(hex)
+                        .map_err(|_| FramingError::Malformed("bad chunk size"))?
+                        .trim();
                     if hex.is_empty() || hex.len() > 15 {
                         return Err(FramingError::Malformed("bad chunk size"));
                     }
-                    let size = usize::from_str_radix(hex, 16).map_err(|_| FramingError::Malformed("bad chunk size"))?;
+                    let size = usize::from_str_radix(hex, 16)
+                        .map_err(|_| FramingError::Malformed("bad chunk size"))?;
                     if self.decoded.saturating_add(size) > max_body {
                         return Err(FramingError::BodyTooLarge(max_body));
                     }
                     pos += eol + 2;
-                    self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
                 }
                 ChunkState::Data(left) => {
                     if rest.is_empty() {
@@ -247,7 +273,11 @@ impl ChunkedDecoder {
                     out.extend_from_slice(&rest[..n]);
                     self.decoded += n;
                     pos += n;
-                    self.state = if n == left { ChunkState::DataEnd } else { ChunkState::Data(left - n) };
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
                 }
                 ChunkState::DataEnd => {
                     if rest.len() < 2 {
@@ -261,7 +291,11 @@ impl ChunkedDecoder {
                 }
                 ChunkState::Trailers => {
                     let Some(eol) = find_crlf(rest) else {
-                        return if rest.len() > MAX_HEAD_BYTES { Err(FramingError::HeadTooLarge) } else { Ok((pos, false)) };
+                        return if rest.len() > MAX_HEAD_BYTES {
+                            Err(FramingError::HeadTooLarge)
+                        } else {
+                            Ok((pos, false))
+                        };
                     };
                     pos += eol + 2;
                     if eol == 0 {
@@ -306,7 +340,13 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Writes a response head into `out`: status line, the given headers, `Content-Length` and the
 /// blank line. The body (if any) is appended by the caller.
-pub fn write_head(out: &mut Vec<u8>, status: u16, headers: &[(&str, &[u8])], content_length: usize, keep_alive: bool) {
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &[u8])],
+    content_length: usize,
+    keep_alive: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
@@ -344,12 +384,21 @@ mod tests {
         assert!(r.keep_alive);
         assert_eq!(r.content_type, Some("application/json"));
         assert_eq!(parse_head_info(&raw[..20], 100).unwrap(), None);
-        assert_eq!(parse_head_info(raw, 4).unwrap_err(), FramingError::BodyTooLarge(4));
+        assert_eq!(
+            parse_head_info(raw, 4).unwrap_err(),
+            FramingError::BodyTooLarge(4)
+        );
     }
 
     #[test]
     fn refuses_smuggling_and_garbage() {
-        assert!(parse_head_info(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 100).is_err());
+        assert!(
+            parse_head_info(
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                100
+            )
+            .is_err()
+        );
         assert!(parse_head_info(b"\x00\x01garbage\r\n\r\n", 100).is_err());
         assert!(parse_head_info(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 100).is_err());
         let http10 = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -363,13 +412,20 @@ mod tests {
             let mut d = ChunkedDecoder::default();
             let mut out = Vec::new();
             let (a, done) = d.feed(&body[..split], &mut out, 100).unwrap();
-            let (b, done2) = if done { (0, true) } else { d.feed(&body[a..], &mut out, 100).unwrap() };
+            let (b, done2) = if done {
+                (0, true)
+            } else {
+                d.feed(&body[a..], &mut out, 100).unwrap()
+            };
             assert!(done2, "split {split}");
             assert_eq!(out, b"hello world");
             assert_eq!(&body[a + b..], b"NEXT");
         }
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.feed(b"ff\r\n", &mut Vec::new(), 10).unwrap_err(), FramingError::BodyTooLarge(10));
+        assert_eq!(
+            d.feed(b"ff\r\n", &mut Vec::new(), 10).unwrap_err(),
+            FramingError::BodyTooLarge(10)
+        );
     }
 
     proptest::proptest! {

@@ -75,7 +75,9 @@ impl MediaType {
 pub fn negotiate(accept: Option<&str>, offered: &[MediaType]) -> Option<MediaType> {
     let accept = accept.map(str::trim).unwrap_or_default();
     if accept.is_empty() {
-        return offered.contains(&MediaType::Json).then_some(MediaType::Json);
+        return offered
+            .contains(&MediaType::Json)
+            .then_some(MediaType::Json);
     }
     let mut best: Option<(f32, f32, MediaType)> = None;
     let mut consider = |score: f32, m: MediaType| {
@@ -123,19 +125,43 @@ mod tests {
     fn harper_preferences() {
         assert_eq!(negotiate(None, ALL), Some(Json));
         assert_eq!(negotiate(Some("*/*"), ALL), Some(Json));
-        assert_eq!(negotiate(Some("application/json, application/x-msgpack, application/cbor"), ALL), Some(Cbor));
-        assert_eq!(negotiate(Some("application/json, application/x-msgpack"), ALL), Some(MsgPack));
-        assert_eq!(negotiate(Some("application/x-msgpack;q=0.5, application/json"), ALL), Some(Json));
-        assert_eq!(negotiate(Some("text/html,application/xhtml+xml,*/*;q=0.8"), ALL), Some(Json));
+        assert_eq!(
+            negotiate(
+                Some("application/json, application/x-msgpack, application/cbor"),
+                ALL
+            ),
+            Some(Cbor)
+        );
+        assert_eq!(
+            negotiate(Some("application/json, application/x-msgpack"), ALL),
+            Some(MsgPack)
+        );
+        assert_eq!(
+            negotiate(Some("application/x-msgpack;q=0.5, application/json"), ALL),
+            Some(Json)
+        );
+        assert_eq!(
+            negotiate(Some("text/html,application/xhtml+xml,*/*;q=0.8"), ALL),
+            Some(Json)
+        );
         assert_eq!(negotiate(Some("application/msgpack"), ALL), None);
         assert_eq!(negotiate(Some("text/csv"), &[Json, MsgPack]), None);
-        assert_eq!(negotiate(Some("application/json;q=0"), &[Json, MsgPack]), None);
+        assert_eq!(
+            negotiate(Some("application/json;q=0"), &[Json, MsgPack]),
+            None
+        );
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(MediaType::from_content_type("application/json; charset=utf-8"), Some(Json));
-        assert_eq!(MediaType::from_content_type("APPLICATION/X-MSGPACK"), Some(MsgPack));
+        assert_eq!(
+            MediaType::from_content_type("application/json; charset=utf-8"),
+            Some(Json)
+        );
+        assert_eq!(
+            MediaType::from_content_type("APPLICATION/X-MSGPACK"),
+            Some(MsgPack)
+        );
         assert_eq!(MediaType::from_content_type("text/calendar"), None);
     }
 }

@@ -41,7 +41,9 @@ pub enum TargetError {
 }
 
 fn decode(s: &str) -> Result<Cow<'_, str>, TargetError> {
-    percent_decode_str(s).decode_utf8().map_err(|_| TargetError::BadEncoding)
+    percent_decode_str(s)
+        .decode_utf8()
+        .map_err(|_| TargetError::BadEncoding)
 }
 
 const SUFFIXES: [(&str, MediaType); 4] = [
@@ -64,7 +66,12 @@ pub fn parse_target(target: &str) -> Result<Target<'_>, TargetError> {
     };
     let resource = decode(name)?;
     let Some(mut rest) = rest else {
-        return Ok(Target { resource, path: PathKind::Table, query, format: None });
+        return Ok(Target {
+            resource,
+            path: PathKind::Table,
+            query,
+            format: None,
+        });
     };
     let mut format = None;
     for (suffix, media) in SUFFIXES {
@@ -79,7 +86,12 @@ pub fn parse_target(target: &str) -> Result<Target<'_>, TargetError> {
     } else {
         PathKind::Record(decode(rest)?.into_owned())
     };
-    Ok(Target { resource, path, query, format })
+    Ok(Target {
+        resource,
+        path,
+        query,
+        format,
+    })
 }
 
 #[cfg(test)]
@@ -91,7 +103,10 @@ mod tests {
         let t = parse_target("/Dog").unwrap();
         assert_eq!((t.resource.as_ref(), t.path), ("Dog", PathKind::Table));
         let t = parse_target("/Dog/?breed=x").unwrap();
-        assert_eq!((t.path, t.query), (PathKind::Collection(String::new()), Some("breed=x")));
+        assert_eq!(
+            (t.path, t.query),
+            (PathKind::Collection(String::new()), Some("breed=x"))
+        );
         let t = parse_target("/Item/has%20space").unwrap();
         assert_eq!(t.path, PathKind::Record("has space".into()));
         let t = parse_target("/Item/grp/one").unwrap();
@@ -99,9 +114,18 @@ mod tests {
         let t = parse_target("/Item/grp/").unwrap();
         assert_eq!(t.path, PathKind::Collection("grp/".into()));
         let t = parse_target("/Product/p01.csv").unwrap();
-        assert_eq!((t.path, t.format), (PathKind::Record("p01".into()), Some(MediaType::Csv)));
+        assert_eq!(
+            (t.path, t.format),
+            (PathKind::Record("p01".into()), Some(MediaType::Csv))
+        );
         let t = parse_target("/Product/.msgpack?category=x").unwrap();
-        assert_eq!((t.path, t.format), (PathKind::Collection(String::new()), Some(MediaType::MsgPack)));
+        assert_eq!(
+            (t.path, t.format),
+            (
+                PathKind::Collection(String::new()),
+                Some(MediaType::MsgPack)
+            )
+        );
         let t = parse_target("/Product/p01.nope").unwrap();
         assert_eq!(t.path, PathKind::Record("p01.nope".into()));
         assert!(parse_target("Dog/1").is_err());

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +53,8 @@ impl Users {
     pub fn open(data_dir: &Path) -> anyhow::Result<Users> {
         let path = data_dir.join("users.json");
         let file = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{} is corrupt", path.display()))?,
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} is corrupt", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -72,7 +75,12 @@ impl Users {
             .hash_password(password.as_bytes(), &salt)
             .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?
             .to_string();
-        self.file.users.push(StoredUser { username: username.to_owned(), password: hash, role: "super_user".to_owned(), active: true });
+        self.file.users.push(StoredUser {
+            username: username.to_owned(),
+            password: hash,
+            role: "super_user".to_owned(),
+            active: true,
+        });
         self.save()?;
         Ok(true)
     }
@@ -83,7 +91,9 @@ impl Users {
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(&self.file)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
@@ -92,10 +102,19 @@ impl Users {
 
     /// Checks a password (slow by design: run it off the executor).
     pub fn verify(&self, username: &str, password: &str) -> Option<User> {
-        let u = self.file.users.iter().find(|u| u.username == username && u.active)?;
+        let u = self
+            .file
+            .users
+            .iter()
+            .find(|u| u.username == username && u.active)?;
         let hash = PasswordHash::new(&u.password).ok()?;
-        Argon2::default().verify_password(password.as_bytes(), &hash).ok()?;
-        Some(User { username: u.username.clone(), super_user: u.role == "super_user" })
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .ok()?;
+        Some(User {
+            username: u.username.clone(),
+            super_user: u.role == "super_user",
+        })
     }
 }
 
@@ -106,7 +125,9 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (u, p) = decoded.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
@@ -123,7 +144,10 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(users: Arc<Users>) -> Self {
-        Authenticator { users, verified: RefCell::new(HashMap::new()) }
+        Authenticator {
+            users,
+            verified: RefCell::new(HashMap::new()),
+        }
     }
 
     /// The user an `Authorization` header value proves, or `None`.
@@ -133,7 +157,9 @@ impl Authenticator {
         }
         let (username, password) = basic_credentials(header)?;
         let users = self.users.clone();
-        let user = glommio::executor().spawn_blocking(move || users.verify(&username, &password)).await?;
+        let user = glommio::executor()
+            .spawn_blocking(move || users.verify(&username, &password))
+            .await?;
         let user = Arc::new(user);
         let mut cache = self.verified.borrow_mut();
         if cache.len() >= CACHE_ENTRIES {
@@ -157,14 +183,20 @@ mod tests {
         let stored = std::fs::read_to_string(dir.path().join("users.json")).unwrap();
         assert!(!stored.contains("s3cret") && stored.contains("$argon2id$"));
         let users = Users::open(dir.path()).unwrap();
-        assert_eq!(users.verify("admin", "s3cret").map(|u| u.super_user), Some(true));
+        assert_eq!(
+            users.verify("admin", "s3cret").map(|u| u.super_user),
+            Some(true)
+        );
         assert!(users.verify("admin", "wrong").is_none());
         assert!(users.verify("nobody", "s3cret").is_none());
     }
 
     #[test]
     fn parses_basic() {
-        assert_eq!(basic_credentials(b"Basic YWRtaW46cGFzczp3b3Jk"), Some(("admin".into(), "pass:word".into())));
+        assert_eq!(
+            basic_credentials(b"Basic YWRtaW46cGFzczp3b3Jk"),
+            Some(("admin".into(), "pass:word".into()))
+        );
         assert_eq!(basic_credentials(b"Bearer abc"), None);
         assert_eq!(basic_credentials(b"Basic !!!"), None);
     }

@@ -4,8 +4,8 @@
 use simd_json::StaticNode;
 use simd_json::tape::Node;
 use tessera_protocol::MediaType;
-use tessera_storage::value::{DecodeError, MAX_DEPTH};
 use tessera_storage::Value;
+use tessera_storage::value::{DecodeError, MAX_DEPTH};
 
 /// Why a body could not be read. All are the client's fault (400 or 415).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,17 +41,24 @@ pub fn json(body: &mut [u8]) -> Result<Value, BodyError> {
     node_value(&mut nodes, 0)
 }
 
-fn node_value<'a, 'i: 'a>(nodes: &mut std::slice::Iter<'a, Node<'i>>, depth: usize) -> Result<Value, BodyError> {
+fn node_value<'a, 'i: 'a>(
+    nodes: &mut std::slice::Iter<'a, Node<'i>>,
+    depth: usize,
+) -> Result<Value, BodyError> {
     if depth > MAX_DEPTH {
         return Err(BodyError::TooDeep);
     }
-    let Some(node) = nodes.next() else { return Err(BodyError::Json("unexpected end".into())) };
+    let Some(node) = nodes.next() else {
+        return Err(BodyError::Json("unexpected end".into()));
+    };
     Ok(match node {
         Node::String(s) => Value::String((*s).to_owned()),
         Node::Static(StaticNode::Null) => Value::Null,
         Node::Static(StaticNode::Bool(b)) => Value::Bool(*b),
         Node::Static(StaticNode::I64(i)) => Value::Int(*i),
-        Node::Static(StaticNode::U64(u)) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
+        Node::Static(StaticNode::U64(u)) => {
+            i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int)
+        }
         Node::Static(StaticNode::F64(f)) => Value::Float(*f),
         Node::Array { len, .. } => {
             let mut items = Vec::with_capacity(*len);
@@ -63,7 +70,9 @@ fn node_value<'a, 'i: 'a>(nodes: &mut std::slice::Iter<'a, Node<'i>>, depth: usi
         Node::Object { len, .. } => {
             let mut props: Vec<(String, Value)> = Vec::with_capacity(*len);
             for _ in 0..*len {
-                let Some(Node::String(k)) = nodes.next() else { return Err(BodyError::Json("object key is not a string".into())) };
+                let Some(Node::String(k)) = nodes.next() else {
+                    return Err(BodyError::Json("object key is not a string".into()));
+                };
                 let v = node_value(nodes, depth + 1)?;
                 // JSON allows duplicate keys; like JavaScript, the last one wins.
                 match props.iter_mut().find(|(pk, _)| pk == k) {
@@ -82,17 +91,30 @@ mod tests {
 
     #[test]
     fn json_keeps_order_and_types() {
-        let mut b = br#"{"z":1,"a":[true,null,2.5,"x"],"m":{"k":18446744073709551615},"z":2}"#.to_vec();
+        let mut b =
+            br#"{"z":1,"a":[true,null,2.5,"x"],"m":{"k":18446744073709551615},"z":2}"#.to_vec();
         let v = decode(Some("application/json; charset=utf-8"), &mut b).unwrap();
-        assert_eq!(v.to_json(), r#"{"z":2,"a":[true,null,2.5,"x"],"m":{"k":18446744073709552000}}"#);
+        assert_eq!(
+            v.to_json(),
+            r#"{"z":2,"a":[true,null,2.5,"x"],"m":{"k":18446744073709552000}}"#
+        );
     }
 
     #[test]
     fn bad_bodies() {
-        assert!(matches!(decode(None, &mut b"{\"a\":".to_vec()), Err(BodyError::Json(_))));
+        assert!(matches!(
+            decode(None, &mut b"{\"a\":".to_vec()),
+            Err(BodyError::Json(_))
+        ));
         assert_eq!(decode(None, &mut b"  ".to_vec()), Err(BodyError::Empty));
-        assert!(matches!(decode(Some("application/x-msgpack"), &mut vec![0x81, 0xa1]), Err(BodyError::MsgPack(_))));
-        assert!(matches!(decode(Some("text/calendar"), &mut b"x".to_vec()), Err(BodyError::Unsupported(_))));
+        assert!(matches!(
+            decode(Some("application/x-msgpack"), &mut [0x81, 0xa1]),
+            Err(BodyError::MsgPack(_))
+        ));
+        assert!(matches!(
+            decode(Some("text/calendar"), &mut b"x".to_vec()),
+            Err(BodyError::Unsupported(_))
+        ));
         let mut deep = vec![b'['; 1000];
         deep.extend(vec![b']'; 1000]);
         assert!(decode(None, &mut deep).is_err());

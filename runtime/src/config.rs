@@ -85,15 +85,25 @@ fn yaml_get<'a>(root: &'a serde_norway::Value, dotted: &str) -> Option<&'a serde
 fn yaml_u64(root: &serde_norway::Value, key: &str) -> anyhow::Result<Option<u64>> {
     match yaml_get(root, key) {
         None | Some(serde_norway::Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).with_context(|| format!("tessera.yaml: {key} must be a non-negative integer")),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .with_context(|| format!("tessera.yaml: {key} must be a non-negative integer")),
     }
 }
 
-fn port(cli: Option<u16>, yaml: &serde_norway::Value, key: &str, default: u16) -> anyhow::Result<u16> {
+fn port(
+    cli: Option<u16>,
+    yaml: &serde_norway::Value,
+    key: &str,
+    default: u16,
+) -> anyhow::Result<u16> {
     Ok(match cli {
         Some(p) => p,
         None => match yaml_u64(yaml, key)? {
-            Some(p) => u16::try_from(p).with_context(|| format!("tessera.yaml: {key} is not a port"))?,
+            Some(p) => {
+                u16::try_from(p).with_context(|| format!("tessera.yaml: {key} is not a port"))?
+            }
             None => default,
         },
     })
@@ -116,7 +126,11 @@ impl Settings {
         }
         let durability = match args
             .durability
-            .or_else(|| yaml_get(&yaml, "storage.durability").and_then(|v| v.as_str()).map(str::to_owned))
+            .or_else(|| {
+                yaml_get(&yaml, "storage.durability")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
             .as_deref()
         {
             None | Some("durable") => Durability::Durable,
@@ -125,7 +139,11 @@ impl Settings {
         };
         let host = args
             .host
-            .or_else(|| yaml_get(&yaml, "http.host").and_then(|v| v.as_str()).map(str::to_owned))
+            .or_else(|| {
+                yaml_get(&yaml, "http.host")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "0.0.0.0".to_owned());
         Ok(Settings {
             apps: args.apps,
@@ -135,8 +153,11 @@ impl Settings {
             mqtt_port: port(args.mqtt_port, &yaml, "mqtt.network.port", 1883)?,
             ops_port: port(args.ops_port, &yaml, "operationsApi.network.port", 9925)?,
             durability,
-            max_body: yaml_u64(&yaml, "http.maxRequestBodySize")?.map_or(10_000_000, |n| n as usize),
-            authorize_local: yaml_get(&yaml, "authentication.authorizeLocal").and_then(|v| v.as_bool()).unwrap_or(false),
+            max_body: yaml_u64(&yaml, "http.maxRequestBodySize")?
+                .map_or(10_000_000, |n| n as usize),
+            authorize_local: yaml_get(&yaml, "authentication.authorizeLocal")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             root,
         })
     }
@@ -146,7 +167,8 @@ impl Settings {
 pub fn read_yaml(path: &Path) -> anyhow::Result<serde_norway::Value> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().is_empty() => Ok(serde_norway::Value::Null),
-        Ok(s) => serde_norway::from_str(&s).with_context(|| format!("{} is not valid YAML", path.display())),
+        Ok(s) => serde_norway::from_str(&s)
+            .with_context(|| format!("{} is not valid YAML", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_norway::Value::Null),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -157,15 +179,31 @@ mod tests {
     use super::*;
 
     fn args(root: &Path) -> RunArgs {
-        RunArgs { apps: vec![], root: Some(root.to_owned()), threads: None, http_port: None, mqtt_port: None, ops_port: None, host: None, durability: None }
+        RunArgs {
+            apps: vec![],
+            root: Some(root.to_owned()),
+            threads: None,
+            http_port: None,
+            mqtt_port: None,
+            ops_port: None,
+            host: None,
+            durability: None,
+        }
     }
 
     #[test]
     fn flags_over_yaml_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("tessera.yaml"), "http:\n  port: 8080\nthreads:\n  count: 3\nstorage:\n  durability: buffered\n").unwrap();
+        std::fs::write(
+            dir.path().join("tessera.yaml"),
+            "http:\n  port: 8080\nthreads:\n  count: 3\nstorage:\n  durability: buffered\n",
+        )
+        .unwrap();
         let s = Settings::resolve(args(dir.path())).unwrap();
-        assert_eq!((s.http_port, s.threads, s.ops_port, s.durability), (8080, 3, 9925, Durability::Buffered));
+        assert_eq!(
+            (s.http_port, s.threads, s.ops_port, s.durability),
+            (8080, 3, 9925, Durability::Buffered)
+        );
         let mut a = args(dir.path());
         a.http_port = Some(1);
         assert_eq!(Settings::resolve(a).unwrap().http_port, 1);

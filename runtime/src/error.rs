@@ -52,7 +52,9 @@ impl RestError {
     pub fn class(&self) -> &'static str {
         match self {
             RestError::Unauthorized => "AccessViolation",
-            RestError::Internal(_) | RestError::Unavailable(_) | RestError::NotImplemented(_) => "ServerError",
+            RestError::Internal(_) | RestError::Unavailable(_) | RestError::NotImplemented(_) => {
+                "ServerError"
+            }
             _ => "ClientError",
         }
     }

@@ -6,7 +6,9 @@ use std::rc::Rc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use tessera_protocol::http::{BodyFraming, ChunkedDecoder, FramingError, parse_head_info, parse_request, write_head};
+use tessera_protocol::http::{
+    BodyFraming, ChunkedDecoder, FramingError, parse_head_info, parse_request, write_head,
+};
 
 use crate::rest::Core;
 
@@ -103,7 +105,13 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
         FramingError::BodyTooLarge(_) => format!("\"{e}\""),
         _ => format!("\"ClientError: {e}\""),
     };
-    write_head(out, e.status(), &[("Content-Type", b"application/json; charset=utf-8")], body.len(), false);
+    write_head(
+        out,
+        e.status(),
+        &[("Content-Type", b"application/json; charset=utf-8")],
+        body.len(),
+        false,
+    );
     out.extend_from_slice(body.as_bytes());
 }
 
@@ -111,7 +119,11 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let max_body = core.shared.settings.max_body;
-    let mut input = Input { buf: vec![0; READ_CHUNK], start: 0, end: 0 };
+    let mut input = Input {
+        buf: vec![0; READ_CHUNK],
+        start: 0,
+        end: 0,
+    };
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut chunked = Vec::new();
     loop {

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use tessera_protocol::MediaType;
 use tessera_protocol::http::{Method, Request, write_head};
 use tessera_protocol::media::negotiate;
 use tessera_protocol::rest::{PathKind, parse_target};
-use tessera_protocol::MediaType;
 use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
-use tessera_storage::shard::{WriteKind, WriteOp, record_key, now_micros, table_prefix};
+use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key, table_prefix};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::value::msgpack_to_json;
 use tessera_storage::{Scalar, Slice, Table, Value, key};
@@ -64,7 +64,13 @@ struct Reply<'o> {
 }
 
 impl Reply<'_> {
-    fn send(&mut self, status: u16, content_type: Option<MediaType>, headers: &[(&str, &[u8])], body: &[u8]) {
+    fn send(
+        &mut self,
+        status: u16,
+        content_type: Option<MediaType>,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) {
         let timing = server_timing(self.started);
         let mut all: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 3);
         if let Some(ct) = content_type {
@@ -96,7 +102,10 @@ fn etag(version: u64) -> [u8; 18] {
 }
 
 fn if_none_match_hits(header: Option<&[u8]>, tag: &[u8]) -> bool {
-    header.is_some_and(|h| h.split(|&b| b == b',').any(|t| t.trim_ascii() == tag || t.trim_ascii() == b"*"))
+    header.is_some_and(|h| {
+        h.split(|&b| b == b',')
+            .any(|t| t.trim_ascii() == tag || t.trim_ascii() == b"*")
+    })
 }
 
 /// Converts an id from the URL to the primary key's type (HARPER.md section 1).
@@ -107,7 +116,11 @@ fn id_value(table: &Table, id: &str) -> Value {
         && !id.starts_with('+')
         && !id.contains(['e', 'E', 'x', 'X'])
     {
-        return if f.fract() == 0.0 && f.abs() < 9.2e18 { Value::Int(f as i64) } else { Value::Float(f) };
+        return if f.fract() == 0.0 && f.abs() < 9.2e18 {
+            Value::Int(f as i64)
+        } else {
+            Value::Float(f)
+        };
     }
     Value::String(id.to_owned())
 }
@@ -129,31 +142,72 @@ fn encode_value(v: &Value, fmt: MediaType, out: &mut Vec<u8>) {
 
 impl Core {
     pub fn new(shared: Arc<Shared>, router: Router, auth: Authenticator) -> Core {
-        Core { shared, router, auth, scratch: RefCell::new(Vec::with_capacity(4096)) }
+        Core {
+            shared,
+            router,
+            auth,
+            scratch: RefCell::new(Vec::with_capacity(4096)),
+        }
     }
 
     /// Handles one request, appending the whole response to `out`. Returns whether the
     /// connection stays open.
-    pub async fn handle(&self, req: &Request<'_>, body: &mut [u8], from_loopback: bool, out: &mut Vec<u8>) -> bool {
-        let mut reply = Reply { out, keep_alive: req.keep_alive, head_only: req.method == Method::Head, started: Instant::now() };
+    pub async fn handle(
+        &self,
+        req: &Request<'_>,
+        body: &mut [u8],
+        from_loopback: bool,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let mut reply = Reply {
+            out,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+            started: Instant::now(),
+        };
         let mut fmt = MediaType::Json;
-        if let Err(e) = self.route(req, body, from_loopback, &mut fmt, &mut reply).await {
+        if let Err(e) = self
+            .route(req, body, from_loopback, &mut fmt, &mut reply)
+            .await
+        {
             send_error(&mut reply, &e, fmt);
         }
         reply.keep_alive
     }
 
-    async fn authenticate(&self, req: &Request<'_>, from_loopback: bool) -> Result<Arc<User>, RestError> {
+    async fn authenticate(
+        &self,
+        req: &Request<'_>,
+        from_loopback: bool,
+    ) -> Result<Arc<User>, RestError> {
         if self.shared.settings.authorize_local && from_loopback {
-            return Ok(Arc::new(User { username: "localhost".into(), super_user: true }));
+            return Ok(Arc::new(User {
+                username: "localhost".into(),
+                super_user: true,
+            }));
         }
         let header = req.authorization.ok_or(RestError::Unauthorized)?;
-        let user = self.auth.authenticate(header).await.ok_or(RestError::Unauthorized)?;
+        let user = self
+            .auth
+            .authenticate(header)
+            .await
+            .ok_or(RestError::Unauthorized)?;
         // Until roles exist (the Operations API issue), every table operation needs the super user.
-        if user.super_user { Ok(user) } else { Err(RestError::Unauthorized) }
+        if user.super_user {
+            Ok(user)
+        } else {
+            Err(RestError::Unauthorized)
+        }
     }
 
-    async fn route(&self, req: &Request<'_>, body: &mut [u8], from_loopback: bool, fmt: &mut MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn route(
+        &self,
+        req: &Request<'_>,
+        body: &mut [u8],
+        from_loopback: bool,
+        fmt: &mut MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         if req.method == Method::Other {
             return Err(RestError::NotImplemented("Method not implemented".into()));
         }
@@ -163,7 +217,11 @@ impl Core {
             return Ok(());
         }
         self.authenticate(req, from_loopback).await?;
-        let table = self.shared.tables.get(target.resource.as_ref()).ok_or(RestError::NoSuchResource)?;
+        let table = self
+            .shared
+            .tables
+            .get(target.resource.as_ref())
+            .ok_or(RestError::NoSuchResource)?;
         *fmt = match target.format {
             Some(f) if OFFERED.contains(&f) => f,
             Some(_) => return Err(RestError::NotAcceptable),
@@ -182,24 +240,49 @@ impl Core {
             (_, PathKind::Collection(_)) if query.is_some() => Err(RestError::NotImplemented(
                 "Query strings on collections are not served by this build yet".into(),
             )),
-            (Method::Get | Method::Head, PathKind::Collection(prefix)) => self.get_collection(table, &prefix, *fmt, reply).await,
-            (Method::Post, PathKind::Collection(prefix)) if prefix.is_empty() => self.post(table, req, body, *fmt, reply).await,
-            (Method::Delete, PathKind::Collection(prefix)) => self.delete_collection(table, &prefix, *fmt, reply).await,
+            (Method::Get | Method::Head, PathKind::Collection(prefix)) => {
+                self.get_collection(table, &prefix, *fmt, reply).await
+            }
+            (Method::Post, PathKind::Collection(prefix)) if prefix.is_empty() => {
+                self.post(table, req, body, *fmt, reply).await
+            }
+            (Method::Delete, PathKind::Collection(prefix)) => {
+                self.delete_collection(table, &prefix, *fmt, reply).await
+            }
             (_, PathKind::Collection(_)) => Err(RestError::MethodNotAllowed(ALLOW_COLLECTION)),
-            (Method::Get | Method::Head, PathKind::Record(id)) => self.get_record(table, &id, req, *fmt, reply).await,
-            (Method::Put, PathKind::Record(id)) => self.put(table, &id, req, body, WriteMode::Replace, reply).await,
-            (Method::Patch, PathKind::Record(id)) => self.put(table, &id, req, body, WriteMode::Patch, reply).await,
-            (Method::Delete, PathKind::Record(id)) => self.delete_record(table, &id, *fmt, reply).await,
+            (Method::Get | Method::Head, PathKind::Record(id)) => {
+                self.get_record(table, &id, req, *fmt, reply).await
+            }
+            (Method::Put, PathKind::Record(id)) => {
+                self.put(table, &id, req, body, WriteMode::Replace, reply)
+                    .await
+            }
+            (Method::Patch, PathKind::Record(id)) => {
+                self.put(table, &id, req, body, WriteMode::Patch, reply)
+                    .await
+            }
+            (Method::Delete, PathKind::Record(id)) => {
+                self.delete_record(table, &id, *fmt, reply).await
+            }
             (_, PathKind::Record(_)) => Err(RestError::MethodNotAllowed(ALLOW_RECORD)),
         }
     }
 
-    async fn get_record(&self, table: &Arc<Table>, id: &str, req: &Request<'_>, fmt: MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
-        let key = record_key(table.id, &id_value(table, id)).map_err(|_| RestError::NoSuchRecord)?;
+    async fn get_record(
+        &self,
+        table: &Arc<Table>,
+        id: &str,
+        req: &Request<'_>,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
+        let key =
+            record_key(table.id, &id_value(table, id)).map_err(|_| RestError::NoSuchRecord)?;
         let shard = self.router.shard_of(&key);
         let stored = self.router.on_shard(shard, move |s| s.get(&key)).await??;
         let stored = stored.ok_or(RestError::NoSuchRecord)?;
-        let rec = RecordRef::parse(&stored).ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+        let rec = RecordRef::parse(&stored)
+            .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
         if rec.is_expired(now_micros() / 1000) {
             return Err(RestError::NoSuchRecord);
         }
@@ -213,7 +296,8 @@ impl Core {
             _ => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
-                msgpack_to_json(rec.body, &mut buf).map_err(|e| RestError::Internal(e.to_string()))?;
+                msgpack_to_json(rec.body, &mut buf)
+                    .map_err(|e| RestError::Internal(e.to_string()))?;
                 reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
             }
         }
@@ -236,7 +320,12 @@ impl Core {
                     .collect::<Result<Vec<_>, _>>()
             })
             .await?;
-        let mut all = Vec::with_capacity(per_shard.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum());
+        let mut all = Vec::with_capacity(
+            per_shard
+                .iter()
+                .map(|r| r.as_ref().map_or(0, Vec::len))
+                .sum(),
+        );
         for records in per_shard {
             all.extend(records?);
         }
@@ -244,7 +333,13 @@ impl Core {
         Ok(all)
     }
 
-    async fn get_collection(&self, table: &Arc<Table>, prefix: &str, fmt: MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn get_collection(
+        &self,
+        table: &Arc<Table>,
+        prefix: &str,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         let records = self.collect(table, prefix).await?;
         let mut buf = self.scratch.borrow_mut();
         buf.clear();
@@ -252,14 +347,17 @@ impl Core {
             buf.push(b'[');
         }
         for (i, (_, v)) in records.iter().enumerate() {
-            let Some(rec) = RecordRef::parse(v) else { continue };
+            let Some(rec) = RecordRef::parse(v) else {
+                continue;
+            };
             if fmt == MediaType::MsgPack {
                 buf.extend_from_slice(rec.body);
             } else {
                 if i > 0 {
                     buf.push(b',');
                 }
-                msgpack_to_json(rec.body, &mut buf).map_err(|e| RestError::Internal(e.to_string()))?;
+                msgpack_to_json(rec.body, &mut buf)
+                    .map_err(|e| RestError::Internal(e.to_string()))?;
             }
         }
         if fmt == MediaType::Json {
@@ -272,17 +370,38 @@ impl Core {
         Ok(())
     }
 
-    async fn put(&self, table: &Arc<Table>, id: &str, req: &Request<'_>, body: &mut [u8], mode: WriteMode, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn put(
+        &self,
+        table: &Arc<Table>,
+        id: &str,
+        req: &Request<'_>,
+        body: &mut [u8],
+        mode: WriteMode,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         let mut rec = body::decode(req.content_type, body)?;
         if !matches!(rec, Value::Object(_)) {
-            return Err(RestError::BadRequest(format!("The request body must be an object, not {}", rec.kind())));
+            return Err(RestError::BadRequest(format!(
+                "The request body must be an object, not {}",
+                rec.kind()
+            )));
         }
         let pk = id_value(table, id);
         set_primary_key(&mut rec, &table.primary_key().name, pk.clone());
         check_record(table, &mut rec, mode).map_err(|e| RestError::BadRequest(e.to_string()))?;
         let key = record_key(table.id, &pk).map_err(|e| RestError::BadRequest(e.to_string()))?;
-        let kind = if mode == WriteMode::Patch { WriteKind::Patch(rec) } else { WriteKind::Put(rec) };
-        self.router.write(WriteOp { table: table.clone(), key, kind }).await?;
+        let kind = if mode == WriteMode::Patch {
+            WriteKind::Patch(rec)
+        } else {
+            WriteKind::Put(rec)
+        };
+        self.router
+            .write(WriteOp {
+                table: table.clone(),
+                key,
+                kind,
+            })
+            .await?;
         reply.send(204, None, &[], b"");
         Ok(())
     }
@@ -292,20 +411,36 @@ impl Core {
         match table.key_type() {
             Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
             _ => {
-                let counter = self.shared.counters.get(&table.id).ok_or_else(|| RestError::Internal("no key counter".into()))?;
+                let counter = self
+                    .shared
+                    .counters
+                    .get(&table.id)
+                    .ok_or_else(|| RestError::Internal("no key counter".into()))?;
                 let next = counter.fetch_add(1, Ordering::Relaxed);
                 if table.key_type() == Scalar::Int && next > i32::MAX as i64 {
-                    return Err(RestError::BadRequest("Auto-incremented Int primary keys are exhausted".into()));
+                    return Err(RestError::BadRequest(
+                        "Auto-incremented Int primary keys are exhausted".into(),
+                    ));
                 }
                 Ok(Value::Int(next))
             }
         }
     }
 
-    async fn post(&self, table: &Arc<Table>, req: &Request<'_>, body: &mut [u8], fmt: MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn post(
+        &self,
+        table: &Arc<Table>,
+        req: &Request<'_>,
+        body: &mut [u8],
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         let mut rec = body::decode(req.content_type, body)?;
         if !matches!(rec, Value::Object(_)) {
-            return Err(RestError::BadRequest(format!("The request body must be an object, not {}", rec.kind())));
+            return Err(RestError::BadRequest(format!(
+                "The request body must be an object, not {}",
+                rec.kind()
+            )));
         }
         let pk_name = &table.primary_key().name;
         let pk = match rec.get(pk_name) {
@@ -313,10 +448,18 @@ impl Core {
             _ => self.new_key(table)?,
         };
         set_primary_key(&mut rec, pk_name, pk);
-        check_record(table, &mut rec, WriteMode::Replace).map_err(|e| RestError::BadRequest(e.to_string()))?;
+        check_record(table, &mut rec, WriteMode::Replace)
+            .map_err(|e| RestError::BadRequest(e.to_string()))?;
         let pk = rec.get(pk_name).cloned().unwrap_or(Value::Null);
-        let key = record_key(table.id, &pk).map_err(|e| RestError::BadRequest(format!("Invalid primary key: {e}")))?;
-        self.router.write(WriteOp { table: table.clone(), key, kind: WriteKind::Put(rec) }).await?;
+        let key = record_key(table.id, &pk)
+            .map_err(|e| RestError::BadRequest(format!("Invalid primary key: {e}")))?;
+        self.router
+            .write(WriteOp {
+                table: table.clone(),
+                key,
+                kind: WriteKind::Put(rec),
+            })
+            .await?;
         let location = match &pk {
             Value::String(s) => utf8_percent_encode(s, HEADER_UNSAFE).to_string(),
             other => other.to_json(),
@@ -328,17 +471,41 @@ impl Core {
         Ok(())
     }
 
-    async fn delete_record(&self, table: &Arc<Table>, id: &str, fmt: MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn delete_record(
+        &self,
+        table: &Arc<Table>,
+        id: &str,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         if let Ok(key) = record_key(table.id, &id_value(table, id)) {
-            self.router.write(WriteOp { table: table.clone(), key, kind: WriteKind::Delete }).await?;
+            self.router
+                .write(WriteOp {
+                    table: table.clone(),
+                    key,
+                    kind: WriteKind::Delete,
+                })
+                .await?;
         }
         send_true(reply, fmt);
         Ok(())
     }
 
-    async fn delete_collection(&self, table: &Arc<Table>, prefix: &str, fmt: MediaType, reply: &mut Reply<'_>) -> Result<(), RestError> {
+    async fn delete_collection(
+        &self,
+        table: &Arc<Table>,
+        prefix: &str,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
         let records = self.collect(table, prefix).await?;
-        let writes = records.into_iter().map(|(k, _)| self.router.write(WriteOp { table: table.clone(), key: k.to_vec(), kind: WriteKind::Delete }));
+        let writes = records.into_iter().map(|(k, _)| {
+            self.router.write(WriteOp {
+                table: table.clone(),
+                key: k.to_vec(),
+                kind: WriteKind::Delete,
+            })
+        });
         for r in futures::future::join_all(writes).await {
             r?;
         }
@@ -360,7 +527,11 @@ fn send_error(reply: &mut Reply<'_>, e: &RestError, fmt: MediaType) {
         RestError::NoSuchResource => reply.send(status, None, &[], b"Not found"),
         _ => {
             let mut body = Vec::new();
-            encode_value(&Value::String(format!("{}: {e}", e.class())), fmt, &mut body);
+            encode_value(
+                &Value::String(format!("{}: {e}", e.class())),
+                fmt,
+                &mut body,
+            );
             let extra: &[(&str, &[u8])] = match e {
                 RestError::Unauthorized => &[("WWW-Authenticate", b"Basic")],
                 RestError::MethodNotAllowed(allow) => &[("Allow", allow.as_bytes())],
@@ -372,12 +543,16 @@ fn send_error(reply: &mut Reply<'_>, e: &RestError, fmt: MediaType) {
 }
 
 /// Starting values of the auto-increment counters: one past the largest numeric key on any shard.
-pub fn initial_counters(tables: &[Arc<Table>], max_numeric_key: impl Fn(u32) -> Option<f64>) -> HashMap<u32, AtomicI64> {
+pub fn initial_counters(
+    tables: &[Arc<Table>],
+    max_numeric_key: impl Fn(u32) -> Option<f64>,
+) -> HashMap<u32, AtomicI64> {
     tables
         .iter()
         .filter(|t| t.key_type().is_numeric_key())
         .map(|t| {
-            let next = max_numeric_key(t.id).map_or(1, |m| (m.floor() as i64).saturating_add(1).max(1));
+            let next =
+                max_numeric_key(t.id).map_or(1, |m| (m.floor() as i64).saturating_add(1).max(1));
             (t.id, AtomicI64::new(next))
         })
         .collect()
@@ -390,9 +565,16 @@ mod tests {
     #[test]
     fn etags_and_ids() {
         assert_eq!(&etag(0x1234), b"\"0000000000001234\"");
-        assert!(if_none_match_hits(Some(b"\"x\", \"0000000000001234\""), &etag(0x1234)));
+        assert!(if_none_match_hits(
+            Some(b"\"x\", \"0000000000001234\""),
+            &etag(0x1234)
+        ));
         let mut c = tessera_storage::Catalog::default();
-        c.load_schema("s", "type A @table { id: Long @primaryKey } type B @table { id: ID @primaryKey }").unwrap();
+        c.load_schema(
+            "s",
+            "type A @table { id: Long @primaryKey } type B @table { id: ID @primaryKey }",
+        )
+        .unwrap();
         assert_eq!(id_value(&c.tables[0], "42"), Value::Int(42));
         assert_eq!(id_value(&c.tables[0], "4x"), Value::String("4x".into()));
         assert_eq!(id_value(&c.tables[0], "1e3"), Value::String("1e3".into()));

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tessera_shards::{ExecutorSettings, ShardSet, start_executors};
+use tessera_storage::Table;
 use tessera_storage::layout::Layout;
 use tessera_storage::shard::{Durability, ShardOptions};
-use tessera_storage::Table;
 
 use crate::auth::{Authenticator, Users};
 use crate::config::Settings;
@@ -27,17 +27,34 @@ const CACHE_BUDGET: u64 = 64 << 20;
 /// port (and turns port 0 into a concrete one) until every executor has bound its own listener,
 /// without taking a share of the connections.
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, u16)> {
-    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
     let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
     s.set_reuse_port(true)?;
-    s.bind(&addr.into()).with_context(|| format!("cannot bind {addr}"))?;
-    let port = s.local_addr()?.as_socket().map(|a| a.port()).context("no local port")?;
+    s.bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    let port = s
+        .local_addr()?
+        .as_socket()
+        .map(|a| a.port())
+        .context("no local port")?;
     Ok((s, port))
 }
 
 fn admin_from_env() -> Option<(String, String)> {
-    let get = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok().filter(|v| !v.is_empty());
-    Some((get("TESSERA_ADMIN_USERNAME", "HDB_ADMIN_USERNAME")?, get("TESSERA_ADMIN_PASSWORD", "HDB_ADMIN_PASSWORD")?))
+    let get = |a: &str, b: &str| {
+        std::env::var(a)
+            .or_else(|_| std::env::var(b))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    Some((
+        get("TESSERA_ADMIN_USERNAME", "HDB_ADMIN_USERNAME")?,
+        get("TESSERA_ADMIN_PASSWORD", "HDB_ADMIN_PASSWORD")?,
+    ))
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -50,13 +67,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut layout = Layout::open_or_create(&data, settings.threads)?;
     let missing = layout.assign(&mut catalog)?;
     let shard_count = layout.shard_count();
-    let opts = ShardOptions { cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20), ..ShardOptions::default() };
-    let shards = Arc::new(ShardSet::open(&data, shard_count, opts, settings.durability).context("opening shards")?);
+    let opts = ShardOptions {
+        cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
+        ..ShardOptions::default()
+    };
+    let shards = Arc::new(
+        ShardSet::open(&data, shard_count, opts, settings.durability).context("opening shards")?,
+    );
 
     let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
     for m in &missing {
-        let Some(table) = tables.iter().find(|t| t.id == m.table_id) else { continue };
-        eprintln!("building index {}.{} on {shard_count} shards", m.table, m.attribute);
+        let Some(table) = tables.iter().find(|t| t.id == m.table_id) else {
+            continue;
+        };
+        eprintln!(
+            "building index {}.{} on {shard_count} shards",
+            m.table, m.attribute
+        );
         std::thread::scope(|s| {
             let runs: Vec<_> = (0..shard_count)
                 .filter_map(|i| shards.store(i).cloned())
@@ -64,50 +91,80 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 .collect();
             runs.into_iter().try_for_each(|r| match r.join() {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::anyhow!("building index {}.{}: {e}", m.table, m.attribute)),
-                Err(_) => Err(anyhow::anyhow!("building index {}.{} panicked", m.table, m.attribute)),
+                Ok(Err(e)) => Err(anyhow::anyhow!(
+                    "building index {}.{}: {e}",
+                    m.table,
+                    m.attribute
+                )),
+                Err(_) => Err(anyhow::anyhow!(
+                    "building index {}.{} panicked",
+                    m.table,
+                    m.attribute
+                )),
             })
         })?;
         layout.mark_indexed(m)?;
     }
 
     let mut users = Users::open(&data)?;
-    match admin_from_env() {
-        Some((u, p)) => {
-            if users.ensure_super_user(&u, &p)? {
-                eprintln!("created super user {u:?}");
-            }
-        }
-        None if users.is_empty() => eprintln!(
+    let admin = admin_from_env();
+    if let Some((u, p)) = &admin
+        && users.ensure_super_user(u, p)?
+    {
+        eprintln!("created super user {u:?}");
+    }
+    if users.is_empty() {
+        eprintln!(
             "warning: no users exist, so every request will be refused; set TESSERA_ADMIN_USERNAME and TESSERA_ADMIN_PASSWORD"
-        ),
-        None => {}
+        );
     }
     let users = Arc::new(users);
 
     let max_key = |table_id: u32| {
         (0..shard_count)
-            .filter_map(|i| shards.store(i).and_then(|s| s.max_number_key(table_id).ok().flatten()))
+            .filter_map(|i| {
+                shards
+                    .store(i)
+                    .and_then(|s| s.max_number_key(table_id).ok().flatten())
+            })
             .reduce(f64::max)
     };
     let counters = initial_counters(&tables, max_key);
-    let exports: HashMap<String, Arc<Table>> = tables.iter().filter_map(|t| Some((t.export.clone()?, t.clone()))).collect();
+    let exports: HashMap<String, Arc<Table>> = tables
+        .iter()
+        .filter_map(|t| Some((t.export.clone()?, t.clone())))
+        .collect();
 
     let addr: SocketAddr = format!("{}:{}", settings.host, settings.http_port)
         .parse()
-        .with_context(|| format!("bad listen address {}:{}", settings.host, settings.http_port))?;
+        .with_context(|| {
+            format!(
+                "bad listen address {}:{}",
+                settings.host, settings.http_port
+            )
+        })?;
     let (reservation, http_port) = reserve_port(addr)?;
     let bind_addr = SocketAddr::new(addr.ip(), http_port);
-    let shared = Arc::new(Shared { settings: settings.clone(), tables: exports, counters });
+    let shared = Arc::new(Shared {
+        settings: settings.clone(),
+        tables: exports,
+        counters,
+    });
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    let exec = ExecutorSettings { threads: settings.threads, preempt_timer: std::time::Duration::from_millis(5) };
+    let exec = ExecutorSettings {
+        threads: settings.threads,
+        preempt_timer: std::time::Duration::from_millis(5),
+    };
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
         let (shared, users, bound_tx) = (shared.clone(), users.clone(), bound_tx.clone());
         async move {
             let listener = match glommio::net::TcpListener::bind(bind_addr) {
                 Ok(l) => l,
                 Err(e) => {
-                    let _ = bound_tx.send(Err(format!("core {}: cannot listen on {bind_addr}: {e}", ctx.core)));
+                    let _ = bound_tx.send(Err(format!(
+                        "core {}: cannot listen on {bind_addr}: {e}",
+                        ctx.core
+                    )));
                     return;
                 }
             };
@@ -124,13 +181,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     drop(reservation);
-    println!("tessera: HTTP (REST) listening on {bind_addr} ({} threads, {shard_count} shards, {:?})", settings.threads, settings.durability);
+    println!(
+        "tessera: HTTP (REST) listening on {bind_addr} ({} threads, {shard_count} shards, {:?})",
+        settings.threads, settings.durability
+    );
     eprintln!(
         "reserved, not yet served: MQTT port {}, Operations API port {}",
         settings.mqtt_port, settings.ops_port
     );
     if settings.durability == Durability::Buffered {
-        eprintln!("warning: buffered durability: acknowledged writes survive a process crash, not a power loss");
+        eprintln!(
+            "warning: buffered durability: acknowledged writes survive a process crash, not a power loss"
+        );
     }
 
     if let Some(sig) = signals.forever().next() {

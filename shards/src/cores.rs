@@ -54,22 +54,42 @@ fn size_io_memory(threads: usize) -> (u64, usize) {
     };
     const DEFAULT: u64 = 10 << 20;
     // Leave a quarter of the limit for everything else that locks memory.
-    let per = if limit == rlimit::INFINITY { DEFAULT } else { (limit / 4 * 3 / threads.max(1) as u64).clamp(64 << 10, DEFAULT) };
+    let per = if limit == rlimit::INFINITY {
+        DEFAULT
+    } else {
+        (limit / 4 * 3 / threads.max(1) as u64).clamp(64 << 10, DEFAULT)
+    };
     (limit, per as usize)
 }
 
 /// Starts one pinned executor per thread; each joins the mesh, serves jobs from the other cores,
 /// and runs `init`. Returns the join handles (they end when `init`'s futures end).
-pub fn start_executors<F, Fut>(settings: &ExecutorSettings, shards: Arc<ShardSet>, init: F) -> std::io::Result<Vec<std::thread::JoinHandle<()>>>
+pub fn start_executors<F, Fut>(
+    settings: &ExecutorSettings,
+    shards: Arc<ShardSet>,
+    init: F,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>>
 where
     F: Fn(CoreContext) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let threads = settings.threads.max(1);
-    let cpus: Vec<usize> = core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect()).unwrap_or_default();
+    let cpus: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .unwrap_or_default();
     let (memlock, io_memory) = size_io_memory(threads);
-    let shown = |b: u64| if b == rlimit::INFINITY { "unlimited".to_owned() } else { format!("{} KiB", b >> 10) };
-    eprintln!("executors: {threads} pinned to cpus {cpus:?}; memlock {}, io_memory {} KiB each", shown(memlock), io_memory >> 10);
+    let shown = |b: u64| {
+        if b == rlimit::INFINITY {
+            "unlimited".to_owned()
+        } else {
+            format!("{} KiB", b >> 10)
+        }
+    };
+    eprintln!(
+        "executors: {threads} pinned to cpus {cpus:?}; memlock {}, io_memory {} KiB each",
+        shown(memlock),
+        io_memory >> 10
+    );
     let mesh: MeshBuilder<Job, Full> = MeshBuilder::full(threads, MESH_CHANNEL);
     let mut handles = Vec::with_capacity(threads);
     for i in 0..threads {
@@ -102,8 +122,18 @@ where
                 } else {
                     (0, None)
                 };
-                let router = Router { core, cores: threads, shards, mesh: senders };
-                init(CoreContext { core, cores: threads, router }).await;
+                let router = Router {
+                    core,
+                    cores: threads,
+                    shards,
+                    mesh: senders,
+                };
+                init(CoreContext {
+                    core,
+                    cores: threads,
+                    router,
+                })
+                .await;
             })
             .map_err(|e| std::io::Error::other(format!("executor {i}: {e}")))?;
         handles.push(std::thread::spawn(move || {
@@ -154,11 +184,16 @@ impl Router {
                         let _ = tx.send(f(store));
                     }
                 });
-                mesh.send_to(owner, job).await.map_err(|_| ShardError::Unavailable(shard))?;
+                mesh.send_to(owner, job)
+                    .await
+                    .map_err(|_| ShardError::Unavailable(shard))?;
                 rx.await.map_err(|_| ShardError::Unavailable(shard))
             }
             _ => {
-                let store = self.shards.store(shard).ok_or(ShardError::Unavailable(shard))?;
+                let store = self
+                    .shards
+                    .store(shard)
+                    .ok_or(ShardError::Unavailable(shard))?;
                 Ok(f(store))
             }
         }
@@ -181,9 +216,18 @@ impl Router {
             return Err(ShardError::Closing);
         }
         let shard = self.shard_of(&op.key);
-        let writer = self.shards.writers.get(shard).ok_or(ShardError::Unavailable(shard))?;
+        let writer = self
+            .shards
+            .writers
+            .get(shard)
+            .ok_or(ShardError::Unavailable(shard))?;
         let (tx, rx) = oneshot::channel();
-        writer.tx.send(Command::Write(op, tx)).map_err(|_| ShardError::Unavailable(shard))?;
-        rx.await.map_err(|_| ShardError::Unavailable(shard))?.map_err(ShardError::Store)
+        writer
+            .tx
+            .send(Command::Write(op, tx))
+            .map_err(|_| ShardError::Unavailable(shard))?;
+        rx.await
+            .map_err(|_| ShardError::Unavailable(shard))?
+            .map_err(ShardError::Store)
     }
 }

@@ -46,7 +46,12 @@ pub struct ShardSet {
 
 impl ShardSet {
     /// Opens `count` shards under `data_dir` (`shard-N/`), in parallel, and starts their writers.
-    pub fn open(data_dir: &Path, count: usize, opts: ShardOptions, durability: Durability) -> Result<ShardSet, std::io::Error> {
+    pub fn open(
+        data_dir: &Path,
+        count: usize,
+        opts: ShardOptions,
+        durability: Durability,
+    ) -> Result<ShardSet, std::io::Error> {
         let opened: Vec<Result<ShardStore, StoreError>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..count)
                 .map(|i| {
@@ -56,12 +61,17 @@ impl ShardSet {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Corrupt("shard open panicked".into()))))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(StoreError::Corrupt("shard open panicked".into())))
+                })
                 .collect()
         });
         let mut stores = Vec::with_capacity(count);
         for (i, s) in opened.into_iter().enumerate() {
-            stores.push(Arc::new(s.map_err(|e| std::io::Error::other(format!("shard {i}: {e}")))?));
+            stores.push(Arc::new(
+                s.map_err(|e| std::io::Error::other(format!("shard {i}: {e}")))?,
+            ));
         }
         let mut writers = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
@@ -70,7 +80,12 @@ impl ShardSet {
             writers.push(w);
             threads.push(t);
         }
-        Ok(ShardSet { stores, writers, threads: std::sync::Mutex::new(threads), closing: AtomicBool::new(false) })
+        Ok(ShardSet {
+            stores,
+            writers,
+            threads: std::sync::Mutex::new(threads),
+            closing: AtomicBool::new(false),
+        })
     }
 
     pub fn count(&self) -> usize {
@@ -90,11 +105,14 @@ impl ShardSet {
         let mut waits = Vec::new();
         for (i, w) in self.writers.iter().enumerate() {
             let (tx, rx) = std::sync::mpsc::channel();
-            w.tx.send(writer::Command::Flush(tx)).map_err(|_| ShardError::Unavailable(i))?;
+            w.tx.send(writer::Command::Flush(tx))
+                .map_err(|_| ShardError::Unavailable(i))?;
             waits.push((i, rx));
         }
         for (i, rx) in waits {
-            rx.recv().map_err(|_| ShardError::Unavailable(i))?.map_err(ShardError::Store)?;
+            rx.recv()
+                .map_err(|_| ShardError::Unavailable(i))?
+                .map_err(ShardError::Store)?;
         }
         Ok(())
     }
@@ -105,7 +123,9 @@ impl ShardSet {
 
     /// Stops the writer threads (after [`ShardSet::close`]); for tests and orderly exits.
     pub fn join_writers(self) {
-        let ShardSet { writers, threads, .. } = self;
+        let ShardSet {
+            writers, threads, ..
+        } = self;
         drop(writers);
         if let Ok(mut threads) = threads.lock() {
             for t in threads.drain(..) {
@@ -123,7 +143,8 @@ mod tests {
     fn shard_of_is_stable() {
         // Pinned values: a change here would re-home stored keys.
         assert_eq!(shard_of(b"\0\0\0\x01\x20abc", 1), 0);
-        let spread: std::collections::HashSet<_> = (0u32..100).map(|i| shard_of(&i.to_be_bytes(), 4)).collect();
+        let spread: std::collections::HashSet<_> =
+            (0u32..100).map(|i| shard_of(&i.to_be_bytes(), 4)).collect();
         assert_eq!(spread.len(), 4);
         assert_eq!(shard_of(b"key", 7), shard_of(b"key", 7));
     }

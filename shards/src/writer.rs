@@ -30,7 +30,11 @@ pub(crate) struct WriterHandle {
 }
 
 /// Starts the writer thread of `shard`.
-pub(crate) fn spawn(shard: usize, store: Arc<ShardStore>, durability: Durability) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+pub(crate) fn spawn(
+    shard: usize,
+    store: Arc<ShardStore>,
+    durability: Durability,
+) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
@@ -60,7 +64,9 @@ fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability)
         let result = if ops.is_empty() {
             Ok(Vec::new())
         } else {
-            store.apply(&ops, &mut clock).and_then(|outcomes| store.persist(durability).map(|()| outcomes))
+            store
+                .apply(&ops, &mut clock)
+                .and_then(|outcomes| store.persist(durability).map(|()| outcomes))
         };
         match result {
             Ok(outcomes) => {

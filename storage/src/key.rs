@@ -71,7 +71,11 @@ fn encode_f64(tag: u8, f: f64, out: &mut Vec<u8>) -> Result<(), KeyError> {
     }
     let f = if f == 0.0 { 0.0 } else { f };
     let bits = f.to_bits();
-    let ordered = if bits >> 63 == 0 { bits | (1 << 63) } else { !bits };
+    let ordered = if bits >> 63 == 0 {
+        bits | (1 << 63)
+    } else {
+        !bits
+    };
     out.push(tag);
     out.extend_from_slice(&ordered.to_be_bytes());
     Ok(())
@@ -85,9 +89,17 @@ pub fn decode(bytes: &[u8]) -> Result<(Value, usize), KeyError> {
         FALSE => Ok((Value::Bool(false), 1)),
         TRUE => Ok((Value::Bool(true), 1)),
         NUMBER | DATE => {
-            let raw: [u8; 8] = rest.get(..8).ok_or(KeyError::Malformed)?.try_into().map_err(|_| KeyError::Malformed)?;
+            let raw: [u8; 8] = rest
+                .get(..8)
+                .ok_or(KeyError::Malformed)?
+                .try_into()
+                .map_err(|_| KeyError::Malformed)?;
             let ordered = u64::from_be_bytes(raw);
-            let bits = if ordered >> 63 == 1 { ordered & !(1 << 63) } else { !ordered };
+            let bits = if ordered >> 63 == 1 {
+                ordered & !(1 << 63)
+            } else {
+                !ordered
+            };
             let f = f64::from_bits(bits);
             let v = if tag == DATE {
                 Value::Date(f)
@@ -171,8 +183,16 @@ mod tests {
     fn prefix_of_string_is_byte_prefix() {
         let mut p = Vec::new();
         encode_str_open("grp/", &mut p);
-        assert!(to_key(&Value::String("grp/one".into())).unwrap().starts_with(&p));
-        assert!(!to_key(&Value::String("grpx".into())).unwrap().starts_with(&p));
+        assert!(
+            to_key(&Value::String("grp/one".into()))
+                .unwrap()
+                .starts_with(&p)
+        );
+        assert!(
+            !to_key(&Value::String("grpx".into()))
+                .unwrap()
+                .starts_with(&p)
+        );
     }
 
     proptest! {

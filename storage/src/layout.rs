@@ -51,9 +51,15 @@ pub struct Layout {
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a Tessera layout: {source}")]
-    Corrupt { path: String, source: serde_json::Error },
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("too many attributes in table {0}")]
     TooManyAttributes(String),
 }
@@ -62,17 +68,29 @@ impl Layout {
     /// Reads the layout under `data_dir`, or creates one with `shard_count` shards.
     pub fn open_or_create(data_dir: &Path, shard_count: usize) -> Result<Layout, LayoutError> {
         let path = data_dir.join(FILE);
-        let io = |source| LayoutError::Io { path: path.display().to_string(), source };
+        let io = |source| LayoutError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let file = serde_json::from_slice(&bytes).map_err(|source| LayoutError::Corrupt { path: path.display().to_string(), source })?;
+                let file =
+                    serde_json::from_slice(&bytes).map_err(|source| LayoutError::Corrupt {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
                 Ok(Layout { path, file })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 std::fs::create_dir_all(data_dir).map_err(io)?;
                 let layout = Layout {
                     path,
-                    file: LayoutFile { format: 1, shard_count: shard_count.max(1), next_table_id: 1, tables: BTreeMap::new() },
+                    file: LayoutFile {
+                        format: 1,
+                        shard_count: shard_count.max(1),
+                        next_table_id: 1,
+                        tables: BTreeMap::new(),
+                    },
                 };
                 layout.save()?;
                 Ok(layout)
@@ -97,16 +115,29 @@ impl Layout {
             if is_new {
                 let id = self.file.next_table_id;
                 self.file.next_table_id += 1;
-                self.file.tables.insert(full.clone(), TableLayout { id, ..Default::default() });
+                self.file.tables.insert(
+                    full.clone(),
+                    TableLayout {
+                        id,
+                        ..Default::default()
+                    },
+                );
             }
-            let Some(tl) = self.file.tables.get_mut(&full) else { continue };
+            let Some(tl) = self.file.tables.get_mut(&full) else {
+                continue;
+            };
             table.id = tl.id;
             for a in &mut table.attributes {
-                let next = tl.attributes.values().max().map_or(Some(1), |m| m.checked_add(1));
+                let next = tl
+                    .attributes
+                    .values()
+                    .max()
+                    .map_or(Some(1), |m| m.checked_add(1));
                 let id = match tl.attributes.get(&a.name) {
                     Some(id) => *id,
                     None => {
-                        let id = next.ok_or_else(|| LayoutError::TooManyAttributes(full.clone()))?;
+                        let id =
+                            next.ok_or_else(|| LayoutError::TooManyAttributes(full.clone()))?;
                         tl.attributes.insert(a.name.clone(), id);
                         id
                     }
@@ -119,7 +150,12 @@ impl Layout {
                     if is_new {
                         tl.indexed.push(a.name.clone());
                     } else {
-                        missing.push(MissingIndex { table: full.clone(), table_id: tl.id, attribute: a.name.clone(), attribute_id: a.id });
+                        missing.push(MissingIndex {
+                            table: full.clone(),
+                            table_id: tl.id,
+                            attribute: a.name.clone(),
+                            attribute_id: a.id,
+                        });
                     }
                 }
             }
@@ -142,15 +178,24 @@ impl Layout {
     }
 
     fn save(&self) -> Result<(), LayoutError> {
-        let io = |source| LayoutError::Io { path: self.path.display().to_string(), source };
+        let io = |source| LayoutError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|source| LayoutError::Corrupt { path: tmp.display().to_string(), source })?;
+        let bytes =
+            serde_json::to_vec_pretty(&self.file).map_err(|source| LayoutError::Corrupt {
+                path: tmp.display().to_string(),
+                source,
+            })?;
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         Ok(())
     }
@@ -164,7 +209,11 @@ mod tests {
     fn ids_are_stable_and_new_indexes_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Catalog::default();
-        c.load_schema("s", "type A @table { id: ID @primaryKey x: Int @indexed y: Int }").unwrap();
+        c.load_schema(
+            "s",
+            "type A @table { id: ID @primaryKey x: Int @indexed y: Int }",
+        )
+        .unwrap();
         let mut l = Layout::open_or_create(dir.path(), 3).unwrap();
         assert!(l.assign(&mut c).unwrap().is_empty());
         let (tid, yid) = (c.tables[0].id, c.tables[0].attribute("y").unwrap().id);

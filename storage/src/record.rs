@@ -31,7 +31,11 @@ impl<'a> RecordRef<'a> {
         }
         let version = u64::from_be_bytes(head[1..9].try_into().ok()?);
         let expires = u64::from_be_bytes(head[9..17].try_into().ok()?);
-        Some(RecordRef { version, expires_at: (expires != 0).then_some(expires), body })
+        Some(RecordRef {
+            version,
+            expires_at: (expires != 0).then_some(expires),
+            body,
+        })
     }
 
     /// Whether the record has expired at `now_ms`.

@@ -64,7 +64,10 @@ impl Scalar {
 
     /// Whether primary keys of this type are numbers (ids in URLs are converted, POST counts up).
     pub fn is_numeric_key(self) -> bool {
-        matches!(self, Scalar::Int | Scalar::Long | Scalar::Float | Scalar::BigInt | Scalar::Any)
+        matches!(
+            self,
+            Scalar::Int | Scalar::Long | Scalar::Float | Scalar::BigInt | Scalar::Any
+        )
     }
 }
 
@@ -173,16 +176,24 @@ impl Table {
     }
 
     pub fn created_time(&self) -> Option<&str> {
-        self.attributes.iter().find(|a| a.created_time).map(|a| a.name.as_str())
+        self.attributes
+            .iter()
+            .find(|a| a.created_time)
+            .map(|a| a.name.as_str())
     }
 
     pub fn updated_time(&self) -> Option<&str> {
-        self.attributes.iter().find(|a| a.updated_time).map(|a| a.name.as_str())
+        self.attributes
+            .iter()
+            .find(|a| a.updated_time)
+            .map(|a| a.name.as_str())
     }
 
     /// The indexed, stored attributes.
     pub fn indexed(&self) -> impl Iterator<Item = &Attribute> {
-        self.attributes.iter().filter(|a| a.indexed && a.is_stored() && !a.primary_key)
+        self.attributes
+            .iter()
+            .filter(|a| a.indexed && a.is_stored() && !a.primary_key)
     }
 
     /// The description object of `GET /Table` (HARPER.md section 1).
@@ -256,7 +267,12 @@ pub enum SchemaError {
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
     #[error("{file}:{line}:{column}: {message}")]
-    At { file: String, line: usize, column: usize, message: String },
+    At {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
 }
 
 /// Every table of the loaded components.
@@ -268,10 +284,11 @@ pub struct Catalog {
 impl Catalog {
     /// Parses one schema file and adds its tables. `file` names the file in errors.
     pub fn load_schema(&mut self, file: &str, source: &str) -> Result<(), SchemaError> {
-        let doc = graphql_parser::parse_schema::<String>(source).map_err(|e| SchemaError::Syntax {
-            file: file.to_owned(),
-            message: e.to_string().trim().to_owned(),
-        })?;
+        let doc =
+            graphql_parser::parse_schema::<String>(source).map_err(|e| SchemaError::Syntax {
+                file: file.to_owned(),
+                message: e.to_string().trim().to_owned(),
+            })?;
         let err = |pos: graphql_parser::Pos, message: String| SchemaError::At {
             file: file.to_owned(),
             line: pos.line,
@@ -283,22 +300,37 @@ impl Catalog {
             match def {
                 Definition::TypeDefinition(TypeDefinition::Object(o)) => objects.push(o),
                 Definition::TypeDefinition(TypeDefinition::Scalar(s)) => {
-                    return Err(err(s.position, format!("custom scalar {} is not supported", s.name)));
+                    return Err(err(
+                        s.position,
+                        format!("custom scalar {} is not supported", s.name),
+                    ));
                 }
                 Definition::TypeDefinition(TypeDefinition::Enum(e)) => {
                     return Err(err(e.position, format!("enum {} is not supported", e.name)));
                 }
                 Definition::TypeDefinition(TypeDefinition::Interface(i)) => {
-                    return Err(err(i.position, format!("interface {} is not supported", i.name)));
+                    return Err(err(
+                        i.position,
+                        format!("interface {} is not supported", i.name),
+                    ));
                 }
                 Definition::TypeDefinition(TypeDefinition::Union(u)) => {
-                    return Err(err(u.position, format!("union {} is not supported", u.name)));
+                    return Err(err(
+                        u.position,
+                        format!("union {} is not supported", u.name),
+                    ));
                 }
                 Definition::TypeDefinition(TypeDefinition::InputObject(i)) => {
-                    return Err(err(i.position, format!("input {} is not supported", i.name)));
+                    return Err(err(
+                        i.position,
+                        format!("input {} is not supported", i.name),
+                    ));
                 }
                 Definition::SchemaDefinition(s) => {
-                    return Err(err(s.position, "schema definitions are not supported".to_owned()));
+                    return Err(err(
+                        s.position,
+                        "schema definitions are not supported".to_owned(),
+                    ));
                 }
                 Definition::TypeExtension(_) => {
                     return Err(SchemaError::Syntax {
@@ -307,7 +339,10 @@ impl Catalog {
                     });
                 }
                 Definition::DirectiveDefinition(d) => {
-                    return Err(err(d.position, format!("directive definition @{} is not supported", d.name)));
+                    return Err(err(
+                        d.position,
+                        format!("directive definition @{} is not supported", d.name),
+                    ));
                 }
             }
         }
@@ -323,7 +358,12 @@ impl Catalog {
                     "table" => is_table = true,
                     "sealed" => sealed = true,
                     "export" | "hidden" => {}
-                    other => return Err(err(d.position, format!("unknown directive @{other} on type {}", o.name))),
+                    other => {
+                        return Err(err(
+                            d.position,
+                            format!("unknown directive @{other} on type {}", o.name),
+                        ));
+                    }
                 }
             }
             if !is_table {
@@ -332,7 +372,14 @@ impl Catalog {
                     .iter()
                     .map(|f| attribute(f, &type_names).map_err(|(p, m)| err(p, m)))
                     .collect::<Result<Vec<_>, _>>()?;
-                nested.insert(o.name.clone(), ObjectType { name: o.name.clone(), attributes, sealed });
+                nested.insert(
+                    o.name.clone(),
+                    ObjectType {
+                        name: o.name.clone(),
+                        attributes,
+                        sealed,
+                    },
+                );
             }
         }
         let nested = Arc::new(nested);
@@ -358,14 +405,36 @@ impl Catalog {
                     "table" => {
                         for (k, v) in &d.arguments {
                             match (k.as_str(), v) {
-                                ("table", graphql_parser::query::Value::String(s)) => table.name = s.clone(),
-                                ("database", graphql_parser::query::Value::String(s)) => table.database = s.clone(),
-                                ("expiration", v) => table.expiration = Some(number_arg(v).ok_or_else(|| err(d.position, "@table(expiration:) must be a number of seconds".to_owned()))?),
+                                ("table", graphql_parser::query::Value::String(s)) => {
+                                    table.name = s.clone()
+                                }
+                                ("database", graphql_parser::query::Value::String(s)) => {
+                                    table.database = s.clone()
+                                }
+                                ("expiration", v) => {
+                                    table.expiration = Some(number_arg(v).ok_or_else(|| {
+                                        err(
+                                            d.position,
+                                            "@table(expiration:) must be a number of seconds"
+                                                .to_owned(),
+                                        )
+                                    })?)
+                                }
                                 ("eviction" | "scanInterval", v) => {
-                                    number_arg(v).ok_or_else(|| err(d.position, format!("@table({k}:) must be a number of seconds")))?;
+                                    number_arg(v).ok_or_else(|| {
+                                        err(
+                                            d.position,
+                                            format!("@table({k}:) must be a number of seconds"),
+                                        )
+                                    })?;
                                 }
                                 ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
-                                (k, _) => return Err(err(d.position, format!("unknown or mistyped argument {k} of @table"))),
+                                (k, _) => {
+                                    return Err(err(
+                                        d.position,
+                                        format!("unknown or mistyped argument {k} of @table"),
+                                    ));
+                                }
                             }
                         }
                     }
@@ -373,8 +442,15 @@ impl Catalog {
                         let mut name = o.name.clone();
                         for (k, v) in &d.arguments {
                             match (k.as_str(), v) {
-                                ("name", graphql_parser::query::Value::String(s)) => name = s.clone(),
-                                (k, _) => return Err(err(d.position, format!("unknown or mistyped argument {k} of @export"))),
+                                ("name", graphql_parser::query::Value::String(s)) => {
+                                    name = s.clone()
+                                }
+                                (k, _) => {
+                                    return Err(err(
+                                        d.position,
+                                        format!("unknown or mistyped argument {k} of @export"),
+                                    ));
+                                }
                             }
                         }
                         table.export = Some(name);
@@ -384,9 +460,13 @@ impl Catalog {
                 }
             }
             for f in &o.fields {
-                table.attributes.push(attribute(f, &type_names).map_err(|(p, m)| err(p, m))?);
+                table
+                    .attributes
+                    .push(attribute(f, &type_names).map_err(|(p, m)| err(p, m))?);
             }
-            let keys: Vec<usize> = (0..table.attributes.len()).filter(|&i| table.attributes[i].primary_key).collect();
+            let keys: Vec<usize> = (0..table.attributes.len())
+                .filter(|&i| table.attributes[i].primary_key)
+                .collect();
             table.primary_key = match keys.as_slice() {
                 [k] => *k,
                 [] => match table.attributes.iter().position(|a| a.name == "id") {
@@ -394,22 +474,55 @@ impl Catalog {
                         table.attributes[k].primary_key = true;
                         k
                     }
-                    None => return Err(err(o.position, format!("table {} has no @primaryKey attribute", o.name))),
+                    None => {
+                        return Err(err(
+                            o.position,
+                            format!("table {} has no @primaryKey attribute", o.name),
+                        ));
+                    }
                 },
-                _ => return Err(err(o.position, format!("table {} has more than one @primaryKey", o.name))),
+                _ => {
+                    return Err(err(
+                        o.position,
+                        format!("table {} has more than one @primaryKey", o.name),
+                    ));
+                }
             };
             if let Some(pk) = table.attributes.get(table.primary_key)
                 && !matches!(pk.ty, FieldType::Scalar(_))
             {
-                return Err(err(o.position, format!("primary key {} of {} must be a scalar type", pk.name, o.name)));
+                return Err(err(
+                    o.position,
+                    format!(
+                        "primary key {} of {} must be a scalar type",
+                        pk.name, o.name
+                    ),
+                ));
             }
-            if let Some(dup) = self.tables.iter().find(|t| t.full_name() == table.full_name()) {
-                return Err(err(o.position, format!("table {} is declared twice (also as type {})", table.full_name(), dup.type_name)));
+            if let Some(dup) = self
+                .tables
+                .iter()
+                .find(|t| t.full_name() == table.full_name())
+            {
+                return Err(err(
+                    o.position,
+                    format!(
+                        "table {} is declared twice (also as type {})",
+                        table.full_name(),
+                        dup.type_name
+                    ),
+                ));
             }
             if let Some(export) = &table.export
-                && self.tables.iter().any(|t| t.export.as_ref() == Some(export))
+                && self
+                    .tables
+                    .iter()
+                    .any(|t| t.export.as_ref() == Some(export))
             {
-                return Err(err(o.position, format!("two tables are exported as {export}")));
+                return Err(err(
+                    o.position,
+                    format!("two tables are exported as {export}"),
+                ));
             }
             self.tables.push(table);
         }
@@ -418,7 +531,9 @@ impl Catalog {
 
     /// The exported table reachable at URL segment `name`.
     pub fn exported(&self, name: &str) -> Option<&Table> {
-        self.tables.iter().find(|t| t.export.as_deref() == Some(name))
+        self.tables
+            .iter()
+            .find(|t| t.export.as_deref() == Some(name))
     }
 }
 
@@ -433,7 +548,10 @@ fn number_arg(v: &graphql_parser::query::Value<'_, String>) -> Option<f64> {
 fn field_type(t: &Type<'_, String>, type_names: &[&str]) -> Result<(FieldType, bool), String> {
     Ok(match t {
         Type::NonNullType(inner) => (field_type(inner, type_names)?.0, true),
-        Type::ListType(inner) => (FieldType::List(Box::new(field_type(inner, type_names)?.0)), false),
+        Type::ListType(inner) => (
+            FieldType::List(Box::new(field_type(inner, type_names)?.0)),
+            false,
+        ),
         Type::NamedType(n) => match Scalar::from_name(n) {
             Some(s) => (FieldType::Scalar(s), false),
             None if type_names.contains(&n.as_str()) => (FieldType::Named(n.clone()), false),
@@ -443,16 +561,25 @@ fn field_type(t: &Type<'_, String>, type_names: &[&str]) -> Result<(FieldType, b
 }
 
 fn string_arg(d: &Directive<'_, String>, name: &str) -> Option<String> {
-    d.arguments.iter().find(|(k, _)| k == name).and_then(|(_, v)| match v {
-        // Harper's examples write attribute names bare (`from: brandId`), which GraphQL reads as
-        // an enum value.
-        graphql_parser::query::Value::String(s) | graphql_parser::query::Value::Enum(s) => Some(s.clone()),
-        _ => None,
-    })
+    d.arguments
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| match v {
+            // Harper's examples write attribute names bare (`from: brandId`), which GraphQL reads as
+            // an enum value.
+            graphql_parser::query::Value::String(s) | graphql_parser::query::Value::Enum(s) => {
+                Some(s.clone())
+            }
+            _ => None,
+        })
 }
 
-fn attribute(f: &Field<'_, String>, type_names: &[&str]) -> Result<Attribute, (graphql_parser::Pos, String)> {
-    let (ty, required) = field_type(&f.field_type, type_names).map_err(|m| (f.position, format!("{m} in field {}", f.name)))?;
+fn attribute(
+    f: &Field<'_, String>,
+    type_names: &[&str],
+) -> Result<Attribute, (graphql_parser::Pos, String)> {
+    let (ty, required) = field_type(&f.field_type, type_names)
+        .map_err(|m| (f.position, format!("{m} in field {}", f.name)))?;
     let mut a = Attribute {
         name: f.name.clone(),
         ty,
@@ -472,7 +599,10 @@ fn attribute(f: &Field<'_, String>, type_names: &[&str]) -> Result<Attribute, (g
             "primaryKey" => a.primary_key = true,
             "indexed" => {
                 if let Some(t) = string_arg(d, "type") {
-                    return Err((d.position, format!("@indexed(type: \"{t}\") is not supported")));
+                    return Err((
+                        d.position,
+                        format!("@indexed(type: \"{t}\") is not supported"),
+                    ));
                 }
                 a.indexed = true;
             }
@@ -480,14 +610,25 @@ fn attribute(f: &Field<'_, String>, type_names: &[&str]) -> Result<Attribute, (g
             "updatedTime" => a.updated_time = true,
             "hidden" => a.hidden = true,
             "relationship" => {
-                let r = Relationship { from: string_arg(d, "from"), to: string_arg(d, "to") };
+                let r = Relationship {
+                    from: string_arg(d, "from"),
+                    to: string_arg(d, "to"),
+                };
                 if r.from.is_none() && r.to.is_none() {
-                    return Err((d.position, format!("@relationship on {} needs from: or to:", f.name)));
+                    return Err((
+                        d.position,
+                        format!("@relationship on {} needs from: or to:", f.name),
+                    ));
                 }
                 a.relationship = Some(r);
             }
             "computed" => a.computed = Some(string_arg(d, "from").unwrap_or_default()),
-            other => return Err((d.position, format!("unknown directive @{other} on field {}", f.name))),
+            other => {
+                return Err((
+                    d.position,
+                    format!("unknown directive @{other} on field {}", f.name),
+                ));
+            }
         }
     }
     Ok(a)
@@ -521,7 +662,10 @@ type Address { street: String }
         assert_eq!(p.primary_key().name, "id");
         assert_eq!(p.key_type(), Scalar::Id);
         assert!(p.attribute("name").unwrap().required);
-        assert_eq!(p.attribute("tags").unwrap().ty, FieldType::List(Box::new(FieldType::Scalar(Scalar::String))));
+        assert_eq!(
+            p.attribute("tags").unwrap().ty,
+            FieldType::List(Box::new(FieldType::Scalar(Scalar::String)))
+        );
         assert_eq!(p.created_time(), Some("createdAt"));
         assert!(p.types.contains_key("Address"));
         let b = c.exported("b").unwrap();
@@ -533,13 +677,24 @@ type Address { street: String }
     #[test]
     fn unknown_directive_names_the_line() {
         let mut c = Catalog::default();
-        let e = c.load_schema("s.graphql", "type T @table {\n  id: ID @primaryKey\n  x: Int @indexd\n}").unwrap_err();
-        assert_eq!(e.to_string(), "s.graphql:3:10: unknown directive @indexd on field x");
+        let e = c
+            .load_schema(
+                "s.graphql",
+                "type T @table {\n  id: ID @primaryKey\n  x: Int @indexd\n}",
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "s.graphql:3:10: unknown directive @indexd on field x"
+        );
     }
 
     #[test]
     fn unknown_type_is_an_error() {
         let mut c = Catalog::default();
-        assert!(c.load_schema("s", "type T @table { id: ID @primaryKey x: Strin }").is_err());
+        assert!(
+            c.load_schema("s", "type T @table { id: ID @primaryKey x: Strin }")
+                .is_err()
+        );
     }
 }

@@ -27,7 +27,10 @@ pub struct ShardOptions {
 
 impl Default for ShardOptions {
     fn default() -> Self {
-        ShardOptions { cache_bytes: 16 << 20, memtable_bytes: 8 << 20 }
+        ShardOptions {
+            cache_bytes: 16 << 20,
+            memtable_bytes: 8 << 20,
+        }
     }
 }
 
@@ -87,7 +90,7 @@ pub struct Clock {
 }
 
 impl Clock {
-    pub fn next(&mut self) -> u64 {
+    pub fn tick(&mut self) -> u64 {
         let now = now_micros();
         self.last = now.max(self.last + 1);
         self.last
@@ -149,13 +152,23 @@ impl ShardStore {
     }
 
     /// Records whose key starts with `prefix`, in key order.
-    pub fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Slice, Slice), StoreError>> + use<> {
-        self.records.prefix(prefix).map(|g| g.into_inner().map_err(StoreError::from))
+    pub fn scan(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Slice, Slice), StoreError>> + use<> {
+        self.records
+            .prefix(prefix)
+            .map(|g| g.into_inner().map_err(StoreError::from))
     }
 
     /// Index keys that start with `prefix`, in key order.
-    pub fn scan_index(&self, prefix: &[u8]) -> impl Iterator<Item = Result<Slice, StoreError>> + use<> {
-        self.index.prefix(prefix).map(|g| g.key().map_err(StoreError::from))
+    pub fn scan_index(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Slice, StoreError>> + use<> {
+        self.index
+            .prefix(prefix)
+            .map(|g| g.key().map_err(StoreError::from))
     }
 
     /// The largest numeric primary key of a table on this shard (for auto-increment).
@@ -168,7 +181,8 @@ impl ShardStore {
             None => Ok(None),
             Some(g) => {
                 let k = g.key()?;
-                let (v, _) = key::decode(k.get(4..).unwrap_or_default()).map_err(|_| StoreError::Corrupt(format!("{k:?}")))?;
+                let (v, _) = key::decode(k.get(4..).unwrap_or_default())
+                    .map_err(|_| StoreError::Corrupt(format!("{k:?}")))?;
                 Ok(v.as_f64())
             }
         }
@@ -176,12 +190,16 @@ impl ShardStore {
 
     /// Applies a group of writes as one atomic batch (not yet durable: see [`Self::persist`]).
     /// Later writes in the group see earlier ones. Returns one outcome per op, in order.
-    pub fn apply(&self, ops: &[WriteOp], clock: &mut Clock) -> Result<Vec<WriteOutcome>, StoreError> {
+    pub fn apply(
+        &self,
+        ops: &[WriteOp],
+        clock: &mut Clock,
+    ) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut latest: HashMap<&[u8], Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
-            let version = clock.next();
+            let version = clock.tick();
             let now_ms = version / 1000;
             let old_bytes: Option<Vec<u8>> = match latest.get(op.key.as_slice()) {
                 Some(v) => v.clone(),
@@ -189,8 +207,11 @@ impl ShardStore {
             };
             let old = match &old_bytes {
                 Some(b) => {
-                    let r = RecordRef::parse(b).ok_or_else(|| StoreError::Corrupt(format!("{:?}", op.key)))?;
-                    (!r.is_expired(now_ms)).then(|| value::from_msgpack(r.body)).transpose()?
+                    let r = RecordRef::parse(b)
+                        .ok_or_else(|| StoreError::Corrupt(format!("{:?}", op.key)))?;
+                    (!r.is_expired(now_ms))
+                        .then(|| value::from_msgpack(r.body))
+                        .transpose()?
                 }
                 None => None,
             };
@@ -224,7 +245,11 @@ impl ShardStore {
             }
             let expires = op.table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
             let stored = new.map(|v| record::encode(version, expires, &v.to_msgpack()));
-            outcomes.push(WriteOutcome { version, existed: old.is_some(), record: stored.clone() });
+            outcomes.push(WriteOutcome {
+                version,
+                existed: old.is_some(),
+                record: stored.clone(),
+            });
             latest.insert(op.key.as_slice(), stored);
         }
         let mut batch = self.db.batch();
@@ -257,7 +282,9 @@ impl ShardStore {
     /// Writes the index entries of one attribute for every record of a table on this shard
     /// (used when an attribute becomes `@indexed` on a table that already has records).
     pub fn build_index(&self, table: &Table, attribute: &str) -> Result<usize, StoreError> {
-        let Some(attr) = table.attribute(attribute) else { return Ok(0) };
+        let Some(attr) = table.attribute(attribute) else {
+            return Ok(0);
+        };
         let prefix = index_prefix(table.id, attr.id);
         let mut batch = self.db.batch();
         for old in self.index.prefix(prefix) {
@@ -268,7 +295,8 @@ impl ShardStore {
             let (k, v) = kv?;
             let r = RecordRef::parse(&v).ok_or_else(|| StoreError::Corrupt(format!("{k:?}")))?;
             let rec = value::from_msgpack(r.body)?;
-            for e in attribute_entries(&prefix, rec.get(attribute), k.get(4..).unwrap_or_default()) {
+            for e in attribute_entries(&prefix, rec.get(attribute), k.get(4..).unwrap_or_default())
+            {
                 batch.insert(&self.index, e, []);
                 n += 1;
             }
@@ -282,7 +310,10 @@ impl ShardStore {
 /// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
 fn stamp_times(table: &Table, v: &mut Value, old: Option<&Value>, stamp: f64) {
     if let Some(c) = table.created_time() {
-        let created = old.and_then(|o| o.get(c)).cloned().unwrap_or(Value::Float(stamp));
+        let created = old
+            .and_then(|o| o.get(c))
+            .cloned()
+            .unwrap_or(Value::Float(stamp));
         v.set(c, created);
     }
     if let Some(u) = table.updated_time() {
@@ -335,7 +366,12 @@ mod tests {
     }
 
     fn obj(pairs: &[(&str, Value)]) -> Value {
-        Value::Object(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+        Value::Object(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
     }
 
     fn index_keys(store: &ShardStore) -> Vec<Vec<u8>> {
@@ -347,15 +383,33 @@ mod tests {
         let (_d, store, t) = setup();
         let mut clock = Clock::default();
         let key = record_key(t.id, &Value::String("a".into())).unwrap();
-        let put = |v: Value| WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Put(v) };
-        let r1 = obj(&[("id", Value::String("a".into())), ("tag", Value::Array(vec![Value::String("x".into()), Value::String("y".into())])), ("n", Value::Null)]);
+        let put = |v: Value| WriteOp {
+            table: t.clone(),
+            key: key.clone(),
+            kind: WriteKind::Put(v),
+        };
+        let r1 = obj(&[
+            ("id", Value::String("a".into())),
+            (
+                "tag",
+                Value::Array(vec![Value::String("x".into()), Value::String("y".into())]),
+            ),
+            ("n", Value::Null),
+        ]);
         let out = store.apply(&[put(r1)], &mut clock).unwrap();
         assert!(!out[0].existed);
         assert_eq!(index_keys(&store).len(), 3);
 
         // Same key twice in one group: the second sees the first; createdTime survives.
         let r2 = obj(&[("id", Value::String("a".into())), ("n", Value::Int(5))]);
-        let patch = WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Patch(obj(&[("tag", Value::Array(vec![Value::String("z".into())]))])) };
+        let patch = WriteOp {
+            table: t.clone(),
+            key: key.clone(),
+            kind: WriteKind::Patch(obj(&[(
+                "tag",
+                Value::Array(vec![Value::String("z".into())]),
+            )])),
+        };
         let out = store.apply(&[put(r2), patch], &mut clock).unwrap();
         assert!(out[1].existed && out[1].version > out[0].version);
         let stored = store.get(&key).unwrap().unwrap();
@@ -364,7 +418,16 @@ mod tests {
         assert!(rec.get("c").unwrap().as_f64().unwrap() < rec.get("u").unwrap().as_f64().unwrap());
         assert_eq!(index_keys(&store).len(), 2);
 
-        store.apply(&[WriteOp { table: t.clone(), key: key.clone(), kind: WriteKind::Delete }], &mut clock).unwrap();
+        store
+            .apply(
+                &[WriteOp {
+                    table: t.clone(),
+                    key: key.clone(),
+                    kind: WriteKind::Delete,
+                }],
+                &mut clock,
+            )
+            .unwrap();
         assert!(store.get(&key).unwrap().is_none());
         assert!(index_keys(&store).is_empty());
     }
@@ -376,7 +439,16 @@ mod tests {
         for id in [3i64, 11, 7] {
             let key = record_key(t.id, &Value::Int(id)).unwrap();
             let rec = obj(&[("id", Value::Int(id)), ("n", Value::Int(id))]);
-            store.apply(&[WriteOp { table: t.clone(), key, kind: WriteKind::Put(rec) }], &mut clock).unwrap();
+            store
+                .apply(
+                    &[WriteOp {
+                        table: t.clone(),
+                        key,
+                        kind: WriteKind::Put(rec),
+                    }],
+                    &mut clock,
+                )
+                .unwrap();
         }
         assert_eq!(store.max_number_key(t.id).unwrap(), Some(11.0));
         assert_eq!(store.build_index(&t, "n").unwrap(), 3);

@@ -29,7 +29,11 @@ pub struct ValidationError(pub Vec<String>);
 /// Checks (and coerces, in place) `record` for a write to `table`.
 ///
 /// `@createdTime` and `@updatedTime` properties are removed: the server sets them.
-pub fn check_record(table: &Table, record: &mut Value, mode: WriteMode) -> Result<(), ValidationError> {
+pub fn check_record(
+    table: &Table,
+    record: &mut Value,
+    mode: WriteMode,
+) -> Result<(), ValidationError> {
     let Value::Object(props) = record else {
         return Err(ValidationError(vec![format!(
             "The record must be an object, not {}",
@@ -42,8 +46,21 @@ pub fn check_record(table: &Table, record: &mut Value, mode: WriteMode) -> Resul
             .is_some_and(|a| a.created_time || a.updated_time)
     });
     let mut errors = Vec::new();
-    check_object(&table.attributes, table.sealed, &table.types, props, mode, "", &mut errors, 0);
-    if errors.is_empty() { Ok(()) } else { Err(ValidationError(errors)) }
+    check_object(
+        &table.attributes,
+        table.sealed,
+        &table.types,
+        props,
+        mode,
+        "",
+        &mut errors,
+        0,
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError(errors))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -69,7 +86,9 @@ fn check_object(
             Some(a) => {
                 if matches!(value, Value::Null) {
                     if a.required {
-                        errors.push(format!("Property {full} is required (and does not allow null values)"));
+                        errors.push(format!(
+                            "Property {full} is required (and does not allow null values)"
+                        ));
                     }
                 } else {
                     check_value(&a.ty, types, value, &full, errors, depth);
@@ -78,7 +97,10 @@ fn check_object(
         }
     }
     if mode == WriteMode::Replace {
-        for a in attributes.iter().filter(|a| a.required && !a.primary_key && a.is_stored()) {
+        for a in attributes
+            .iter()
+            .filter(|a| a.required && !a.primary_key && a.is_stored())
+        {
             if !props.iter().any(|(k, _)| k == &a.name) {
                 errors.push(format!("Property {path}{} is required", a.name));
             }
@@ -118,8 +140,20 @@ fn check_value(
                     must("a boolean", value, errors);
                 }
             }
-            Scalar::Int => integer(value, (i32::MIN as i64, i32::MAX as i64), "an integer (from -2147483648 to 2147483647)", prop, errors),
-            Scalar::Long => integer(value, (-LONG_BOUND, LONG_BOUND), "an integer (from -9007199254740992 to 9007199254740992)", prop, errors),
+            Scalar::Int => integer(
+                value,
+                (i32::MIN as i64, i32::MAX as i64),
+                "an integer (from -2147483648 to 2147483647)",
+                prop,
+                errors,
+            ),
+            Scalar::Long => integer(
+                value,
+                (-LONG_BOUND, LONG_BOUND),
+                "an integer (from -9007199254740992 to 9007199254740992)",
+                prop,
+                errors,
+            ),
             Scalar::BigInt => integer(value, (i64::MIN, i64::MAX), "an integer", prop, errors),
             Scalar::Float => {
                 if value.as_f64().is_none() {
@@ -157,7 +191,16 @@ fn check_value(
             // A table type without @relationship: any object is accepted, as in Harper.
             (None, Value::Object(_)) => {}
             (Some(t), Value::Object(props)) if depth < crate::value::MAX_DEPTH => {
-                check_object(&t.attributes, t.sealed, types, props, WriteMode::Replace, &format!("{prop}."), errors, depth + 1);
+                check_object(
+                    &t.attributes,
+                    t.sealed,
+                    types,
+                    props,
+                    WriteMode::Replace,
+                    &format!("{prop}."),
+                    errors,
+                    depth + 1,
+                );
             }
             _ => must("an object", value, errors),
         },
@@ -165,10 +208,18 @@ fn check_value(
 }
 
 /// Accepts integers in `[lo, hi]` (and integral doubles, converted).
-fn integer(value: &mut Value, (lo, hi): (i64, i64), what: &str, prop: &str, errors: &mut Vec<String>) {
+fn integer(
+    value: &mut Value,
+    (lo, hi): (i64, i64),
+    what: &str,
+    prop: &str,
+    errors: &mut Vec<String>,
+) {
     let ok = match *value {
         Value::Int(i) => (lo..=hi).contains(&i),
-        Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 && (lo..=hi).contains(&(f as i64)) => {
+        Value::Float(f)
+            if f.fract() == 0.0 && f.abs() < 9.2e18 && (lo..=hi).contains(&(f as i64)) =>
+        {
             *value = Value::Int(f as i64);
             true
         }
@@ -208,7 +259,11 @@ mod tests {
     }
 
     fn obj(json: &[(&str, Value)]) -> Value {
-        Value::Object(json.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect())
+        Value::Object(
+            json.iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -216,7 +271,10 @@ mod tests {
         let t = table("type T @table { id: ID @primaryKey count: Int }");
         let mut r = obj(&[("count", Value::String("five".into()))]);
         let e = check_record(&t, &mut r, WriteMode::Replace).unwrap_err();
-        assert_eq!(e.to_string(), "Value \"five\" in property count must be an integer (from -2147483648 to 2147483647)");
+        assert_eq!(
+            e.to_string(),
+            "Value \"five\" in property count must be an integer (from -2147483648 to 2147483647)"
+        );
         let mut r = obj(&[("count", Value::Int(1 << 31))]);
         assert!(check_record(&t, &mut r, WriteMode::Replace).is_err());
         let mut r = obj(&[("count", Value::Float(3.0))]);
@@ -226,24 +284,42 @@ mod tests {
 
     #[test]
     fn required_sealed_and_coercion() {
-        let t = table("type T @table @sealed { id: ID @primaryKey name: String! when: Date tags: [String] at: Float @updatedTime }");
+        let t = table(
+            "type T @table @sealed { id: ID @primaryKey name: String! when: Date tags: [String] at: Float @updatedTime }",
+        );
         let mut r = obj(&[("x", Value::Int(1))]);
         let e = check_record(&t, &mut r, WriteMode::Replace).unwrap_err();
-        assert_eq!(e.0, vec!["Property x is not allowed", "Property name is required"]);
+        assert_eq!(
+            e.0,
+            vec!["Property x is not allowed", "Property name is required"]
+        );
         let mut r = obj(&[("name", Value::Null)]);
         assert!(check_record(&t, &mut r, WriteMode::Patch).is_err());
-        let mut r = obj(&[("when", Value::String("2024-01-05".into())), ("at", Value::Int(5))]);
+        let mut r = obj(&[
+            ("when", Value::String("2024-01-05".into())),
+            ("at", Value::Int(5)),
+        ]);
         check_record(&t, &mut r, WriteMode::Patch).unwrap();
         assert_eq!(r.get("when"), Some(&Value::Date(1_704_412_800_000.0)));
         assert_eq!(r.get("at"), None);
-        let mut r = obj(&[("name", Value::String("n".into())), ("tags", Value::Array(vec![Value::Int(1)]))]);
-        assert_eq!(check_record(&t, &mut r, WriteMode::Replace).unwrap_err().0, vec!["Value 1 in property tags[0] must be a string"]);
+        let mut r = obj(&[
+            ("name", Value::String("n".into())),
+            ("tags", Value::Array(vec![Value::Int(1)])),
+        ]);
+        assert_eq!(
+            check_record(&t, &mut r, WriteMode::Replace).unwrap_err().0,
+            vec!["Value 1 in property tags[0] must be a string"]
+        );
     }
 
     #[test]
     fn nested_types_are_checked() {
-        let t = table("type T @table { id: ID @primaryKey a: Addr } type Addr @sealed { zip: Int }");
-        let mut r = obj(&[("a", obj(&[("zip", Value::String("x".into())), ("q", Value::Null)]))]);
+        let t =
+            table("type T @table { id: ID @primaryKey a: Addr } type Addr @sealed { zip: Int }");
+        let mut r = obj(&[(
+            "a",
+            obj(&[("zip", Value::String("x".into())), ("q", Value::Null)]),
+        )]);
         let e = check_record(&t, &mut r, WriteMode::Replace).unwrap_err();
         assert_eq!(e.0.len(), 2);
         assert!(e.0[0].contains("property a.zip"));

@@ -213,7 +213,9 @@ mod msgpack {
             Value::Date(ms) => {
                 // Timestamp 96: nanoseconds (u32) then seconds (i64), extension type -1.
                 let secs = (ms / 1000.0).floor();
-                let nanos = ((ms - secs * 1000.0) * 1_000_000.0).round().clamp(0.0, 999_999_999.0);
+                let nanos = ((ms - secs * 1000.0) * 1_000_000.0)
+                    .round()
+                    .clamp(0.0, 999_999_999.0);
                 out.extend_from_slice(&[0xc7, 12, 0xff]);
                 out.extend_from_slice(&(nanos as u32).to_be_bytes());
                 out.extend_from_slice(&(secs as i64).to_be_bytes());
@@ -319,8 +321,14 @@ mod msgpack {
         }
 
         fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-            let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated(self.pos))?;
-            let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated(self.buf.len()))?;
+            let end = self
+                .pos
+                .checked_add(n)
+                .ok_or(DecodeError::Truncated(self.pos))?;
+            let s = self
+                .buf
+                .get(self.pos..end)
+                .ok_or(DecodeError::Truncated(self.buf.len()))?;
             self.pos = end;
             Ok(s)
         }
@@ -463,12 +471,9 @@ mod msgpack {
                     }
                     Value::Object(props)
                 }
-                Item::Ext(-1, data) => Value::Date(timestamp_ms(data).ok_or(
-                    DecodeError::Unsupported {
-                        marker: 0xc7,
-                        at,
-                    },
-                )?),
+                Item::Ext(-1, data) => Value::Date(
+                    timestamp_ms(data).ok_or(DecodeError::Unsupported { marker: 0xc7, at })?,
+                ),
                 Item::Ext(_, _) => {
                     return Err(DecodeError::Unsupported {
                         marker: self.buf.get(at).copied().unwrap_or(0),
@@ -658,7 +663,11 @@ pub fn parse_date(s: &str) -> Option<f64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros() as f64 / 1000.0);
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
             return Some(t.and_utc().timestamp_micros() as f64 / 1000.0);
         }
@@ -682,7 +691,10 @@ mod tests {
             ("name".into(), Value::String("Rex \"the\" dog\n".into())),
             ("weight".into(), Value::Float(12.5)),
             ("price".into(), Value::Float(199.0)),
-            ("tags".into(), Value::Array(vec![Value::Null, Value::Bool(true), Value::Int(-7)])),
+            (
+                "tags".into(),
+                Value::Array(vec![Value::Null, Value::Bool(true), Value::Int(-7)]),
+            ),
             ("big".into(), Value::Int(1 << 40)),
             ("neg".into(), Value::Int(-40000)),
             ("bin".into(), Value::Bytes(vec![1, 2, 3])),
@@ -731,7 +743,10 @@ mod tests {
 
     #[test]
     fn dates_parse() {
-        assert_eq!(parse_date("2024-01-05T20:07:27.955Z"), Some(1_704_485_247_955.0));
+        assert_eq!(
+            parse_date("2024-01-05T20:07:27.955Z"),
+            Some(1_704_485_247_955.0)
+        );
         assert_eq!(parse_date("2024-01-05"), Some(1_704_412_800_000.0));
         assert_eq!(parse_date("yesterday"), None);
     }

@@ -21,9 +21,15 @@ pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("TESSERA_BIN") {
         return PathBuf::from(p);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let p = target.join("debug/tessera");
-    assert!(p.exists(), "{} is missing: run `cargo build -p tessera-runtime` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p tessera-runtime` first",
+        p.display()
+    );
     p
 }
 
@@ -35,7 +41,11 @@ pub struct App {
 impl App {
     pub fn new(schema: &str) -> App {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("config.yaml"), "rest: true\ngraphqlSchema:\n  files: 'schema.graphql'\n").expect("write config");
+        std::fs::write(
+            dir.path().join("config.yaml"),
+            "rest: true\ngraphqlSchema:\n  files: 'schema.graphql'\n",
+        )
+        .expect("write config");
         std::fs::write(dir.path().join("schema.graphql"), schema).expect("write schema");
         App { dir }
     }
@@ -60,24 +70,44 @@ pub struct Start<'a> {
 
 impl<'a> Start<'a> {
     pub fn new(app: &'a Path, root: &'a Path) -> Self {
-        Start { app, root, threads: 2, extra: vec![], admin: true }
+        Start {
+            app,
+            root,
+            threads: 2,
+            extra: vec![],
+            admin: true,
+        }
     }
 
     fn command(&self) -> Command {
         let mut c = Command::new(binary());
-        c.arg("run").arg(self.app).arg("--root").arg(self.root).arg("--threads").arg(self.threads.to_string());
-        c.args(["--http-port", "0", "--host", "127.0.0.1"]).args(&self.extra);
-        c.env_remove("TESSERA_ADMIN_USERNAME").env_remove("TESSERA_ADMIN_PASSWORD");
-        c.env_remove("HDB_ADMIN_USERNAME").env_remove("HDB_ADMIN_PASSWORD");
+        c.arg("run")
+            .arg(self.app)
+            .arg("--root")
+            .arg(self.root)
+            .arg("--threads")
+            .arg(self.threads.to_string());
+        c.args(["--http-port", "0", "--host", "127.0.0.1"])
+            .args(&self.extra);
+        c.env_remove("TESSERA_ADMIN_USERNAME")
+            .env_remove("TESSERA_ADMIN_PASSWORD");
+        c.env_remove("HDB_ADMIN_USERNAME")
+            .env_remove("HDB_ADMIN_PASSWORD");
         if self.admin {
-            c.env("TESSERA_ADMIN_USERNAME", ADMIN.0).env("TESSERA_ADMIN_PASSWORD", ADMIN.1);
+            c.env("TESSERA_ADMIN_USERNAME", ADMIN.0)
+                .env("TESSERA_ADMIN_PASSWORD", ADMIN.1);
         }
         c
     }
 
     /// Starts the server and waits for its listener line.
     pub fn start(&self) -> Server {
-        let mut child = self.command().stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tessera");
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tessera");
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
@@ -85,7 +115,12 @@ impl<'a> Start<'a> {
         let out2 = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let port = line.split("listening on ").nth(1).and_then(|a| a.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+                let port = line
+                    .split("listening on ")
+                    .nth(1)
+                    .and_then(|a| a.split_whitespace().next())
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok());
                 out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
                 if let Some(port) = port {
                     let _ = tx.send(port);
@@ -102,16 +137,28 @@ impl<'a> Start<'a> {
             Ok(p) => p,
             Err(_) => {
                 let _ = child.kill();
-                panic!("tessera did not start: {}", output.lock().map(|o| o.clone()).unwrap_or_default());
+                panic!(
+                    "tessera did not start: {}",
+                    output.lock().map(|o| o.clone()).unwrap_or_default()
+                );
             }
         };
-        Server { child, port, root: self.root.to_owned(), output }
+        Server {
+            child,
+            port,
+            root: self.root.to_owned(),
+            output,
+        }
     }
 
     /// Runs the server expecting it to fail at start-up; returns (exit code, output).
     pub fn fail(&self) -> (Option<i32>, String) {
         let out = self.command().output().expect("run tessera");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     }
 }
 
@@ -139,13 +186,19 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "tessera did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "tessera did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -174,7 +227,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -182,13 +238,17 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 /// The Basic `Authorization` value of a user and password.
 pub fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// A keep-alive HTTP/1.1 connection.
@@ -201,9 +261,15 @@ pub struct Client {
 impl Client {
     pub fn connect(port: u16) -> Client {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
-        Client { stream, buf: Vec::new(), auth: Some(basic(ADMIN.0, ADMIN.1)) }
+        Client {
+            stream,
+            buf: Vec::new(),
+            auth: Some(basic(ADMIN.0, ADMIN.1)),
+        }
     }
 
     pub fn anonymous(mut self) -> Self {
@@ -212,7 +278,13 @@ impl Client {
     }
 
     /// Formats one request (Content-Length framing) with the client's credentials.
-    pub fn format(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+    pub fn format(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut r = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
         if let Some(a) = &self.auth {
             r += &format!("Authorization: {a}\r\n");
@@ -240,7 +312,13 @@ impl Client {
         self.stream.write_all(bytes).expect("write");
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Response {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
         let req = self.format(method, path, headers, body);
         self.send_raw(&req);
         self.read_response(method == "HEAD").expect("response")
@@ -251,15 +329,30 @@ impl Client {
     }
 
     pub fn put_json(&mut self, path: &str, body: &str) -> Response {
-        self.request("PUT", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+        self.request(
+            "PUT",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
     }
 
     pub fn patch_json(&mut self, path: &str, body: &str) -> Response {
-        self.request("PATCH", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+        self.request(
+            "PATCH",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
     }
 
     pub fn post_json(&mut self, path: &str, body: &str) -> Response {
-        self.request("POST", path, &[("Content-Type", "application/json")], Some(body.as_bytes()))
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
     }
 
     pub fn delete(&mut self, path: &str) -> Response {
@@ -286,9 +379,20 @@ impl Client {
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         let mut lines = head.split("\r\n");
         let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
-        let len: usize = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-length")).and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-        let len = if head_only || status == 304 || status == 204 || status < 200 { 0 } else { len };
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let len = if head_only || status == 304 || status == 204 || status < 200 {
+            0
+        } else {
+            len
+        };
         while self.buf.len() < head_end + len {
             if self.fill().ok()? == 0 {
                 return None;
@@ -296,7 +400,11 @@ impl Client {
         }
         let body = self.buf[head_end..head_end + len].to_vec();
         self.buf.drain(..head_end + len);
-        Some(Response { status, headers, body })
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// Whether the server has closed the connection (reads EOF within a second).

@@ -39,17 +39,31 @@ fn every_request_needs_the_super_user() {
             assert_eq!(r.json(), json!("AccessViolation: Must login"));
         }
     }
-    assert_eq!(admin.get("/Dog/").json(), json!([{"id":1,"name":"Rex"}]), "nothing changed or was created");
+    assert_eq!(
+        admin.get("/Dog/").json(),
+        json!([{"id":1,"name":"Rex"}]),
+        "nothing changed or was created"
+    );
     let stored = std::fs::read_to_string(s.root.join("data/users.json")).unwrap();
-    assert!(stored.contains("$argon2id$") && !stored.contains(ADMIN.1), "passwords are stored hashed");
-    assert!(!s.output().contains(ADMIN.1), "the password is never logged");
+    assert!(
+        stored.contains("$argon2id$") && !stored.contains(ADMIN.1),
+        "passwords are stored hashed"
+    );
+    assert!(
+        !s.output().contains(ADMIN.1),
+        "the password is never logged"
+    );
 }
 
 #[test]
 fn loopback_is_trusted_only_when_configured() {
     let app = App::new(SCHEMA);
     let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("tessera.yaml"), "authentication:\n  authorizeLocal: true\n").unwrap();
+    std::fs::write(
+        root.path().join("tessera.yaml"),
+        "authentication:\n  authorizeLocal: true\n",
+    )
+    .unwrap();
     let s = Start::new(app.dir.path(), root.path()).start();
     let mut c = s.client().anonymous();
     assert_eq!(c.put_json("/Dog/5", r#"{"name":"Local"}"#).status, 204);

@@ -36,12 +36,28 @@ fn client_error(r: &tessera_tests::Response, status: u16, needle: &str) {
 #[test]
 fn malformed_json_and_msgpack() {
     let (s, _a, _r, mut c) = setup();
-    for body in [r#"{"name":"X""#, "not json", r#"{"name":"X",}"#, "[1,2", "\u{0}"] {
+    for body in [
+        r#"{"name":"X""#,
+        "not json",
+        r#"{"name":"X",}"#,
+        "[1,2",
+        "\u{0}",
+    ] {
         let r = c.put_json("/Dog/1", body);
         client_error(&r, 400, "ClientError: Invalid JSON");
     }
-    for body in [&[0x81u8, 0xa4, b'n', b'a'][..], &[0xc1], &[0x82, 0xa4, b'n', b'a', b'm', b'e', 0xa1, b'X'], &[0xdd, 0xff, 0xff, 0xff, 0xff]] {
-        let r = c.request("PUT", "/Dog/1", &[("Content-Type", "application/x-msgpack")], Some(body));
+    for body in [
+        &[0x81u8, 0xa4, b'n', b'a'][..],
+        &[0xc1],
+        &[0x82, 0xa4, b'n', b'a', b'm', b'e', 0xa1, b'X'],
+        &[0xdd, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        let r = c.request(
+            "PUT",
+            "/Dog/1",
+            &[("Content-Type", "application/x-msgpack")],
+            Some(body),
+        );
         client_error(&r, 400, "Invalid MessagePack");
     }
     let r = c.post_json("/Dog/", "{{{{");
@@ -56,11 +72,31 @@ fn malformed_json_and_msgpack() {
 #[test]
 fn schema_violations() {
     let (s, _a, _r, mut c) = setup();
-    client_error(&c.put_json("/Dog/1", r#"{"name":"Rex","age":"old"}"#), 400, "property age must be an integer");
-    client_error(&c.put_json("/Dog/1", r#"{"age":4}"#), 400, "Property name is required");
-    client_error(&c.put_json("/Dog/1", r#"{"name":"Rex","color":"brown"}"#), 400, "Property color is not allowed");
-    client_error(&c.patch_json("/Dog/1", r#"{"name":null}"#), 400, "Property name is required");
-    client_error(&c.patch_json("/Dog/1", r#"{"age":1.5}"#), 400, "property age");
+    client_error(
+        &c.put_json("/Dog/1", r#"{"name":"Rex","age":"old"}"#),
+        400,
+        "property age must be an integer",
+    );
+    client_error(
+        &c.put_json("/Dog/1", r#"{"age":4}"#),
+        400,
+        "Property name is required",
+    );
+    client_error(
+        &c.put_json("/Dog/1", r#"{"name":"Rex","color":"brown"}"#),
+        400,
+        "Property color is not allowed",
+    );
+    client_error(
+        &c.patch_json("/Dog/1", r#"{"name":null}"#),
+        400,
+        "Property name is required",
+    );
+    client_error(
+        &c.patch_json("/Dog/1", r#"{"age":1.5}"#),
+        400,
+        "property age",
+    );
     unchanged(&s);
 }
 
@@ -70,9 +106,23 @@ fn unknown_table_and_method() {
     let r = c.put_json("/Cat/1", ORIGINAL);
     assert_eq!((r.status, r.text().as_str()), (404, "Not found"));
     assert_eq!(c.request("DELETE", "/Dog", &[], None).status, 405);
-    assert_eq!(c.request("PUT", "/Dog", &[("Content-Type", "application/json")], Some(b"{}")).status, 405);
+    assert_eq!(
+        c.request(
+            "PUT",
+            "/Dog",
+            &[("Content-Type", "application/json")],
+            Some(b"{}")
+        )
+        .status,
+        405
+    );
     assert_eq!(c.request("PROPFIND", "/Dog/1", &[], None).status, 501);
-    let r = c.request("PUT", "/Dog/1", &[("Content-Type", "text/calendar")], Some(b"BEGIN:VCALENDAR"));
+    let r = c.request(
+        "PUT",
+        "/Dog/1",
+        &[("Content-Type", "text/calendar")],
+        Some(b"BEGIN:VCALENDAR"),
+    );
     assert_eq!(r.status, 415);
     unchanged(&s);
 }
@@ -86,7 +136,13 @@ fn oversized_bodies_are_refused_before_they_are_read() {
     );
     c.send_raw(head.as_bytes());
     let r = c.read_response(false).unwrap();
-    assert_eq!((r.status, r.json()), (413, json!("Request body too large, maximum size is 10000000 bytes")));
+    assert_eq!(
+        (r.status, r.json()),
+        (
+            413,
+            json!("Request body too large, maximum size is 10000000 bytes")
+        )
+    );
     assert!(c.is_closed());
 
     // A chunked body is counted as it is decoded.
@@ -111,7 +167,12 @@ fn oversized_bodies_are_refused_before_they_are_read() {
     // Exactly at the limit is fine as far as framing goes (the body is then invalid JSON).
     let mut c = s.client();
     let body = vec![b' '; 10_000_000];
-    let r = c.request("PUT", "/Dog/2", &[("Content-Type", "application/json")], Some(&body));
+    let r = c.request(
+        "PUT",
+        "/Dog/2",
+        &[("Content-Type", "application/json")],
+        Some(&body),
+    );
     assert_eq!(r.status, 400);
     unchanged(&s);
 }
@@ -119,7 +180,12 @@ fn oversized_bodies_are_refused_before_they_are_read() {
 #[test]
 fn truncated_bodies_write_nothing() {
     let (s, _a, _r, mut c) = setup();
-    let full = c.format("PUT", "/Dog/1", &[("Content-Type", "application/json")], Some(br#"{"name":"Changed","age":9}"#));
+    let full = c.format(
+        "PUT",
+        "/Dog/1",
+        &[("Content-Type", "application/json")],
+        Some(br#"{"name":"Changed","age":9}"#),
+    );
     c.send_raw(&full[..full.len() - 5]);
     drop(c);
     std::thread::sleep(std::time::Duration::from_millis(100));
@@ -129,7 +195,13 @@ fn truncated_bodies_write_nothing() {
 #[test]
 fn garbage_requests_get_400_and_a_closed_connection() {
     let (s, _a, _r, _c) = setup();
-    for garbage in [&b"\x00\x01\x02garbage\r\n\r\n"[..], b"GET /Dog/1 HTTP/9.9\r\n\r\n", b"GET\r\n\r\n", b"PUT /Dog/1 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", b"GET /Dog/1 HTTP/1.1\r\nContent-Length: x\r\n\r\n"] {
+    for garbage in [
+        &b"\x00\x01\x02garbage\r\n\r\n"[..],
+        b"GET /Dog/1 HTTP/9.9\r\n\r\n",
+        b"GET\r\n\r\n",
+        b"PUT /Dog/1 HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+        b"GET /Dog/1 HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+    ] {
         let mut c = s.client();
         c.send_raw(garbage);
         let r = c.read_response(false).expect("an answer before the close");

@@ -5,14 +5,29 @@ use std::process::Command;
 use serde_json::json;
 use tessera_tests::{App, Start, binary};
 
-const SCHEMA: &str = "type Dog @table @export { id: Long @primaryKey name: String breed: String @indexed }";
+const SCHEMA: &str =
+    "type Dog @table @export { id: Long @primaryKey name: String breed: String @indexed }";
 
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(binary()).args(["run", "--help"]).output().unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--root", "--threads", "--http-port", "--mqtt-port", "--ops-port", "--host", "--durability", "TESSERA_ROOT", "TESSERA_HTTP_PORT", "APP_DIR"] {
+    for flag in [
+        "--root",
+        "--threads",
+        "--http-port",
+        "--mqtt-port",
+        "--ops-port",
+        "--host",
+        "--durability",
+        "TESSERA_ROOT",
+        "TESSERA_HTTP_PORT",
+        "APP_DIR",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     let out = Command::new(binary()).arg("--help").output().unwrap();
@@ -27,7 +42,14 @@ fn sigterm_flushes_and_a_restart_keeps_data_and_shard_count() {
     assert!(s.output().contains("2 shards"), "{}", s.output());
     let mut c = s.client();
     for i in 0..50 {
-        assert_eq!(c.put_json(&format!("/Dog/{i}"), &format!(r#"{{"name":"d{i}","breed":"b{}"}}"#, i % 3)).status, 204);
+        assert_eq!(
+            c.put_json(
+                &format!("/Dog/{i}"),
+                &format!(r#"{{"name":"d{i}","breed":"b{}"}}"#, i % 3)
+            )
+            .status,
+            204
+        );
     }
     assert_eq!(s.terminate(), Some(0));
 
@@ -39,7 +61,10 @@ fn sigterm_flushes_and_a_restart_keeps_data_and_shard_count() {
     let mut c = s.client();
     let all = c.get("/Dog/").json();
     assert_eq!(all.as_array().unwrap().len(), 50);
-    assert_eq!(c.get("/Dog/49").json(), json!({"id":49,"name":"d49","breed":"b1"}));
+    assert_eq!(
+        c.get("/Dog/49").json(),
+        json!({"id":49,"name":"d49","breed":"b1"})
+    );
     // POST continues after the largest existing key.
     assert_eq!(c.post_json("/Dog/", r#"{"name":"next"}"#).json(), json!(50));
     assert_eq!(s.terminate(), Some(0));
@@ -55,12 +80,23 @@ fn sigterm_flushes_and_a_restart_keeps_data_and_shard_count() {
 fn settings_come_from_tessera_yaml_and_the_environment() {
     let app = App::new(SCHEMA);
     let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("tessera.yaml"), "storage:\n  durability: sometimes\n").unwrap();
+    std::fs::write(
+        root.path().join("tessera.yaml"),
+        "storage:\n  durability: sometimes\n",
+    )
+    .unwrap();
     let (code, out) = Start::new(app.dir.path(), root.path()).fail();
     assert_eq!(code, Some(1));
-    assert!(out.contains("durability must be durable or buffered"), "{out}");
+    assert!(
+        out.contains("durability must be durable or buffered"),
+        "{out}"
+    );
 
-    std::fs::write(root.path().join("tessera.yaml"), "storage:\n  durability: buffered\n").unwrap();
+    std::fs::write(
+        root.path().join("tessera.yaml"),
+        "storage:\n  durability: buffered\n",
+    )
+    .unwrap();
     let s = Start::new(app.dir.path(), root.path()).start();
     assert!(s.output().contains("Buffered"), "{}", s.output());
     drop(s);
@@ -95,9 +131,19 @@ fn a_newly_indexed_attribute_is_built_at_start() {
         c.put_json(&format!("/Dog/{i}"), r#"{"name":"x"}"#);
     }
     assert_eq!(s.terminate(), Some(0));
-    std::fs::write(app.dir.path().join("schema.graphql"), SCHEMA.replace("breed: String @indexed", "breed: String").replace("name: String", "name: String @indexed")).unwrap();
+    std::fs::write(
+        app.dir.path().join("schema.graphql"),
+        SCHEMA
+            .replace("breed: String @indexed", "breed: String")
+            .replace("name: String", "name: String @indexed"),
+    )
+    .unwrap();
     let s = Start::new(app.dir.path(), root.path()).start();
-    assert!(s.output().contains("building index data.Dog.name"), "{}", s.output());
+    assert!(
+        s.output().contains("building index data.Dog.name"),
+        "{}",
+        s.output()
+    );
     let layout = std::fs::read_to_string(root.path().join("data/layout.json")).unwrap();
     assert!(layout.contains("\"name\""));
 }

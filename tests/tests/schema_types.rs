@@ -1,7 +1,7 @@
 //! Schema enforcement through the real binary (HARPER.md section 3).
 
 use serde_json::json;
-use tessera_tests::{Server, Start, App, to_msgpack};
+use tessera_tests::{App, Server, Start, to_msgpack};
 
 const SCHEMA: &str = r#"
 type Thing @table @export {
@@ -35,31 +35,90 @@ fn bad(c: &mut tessera_tests::Client, body: &str, needle: &str) {
     assert_eq!(r.status, 400, "{body} -> {}", r.text());
     let msg = r.json();
     let msg = msg.as_str().unwrap();
-    assert!(msg.starts_with("ClientError: ") && msg.contains(needle), "{body}: {msg}");
+    assert!(
+        msg.starts_with("ClientError: ") && msg.contains(needle),
+        "{body}: {msg}"
+    );
 }
 
 #[test]
 fn types_are_enforced_with_harper_messages() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let mut c = s.client();
-    bad(&mut c, r#"{"name":"x","count":"five"}"#, r#"Value "five" in property count must be an integer (from -2147483648 to 2147483647)"#);
-    bad(&mut c, r#"{"name":"x","count":2147483648}"#, "property count must be an integer");
+    bad(
+        &mut c,
+        r#"{"name":"x","count":"five"}"#,
+        r#"Value "five" in property count must be an integer (from -2147483648 to 2147483647)"#,
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","count":2147483648}"#,
+        "property count must be an integer",
+    );
     bad(&mut c, r#"{"name":"x","count":1.5}"#, "property count");
-    bad(&mut c, r#"{"name":"x","big":9007199254740993}"#, "property big must be an integer (from -9007199254740992 to 9007199254740992)");
-    bad(&mut c, r#"{"name":"x","ratio":"1"}"#, "property ratio must be a number");
-    bad(&mut c, r#"{"name":"x","flag":1}"#, "property flag must be a boolean");
-    bad(&mut c, r#"{"name":"x","flag":"yes"}"#, "property flag must be a boolean");
+    bad(
+        &mut c,
+        r#"{"name":"x","big":9007199254740993}"#,
+        "property big must be an integer (from -9007199254740992 to 9007199254740992)",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","ratio":"1"}"#,
+        "property ratio must be a number",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","flag":1}"#,
+        "property flag must be a boolean",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","flag":"yes"}"#,
+        "property flag must be a boolean",
+    );
     bad(&mut c, r#"{"name":5}"#, "property name must be a string");
-    bad(&mut c, r#"{"name":"x","ref":5}"#, "property ref must be a string");
-    bad(&mut c, r#"{"name":"x","when":"not a date"}"#, "property when must be a Date");
-    bad(&mut c, r#"{"name":"x","tags":"a"}"#, "property tags must be an Array");
-    bad(&mut c, r#"{"name":"x","tags":["a",1]}"#, "property tags[1] must be a string");
-    bad(&mut c, r#"{"name":"x","matrix":[[1],["x"]]}"#, "property matrix[1][0]");
-    bad(&mut c, r#"{"name":"x","address":"here"}"#, "property address must be an object");
-    bad(&mut c, r#"{"name":"x","address":{"zip":1}}"#, "Property address.street is required");
+    bad(
+        &mut c,
+        r#"{"name":"x","ref":5}"#,
+        "property ref must be a string",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","when":"not a date"}"#,
+        "property when must be a Date",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","tags":"a"}"#,
+        "property tags must be an Array",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","tags":["a",1]}"#,
+        "property tags[1] must be a string",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","matrix":[[1],["x"]]}"#,
+        "property matrix[1][0]",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","address":"here"}"#,
+        "property address must be an object",
+    );
+    bad(
+        &mut c,
+        r#"{"name":"x","address":{"zip":1}}"#,
+        "Property address.street is required",
+    );
     bad(&mut c, r#"{"count":1}"#, "Property name is required");
     bad(&mut c, r#"{"name":null}"#, "Property name is required");
-    bad(&mut c, r#"{"name":"x","huge":"12"}"#, "property huge must be an integer");
+    bad(
+        &mut c,
+        r#"{"name":"x","huge":"12"}"#,
+        "property huge must be an integer",
+    );
     assert_eq!(c.get("/Thing/t").status, 404, "nothing was written");
 
     let ok = r#"{"name":"ok","count":-2147483648,"big":9007199254740992,"ratio":3,"huge":123456789012,"flag":false,
@@ -73,15 +132,26 @@ fn types_are_enforced_with_harper_messages() {
     assert_eq!(got["when"], json!("2024-01-05T20:07:27.955Z"));
     assert_eq!(got["raw"], json!({"type":"Buffer","data":[1,2,255]}));
     assert_eq!(got["anything"], json!({"a":[1,"b",null]}));
-    assert_eq!(got["address"], json!({"street":"Main","zip":12345,"extra":true}));
+    assert_eq!(
+        got["address"],
+        json!({"street":"Main","zip":12345,"extra":true})
+    );
     // Dates given as numbers are epoch milliseconds.
     assert_eq!(c.patch_json("/Thing/t", r#"{"when":0}"#).status, 204);
-    assert_eq!(c.get("/Thing/t").json()["when"], json!("1970-01-01T00:00:00.000Z"));
+    assert_eq!(
+        c.get("/Thing/t").json()["when"],
+        json!("1970-01-01T00:00:00.000Z")
+    );
     // PATCH may omit required properties but not null them.
     assert_eq!(c.patch_json("/Thing/t", r#"{"count":3}"#).status, 204);
     assert_eq!(c.patch_json("/Thing/t", r#"{"name":null}"#).status, 400);
     // MessagePack bodies are checked the same way.
-    let r = c.request("PUT", "/Thing/m", &[("Content-Type", "application/x-msgpack")], Some(&to_msgpack(&json!({"name":"m","count":"x"}))));
+    let r = c.request(
+        "PUT",
+        "/Thing/m",
+        &[("Content-Type", "application/x-msgpack")],
+        Some(&to_msgpack(&json!({"name":"m","count":"x"}))),
+    );
     assert_eq!(r.status, 400);
     assert!(r.json().as_str().unwrap().contains("property count"));
 }
@@ -90,28 +160,60 @@ fn types_are_enforced_with_harper_messages() {
 fn timestamps_are_set_by_the_server() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let mut c = s.client();
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
-    assert_eq!(c.put_json("/Thing/ts", r#"{"name":"a","createdAt":5,"updatedAt":6}"#).status, 204);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert_eq!(
+        c.put_json("/Thing/ts", r#"{"name":"a","createdAt":5,"updatedAt":6}"#)
+            .status,
+        204
+    );
     let first = c.get("/Thing/ts").json();
-    let (created, updated) = (first["createdAt"].as_f64().unwrap(), first["updatedAt"].as_f64().unwrap());
+    let (created, updated) = (
+        first["createdAt"].as_f64().unwrap(),
+        first["updatedAt"].as_f64().unwrap(),
+    );
     assert_eq!(created, updated);
-    assert!(created >= before - 1.0 && created < before + 60_000.0, "{created} vs {before}");
+    assert!(
+        created >= before - 1.0 && created < before + 60_000.0,
+        "{created} vs {before}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert_eq!(c.put_json("/Thing/ts", r#"{"name":"b"}"#).status, 204);
     let second = c.get("/Thing/ts").json();
-    assert_eq!(second["createdAt"].as_f64().unwrap(), created, "createdAt survives a full PUT");
+    assert_eq!(
+        second["createdAt"].as_f64().unwrap(),
+        created,
+        "createdAt survives a full PUT"
+    );
     assert!(second["updatedAt"].as_f64().unwrap() > updated);
     assert_eq!(c.patch_json("/Thing/ts", r#"{"count":1}"#).status, 204);
-    assert!(c.get("/Thing/ts").json()["updatedAt"].as_f64().unwrap() > second["updatedAt"].as_f64().unwrap());
+    assert!(
+        c.get("/Thing/ts").json()["updatedAt"].as_f64().unwrap()
+            > second["updatedAt"].as_f64().unwrap()
+    );
 }
 
 #[test]
 fn sealed_tables_refuse_undeclared_properties() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let mut c = s.client();
-    for (method, body) in [("PUT", r#"{"name":"a","color":"red"}"#), ("PATCH", r#"{"color":"red"}"#)] {
-        let r = c.request(method, "/Strict/1", &[("Content-Type", "application/json")], Some(body.as_bytes()));
-        assert_eq!((r.status, r.json()), (400, json!("ClientError: Property color is not allowed")), "{method}");
+    for (method, body) in [
+        ("PUT", r#"{"name":"a","color":"red"}"#),
+        ("PATCH", r#"{"color":"red"}"#),
+    ] {
+        let r = c.request(
+            method,
+            "/Strict/1",
+            &[("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        );
+        assert_eq!(
+            (r.status, r.json()),
+            (400, json!("ClientError: Property color is not allowed")),
+            "{method}"
+        );
     }
     let r = c.post_json("/Strict/", r#"{"name":"a","color":"red"}"#);
     assert_eq!(r.status, 400);
@@ -119,15 +221,26 @@ fn sealed_tables_refuse_undeclared_properties() {
     assert_eq!(c.put_json("/Strict/1", r#"{"name":"a"}"#).status, 204);
     // An Int primary key from the URL is type-checked too.
     assert_eq!(c.put_json("/Strict/abc", r#"{"name":"a"}"#).status, 400);
-    assert_eq!(c.put_json("/Strict/3000000000", r#"{"name":"a"}"#).status, 400);
+    assert_eq!(
+        c.put_json("/Strict/3000000000", r#"{"name":"a"}"#).status,
+        400
+    );
 }
 
 #[test]
 fn int_keys_count_up_within_32_bits() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let mut c = s.client();
-    let a = c.post_json("/Counter/", r#"{"n":1}"#).json().as_i64().unwrap();
-    let b = c.post_json("/Counter/", r#"{"n":2}"#).json().as_i64().unwrap();
+    let a = c
+        .post_json("/Counter/", r#"{"n":1}"#)
+        .json()
+        .as_i64()
+        .unwrap();
+    let b = c
+        .post_json("/Counter/", r#"{"n":2}"#)
+        .json()
+        .as_i64()
+        .unwrap();
     assert_eq!(b, a + 1);
     assert!(b <= i32::MAX as i64);
 }
@@ -136,9 +249,18 @@ fn int_keys_count_up_within_32_bits() {
 fn unknown_directives_and_types_fail_start_up_naming_the_line() {
     let root = tempfile::tempdir().unwrap();
     for (schema, needle) in [
-        ("type T @table @export {\n  id: ID @primaryKey\n  x: Int @indexd\n}\n", "schema.graphql:3:10: unknown directive @indexd"),
-        ("type T @table @exprt {\n  id: ID @primaryKey\n}\n", "schema.graphql:1:15: unknown directive @exprt"),
-        ("type T @table {\n  id: ID @primaryKey\n  x: Strng\n}\n", "schema.graphql:3:3: unknown type Strng"),
+        (
+            "type T @table @export {\n  id: ID @primaryKey\n  x: Int @indexd\n}\n",
+            "schema.graphql:3:10: unknown directive @indexd",
+        ),
+        (
+            "type T @table @exprt {\n  id: ID @primaryKey\n}\n",
+            "schema.graphql:1:15: unknown directive @exprt",
+        ),
+        (
+            "type T @table {\n  id: ID @primaryKey\n  x: Strng\n}\n",
+            "schema.graphql:3:3: unknown type Strng",
+        ),
         ("type T @table {\n  x: Int\n}\n", "has no @primaryKey"),
         ("type T @table {", "schema.graphql"),
     ] {

@@ -9,7 +9,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::{LocalExecutorBuilder, Placement, net::TcpListener};
 use std::time::Duration;
 
-const BODY: &[u8] = br#"{"id":1,"name":"Rex-1","breed":"Labrador","age":3,"owner":"owner-1","weight":12.5}"#;
+const BODY: &[u8] =
+    br#"{"id":1,"name":"Rex-1","breed":"Labrador","age":3,"owner":"owner-1","weight":12.5}"#;
 
 fn response() -> Vec<u8> {
     let mut r = format!(
@@ -24,7 +25,10 @@ fn response() -> Vec<u8> {
 /// Counts complete request heads (`\r\n\r\n`) in `buf`, returning how many and where the last ended.
 fn complete_heads(buf: &[u8]) -> (usize, usize) {
     let (mut n, mut end, mut i) = (0, 0, 0);
-    while let Some(p) = buf.get(i..).and_then(|s| s.windows(4).position(|w| w == b"\r\n\r\n")) {
+    while let Some(p) = buf
+        .get(i..)
+        .and_then(|s| s.windows(4).position(|w| w == b"\r\n\r\n"))
+    {
         n += 1;
         end = i + p + 4;
         i = end;
@@ -47,7 +51,9 @@ fn main() {
                     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
                     let resp = response();
                     loop {
-                        let Ok(mut stream) = listener.accept().await else { continue };
+                        let Ok(mut stream) = listener.accept().await else {
+                            continue;
+                        };
                         let resp = resp.clone();
                         glommio::spawn_local(async move {
                             let mut buf = vec![0u8; 16384];

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: formatting, lints, unit and property tests, and the
+# black-box tests that start the real binary on loopback. Installs what the tests need itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The black-box tests start the binary from the target directory.
+cargo build -p tessera-runtime --bin tessera
+cargo test --workspace
