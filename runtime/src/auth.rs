@@ -18,6 +18,8 @@ use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
 use base64::Engine;
+use futures::FutureExt;
+use futures::future::{LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
 
 /// An authenticated user.

@@ -71,9 +71,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
         ..ShardOptions::default()
     };
+    let opening = std::time::Instant::now();
     let shards = Arc::new(
         ShardSet::open(&data, shard_count, opts, settings.durability).context("opening shards")?,
     );
+    eprintln!("opened {shard_count} shards in {} ms", opening.elapsed().as_millis());
 
     let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
     for m in &missing {

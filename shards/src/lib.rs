@@ -98,7 +98,8 @@ impl ShardSet {
         self.stores.get(shard)
     }
 
-    /// Refuses new writes, then waits until every queued write is committed and fsynced.
+    /// Refuses new writes, waits until every queued write is committed and fsynced, then flushes
+    /// every shard's memtables so the next start has no journal to replay.
     /// Blocking: call from a plain thread (the signal handler), never from an executor.
     pub fn close(&self) -> Result<(), ShardError> {
         self.closing.store(true, Ordering::SeqCst);
