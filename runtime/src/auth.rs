@@ -138,10 +138,16 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
 /// Most remembered credentials per core; the map is cleared when full.
 const CACHE_ENTRIES: usize = 4096;
 
+type Verification = Shared<LocalBoxFuture<'static, Option<Arc<User>>>>;
+
 /// One core's authenticator.
 pub struct Authenticator {
     users: Arc<Users>,
     verified: RefCell<HashMap<Box<[u8]>, Arc<User>>>,
+    /// Checks in progress, so that many requests arriving with the same new credentials share
+    /// one password hash computation instead of queueing one each (argon2 also takes 19 MiB
+    /// per computation).
+    pending: RefCell<HashMap<Box<[u8]>, Verification>>,
 }
 
 impl Authenticator {
@@ -149,6 +155,7 @@ impl Authenticator {
         Authenticator {
             users,
             verified: RefCell::new(HashMap::new()),
+            pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -157,12 +164,29 @@ impl Authenticator {
         if let Some(u) = self.verified.borrow().get(header) {
             return Some(u.clone());
         }
-        let (username, password) = basic_credentials(header)?;
-        let users = self.users.clone();
-        let user = glommio::executor()
-            .spawn_blocking(move || users.verify(&username, &password))
-            .await?;
-        let user = Arc::new(user);
+        let in_flight = self.pending.borrow().get(header).cloned();
+        let check = match in_flight {
+            Some(check) => check,
+            None => {
+                let (username, password) = basic_credentials(header)?;
+                let users = self.users.clone();
+                let check: Verification = async move {
+                    glommio::executor()
+                        .spawn_blocking(move || users.verify(&username, &password))
+                        .await
+                        .map(Arc::new)
+                }
+                .boxed_local()
+                .shared();
+                self.pending
+                    .borrow_mut()
+                    .insert(header.into(), check.clone());
+                check
+            }
+        };
+        let user = check.await;
+        self.pending.borrow_mut().remove(header);
+        let user = user?;
         let mut cache = self.verified.borrow_mut();
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();

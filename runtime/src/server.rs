@@ -75,7 +75,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let shards = Arc::new(
         ShardSet::open(&data, shard_count, opts, settings.durability).context("opening shards")?,
     );
-    eprintln!("opened {shard_count} shards in {} ms", opening.elapsed().as_millis());
+    eprintln!(
+        "opened {shard_count} shards in {} ms",
+        opening.elapsed().as_millis()
+    );
 
     let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
     for m in &missing {

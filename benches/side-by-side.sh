@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Side by side, in one run on this machine: real Harper (npm harperdb, installed by
+# ../shared/bench/harper/install-and-start.sh), Tessera (release build), and a bare glommio server
+# that answers a fixed response (the HTTP ceiling, benches/src/bin/floor.rs).
+#
+# For each server: load the Dog table of ../shared/bench/harper/app (BENCH_MAX_ID records), read
+# its RSS, restart it and time start-up to the first answered GET, then run the wrk scenarios of
+# ../shared/bench/harper/wrk REPEATS times each through the shared bench.sh (which samples server
+# CPU and RSS). Servers run one at a time. The summary gives medians and Tessera/Harper ratios.
+#
+# Usage: benches/side-by-side.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-side-by-side)
+# Environment: REPEATS [3]  WRK_DURATION [15s]  BENCH_MAX_ID [100000]
+#              SCENARIOS ["get_by_id put mixed"]  SKIP_HARPER [0]  SHARED [../shared]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+SHARED=${SHARED:-$(cd "$REPO/../shared" && pwd)}
+HB="$SHARED/bench/harper"
+WORK=${1:-/tmp/tessera-side-by-side}
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+OUT="$WORK/results/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+
+export REPEATS=${REPEATS:-3}
+export WRK_DURATION=${WRK_DURATION:-15s}
+export BENCH_MAX_ID=${BENCH_MAX_ID:-100000}
+export SCENARIOS=${SCENARIOS-"get_by_id put mixed"}
+export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
+SKIP_HARPER=${SKIP_HARPER:-0}
+TESSERA_PORT=29926
+FLOOR_PORT=29980
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/side-by-side.log"; }
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+
+log "building release binaries"
+(cd "$REPO" && cargo build --release -p tessera-runtime -p tessera-benches --bins)
+TESSERA="$REPO/target/release/tessera"
+FLOOR="$REPO/target/release/floor"
+
+# Seconds from launching a server until GET URL answers 200. Prints "SECONDS PID".
+wait_ready() {
+  local url=$1 start=$2 pid=$3
+  until [[ "$(curl -s -o /dev/null -w '%{http_code}' -u admin:password "$url")" == 200 ]]; do
+    kill -0 "$pid" 2>/dev/null || { echo "server $pid exited" >&2; return 1; }
+    sleep 0.01
+  done
+  echo "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}') $pid"
+}
+
+rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- Harper
+if [[ "$SKIP_HARPER" != 1 ]]; then
+  log "Harper: install and start (fresh root)"
+  RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-1.log"
+  HPID=$(cat "$WORK/harper/harper.pid")
+  log "Harper: load $BENCH_MAX_ID records (operations API upsert, batches of 1000)"
+  SERVER_PID=$HPID OUT_DIR="$OUT/harper-load" SCENARIOS="" LOAD=1 LOAD_MODE=ops OPS_URL=http://127.0.0.1:19925 \
+    "$HB/bench.sh" http://127.0.0.1:19926 127.0.0.1 11883 > /dev/null
+  echo "harper_rss_after_load_mb $(rss_mb "$HPID")" | tee -a "$OUT/figures.txt"
+  for i in 1 2 3; do
+    "$HB/stop.sh" "$WORK/harper" > /dev/null
+    "$HB/install-and-start.sh" "$WORK/harper" > "$OUT/harper-restart-$i.log"
+    echo "harper_startup_s $(awk '/STARTUP_SECONDS/{print $2}' "$OUT/harper-restart-$i.log")" | tee -a "$OUT/figures.txt"
+  done
+  HPID=$(cat "$WORK/harper/harper.pid")
+  log "Harper: wrk scenarios"
+  SERVER_PID=$HPID OUT_DIR="$OUT/harper" LOAD=0 "$HB/bench.sh" http://127.0.0.1:19926 127.0.0.1 11883 > /dev/null
+  "$HB/stop.sh" "$WORK/harper" > /dev/null
+fi
+
+# ---------------------------------------------------------------- Tessera
+# Starts Tessera; ready when GET $1 answers 200 (the table, or a record once loaded).
+start_tessera() {
+  local start
+  start=$(date +%s.%N)
+  TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
+    "$TESSERA" run "$HB/app" --root "$WORK/tessera-root" --http-port $TESSERA_PORT --host 127.0.0.1 \
+    >> "$OUT/tessera.out" 2>&1 < /dev/null &
+  wait_ready "http://127.0.0.1:$TESSERA_PORT$1" "$start" $!
+}
+stop_pid() {
+  kill -TERM "$1"
+  while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
+}
+
+rm -rf "$WORK/tessera-root"
+log "Tessera: start (fresh root)"
+read -r _ TPID < <(start_tessera /Dog)
+log "Tessera: load $BENCH_MAX_ID records (REST PUT, 8 connections)"
+SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=rest \
+  "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
+echo "tessera_rss_after_load_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
+for i in 1 2 3; do
+  stop_pid "$TPID"
+  read -r secs TPID < <(start_tessera /Dog/1)
+  echo "tessera_startup_s $secs" | tee -a "$OUT/figures.txt"
+done
+log "Tessera: wrk scenarios"
+SERVER_PID=$TPID OUT_DIR="$OUT/tessera" LOAD=0 "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
+echo "tessera_rss_after_bench_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
+stop_pid "$TPID"
+
+# ---------------------------------------------------------------- the floor
+log "floor: bare glommio fixed-response server, get_by_id"
+"$FLOOR" $FLOOR_PORT 2 > "$OUT/floor.out" 2>&1 < /dev/null &
+FPID=$!
+sleep 0.5
+mkdir -p "$OUT/floor"
+export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
+for run in $(seq 1 "$REPEATS"); do
+  python3 "$HB/measure.py" --kind rest --label get_by_id --run "$run" --log "$OUT/floor/wrk-$run.log" \
+    --prefix WRK_JSON --server-pid "$FPID" -- \
+    env BENCH_LABEL=floor wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$FLOOR_PORT" \
+    >> "$OUT/floor/results.jsonl"
+done
+kill "$FPID"
+
+# ---------------------------------------------------------------- summary
+python3 "$HERE/summarize.py" "$OUT" | tee "$OUT/summary.md"
+log "results in $OUT"
