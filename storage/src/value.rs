@@ -611,7 +611,20 @@ pub mod json {
             if f.abs() < 9.2e18 {
                 write_int(f as i64, out);
             } else {
-                out.extend_from_slice(format!("{f:.0}").as_bytes());
+                // Shortest round-trip digits, padded with zeros (JavaScript's Number#toString).
+                let mut b = ryu::Buffer::new();
+                let sci = b.format_finite(f);
+                let (mantissa, exp) = sci.split_once('e').unwrap_or((sci, "0"));
+                let exp: usize = exp.parse().unwrap_or(0);
+                if mantissa.starts_with('-') {
+                    out.push(b'-');
+                }
+                let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
+                out.extend_from_slice(&digits);
+                out.extend(std::iter::repeat_n(
+                    b'0',
+                    (exp + 1).saturating_sub(digits.len()),
+                ));
             }
         } else {
             let mut b = ryu::Buffer::new();
@@ -730,6 +743,8 @@ mod tests {
         assert_eq!(s(1.5e-7), "1.5e-7");
         assert_eq!(s(-0.25), "-0.25");
         assert_eq!(s(1795239121429.9038), "1795239121429.9038");
+        assert_eq!(s(18446744073709551615.0), "18446744073709552000");
+        assert_eq!(s(-1e20), "-100000000000000000000");
     }
 
     #[test]

@@ -270,3 +270,20 @@ fn unknown_directives_and_types_fail_start_up_naming_the_line() {
         assert!(out.contains(needle), "{needle:?} not in {out}");
     }
 }
+
+#[test]
+fn expired_records_disappear() {
+    let (s, _a, _r) = Server::with_schema(
+        "type Session @table(expiration: 1) @export { id: ID @primaryKey v: Int }",
+    );
+    let mut c = s.client();
+    assert_eq!(c.put_json("/Session/a", r#"{"v":1}"#).status, 204);
+    assert_eq!(c.put_json("/Session/b", r#"{"v":2}"#).status, 204);
+    assert_eq!(c.get("/Session/a").status, 200);
+    assert_eq!(c.get("/Session/").json().as_array().unwrap().len(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Rewriting restarts the lifetime.
+    assert_eq!(c.put_json("/Session/b", r#"{"v":3}"#).status, 204);
+    assert_eq!(c.get("/Session/a").status, 404);
+    assert_eq!(c.get("/Session/").json(), json!([{"id":"b","v":3}]));
+}
