@@ -16,6 +16,11 @@ mod server;
 
 use clap::Parser;
 
+/// mimalloc: allocation is on every request's path and crosses threads (records built on a
+/// shard's writer thread are freed on an executor); glibc's per-thread arenas fragment under that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = config::Cli::parse();
     let result = match cli.command {

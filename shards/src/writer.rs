@@ -65,7 +65,7 @@ fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability)
             Ok(Vec::new())
         } else {
             store
-                .apply(&ops, &mut clock)
+                .apply(std::mem::take(&mut ops), &mut clock)
                 .and_then(|outcomes| store.persist(durability).map(|()| outcomes))
         };
         match result {

@@ -59,6 +59,17 @@ pub fn encode(version: u64, expires_at: Option<u64>, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Builds stored bytes from a version, an expiry and a record, encoding the record in place
+/// after the header.
+pub fn encode_value(version: u64, expires_at: Option<u64>, record: &crate::Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 128);
+    out.push(FORMAT);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    record.write_msgpack(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@
 //! never seen apart. [`ShardStore::persist`] makes committed groups durable; the caller (the
 //! shard's writer thread) decides when, which is what makes group commit possible.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -79,8 +79,6 @@ pub struct WriteOutcome {
     pub version: u64,
     /// Whether a live record existed before.
     pub existed: bool,
-    /// The stored bytes written (`None` for a delete).
-    pub record: Option<Vec<u8>>,
 }
 
 /// A per-shard source of versions: microseconds since the epoch, strictly increasing.
@@ -192,65 +190,72 @@ impl ShardStore {
     /// Later writes in the group see earlier ones. Returns one outcome per op, in order.
     pub fn apply(
         &self,
-        ops: &[WriteOp],
+        ops: Vec<WriteOp>,
         clock: &mut Clock,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let mut latest: HashMap<&[u8], Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
+        let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
+        for WriteOp { table, key, kind } in ops {
             let version = clock.tick();
             let now_ms = version / 1000;
-            let old_bytes: Option<Vec<u8>> = match latest.get(op.key.as_slice()) {
-                Some(v) => v.clone(),
-                None => self.records.get(&op.key)?.map(|s| s.to_vec()),
+            let pk = key.get(4..).unwrap_or_default();
+            let fetched;
+            let old_bytes = match latest.get(&key) {
+                Some(v) => v.as_deref(),
+                None => {
+                    fetched = self.records.get(&key)?;
+                    fetched.as_deref()
+                }
             };
-            let old = match &old_bytes {
+            let old_body = match old_bytes {
                 Some(b) => {
                     let r = RecordRef::parse(b)
-                        .ok_or_else(|| StoreError::Corrupt(format!("{:?}", op.key)))?;
-                    (!r.is_expired(now_ms))
-                        .then(|| value::from_msgpack(r.body))
-                        .transpose()?
+                        .ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
+                    (!r.is_expired(now_ms)).then_some(r.body)
                 }
                 None => None,
             };
+            let old = OldRecord::read(&table, old_body, matches!(kind, WriteKind::Patch(_)), pk)?;
             let stamp = version as f64 / 1000.0;
-            let new = match &op.kind {
+            let new = match kind {
                 WriteKind::Delete => None,
-                WriteKind::Put(v) => {
-                    let mut v = v.clone();
-                    stamp_times(&op.table, &mut v, old.as_ref(), stamp);
+                WriteKind::Put(mut v) => {
+                    stamp_times(&table, &mut v, old.created.clone(), stamp);
                     Some(v)
                 }
                 WriteKind::Patch(props) => {
-                    let mut v = old.clone().unwrap_or_else(|| Value::Object(Vec::new()));
+                    let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
                     if let Value::Object(ps) = props {
                         for (k, val) in ps {
-                            v.set(k, val.clone());
+                            v.set(&k, val);
                         }
                     }
-                    stamp_times(&op.table, &mut v, old.as_ref(), stamp);
+                    stamp_times(&table, &mut v, old.created, stamp);
                     Some(v)
                 }
             };
-            let pk = op.key.get(4..).unwrap_or_default();
-            let old_entries = index_entries(&op.table, old.as_ref(), pk);
-            let new_entries = index_entries(&op.table, new.as_ref(), pk);
-            for e in old_entries.difference(&new_entries) {
-                index_changes.insert(e.clone(), false);
+            let new_entries = match &new {
+                Some(v) => index_entries(&table, |name| v.get(name), pk),
+                None => Vec::new(),
+            };
+            for e in &old.entries {
+                if new_entries.binary_search(e).is_err() {
+                    index_changes.insert(e.clone(), false);
+                }
             }
-            for e in new_entries.difference(&old_entries) {
-                index_changes.insert(e.clone(), true);
+            for e in new_entries {
+                if old.entries.binary_search(&e).is_err() {
+                    index_changes.insert(e, true);
+                }
             }
-            let expires = op.table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
-            let stored = new.map(|v| record::encode(version, expires, &v.to_msgpack()));
+            let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
+            let stored = new.map(|v| record::encode_value(version, expires, &v));
             outcomes.push(WriteOutcome {
                 version,
-                existed: old.is_some(),
-                record: stored.clone(),
+                existed: old.existed,
             });
-            latest.insert(op.key.as_slice(), stored);
+            latest.insert(key, stored);
         }
         let mut batch = self.db.batch();
         for (k, v) in latest {
@@ -317,28 +322,81 @@ impl ShardStore {
 }
 
 /// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
-fn stamp_times(table: &Table, v: &mut Value, old: Option<&Value>, stamp: f64) {
+fn stamp_times(table: &Table, v: &mut Value, old_created: Option<Value>, stamp: f64) {
     if let Some(c) = table.created_time() {
-        let created = old
-            .and_then(|o| o.get(c))
-            .cloned()
-            .unwrap_or(Value::Float(stamp));
-        v.set(c, created);
+        v.set(c, old_created.unwrap_or(Value::Float(stamp)));
     }
     if let Some(u) = table.updated_time() {
         v.set(u, Value::Float(stamp));
     }
 }
 
-/// The index keys of a record: one per indexed attribute value (each element of an array, and
-/// explicit nulls); records that lack the attribute have none for it.
-fn index_entries(table: &Table, rec: Option<&Value>, pk: &[u8]) -> HashSet<Vec<u8>> {
-    let mut out = HashSet::new();
-    let Some(rec) = rec else { return out };
+/// What a write needs of the record it replaces.
+#[derive(Default)]
+struct OldRecord {
+    existed: bool,
+    /// Its index keys, sorted.
+    entries: Vec<Vec<u8>>,
+    created: Option<Value>,
+    /// The whole record, decoded only when a PATCH merges into it.
+    full: Option<Value>,
+}
+
+impl OldRecord {
+    fn read(
+        table: &Table,
+        body: Option<&[u8]>,
+        full: bool,
+        pk: &[u8],
+    ) -> Result<OldRecord, StoreError> {
+        let Some(body) = body else {
+            return Ok(OldRecord::default());
+        };
+        let created_name = table.created_time();
+        if full {
+            let v = value::from_msgpack(body)?;
+            let created = created_name.and_then(|c| v.get(c).cloned());
+            let entries = index_entries(table, |name| v.get(name), pk);
+            return Ok(OldRecord {
+                existed: true,
+                entries,
+                created,
+                full: Some(v),
+            });
+        }
+        // Decode only the indexed attributes and @createdTime, skipping the rest.
+        let mut names: Vec<&str> = table.indexed().map(|a| a.name.as_str()).collect();
+        names.extend(created_name);
+        let values = value::extract_fields(body, &names)?;
+        let get = |name: &str| {
+            let at = names.iter().position(|n| *n == name)?;
+            values.get(at)?.as_ref()
+        };
+        let created = created_name.and_then(|c| get(c).cloned());
+        let entries = index_entries(table, get, pk);
+        Ok(OldRecord {
+            existed: true,
+            entries,
+            created,
+            full: None,
+        })
+    }
+}
+
+/// The index keys of a record, sorted: one per indexed attribute value (each element of an
+/// array, and explicit nulls); records that lack the attribute have none for it.
+fn index_entries<'v>(
+    table: &Table,
+    get: impl Fn(&str) -> Option<&'v Value>,
+    pk: &[u8],
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
     for a in table.indexed() {
         let prefix = index_prefix(table.id, a.id);
-        out.extend(attribute_entries(&prefix, rec.get(&a.name), pk));
+        out.extend(attribute_entries(&prefix, get(&a.name), pk));
     }
+    out.sort_unstable();
+    out.dedup();
     out
 }
 
@@ -405,7 +463,7 @@ mod tests {
             ),
             ("n", Value::Null),
         ]);
-        let out = store.apply(&[put(r1)], &mut clock).unwrap();
+        let out = store.apply(vec![put(r1)], &mut clock).unwrap();
         assert!(!out[0].existed);
         assert_eq!(index_keys(&store).len(), 3);
 
@@ -419,7 +477,7 @@ mod tests {
                 Value::Array(vec![Value::String("z".into())]),
             )])),
         };
-        let out = store.apply(&[put(r2), patch], &mut clock).unwrap();
+        let out = store.apply(vec![put(r2), patch], &mut clock).unwrap();
         assert!(out[1].existed && out[1].version > out[0].version);
         let stored = store.get(&key).unwrap().unwrap();
         let rec = value::from_msgpack(RecordRef::parse(&stored).unwrap().body).unwrap();
@@ -429,7 +487,7 @@ mod tests {
 
         store
             .apply(
-                &[WriteOp {
+                vec![WriteOp {
                     table: t.clone(),
                     key: key.clone(),
                     kind: WriteKind::Delete,
@@ -450,7 +508,7 @@ mod tests {
             let rec = obj(&[("id", Value::Int(id)), ("n", Value::Int(id))]);
             store
                 .apply(
-                    &[WriteOp {
+                    vec![WriteOp {
                         table: t.clone(),
                         key,
                         kind: WriteKind::Put(rec),

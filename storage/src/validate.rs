@@ -52,7 +52,7 @@ pub fn check_record(
         &table.types,
         props,
         mode,
-        "",
+        None,
         &mut errors,
         0,
     );
@@ -63,6 +63,23 @@ pub fn check_record(
     }
 }
 
+/// Where a value sits in the record, spelled only when a message needs it (`a.b[2]`).
+#[derive(Clone, Copy)]
+enum PropPath<'a> {
+    Field(Option<&'a PropPath<'a>>, &'a str),
+    Index(&'a PropPath<'a>, usize),
+}
+
+impl std::fmt::Display for PropPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PropPath::Field(None, name) => f.write_str(name),
+            PropPath::Field(Some(parent), name) => write!(f, "{parent}.{name}"),
+            PropPath::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_object(
     attributes: &[Attribute],
@@ -70,12 +87,12 @@ fn check_object(
     types: &HashMap<String, ObjectType>,
     props: &mut [(String, Value)],
     mode: WriteMode,
-    path: &str,
+    parent: Option<&PropPath<'_>>,
     errors: &mut Vec<String>,
     depth: usize,
 ) {
     for (name, value) in props.iter_mut() {
-        let full = format!("{path}{name}");
+        let full = PropPath::Field(parent, name);
         match attributes.iter().find(|a| &a.name == name) {
             None if sealed => errors.push(format!("Property {full} is not allowed")),
             None => {}
@@ -102,7 +119,10 @@ fn check_object(
             .filter(|a| a.required && !a.primary_key && a.is_stored())
         {
             if !props.iter().any(|(k, _)| k == &a.name) {
-                errors.push(format!("Property {path}{} is required", a.name));
+                errors.push(format!(
+                    "Property {} is required",
+                    PropPath::Field(parent, &a.name)
+                ));
             }
         }
     }
@@ -112,7 +132,7 @@ fn check_value(
     ty: &FieldType,
     types: &HashMap<String, ObjectType>,
     value: &mut Value,
-    prop: &str,
+    prop: &PropPath<'_>,
     errors: &mut Vec<String>,
     depth: usize,
 ) {
@@ -182,7 +202,14 @@ fn check_value(
         FieldType::List(el) => match value {
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
-                    check_value(el, types, item, &format!("{prop}[{i}]"), errors, depth + 1);
+                    check_value(
+                        el,
+                        types,
+                        item,
+                        &PropPath::Index(prop, i),
+                        errors,
+                        depth + 1,
+                    );
                 }
             }
             _ => must("an Array", value, errors),
@@ -197,7 +224,7 @@ fn check_value(
                     types,
                     props,
                     WriteMode::Replace,
-                    &format!("{prop}."),
+                    Some(prop),
                     errors,
                     depth + 1,
                 );
@@ -212,7 +239,7 @@ fn integer(
     value: &mut Value,
     (lo, hi): (i64, i64),
     what: &str,
-    prop: &str,
+    prop: &PropPath<'_>,
     errors: &mut Vec<String>,
 ) {
     let ok = match *value {

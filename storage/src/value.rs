@@ -176,6 +176,22 @@ pub fn from_msgpack_prefix(bytes: &[u8]) -> Result<(Value, usize), DecodeError> 
     Ok((v, r.pos))
 }
 
+/// Decodes only the named top-level properties of a MessagePack map, skipping the others
+/// without allocating. Returns one entry per name (`None` when the map lacks it).
+pub fn extract_fields(bytes: &[u8], names: &[&str]) -> Result<Vec<Option<Value>>, DecodeError> {
+    let mut out = vec![None; names.len()];
+    let mut r = msgpack::Reader::new(bytes);
+    let n = r.map_len()?;
+    for _ in 0..n {
+        let key = r.key()?;
+        match names.iter().position(|w| *w == key) {
+            Some(i) => out[i] = Some(r.value(1)?),
+            None => r.skip(1)?,
+        }
+    }
+    Ok(out)
+}
+
 /// Transcodes one MessagePack value straight to JSON (no intermediate tree), appending to `out`.
 /// Used to answer JSON requests from stored records without building a [`Value`].
 pub fn msgpack_to_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeError> {
@@ -433,6 +449,53 @@ mod msgpack {
             } else {
                 Ok(())
             }
+        }
+
+        /// The length of the map that must come next.
+        pub(super) fn map_len(&mut self) -> Result<usize, DecodeError> {
+            let at = self.pos;
+            match self.item()? {
+                Item::Map(n) => {
+                    self.check_count(n, 2)?;
+                    Ok(n)
+                }
+                _ => Err(DecodeError::Unsupported {
+                    marker: self.buf.get(at).copied().unwrap_or(0),
+                    at,
+                }),
+            }
+        }
+
+        /// A map key, borrowed.
+        pub(super) fn key(&mut self) -> Result<&'a str, DecodeError> {
+            let at = self.pos;
+            match self.item()? {
+                Item::Str(s) => Ok(s),
+                _ => Err(DecodeError::NonStringKey(at)),
+            }
+        }
+
+        /// Steps over one value.
+        pub(super) fn skip(&mut self, depth: usize) -> Result<(), DecodeError> {
+            if depth > MAX_DEPTH {
+                return Err(DecodeError::TooDeep);
+            }
+            match self.item()? {
+                Item::Array(n) => {
+                    self.check_count(n, 1)?;
+                    for _ in 0..n {
+                        self.skip(depth + 1)?;
+                    }
+                }
+                Item::Map(n) => {
+                    self.check_count(n, 2)?;
+                    for _ in 0..2 * n {
+                        self.skip(depth + 1)?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
         }
 
         pub(super) fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
@@ -745,6 +808,14 @@ mod tests {
         assert_eq!(s(1795239121429.9038), "1795239121429.9038");
         assert_eq!(s(18446744073709551615.0), "18446744073709552000");
         assert_eq!(s(-1e20), "-100000000000000000000");
+    }
+
+    #[test]
+    fn extracts_named_fields() {
+        let got = extract_fields(&sample().to_msgpack(), &["when", "nope", "tags"]).unwrap();
+        assert_eq!(got[0], Some(Value::Date(1_704_485_247_955.0)));
+        assert_eq!(got[1], None);
+        assert_eq!(got[2], sample().get("tags").cloned());
     }
 
     #[test]
