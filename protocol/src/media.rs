@@ -21,16 +21,12 @@ impl MediaType {
     pub fn content_type(self) -> &'static str {
         match self {
             MediaType::Json => "application/json; charset=utf-8",
-            MediaType::MsgPack => "application/x-msgpack",
-            MediaType::Cbor => "application/cbor",
-            MediaType::Csv => "text/csv",
-            MediaType::EventStream => "text/event-stream",
-            MediaType::Yaml => "text/yaml",
-            MediaType::Text => "text/plain",
+            other => other.essence(),
         }
     }
 
-    fn essence(self) -> &'static str {
+    /// The type without parameters.
+    pub fn essence(self) -> &'static str {
         match self {
             MediaType::Json => "application/json",
             MediaType::MsgPack => "application/x-msgpack",

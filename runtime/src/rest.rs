@@ -370,6 +370,35 @@ impl Core {
         Ok(())
     }
 
+    /// Validates a record for `table` with `pk` as its primary key (replacing any in the body) and
+    /// commits it. Returns the primary key as stored.
+    async fn write_record(
+        &self,
+        table: &Arc<Table>,
+        mut rec: Value,
+        pk: Value,
+        mode: WriteMode,
+    ) -> Result<Value, RestError> {
+        let pk_name = &table.primary_key().name;
+        set_primary_key(&mut rec, pk_name, pk);
+        check_record(table, &mut rec, mode).map_err(|e| RestError::BadRequest(e.to_string()))?;
+        let pk = rec.get(pk_name).cloned().unwrap_or(Value::Null);
+        let key = record_key(table.id, &pk)
+            .map_err(|e| RestError::BadRequest(format!("Invalid primary key: {e}")))?;
+        let kind = match mode {
+            WriteMode::Patch => WriteKind::Patch(rec),
+            WriteMode::Replace => WriteKind::Put(rec),
+        };
+        self.router
+            .write(WriteOp {
+                table: table.clone(),
+                key,
+                kind,
+            })
+            .await?;
+        Ok(pk)
+    }
+
     async fn put(
         &self,
         table: &Arc<Table>,
@@ -379,28 +408,8 @@ impl Core {
         mode: WriteMode,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let mut rec = body::decode(req.content_type, body)?;
-        if !matches!(rec, Value::Object(_)) {
-            return Err(RestError::BadRequest(format!(
-                "The request body must be an object, not {}",
-                rec.kind()
-            )));
-        }
-        let pk = id_value(table, id);
-        set_primary_key(&mut rec, &table.primary_key().name, pk.clone());
-        check_record(table, &mut rec, mode).map_err(|e| RestError::BadRequest(e.to_string()))?;
-        let key = record_key(table.id, &pk).map_err(|e| RestError::BadRequest(e.to_string()))?;
-        let kind = if mode == WriteMode::Patch {
-            WriteKind::Patch(rec)
-        } else {
-            WriteKind::Put(rec)
-        };
-        self.router
-            .write(WriteOp {
-                table: table.clone(),
-                key,
-                kind,
-            })
+        let rec = decode_record(req, body)?;
+        self.write_record(table, rec, id_value(table, id), mode)
             .await?;
         reply.send(204, None, &[], b"");
         Ok(())
@@ -435,30 +444,13 @@ impl Core {
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let mut rec = body::decode(req.content_type, body)?;
-        if !matches!(rec, Value::Object(_)) {
-            return Err(RestError::BadRequest(format!(
-                "The request body must be an object, not {}",
-                rec.kind()
-            )));
-        }
-        let pk_name = &table.primary_key().name;
-        let pk = match rec.get(pk_name) {
+        let rec = decode_record(req, body)?;
+        let pk = match rec.get(&table.primary_key().name) {
             Some(v) if *v != Value::Null => v.clone(),
             _ => self.new_key(table)?,
         };
-        set_primary_key(&mut rec, pk_name, pk);
-        check_record(table, &mut rec, WriteMode::Replace)
-            .map_err(|e| RestError::BadRequest(e.to_string()))?;
-        let pk = rec.get(pk_name).cloned().unwrap_or(Value::Null);
-        let key = record_key(table.id, &pk)
-            .map_err(|e| RestError::BadRequest(format!("Invalid primary key: {e}")))?;
-        self.router
-            .write(WriteOp {
-                table: table.clone(),
-                key,
-                kind: WriteKind::Put(rec),
-            })
+        let pk = self
+            .write_record(table, rec, pk, WriteMode::Replace)
             .await?;
         let location = match &pk {
             Value::String(s) => utf8_percent_encode(s, HEADER_UNSAFE).to_string(),
@@ -511,6 +503,18 @@ impl Core {
         }
         send_true(reply, fmt);
         Ok(())
+    }
+}
+
+/// The body of a write: a record object in any accepted content type.
+fn decode_record(req: &Request<'_>, body: &mut [u8]) -> Result<Value, RestError> {
+    let rec = body::decode(req.content_type, body)?;
+    match rec {
+        Value::Object(_) => Ok(rec),
+        other => Err(RestError::BadRequest(format!(
+            "The request body must be an object, not {}",
+            other.kind()
+        ))),
     }
 }
 
