@@ -38,12 +38,14 @@ pub(crate) fn spawn(
     let (tx, rx) = mpsc::channel();
     let handle = std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
-        .spawn(move || run(&store, &rx, durability))?;
+        .spawn(move || run(shard, &store, &rx, durability))?;
     Ok((WriterHandle { tx }, handle))
 }
 
-fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability) {
+fn run(shard: usize, store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability) {
     let mut clock = Clock::default();
+    // Writes and groups committed, reported at shutdown: their ratio is the group-commit factor.
+    let (mut writes, mut groups) = (0u64, 0u64);
     let mut ops = Vec::with_capacity(64);
     let mut replies = Vec::with_capacity(64);
     let mut flushes = Vec::new();
@@ -64,6 +66,8 @@ fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability)
         let result = if ops.is_empty() {
             Ok(Vec::new())
         } else {
+            writes += ops.len() as u64;
+            groups += 1;
             store
                 .apply(std::mem::take(&mut ops), &mut clock)
                 .and_then(|outcomes| store.persist(durability).map(|()| outcomes))
@@ -82,6 +86,12 @@ fn run(store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability)
             }
         }
         ops.clear();
+        if !flushes.is_empty() && groups > 0 {
+            eprintln!(
+                "shard {shard}: {writes} writes committed in {groups} groups ({:.1} per fsync)",
+                writes as f64 / groups as f64
+            );
+        }
         for done in flushes.drain(..) {
             let _ = done.send(store.persist(Durability::Durable).map_err(Arc::new));
         }
