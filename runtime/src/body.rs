@@ -22,21 +22,33 @@ pub enum BodyError {
     Unsupported(String),
 }
 
-/// Decodes a body of the given `Content-Type` (JSON when absent).
-pub fn decode(content_type: Option<&str>, body: &mut [u8]) -> Result<Value, BodyError> {
+/// Bodies above this size are parsed with fresh buffers, so a core keeps no large ones.
+const REUSE_BUFFERS_UP_TO: usize = 1 << 20;
+
+/// Decodes a body of the given `Content-Type` (JSON when absent). `buffers` are simd-json's
+/// working buffers, kept per core so that small bodies parse without allocating them.
+pub fn decode(
+    content_type: Option<&str>,
+    body: &mut [u8],
+    buffers: &mut simd_json::Buffers,
+) -> Result<Value, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError::Empty);
     }
     match content_type.map(|ct| (ct, MediaType::from_content_type(ct))) {
-        None | Some((_, Some(MediaType::Json))) => json(body),
+        None | Some((_, Some(MediaType::Json))) if body.len() > REUSE_BUFFERS_UP_TO => {
+            json(body, &mut simd_json::Buffers::default())
+        }
+        None | Some((_, Some(MediaType::Json))) => json(body, buffers),
         Some((_, Some(MediaType::MsgPack))) => Ok(tessera_storage::value::from_msgpack(body)?),
         Some((ct, _)) => Err(BodyError::Unsupported(ct.to_owned())),
     }
 }
 
 /// Parses JSON in place.
-pub fn json(body: &mut [u8]) -> Result<Value, BodyError> {
-    let tape = simd_json::to_tape(body).map_err(|e| BodyError::Json(e.to_string()))?;
+pub fn json(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<Value, BodyError> {
+    let tape = simd_json::to_tape_with_buffers(body, buffers)
+        .map_err(|e| BodyError::Json(e.to_string()))?;
     let mut nodes = tape.0.iter();
     node_value(&mut nodes, 0)
 }
@@ -89,11 +101,18 @@ fn node_value<'a, 'i: 'a>(
 mod tests {
     use super::*;
 
+    fn dec(content_type: Option<&str>, body: &[u8]) -> Result<Value, BodyError> {
+        decode(
+            content_type,
+            &mut body.to_vec(),
+            &mut simd_json::Buffers::default(),
+        )
+    }
+
     #[test]
     fn json_keeps_order_and_types() {
-        let mut b =
-            br#"{"z":1,"a":[true,null,2.5,"x"],"m":{"k":18446744073709551615},"z":2}"#.to_vec();
-        let v = decode(Some("application/json; charset=utf-8"), &mut b).unwrap();
+        let b = br#"{"z":1,"a":[true,null,2.5,"x"],"m":{"k":18446744073709551615},"z":2}"#;
+        let v = dec(Some("application/json; charset=utf-8"), b).unwrap();
         assert_eq!(
             v.to_json(),
             r#"{"z":2,"a":[true,null,2.5,"x"],"m":{"k":18446744073709552000}}"#
@@ -101,22 +120,32 @@ mod tests {
     }
 
     #[test]
+    fn buffers_are_reused_across_bodies() {
+        let mut buffers = simd_json::Buffers::default();
+        for body in [
+            &br#"{"a":1}"#[..],
+            br#"{"bb":[1,2,3],"c":"x"}"#,
+            br#"{"a":2}"#,
+        ] {
+            let v = decode(None, &mut body.to_vec(), &mut buffers).unwrap();
+            assert_eq!(v.to_json().as_bytes(), body);
+        }
+    }
+
+    #[test]
     fn bad_bodies() {
+        assert!(matches!(dec(None, b"{\"a\":"), Err(BodyError::Json(_))));
+        assert_eq!(dec(None, b"  "), Err(BodyError::Empty));
         assert!(matches!(
-            decode(None, &mut b"{\"a\":".to_vec()),
-            Err(BodyError::Json(_))
-        ));
-        assert_eq!(decode(None, &mut b"  ".to_vec()), Err(BodyError::Empty));
-        assert!(matches!(
-            decode(Some("application/x-msgpack"), &mut [0x81, 0xa1]),
+            dec(Some("application/x-msgpack"), &[0x81, 0xa1]),
             Err(BodyError::MsgPack(_))
         ));
         assert!(matches!(
-            decode(Some("text/calendar"), &mut b"x".to_vec()),
+            dec(Some("text/calendar"), b"x"),
             Err(BodyError::Unsupported(_))
         ));
         let mut deep = vec![b'['; 1000];
         deep.extend(vec![b']'; 1000]);
-        assert!(decode(None, &mut deep).is_err());
+        assert!(dec(None, &deep).is_err());
     }
 }

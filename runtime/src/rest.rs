@@ -53,6 +53,7 @@ pub struct Core {
     pub router: Router,
     pub auth: Authenticator,
     scratch: RefCell<Vec<u8>>,
+    json_buffers: RefCell<simd_json::Buffers>,
 }
 
 /// What one handled request asks of the connection.
@@ -147,6 +148,7 @@ impl Core {
             router,
             auth,
             scratch: RefCell::new(Vec::with_capacity(4096)),
+            json_buffers: RefCell::new(simd_json::Buffers::default()),
         }
     }
 
@@ -408,7 +410,7 @@ impl Core {
         mode: WriteMode,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let rec = decode_record(req, body)?;
+        let rec = decode_record(req, body, &self.json_buffers)?;
         self.write_record(table, rec, id_value(table, id), mode)
             .await?;
         reply.send(204, None, &[], b"");
@@ -444,7 +446,7 @@ impl Core {
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let rec = decode_record(req, body)?;
+        let rec = decode_record(req, body, &self.json_buffers)?;
         let pk = match rec.get(&table.primary_key().name) {
             Some(v) if *v != Value::Null => v.clone(),
             _ => self.new_key(table)?,
@@ -507,8 +509,12 @@ impl Core {
 }
 
 /// The body of a write: a record object in any accepted content type.
-fn decode_record(req: &Request<'_>, body: &mut [u8]) -> Result<Value, RestError> {
-    let rec = body::decode(req.content_type, body)?;
+fn decode_record(
+    req: &Request<'_>,
+    body: &mut [u8],
+    buffers: &RefCell<simd_json::Buffers>,
+) -> Result<Value, RestError> {
+    let rec = body::decode(req.content_type, body, &mut buffers.borrow_mut())?;
     match rec {
         Value::Object(_) => Ok(rec),
         other => Err(RestError::BadRequest(format!(
