@@ -8,7 +8,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use base64::Engine;
 use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
+use tessera_storage::layout::write_atomically;
 
 /// An authenticated user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,18 +88,8 @@ impl Users {
     }
 
     fn save(&self) -> anyhow::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&self.file)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        Ok(())
+        write_atomically(&self.path, &serde_json::to_vec_pretty(&self.file)?, 0o600)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 
     /// Checks a password (slow by design: run it off the executor).

@@ -178,27 +178,35 @@ impl Layout {
     }
 
     fn save(&self) -> Result<(), LayoutError> {
-        let io = |source| LayoutError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
-        let tmp = self.path.with_extension("json.tmp");
         let bytes =
             serde_json::to_vec_pretty(&self.file).map_err(|source| LayoutError::Corrupt {
-                path: tmp.display().to_string(),
+                path: self.path.display().to_string(),
                 source,
             })?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        Ok(())
+        write_atomically(&self.path, &bytes, 0o644).map_err(|source| LayoutError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })
     }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves either the old or the new
+/// content: write a temporary file (with Unix `mode`), fsync it, rename it over `path`, fsync the
+/// directory.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
