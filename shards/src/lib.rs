@@ -11,7 +11,6 @@ mod writer;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 
 use tessera_storage::shard::{Durability, ShardOptions, ShardStore, StoreError};
 
@@ -40,7 +39,6 @@ pub enum ShardError {
 pub struct ShardSet {
     stores: Vec<Arc<ShardStore>>,
     writers: Vec<writer::WriterHandle>,
-    threads: std::sync::Mutex<Vec<JoinHandle<()>>>,
     closing: AtomicBool,
 }
 
@@ -74,16 +72,12 @@ impl ShardSet {
             ));
         }
         let mut writers = Vec::with_capacity(count);
-        let mut threads = Vec::with_capacity(count);
         for (i, store) in stores.iter().enumerate() {
-            let (w, t) = writer::spawn(i, store.clone(), durability)?;
-            writers.push(w);
-            threads.push(t);
+            writers.push(writer::spawn(i, store.clone(), durability)?);
         }
         Ok(ShardSet {
             stores,
             writers,
-            threads: std::sync::Mutex::new(threads),
             closing: AtomicBool::new(false),
         })
     }
@@ -120,19 +114,6 @@ impl ShardSet {
 
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
-    }
-
-    /// Stops the writer threads (after [`ShardSet::close`]); for tests and orderly exits.
-    pub fn join_writers(self) {
-        let ShardSet {
-            writers, threads, ..
-        } = self;
-        drop(writers);
-        if let Ok(mut threads) = threads.lock() {
-            for t in threads.drain(..) {
-                let _ = t.join();
-            }
-        }
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use futures::channel::oneshot;
 use tessera_storage::shard::{Clock, Durability, ShardStore, StoreError, WriteOp, WriteOutcome};
@@ -34,12 +33,13 @@ pub(crate) fn spawn(
     shard: usize,
     store: Arc<ShardStore>,
     durability: Durability,
-) -> std::io::Result<(WriterHandle, JoinHandle<()>)> {
+) -> std::io::Result<WriterHandle> {
     let (tx, rx) = mpsc::channel();
-    let handle = std::thread::Builder::new()
+    // Detached: it ends with the process; `ShardSet::close` is what makes its work durable.
+    std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
         .spawn(move || run(shard, &store, &rx, durability))?;
-    Ok((WriterHandle { tx }, handle))
+    Ok(WriterHandle { tx })
 }
 
 fn run(shard: usize, store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability) {

@@ -80,17 +80,6 @@ pub enum FieldType {
     Named(String),
 }
 
-impl FieldType {
-    /// The name shown in table descriptions: `String`, `[String]`, `Address`.
-    pub fn display(&self) -> String {
-        match self {
-            FieldType::Scalar(s) => s.name().to_owned(),
-            FieldType::List(t) => format!("[{}]", t.display()),
-            FieldType::Named(n) => n.clone(),
-        }
-    }
-}
-
 /// `@relationship(from:, to:)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Relationship {

@@ -46,17 +46,6 @@ impl Value {
         }
     }
 
-    /// Removes the property `name` of an object, returning it.
-    pub fn remove(&mut self, name: &str) -> Option<Value> {
-        match self {
-            Value::Object(props) => {
-                let at = props.iter().position(|(k, _)| k == name)?;
-                Some(props.remove(at).1)
-            }
-            _ => None,
-        }
-    }
-
     /// The number as a double, for integers and floats.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
@@ -167,13 +156,6 @@ pub fn from_msgpack(bytes: &[u8]) -> Result<Value, DecodeError> {
         return Err(DecodeError::Trailing(bytes.len() - r.pos));
     }
     Ok(v)
-}
-
-/// Decodes one MessagePack value from the front of `bytes`, returning it and the bytes it used.
-pub fn from_msgpack_prefix(bytes: &[u8]) -> Result<(Value, usize), DecodeError> {
-    let mut r = msgpack::Reader::new(bytes);
-    let v = r.value(0)?;
-    Ok((v, r.pos))
 }
 
 /// Decodes only the named top-level properties of a MessagePack map, skipping the others
