@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
@@ -64,7 +65,12 @@ struct Reply<'o> {
     started: Instant,
 }
 
+/// Most headers `Reply::send` writes besides the framing ones.
+const MAX_REPLY_HEADERS: usize = 6;
+
 impl Reply<'_> {
+    /// Writes the whole response. `headers` are the caller's own (at most three); the content
+    /// type, `Vary` and `Server-Timing` are added here. Nothing is allocated.
     fn send(
         &mut self,
         status: u16,
@@ -72,24 +78,41 @@ impl Reply<'_> {
         headers: &[(&str, &[u8])],
         body: &[u8],
     ) {
-        let timing = server_timing(self.started);
-        let mut all: Vec<(&str, &[u8])> = Vec::with_capacity(headers.len() + 3);
-        if let Some(ct) = content_type {
-            all.push(("Content-Type", ct.content_type().as_bytes()));
-            all.push(("Vary", VARY));
+        let mut timing = [0u8; 40];
+        let timing = server_timing(self.started, &mut timing);
+        let negotiated = content_type.map(|ct| {
+            [
+                ("Content-Type", ct.content_type().as_bytes()),
+                ("Vary", VARY),
+            ]
+        });
+        let mut all = [("", &b""[..]); MAX_REPLY_HEADERS];
+        let mut n = 0;
+        for h in negotiated
+            .iter()
+            .flatten()
+            .chain(headers)
+            .chain([&("Server-Timing", timing)])
+        {
+            if let Some(slot) = all.get_mut(n) {
+                *slot = *h;
+                n += 1;
+            }
         }
-        all.extend_from_slice(headers);
-        all.push(("Server-Timing", timing.as_bytes()));
-        write_head(self.out, status, &all, body.len(), self.keep_alive);
+        write_head(self.out, status, &all[..n], body.len(), self.keep_alive);
         if !self.head_only {
             self.out.extend_from_slice(body);
         }
     }
 }
 
-fn server_timing(started: Instant) -> String {
-    let us = started.elapsed().as_micros();
-    format!("hdb;dur={}.{:03}", us / 1000, us % 1000)
+/// `hdb;dur=<ms with 3 decimals>`, written into `buf`.
+fn server_timing(started: Instant, buf: &mut [u8; 40]) -> &[u8] {
+    let us = started.elapsed().as_micros() as u64;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "hdb;dur={}.{:03}", us / 1000, us % 1000);
+    let left = w.len();
+    &buf[..40 - left]
 }
 
 /// The quoted ETag of a record version.
