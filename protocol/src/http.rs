@@ -338,13 +338,14 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Writes a response head into `out`: status line, the given headers, `Content-Length` and the
-/// blank line. The body (if any) is appended by the caller.
+/// Writes a response head into `out`: status line, the given headers, `Content-Length` (or
+/// `Transfer-Encoding: chunked` when the length is `None`) and the blank line. The body (if any)
+/// is appended by the caller.
 pub fn write_head(
     out: &mut Vec<u8>,
     status: u16,
     headers: &[(&str, &[u8])],
-    content_length: usize,
+    content_length: Option<usize>,
     keep_alive: bool,
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -359,9 +360,14 @@ pub fn write_head(
         out.extend_from_slice(b"\r\n");
     }
     if status != 304 && status >= 200 {
-        out.extend_from_slice(b"Content-Length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(content_length).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        match content_length {
+            Some(n) => {
+                out.extend_from_slice(b"Content-Length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        }
     }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");

@@ -18,6 +18,9 @@ pub enum RestError {
     NoSuchRecord,
     #[error("{0}")]
     BadRequest(String),
+    /// 404 with a message (an undefined attribute in a query).
+    #[error("{0}")]
+    NotFound(String),
     /// 405 with the methods the target allows.
     #[error("Method not allowed")]
     MethodNotAllowed(&'static str),
@@ -37,7 +40,7 @@ impl RestError {
     pub fn status(&self) -> u16 {
         match self {
             RestError::Unauthorized => 401,
-            RestError::NoSuchResource | RestError::NoSuchRecord => 404,
+            RestError::NoSuchResource | RestError::NoSuchRecord | RestError::NotFound(_) => 404,
             RestError::BadRequest(_) => 400,
             RestError::MethodNotAllowed(_) => 405,
             RestError::NotAcceptable => 406,

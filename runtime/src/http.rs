@@ -14,7 +14,7 @@ use crate::rest::Core;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Responses are flushed early once this much is waiting.
-const FLUSH_AT: usize = 64 * 1024;
+pub const FLUSH_AT: usize = 64 * 1024;
 
 /// Accepts connections forever, serving each on its own task.
 pub async fn serve(listener: TcpListener, core: Rc<Core>) {
@@ -74,7 +74,7 @@ impl Input {
     }
 }
 
-async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }
@@ -109,7 +109,7 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
         out,
         e.status(),
         &[("Content-Type", b"application/json; charset=utf-8")],
-        body.len(),
+        Some(body.len()),
         false,
     );
     out.extend_from_slice(body.as_bytes());
@@ -202,7 +202,8 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream) {
                 BodyFraming::Length(n) => &mut rest[..n],
                 BodyFraming::Chunked => &mut chunked,
             };
-            core.handle(&req, body, from_loopback, &mut out).await
+            core.handle(&req, body, from_loopback, &mut out, &mut stream)
+                .await
         };
         input.start += consumed;
         input.shrink();

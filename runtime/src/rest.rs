@@ -12,22 +12,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
+use glommio::net::TcpStream;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tessera_protocol::MediaType;
 use tessera_protocol::http::{Method, Request, write_head};
 use tessera_protocol::media::negotiate;
+use tessera_protocol::query::Select;
 use tessera_protocol::rest::{PathKind, parse_target};
 use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
-use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key, table_prefix};
+use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
-use tessera_storage::value::msgpack_to_json;
-use tessera_storage::{Scalar, Slice, Table, Value, key};
+use tessera_storage::value::{self, msgpack_to_json};
+use tessera_storage::{Scalar, Table, Value};
 
 use crate::auth::{Authenticator, User};
 use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
+use crate::http::{FLUSH_AT, flush};
+use crate::query::{self, Merge};
 
 /// Response types this build can produce.
 const OFFERED: &[MediaType] = &[MediaType::Json, MediaType::MsgPack];
@@ -36,6 +40,8 @@ const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 const VARY: &[u8] = b"Accept, Accept-Encoding";
+/// A collection response switches to chunked streaming once its body outgrows this.
+const STREAM_CHUNK: usize = 32 * 1024;
 /// Characters escaped in a `Location` header (controls, so a stored id cannot split the head).
 const HEADER_UNSAFE: &AsciiSet = &CONTROLS.add(b' ');
 
@@ -60,6 +66,8 @@ pub struct Core {
 /// What one handled request asks of the connection.
 struct Reply<'o> {
     out: &'o mut Vec<u8>,
+    /// The connection, for responses streamed in chunks.
+    conn: &'o mut TcpStream,
     keep_alive: bool,
     head_only: bool,
     started: Instant,
@@ -99,9 +107,47 @@ impl Reply<'_> {
                 n += 1;
             }
         }
-        write_head(self.out, status, &all[..n], body.len(), self.keep_alive);
+        write_head(
+            self.out,
+            status,
+            &all[..n],
+            Some(body.len()),
+            self.keep_alive,
+        );
         if !self.head_only {
             self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Starts a `200` response whose body follows in chunks ([`Self::chunk`], [`Self::end`]).
+    fn start_chunked(&mut self, content_type: MediaType) {
+        let headers = [
+            ("Content-Type", content_type.content_type().as_bytes()),
+            ("Vary", VARY),
+        ];
+        write_head(self.out, 200, &headers, None, self.keep_alive);
+    }
+
+    /// Sends one chunk of a chunked body, writing to the connection once enough is waiting.
+    /// Fails when the client is gone.
+    async fn chunk(&mut self, data: &[u8]) -> Result<(), RestError> {
+        if self.head_only || data.is_empty() {
+            return Ok(());
+        }
+        let _ = write!(self.out, "{:x}\r\n", data.len());
+        self.out.extend_from_slice(data);
+        self.out.extend_from_slice(b"\r\n");
+        if self.out.len() >= FLUSH_AT && !flush(self.conn, self.out).await {
+            self.keep_alive = false;
+            return Err(RestError::Unavailable("the client went away".into()));
+        }
+        Ok(())
+    }
+
+    /// Ends a chunked body.
+    fn end(&mut self) {
+        if !self.head_only {
+            self.out.extend_from_slice(b"0\r\n\r\n");
         }
     }
 }
@@ -183,9 +229,11 @@ impl Core {
         body: &mut [u8],
         from_loopback: bool,
         out: &mut Vec<u8>,
+        conn: &mut TcpStream,
     ) -> bool {
         let mut reply = Reply {
             out,
+            conn,
             keep_alive: req.keep_alive,
             head_only: req.method == Method::Head,
             started: Instant::now(),
@@ -262,21 +310,25 @@ impl Core {
                 Ok(())
             }
             (_, PathKind::Table) => Err(RestError::MethodNotAllowed(ALLOW_TABLE)),
-            (_, PathKind::Collection(_)) if query.is_some() => Err(RestError::NotImplemented(
-                "Query strings on collections are not served by this build yet".into(),
-            )),
             (Method::Get | Method::Head, PathKind::Collection(prefix)) => {
-                self.get_collection(table, &prefix, *fmt, reply).await
+                self.get_collection(table, &prefix, query.unwrap_or(""), *fmt, reply)
+                    .await
             }
             (Method::Post, PathKind::Collection(prefix)) if prefix.is_empty() => {
                 self.post(table, req, body, *fmt, reply).await
             }
             (Method::Delete, PathKind::Collection(prefix)) => {
-                self.delete_collection(table, &prefix, *fmt, reply).await
+                self.delete_collection(table, &prefix, query.unwrap_or(""), *fmt, reply)
+                    .await
             }
             (_, PathKind::Collection(_)) => Err(RestError::MethodNotAllowed(ALLOW_COLLECTION)),
             (Method::Get | Method::Head, PathKind::Record(id)) => {
-                self.get_record(table, &id, req, *fmt, reply).await
+                let select = match query {
+                    Some(q) => query::select(table, q)?,
+                    None => None,
+                };
+                self.get_record(table, &id, req, select.as_ref(), *fmt, reply)
+                    .await
             }
             (Method::Put, PathKind::Record(id)) => {
                 self.put(table, &id, req, body, WriteMode::Replace, reply)
@@ -298,6 +350,7 @@ impl Core {
         table: &Arc<Table>,
         id: &str,
         req: &Request<'_>,
+        select: Option<&Select>,
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
@@ -316,81 +369,74 @@ impl Core {
             reply.send(304, None, &[("ETag", &tag)], b"");
             return Ok(());
         }
-        match fmt {
-            MediaType::MsgPack => reply.send(200, Some(fmt), &[("ETag", &tag)], rec.body),
+        match (fmt, select) {
+            (MediaType::MsgPack, None) => reply.send(200, Some(fmt), &[("ETag", &tag)], rec.body),
             _ => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
-                msgpack_to_json(rec.body, &mut buf)
-                    .map_err(|e| RestError::Internal(e.to_string()))?;
+                write_row(rec.body, select, fmt, &mut buf)?;
                 reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
             }
         }
         Ok(())
     }
 
-    /// Live records of a table whose primary key is a string starting with `prefix` (all records
-    /// when `prefix` is empty), from every shard, in primary-key order.
-    async fn collect(&self, table: &Table, prefix: &str) -> Result<Vec<(Slice, Slice)>, RestError> {
-        let mut scan_prefix = table_prefix(table.id).to_vec();
-        if !prefix.is_empty() {
-            key::encode_str_open(prefix, &mut scan_prefix);
-        }
-        let now_ms = now_micros() / 1000;
-        let per_shard = self
-            .router
-            .on_all_shards(move |s| {
-                s.scan(&scan_prefix)
-                    .filter(|kv| !matches!(kv, Ok((_, v)) if RecordRef::parse(v).is_none_or(|r| r.is_expired(now_ms))))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await?;
-        let mut all = Vec::with_capacity(
-            per_shard
-                .iter()
-                .map(|r| r.as_ref().map_or(0, Vec::len))
-                .sum(),
-        );
-        for records in per_shard {
-            all.extend(records?);
-        }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(all)
-    }
-
+    /// Answers a collection query, streaming the rows in chunks once they outgrow one buffer.
     async fn get_collection(
         &self,
         table: &Arc<Table>,
         prefix: &str,
+        query: &str,
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let records = self.collect(table, prefix).await?;
-        let mut buf = self.scratch.borrow_mut();
-        buf.clear();
+        let plan = query::plan(table, prefix, query)?;
+        let mut rows = Merge::start(&self.router, plan.shard.clone());
+        let end = plan.shard.take.unwrap_or(usize::MAX);
+        let mut buf = Vec::with_capacity(4096);
         if fmt == MediaType::Json {
             buf.push(b'[');
         }
-        for (i, (_, v)) in records.iter().enumerate() {
-            let Some(rec) = RecordRef::parse(v) else {
-                continue;
-            };
-            if fmt == MediaType::MsgPack {
-                buf.extend_from_slice(rec.body);
-            } else {
-                if i > 0 {
-                    buf.push(b',');
+        let mut streaming = false;
+        let mut seen = 0;
+        while seen < end {
+            let row = match rows.next().await {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                // Once the head is out, an error can only cut the response short.
+                Err(_) if streaming => {
+                    reply.keep_alive = false;
+                    return Ok(());
                 }
-                msgpack_to_json(rec.body, &mut buf)
-                    .map_err(|e| RestError::Internal(e.to_string()))?;
+                Err(e) => return Err(e),
+            };
+            seen += 1;
+            if seen <= plan.skip {
+                continue;
+            }
+            if fmt == MediaType::Json && seen > plan.skip + 1 {
+                buf.push(b',');
+            }
+            let rec = RecordRef::parse(&row.stored)
+                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            write_row(rec.body, plan.select.as_ref(), fmt, &mut buf)?;
+            if buf.len() >= STREAM_CHUNK {
+                if !streaming {
+                    reply.start_chunked(fmt);
+                    streaming = true;
+                }
+                reply.chunk(&buf).await?;
+                buf.clear();
             }
         }
         if fmt == MediaType::Json {
             buf.push(b']');
         }
-        reply.send(200, Some(fmt), &[], &buf);
-        if buf.capacity() > 1 << 20 {
-            *buf = Vec::with_capacity(4096);
+        if streaming {
+            reply.chunk(&buf).await?;
+            reply.end();
+        } else {
+            reply.send(200, Some(fmt), &[], &buf);
         }
         Ok(())
     }
@@ -512,11 +558,21 @@ impl Core {
         &self,
         table: &Arc<Table>,
         prefix: &str,
+        query: &str,
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let records = self.collect(table, prefix).await?;
-        let writes = records.into_iter().map(|(k, _)| {
+        let plan = query::plan(table, prefix, query)?;
+        let mut rows = Merge::start(&self.router, plan.shard.clone());
+        let mut keys = Vec::new();
+        let end = plan.shard.take.unwrap_or(usize::MAX);
+        while keys.len() < end {
+            match rows.next().await? {
+                Some(row) => keys.push(row.key),
+                None => break,
+            }
+        }
+        let writes = keys.into_iter().skip(plan.skip).map(|k| {
             self.router.write(WriteOp {
                 table: table.clone(),
                 key: k.to_vec(),
@@ -529,6 +585,47 @@ impl Core {
         send_true(reply, fmt);
         Ok(())
     }
+}
+
+/// Appends one row of a result: the stored record as it is (MessagePack) or transcoded (JSON),
+/// or the selected properties.
+fn write_row(
+    body: &[u8],
+    select: Option<&Select>,
+    fmt: MediaType,
+    out: &mut Vec<u8>,
+) -> Result<(), RestError> {
+    match (select, fmt) {
+        (None, MediaType::MsgPack) => out.extend_from_slice(body),
+        (None, _) => {
+            msgpack_to_json(body, out).map_err(|e| RestError::Internal(e.to_string()))?;
+        }
+        (Some(select), _) => encode_value(&project(body, select)?, fmt, out),
+    }
+    Ok(())
+}
+
+/// The selected properties of a stored record, shaped as `select()` asks (HARPER.md section 4).
+fn project(body: &[u8], select: &Select) -> Result<Value, RestError> {
+    let names: Vec<&str> = select.fields().iter().map(|f| f.name.as_str()).collect();
+    let values =
+        value::extract_fields(body, &names).map_err(|e| RestError::Internal(e.to_string()))?;
+    Ok(match select {
+        Select::Value(_) => values.into_iter().next().flatten().unwrap_or(Value::Null),
+        Select::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .zip(values)
+                .filter_map(|(f, v)| Some((f.name.clone(), v?)))
+                .collect(),
+        ),
+        Select::Array(_) => Value::Array(
+            values
+                .into_iter()
+                .map(|v| v.unwrap_or(Value::Null))
+                .collect(),
+        ),
+    })
 }
 
 /// The body of a write: a record object in any accepted content type.

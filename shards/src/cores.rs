@@ -10,10 +10,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::channel::oneshot;
+use futures::SinkExt;
+use futures::channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{LocalExecutorBuilder, Placement};
-use tessera_storage::shard::{ShardStore, WriteOp, WriteOutcome};
+use tessera_storage::query::{Row, ShardQuery};
+use tessera_storage::shard::{ShardStore, StoreError, WriteOp, WriteOutcome};
 
 use crate::writer::Command;
 use crate::{ShardError, ShardSet};
@@ -143,6 +145,34 @@ where
     Ok(handles)
 }
 
+/// Candidates a query examines between two chances for other work on its core.
+pub const WALK_BUDGET: usize = 512;
+
+/// Runs one shard's part of a query, sending batches of rows until it is over or nobody listens.
+async fn walk(
+    store: Arc<ShardStore>,
+    query: Arc<ShardQuery>,
+    mut tx: mpsc::Sender<Result<Vec<Row>, StoreError>>,
+) {
+    let mut walk = query.start(&store);
+    loop {
+        let (rows, done) = match walk.next_batch(&store, WALK_BUDGET) {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        if !rows.is_empty() && tx.send(Ok(rows)).await.is_err() {
+            return;
+        }
+        if done {
+            return;
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
 /// Runs by-key work on the core that owns the shard. One per core; cheap to clone.
 #[derive(Clone)]
 pub struct Router {
@@ -207,6 +237,36 @@ impl Router {
     {
         let runs = (0..self.shards.count()).map(|s| self.on_shard(s, f.clone()));
         futures::future::join_all(runs).await.into_iter().collect()
+    }
+
+    /// Starts `query` on `shard`'s owner core and returns its rows as they are found, in batches.
+    /// The walk yields to other work on that core between batches of [`WALK_BUDGET`] candidates
+    /// and stops early when the receiver is dropped; the channel's small bound is the
+    /// back-pressure that keeps a slow client from making a shard buffer a whole table.
+    pub fn query(
+        &self,
+        shard: usize,
+        query: Arc<ShardQuery>,
+    ) -> mpsc::Receiver<Result<Vec<Row>, StoreError>> {
+        let (tx, rx) = mpsc::channel(1);
+        let job = move |set: &ShardSet| {
+            let Some(store) = set.store(shard).cloned() else {
+                return;
+            };
+            glommio::spawn_local(walk(store, query, tx)).detach();
+        };
+        match &self.mesh {
+            Some(mesh) if self.owner(shard) != self.core => {
+                let mesh = mesh.clone();
+                let owner = self.owner(shard);
+                glommio::spawn_local(async move {
+                    let _ = mesh.send_to(owner, Box::new(job)).await;
+                })
+                .detach();
+            }
+            _ => job(&self.shards),
+        }
+        rx
     }
 
     /// Commits one write through the shard's writer thread (group commit) and returns once it is

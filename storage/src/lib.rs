@@ -7,6 +7,7 @@
 
 pub mod key;
 pub mod layout;
+pub mod query;
 pub mod record;
 pub mod schema;
 pub mod shard;

@@ -1,0 +1,474 @@
+//! Collection queries (HARPER.md section 4): planned once on the connection's core, run on every
+//! shard in parallel over the mesh, merged here in result order.
+//!
+//! Planning resolves each condition against the schema (404 for undeclared attributes), converts
+//! its value to the attribute's type, and picks the access path: the most selective indexed (or
+//! primary-key) condition of the top-level `&` becomes an index walk, the rest a filter; a query
+//! with no usable condition scans the table in primary-key order. Each shard returns its rows in
+//! result order (sorting them itself when `sort()` asks, keeping at most `offset + limit`), so the
+//! merge is a k-way merge that can stream.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use tessera_protocol::query::{self, Filter, Limit, Op, Operand, Select};
+use tessera_shards::Router;
+use tessera_storage::query::{Access, Cmp, CmpOp, Pred, Row, ShardQuery, SortSpec, successor};
+use tessera_storage::schema::{Attribute, FieldType};
+use tessera_storage::shard::{StoreError, index_prefix, now_micros, table_prefix};
+use tessera_storage::value::parse_date;
+use tessera_storage::{Scalar, Table, Value, key};
+
+use crate::error::RestError;
+
+/// A planned collection query.
+pub struct Plan {
+    pub shard: Arc<ShardQuery>,
+    /// Rows to skip before the first one returned.
+    pub skip: usize,
+    pub select: Option<Select>,
+}
+
+/// Plans `query` (the raw query string, possibly empty) over the records of `table` whose
+/// primary key starts with `prefix`.
+pub fn plan(table: &Arc<Table>, prefix: &str, query: &str) -> Result<Plan, RestError> {
+    let parsed = query::parse(query).map_err(|e| RestError::BadRequest(e.to_string()))?;
+    check_select(table, parsed.select.as_ref())?;
+    let filter = parsed.filter.map(|f| resolve(table, f)).transpose()?;
+    let mut sort = Vec::with_capacity(parsed.sort.len());
+    for key in &parsed.sort {
+        let attr = defined(table, &key.path)?;
+        sort.push(SortSpec {
+            attr: attr.name.clone(),
+            descending: key.descending,
+        });
+    }
+    if let (None, Some(first)) = (&filter, sort.first())
+        && !is_indexed(table, &first.attr)
+    {
+        return Err(RestError::NotFound(format!(
+            "{} is not indexed and not combined with any other conditions",
+            first.attr
+        )));
+    }
+    let (access, filter) = if prefix.is_empty() {
+        choose_access(table, filter)
+    } else {
+        let mut lo = table_prefix(table.id).to_vec();
+        key::encode_str_open(prefix, &mut lo);
+        let hi = successor(lo.clone());
+        (Access::Scan { lo, hi }, filter)
+    };
+    // An index walk on the single sort attribute is already in sort order.
+    let access = match (access, sort.as_slice()) {
+        (
+            Access::Index {
+                prefix_len,
+                lo,
+                hi,
+                multi: false,
+                ..
+            },
+            [only],
+        ) if Some(only.attr.as_str()) == walked(table, &lo, prefix_len) => {
+            let reverse = only.descending;
+            sort.clear();
+            Access::Index {
+                prefix_len,
+                lo,
+                hi,
+                reverse,
+                multi: false,
+            }
+        }
+        (access, _) => access,
+    };
+    let Limit { start, end } = parsed.limit.unwrap_or(Limit {
+        start: 0,
+        end: usize::MAX,
+    });
+    Ok(Plan {
+        shard: Arc::new(ShardQuery {
+            table: table.clone(),
+            access,
+            filter,
+            sort,
+            take: (end != usize::MAX).then_some(end),
+            now_ms: now_micros() / 1000,
+        }),
+        skip: start,
+        select: parsed.select,
+    })
+}
+
+/// The `select()` of a query on a single record (its other parts do not apply to one record).
+pub fn select(table: &Table, query: &str) -> Result<Option<Select>, RestError> {
+    let parsed = query::parse(query).map_err(|e| RestError::BadRequest(e.to_string()))?;
+    check_select(table, parsed.select.as_ref())?;
+    Ok(parsed.select)
+}
+
+/// Refuses selections this build cannot produce yet (related and computed properties).
+fn check_select(table: &Table, select: Option<&Select>) -> Result<(), RestError> {
+    for f in select.map(Select::fields).unwrap_or_default() {
+        let derived = table.attribute(&f.name).is_some_and(|a| !a.is_stored());
+        if f.nested.is_some() || derived {
+            return Err(RestError::NotImplemented(format!(
+                "selecting relationship and computed properties ({}) is not served by this build yet",
+                f.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The attribute whose index an index range walks.
+fn walked<'t>(table: &'t Table, lo: &[u8], prefix_len: usize) -> Option<&'t str> {
+    let id = u16::from_be_bytes(lo.get(4..prefix_len)?.try_into().ok()?);
+    table
+        .indexed()
+        .find(|a| a.id == id)
+        .map(|a| a.name.as_str())
+}
+
+fn is_indexed(table: &Table, name: &str) -> bool {
+    table.indexed().any(|a| a.name == name)
+}
+
+/// The declared attribute a path names (relationship paths come with relationships).
+fn defined<'t>(table: &'t Table, path: &[String]) -> Result<&'t Attribute, RestError> {
+    let [name] = path else {
+        return Err(RestError::NotImplemented(format!(
+            "conditions and sorts through relationships ({}) are not served by this build yet",
+            path.join(".")
+        )));
+    };
+    let attr = table
+        .attribute(name)
+        .ok_or_else(|| RestError::NotFound(format!("{name} is not a defined attribute")))?;
+    if !attr.is_stored() {
+        return Err(RestError::NotImplemented(format!(
+            "conditions on relationship and computed attributes ({name}) are not served by this build yet"
+        )));
+    }
+    Ok(attr)
+}
+
+/// Turns parsed conditions into a typed predicate.
+fn resolve(table: &Table, filter: Filter) -> Result<Pred, RestError> {
+    Ok(match filter {
+        Filter::And(items) => Pred::And(
+            items
+                .into_iter()
+                .map(|f| resolve(table, f))
+                .collect::<Result<_, _>>()?,
+        ),
+        Filter::Or(items) => Pred::Or(
+            items
+                .into_iter()
+                .map(|f| resolve(table, f))
+                .collect::<Result<_, _>>()?,
+        ),
+        Filter::Cond(c) => {
+            // `price=gt=20&lt=100`: `lt` is an operator on the previous attribute unless the
+            // table has an attribute of that name.
+            let (path, op) = match c.chained {
+                Some((prev, op)) if c.path.len() == 1 && table.attribute(&c.path[0]).is_none() => {
+                    (prev, op)
+                }
+                _ => (c.path, c.op),
+            };
+            let attr = defined(table, &path)?;
+            let op = cmp_op(op);
+            let value = convert(attr, op, c.value)?;
+            Pred::Cmp(Cmp::new(attr.name.clone(), op, value))
+        }
+    })
+}
+
+fn cmp_op(op: Op) -> CmpOp {
+    match op {
+        Op::Eq => CmpOp::Eq,
+        Op::Ne => CmpOp::Ne,
+        Op::Gt => CmpOp::Gt,
+        Op::Ge => CmpOp::Ge,
+        Op::Lt => CmpOp::Lt,
+        Op::Le => CmpOp::Le,
+        Op::StartsWith => CmpOp::StartsWith,
+        Op::Contains => CmpOp::Contains,
+        Op::EndsWith => CmpOp::EndsWith,
+    }
+}
+
+/// The scalar type of an attribute's values (of its elements, for a list).
+fn scalar(ty: &FieldType) -> Scalar {
+    match ty {
+        FieldType::Scalar(s) => *s,
+        FieldType::List(inner) => scalar(inner),
+        FieldType::Named(_) => Scalar::Any,
+    }
+}
+
+/// Converts a condition's value to the attribute's type.
+fn convert(attr: &Attribute, op: CmpOp, operand: Operand) -> Result<Value, RestError> {
+    let bad = |text: &str, what: &str| {
+        RestError::BadRequest(format!(
+            "Value \"{text}\" in a condition on {} must be {what}",
+            attr.name
+        ))
+    };
+    Ok(match operand {
+        Operand::Null => Value::Null,
+        Operand::Bool(b) => Value::Bool(b),
+        Operand::String(s) => Value::String(s),
+        Operand::Number(n) => number(n),
+        Operand::Date(text) => Value::Date(parse_date(&text).ok_or_else(|| bad(&text, "a date"))?),
+        Operand::Text(text) => {
+            if matches!(op, CmpOp::StartsWith | CmpOp::Contains | CmpOp::EndsWith) {
+                return Ok(Value::String(text));
+            }
+            match scalar(&attr.ty) {
+                Scalar::Int | Scalar::Long | Scalar::Float | Scalar::BigInt => {
+                    match text.trim().parse::<f64>() {
+                        Ok(n) if n.is_finite() && !text.trim().is_empty() => number(n),
+                        _ => return Err(bad(&text, "a number")),
+                    }
+                }
+                Scalar::Boolean => match text.as_str() {
+                    "true" => Value::Bool(true),
+                    "false" => Value::Bool(false),
+                    _ => return Err(bad(&text, "true or false")),
+                },
+                Scalar::Date => match text.parse::<f64>() {
+                    Ok(ms) if ms.is_finite() => Value::Date(ms),
+                    _ => Value::Date(parse_date(&text).ok_or_else(|| bad(&text, "a date"))?),
+                },
+                _ => Value::String(text),
+            }
+        }
+    })
+}
+
+fn number(n: f64) -> Value {
+    if n.fract() == 0.0 && n.abs() <= 9_007_199_254_740_992.0 {
+        Value::Int(n as i64)
+    } else {
+        Value::Float(n)
+    }
+}
+
+/// A range an access path could walk, and how good it looks.
+struct Candidate {
+    attr: String,
+    lo: Vec<u8>,
+    hi: Vec<u8>,
+    prefix_len: usize,
+    primary: bool,
+    multi: bool,
+    /// Higher is more selective: equality, then prefix, then closed range, then open range.
+    score: u8,
+    /// Conditions of the top-level `&` that this range fully enforces.
+    covers: Vec<usize>,
+}
+
+/// Picks the access path and returns it with the conditions it does not enforce.
+fn choose_access(table: &Table, filter: Option<Pred>) -> (Access, Option<Pred>) {
+    let scan = || {
+        let lo = table_prefix(table.id).to_vec();
+        let hi = successor(lo.clone());
+        Access::Scan { lo, hi }
+    };
+    let mut items = match filter {
+        None => return (scan(), None),
+        Some(Pred::And(items)) => items,
+        Some(other) => vec![other],
+    };
+    let mut candidates: Vec<Candidate> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Pred::Cmp(c) = item else { continue };
+        let Some(attr) = table.attribute(&c.attr) else {
+            continue;
+        };
+        let (prefix, primary) = if attr.primary_key {
+            (table_prefix(table.id).to_vec(), true)
+        } else if attr.indexed && attr.is_stored() {
+            (index_prefix(table.id, attr.id).to_vec(), false)
+        } else {
+            continue;
+        };
+        let Some((lo, hi)) = c.index_range(&prefix) else {
+            continue;
+        };
+        let multi =
+            !primary && matches!(attr.ty, FieldType::List(_) | FieldType::Scalar(Scalar::Any));
+        let score = match c.op {
+            CmpOp::Eq => 4,
+            CmpOp::StartsWith => 3,
+            _ => 1,
+        };
+        match candidates.iter_mut().find(|k| k.attr == c.attr) {
+            // Several conditions on one attribute: walk the intersection of their ranges.
+            Some(k) if !multi => {
+                k.lo = k.lo.clone().max(lo);
+                k.hi = k.hi.clone().min(hi);
+                k.score = k.score.max(score).max(2);
+                k.covers.push(i);
+            }
+            Some(_) => {}
+            None => candidates.push(Candidate {
+                attr: c.attr.clone(),
+                lo,
+                hi,
+                prefix_len: prefix.len(),
+                primary,
+                multi,
+                score,
+                covers: vec![i],
+            }),
+        }
+    }
+    let Some(best) = candidates.into_iter().max_by_key(|c| (c.score, c.primary)) else {
+        let filter = if items.len() == 1 {
+            items.pop()
+        } else {
+            Some(Pred::And(items))
+        };
+        return (scan(), filter);
+    };
+    let access = if best.primary {
+        Access::Scan {
+            lo: best.lo,
+            hi: best.hi,
+        }
+    } else {
+        Access::Index {
+            prefix_len: best.prefix_len,
+            lo: best.lo,
+            hi: best.hi,
+            reverse: false,
+            multi: best.multi,
+        }
+    };
+    let rest: Vec<Pred> = items
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !best.covers.contains(i))
+        .map(|(_, p)| p)
+        .collect();
+    let filter = match rest.len() {
+        0 => None,
+        1 => rest.into_iter().next(),
+        _ => Some(Pred::And(rest)),
+    };
+    (access, filter)
+}
+
+/// One shard's rows as they arrive.
+struct Source {
+    rx: mpsc::Receiver<Result<Vec<Row>, StoreError>>,
+    buf: VecDeque<Row>,
+    done: bool,
+}
+
+/// The k-way merge of every shard's rows, in result order.
+pub struct Merge {
+    query: Arc<ShardQuery>,
+    sources: Vec<Source>,
+}
+
+impl Merge {
+    /// Starts the query on every shard.
+    pub fn start(router: &Router, query: Arc<ShardQuery>) -> Merge {
+        let sources = (0..router.shard_count())
+            .map(|s| Source {
+                rx: router.query(s, query.clone()),
+                buf: VecDeque::new(),
+                done: false,
+            })
+            .collect();
+        Merge { query, sources }
+    }
+
+    /// The next row of the result, or `None` at the end.
+    pub async fn next(&mut self) -> Result<Option<Row>, RestError> {
+        for s in &mut self.sources {
+            while s.buf.is_empty() && !s.done {
+                match s.rx.next().await {
+                    Some(Ok(rows)) => s.buf.extend(rows),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => s.done = true,
+                }
+            }
+        }
+        let q = &self.query;
+        let best = self
+            .sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.buf.front().map(|r| (i, r)))
+            .min_by(|a, b| q.compare(a.1, b.1))
+            .map(|(i, _)| i);
+        Ok(best.and_then(|i| self.sources[i].buf.pop_front()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_storage::Catalog;
+
+    fn table() -> Arc<Table> {
+        let mut c = Catalog::default();
+        c.load_schema(
+            "s",
+            "type P @table @export { id: ID @primaryKey name: String @indexed price: Float @indexed \
+             tags: [String] @indexed rating: Int inStock: Boolean }",
+        )
+        .unwrap();
+        let mut t = c.tables.remove(0);
+        t.id = 3;
+        for (i, a) in t.attributes.iter_mut().enumerate() {
+            a.id = i as u16 + 1;
+        }
+        Arc::new(t)
+    }
+
+    #[test]
+    fn picks_the_most_selective_condition() {
+        let t = table();
+        let p = plan(&t, "", "price=gt=20&name=x&rating=5").unwrap();
+        let Access::Index { lo, .. } = &p.shard.access else {
+            panic!("{:?}", p.shard.access)
+        };
+        assert_eq!(walked(&t, lo, 6), Some("name"));
+        assert!(matches!(&p.shard.filter, Some(Pred::And(v)) if v.len() == 2));
+        // A range with a sort on the same attribute walks the index in order.
+        let p = plan(&t, "", "price=gt=20&lt=100&sort(-price)&limit(3)").unwrap();
+        assert!(matches!(
+            p.shard.access,
+            Access::Index { reverse: true, .. }
+        ));
+        assert!(p.shard.sort.is_empty() && p.shard.filter.is_none());
+        assert_eq!(p.shard.take, Some(3));
+        // OR and non-indexed conditions scan.
+        let p = plan(&t, "", "rating=5|name=x").unwrap();
+        assert!(matches!(p.shard.access, Access::Scan { .. }));
+        let p = plan(&t, "", "id=a").unwrap();
+        assert!(matches!(p.shard.access, Access::Scan { .. }) && p.shard.filter.is_none());
+    }
+
+    #[test]
+    fn errors() {
+        let t = table();
+        let status = |q: &str| plan(&t, "", q).err().map(|e| e.status());
+        assert_eq!(status("nope=1"), Some(404));
+        assert_eq!(status("sort(rating)"), Some(404));
+        assert_eq!(status("rating=5&sort(rating)"), None);
+        assert_eq!(status("price=abc"), Some(400));
+        assert_eq!(status("inStock=yes"), Some(400));
+        assert_eq!(status("a=1|b=2&c=3"), Some(400));
+        assert_eq!(status("price=gt=20&lt=100"), None);
+    }
+}

@@ -1,0 +1,429 @@
+//! Typed queries over one shard: predicates evaluated on stored records, the index range a
+//! condition allows, and the shard-side walk that yields matching rows in batches.
+//!
+//! Values compare through their key encoding ([`crate::key`]), so a predicate, an index walk and a
+//! sort all agree on one order: `null < false < true < numbers < dates < strings`, numbers
+//! numerically. Ordering comparisons (`>`, `<`, ...) only hold between values of one kind.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use fjall::Slice;
+
+use crate::key;
+use crate::record::RecordRef;
+use crate::schema::Table;
+use crate::shard::{ShardStore, StoreError, table_prefix};
+use crate::value::{self, Value};
+
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    StartsWith,
+    Contains,
+    EndsWith,
+}
+
+/// `attribute op value`, with the value already converted to the attribute's type.
+#[derive(Debug, Clone)]
+pub struct Cmp {
+    pub attr: String,
+    pub op: CmpOp,
+    pub value: Value,
+    /// The key encoding of `value` (empty when it has none, e.g. an object).
+    key: Vec<u8>,
+}
+
+impl Cmp {
+    pub fn new(attr: String, op: CmpOp, value: Value) -> Cmp {
+        let key = key::to_key(&value).unwrap_or_default();
+        Cmp {
+            attr,
+            op,
+            value,
+            key,
+        }
+    }
+
+    /// Whether a record whose attribute is `v` (`None`: missing) satisfies the comparison. An
+    /// array satisfies it when one of its elements does (`Ne`: when none equals the value).
+    pub fn matches(&self, v: Option<&Value>) -> bool {
+        match v {
+            Some(Value::Array(items)) if !matches!(self.value, Value::Array(_)) => {
+                if self.op == CmpOp::Ne {
+                    !items.iter().any(|x| self.equals(x))
+                } else {
+                    items.iter().any(|x| self.matches_one(Some(x)))
+                }
+            }
+            _ => self.matches_one(v),
+        }
+    }
+
+    fn equals(&self, v: &Value) -> bool {
+        match key::to_key(v) {
+            Ok(k) if !self.key.is_empty() => k == self.key,
+            _ => *v == self.value,
+        }
+    }
+
+    fn matches_one(&self, v: Option<&Value>) -> bool {
+        let text = |v| strings(v, &self.value);
+        match self.op {
+            CmpOp::Eq => v.is_some_and(|v| self.equals(v)),
+            CmpOp::Ne => match v {
+                None | Some(Value::Null) => self.value != Value::Null,
+                Some(v) => !self.equals(v),
+            },
+            CmpOp::StartsWith => text(v).is_some_and(|(s, p)| s.starts_with(p)),
+            CmpOp::Contains => text(v).is_some_and(|(s, p)| s.contains(p)),
+            CmpOp::EndsWith => text(v).is_some_and(|(s, p)| s.ends_with(p)),
+            CmpOp::Gt | CmpOp::Ge | CmpOp::Lt | CmpOp::Le => {
+                let Some(Ok(k)) = v.map(key::to_key) else {
+                    return false;
+                };
+                if self.key.is_empty() || self.value == Value::Null || kind(&k) != kind(&self.key) {
+                    return false;
+                }
+                let ord = k.cmp(&self.key);
+                match self.op {
+                    CmpOp::Gt => ord == Ordering::Greater,
+                    CmpOp::Ge => ord != Ordering::Less,
+                    CmpOp::Lt => ord == Ordering::Less,
+                    _ => ord != Ordering::Greater,
+                }
+            }
+        }
+    }
+
+    /// The keys `[lo, hi)` of an index whose entries start with `index_prefix` that can hold
+    /// matches, or `None` when this comparison cannot narrow an index walk.
+    pub fn index_range(&self, index_prefix: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        let with = |tail: &[u8]| [index_prefix, tail].concat();
+        if self.key.is_empty() {
+            return None;
+        }
+        let (lo_tag, hi_tag) = kind_range(self.key[0]);
+        let exact = with(&self.key);
+        let kind_start = with(&[lo_tag]);
+        let kind_end = with(&[hi_tag + 1]);
+        Some(match self.op {
+            CmpOp::Eq => (exact.clone(), successor(exact)),
+            CmpOp::Gt if self.value != Value::Null => (successor(exact), kind_end),
+            CmpOp::Ge if self.value != Value::Null => (exact, kind_end),
+            CmpOp::Lt if self.value != Value::Null => (kind_start, exact),
+            CmpOp::Le if self.value != Value::Null => (kind_start, successor(exact)),
+            CmpOp::StartsWith => {
+                let Value::String(p) = &self.value else {
+                    return None;
+                };
+                let mut open = index_prefix.to_vec();
+                key::encode_str_open(p, &mut open);
+                (open.clone(), successor(open))
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Both values as strings, when they are.
+fn strings<'a>(v: Option<&'a Value>, operand: &'a Value) -> Option<(&'a str, &'a str)> {
+    match (v, operand) {
+        (Some(Value::String(s)), Value::String(p)) => Some((s, p)),
+        _ => None,
+    }
+}
+
+/// The kind of an encoded key (booleans are one kind).
+fn kind(k: &[u8]) -> u8 {
+    kind_range(k.first().copied().unwrap_or(0)).0
+}
+
+/// The first and last tag of the kind a key tag belongs to.
+fn kind_range(tag: u8) -> (u8, u8) {
+    match tag {
+        2 | 3 => (2, 3),
+        t => (t, t),
+    }
+}
+
+/// The smallest byte string greater than every string that starts with `b`.
+pub fn successor(mut b: Vec<u8>) -> Vec<u8> {
+    while let Some(last) = b.pop() {
+        if last < 0xff {
+            b.push(last + 1);
+            return b;
+        }
+    }
+    vec![0xff; 16]
+}
+
+/// A tree of comparisons.
+#[derive(Debug, Clone)]
+pub enum Pred {
+    Cmp(Cmp),
+    And(Vec<Pred>),
+    Or(Vec<Pred>),
+}
+
+impl Pred {
+    /// The attributes the predicate reads, without duplicates.
+    pub fn attributes<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Pred::Cmp(c) => {
+                if !out.contains(&c.attr.as_str()) {
+                    out.push(&c.attr);
+                }
+            }
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().for_each(|p| p.attributes(out)),
+        }
+    }
+
+    pub fn eval<'v, F: Fn(&str) -> Option<&'v Value>>(&self, get: &F) -> bool {
+        match self {
+            Pred::Cmp(c) => c.matches(get(&c.attr)),
+            Pred::And(ps) => ps.iter().all(|p| p.eval(get)),
+            Pred::Or(ps) => ps.iter().any(|p| p.eval(get)),
+        }
+    }
+}
+
+/// One `sort()` key.
+#[derive(Debug, Clone)]
+pub struct SortSpec {
+    pub attr: String,
+    pub descending: bool,
+}
+
+/// How a shard finds candidate records.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// The records with keys in `[lo, hi)`, in primary-key order.
+    Scan { lo: Vec<u8>, hi: Vec<u8> },
+    /// The index entries in `[lo, hi)`, in index order (value, then primary key), backwards when
+    /// `reverse`. `multi`: a record may have several entries in the range (array values).
+    Index {
+        prefix_len: usize,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+        reverse: bool,
+        multi: bool,
+    },
+}
+
+/// What every shard runs for one query.
+#[derive(Debug, Clone)]
+pub struct ShardQuery {
+    pub table: Arc<Table>,
+    pub access: Access,
+    /// Conditions the access path does not already guarantee.
+    pub filter: Option<Pred>,
+    /// Empty: rows come in walk order. Otherwise the shard sorts its matches.
+    pub sort: Vec<SortSpec>,
+    /// At most this many rows from each shard (offset + limit of the whole query).
+    pub take: Option<usize>,
+    /// Records that expired before this instant are skipped.
+    pub now_ms: u64,
+}
+
+/// One matching record.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The walk position: the index key after its prefix, or the record key.
+    pub order: Vec<u8>,
+    /// The encoded sort values (empty when the query has no sort).
+    pub sort: Vec<Vec<u8>>,
+    /// The record key (table prefix + primary key).
+    pub key: Slice,
+    /// The stored record (header + MessagePack).
+    pub stored: Slice,
+}
+
+impl ShardQuery {
+    /// Orders two rows the way the merged result lists them.
+    pub fn compare(&self, a: &Row, b: &Row) -> Ordering {
+        for (i, spec) in self.sort.iter().enumerate() {
+            let ord = a.sort.get(i).cmp(&b.sort.get(i));
+            let ord = if spec.descending { ord.reverse() } else { ord };
+            if ord != Ordering::Equal {
+                return ord;
+            }
+        }
+        let ord = a.order.cmp(&b.order);
+        match &self.access {
+            Access::Index { reverse: true, .. } if self.sort.is_empty() => ord.reverse(),
+            _ => ord,
+        }
+    }
+
+    /// Starts the walk over `store`.
+    pub fn start(self: &Arc<Self>, store: &ShardStore) -> ShardWalk {
+        let source: Box<dyn Iterator<Item = Result<(Slice, Slice), StoreError>>> =
+            match &self.access {
+                Access::Scan { lo, hi } => Box::new(store.scan_range(lo.clone(), hi.clone())),
+                Access::Index {
+                    lo, hi, reverse, ..
+                } => {
+                    let it = store.index_range(lo.clone(), hi.clone());
+                    let it = it.map(|k| k.map(|k| (k, Slice::from(&[][..]))));
+                    if *reverse {
+                        Box::new(it.rev())
+                    } else {
+                        Box::new(it)
+                    }
+                }
+            };
+        let mut reads: Vec<&str> = Vec::new();
+        if let Some(f) = &self.filter {
+            f.attributes(&mut reads);
+        }
+        for s in &self.sort {
+            if !reads.contains(&s.attr.as_str()) {
+                reads.push(&s.attr);
+            }
+        }
+        let reads = reads.into_iter().map(str::to_owned).collect();
+        ShardWalk {
+            query: self.clone(),
+            source,
+            reads,
+            seen: std::collections::HashSet::new(),
+            sorted: Vec::new(),
+            emitted: 0,
+            done: false,
+        }
+    }
+}
+
+/// A shard's walk in progress: call [`ShardWalk::next_batch`] until it returns an empty batch,
+/// yielding to other work between batches.
+pub struct ShardWalk {
+    query: Arc<ShardQuery>,
+    source: Box<dyn Iterator<Item = Result<(Slice, Slice), StoreError>>>,
+    /// Attributes to decode for the filter and sort.
+    reads: Vec<String>,
+    /// Primary keys already returned (multi-valued index walks only).
+    seen: std::collections::HashSet<Vec<u8>>,
+    /// Matches collected for sorting.
+    sorted: Vec<Row>,
+    emitted: usize,
+    done: bool,
+}
+
+impl ShardWalk {
+    /// Examines up to `budget` candidates and returns the rows ready to send, in order, and
+    /// whether the walk is over. A sorting walk returns its rows only at the end.
+    pub fn next_batch(
+        &mut self,
+        store: &ShardStore,
+        budget: usize,
+    ) -> Result<(Vec<Row>, bool), StoreError> {
+        let q = self.query.clone();
+        let mut out = Vec::new();
+        let take = q.take.unwrap_or(usize::MAX);
+        let mut examined = 0;
+        while !self.done && examined < budget {
+            examined += 1;
+            let Some(next) = self.source.next() else {
+                self.done = true;
+                break;
+            };
+            let (k, v) = next?;
+            let Some(row) = self.candidate(store, k, v)? else {
+                continue;
+            };
+            if q.sort.is_empty() {
+                out.push(row);
+                self.emitted += 1;
+                self.done = self.emitted >= take;
+            } else {
+                self.sorted.push(row);
+                if take != usize::MAX && self.sorted.len() >= take.saturating_mul(2).max(64) {
+                    self.trim(take);
+                }
+            }
+        }
+        if self.done && !self.sorted.is_empty() {
+            self.trim(take);
+            out.append(&mut self.sorted);
+        }
+        Ok((out, self.done))
+    }
+
+    fn trim(&mut self, take: usize) {
+        let q = self.query.clone();
+        self.sorted.sort_by(|a, b| q.compare(a, b));
+        self.sorted.truncate(take);
+    }
+
+    /// Turns one source entry into a row if its record is live and matches.
+    fn candidate(
+        &mut self,
+        store: &ShardStore,
+        k: Slice,
+        v: Slice,
+    ) -> Result<Option<Row>, StoreError> {
+        let q = &self.query;
+        let (order, key, stored) = match &q.access {
+            Access::Scan { .. } => (k.to_vec(), k, v),
+            Access::Index {
+                prefix_len, multi, ..
+            } => {
+                let entry = k.get(*prefix_len..).unwrap_or_default();
+                let Ok((_, used)) = key::decode(entry) else {
+                    return Err(StoreError::Corrupt(format!("index entry {k:?}")));
+                };
+                let pk = entry.get(used..).unwrap_or_default();
+                if *multi && !self.seen.insert(pk.to_vec()) {
+                    return Ok(None);
+                }
+                let rkey = [table_prefix(q.table.id).as_slice(), pk].concat();
+                let Some(stored) = store.get(&rkey)? else {
+                    return Ok(None);
+                };
+                (entry.to_vec(), Slice::from(rkey), stored)
+            }
+        };
+        let rec =
+            RecordRef::parse(&stored).ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
+        if rec.is_expired(q.now_ms) {
+            return Ok(None);
+        }
+        let mut sort = Vec::new();
+        if !self.reads.is_empty() {
+            let names: Vec<&str> = self.reads.iter().map(String::as_str).collect();
+            let values = value::extract_fields(rec.body, &names)?;
+            let get = |name: &str| -> Option<&Value> {
+                let at = names.iter().position(|n| *n == name)?;
+                values.get(at)?.as_ref()
+            };
+            if let Some(f) = &q.filter
+                && !f.eval(&get)
+            {
+                return Ok(None);
+            }
+            sort = q.sort.iter().map(|s| sort_key(get(&s.attr))).collect();
+        }
+        Ok(Some(Row {
+            order,
+            sort,
+            key,
+            stored,
+        }))
+    }
+}
+
+/// The sort position of a value: missing sorts with null, first.
+fn sort_key(v: Option<&Value>) -> Vec<u8> {
+    match v {
+        None => vec![1],
+        Some(Value::Array(items)) => items.first().map_or(vec![1], |x| sort_key(Some(x))),
+        Some(v) => key::to_key(v).unwrap_or_else(|_| vec![0xfe]),
+    }
+}
