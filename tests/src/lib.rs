@@ -388,11 +388,20 @@ impl Client {
             .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0);
-        let len = if head_only || status == 304 || status == 204 || status < 200 {
-            0
-        } else {
-            len
-        };
+        let no_body = head_only || status == 304 || status == 204 || status < 200;
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked && !no_body {
+            self.buf.drain(..head_end);
+            let body = self.read_chunked()?;
+            return Some(Response {
+                status,
+                headers,
+                body,
+            });
+        }
+        let len = if no_body { 0 } else { len };
         while self.buf.len() < head_end + len {
             if self.fill().ok()? == 0 {
                 return None;
@@ -405,6 +414,34 @@ impl Client {
             headers,
             body,
         })
+    }
+
+    /// Reads a chunked body from the front of the buffer, through its last chunk.
+    fn read_chunked(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                if self.fill().ok()? == 0 {
+                    return None;
+                }
+            };
+            let size = std::str::from_utf8(&self.buf[..line_end]).ok()?;
+            let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+            let total = line_end + 2 + size + 2;
+            while self.buf.len() < total {
+                if self.fill().ok()? == 0 {
+                    return None;
+                }
+            }
+            body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+            self.buf.drain(..total);
+            if size == 0 {
+                return Some(body);
+            }
+        }
     }
 
     /// Whether the server has closed the connection (reads EOF within a second).
