@@ -10,7 +10,10 @@
 #
 # Usage: benches/side-by-side.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-side-by-side)
 # Environment: REPEATS [3]  WRK_DURATION [15s]  BENCH_MAX_ID [100000]
-#              SCENARIOS ["get_by_id put mixed"]  SKIP_HARPER [0]  SHARED [../shared]
+#              SCENARIOS ["get_by_id query_breed put mixed"]  RANGE [1]  SKIP_HARPER [0]
+#              SHARED [../shared]
+# query_range (benches/wrk/query_range.lua, an indexed range with a sort) runs after the shared
+# scenarios when RANGE=1.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +29,8 @@ mkdir -p "$OUT"
 export REPEATS=${REPEATS:-3}
 export WRK_DURATION=${WRK_DURATION:-15s}
 export BENCH_MAX_ID=${BENCH_MAX_ID:-100000}
-export SCENARIOS=${SCENARIOS-"get_by_id put mixed"}
+export SCENARIOS=${SCENARIOS-"get_by_id query_breed put mixed"}
+RANGE=${RANGE:-1}
 export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
 SKIP_HARPER=${SKIP_HARPER:-0}
 TESSERA_PORT=29926
@@ -52,6 +56,19 @@ wait_ready() {
   echo "$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}') $pid"
 }
 
+# run_wrk LABEL SCENARIO LUA URL PID DIR: REPEATS wrk runs sampled by the shared measure.py.
+run_wrk() {
+  local label=$1 scenario=$2 lua=$3 url=$4 pid=$5 dir=$6
+  mkdir -p "$dir"
+  for run in $(seq 1 "$REPEATS"); do
+    python3 "$HB/measure.py" --kind rest --label "$scenario" --run "$run" --log "$dir/wrk-$scenario-$run.log" \
+      --prefix WRK_JSON --server-pid "$pid" -- \
+      env BENCH_LABEL="$label" wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$lua" "$url" \
+      >> "$dir/results.jsonl"
+  done
+}
+export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
+
 rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------- Harper
@@ -71,6 +88,7 @@ if [[ "$SKIP_HARPER" != 1 ]]; then
   HPID=$(cat "$WORK/harper/harper.pid")
   log "Harper: wrk scenarios"
   SERVER_PID=$HPID OUT_DIR="$OUT/harper" LOAD=0 "$HB/bench.sh" http://127.0.0.1:19926 127.0.0.1 11883 > /dev/null
+  [[ "$RANGE" == 1 ]] && run_wrk harper query_range "$HERE/wrk/query_range.lua" http://127.0.0.1:19926 "$HPID" "$OUT/harper"
   "$HB/stop.sh" "$WORK/harper" > /dev/null
 fi
 
@@ -103,6 +121,7 @@ for i in 1 2 3; do
 done
 log "Tessera: wrk scenarios"
 SERVER_PID=$TPID OUT_DIR="$OUT/tessera" LOAD=0 "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
+[[ "$RANGE" == 1 ]] && run_wrk tessera query_range "$HERE/wrk/query_range.lua" "http://127.0.0.1:$TESSERA_PORT" "$TPID" "$OUT/tessera"
 echo "tessera_rss_after_bench_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
 stop_pid "$TPID"
 
@@ -111,14 +130,7 @@ log "floor: bare glommio fixed-response server, get_by_id"
 "$FLOOR" $FLOOR_PORT 2 > "$OUT/floor.out" 2>&1 < /dev/null &
 FPID=$!
 sleep 0.5
-mkdir -p "$OUT/floor"
-export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
-for run in $(seq 1 "$REPEATS"); do
-  python3 "$HB/measure.py" --kind rest --label get_by_id --run "$run" --log "$OUT/floor/wrk-$run.log" \
-    --prefix WRK_JSON --server-pid "$FPID" -- \
-    env BENCH_LABEL=floor wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$FLOOR_PORT" \
-    >> "$OUT/floor/results.jsonl"
-done
+run_wrk floor get_by_id "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$FLOOR_PORT" "$FPID" "$OUT/floor"
 kill "$FPID"
 
 # ---------------------------------------------------------------- summary

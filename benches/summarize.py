@@ -72,7 +72,7 @@ def main():
     floor = scenario_stats(rows(os.path.join(out, "floor", "results.jsonl")))
     print("| scenario | Harper req/s | Tessera req/s | Tessera/Harper | Harper p50/p99 ms | Tessera p50/p99 ms | Harper CPU us/req | Tessera CPU us/req | Tessera runs | errors H/T |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for sc in ["get_by_id", "put", "mixed", "query_breed"]:
+    for sc in ["get_by_id", "query_breed", "query_range", "put", "mixed"]:
         h, t = harper.get(sc, {}), tessera.get(sc, {})
         if not h and not t:
             continue

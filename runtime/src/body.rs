@@ -1,10 +1,12 @@
 //! Request bodies to [`Value`]s: JSON through simd-json's tape (which keeps property order and
-//! parses in place), MessagePack through storage's decoder.
+//! parses in place), MessagePack through storage's decoder, CBOR through ciborium, and
+//! `application/x-www-form-urlencoded` as an object of strings.
 
 use simd_json::StaticNode;
 use simd_json::tape::Node;
 use tessera_protocol::MediaType;
 use tessera_storage::Value;
+use tessera_storage::cbor::CborError;
 use tessera_storage::value::{DecodeError, MAX_DEPTH};
 
 /// Why a body could not be read. All are the client's fault (400 or 415).
@@ -16,6 +18,8 @@ pub enum BodyError {
     Json(String),
     #[error("Invalid MessagePack in the request body: {0}")]
     MsgPack(#[from] DecodeError),
+    #[error("Invalid CBOR in the request body: {0}")]
+    Cbor(#[from] CborError),
     #[error("The request body nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("Content-Type {0} is not supported for request bodies")]
@@ -41,8 +45,19 @@ pub fn decode(
         }
         None | Some((_, Some(MediaType::Json))) => json(body, buffers),
         Some((_, Some(MediaType::MsgPack))) => Ok(tessera_storage::value::from_msgpack(body)?),
+        Some((_, Some(MediaType::Cbor))) => Ok(tessera_storage::cbor::from_cbor(body)?),
+        Some((ct, _)) if is_form(ct) => Ok(Value::Object(
+            form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+                .collect(),
+        )),
         Some((ct, _)) => Err(BodyError::Unsupported(ct.to_owned())),
     }
+}
+
+fn is_form(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
 }
 
 /// Parses JSON in place.

@@ -11,6 +11,7 @@ mod component;
 mod config;
 mod error;
 mod http;
+mod output;
 mod query;
 mod rest;
 mod server;

@@ -23,7 +23,6 @@ use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
-use tessera_storage::value::{self, msgpack_to_json};
 use tessera_storage::{Scalar, Table, Value};
 
 use crate::auth::{Authenticator, User};
@@ -31,10 +30,19 @@ use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
 use crate::http::{FLUSH_AT, flush};
+use crate::output::{self, Rows, encode_value};
 use crate::query::{self, Merge};
 
 /// Response types this build can produce.
-const OFFERED: &[MediaType] = &[MediaType::Json, MediaType::MsgPack];
+const OFFERED: &[MediaType] = &[
+    MediaType::Json,
+    MediaType::MsgPack,
+    MediaType::Cbor,
+    MediaType::Csv,
+];
+/// Sent with every CSV body (HARPER.md section 6).
+const CSV_DISPOSITION: (&str, &[u8]) =
+    ("Content-Disposition", b"attachment; filename=\"data.csv\"");
 const ALLOW_ALL: &[u8] = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, QUERY, COPY, MOVE";
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
@@ -74,7 +82,7 @@ struct Reply<'o> {
 }
 
 /// Most headers `Reply::send` writes besides the framing ones.
-const MAX_REPLY_HEADERS: usize = 6;
+const MAX_REPLY_HEADERS: usize = 7;
 
 impl Reply<'_> {
     /// Writes the whole response. `headers` are the caller's own (at most three); the content
@@ -94,11 +102,13 @@ impl Reply<'_> {
                 ("Vary", VARY),
             ]
         });
+        let csv = (content_type == Some(MediaType::Csv)).then_some(CSV_DISPOSITION);
         let mut all = [("", &b""[..]); MAX_REPLY_HEADERS];
         let mut n = 0;
         for h in negotiated
             .iter()
             .flatten()
+            .chain(csv.as_ref())
             .chain(headers)
             .chain([&("Server-Timing", timing)])
         {
@@ -124,8 +134,10 @@ impl Reply<'_> {
         let headers = [
             ("Content-Type", content_type.content_type().as_bytes()),
             ("Vary", VARY),
+            CSV_DISPOSITION,
         ];
-        write_head(self.out, 200, &headers, None, self.keep_alive);
+        let n = if content_type == MediaType::Csv { 3 } else { 2 };
+        write_head(self.out, 200, &headers[..n], None, self.keep_alive);
     }
 
     /// Sends one chunk of a chunked body, writing to the connection once enough is waiting.
@@ -200,13 +212,6 @@ fn set_primary_key(rec: &mut Value, name: &str, pk: Value) {
     if let Value::Object(props) = rec {
         props.retain(|(k, _)| k != name);
         props.insert(0, (name.to_owned(), pk));
-    }
-}
-
-fn encode_value(v: &Value, fmt: MediaType, out: &mut Vec<u8>) {
-    match fmt {
-        MediaType::MsgPack => v.write_msgpack(out),
-        _ => v.write_json(out),
     }
 }
 
@@ -374,7 +379,7 @@ impl Core {
             _ => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
-                write_row(rec.body, select, fmt, &mut buf)?;
+                output::write_record(rec.body, select, fmt, &mut buf)?;
                 reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
             }
         }
@@ -394,9 +399,8 @@ impl Core {
         let mut rows = Merge::start(&self.router, plan.shard.clone());
         let end = plan.shard.take.unwrap_or(usize::MAX);
         let mut buf = Vec::with_capacity(4096);
-        if fmt == MediaType::Json {
-            buf.push(b'[');
-        }
+        let mut out = Rows::new(table, plan.select.as_ref(), fmt);
+        out.begin(&mut buf);
         let mut streaming = false;
         let mut seen = 0;
         while seen < end {
@@ -414,12 +418,9 @@ impl Core {
             if seen <= plan.skip {
                 continue;
             }
-            if fmt == MediaType::Json && seen > plan.skip + 1 {
-                buf.push(b',');
-            }
             let rec = RecordRef::parse(&row.stored)
                 .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-            write_row(rec.body, plan.select.as_ref(), fmt, &mut buf)?;
+            out.row(rec.body, &mut buf)?;
             if buf.len() >= STREAM_CHUNK {
                 if !streaming {
                     reply.start_chunked(fmt);
@@ -429,9 +430,7 @@ impl Core {
                 buf.clear();
             }
         }
-        if fmt == MediaType::Json {
-            buf.push(b']');
-        }
+        out.end(&mut buf);
         if streaming {
             reply.chunk(&buf).await?;
             reply.end();
@@ -585,47 +584,6 @@ impl Core {
         send_true(reply, fmt);
         Ok(())
     }
-}
-
-/// Appends one row of a result: the stored record as it is (MessagePack) or transcoded (JSON),
-/// or the selected properties.
-fn write_row(
-    body: &[u8],
-    select: Option<&Select>,
-    fmt: MediaType,
-    out: &mut Vec<u8>,
-) -> Result<(), RestError> {
-    match (select, fmt) {
-        (None, MediaType::MsgPack) => out.extend_from_slice(body),
-        (None, _) => {
-            msgpack_to_json(body, out).map_err(|e| RestError::Internal(e.to_string()))?;
-        }
-        (Some(select), _) => encode_value(&project(body, select)?, fmt, out),
-    }
-    Ok(())
-}
-
-/// The selected properties of a stored record, shaped as `select()` asks (HARPER.md section 4).
-fn project(body: &[u8], select: &Select) -> Result<Value, RestError> {
-    let names: Vec<&str> = select.fields().iter().map(|f| f.name.as_str()).collect();
-    let values =
-        value::extract_fields(body, &names).map_err(|e| RestError::Internal(e.to_string()))?;
-    Ok(match select {
-        Select::Value(_) => values.into_iter().next().flatten().unwrap_or(Value::Null),
-        Select::Object(fields) => Value::Object(
-            fields
-                .iter()
-                .zip(values)
-                .filter_map(|(f, v)| Some((f.name.clone(), v?)))
-                .collect(),
-        ),
-        Select::Array(_) => Value::Array(
-            values
-                .into_iter()
-                .map(|v| v.unwrap_or(Value::Null))
-                .collect(),
-        ),
-    })
 }
 
 /// The body of a write: a record object in any accepted content type.

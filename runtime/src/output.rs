@@ -1,0 +1,204 @@
+//! Response bodies in every content type (HARPER.md section 6): records and collection rows from
+//! their stored MessagePack, with or without `select()`.
+//!
+//! MessagePack records go out as stored; JSON is transcoded without building a tree; CBOR and CSV
+//! decode the record first. A collection is a JSON array, a sequence of MessagePack maps, an
+//! indefinite-length CBOR array, or CSV with a header row.
+
+use tessera_protocol::MediaType;
+use tessera_protocol::query::Select;
+use tessera_storage::value::{self, msgpack_to_json};
+use tessera_storage::{Table, Value, cbor};
+
+use crate::error::RestError;
+
+/// Appends `v` in `fmt` (CSV: one cell).
+pub fn encode_value(v: &Value, fmt: MediaType, out: &mut Vec<u8>) {
+    match fmt {
+        MediaType::MsgPack => v.write_msgpack(out),
+        MediaType::Cbor => cbor::write(v, out),
+        MediaType::Csv => csv_cell(v, out),
+        _ => v.write_json(out),
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> RestError {
+    RestError::Internal(format!("a stored record is corrupt: {e}"))
+}
+
+/// Appends one record (a stored MessagePack body), shaped by `select` when given.
+pub fn write_record(
+    body: &[u8],
+    select: Option<&Select>,
+    fmt: MediaType,
+    out: &mut Vec<u8>,
+) -> Result<(), RestError> {
+    match (select, fmt) {
+        (None, MediaType::MsgPack) => out.extend_from_slice(body),
+        (None, MediaType::Json) => {
+            msgpack_to_json(body, out).map_err(corrupt)?;
+        }
+        (None, MediaType::Csv) => {
+            let rec = value::from_msgpack(body).map_err(corrupt)?;
+            let Value::Object(props) = &rec else {
+                return Err(corrupt("not an object"));
+            };
+            let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+            csv_row(names.iter().map(|n| Value::String((*n).to_owned())), out);
+            csv_row(props.iter().map(|(_, v)| v.clone()), out);
+        }
+        (None, _) => encode_value(&value::from_msgpack(body).map_err(corrupt)?, fmt, out),
+        (Some(select), MediaType::Csv) => {
+            let names = select
+                .fields()
+                .iter()
+                .map(|f| Value::String(f.name.clone()));
+            csv_row(names, out);
+            csv_row(selected(body, select)?.into_iter(), out);
+        }
+        (Some(select), _) => encode_value(&project(body, select)?, fmt, out),
+    }
+    Ok(())
+}
+
+/// The values of the selected properties, in order (missing ones as `None`).
+fn selected_fields(body: &[u8], select: &Select) -> Result<Vec<Option<Value>>, RestError> {
+    let names: Vec<&str> = select.fields().iter().map(|f| f.name.as_str()).collect();
+    value::extract_fields(body, &names).map_err(corrupt)
+}
+
+/// The selected values as cells (missing ones as null).
+fn selected(body: &[u8], select: &Select) -> Result<Vec<Value>, RestError> {
+    Ok(selected_fields(body, select)?
+        .into_iter()
+        .map(|v| v.unwrap_or(Value::Null))
+        .collect())
+}
+
+/// The selected properties of a stored record, shaped as `select()` asks (HARPER.md section 4).
+fn project(body: &[u8], select: &Select) -> Result<Value, RestError> {
+    let values = selected_fields(body, select)?;
+    Ok(match select {
+        Select::Value(_) => values.into_iter().next().flatten().unwrap_or(Value::Null),
+        Select::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .zip(values)
+                .filter_map(|(f, v)| Some((f.name.clone(), v?)))
+                .collect(),
+        ),
+        Select::Array(_) => Value::Array(
+            values
+                .into_iter()
+                .map(|v| v.unwrap_or(Value::Null))
+                .collect(),
+        ),
+    })
+}
+
+/// Writes the rows of a collection one at a time.
+pub struct Rows<'q> {
+    fmt: MediaType,
+    select: Option<&'q Select>,
+    /// CSV: the columns (the selection, or the table's stored attributes in schema order).
+    columns: Vec<String>,
+    written: usize,
+}
+
+impl<'q> Rows<'q> {
+    pub fn new(table: &Table, select: Option<&'q Select>, fmt: MediaType) -> Rows<'q> {
+        let columns = match (fmt, select) {
+            (MediaType::Csv, Some(s)) => s.fields().iter().map(|f| f.name.clone()).collect(),
+            (MediaType::Csv, None) => table
+                .attributes
+                .iter()
+                .filter(|a| a.is_stored())
+                .map(|a| a.name.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        Rows {
+            fmt,
+            select,
+            columns,
+            written: 0,
+        }
+    }
+
+    /// What comes before the first row.
+    pub fn begin(&self, out: &mut Vec<u8>) {
+        match self.fmt {
+            MediaType::Json => out.push(b'['),
+            MediaType::Cbor => cbor::write_array_start(out),
+            MediaType::Csv => {
+                csv_row(self.columns.iter().map(|c| Value::String(c.clone())), out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Appends one row from a stored record body.
+    pub fn row(&mut self, body: &[u8], out: &mut Vec<u8>) -> Result<(), RestError> {
+        if self.fmt == MediaType::Json && self.written > 0 {
+            out.push(b',');
+        }
+        self.written += 1;
+        if self.fmt != MediaType::Csv {
+            return write_record(body, self.select, self.fmt, out);
+        }
+        let names: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+        let values = value::extract_fields(body, &names).map_err(corrupt)?;
+        csv_row(values.into_iter().map(|v| v.unwrap_or(Value::Null)), out);
+        Ok(())
+    }
+
+    /// What comes after the last row.
+    pub fn end(&self, out: &mut Vec<u8>) {
+        match self.fmt {
+            MediaType::Json => out.push(b']'),
+            MediaType::Cbor => cbor::write_array_end(out),
+            _ => {}
+        }
+    }
+}
+
+/// One CSV line (RFC 4180: cells quoted when they hold a comma, quote or line break).
+fn csv_row(cells: impl Iterator<Item = Value>, out: &mut Vec<u8>) {
+    for (i, v) in cells.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        csv_cell(&v, out);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One CSV cell: strings as they are, null empty, arrays and objects as JSON.
+fn csv_cell(v: &Value, out: &mut Vec<u8>) {
+    let text;
+    let s: &[u8] = match v {
+        Value::Null => b"",
+        Value::String(s) => s.as_bytes(),
+        other => {
+            let mut json = Vec::new();
+            other.write_json(&mut json);
+            text = match other {
+                Value::Date(_) => json[1..json.len() - 1].to_vec(),
+                _ => json,
+            };
+            &text
+        }
+    };
+    if s.iter().any(|c| matches!(c, b',' | b'"' | b'\r' | b'\n')) {
+        out.push(b'"');
+        for &c in s {
+            if c == b'"' {
+                out.push(b'"');
+            }
+            out.push(c);
+        }
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(s);
+    }
+}
