@@ -401,6 +401,28 @@ impl Core {
         let mut buf = Vec::with_capacity(4096);
         let mut out = Rows::new(table, plan.select.as_ref(), fmt);
         out.begin(&mut buf);
+        if plan.shard.keys_only {
+            // Short and limited: merge the keys, then read just the records that made it.
+            let mut picked = Vec::with_capacity(end.min(1024));
+            let mut seen = 0;
+            while seen < end {
+                let Some(row) = rows.next().await? else { break };
+                seen += 1;
+                if seen > plan.skip {
+                    picked.push(row);
+                }
+            }
+            drop(rows);
+            query::fill_records(&self.router, &mut picked).await?;
+            for row in &picked {
+                let rec = RecordRef::parse(&row.stored)
+                    .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+                out.row(rec.body, &mut buf)?;
+            }
+            out.end(&mut buf);
+            reply.send(200, Some(fmt), &[], &buf);
+            return Ok(());
+        }
         let mut streaming = false;
         let mut seen = 0;
         while seen < end {

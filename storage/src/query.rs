@@ -230,6 +230,9 @@ pub struct ShardQuery {
     pub take: Option<usize>,
     /// Records that expired before this instant are skipped.
     pub now_ms: u64,
+    /// Index walks only: return rows without reading their records (`stored` is empty). Valid
+    /// only when the walk alone decides the result: no filter, no sort, no expiring records.
+    pub keys_only: bool,
 }
 
 /// One matching record.
@@ -241,7 +244,7 @@ pub struct Row {
     pub sort: Vec<Vec<u8>>,
     /// The record key (table prefix + primary key).
     pub key: Slice,
-    /// The stored record (header + MessagePack).
+    /// The stored record (header + MessagePack); empty for a keys-only query.
     pub stored: Slice,
 }
 
@@ -384,6 +387,14 @@ impl ShardWalk {
                     return Ok(None);
                 }
                 let rkey = [table_prefix(q.table.id).as_slice(), pk].concat();
+                if q.keys_only {
+                    return Ok(Some(Row {
+                        order: entry.to_vec(),
+                        sort: Vec::new(),
+                        key: Slice::from(rkey),
+                        stored: Slice::from(&[][..]),
+                    }));
+                }
                 let Some(stored) = store.get(&rkey)? else {
                     return Ok(None);
                 };
@@ -547,7 +558,7 @@ mod tests {
                 let prefix = index_prefix(t.id, attr.id);
                 let Some((lo, hi)) = c.index_range(&prefix) else { continue };
                 let query = |access, filter| ShardQuery {
-                    table: t.clone(), access, filter, sort: vec![], take: None, now_ms: 0,
+                    table: t.clone(), access, filter, sort: vec![], take: None, now_ms: 0, keys_only: false,
                 };
                 let mut walked = ids(&store, query(Access::Index { prefix_len: 6, lo, hi, reverse: false, multi: true }, None));
                 let tp = table_prefix(t.id).to_vec();
