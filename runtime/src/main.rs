@@ -11,8 +11,10 @@ mod component;
 mod config;
 mod error;
 mod http;
+mod openapi;
 mod output;
 mod query;
+mod related;
 mod rest;
 mod server;
 

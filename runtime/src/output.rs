@@ -152,6 +152,23 @@ impl<'q> Rows<'q> {
         Ok(())
     }
 
+    /// Appends one row already shaped as a value (a selection with related records).
+    pub fn row_value(&mut self, v: &Value, out: &mut Vec<u8>) {
+        if self.fmt == MediaType::Json && self.written > 0 {
+            out.push(b',');
+        }
+        self.written += 1;
+        if self.fmt == MediaType::Csv {
+            let cells = self.columns.iter().map(|c| match v {
+                Value::Object(_) => v.get(c).cloned().unwrap_or(Value::Null),
+                other => other.clone(),
+            });
+            csv_row(cells, out);
+        } else {
+            encode_value(v, self.fmt, out);
+        }
+    }
+
     /// What comes after the last row.
     pub fn end(&self, out: &mut Vec<u8>) {
         match self.fmt {

@@ -8,12 +8,12 @@
 //! result order (sorting them itself when `sort()` asks, keeping at most `offset + limit`), so the
 //! merge is a k-way merge that can stream.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc;
-use tessera_protocol::query::{self, Filter, Limit, Op, Operand, Select};
+use tessera_protocol::query::{self, Filter, Limit, Op, Operand, Query, Select};
 use tessera_shards::Router;
 use tessera_storage::query::{Access, Cmp, CmpOp, Pred, Row, ShardQuery, SortSpec, successor};
 use tessera_storage::schema::{Attribute, FieldType};
@@ -22,6 +22,7 @@ use tessera_storage::value::parse_date;
 use tessera_storage::{Scalar, Table, Value, key};
 
 use crate::error::RestError;
+use crate::related::{self, Joins};
 
 /// The largest limit for which a query merges keys first and reads records afterwards.
 const KEYS_FIRST_UP_TO: usize = 1000;
@@ -32,14 +33,31 @@ pub struct Plan {
     /// Rows to skip before the first one returned.
     pub skip: usize,
     pub select: Option<Select>,
+    /// Whether the selection includes related records or computed values (rows are decoded).
+    pub related: bool,
+    /// Conditions that narrow selected to-many related records (HARPER.md section 5).
+    pub narrowing: HashMap<String, Pred>,
 }
 
-/// Plans `query` (the raw query string, possibly empty) over the records of `table` whose
-/// primary key starts with `prefix`.
-pub fn plan(table: &Arc<Table>, prefix: &str, query: &str) -> Result<Plan, RestError> {
-    let parsed = query::parse(query).map_err(|e| RestError::BadRequest(e.to_string()))?;
+/// Parses a query string (400 with the position when it does not parse).
+pub fn parse(query: &str) -> Result<Query, RestError> {
+    query::parse(query).map_err(|e| RestError::BadRequest(e.to_string()))
+}
+
+/// Plans a parsed query over the records of `table` whose primary key starts with `prefix`.
+/// `joins` holds the results of its conditions through relationships ([`related::joins`]).
+pub fn plan(
+    table: &Arc<Table>,
+    prefix: &str,
+    parsed: Query,
+    joins: Joins,
+) -> Result<Plan, RestError> {
     check_select(table, parsed.select.as_ref())?;
-    let filter = parsed.filter.map(|f| resolve(table, f)).transpose()?;
+    let related = related::selects_derived(table, parsed.select.as_ref());
+    let filter = parsed
+        .filter
+        .map(|f| resolve(table, f, &joins))
+        .transpose()?;
     let mut sort = Vec::with_capacity(parsed.sort.len());
     for key in &parsed.sort {
         let attr = defined(table, &key.path)?;
@@ -112,23 +130,27 @@ pub fn plan(table: &Arc<Table>, prefix: &str, query: &str) -> Result<Plan, RestE
         }),
         skip: start,
         select: parsed.select,
+        related,
+        narrowing: joins.narrowing,
     })
 }
 
 /// The `select()` of a query on a single record (its other parts do not apply to one record).
 pub fn select(table: &Table, query: &str) -> Result<Option<Select>, RestError> {
-    let parsed = query::parse(query).map_err(|e| RestError::BadRequest(e.to_string()))?;
+    let parsed = parse(query)?;
     check_select(table, parsed.select.as_ref())?;
     Ok(parsed.select)
 }
 
-/// Refuses selections this build cannot produce yet (related and computed properties).
+/// Refuses selections this build cannot produce (properties computed by code).
 fn check_select(table: &Table, select: Option<&Select>) -> Result<(), RestError> {
     for f in select.map(Select::fields).unwrap_or_default() {
-        let derived = table.attribute(&f.name).is_some_and(|a| !a.is_stored());
-        if f.nested.is_some() || derived {
+        if table
+            .attribute(&f.name)
+            .is_some_and(|a| a.computed.is_some() && a.expr.is_none())
+        {
             return Err(RestError::NotImplemented(format!(
-                "selecting relationship and computed properties ({}) is not served by this build yet",
+                "{} is computed by code, which this build does not run",
                 f.name
             )));
         }
@@ -160,29 +182,48 @@ fn defined<'t>(table: &'t Table, path: &[String]) -> Result<&'t Attribute, RestE
     let attr = table
         .attribute(name)
         .ok_or_else(|| RestError::NotFound(format!("{name} is not a defined attribute")))?;
-    if !attr.is_stored() {
+    if attr.relationship.is_some() {
+        return Err(RestError::BadRequest(format!(
+            "{name} is a relationship: name a property of the related records ({name}.<property>)"
+        )));
+    }
+    if attr.computed.is_some() && attr.expr.is_none() {
         return Err(RestError::NotImplemented(format!(
-            "conditions on relationship and computed attributes ({name}) are not served by this build yet"
+            "{name} is computed by code, which this build does not run"
         )));
     }
     Ok(attr)
 }
 
-/// Turns parsed conditions into a typed predicate.
-fn resolve(table: &Table, filter: Filter) -> Result<Pred, RestError> {
+/// Turns parsed conditions into a typed predicate; a condition through a relationship becomes
+/// `local In values` from `joins`.
+pub fn resolve(table: &Table, filter: Filter, joins: &Joins) -> Result<Pred, RestError> {
     Ok(match filter {
         Filter::And(items) => Pred::And(
             items
                 .into_iter()
-                .map(|f| resolve(table, f))
+                .map(|f| resolve(table, f, joins))
                 .collect::<Result<_, _>>()?,
         ),
         Filter::Or(items) => Pred::Or(
             items
                 .into_iter()
-                .map(|f| resolve(table, f))
+                .map(|f| resolve(table, f, joins))
                 .collect::<Result<_, _>>()?,
         ),
+        Filter::Cond(c) if c.path.len() > 1 => {
+            let Some((local, values)) = joins.values.get(&c.at) else {
+                return Err(RestError::NotFound(format!(
+                    "{} is not a defined attribute",
+                    c.path.join(".")
+                )));
+            };
+            Pred::Cmp(Cmp::new(
+                local.clone(),
+                CmpOp::In,
+                Value::Array(values.clone()),
+            ))
+        }
         Filter::Cond(c) => {
             // `price=gt=20&lt=100`: `lt` is an operator on the previous attribute unless the
             // table has an attribute of that name.
@@ -286,7 +327,7 @@ struct Candidate {
 }
 
 /// Picks the access path and returns it with the conditions it does not enforce.
-fn choose_access(table: &Table, filter: Option<Pred>) -> (Access, Option<Pred>) {
+pub fn choose_access(table: &Table, filter: Option<Pred>) -> (Access, Option<Pred>) {
     let scan = || {
         let lo = table_prefix(table.id).to_vec();
         let hi = successor(lo.clone());
@@ -305,7 +346,7 @@ fn choose_access(table: &Table, filter: Option<Pred>) -> (Access, Option<Pred>) 
         };
         let (prefix, primary) = if attr.primary_key {
             (table_prefix(table.id).to_vec(), true)
-        } else if attr.indexed && attr.is_stored() {
+        } else if is_indexed(table, &attr.name) {
             (index_prefix(table.id, attr.id).to_vec(), false)
         } else {
             continue;
@@ -472,6 +513,10 @@ mod tests {
     use super::*;
     use tessera_storage::Catalog;
 
+    fn plan_str(t: &Arc<Table>, q: &str) -> Result<Plan, RestError> {
+        plan(t, "", parse(q)?, Joins::default())
+    }
+
     fn table() -> Arc<Table> {
         let mut c = Catalog::default();
         c.load_schema(
@@ -491,14 +536,14 @@ mod tests {
     #[test]
     fn picks_the_most_selective_condition() {
         let t = table();
-        let p = plan(&t, "", "price=gt=20&name=x&rating=5").unwrap();
+        let p = plan_str(&t, "price=gt=20&name=x&rating=5").unwrap();
         let Access::Index { lo, .. } = &p.shard.access else {
             panic!("{:?}", p.shard.access)
         };
         assert_eq!(walked(&t, lo, 6), Some("name"));
         assert!(matches!(&p.shard.filter, Some(Pred::And(v)) if v.len() == 2));
         // A range with a sort on the same attribute walks the index in order.
-        let p = plan(&t, "", "price=gt=20&lt=100&sort(-price)&limit(3)").unwrap();
+        let p = plan_str(&t, "price=gt=20&lt=100&sort(-price)&limit(3)").unwrap();
         assert!(matches!(
             p.shard.access,
             Access::Index { reverse: true, .. }
@@ -506,16 +551,16 @@ mod tests {
         assert!(p.shard.sort.is_empty() && p.shard.filter.is_none());
         assert_eq!(p.shard.take, Some(3));
         // OR and non-indexed conditions scan.
-        let p = plan(&t, "", "rating=5|name=x").unwrap();
+        let p = plan_str(&t, "rating=5|name=x").unwrap();
         assert!(matches!(p.shard.access, Access::Scan { .. }));
-        let p = plan(&t, "", "id=a").unwrap();
+        let p = plan_str(&t, "id=a").unwrap();
         assert!(matches!(p.shard.access, Access::Scan { .. }) && p.shard.filter.is_none());
     }
 
     #[test]
     fn errors() {
         let t = table();
-        let status = |q: &str| plan(&t, "", q).err().map(|e| e.status());
+        let status = |q: &str| plan_str(&t, q).err().map(|e| e.status());
         assert_eq!(status("nope=1"), Some(404));
         assert_eq!(status("sort(rating)"), Some(404));
         assert_eq!(status("rating=5&sort(rating)"), None);

@@ -17,7 +17,7 @@ use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tessera_protocol::MediaType;
 use tessera_protocol::http::{Method, Request, write_head};
 use tessera_protocol::media::negotiate;
-use tessera_protocol::query::Select;
+use tessera_protocol::query::{Field, Select};
 use tessera_protocol::rest::{PathKind, parse_target};
 use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
@@ -30,8 +30,10 @@ use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
 use crate::http::{FLUSH_AT, flush};
+use crate::openapi;
 use crate::output::{self, Rows, encode_value};
 use crate::query::{self, Merge};
+use crate::related;
 
 /// Response types this build can produce.
 const OFFERED: &[MediaType] = &[
@@ -58,6 +60,8 @@ pub struct Shared {
     pub settings: Settings,
     /// Exported tables by URL segment.
     pub tables: HashMap<String, Arc<Table>>,
+    /// Every table by its type name (relationship targets).
+    pub types: HashMap<String, Arc<Table>>,
     /// Next auto-increment primary key per table id (numeric keys).
     pub counters: HashMap<u32, AtomicI64>,
 }
@@ -295,6 +299,19 @@ impl Core {
             return Ok(());
         }
         self.authenticate(req, from_loopback).await?;
+        if target.resource == "openapi"
+            && target.path == PathKind::Table
+            && !self.shared.tables.contains_key("openapi")
+        {
+            if !matches!(req.method, Method::Get | Method::Head) {
+                return Err(RestError::MethodNotAllowed(ALLOW_TABLE));
+            }
+            let origin = format!("http://{}", req.host.unwrap_or("localhost"));
+            let doc = openapi::document(&origin, &self.shared.tables, &self.shared.types);
+            let body = serde_json::to_vec(&doc).map_err(|e| RestError::Internal(e.to_string()))?;
+            reply.send(200, Some(MediaType::Json), &[], &body);
+            return Ok(());
+        }
         let table = self
             .shared
             .tables
@@ -363,7 +380,21 @@ impl Core {
             record_key(table.id, &id_value(table, id)).map_err(|_| RestError::NoSuchRecord)?;
         let shard = self.router.shard_of(&key);
         let stored = self.router.on_shard(shard, move |s| s.get(&key)).await??;
-        let stored = stored.ok_or(RestError::NoSuchRecord)?;
+        let Some(stored) = stored else {
+            // `/Product/p01.brand`: a property of a record (stored, computed or related).
+            if let Some((rid, prop)) = id.rsplit_once('.')
+                && select.is_none()
+                && table.attribute(prop).is_some()
+            {
+                let property = Select::Value(Field {
+                    name: prop.to_owned(),
+                    nested: None,
+                });
+                return Box::pin(self.get_record(table, rid, req, Some(&property), fmt, reply))
+                    .await;
+            }
+            return Err(RestError::NoSuchRecord);
+        };
         let rec = RecordRef::parse(&stored)
             .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
         if rec.is_expired(now_micros() / 1000) {
@@ -376,6 +407,12 @@ impl Core {
         }
         match (fmt, select) {
             (MediaType::MsgPack, None) => reply.send(200, Some(fmt), &[("ETag", &tag)], rec.body),
+            (_, Some(s)) if related::selects_derived(table, Some(s)) => {
+                let v = related::project(&self.ctx(), table, rec.body, s, &HashMap::new()).await?;
+                let mut buf = Vec::new();
+                encode_value(&v, fmt, &mut buf);
+                reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
+            }
             _ => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
@@ -384,6 +421,45 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    fn ctx(&self) -> related::Ctx<'_> {
+        related::Ctx {
+            router: &self.router,
+            types: &self.shared.types,
+        }
+    }
+
+    /// Parses and plans a collection query, running its conditions through relationships first.
+    async fn plan(
+        &self,
+        table: &Arc<Table>,
+        prefix: &str,
+        query: &str,
+    ) -> Result<query::Plan, RestError> {
+        let parsed = query::parse(query)?;
+        let joins = related::joins(&self.ctx(), table, parsed.filter.as_ref()).await?;
+        query::plan(table, prefix, parsed, joins)
+    }
+
+    /// Appends one result row, fetching related records when the selection asks for them.
+    async fn write_row(
+        &self,
+        ctx: &related::Ctx<'_>,
+        table: &Table,
+        plan: &query::Plan,
+        body: &[u8],
+        out: &mut Rows<'_>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), RestError> {
+        match (&plan.select, plan.related) {
+            (Some(select), true) => {
+                let v = related::project(ctx, table, body, select, &plan.narrowing).await?;
+                out.row_value(&v, buf);
+                Ok(())
+            }
+            _ => out.row(body, buf),
+        }
     }
 
     /// Answers a collection query, streaming the rows in chunks once they outgrow one buffer.
@@ -395,7 +471,8 @@ impl Core {
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let plan = query::plan(table, prefix, query)?;
+        let plan = self.plan(table, prefix, query).await?;
+        let ctx = self.ctx();
         let mut rows = Merge::start(&self.router, plan.shard.clone());
         let end = plan.shard.take.unwrap_or(usize::MAX);
         let mut buf = Vec::with_capacity(4096);
@@ -417,7 +494,8 @@ impl Core {
             for row in &picked {
                 let rec = RecordRef::parse(&row.stored)
                     .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-                out.row(rec.body, &mut buf)?;
+                self.write_row(&ctx, table, &plan, rec.body, &mut out, &mut buf)
+                    .await?;
             }
             out.end(&mut buf);
             reply.send(200, Some(fmt), &[], &buf);
@@ -442,7 +520,8 @@ impl Core {
             }
             let rec = RecordRef::parse(&row.stored)
                 .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-            out.row(rec.body, &mut buf)?;
+            self.write_row(&ctx, table, &plan, rec.body, &mut out, &mut buf)
+                .await?;
             if buf.len() >= STREAM_CHUNK {
                 if !streaming {
                     reply.start_chunked(fmt);
@@ -583,7 +662,7 @@ impl Core {
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
-        let plan = query::plan(table, prefix, query)?;
+        let plan = self.plan(table, prefix, query).await?;
         let mut rows = Merge::start(&self.router, plan.shard.clone());
         let mut keys = Vec::new();
         let end = plan.shard.take.unwrap_or(usize::MAX);

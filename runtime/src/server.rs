@@ -150,9 +150,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         })?;
     let (reservation, http_port) = reserve_port(addr)?;
     let bind_addr = SocketAddr::new(addr.ip(), http_port);
+    let types = tables
+        .iter()
+        .map(|t| (t.type_name.clone(), t.clone()))
+        .collect();
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         tables: exports,
+        types,
         counters,
     });
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();

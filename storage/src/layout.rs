@@ -38,6 +38,8 @@ pub struct MissingIndex {
     pub table_id: u32,
     pub attribute: String,
     pub attribute_id: u16,
+    /// The layout's name for the index ([`crate::schema::Attribute::index_key`]).
+    pub key: String,
 }
 
 /// The layout of one root.
@@ -144,17 +146,18 @@ impl Layout {
                 };
                 a.id = id;
             }
-            let wanted: Vec<String> = table.indexed().map(|a| a.name.clone()).collect();
+            let wanted: Vec<String> = table.indexed().map(|a| a.index_key()).collect();
             for a in table.indexed() {
-                if !tl.indexed.contains(&a.name) {
+                if !tl.indexed.contains(&a.index_key()) {
                     if is_new {
-                        tl.indexed.push(a.name.clone());
+                        tl.indexed.push(a.index_key());
                     } else {
                         missing.push(MissingIndex {
                             table: full.clone(),
                             table_id: tl.id,
                             attribute: a.name.clone(),
                             attribute_id: a.id,
+                            key: a.index_key(),
                         });
                     }
                 }
@@ -170,9 +173,9 @@ impl Layout {
     /// Records that `index` has been built on every shard.
     pub fn mark_indexed(&mut self, index: &MissingIndex) -> Result<(), LayoutError> {
         if let Some(tl) = self.file.tables.get_mut(&index.table)
-            && !tl.indexed.contains(&index.attribute)
+            && !tl.indexed.contains(&index.key)
         {
-            tl.indexed.push(index.attribute.clone());
+            tl.indexed.push(index.key.clone());
         }
         self.save()
     }

@@ -6,6 +6,7 @@
 //! (writes, which may sleep in fjall) or, for reads, from the executor that owns the shard.
 
 pub mod cbor;
+pub mod computed;
 pub mod key;
 pub mod layout;
 pub mod query;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use fjall::Slice;
 
+use crate::computed::Expr;
 use crate::key;
 use crate::record::RecordRef;
 use crate::schema::Table;
@@ -28,6 +29,8 @@ pub enum CmpOp {
     StartsWith,
     Contains,
     EndsWith,
+    /// Equals one of the values of an array (a join through a relationship).
+    In,
 }
 
 /// `attribute op value`, with the value already converted to the attribute's type.
@@ -38,16 +41,27 @@ pub struct Cmp {
     pub value: Value,
     /// The key encoding of `value` (empty when it has none, e.g. an object).
     key: Vec<u8>,
+    /// `In`: the sorted key encodings of the values.
+    keys: Vec<Vec<u8>>,
 }
 
 impl Cmp {
     pub fn new(attr: String, op: CmpOp, value: Value) -> Cmp {
         let key = key::to_key(&value).unwrap_or_default();
+        let mut keys: Vec<Vec<u8>> = match (&value, op) {
+            (Value::Array(items), CmpOp::In) => {
+                items.iter().filter_map(|v| key::to_key(v).ok()).collect()
+            }
+            _ => Vec::new(),
+        };
+        keys.sort_unstable();
+        keys.dedup();
         Cmp {
             attr,
             op,
             value,
             key,
+            keys,
         }
     }
 
@@ -55,7 +69,9 @@ impl Cmp {
     /// array satisfies it when one of its elements does (`Ne`: when none equals the value).
     pub fn matches(&self, v: Option<&Value>) -> bool {
         match v {
-            Some(Value::Array(items)) if !matches!(self.value, Value::Array(_)) => {
+            Some(Value::Array(items))
+                if self.op == CmpOp::In || !matches!(self.value, Value::Array(_)) =>
+            {
                 if self.op == CmpOp::Ne {
                     !items.iter().any(|x| self.equals(x))
                 } else {
@@ -77,6 +93,9 @@ impl Cmp {
         let text = |v| strings(v, &self.value);
         match self.op {
             CmpOp::Eq => v.is_some_and(|v| self.equals(v)),
+            CmpOp::In => v
+                .and_then(|v| key::to_key(v).ok())
+                .is_some_and(|k| self.keys.binary_search(&k).is_ok()),
             CmpOp::Ne => match v {
                 None | Some(Value::Null) => self.value != Value::Null,
                 Some(v) => !self.equals(v),
@@ -106,6 +125,14 @@ impl Cmp {
     /// matches, or `None` when this comparison cannot narrow an index walk.
     pub fn index_range(&self, index_prefix: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
         let with = |tail: &[u8]| [index_prefix, tail].concat();
+        if self.op == CmpOp::In {
+            // One value: an equality walk. Several: the filter decides (a scan).
+            let [one] = self.keys.as_slice() else {
+                return None;
+            };
+            let exact = with(one);
+            return Some((exact.clone(), successor(exact)));
+        }
         if self.key.is_empty() {
             return None;
         }
@@ -291,11 +318,24 @@ impl ShardQuery {
                 reads.push(&s.attr);
             }
         }
-        let reads = reads.into_iter().map(str::to_owned).collect();
+        // Computed attributes are evaluated from the properties they read.
+        let mut computed = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for name in reads {
+            match self.table.attribute(name).and_then(|a| a.expr.clone()) {
+                Some(e) => {
+                    e.reads(&mut names);
+                    computed.push((name.to_owned(), e));
+                }
+                None if !names.iter().any(|n| n == name) => names.push(name.to_owned()),
+                None => {}
+            }
+        }
         ShardWalk {
             query: self.clone(),
             source,
-            reads,
+            reads: names,
+            computed,
             seen: std::collections::HashSet::new(),
             sorted: Vec::new(),
             emitted: 0,
@@ -311,6 +351,8 @@ pub struct ShardWalk {
     source: Box<dyn Iterator<Item = Result<(Slice, Slice), StoreError>>>,
     /// Attributes to decode for the filter and sort.
     reads: Vec<String>,
+    /// Computed attributes the filter or sort uses, evaluated per record.
+    computed: Vec<(String, Arc<Expr>)>,
     /// Primary keys already returned (multi-valued index walks only).
     seen: std::collections::HashSet<Vec<u8>>,
     /// Matches collected for sorting.
@@ -410,9 +452,20 @@ impl ShardWalk {
         if !self.reads.is_empty() {
             let names: Vec<&str> = self.reads.iter().map(String::as_str).collect();
             let values = value::extract_fields(rec.body, &names)?;
-            let get = |name: &str| -> Option<&Value> {
+            let stored = |name: &str| -> Option<&Value> {
                 let at = names.iter().position(|n| *n == name)?;
                 values.get(at)?.as_ref()
+            };
+            let computed: Vec<(&str, Value)> = self
+                .computed
+                .iter()
+                .map(|(n, e)| (n.as_str(), e.eval(&stored)))
+                .collect();
+            let get = |name: &str| -> Option<&Value> {
+                match computed.iter().find(|(n, _)| *n == name) {
+                    Some((_, v)) => Some(v),
+                    None => stored(name),
+                }
             };
             if let Some(f) = &q.filter
                 && !f.eval(&get)

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use graphql_parser::schema::{Definition, Directive, Field, Type, TypeDefinition};
 
+use crate::computed::{self, Expr};
 use crate::value::Value;
 
 /// A scalar attribute type of Harper's schema language.
@@ -102,6 +103,10 @@ pub struct Attribute {
     pub relationship: Option<Relationship>,
     /// `@computed(from: "expr")`: the expression, or empty for one set in code.
     pub computed: Option<String>,
+    /// The parsed `@computed` expression.
+    pub expr: Option<Arc<Expr>>,
+    /// `@computed(version: N)`: changing it rebuilds the attribute's index.
+    pub computed_version: Option<i64>,
     /// The persisted attribute id used in index keys (assigned by the layout, 0 until then).
     pub id: u16,
     pub line: usize,
@@ -111,6 +116,15 @@ impl Attribute {
     /// Whether the attribute is part of the stored record (not a relationship or computed).
     pub fn is_stored(&self) -> bool {
         self.relationship.is_none() && self.computed.is_none()
+    }
+
+    /// The name of the attribute's index in the layout: a computed attribute's includes its
+    /// `version`, so that a new version rebuilds the index.
+    pub fn index_key(&self) -> String {
+        match self.computed_version {
+            Some(v) => format!("{}@v{v}", self.name),
+            None => self.name.clone(),
+        }
     }
 }
 
@@ -178,11 +192,15 @@ impl Table {
             .map(|a| a.name.as_str())
     }
 
-    /// The indexed, stored attributes.
+    /// The indexed attributes: stored ones, and computed ones with an expression (indexed on
+    /// their value at write time).
     pub fn indexed(&self) -> impl Iterator<Item = &Attribute> {
-        self.attributes
-            .iter()
-            .filter(|a| a.indexed && a.is_stored() && !a.primary_key)
+        self.attributes.iter().filter(|a| {
+            a.indexed
+                && !a.primary_key
+                && a.relationship.is_none()
+                && (a.computed.is_none() || a.expr.is_some())
+        })
     }
 
     /// The description object of `GET /Table` (HARPER.md section 1).
@@ -580,6 +598,8 @@ fn attribute(
         hidden: false,
         relationship: None,
         computed: None,
+        expr: None,
+        computed_version: None,
         id: 0,
         line: f.position.line,
     };
@@ -611,7 +631,23 @@ fn attribute(
                 }
                 a.relationship = Some(r);
             }
-            "computed" => a.computed = Some(string_arg(d, "from").unwrap_or_default()),
+            "computed" => {
+                let from = string_arg(d, "from");
+                if let Some(src) = &from {
+                    let e = computed::parse(src)
+                        .map_err(|e| (d.position, format!("@computed on {}: {e}", f.name)))?;
+                    a.expr = Some(Arc::new(e));
+                }
+                a.computed_version =
+                    d.arguments
+                        .iter()
+                        .find(|(k, _)| k == "version")
+                        .and_then(|(_, v)| match v {
+                            graphql_parser::query::Value::Int(n) => n.as_i64(),
+                            _ => None,
+                        });
+                a.computed = Some(from.unwrap_or_default());
+            }
             other => {
                 return Err((
                     d.position,

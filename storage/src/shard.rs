@@ -331,8 +331,9 @@ impl ShardStore {
             let (k, v) = kv?;
             let r = RecordRef::parse(&v).ok_or_else(|| StoreError::Corrupt(format!("{k:?}")))?;
             let rec = value::from_msgpack(r.body)?;
-            for e in attribute_entries(&prefix, rec.get(attribute), k.get(4..).unwrap_or_default())
-            {
+            let computed = attr.expr.as_ref().map(|e| e.eval(&|n| rec.get(n)));
+            let v = computed.as_ref().or_else(|| rec.get(attribute));
+            for e in attribute_entries(&prefix, v, k.get(4..).unwrap_or_default()) {
                 batch.insert(&self.index, e, []);
                 n += 1;
             }
@@ -386,8 +387,15 @@ impl OldRecord {
                 full: Some(v),
             });
         }
-        // Decode only the indexed attributes and @createdTime, skipping the rest.
-        let mut names: Vec<&str> = table.indexed().map(|a| a.name.as_str()).collect();
+        // Decode only the indexed attributes (the inputs of computed ones) and @createdTime.
+        let mut reads: Vec<String> = Vec::new();
+        for a in table.indexed() {
+            match &a.expr {
+                Some(e) => e.reads(&mut reads),
+                None => reads.push(a.name.clone()),
+            }
+        }
+        let mut names: Vec<&str> = reads.iter().map(String::as_str).collect();
         names.extend(created_name);
         let values = value::extract_fields(body, &names)?;
         let get = |name: &str| {
@@ -415,7 +423,13 @@ fn index_entries<'v>(
     let mut out = Vec::new();
     for a in table.indexed() {
         let prefix = index_prefix(table.id, a.id);
-        out.extend(attribute_entries(&prefix, get(&a.name), pk));
+        match &a.expr {
+            Some(e) => {
+                let v = e.eval(&get);
+                out.extend(attribute_entries(&prefix, Some(&v), pk));
+            }
+            None => out.extend(attribute_entries(&prefix, get(&a.name), pk)),
+        }
     }
     out.sort_unstable();
     out.dedup();
