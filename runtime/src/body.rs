@@ -22,8 +22,6 @@ pub enum BodyError {
     Cbor(#[from] CborError),
     #[error("The request body nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("Content-Type {0} is not supported for request bodies")]
-    Unsupported(String),
 }
 
 /// Bodies above this size are parsed with fresh buffers, so a core keeps no large ones.
@@ -51,7 +49,14 @@ pub fn decode(
                 .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
                 .collect(),
         )),
-        Some((ct, _)) => Err(BodyError::Unsupported(ct.to_owned())),
+        // Any other type is stored opaquely (HARPER.md section 6).
+        Some((ct, _)) => Ok(Value::Object(vec![
+            (
+                "contentType".to_owned(),
+                Value::String(ct.trim().to_owned()),
+            ),
+            ("data".to_owned(), Value::Bytes(body.to_vec())),
+        ])),
     }
 }
 
@@ -155,10 +160,13 @@ mod tests {
             dec(Some("application/x-msgpack"), &[0x81, 0xa1]),
             Err(BodyError::MsgPack(_))
         ));
-        assert!(matches!(
+        assert_eq!(
             dec(Some("text/calendar"), b"x"),
-            Err(BodyError::Unsupported(_))
-        ));
+            Ok(Value::Object(vec![
+                ("contentType".into(), Value::String("text/calendar".into())),
+                ("data".into(), Value::Bytes(b"x".to_vec())),
+            ]))
+        );
         let mut deep = vec![b'['; 1000];
         deep.extend(vec![b']'; 1000]);
         assert!(dec(None, &deep).is_err());

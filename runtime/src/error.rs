@@ -27,8 +27,6 @@ pub enum RestError {
     #[error("Not acceptable")]
     NotAcceptable,
     #[error("{0}")]
-    UnsupportedMediaType(String),
-    #[error("{0}")]
     NotImplemented(String),
     #[error("{0}")]
     Unavailable(String),
@@ -44,7 +42,6 @@ impl RestError {
             RestError::BadRequest(_) => 400,
             RestError::MethodNotAllowed(_) => 405,
             RestError::NotAcceptable => 406,
-            RestError::UnsupportedMediaType(_) => 415,
             RestError::NotImplemented(_) => 501,
             RestError::Unavailable(_) => 503,
             RestError::Internal(_) => 500,
@@ -65,10 +62,7 @@ impl RestError {
 
 impl From<BodyError> for RestError {
     fn from(e: BodyError) -> Self {
-        match e {
-            BodyError::Unsupported(_) => RestError::UnsupportedMediaType(e.to_string()),
-            e => RestError::BadRequest(e.to_string()),
-        }
+        RestError::BadRequest(e.to_string())
     }
 }
 

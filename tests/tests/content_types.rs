@@ -142,6 +142,18 @@ fn request_bodies_in_every_type() {
         c.get("/Product/f1").json(),
         json!({"id":"f1","name":"Rex Jr","note":"a&b"})
     );
+    // Any other type is stored opaquely and returned as sent.
+    let ics = b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n";
+    let r = c.request(
+        "PUT",
+        "/Product/cal",
+        &[("Content-Type", "text/calendar")],
+        Some(ics),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = c.get("/Product/cal");
+    assert_eq!(r.header("Content-Type"), Some("text/calendar"));
+    assert_eq!(r.body, ics);
     // Broken CBOR is a 400 and writes nothing.
     let r = c.request(
         "PUT",
