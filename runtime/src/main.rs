@@ -10,6 +10,7 @@ mod body;
 mod component;
 mod config;
 mod error;
+mod eviction;
 mod http;
 mod openapi;
 mod output;

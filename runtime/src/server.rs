@@ -18,7 +18,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 use crate::auth::{Authenticator, Users};
 use crate::config::Settings;
 use crate::rest::{Core, Shared, initial_counters};
-use crate::{component, http};
+use crate::{component, eviction, http};
 
 /// Total block cache for all shards together.
 const CACHE_BUDGET: u64 = 64 << 20;
@@ -179,6 +179,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             };
             let _ = bound_tx.send(Ok(()));
+            let expiring: Vec<_> = shared.types.values().cloned().collect();
+            eviction::run(ctx.router.clone(), expiring).await;
             let core = Rc::new(Core::new(shared, ctx.router, Authenticator::new(users)));
             http::serve(listener, core).await;
         }

@@ -193,6 +193,11 @@ impl Router {
         crate::shard_of(key, self.shards.count())
     }
 
+    /// Whether this core owns `shard`.
+    pub fn owns(&self, shard: usize) -> bool {
+        self.owner(shard) == self.core
+    }
+
     /// The core that owns `shard`.
     pub fn owner(&self, shard: usize) -> usize {
         shard % self.cores

@@ -149,6 +149,10 @@ pub struct Table {
     pub sealed: bool,
     /// `@table(expiration:)` in seconds.
     pub expiration: Option<f64>,
+    /// `@table(eviction:)`: seconds after expiration before a record is physically removed.
+    pub eviction: f64,
+    /// `@table(scanInterval:)`: seconds between eviction scans.
+    pub scan_interval: Option<f64>,
     pub attributes: Vec<Attribute>,
     /// Index into `attributes` of the primary key.
     pub primary_key: usize,
@@ -190,6 +194,16 @@ impl Table {
             .iter()
             .find(|a| a.updated_time)
             .map(|a| a.name.as_str())
+    }
+
+    /// Seconds between eviction scans of an expiring table: `scanInterval`, by default a quarter
+    /// of `expiration + eviction` (the seed's schema docs), at least a second.
+    pub fn eviction_interval(&self) -> Option<f64> {
+        let expiration = self.expiration?;
+        let every = self
+            .scan_interval
+            .unwrap_or((expiration + self.eviction) / 4.0);
+        Some(every.max(1.0))
     }
 
     /// The indexed attributes: stored ones, and computed ones with an expression (indexed on
@@ -403,6 +417,8 @@ impl Catalog {
                 export: None,
                 sealed: false,
                 expiration: None,
+                eviction: 0.0,
+                scan_interval: None,
                 attributes: Vec::new(),
                 primary_key: 0,
                 types: nested.clone(),
@@ -428,12 +444,18 @@ impl Catalog {
                                     })?)
                                 }
                                 ("eviction" | "scanInterval", v) => {
-                                    number_arg(v).ok_or_else(|| {
-                                        err(
-                                            d.position,
-                                            format!("@table({k}:) must be a number of seconds"),
-                                        )
-                                    })?;
+                                    let secs =
+                                        number_arg(v).filter(|s| *s >= 0.0).ok_or_else(|| {
+                                            err(
+                                                d.position,
+                                                format!("@table({k}:) must be a number of seconds"),
+                                            )
+                                        })?;
+                                    if k == "eviction" {
+                                        table.eviction = secs;
+                                    } else {
+                                        table.scan_interval = Some(secs);
+                                    }
                                 }
                                 ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
                                 (k, _) => {

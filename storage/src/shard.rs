@@ -62,6 +62,9 @@ pub enum WriteKind {
     /// Merge these top-level properties into the record, creating it if missing.
     Patch(Value),
     Delete,
+    /// Delete the record if it expired at or before this instant (ms), else leave it: eviction,
+    /// which must not remove a record rewritten since it was found expired.
+    Evict(u64),
 }
 
 /// One record write, addressed by its full `records` key.
@@ -77,7 +80,7 @@ pub struct WriteOp {
 pub struct WriteOutcome {
     /// The new version (µs); for a delete, the version of the deletion.
     pub version: u64,
-    /// Whether a live record existed before.
+    /// Whether a live record existed before (for [`WriteKind::Evict`]: whether it was removed).
     pub existed: bool,
 }
 
@@ -230,18 +233,31 @@ impl ShardStore {
                     fetched.as_deref()
                 }
             };
-            let old_body = match old_bytes {
+            // An expired record counts as absent, but its index entries still go.
+            let (old_body, live, expires_at) = match old_bytes {
                 Some(b) => {
                     let r = RecordRef::parse(b)
                         .ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
-                    (!r.is_expired(now_ms)).then_some(r.body)
+                    (Some(r.body), !r.is_expired(now_ms), r.expires_at)
                 }
-                None => None,
+                None => (None, false, None),
             };
-            let old = OldRecord::read(&table, old_body, matches!(kind, WriteKind::Patch(_)), pk)?;
+            let evicting = matches!(kind, WriteKind::Evict(_));
+            if let WriteKind::Evict(deadline) = kind
+                && !expires_at.is_some_and(|e| e <= deadline)
+            {
+                // Rewritten (or gone) since it was found expired: nothing to evict.
+                outcomes.push(WriteOutcome {
+                    version,
+                    existed: false,
+                });
+                continue;
+            }
+            let patch = matches!(kind, WriteKind::Patch(_));
+            let old = OldRecord::read(&table, old_body, patch, pk, live)?;
             let stamp = version as f64 / 1000.0;
             let new = match kind {
-                WriteKind::Delete => None,
+                WriteKind::Delete | WriteKind::Evict(_) => None,
                 WriteKind::Put(mut v) => {
                     stamp_times(&table, &mut v, old.created.clone(), stamp);
                     Some(v)
@@ -275,7 +291,8 @@ impl ShardStore {
             let stored = new.map(|v| record::encode_value(version, expires, &v));
             outcomes.push(WriteOutcome {
                 version,
-                existed: old.existed,
+                // For an eviction: whether it removed the record.
+                existed: old.existed || evicting,
             });
             latest.insert(key, stored);
         }
@@ -366,15 +383,25 @@ struct OldRecord {
 }
 
 impl OldRecord {
+    /// Reads what a write needs of the stored `body`; of an expired one (`live` false), only
+    /// its index entries.
     fn read(
         table: &Table,
         body: Option<&[u8]>,
         full: bool,
         pk: &[u8],
+        live: bool,
     ) -> Result<OldRecord, StoreError> {
         let Some(body) = body else {
             return Ok(OldRecord::default());
         };
+        if !live {
+            let v = value::from_msgpack(body)?;
+            return Ok(OldRecord {
+                entries: index_entries(table, |name| v.get(name), pk),
+                ..OldRecord::default()
+            });
+        }
         let created_name = table.created_time();
         if full {
             let v = value::from_msgpack(body)?;
