@@ -244,7 +244,7 @@ impl ShardStore {
             };
             let evicting = matches!(kind, WriteKind::Evict(_));
             if let WriteKind::Evict(deadline) = kind
-                && !expires_at.is_some_and(|e| e <= deadline)
+                && expires_at.is_none_or(|e| e > deadline)
             {
                 // Rewritten (or gone) since it was found expired: nothing to evict.
                 outcomes.push(WriteOutcome {
