@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use tessera_storage::query::{Row, ShardQuery};
 use tessera_storage::shard::{ShardStore, StoreError, WriteOp, WriteOutcome};
 
@@ -148,6 +148,32 @@ where
 /// Candidates a query examines between two chances for other work on its core.
 pub const WALK_BUDGET: usize = 512;
 
+/// How often a running query lets the core poll its sockets and run requests.
+const WALK_SLICE: Duration = Duration::from_micros(500);
+
+thread_local! {
+    /// This core's task queue for shard walks (see [`walk_queue`]).
+    static WALK_QUEUE: std::cell::Cell<Option<TaskQueueHandle>> = const { std::cell::Cell::new(None) };
+}
+
+/// The task queue shard walks run in: fewer shares than request handling, and a latency
+/// requirement of [`WALK_SLICE`], which makes the executor preempt a long walk every millisecond
+/// (and poll I/O) while one is running, instead of every `preempt_timer`. Created on first use.
+fn walk_queue() -> TaskQueueHandle {
+    WALK_QUEUE.with(|q| match q.get() {
+        Some(h) => h,
+        None => {
+            let h = glommio::executor().create_task_queue(
+                Shares::Static(100),
+                Latency::Matters(WALK_SLICE),
+                "shard-walks",
+            );
+            q.set(Some(h));
+            h
+        }
+    })
+}
+
 /// Runs one shard's part of a query, sending batches of rows until it is over or nobody listens.
 async fn walk(
     store: Arc<ShardStore>,
@@ -258,7 +284,12 @@ impl Router {
             let Some(store) = set.store(shard).cloned() else {
                 return;
             };
-            glommio::spawn_local(walk(store, query, tx)).detach();
+            match glommio::spawn_local_into(walk(store, query, tx), walk_queue()) {
+                Ok(task) => {
+                    task.detach();
+                }
+                Err(e) => eprintln!("shard {shard}: cannot start a query: {e}"),
+            }
         };
         match &self.mesh {
             Some(mesh) if self.owner(shard) != self.core => {
