@@ -18,8 +18,15 @@ pub fn encode_value(v: &Value, fmt: MediaType, out: &mut Vec<u8>) {
         MediaType::MsgPack => v.write_msgpack(out),
         MediaType::Cbor => cbor::write(v, out),
         MediaType::Csv => csv_cell(v, out),
+        MediaType::Yaml => yaml(v, out),
         _ => v.write_json(out),
     }
+}
+
+/// YAML through serde_norway, by way of the JSON form (dates as ISO strings, bytes as `Buffer`).
+fn yaml(v: &Value, out: &mut Vec<u8>) {
+    let json: serde_json::Value = serde_json::from_str(&v.to_json()).unwrap_or_default();
+    let _ = serde_norway::to_writer(&mut *out, &json);
 }
 
 fn corrupt(e: impl std::fmt::Display) -> RestError {
@@ -125,6 +132,11 @@ impl<'q> Rows<'q> {
         }
     }
 
+    /// Appends a row as YAML: a one-item sequence, so that the rows together form one sequence.
+    fn yaml_row(v: &Value, out: &mut Vec<u8>) {
+        yaml(&Value::Array(vec![v.clone()]), out);
+    }
+
     /// What comes before the first row.
     pub fn begin(&self, out: &mut Vec<u8>) {
         match self.fmt {
@@ -143,6 +155,14 @@ impl<'q> Rows<'q> {
             out.push(b',');
         }
         self.written += 1;
+        if self.fmt == MediaType::Yaml {
+            let v = match self.select {
+                Some(select) => project(body, select)?,
+                None => value::from_msgpack(body).map_err(corrupt)?,
+            };
+            Self::yaml_row(&v, out);
+            return Ok(());
+        }
         if self.fmt != MediaType::Csv {
             return write_record(body, self.select, self.fmt, out);
         }
@@ -158,7 +178,9 @@ impl<'q> Rows<'q> {
             out.push(b',');
         }
         self.written += 1;
-        if self.fmt == MediaType::Csv {
+        if self.fmt == MediaType::Yaml {
+            Self::yaml_row(v, out);
+        } else if self.fmt == MediaType::Csv {
             let cells = self.columns.iter().map(|c| match v {
                 Value::Object(_) => v.get(c).cloned().unwrap_or(Value::Null),
                 other => other.clone(),
@@ -174,6 +196,7 @@ impl<'q> Rows<'q> {
         match self.fmt {
             MediaType::Json => out.push(b']'),
             MediaType::Cbor => cbor::write_array_end(out),
+            MediaType::Yaml if self.written == 0 => out.extend_from_slice(b"[]\n"),
             _ => {}
         }
     }

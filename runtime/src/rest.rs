@@ -42,6 +42,7 @@ const OFFERED: &[MediaType] = &[
     MediaType::Json,
     MediaType::MsgPack,
     MediaType::Cbor,
+    MediaType::Yaml,
     MediaType::Csv,
 ];
 /// Sent with every CSV body (HARPER.md section 6).

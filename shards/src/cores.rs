@@ -14,7 +14,7 @@ use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
-use tessera_storage::query::{Row, ShardQuery};
+use tessera_storage::query::{Row, ShardQuery, ShardWalk};
 use tessera_storage::shard::{ShardStore, StoreError, WriteOp, WriteOutcome};
 
 use crate::writer::Command;
@@ -177,11 +177,11 @@ fn walk_queue() -> TaskQueueHandle {
 /// Runs one shard's part of a query, sending batches of rows until it is over or nobody listens.
 async fn walk(
     store: Arc<ShardStore>,
-    query: Arc<ShardQuery>,
+    mut walk: ShardWalk,
     mut tx: mpsc::Sender<Result<Vec<Row>, StoreError>>,
 ) {
-    let mut walk = query.start(&store);
     loop {
+        glommio::yield_if_needed().await;
         let (rows, done) = match walk.next_batch(&store, WALK_BUDGET) {
             Ok(batch) => batch,
             Err(e) => {
@@ -195,7 +195,6 @@ async fn walk(
         if done {
             return;
         }
-        glommio::yield_if_needed().await;
     }
 }
 
@@ -279,16 +278,31 @@ impl Router {
         shard: usize,
         query: Arc<ShardQuery>,
     ) -> mpsc::Receiver<Result<Vec<Row>, StoreError>> {
-        let (tx, rx) = mpsc::channel(1);
+        let (mut tx, rx) = mpsc::channel(1);
         let job = move |set: &ShardSet| {
             let Some(store) = set.store(shard).cloned() else {
                 return;
             };
-            match glommio::spawn_local_into(walk(store, query, tx), walk_queue()) {
+            // The first batch runs right here: most queries (limited, or selective) end in it
+            // and need no task. A longer walk continues in the walk queue.
+            let mut first = query.start(&store);
+            match first.next_batch(&store, WALK_BUDGET) {
+                Ok((rows, done)) => {
+                    let gone = !rows.is_empty() && tx.try_send(Ok(rows)).is_err();
+                    if gone || done {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.try_send(Err(e));
+                    return;
+                }
+            }
+            match glommio::spawn_local_into(walk(store, first, tx), walk_queue()) {
                 Ok(task) => {
                     task.detach();
                 }
-                Err(e) => eprintln!("shard {shard}: cannot start a query: {e}"),
+                Err(e) => eprintln!("shard {shard}: cannot continue a query: {e}"),
             }
         };
         match &self.mesh {

@@ -105,6 +105,14 @@ fn responses_in_every_type() {
         rd.headers().unwrap().iter().collect::<Vec<_>>(),
         ["id", "name", "price", "tags", "note"]
     );
+    // YAML: a record is a mapping, a collection a sequence.
+    let r = get_as(&mut c, "/Product/p2", "text/yaml");
+    assert_eq!(r.header("Content-Type"), Some("text/yaml"));
+    assert!(r.text().contains("name: Cable"), "{}", r.text());
+    let r = get_as(&mut c, "/Product/?select(id,price)", "text/yaml");
+    assert_eq!(r.text(), "- id: p1\n  price: 49.99\n- id: p2\n  price: 9\n");
+    let r = get_as(&mut c, "/Product/?name=none", "text/yaml");
+    assert_eq!(r.text(), "[]\n");
     assert_eq!(
         c.request("GET", "/Product/p1", &[("Accept", "image/png")], None)
             .status,
