@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod media;
+pub mod mqtt;
 pub mod query;
 pub mod rest;
 
