@@ -198,7 +198,7 @@ fn if_none_match_hits(header: Option<&[u8]>, tag: &[u8]) -> bool {
 }
 
 /// Converts an id from the URL to the primary key's type (HARPER.md section 1).
-fn id_value(table: &Table, id: &str) -> Value {
+pub(crate) fn id_value(table: &Table, id: &str) -> Value {
     if table.key_type().is_numeric_key()
         && let Ok(f) = id.parse::<f64>()
         && f.is_finite()
@@ -553,7 +553,7 @@ impl Core {
 
     /// Validates a record for `table` with `pk` as its primary key (replacing any in the body) and
     /// commits it. Returns the primary key as stored.
-    async fn write_record(
+    pub(crate) async fn write_record(
         &self,
         table: &Arc<Table>,
         mut rec: Value,

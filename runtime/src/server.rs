@@ -18,7 +18,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 use crate::auth::{Authenticator, Users};
 use crate::config::Settings;
 use crate::rest::{Core, Shared, initial_counters};
-use crate::{component, eviction, http};
+use crate::{component, eviction, http, mqtt, realtime};
 
 /// Total block cache for all shards together.
 const CACHE_BUDGET: u64 = 64 << 20;
@@ -150,6 +150,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         })?;
     let (reservation, http_port) = reserve_port(addr)?;
     let bind_addr = SocketAddr::new(addr.ip(), http_port);
+    let (mqtt_reservation, mqtt_port) =
+        reserve_port(SocketAddr::new(addr.ip(), settings.mqtt_port))?;
+    let mqtt_addr = SocketAddr::new(addr.ip(), mqtt_port);
     let types = tables
         .iter()
         .map(|t| (t.type_name.clone(), t.clone()))
@@ -168,20 +171,23 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
         let (shared, users, bound_tx) = (shared.clone(), users.clone(), bound_tx.clone());
         async move {
-            let listener = match glommio::net::TcpListener::bind(bind_addr) {
-                Ok(l) => l,
-                Err(e) => {
-                    let _ = bound_tx.send(Err(format!(
-                        "core {}: cannot listen on {bind_addr}: {e}",
-                        ctx.core
-                    )));
+            let listen = |addr: SocketAddr| {
+                glommio::net::TcpListener::bind(addr)
+                    .map_err(|e| format!("core {}: cannot listen on {addr}: {e}", ctx.core))
+            };
+            let (listener, mqtt_listener) = match (listen(bind_addr), listen(mqtt_addr)) {
+                (Ok(h), Ok(m)) => (h, m),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = bound_tx.send(Err(e));
                     return;
                 }
             };
             let _ = bound_tx.send(Ok(()));
+            realtime::follow(&ctx.router);
             let expiring: Vec<_> = shared.types.values().cloned().collect();
             eviction::run(ctx.router.clone(), expiring).await;
             let core = Rc::new(Core::new(shared, ctx.router, Authenticator::new(users)));
+            glommio::spawn_local(mqtt::serve(mqtt_listener, core.clone())).detach();
             http::serve(listener, core).await;
         }
     })?;
@@ -193,13 +199,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     drop(reservation);
+    drop(mqtt_reservation);
     println!(
         "tessera: HTTP (REST) listening on {bind_addr} ({} threads, {shard_count} shards, {:?})",
         settings.threads, settings.durability
     );
+    println!("tessera: MQTT listening on {mqtt_addr}");
     eprintln!(
-        "reserved, not yet served: MQTT port {}, Operations API port {}",
-        settings.mqtt_port, settings.ops_port
+        "reserved, not yet served: Operations API port {}",
+        settings.ops_port
     );
     if settings.durability == Durability::Buffered {
         eprintln!(

@@ -218,6 +218,42 @@ impl Router {
         crate::shard_of(key, self.shards.count())
     }
 
+    /// This core's number.
+    pub fn core(&self) -> usize {
+        self.core
+    }
+
+    /// The number of cores.
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+
+    /// The shard set (change feeds and the subscription count).
+    pub fn shard_set(&self) -> &Arc<ShardSet> {
+        &self.shards
+    }
+
+    /// Runs `f` on core `core` (inline when it is this one) and returns its result.
+    pub async fn on_core<R, F>(&self, core: usize, f: F) -> Result<R, ShardError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ShardSet) -> R + Send + 'static,
+    {
+        match &self.mesh {
+            Some(mesh) if core != self.core => {
+                let (tx, rx) = oneshot::channel();
+                let job: Job = Box::new(move |set: &ShardSet| {
+                    let _ = tx.send(f(set));
+                });
+                mesh.send_to(core, job)
+                    .await
+                    .map_err(|_| ShardError::Unavailable(core))?;
+                rx.await.map_err(|_| ShardError::Unavailable(core))
+            }
+            _ => Ok(f(&self.shards)),
+        }
+    }
+
     /// Whether this core owns `shard`.
     pub fn owns(&self, shard: usize) -> bool {
         self.owner(shard) == self.core

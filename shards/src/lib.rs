@@ -9,10 +9,11 @@ mod cores;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tessera_storage::shard::{Durability, ShardOptions, ShardStore, StoreError};
+use futures::channel::mpsc::{UnboundedReceiver, unbounded};
+use tessera_storage::shard::{Change, Durability, ShardOptions, ShardStore, StoreError};
 
 pub use cores::{CoreContext, ExecutorSettings, Router, start_executors};
 
@@ -40,6 +41,10 @@ pub struct ShardSet {
     stores: Vec<Arc<ShardStore>>,
     writers: Vec<writer::WriterHandle>,
     closing: AtomicBool,
+    /// Each shard's change feed, taken once by the shard's owner core ([`Self::take_feed`]).
+    feeds: Vec<Mutex<Option<UnboundedReceiver<Vec<Change>>>>>,
+    /// Subscriptions anywhere in the process; while there are none, writers record no changes.
+    watchers: Arc<AtomicUsize>,
 }
 
 impl ShardSet {
@@ -71,15 +76,38 @@ impl ShardSet {
                 s.map_err(|e| std::io::Error::other(format!("shard {i}: {e}")))?,
             ));
         }
+        let watchers = Arc::new(AtomicUsize::new(0));
         let mut writers = Vec::with_capacity(count);
+        let mut feeds = Vec::with_capacity(count);
         for (i, store) in stores.iter().enumerate() {
-            writers.push(writer::spawn(i, store.clone(), durability)?);
+            let (tx, rx) = unbounded();
+            writers.push(writer::spawn(
+                i,
+                store.clone(),
+                durability,
+                tx,
+                watchers.clone(),
+            )?);
+            feeds.push(Mutex::new(Some(rx)));
         }
         Ok(ShardSet {
             stores,
             writers,
             closing: AtomicBool::new(false),
+            feeds,
+            watchers,
         })
+    }
+
+    /// The changes `shard` commits, in commit order, each batch sent once durable. Only while
+    /// [`Self::watchers`] is above zero. Taken once, by the owner core.
+    pub fn take_feed(&self, shard: usize) -> Option<UnboundedReceiver<Vec<Change>>> {
+        self.feeds.get(shard)?.lock().ok()?.take()
+    }
+
+    /// The number of live subscriptions; writers record changes while it is above zero.
+    pub fn watchers(&self) -> &AtomicUsize {
+        &self.watchers
     }
 
     pub fn count(&self) -> usize {

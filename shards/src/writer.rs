@@ -5,11 +5,14 @@
 //! and only then answers each writer: one fsync is shared by every write in flight, and no
 //! executor thread ever blocks in fjall or in fsync.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 
+use futures::channel::mpsc::UnboundedSender;
 use futures::channel::oneshot;
-use tessera_storage::shard::{Clock, Durability, ShardStore, StoreError, WriteOp, WriteOutcome};
+use tessera_storage::shard::{
+    Change, Clock, Durability, ShardStore, StoreError, WriteOp, WriteOutcome,
+};
 
 /// Most writes committed in one group.
 pub const MAX_GROUP: usize = 2048;
@@ -29,20 +32,35 @@ pub(crate) struct WriterHandle {
 }
 
 /// Starts the writer thread of `shard`.
+/// Where a writer sends the changes it commits, and whether anyone listens.
+struct Feed {
+    tx: UnboundedSender<Vec<Change>>,
+    watchers: Arc<AtomicUsize>,
+}
+
 pub(crate) fn spawn(
     shard: usize,
     store: Arc<ShardStore>,
     durability: Durability,
+    feed: UnboundedSender<Vec<Change>>,
+    watchers: Arc<AtomicUsize>,
 ) -> std::io::Result<WriterHandle> {
     let (tx, rx) = mpsc::channel();
+    let feed = Feed { tx: feed, watchers };
     // Detached: it ends with the process; `ShardSet::close` is what makes its work durable.
     std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
-        .spawn(move || run(shard, &store, &rx, durability))?;
+        .spawn(move || run(shard, &store, &rx, durability, &feed))?;
     Ok(WriterHandle { tx })
 }
 
-fn run(shard: usize, store: &ShardStore, rx: &mpsc::Receiver<Command>, durability: Durability) {
+fn run(
+    shard: usize,
+    store: &ShardStore,
+    rx: &mpsc::Receiver<Command>,
+    durability: Durability,
+    feed: &Feed,
+) {
     let mut clock = Clock::default();
     // Writes and groups committed, reported at shutdown: their ratio is the group-commit factor.
     let (mut writes, mut groups) = (0u64, 0u64);
@@ -63,17 +81,26 @@ fn run(shard: usize, store: &ShardStore, rx: &mpsc::Receiver<Command>, durabilit
                 next = rx.try_recv().ok();
             }
         }
+        let mut changes = Vec::new();
+        let watched = feed.watchers.load(Ordering::Relaxed) > 0;
         let result = if ops.is_empty() {
             Ok(Vec::new())
         } else {
             writes += ops.len() as u64;
             groups += 1;
             store
-                .apply(std::mem::take(&mut ops), &mut clock)
+                .apply(
+                    std::mem::take(&mut ops),
+                    &mut clock,
+                    watched.then_some(&mut changes),
+                )
                 .and_then(|outcomes| store.persist(durability).map(|()| outcomes))
         };
         match result {
             Ok(outcomes) => {
+                if !changes.is_empty() {
+                    let _ = feed.tx.unbounded_send(changes);
+                }
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

@@ -65,6 +65,29 @@ pub enum WriteKind {
     /// Delete the record if it expired at or before this instant (ms), else leave it: eviction,
     /// which must not remove a record rewritten since it was found expired.
     Evict(u64),
+    /// Nothing is stored: a message to the record's subscribers (a non-retained MQTT publish),
+    /// ordered with the record's writes.
+    Message(Vec<u8>),
+}
+
+/// What a committed write tells the record's subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The record as stored now (header + MessagePack).
+    Put(Vec<u8>),
+    Delete,
+    Message(Vec<u8>),
+}
+
+/// One committed change, in write order within its shard.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub table: u32,
+    /// The record key (table prefix + primary key).
+    pub key: Vec<u8>,
+    pub event: Event,
+    /// The version of the write (µs).
+    pub version: u64,
 }
 
 /// One record write, addressed by its full `records` key.
@@ -213,10 +236,12 @@ impl ShardStore {
 
     /// Applies a group of writes as one atomic batch (not yet durable: see [`Self::persist`]).
     /// Later writes in the group see earlier ones. Returns one outcome per op, in order.
+    /// With `changes`, also records what each write changed, for subscribers.
     pub fn apply(
         &self,
         ops: Vec<WriteOp>,
         clock: &mut Clock,
+        mut changes: Option<&mut Vec<Change>>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
@@ -242,6 +267,21 @@ impl ShardStore {
                 }
                 None => (None, false, None),
             };
+            if let WriteKind::Message(payload) = kind {
+                outcomes.push(WriteOutcome {
+                    version,
+                    existed: false,
+                });
+                if let Some(c) = changes.as_deref_mut() {
+                    c.push(Change {
+                        table: table.id,
+                        key,
+                        event: Event::Message(payload),
+                        version,
+                    });
+                }
+                continue;
+            }
             let evicting = matches!(kind, WriteKind::Evict(_));
             if let WriteKind::Evict(deadline) = kind
                 && expires_at.is_none_or(|e| e > deadline)
@@ -257,7 +297,7 @@ impl ShardStore {
             let old = OldRecord::read(&table, old_body, patch, pk, live)?;
             let stamp = version as f64 / 1000.0;
             let new = match kind {
-                WriteKind::Delete | WriteKind::Evict(_) => None,
+                WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message(_) => None,
                 WriteKind::Put(mut v) => {
                     stamp_times(&table, &mut v, old.created.clone(), stamp);
                     Some(v)
@@ -289,6 +329,17 @@ impl ShardStore {
             }
             let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
             let stored = new.map(|v| record::encode_value(version, expires, &v));
+            if let Some(c) = changes.as_deref_mut() {
+                c.push(Change {
+                    table: table.id,
+                    key: key.clone(),
+                    event: match &stored {
+                        Some(s) => Event::Put(s.clone()),
+                        None => Event::Delete,
+                    },
+                    version,
+                });
+            }
             outcomes.push(WriteOutcome {
                 version,
                 // For an eviction: whether it removed the record.
@@ -526,7 +577,7 @@ mod tests {
             ),
             ("n", Value::Null),
         ]);
-        let out = store.apply(vec![put(r1)], &mut clock).unwrap();
+        let out = store.apply(vec![put(r1)], &mut clock, None).unwrap();
         assert!(!out[0].existed);
         assert_eq!(index_keys(&store).len(), 3);
 
@@ -540,7 +591,7 @@ mod tests {
                 Value::Array(vec![Value::String("z".into())]),
             )])),
         };
-        let out = store.apply(vec![put(r2), patch], &mut clock).unwrap();
+        let out = store.apply(vec![put(r2), patch], &mut clock, None).unwrap();
         assert!(out[1].existed && out[1].version > out[0].version);
         let stored = store.get(&key).unwrap().unwrap();
         let rec = value::from_msgpack(RecordRef::parse(&stored).unwrap().body).unwrap();
@@ -556,6 +607,7 @@ mod tests {
                     kind: WriteKind::Delete,
                 }],
                 &mut clock,
+                None,
             )
             .unwrap();
         assert!(store.get(&key).unwrap().is_none());
@@ -577,6 +629,7 @@ mod tests {
                         kind: WriteKind::Put(rec),
                     }],
                     &mut clock,
+                    None,
                 )
                 .unwrap();
         }

@@ -1,0 +1,550 @@
+//! The MQTT broker (HARPER.md section 9) on `--mqtt-port`: MQTT 3.1.1 and 5 over TCP, topics as
+//! resource paths, retained publishes as writes, subscriptions fed by the shards' change feeds.
+//!
+//! Each connection runs three tasks on its core: the reader (decodes and handles packets), the
+//! writer (the only one that writes to the socket, from a bounded outbox), and the deliverer
+//! (turns changes from the connection's inbox into PUBLISH packets).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use tessera_protocol::mqtt::{
+    self, Ack, ConnAck, Connect, Disconnect, Error as MqttError, Packet, Properties, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::validate::WriteMode;
+use tessera_storage::value::msgpack_to_json;
+use tessera_storage::{Table, record::RecordRef};
+
+use crate::realtime::{self, Held, Pattern, Subscriber};
+use crate::rest::{Core, id_value};
+
+/// Largest packet accepted (and announced to MQTT 5 clients).
+const MAX_PACKET: usize = 1 << 20;
+/// Time a new connection has to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Packets waiting to be written before the reader waits for the writer.
+const OUTBOX: usize = 256;
+
+/// Accepts MQTT connections forever.
+pub async fn serve(listener: TcpListener, core: Rc<Core>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let core = core.clone();
+                glommio::spawn_local(async move { connection(core, stream).await }).detach();
+            }
+            Err(e) => {
+                eprintln!("mqtt accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Bytes read and not yet decoded.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Input {
+    /// The next packet, reading as needed. `None` on EOF; an error for a bad packet.
+    async fn next<R: futures_lite::AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        version: Option<Version>,
+    ) -> Option<Result<Packet, MqttError>> {
+        loop {
+            match mqtt::decode(&self.buf[self.start..], version, MAX_PACKET) {
+                Ok(Some((p, used))) => {
+                    self.start += used;
+                    if self.start == self.buf.len() {
+                        self.buf.clear();
+                        self.start = 0;
+                    }
+                    return Some(Ok(p));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 8192];
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// What the reader knows about its connection.
+struct Session {
+    core: Rc<Core>,
+    conn: u64,
+    version: Version,
+    outbox: Rc<LocalSender<Packet>>,
+    held: Held,
+    next_sub: u32,
+    /// The subscription number of each subscribed filter.
+    filters: std::collections::HashMap<String, u32>,
+}
+
+async fn connection(core: Rc<Core>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let mut input = Input {
+        buf: Vec::with_capacity(1024),
+        start: 0,
+    };
+    let first = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        Ok(input.next(&mut rd, None).await)
+    })
+    .await;
+    let connect = match first {
+        Ok(Some(Ok(Packet::Connect(c)))) => c,
+        Ok(Some(Err(MqttError::UnsupportedVersion(_)))) => {
+            // 3.1.1 CONNACK "unacceptable protocol version", then close.
+            let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            return;
+        }
+        _ => return,
+    };
+    let version = connect.version;
+    if let Err(code) = check_credentials(&core, &connect).await {
+        let mut out = Vec::new();
+        mqtt::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code,
+                properties: Properties::default(),
+            }),
+            version,
+            &mut out,
+        );
+        let _ = wr.write_all(&out).await;
+        return;
+    }
+    let conn = realtime::new_conn(core.router.core());
+    let (out_tx, out_rx) = local_channel::new_bounded::<Packet>(OUTBOX);
+    let out_tx = Rc::new(out_tx);
+    let mut connack = ConnAck {
+        session_present: false,
+        code: 0,
+        properties: Properties::default(),
+    };
+    if version == Version::V5 {
+        connack.properties.maximum_packet_size = Some(MAX_PACKET as u32);
+        connack.properties.maximum_qos = Some(1);
+        connack.properties.retain_available = Some(1);
+        connack.properties.shared_subscription_available = Some(0);
+        if connect.client_id.is_empty() {
+            connack.properties.assigned_client_identifier = Some(format!("tessera-{conn:x}"));
+        }
+    }
+    let _ = out_tx.send(Packet::ConnAck(connack)).await;
+
+    // The writer: the only task that writes to the socket.
+    let writer = glommio::spawn_local(async move {
+        let mut buf = Vec::with_capacity(4096);
+        while let Some(p) = out_rx.recv().await {
+            buf.clear();
+            mqtt::encode(&p, version, &mut buf);
+            // Write whatever else is queued with it.
+            while buf.len() < 64 * 1024 {
+                match out_rx.recv().now_or_never() {
+                    Some(Some(p)) => mqtt::encode(&p, version, &mut buf),
+                    _ => break,
+                }
+            }
+            if wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.close().await;
+    });
+
+    // The deliverer: changes for this connection's subscriptions become PUBLISH packets.
+    let inbox = realtime::open_inbox(conn);
+    let deliverer = {
+        let (core, out) = (core.clone(), out_tx.clone());
+        glommio::spawn_local(async move {
+            let mut next_id: u16 = 0;
+            while let Some((change, qos)) = inbox.recv().await {
+                let Some(p) = publish_for(&core, &change, qos, false, &mut next_id) else {
+                    continue;
+                };
+                if out.send(p).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let mut session = Session {
+        core: core.clone(),
+        conn,
+        version,
+        outbox: out_tx.clone(),
+        held: Held::default(),
+        next_sub: 0,
+        filters: std::collections::HashMap::new(),
+    };
+    let keep_alive = match connect.keep_alive {
+        0 => Duration::from_secs(24 * 3600),
+        s => Duration::from_millis(u64::from(s) * 1500),
+    };
+    let mut clean_end = false;
+    loop {
+        let next = glommio::timer::timeout(keep_alive, async {
+            Ok(input.next(&mut rd, Some(version)).await)
+        })
+        .await;
+        let packet = match next {
+            Ok(Some(Ok(p))) => p,
+            Ok(Some(Err(e))) => {
+                if version == Version::V5 {
+                    let d = Disconnect {
+                        reason: e.reason_code(),
+                        properties: Properties::default(),
+                    };
+                    let _ = session.outbox.send(Packet::Disconnect(d)).await;
+                }
+                break;
+            }
+            // EOF, or silence longer than one and a half keep-alive periods.
+            _ => break,
+        };
+        match packet {
+            Packet::Publish(p) => session.publish(p).await,
+            Packet::PubRel(a) => {
+                let _ = session
+                    .outbox
+                    .send(Packet::PubComp(Ack::new(a.packet_id)))
+                    .await;
+            }
+            Packet::Subscribe(s) => session.subscribe(s).await,
+            Packet::Unsubscribe(u) => session.unsubscribe(u).await,
+            Packet::PingReq => {
+                let _ = session.outbox.send(Packet::PingResp).await;
+            }
+            Packet::Disconnect(_) => {
+                clean_end = true;
+                break;
+            }
+            // Acknowledgements of what we delivered need no action (no redelivery yet).
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+            _ => break,
+        }
+    }
+    if !clean_end && let Some(will) = &connect.will {
+        let p = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic.clone(),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: will.payload.clone(),
+        };
+        let _ = session.apply_publish(&p).await;
+    }
+    session.held.release(&core.router, conn, None).await;
+    realtime::close_inbox(conn);
+    drop(session);
+    drop(out_tx);
+    deliverer.cancel().await;
+    writer.await;
+}
+
+/// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
+/// code: 3.1.1 0x04 (bad user name or password) / 0x05 (not authorized), 5 0x86 / 0x87.
+async fn check_credentials(core: &Core, c: &Connect) -> Result<(), u8> {
+    let (bad, unauthorized) = match c.version {
+        Version::V311 => (0x04, 0x05),
+        Version::V5 => (0x86, 0x87),
+    };
+    let (Some(user), Some(password)) = (&c.username, &c.password) else {
+        return Err(unauthorized);
+    };
+    let mut raw = user.as_bytes().to_vec();
+    raw.push(b':');
+    raw.extend_from_slice(password);
+    use base64::Engine;
+    let header = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    );
+    match core.auth.authenticate(header.as_bytes()).await {
+        Some(u) if u.super_user => Ok(()),
+        Some(_) => Err(unauthorized),
+        None => Err(bad),
+    }
+}
+
+/// The exported table and record id a topic names (`Dog/42`, `Sensor/zone/a`).
+fn resolve<'t>(core: &'t Core, topic: &str) -> Option<(&'t Arc<Table>, String)> {
+    let (name, id) = topic.split_once('/')?;
+    let table = core.shared.tables.get(name)?;
+    Some((table, id.to_owned()))
+}
+
+/// The topic of a record key in `table`'s export.
+fn topic_of(core: &Core, change: &Change) -> Option<String> {
+    let table = core.shared.tables.values().find(|t| t.id == change.table)?;
+    let export = table.export.as_deref()?;
+    Some(format!("{export}/{}", realtime::id_text(&change.key)?))
+}
+
+/// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
+/// a message's payload as published.
+fn publish_for(
+    core: &Core,
+    change: &Change,
+    qos: QoS,
+    retain: bool,
+    next_id: &mut u16,
+) -> Option<Packet> {
+    let payload = match &change.event {
+        Event::Put(stored) => {
+            let rec = RecordRef::parse(stored)?;
+            let mut json = Vec::with_capacity(rec.body.len() + 16);
+            msgpack_to_json(rec.body, &mut json).ok()?;
+            json
+        }
+        Event::Delete => b"null".to_vec(),
+        Event::Message(m) => m.clone(),
+    };
+    let packet_id = (qos != QoS::AtMostOnce).then(|| {
+        *next_id = next_id.checked_add(1).unwrap_or(1).max(1);
+        *next_id
+    });
+    Some(Packet::Publish(Publish {
+        dup: false,
+        qos: qos.min(QoS::AtLeastOnce),
+        retain,
+        topic: topic_of(core, change)?,
+        packet_id,
+        properties: Properties::default(),
+        payload,
+    }))
+}
+
+impl Session {
+    /// PUBLISH from the client: RETAIN=1 writes the record (empty payload: deletes it), RETAIN=0
+    /// is a message to the record's subscribers. Acknowledged once the write has committed.
+    async fn publish(&mut self, p: Publish) {
+        let result = self.apply_publish(&p).await;
+        let reason = match result {
+            Ok(()) => 0,
+            Err(code) => code,
+        };
+        let ack = |id| Ack {
+            packet_id: id,
+            reason: if self.version == Version::V5 {
+                reason
+            } else {
+                0
+            },
+            properties: Properties::default(),
+        };
+        let reply = match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(ack(id))),
+            (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(ack(id))),
+            _ => None,
+        };
+        if let Some(r) = reply {
+            let _ = self.outbox.send(r).await;
+        }
+    }
+
+    /// Carries out a publish (also a will). The error is an MQTT 5 reason code.
+    async fn apply_publish(&self, p: &Publish) -> Result<(), u8> {
+        let core = &self.core;
+        // 0x90: topic name invalid (not an exported table).
+        let (table, id) = resolve(core, &p.topic).ok_or(0x90u8)?;
+        let pk = id_value(table, &id);
+        let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
+        if !p.retain {
+            let op = WriteOp {
+                table: table.clone(),
+                key,
+                kind: WriteKind::Message(p.payload.clone()),
+            };
+            return core.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
+        }
+        if p.payload.is_empty() {
+            let op = WriteOp {
+                table: table.clone(),
+                key,
+                kind: WriteKind::Delete,
+            };
+            return core.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
+        }
+        let mut body = p.payload.clone();
+        let rec = crate::body::decode(
+            Some("application/json"),
+            &mut body,
+            &mut simd_json::Buffers::default(),
+        )
+        .map_err(|_| 0x99u8)?; // payload format invalid
+        core.write_record(table, rec, pk, WriteMode::Replace)
+            .await
+            .map(|_| ())
+            .map_err(|_| 0x99)
+    }
+
+    async fn subscribe(&mut self, s: Subscribe) {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let qos = options.qos.min(QoS::AtLeastOnce);
+            // Subscribing again to a filter replaces the subscription.
+            if let Some(old) = self.filters.remove(filter) {
+                self.held
+                    .release(&self.core.router, self.conn, Some(old))
+                    .await;
+            }
+            match self.add_subscription(filter, qos, &mut retained).await {
+                Some(()) => codes.push(qos as u8),
+                None => codes.push(match self.version {
+                    Version::V311 => 0x80,
+                    Version::V5 => 0x8F,
+                }),
+            }
+        }
+        let _ = self
+            .outbox
+            .send(Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: Properties::default(),
+                codes,
+            }))
+            .await;
+        let mut next_id = 0x8000;
+        for (change, qos) in retained {
+            if let Some(p) = publish_for(&self.core, &change, qos, true, &mut next_id) {
+                let _ = self.outbox.send(p).await;
+            }
+        }
+    }
+
+    /// Registers one filter and collects the current records it covers. `None`: refused.
+    async fn add_subscription(
+        &mut self,
+        filter: &str,
+        qos: QoS,
+        retained: &mut Vec<(Change, QoS)>,
+    ) -> Option<()> {
+        let core = self.core.clone();
+        let (table, rest) = match filter.split_once('/') {
+            Some((t, r)) => (core.shared.tables.get(t)?.clone(), r.to_owned()),
+            None => return None,
+        };
+        self.next_sub += 1;
+        let sub = Subscriber {
+            core: core.router.core(),
+            conn: self.conn,
+            sub: self.next_sub,
+            qos,
+        };
+        let now_ms = now_micros() / 1000;
+        if !rest.contains(['+', '#']) {
+            let key = record_key(table.id, &id_value(&table, &rest)).ok()?;
+            let shard = core.router.shard_of(&key);
+            let owner = core.router.owner(shard);
+            let k = key.clone();
+            let current = core
+                .router
+                .on_core(owner, move |set| {
+                    realtime::add_exact(set, k.clone(), sub);
+                    set.store(shard).and_then(|s| s.get(&k).ok().flatten())
+                })
+                .await
+                .ok()?;
+            self.held.subs.insert(sub.sub, vec![owner]);
+            self.filters.insert(filter.to_owned(), sub.sub);
+            if let Some(stored) = current
+                && RecordRef::parse(&stored).is_some_and(|r| !r.is_expired(now_ms))
+            {
+                retained.push((
+                    Change {
+                        table: table.id,
+                        key,
+                        event: Event::Put(stored.to_vec()),
+                        version: 0,
+                    },
+                    qos,
+                ));
+            }
+            return Some(());
+        }
+        let pattern = Pattern(rest.split('/').map(str::to_owned).collect());
+        let cores: Vec<usize> = (0..core.router.cores()).collect();
+        for &c in &cores {
+            let (p, tid) = (pattern.clone(), table.id);
+            core.router
+                .on_core(c, move |set| realtime::add_pattern(set, tid, p, sub))
+                .await
+                .ok()?;
+        }
+        self.held.subs.insert(sub.sub, cores);
+        self.filters.insert(filter.to_owned(), sub.sub);
+        // The current records it covers, in primary-key order.
+        let plan = crate::query::plan(
+            &table,
+            "",
+            crate::query::parse("").ok()?,
+            Default::default(),
+        )
+        .ok()?;
+        let mut rows = crate::query::Merge::start(&core.router, plan.shard);
+        while let Ok(Some(row)) = rows.next().await {
+            let id = realtime::id_text(&row.key)?;
+            if pattern.matches(&id) {
+                retained.push((
+                    Change {
+                        table: table.id,
+                        key: row.key.to_vec(),
+                        event: Event::Put(row.stored.to_vec()),
+                        version: 0,
+                    },
+                    qos,
+                ));
+            }
+        }
+        Some(())
+    }
+
+    async fn unsubscribe(&mut self, u: Unsubscribe) {
+        for f in &u.filters {
+            if let Some(n) = self.filters.remove(f) {
+                self.held
+                    .release(&self.core.router, self.conn, Some(n))
+                    .await;
+            }
+        }
+        let codes = if self.version == Version::V5 {
+            vec![0; u.filters.len()]
+        } else {
+            Vec::new()
+        };
+        let _ = self
+            .outbox
+            .send(Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                codes,
+            }))
+            .await;
+    }
+}

@@ -1,0 +1,264 @@
+//! Subscriptions and the fan-out of committed changes (DESIGN.md, "Real-time").
+//!
+//! A subscription to one record lives on the core that owns the record's shard; a subscription to
+//! a whole table (or a wildcard inside it) lives on every core, for the shards each owns. Each
+//! shard's writer sends its committed changes to the owner core ([`follow`]), which finds the
+//! subscribers of each change and hands the changes to the subscribers' cores over the mesh,
+//! grouped per core. There, each connection has a bounded inbox; when it is full, changes are
+//! dropped for that connection and counted, so a slow subscriber never holds up its core or
+//! anyone else.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use tessera_protocol::mqtt::QoS;
+use tessera_shards::{Router, ShardSet};
+use tessera_storage::key;
+use tessera_storage::shard::Change;
+
+/// Changes waiting for one connection before further ones are dropped.
+pub const INBOX: usize = 1024;
+
+/// Who gets a change: a connection on a core, for one of its subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscriber {
+    pub core: usize,
+    pub conn: u64,
+    /// The connection's number for the subscription (to remove it).
+    pub sub: u32,
+    pub qos: QoS,
+}
+
+/// The record ids a table subscription covers: MQTT filter levels after the table's (`#`, `+`
+/// or literal levels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern(pub Vec<String>);
+
+impl Pattern {
+    /// Whether a record id (split at `/` like a topic) matches.
+    pub fn matches(&self, id: &str) -> bool {
+        let levels: Vec<&str> = id.split('/').collect();
+        let mut i = 0;
+        for (n, p) in self.0.iter().enumerate() {
+            match p.as_str() {
+                "#" => return n == self.0.len() - 1,
+                "+" => {
+                    if i >= levels.len() {
+                        return false;
+                    }
+                }
+                lit => {
+                    if levels.get(i) != Some(&lit) {
+                        return false;
+                    }
+                }
+            }
+            i += 1;
+        }
+        i == levels.len()
+    }
+}
+
+/// One change as delivered: shared by every local subscriber.
+pub type Delivery = (Arc<Change>, QoS);
+
+#[derive(Default)]
+struct Registry {
+    /// Subscriptions to single records of the shards this core owns, by record key.
+    exact: HashMap<Vec<u8>, Vec<Subscriber>>,
+    /// Table subscriptions, for the shards this core owns: table id, pattern, subscriber.
+    patterns: Vec<(u32, Pattern, Subscriber)>,
+    /// The inboxes of the connections on this core.
+    inboxes: HashMap<u64, LocalSender<Delivery>>,
+    /// Changes dropped because an inbox was full.
+    dropped: u64,
+}
+
+thread_local! {
+    static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
+    static NEXT_CONN: RefCell<u64> = const { RefCell::new(0) };
+}
+
+/// A new connection id, unique in the process (the core is in the top bits).
+pub fn new_conn(core: usize) -> u64 {
+    NEXT_CONN.with(|n| {
+        let mut n = n.borrow_mut();
+        *n += 1;
+        ((core as u64) << 48) | *n
+    })
+}
+
+/// Opens the inbox of a connection on this core.
+pub fn open_inbox(conn: u64) -> LocalReceiver<Delivery> {
+    let (tx, rx) = local_channel::new_bounded(INBOX);
+    REGISTRY.with(|r| r.borrow_mut().inboxes.insert(conn, tx));
+    rx
+}
+
+pub fn close_inbox(conn: u64) {
+    REGISTRY.with(|r| r.borrow_mut().inboxes.remove(&conn));
+}
+
+/// Adds a subscription to one record; runs on the owner core of the record's shard.
+pub fn add_exact(set: &ShardSet, key: Vec<u8>, s: Subscriber) {
+    REGISTRY.with(|r| r.borrow_mut().exact.entry(key).or_default().push(s));
+    set.watchers().fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds a table subscription for the shards of this core.
+pub fn add_pattern(set: &ShardSet, table: u32, pattern: Pattern, s: Subscriber) {
+    REGISTRY.with(|r| r.borrow_mut().patterns.push((table, pattern, s)));
+    set.watchers().fetch_add(1, Ordering::Relaxed);
+}
+
+/// Removes a connection's subscriptions held on this core (`sub`: only that one).
+pub fn remove(set: &ShardSet, conn: u64, sub: Option<u32>) {
+    let hit = |s: &Subscriber| s.conn == conn && sub.is_none_or(|n| n == s.sub);
+    let removed = REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        let mut removed = 0;
+        r.exact.retain(|_, subs| {
+            let before = subs.len();
+            subs.retain(|s| !hit(s));
+            removed += before - subs.len();
+            !subs.is_empty()
+        });
+        let before = r.patterns.len();
+        r.patterns.retain(|(_, _, s)| !hit(s));
+        removed + before - r.patterns.len()
+    });
+    set.watchers().fetch_sub(removed, Ordering::Relaxed);
+}
+
+/// The id of a record key as a topic level string (`42`, `zone/a`).
+pub fn id_text(record_key: &[u8]) -> Option<String> {
+    let (v, _) = key::decode(record_key.get(4..)?).ok()?;
+    Some(match v {
+        tessera_storage::Value::String(s) => s,
+        other => other.to_json(),
+    })
+}
+
+/// Delivers changes to connections on this core.
+fn deliver(items: Vec<(u64, Delivery)>) {
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        for (conn, d) in items {
+            let full = match r.inboxes.get(&conn) {
+                Some(tx) => tx.try_send(d).is_err(),
+                None => false,
+            };
+            if full {
+                r.dropped += 1;
+                if r.dropped % 1000 == 1 {
+                    eprintln!(
+                        "realtime: a subscriber's queue is full: {} changes dropped on this core so far",
+                        r.dropped
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// Follows the change feed of every shard this core owns, for as long as the process runs.
+pub fn follow(router: &Router) {
+    for shard in (0..router.shard_count()).filter(|s| router.owns(*s)) {
+        let Some(mut feed) = router.shard_set().take_feed(shard) else {
+            continue;
+        };
+        let router = router.clone();
+        glommio::spawn_local(async move {
+            while let Some(changes) = feed.next().await {
+                dispatch(&router, changes);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Finds each change's subscribers and sends the changes to their cores, grouped per core.
+fn dispatch(router: &Router, changes: Vec<Change>) {
+    let mut per_core: HashMap<usize, Vec<(u64, Delivery)>> = HashMap::new();
+    REGISTRY.with(|r| {
+        let r = r.borrow();
+        for change in changes {
+            let change = Arc::new(change);
+            let id = (!r.patterns.is_empty())
+                .then(|| id_text(&change.key))
+                .flatten();
+            let exact = r.exact.get(&change.key).into_iter().flatten();
+            let by_pattern = r.patterns.iter().filter_map(|(t, p, s)| {
+                (*t == change.table && id.as_deref().is_some_and(|id| p.matches(id))).then_some(s)
+            });
+            for s in exact.chain(by_pattern) {
+                per_core
+                    .entry(s.core)
+                    .or_default()
+                    .push((s.conn, (change.clone(), s.qos)));
+            }
+        }
+    });
+    for (core, items) in per_core {
+        if core == router.core() {
+            deliver(items);
+        } else {
+            let router = router.clone();
+            glommio::spawn_local(async move {
+                let _ = router.on_core(core, move |_| deliver(items)).await;
+            })
+            .detach();
+        }
+    }
+}
+
+/// The cores holding each subscription of a connection, so that they can be removed when it
+/// unsubscribes or goes.
+#[derive(Default)]
+pub struct Held {
+    pub subs: HashMap<u32, Vec<usize>>,
+}
+
+impl Held {
+    /// Removes every subscription of `conn` (or just `sub`) from the cores that hold them.
+    pub async fn release(&mut self, router: &Router, conn: u64, sub: Option<u32>) {
+        let cores: Vec<usize> = match sub {
+            Some(n) => self.subs.remove(&n).unwrap_or_default(),
+            None => {
+                let mut all: Vec<usize> = self.subs.drain().flat_map(|(_, c)| c).collect();
+                all.sort_unstable();
+                all.dedup();
+                all
+            }
+        };
+        for core in cores {
+            let _ = router
+                .on_core(core, move |set| remove(set, conn, sub))
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = |s: &str| Pattern(s.split('/').map(str::to_owned).collect());
+        assert!(p("#").matches("42"));
+        assert!(p("#").matches("zone/a/b"));
+        assert!(p("zone/#").matches("zone/a"));
+        assert!(!p("zone/#").matches("zonex/a"));
+        assert!(p("zone/+").matches("zone/a"));
+        assert!(!p("zone/+").matches("zone/a/b"));
+        assert!(p("+/q").matches("x/q"));
+        assert!(!p("+/q").matches("x/r"));
+        assert!(p("s1").matches("s1"));
+        assert!(!p("s1").matches("s2"));
+    }
+}
