@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real MQTT clients for the broker tests (Debian's mosquitto-clients).
+command -v mosquitto_sub >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+}
 # The strict OpenAPI validator the OpenAPI test runs (PyPI).
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+pub mod mqtt;
+
 pub const ADMIN: (&str, &str) = ("admin", "s3cret-pass");
 
 /// The path of the `tessera` binary under test.
@@ -55,6 +57,7 @@ impl App {
 pub struct Server {
     child: Child,
     pub port: u16,
+    pub mqtt_port: u16,
     pub root: PathBuf,
     output: Arc<Mutex<String>>,
 }
@@ -87,8 +90,15 @@ impl<'a> Start<'a> {
             .arg(self.root)
             .arg("--threads")
             .arg(self.threads.to_string());
-        c.args(["--http-port", "0", "--host", "127.0.0.1"])
-            .args(&self.extra);
+        c.args([
+            "--http-port",
+            "0",
+            "--mqtt-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(&self.extra);
         c.env_remove("TESSERA_ADMIN_USERNAME")
             .env_remove("TESSERA_ADMIN_PASSWORD");
         c.env_remove("HDB_ADMIN_USERNAME")
@@ -114,6 +124,7 @@ impl<'a> Start<'a> {
         let stderr = child.stderr.take().expect("stderr");
         let out2 = output.clone();
         std::thread::spawn(move || {
+            let mut http = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let port = line
                     .split("listening on ")
@@ -121,9 +132,14 @@ impl<'a> Start<'a> {
                     .and_then(|a| a.split_whitespace().next())
                     .and_then(|a| a.rsplit(':').next())
                     .and_then(|p| p.parse::<u16>().ok());
+                let is_mqtt = line.contains("MQTT listening");
                 out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
-                if let Some(port) = port {
-                    let _ = tx.send(port);
+                match (port, is_mqtt, http) {
+                    (Some(p), false, _) => http = Some(p),
+                    (Some(m), true, Some(h)) => {
+                        let _ = tx.send((h, m));
+                    }
+                    _ => {}
                 }
             }
         });
@@ -133,7 +149,7 @@ impl<'a> Start<'a> {
                 out3.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
             }
         });
-        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (port, mqtt_port) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(p) => p,
             Err(_) => {
                 let _ = child.kill();
@@ -146,6 +162,7 @@ impl<'a> Start<'a> {
         Server {
             child,
             port,
+            mqtt_port,
             root: self.root.to_owned(),
             output,
         }

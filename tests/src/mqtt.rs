@@ -1,0 +1,145 @@
+//! A small blocking MQTT client for the black-box tests, on Tessera's own codec (the tests that
+//! use real clients run mosquitto_pub/mosquitto_sub).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use tessera_protocol::mqtt::{
+    self, ConnAck, Connect, Options, Packet, Properties, Publish, QoS, Subscribe, Version,
+};
+
+pub struct MqttClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub version: Version,
+    next_id: u16,
+}
+
+impl MqttClient {
+    /// Connects and sends CONNECT; returns the client and the server's CONNACK (or `None` when
+    /// the server closed the connection instead).
+    pub fn connect(
+        port: u16,
+        version: Version,
+        client_id: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> (MqttClient, Option<ConnAck>) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to MQTT");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut c = MqttClient {
+            stream,
+            buf: Vec::new(),
+            version,
+            next_id: 0,
+        };
+        c.send(&Packet::Connect(Box::new(Connect {
+            version,
+            client_id: client_id.to_owned(),
+            clean_start: true,
+            keep_alive: 30,
+            username: credentials.map(|(u, _)| u.to_owned()),
+            password: credentials.map(|(_, p)| p.as_bytes().to_vec()),
+            will: None,
+            properties: Properties::default(),
+        })));
+        let ack = match c.recv(Duration::from_secs(10)) {
+            Some(Packet::ConnAck(a)) => Some(a),
+            _ => None,
+        };
+        (c, ack)
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let mut out = Vec::new();
+        mqtt::encode(p, self.version, &mut out);
+        self.stream.write_all(&out).expect("write");
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    fn id(&mut self) -> u16 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Subscribes and returns the SUBACK codes.
+    pub fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Vec<u8> {
+        let packet_id = self.id();
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id,
+            properties: Properties::default(),
+            filters: filters
+                .iter()
+                .map(|(f, q)| ((*f).to_owned(), Options::qos(*q)))
+                .collect(),
+        }));
+        match self.recv(Duration::from_secs(10)) {
+            Some(Packet::SubAck(s)) => s.codes,
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes; with QoS 1 waits for the PUBACK and returns its reason code.
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Option<u8> {
+        let packet_id = (qos != QoS::AtMostOnce).then(|| self.id());
+        self.send(&Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: topic.to_owned(),
+            packet_id,
+            properties: Properties::default(),
+            payload: payload.to_vec(),
+        }));
+        if qos == QoS::AtMostOnce {
+            return None;
+        }
+        match self.recv(Duration::from_secs(10)) {
+            Some(Packet::PubAck(a)) => Some(a.reason),
+            Some(Packet::PubRec(a)) => Some(a.reason),
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    /// The next packet within `wait`, or `None` (timeout or closed).
+    pub fn recv(&mut self, wait: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let state = Some(self.version);
+            if let Ok(Some((p, used))) = mqtt::decode(&self.buf, state, 1 << 24) {
+                self.buf.drain(..used);
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next PUBLISH within `wait` (other packets are skipped).
+    pub fn next_publish(&mut self, wait: Duration) -> Option<Publish> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(Packet::Publish(p)) = self.recv(deadline - Instant::now()) {
+                return Some(p);
+            }
+        }
+        None
+    }
+}

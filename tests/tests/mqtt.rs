@@ -1,0 +1,234 @@
+//! The MQTT broker through the real binary (HARPER.md section 9), with Tessera's test client for
+//! exact packet-level checks and with mosquitto_pub/mosquitto_sub (Debian's mosquitto-clients,
+//! installed by tests/run.sh) as independent real clients, both protocol versions.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tessera_protocol::mqtt::{Packet, QoS, Version};
+use tessera_tests::mqtt::MqttClient;
+use tessera_tests::{ADMIN, Server};
+
+const SCHEMA: &str = r#"
+type Sensor @table @export {
+  id: ID @primaryKey
+  temp: Float
+}
+type Secret @table {
+  id: ID @primaryKey
+}
+"#;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn json_of(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| panic!("not JSON: {payload:?}"))
+}
+
+fn client(s: &Server, v: Version, id: &str) -> MqttClient {
+    let (c, ack) = MqttClient::connect(s.mqtt_port, v, id, Some(ADMIN));
+    assert_eq!(ack.map(|a| a.code), Some(0), "CONNACK");
+    c
+}
+
+#[test]
+fn credentials_are_checked_per_version() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    for (v, bad, missing) in [(Version::V311, 0x04, 0x05), (Version::V5, 0x86, 0x87)] {
+        let (_c, ack) = MqttClient::connect(s.mqtt_port, v, "x", Some((ADMIN.0, "wrong")));
+        assert_eq!(ack.map(|a| a.code), Some(bad), "{v:?} bad password");
+        let (_c, ack) = MqttClient::connect(s.mqtt_port, v, "x", None);
+        assert_eq!(ack.map(|a| a.code), Some(missing), "{v:?} no credentials");
+        let (_c, ack) = MqttClient::connect(s.mqtt_port, v, "x", Some(ADMIN));
+        assert_eq!(ack.map(|a| a.code), Some(0), "{v:?} good credentials");
+    }
+}
+
+#[test]
+fn subscriptions_see_current_records_then_changes_in_order() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut rest = s.client();
+    assert_eq!(rest.put_json("/Sensor/s1", r#"{"temp":20}"#).status, 204);
+    for v in [Version::V311, Version::V5] {
+        let mut sub = client(&s, v, "sub");
+        assert_eq!(
+            sub.subscribe(&[("Sensor/s1", QoS::AtLeastOnce), ("Nope/x", QoS::AtMostOnce)]),
+            vec![1, if v == Version::V5 { 0x8F } else { 0x80 }]
+        );
+        // The current record first, with RETAIN set.
+        let p = sub.next_publish(WAIT).expect("current record");
+        assert!(p.retain);
+        assert_eq!(
+            (p.topic.as_str(), json_of(&p.payload)),
+            ("Sensor/s1", json!({"id":"s1","temp":20}))
+        );
+        // Then every change in write order: REST PUT, PATCH, an MQTT message, a delete.
+        assert_eq!(rest.put_json("/Sensor/s1", r#"{"temp":21}"#).status, 204);
+        assert_eq!(rest.patch_json("/Sensor/s1", r#"{"temp":22}"#).status, 204);
+        let mut publisher = client(&s, v, "pub");
+        assert_eq!(
+            publisher.publish("Sensor/s1", b"hello", QoS::AtLeastOnce, false),
+            Some(0)
+        );
+        assert_eq!(rest.delete("/Sensor/s1").status, 200);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let p = sub.next_publish(WAIT).expect("a change");
+            assert!(!p.retain);
+            got.push(String::from_utf8(p.payload).unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                r#"{"id":"s1","temp":21}"#,
+                r#"{"id":"s1","temp":22}"#,
+                "hello",
+                "null"
+            ]
+        );
+        // A retained publish is a PUT, visible over REST.
+        assert_eq!(
+            publisher.publish("Sensor/s1", br#"{"temp":20}"#, QoS::AtLeastOnce, true),
+            Some(0)
+        );
+        assert_eq!(rest.get("/Sensor/s1").json(), json!({"id":"s1","temp":20}));
+        let p = sub.next_publish(WAIT).unwrap();
+        assert_eq!(json_of(&p.payload), json!({"id":"s1","temp":20}));
+    }
+}
+
+#[test]
+fn table_and_wildcard_subscriptions() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut rest = s.client();
+    for id in ["a", "zone%2Fb", "zone%2Fc%2Fd"] {
+        assert_eq!(
+            rest.put_json(&format!("/Sensor/{id}"), r#"{"temp":1}"#)
+                .status,
+            204
+        );
+    }
+    let mut all = client(&s, Version::V5, "all");
+    assert_eq!(all.subscribe(&[("Sensor/#", QoS::AtMostOnce)]), vec![0]);
+    let mut topics: Vec<String> = (0..3)
+        .map(|_| all.next_publish(WAIT).expect("current").topic)
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["Sensor/a", "Sensor/zone/b", "Sensor/zone/c/d"]);
+    let mut one_level = client(&s, Version::V311, "plus");
+    assert_eq!(
+        one_level.subscribe(&[("Sensor/zone/+", QoS::AtMostOnce)]),
+        vec![0]
+    );
+    assert_eq!(one_level.next_publish(WAIT).unwrap().topic, "Sensor/zone/b");
+    assert!(one_level.next_publish(Duration::from_millis(300)).is_none());
+    // Changes anywhere in the table reach the table subscription; only matching ids the other.
+    assert_eq!(rest.put_json("/Sensor/x", r#"{"temp":2}"#).status, 204);
+    assert_eq!(
+        rest.put_json("/Sensor/zone%2Fe", r#"{"temp":3}"#).status,
+        204
+    );
+    assert_eq!(all.next_publish(WAIT).unwrap().topic, "Sensor/x");
+    assert_eq!(all.next_publish(WAIT).unwrap().topic, "Sensor/zone/e");
+    assert_eq!(one_level.next_publish(WAIT).unwrap().topic, "Sensor/zone/e");
+    // Unsubscribed: nothing more.
+    one_level.send(&Packet::Unsubscribe(tessera_protocol::mqtt::Unsubscribe {
+        packet_id: 9,
+        properties: Default::default(),
+        filters: vec!["Sensor/zone/+".into()],
+    }));
+    assert!(matches!(one_level.recv(WAIT), Some(Packet::UnsubAck(_))));
+    assert_eq!(
+        rest.put_json("/Sensor/zone%2Ff", r#"{"temp":4}"#).status,
+        204
+    );
+    assert_eq!(all.next_publish(WAIT).unwrap().topic, "Sensor/zone/f");
+    assert!(one_level.next_publish(Duration::from_millis(300)).is_none());
+    // Publishing to an unexported table is refused (MQTT 5 reason 0x90).
+    assert_eq!(
+        all.publish("Secret/x", b"{}", QoS::AtLeastOnce, true),
+        Some(0x90)
+    );
+}
+
+#[test]
+fn malformed_packets_close_only_their_connection() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut good = client(&s, Version::V5, "good");
+    assert_eq!(good.subscribe(&[("Sensor/#", QoS::AtMostOnce)]), vec![0]);
+    let mut bad = client(&s, Version::V5, "bad");
+    // PUBLISH with QoS 3: DISCONNECT "malformed packet", then the connection closes.
+    bad.send_raw(&[0x36, 0x05, 0, 1, b'a', 0, 1]);
+    match bad.recv(WAIT) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, 0x81),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(bad.recv(Duration::from_secs(2)).is_none(), "closed");
+    // A second CONNECT is a protocol error: the connection closes; others go on.
+    let mut early = client(&s, Version::V311, "early");
+    let (mut raw, _) = MqttClient::connect(s.mqtt_port, Version::V311, "x", Some(ADMIN));
+    raw.send_raw(&[0x10, 0x02, 0x00, 0x00]);
+    assert!(raw.recv(Duration::from_secs(2)).is_none());
+    early.send(&Packet::PingReq);
+    assert!(matches!(early.recv(WAIT), Some(Packet::PingResp)));
+    let mut rest = s.client();
+    assert_eq!(rest.put_json("/Sensor/q", r#"{"temp":9}"#).status, 204);
+    assert_eq!(good.next_publish(WAIT).unwrap().topic, "Sensor/q");
+}
+
+fn mosquitto_available() -> bool {
+    Command::new("mosquitto_sub")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+#[test]
+fn real_clients_mosquitto_pub_and_sub() {
+    assert!(
+        mosquitto_available(),
+        "mosquitto-clients is missing: tests/run.sh installs it"
+    );
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let port = s.mqtt_port.to_string();
+    for v in ["mqttv311", "mqttv5"] {
+        let sub = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", ADMIN.0, "-P", ADMIN.1])
+            .args(["-V", v, "-t", "Sensor/m1", "-v", "-C", "2", "-W", "10"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        std::thread::sleep(Duration::from_millis(500));
+        for (payload, retain) in [(r#"{"temp":5}"#, true), ("plain", false)] {
+            let mut c = Command::new("mosquitto_pub");
+            c.args(["-h", "127.0.0.1", "-p", &port, "-u", ADMIN.0, "-P", ADMIN.1])
+                .args(["-V", v, "-t", "Sensor/m1", "-q", "1", "-m", payload]);
+            if retain {
+                c.arg("-r");
+            }
+            assert!(c.status().unwrap().success(), "mosquitto_pub {v}");
+        }
+        let out = sub.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "Sensor/m1 {\"id\":\"m1\",\"temp\":5}\nSensor/m1 plain\n",
+            "{v}"
+        );
+        assert_eq!(
+            s.client().get("/Sensor/m1").json(),
+            json!({"id":"m1","temp":5})
+        );
+        assert_eq!(s.client().delete("/Sensor/m1").status, 200);
+        // Bad credentials: mosquitto_pub fails.
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-u", ADMIN.0, "-P", "nope"])
+            .args(["-V", v, "-t", "Sensor/m1", "-m", "x"])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "{v}: refused");
+    }
+}
