@@ -10,6 +10,7 @@ mod body;
 mod component;
 mod config;
 mod error;
+mod events;
 mod eviction;
 mod http;
 mod mqtt;

@@ -17,12 +17,12 @@ use tessera_protocol::mqtt::{
     self, Ack, ConnAck, Connect, Disconnect, Error as MqttError, Packet, Properties, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
-use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, record_key};
 use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 use tessera_storage::{Table, record::RecordRef};
 
-use crate::realtime::{self, Held, Pattern, Subscriber};
+use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
@@ -457,71 +457,14 @@ impl Session {
             sub: self.next_sub,
             qos,
         };
-        let now_ms = now_micros() / 1000;
-        if !rest.contains(['+', '#']) {
-            let key = record_key(table.id, &id_value(&table, &rest)).ok()?;
-            let shard = core.router.shard_of(&key);
-            let owner = core.router.owner(shard);
-            let k = key.clone();
-            let current = core
-                .router
-                .on_core(owner, move |set| {
-                    realtime::add_exact(set, k.clone(), sub);
-                    set.store(shard).and_then(|s| s.get(&k).ok().flatten())
-                })
-                .await
-                .ok()?;
-            self.held.subs.insert(sub.sub, vec![owner]);
-            self.filters.insert(filter.to_owned(), sub.sub);
-            if let Some(stored) = current
-                && RecordRef::parse(&stored).is_some_and(|r| !r.is_expired(now_ms))
-            {
-                retained.push((
-                    Change {
-                        table: table.id,
-                        key,
-                        event: Event::Put(stored.to_vec()),
-                        version: 0,
-                    },
-                    qos,
-                ));
-            }
-            return Some(());
-        }
-        let pattern = Pattern(rest.split('/').map(str::to_owned).collect());
-        let cores: Vec<usize> = (0..core.router.cores()).collect();
-        for &c in &cores {
-            let (p, tid) = (pattern.clone(), table.id);
-            core.router
-                .on_core(c, move |set| realtime::add_pattern(set, tid, p, sub))
-                .await
-                .ok()?;
-        }
-        self.held.subs.insert(sub.sub, cores);
+        let scope = if rest.contains(['+', '#']) {
+            Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
+        } else {
+            Scope::Record(rest)
+        };
+        let current = realtime::subscribe(&core.router, &table, scope, sub, &mut self.held).await?;
         self.filters.insert(filter.to_owned(), sub.sub);
-        // The current records it covers, in primary-key order.
-        let plan = crate::query::plan(
-            &table,
-            "",
-            crate::query::parse("").ok()?,
-            Default::default(),
-        )
-        .ok()?;
-        let mut rows = crate::query::Merge::start(&core.router, plan.shard);
-        while let Ok(Some(row)) = rows.next().await {
-            let id = realtime::id_text(&row.key)?;
-            if pattern.matches(&id) {
-                retained.push((
-                    Change {
-                        table: table.id,
-                        key: row.key.to_vec(),
-                        event: Event::Put(row.stored.to_vec()),
-                        version: 0,
-                    },
-                    qos,
-                ));
-            }
-        }
+        retained.extend(current.into_iter().map(|c| (c, qos)));
         Some(())
     }
 

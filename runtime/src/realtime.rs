@@ -17,8 +17,12 @@ use futures::StreamExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tessera_protocol::mqtt::QoS;
 use tessera_shards::{Router, ShardSet};
-use tessera_storage::key;
-use tessera_storage::shard::Change;
+use tessera_storage::record::RecordRef;
+use tessera_storage::shard::{Change, Event, now_micros, record_key};
+use tessera_storage::{Table, key};
+
+use crate::query::{self, Merge};
+use crate::rest::id_value;
 
 /// Changes waiting for one connection before further ones are dropped.
 pub const INBOX: usize = 1024;
@@ -214,6 +218,75 @@ fn dispatch(router: &Router, changes: Vec<Change>) {
             .detach();
         }
     }
+}
+
+/// What a subscription covers.
+pub enum Scope {
+    /// One record, by its id as written in a path or topic.
+    Record(String),
+    /// Records of the table whose ids match.
+    Pattern(Pattern),
+}
+
+/// Registers `sub` for `scope` in `table` where changes to it are dispatched (the owner core of
+/// a record's shard, or every core for a pattern), records that in `held`, and returns the
+/// current records it covers (in primary-key order). `None` when the id cannot be a key.
+pub async fn subscribe(
+    router: &Router,
+    table: &Arc<Table>,
+    scope: Scope,
+    sub: Subscriber,
+    held: &mut Held,
+) -> Option<Vec<Change>> {
+    let now_ms = now_micros() / 1000;
+    let live = |stored: &[u8]| RecordRef::parse(stored).is_some_and(|r| !r.is_expired(now_ms));
+    let pattern = match scope {
+        Scope::Record(id) => {
+            let key = record_key(table.id, &id_value(table, &id)).ok()?;
+            let shard = router.shard_of(&key);
+            let owner = router.owner(shard);
+            let k = key.clone();
+            let current = router
+                .on_core(owner, move |set| {
+                    add_exact(set, k.clone(), sub);
+                    set.store(shard).and_then(|s| s.get(&k).ok().flatten())
+                })
+                .await
+                .ok()?;
+            held.subs.insert(sub.sub, vec![owner]);
+            let current = current.filter(|s| live(s)).map(|stored| Change {
+                table: table.id,
+                key,
+                event: Event::Put(stored.to_vec()),
+                version: 0,
+            });
+            return Some(current.into_iter().collect());
+        }
+        Scope::Pattern(p) => p,
+    };
+    let cores: Vec<usize> = (0..router.cores()).collect();
+    for &c in &cores {
+        let (p, tid) = (pattern.clone(), table.id);
+        router
+            .on_core(c, move |set| add_pattern(set, tid, p, sub))
+            .await
+            .ok()?;
+    }
+    held.subs.insert(sub.sub, cores);
+    let plan = query::plan(table, "", query::parse("").ok()?, Default::default()).ok()?;
+    let mut rows = Merge::start(router, plan.shard);
+    let mut current = Vec::new();
+    while let Ok(Some(row)) = rows.next().await {
+        if id_text(&row.key).is_some_and(|id| pattern.matches(&id)) {
+            current.push(Change {
+                table: table.id,
+                key: row.key.to_vec(),
+                event: Event::Put(row.stored.to_vec()),
+                version: 0,
+            });
+        }
+    }
+    Some(current)
 }
 
 /// The cores holding each subscription of a connection, so that they can be removed when it

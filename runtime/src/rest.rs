@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use glommio::net::TcpStream;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -21,7 +21,7 @@ use tessera_protocol::query::{Field, Select};
 use tessera_protocol::rest::{PathKind, parse_target};
 use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
-use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::shard::{Change, WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Scalar, Table, Value};
 
@@ -31,10 +31,12 @@ use crate::auth::{Authenticator, User};
 use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
+use crate::events;
 use crate::http::{FLUSH_AT, flush};
 use crate::openapi;
 use crate::output::{self, Rows, encode_value};
 use crate::query::{self, Merge};
+use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::related;
 
 /// Response types this build can produce.
@@ -150,17 +152,27 @@ impl Reply<'_> {
     /// Sends one chunk of a chunked body, writing to the connection once enough is waiting.
     /// Fails when the client is gone.
     async fn chunk(&mut self, data: &[u8]) -> Result<(), RestError> {
-        if self.head_only || data.is_empty() {
-            return Ok(());
-        }
-        let _ = write!(self.out, "{:x}\r\n", data.len());
-        self.out.extend_from_slice(data);
-        self.out.extend_from_slice(b"\r\n");
+        self.frame(data);
         if self.out.len() >= FLUSH_AT && !flush(self.conn, self.out).await {
             self.keep_alive = false;
             return Err(RestError::Unavailable("the client went away".into()));
         }
         Ok(())
+    }
+
+    /// Appends one chunk without flushing (a streamed response's frame).
+    fn frame(&mut self, data: &[u8]) {
+        if self.head_only || data.is_empty() {
+            return;
+        }
+        let _ = write!(self.out, "{:x}\r\n", data.len());
+        self.out.extend_from_slice(data);
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Writes what is waiting to the connection. `false` when the client is gone.
+    async fn flush(&mut self) -> bool {
+        flush(self.conn, self.out).await
     }
 
     /// Ends a chunked body.
@@ -301,7 +313,17 @@ impl Core {
             reply.send(204, None, &[("Allow", ALLOW_ALL)], b"");
             return Ok(());
         }
-        self.authenticate(req, from_loopback).await?;
+        let event_stream = req.method == Method::Get
+            && req.accept.is_some_and(|a| a.trim() == "text/event-stream");
+        if let Err(e) = self.authenticate(req, from_loopback).await {
+            if event_stream {
+                // SSE clients get the error as an event (HARPER.md section 11).
+                let ct = ("Content-Type", &b"text/event-stream"[..]);
+                reply.send(401, None, &[ct], b"data: AccessViolation: Must login\n\n");
+                return Ok(());
+            }
+            return Err(e);
+        }
         if target.resource == "openapi"
             && target.path == PathKind::Table
             && !self.shared.tables.contains_key("openapi")
@@ -320,6 +342,16 @@ impl Core {
             .tables
             .get(target.resource.as_ref())
             .ok_or(RestError::NoSuchResource)?;
+        if event_stream {
+            let scope = match target.path {
+                PathKind::Record(id) => Scope::Record(id),
+                PathKind::Collection(p) if p.is_empty() => {
+                    Scope::Pattern(Pattern(vec!["#".to_owned()]))
+                }
+                _ => return Err(RestError::MethodNotAllowed(ALLOW_RECORD)),
+            };
+            return self.event_stream(table, scope, reply).await;
+        }
         *fmt = match target.format {
             Some(f) if OFFERED.contains(&f) => f,
             Some(_) => return Err(RestError::NotAcceptable),
@@ -450,6 +482,70 @@ impl Core {
         let parsed = query::parse(query)?;
         let joins = related::joins(&self.ctx(), table, parsed.filter.as_ref()).await?;
         query::plan(table, prefix, parsed, joins)
+    }
+
+    /// Server-Sent Events (HARPER.md section 11): the current record(s), then every change, one
+    /// `data:` line each. The head waits for the first event; a comment every 15 s notices a
+    /// client that has gone. The connection ends with the stream.
+    async fn event_stream(
+        &self,
+        table: &Arc<Table>,
+        scope: Scope,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), RestError> {
+        reply.keep_alive = false;
+        let core = self.router.core();
+        let conn = realtime::new_conn(core);
+        let inbox = realtime::open_inbox(conn);
+        let mut held = Held::default();
+        let sub = Subscriber {
+            core,
+            conn,
+            sub: 1,
+            qos: tessera_protocol::mqtt::QoS::AtMostOnce,
+        };
+        let result = async {
+            let current = realtime::subscribe(&self.router, table, scope, sub, &mut held)
+                .await
+                .ok_or(RestError::NoSuchRecord)?;
+            let mut started = false;
+            let mut buf = Vec::new();
+            let mut send = |reply: &mut Reply<'_>, change: &Change, started: &mut bool| {
+                if !*started {
+                    reply.start_chunked(MediaType::EventStream);
+                    *started = true;
+                }
+                buf.clear();
+                buf.extend_from_slice(b"data: ");
+                if let Some(e) = events::envelope_json(change) {
+                    buf.extend_from_slice(&e);
+                }
+                buf.extend_from_slice(b"\n\n");
+                reply.frame(&buf);
+            };
+            for c in &current {
+                send(reply, c, &mut started);
+            }
+            loop {
+                if started && !reply.flush().await {
+                    return Ok(());
+                }
+                match glommio::timer::timeout(Duration::from_secs(15), async {
+                    Ok(inbox.recv().await)
+                })
+                .await
+                {
+                    Ok(Some((change, _))) => send(reply, &change, &mut started),
+                    Ok(None) => return Ok(()),
+                    Err(_) if started => reply.frame(b":\n\n"),
+                    Err(_) => {}
+                }
+            }
+        }
+        .await;
+        held.release(&self.router, conn, None).await;
+        realtime::close_inbox(conn);
+        result
     }
 
     /// Appends one result row, fetching related records when the selection asks for them.
