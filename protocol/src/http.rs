@@ -94,6 +94,10 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
     pub if_none_match: Option<&'a [u8]>,
     pub host: Option<&'a str>,
+    /// `Sec-WebSocket-Key` of a WebSocket upgrade (`Upgrade: websocket`), else `None`.
+    pub websocket_key: Option<&'a str>,
+    /// `Sec-WebSocket-Protocol`: the subprotocols the client offers.
+    pub websocket_protocol: Option<&'a str>,
 }
 
 fn header_str(v: &[u8]) -> Option<&str> {
@@ -182,7 +186,10 @@ pub fn parse_request(head: &[u8]) -> Result<Request<'_>, FramingError> {
         authorization: None,
         if_none_match: None,
         host: None,
+        websocket_key: None,
+        websocket_protocol: None,
     };
+    let mut upgrade = false;
     for h in req.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("content-type") {
@@ -195,6 +202,12 @@ pub fn parse_request(head: &[u8]) -> Result<Request<'_>, FramingError> {
             r.if_none_match = Some(h.value);
         } else if n.eq_ignore_ascii_case("host") {
             r.host = header_str(h.value);
+        } else if n.eq_ignore_ascii_case("upgrade") {
+            upgrade = has_token(h.value, "websocket");
+        } else if n.eq_ignore_ascii_case("sec-websocket-key") {
+            r.websocket_key = header_str(h.value);
+        } else if n.eq_ignore_ascii_case("sec-websocket-protocol") {
+            r.websocket_protocol = header_str(h.value);
         } else if n.eq_ignore_ascii_case("connection") {
             if has_token(h.value, "close") {
                 r.keep_alive = false;
@@ -202,6 +215,9 @@ pub fn parse_request(head: &[u8]) -> Result<Request<'_>, FramingError> {
                 r.keep_alive = true;
             }
         }
+    }
+    if !upgrade {
+        r.websocket_key = None;
     }
     Ok(r)
 }

@@ -31,13 +31,13 @@ use crate::auth::{Authenticator, User};
 use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
-use crate::events;
 use crate::http::{FLUSH_AT, flush};
 use crate::openapi;
 use crate::output::{self, Rows, encode_value};
 use crate::query::{self, Merge};
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::related;
+use crate::{events, websocket};
 
 /// Response types this build can produce.
 const OFFERED: &[MediaType] = &[
@@ -272,7 +272,7 @@ impl Core {
         reply.keep_alive
     }
 
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         req: &Request<'_>,
         from_loopback: bool,
@@ -311,6 +311,11 @@ impl Core {
         let target = parse_target(req.target).map_err(|e| RestError::BadRequest(e.to_string()))?;
         if req.method == Method::Options {
             reply.send(204, None, &[("Allow", ALLOW_ALL)], b"");
+            return Ok(());
+        }
+        if req.websocket_key.is_some() && req.method == Method::Get {
+            websocket::serve(self, req, target, from_loopback, reply.conn, reply.out).await;
+            reply.keep_alive = false;
             return Ok(());
         }
         let event_stream = req.method == Method::Get
