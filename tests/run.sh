@@ -11,6 +11,9 @@ command -v mosquitto_sub >/dev/null || {
 # The strict OpenAPI validator the OpenAPI test runs (PyPI).
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'
+# paho-mqtt, a real MQTT client for the broker tests (PyPI).
+python3 -c 'import paho.mqtt' 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check 'paho-mqtt>=2,<3'
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -88,8 +88,8 @@ impl Input {
 }
 
 /// What the reader knows about its connection.
-struct Session {
-    core: Rc<Core>,
+struct Session<'c> {
+    core: &'c Core,
     conn: u64,
     version: Version,
     outbox: Rc<LocalSender<Packet>>,
@@ -101,7 +101,17 @@ struct Session {
 
 async fn connection(core: Rc<Core>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (rd, wr) = futures_lite::io::split(stream);
+    session(&core, rd, wr).await;
+}
+
+/// One MQTT connection over any byte transport (TCP, or WebSocket binary frames): CONNECT, then
+/// the reader, the writer and the deliverer run together until the connection ends.
+pub async fn session<R, W>(core: &Core, mut rd: R, mut wr: W)
+where
+    R: futures_lite::AsyncRead + Unpin,
+    W: futures_lite::AsyncWrite + Unpin,
+{
     let mut input = Input {
         buf: Vec::with_capacity(1024),
         start: 0,
@@ -120,7 +130,7 @@ async fn connection(core: Rc<Core>, stream: TcpStream) {
         _ => return,
     };
     let version = connect.version;
-    if let Err(code) = check_credentials(&core, &connect).await {
+    if let Err(code) = check_credentials(core, &connect).await {
         let mut out = Vec::new();
         mqtt::encode(
             &Packet::ConnAck(ConnAck {
@@ -153,8 +163,9 @@ async fn connection(core: Rc<Core>, stream: TcpStream) {
     }
     let _ = out_tx.send(Packet::ConnAck(connack)).await;
 
-    // The writer: the only task that writes to the socket.
-    let writer = glommio::spawn_local(async move {
+    // The writer: the only one that writes to the transport. It ends when every sender of the
+    // outbox is gone.
+    let writer = async move {
         let mut buf = Vec::with_capacity(4096);
         while let Some(p) = out_rx.recv().await {
             buf.clear();
@@ -166,104 +177,106 @@ async fn connection(core: Rc<Core>, stream: TcpStream) {
                     _ => break,
                 }
             }
-            if wr.write_all(&buf).await.is_err() {
+            if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
         }
         let _ = wr.close().await;
-    });
+    };
 
-    // The deliverer: changes for this connection's subscriptions become PUBLISH packets.
+    // The deliverer: changes for this connection's subscriptions become PUBLISH packets. It
+    // ends when the inbox closes.
     let inbox = realtime::open_inbox(conn);
     let deliverer = {
-        let (core, out) = (core.clone(), out_tx.clone());
-        glommio::spawn_local(async move {
+        let out = out_tx.clone();
+        async move {
             let mut next_id: u16 = 0;
             while let Some((change, qos)) = inbox.recv().await {
-                let Some(p) = publish_for(&core, &change, qos, false, &mut next_id) else {
+                let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
                     continue;
                 };
                 if out.send(p).await.is_err() {
                     break;
                 }
             }
-        })
+        }
     };
 
-    let mut session = Session {
-        core: core.clone(),
-        conn,
-        version,
-        outbox: out_tx.clone(),
-        held: Held::default(),
-        next_sub: 0,
-        filters: std::collections::HashMap::new(),
-    };
-    let keep_alive = match connect.keep_alive {
-        0 => Duration::from_secs(24 * 3600),
-        s => Duration::from_millis(u64::from(s) * 1500),
-    };
-    let mut clean_end = false;
-    loop {
-        let next = glommio::timer::timeout(keep_alive, async {
-            Ok(input.next(&mut rd, Some(version)).await)
-        })
-        .await;
-        let packet = match next {
-            Ok(Some(Ok(p))) => p,
-            Ok(Some(Err(e))) => {
-                if version == Version::V5 {
-                    let d = Disconnect {
-                        reason: e.reason_code(),
-                        properties: Properties::default(),
-                    };
-                    let _ = session.outbox.send(Packet::Disconnect(d)).await;
+    let reader = async move {
+        let mut session = Session {
+            core,
+            conn,
+            version,
+            outbox: out_tx,
+            held: Held::default(),
+            next_sub: 0,
+            filters: std::collections::HashMap::new(),
+        };
+        let keep_alive = match connect.keep_alive {
+            0 => Duration::from_secs(24 * 3600),
+            s => Duration::from_millis(u64::from(s) * 1500),
+        };
+        let mut clean_end = false;
+        loop {
+            let next = glommio::timer::timeout(keep_alive, async {
+                Ok(input.next(&mut rd, Some(version)).await)
+            })
+            .await;
+            let packet = match next {
+                Ok(Some(Ok(p))) => p,
+                Ok(Some(Err(e))) => {
+                    if version == Version::V5 {
+                        let d = Disconnect {
+                            reason: e.reason_code(),
+                            properties: Properties::default(),
+                        };
+                        let _ = session.outbox.send(Packet::Disconnect(d)).await;
+                    }
+                    break;
                 }
-                break;
+                // EOF, or silence longer than one and a half keep-alive periods.
+                _ => break,
+            };
+            match packet {
+                Packet::Publish(p) => session.publish(p).await,
+                Packet::PubRel(a) => {
+                    let _ = session
+                        .outbox
+                        .send(Packet::PubComp(Ack::new(a.packet_id)))
+                        .await;
+                }
+                Packet::Subscribe(s) => session.subscribe(s).await,
+                Packet::Unsubscribe(u) => session.unsubscribe(u).await,
+                Packet::PingReq => {
+                    let _ = session.outbox.send(Packet::PingResp).await;
+                }
+                Packet::Disconnect(_) => {
+                    clean_end = true;
+                    break;
+                }
+                // Acknowledgements of what we delivered need no action (no redelivery yet).
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+                _ => break,
             }
-            // EOF, or silence longer than one and a half keep-alive periods.
-            _ => break,
-        };
-        match packet {
-            Packet::Publish(p) => session.publish(p).await,
-            Packet::PubRel(a) => {
-                let _ = session
-                    .outbox
-                    .send(Packet::PubComp(Ack::new(a.packet_id)))
-                    .await;
-            }
-            Packet::Subscribe(s) => session.subscribe(s).await,
-            Packet::Unsubscribe(u) => session.unsubscribe(u).await,
-            Packet::PingReq => {
-                let _ = session.outbox.send(Packet::PingResp).await;
-            }
-            Packet::Disconnect(_) => {
-                clean_end = true;
-                break;
-            }
-            // Acknowledgements of what we delivered need no action (no redelivery yet).
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
-            _ => break,
         }
-    }
-    if !clean_end && let Some(will) = &connect.will {
-        let p = Publish {
-            dup: false,
-            qos: will.qos,
-            retain: will.retain,
-            topic: will.topic.clone(),
-            packet_id: None,
-            properties: Properties::default(),
-            payload: will.payload.clone(),
-        };
-        let _ = session.apply_publish(&p).await;
-    }
-    session.held.release(&core.router, conn, None).await;
-    realtime::close_inbox(conn);
-    drop(session);
-    drop(out_tx);
-    deliverer.cancel().await;
-    writer.await;
+        if !clean_end && let Some(will) = &connect.will {
+            let p = Publish {
+                dup: false,
+                qos: will.qos,
+                retain: will.retain,
+                topic: will.topic.clone(),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: will.payload.clone(),
+            };
+            let _ = session.apply_publish(&p).await;
+        }
+        session.held.release(&core.router, conn, None).await;
+        // Closing the inbox ends the deliverer; dropping the session's outbox then ends the
+        // writer.
+        realtime::close_inbox(conn);
+    };
+    futures::join!(reader, writer, deliverer);
 }
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
@@ -339,7 +352,7 @@ fn publish_for(
     }))
 }
 
-impl Session {
+impl Session<'_> {
     /// PUBLISH from the client: RETAIN=1 writes the record (empty payload: deletes it), RETAIN=0
     /// is a message to the record's subscribers. Acknowledged once the write has committed.
     async fn publish(&mut self, p: Publish) {
@@ -369,7 +382,7 @@ impl Session {
 
     /// Carries out a publish (also a will). The error is an MQTT 5 reason code.
     async fn apply_publish(&self, p: &Publish) -> Result<(), u8> {
-        let core = &self.core;
+        let core = self.core;
         // 0x90: topic name invalid (not an exported table).
         let (table, id) = resolve(core, &p.topic).ok_or(0x90u8)?;
         let pk = id_value(table, &id);
@@ -432,7 +445,7 @@ impl Session {
             .await;
         let mut next_id = 0x8000;
         for (change, qos) in retained {
-            if let Some(p) = publish_for(&self.core, &change, qos, true, &mut next_id) {
+            if let Some(p) = publish_for(self.core, &change, qos, true, &mut next_id) {
                 let _ = self.outbox.send(p).await;
             }
         }
@@ -445,7 +458,7 @@ impl Session {
         qos: QoS,
         retained: &mut Vec<(Change, QoS)>,
     ) -> Option<()> {
-        let core = self.core.clone();
+        let core = self.core;
         let (table, rest) = match filter.split_once('/') {
             Some((t, r)) => (core.shared.tables.get(t)?.clone(), r.to_owned()),
             None => return None,

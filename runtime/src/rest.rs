@@ -313,8 +313,17 @@ impl Core {
             reply.send(204, None, &[("Allow", ALLOW_ALL)], b"");
             return Ok(());
         }
-        if req.websocket_key.is_some() && req.method == Method::Get {
-            websocket::serve(self, req, target, from_loopback, reply.conn, reply.out).await;
+        if let Some(key) = req.websocket_key
+            && req.method == Method::Get
+        {
+            let mqtt = req
+                .websocket_protocol
+                .is_some_and(|p| p.split(',').any(|t| t.trim() == "mqtt"));
+            if mqtt {
+                websocket::serve_mqtt(self, reply.conn, reply.out, key).await;
+            } else {
+                websocket::serve(self, req, target, from_loopback, reply.conn, reply.out).await;
+            }
             reply.keep_alive = false;
             return Ok(());
         }
