@@ -21,6 +21,7 @@ mod realtime;
 mod related;
 mod rest;
 mod server;
+mod sessions;
 mod websocket;
 
 use clap::Parser;

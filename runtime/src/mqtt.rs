@@ -24,6 +24,7 @@ use tessera_storage::{Table, record::RecordRef};
 
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
+use crate::sessions;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
 const MAX_PACKET: usize = 1 << 20;
@@ -96,7 +97,7 @@ struct Session<'c> {
     held: Held,
     next_sub: u32,
     /// The subscription number of each subscribed filter.
-    filters: std::collections::HashMap<String, u32>,
+    filters: std::collections::HashMap<String, (u32, QoS)>,
 }
 
 async fn connection(core: Rc<Core>, stream: TcpStream) {
@@ -145,10 +146,22 @@ where
         return;
     }
     let conn = realtime::new_conn(core.router.core());
+    let client_id = match connect.client_id.as_str() {
+        "" => format!("tessera-{conn:x}"),
+        id => id.to_owned(),
+    };
+    // MQTT 3.1.1: clean session 0 keeps the session; MQTT 5: clean start 0 resumes one, and a
+    // session expiry above 0 keeps it after the connection.
+    let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
+    let keep = match version {
+        Version::V311 => !connect.clean_start,
+        Version::V5 => expiry > 0,
+    };
+    let (mut taken_over, resumed) = sessions::claim(&client_id, conn, !connect.clean_start).await;
     let (out_tx, out_rx) = local_channel::new_bounded::<Packet>(OUTBOX);
     let out_tx = Rc::new(out_tx);
     let mut connack = ConnAck {
-        session_present: false,
+        session_present: resumed.is_some(),
         code: 0,
         properties: Properties::default(),
     };
@@ -158,7 +171,7 @@ where
         connack.properties.retain_available = Some(1);
         connack.properties.shared_subscription_available = Some(0);
         if connect.client_id.is_empty() {
-            connack.properties.assigned_client_identifier = Some(format!("tessera-{conn:x}"));
+            connack.properties.assigned_client_identifier = Some(client_id.clone());
         }
     }
     let _ = out_tx.send(Packet::ConnAck(connack)).await;
@@ -185,18 +198,26 @@ where
     };
 
     // The deliverer: changes for this connection's subscriptions become PUBLISH packets. It
-    // ends when the inbox closes.
+    // ends when the inbox closes, or hands the inbox back when the session is to be parked.
     let inbox = realtime::open_inbox(conn);
+    let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
     let deliverer = {
         let out = out_tx.clone();
         async move {
             let mut next_id: u16 = 0;
-            while let Some((change, qos)) = inbox.recv().await {
-                let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
-                    continue;
-                };
-                if out.send(p).await.is_err() {
-                    break;
+            let mut park_rx = park_rx.fuse();
+            loop {
+                futures::select_biased! {
+                    _ = park_rx => return Some(inbox),
+                    d = inbox.recv().fuse() => {
+                        let (change, qos) = d?;
+                        let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
+                            continue;
+                        };
+                        if out.send(p).await.is_err() {
+                            return None;
+                        }
+                    }
                 }
             }
         }
@@ -212,16 +233,33 @@ where
             next_sub: 0,
             filters: std::collections::HashMap::new(),
         };
+        if let Some(r) = resumed {
+            session.resume(r).await;
+        }
         let keep_alive = match connect.keep_alive {
             0 => Duration::from_secs(24 * 3600),
             s => Duration::from_millis(u64::from(s) * 1500),
         };
         let mut clean_end = false;
         loop {
-            let next = glommio::timer::timeout(keep_alive, async {
+            let read = glommio::timer::timeout(keep_alive, async {
                 Ok(input.next(&mut rd, Some(version)).await)
-            })
-            .await;
+            });
+            let next = match futures::future::select(Box::pin(read), &mut taken_over).await {
+                futures::future::Either::Left((next, _)) => next,
+                futures::future::Either::Right(_) => {
+                    // Another connection took the client id over.
+                    if version == Version::V5 {
+                        let d = Disconnect {
+                            reason: 0x8E,
+                            properties: Properties::default(),
+                        };
+                        let _ = session.outbox.send(Packet::Disconnect(d)).await;
+                    }
+                    clean_end = true;
+                    break;
+                }
+            };
             let packet = match next {
                 Ok(Some(Ok(p))) => p,
                 Ok(Some(Err(e))) => {
@@ -271,12 +309,84 @@ where
             };
             let _ = session.apply_publish(&p).await;
         }
-        session.held.release(&core.router, conn, None).await;
-        // Closing the inbox ends the deliverer; dropping the session's outbox then ends the
-        // writer.
-        realtime::close_inbox(conn);
+        // Parking keeps the inbox (the deliverer hands it back); otherwise closing it ends the
+        // deliverer. Dropping the session's outbox then ends the writer.
+        if keep {
+            let _ = park_tx.send(());
+        } else {
+            realtime::close_inbox(conn);
+        }
+        let filters = session
+            .filters
+            .iter()
+            .map(|(f, (_, q))| (f.clone(), *q))
+            .collect();
+        (std::mem::take(&mut session.held), filters)
     };
-    futures::join!(reader, writer, deliverer);
+    let ((mut held, filters), (), parked_inbox) = futures::join!(reader, writer, deliverer);
+    match parked_inbox {
+        Some(inbox) if keep => {
+            let asked = sessions::park(&client_id, conn, filters);
+            let expiry = (version == Version::V5 && expiry != u32::MAX)
+                .then(|| Duration::from_secs(u64::from(expiry)));
+            let router = core.router.clone();
+            glommio::spawn_local(park(router, client_id, conn, inbox, held, asked, expiry))
+                .detach();
+        }
+        _ => {
+            held.release(&core.router, conn, None).await;
+            realtime::close_inbox(conn);
+            sessions::release(&client_id, conn);
+        }
+    }
+}
+
+/// Holds a parked session on the core it ended on: keeps its subscriptions registered and
+/// queues its QoS 1 deliveries until a new connection takes them, or the session expires.
+async fn park(
+    router: tessera_shards::Router,
+    client_id: String,
+    conn: u64,
+    inbox: glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
+    mut held: Held,
+    asked: futures::channel::oneshot::Receiver<
+        futures::channel::oneshot::Sender<std::collections::VecDeque<realtime::Delivery>>,
+    >,
+    expiry: Option<Duration>,
+) {
+    let mut queue = std::collections::VecDeque::new();
+    let mut asked = asked.fuse();
+    let expired = async {
+        match expiry {
+            Some(d) => glommio::timer::sleep(d).await,
+            None => futures::future::pending::<()>().await,
+        }
+    }
+    .fuse();
+    futures::pin_mut!(expired);
+    loop {
+        futures::select_biased! {
+            reply = asked => {
+                held.release(&router, conn, None).await;
+                realtime::close_inbox(conn);
+                if let Ok(reply) = reply {
+                    let _ = reply.send(queue);
+                }
+                return;
+            }
+            d = inbox.recv().fuse() => match d {
+                Some(d) if d.1 != QoS::AtMostOnce => sessions::push_bounded(&mut queue, d),
+                Some(_) => {}
+                None => return,
+            },
+            () = expired => {
+                held.release(&router, conn, None).await;
+                realtime::close_inbox(conn);
+                sessions::expire(&client_id);
+                return;
+            }
+        }
+    }
 }
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
@@ -422,7 +532,7 @@ impl Session<'_> {
         for (filter, options) in &s.filters {
             let qos = options.qos.min(QoS::AtLeastOnce);
             // Subscribing again to a filter replaces the subscription.
-            if let Some(old) = self.filters.remove(filter) {
+            if let Some((old, _)) = self.filters.remove(filter) {
                 self.held
                     .release(&self.core.router, self.conn, Some(old))
                     .await;
@@ -476,14 +586,29 @@ impl Session<'_> {
             Scope::Record(rest)
         };
         let current = realtime::subscribe(&core.router, &table, scope, sub, &mut self.held).await?;
-        self.filters.insert(filter.to_owned(), sub.sub);
+        self.filters.insert(filter.to_owned(), (sub.sub, qos));
         retained.extend(current.into_iter().map(|c| (c, qos)));
         Some(())
     }
 
+    /// Picks up a parked session: its filters are subscribed again (without the current
+    /// records), then the changes queued while the client was away are sent.
+    async fn resume(&mut self, r: sessions::Resumed) {
+        for (filter, qos) in r.filters {
+            let mut ignored = Vec::new();
+            let _ = self.add_subscription(&filter, qos, &mut ignored).await;
+        }
+        let mut next_id = 0x4000;
+        for (change, qos) in r.queued {
+            if let Some(p) = publish_for(self.core, &change, qos, false, &mut next_id) {
+                let _ = self.outbox.send(p).await;
+            }
+        }
+    }
+
     async fn unsubscribe(&mut self, u: Unsubscribe) {
         for f in &u.filters {
-            if let Some(n) = self.filters.remove(f) {
+            if let Some((n, _)) = self.filters.remove(f) {
                 self.held
                     .release(&self.core.router, self.conn, Some(n))
                     .await;

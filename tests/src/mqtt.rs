@@ -25,6 +25,24 @@ impl MqttClient {
         client_id: &str,
         credentials: Option<(&str, &str)>,
     ) -> (MqttClient, Option<ConnAck>) {
+        Self::connect_with(
+            port,
+            Connect {
+                version,
+                client_id: client_id.to_owned(),
+                clean_start: true,
+                keep_alive: 30,
+                username: credentials.map(|(u, _)| u.to_owned()),
+                password: credentials.map(|(_, p)| p.as_bytes().to_vec()),
+                will: None,
+                properties: Properties::default(),
+            },
+        )
+    }
+
+    /// Connects with a CONNECT of the caller's making.
+    pub fn connect_with(port: u16, connect: Connect) -> (MqttClient, Option<ConnAck>) {
+        let version = connect.version;
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to MQTT");
         stream
             .set_read_timeout(Some(Duration::from_millis(200)))
@@ -35,16 +53,7 @@ impl MqttClient {
             version,
             next_id: 0,
         };
-        c.send(&Packet::Connect(Box::new(Connect {
-            version,
-            client_id: client_id.to_owned(),
-            clean_start: true,
-            keep_alive: 30,
-            username: credentials.map(|(u, _)| u.to_owned()),
-            password: credentials.map(|(_, p)| p.as_bytes().to_vec()),
-            will: None,
-            properties: Properties::default(),
-        })));
+        c.send(&Packet::Connect(Box::new(connect)));
         let ack = match c.recv(Duration::from_secs(10)) {
             Some(Packet::ConnAck(a)) => Some(a),
             _ => None,

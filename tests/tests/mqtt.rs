@@ -232,3 +232,97 @@ fn real_clients_mosquitto_pub_and_sub() {
         assert!(!st.success(), "{v}: refused");
     }
 }
+
+fn connect_session(
+    s: &Server,
+    v: Version,
+    id: &str,
+    clean: bool,
+    will: Option<tessera_protocol::mqtt::Will>,
+) -> (MqttClient, tessera_protocol::mqtt::ConnAck) {
+    let mut properties = tessera_protocol::mqtt::Properties::default();
+    if v == Version::V5 && !clean {
+        properties.session_expiry_interval = Some(3600);
+    }
+    let (c, ack) = MqttClient::connect_with(
+        s.mqtt_port,
+        tessera_protocol::mqtt::Connect {
+            version: v,
+            client_id: id.to_owned(),
+            clean_start: clean,
+            keep_alive: 30,
+            username: Some(ADMIN.0.to_owned()),
+            password: Some(ADMIN.1.as_bytes().to_vec()),
+            will,
+            properties,
+        },
+    );
+    (c, ack.expect("CONNACK"))
+}
+
+#[test]
+fn persistent_sessions_queue_qos1_changes_while_offline() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut rest = s.client();
+    for v in [Version::V311, Version::V5] {
+        let id = format!("durable-{v:?}");
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(!ack.session_present);
+        assert_eq!(c.subscribe(&[("Sensor/d1", QoS::AtLeastOnce)]), vec![1]);
+        c.send(&Packet::Disconnect(Default::default()));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(rest.put_json("/Sensor/d1", r#"{"temp":1}"#).status, 204);
+        assert_eq!(rest.put_json("/Sensor/d1", r#"{"temp":2}"#).status, 204);
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(ack.session_present, "{v:?}: session present");
+        for want in [1, 2] {
+            let p = c.next_publish(WAIT).expect("a queued change");
+            assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+        }
+        // Still subscribed after resuming.
+        assert_eq!(rest.put_json("/Sensor/d1", r#"{"temp":3}"#).status, 204);
+        assert_eq!(
+            json_of(&c.next_publish(WAIT).unwrap().payload)["temp"],
+            json!(3)
+        );
+        // A clean connection discards the session.
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let (_c, ack) = connect_session(&s, v, &id, true, None);
+        assert!(!ack.session_present);
+        assert_eq!(rest.delete("/Sensor/d1").status, 200);
+    }
+}
+
+#[test]
+fn client_id_takeover_and_will_messages() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let (mut first, _) = connect_session(&s, Version::V5, "same", true, None);
+    let (mut second, ack) = connect_session(&s, Version::V5, "same", true, None);
+    assert_eq!(ack.code, 0);
+    match first.recv(WAIT) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason, 0x8E, "session taken over"),
+        other => panic!("expected DISCONNECT 0x8E, got {other:?}"),
+    }
+    second.send(&Packet::PingReq);
+    assert!(matches!(second.recv(WAIT), Some(Packet::PingResp)));
+    // A will is published when a connection ends without DISCONNECT, not after one.
+    let mut watcher = client(&s, Version::V311, "watcher");
+    assert_eq!(watcher.subscribe(&[("Sensor/w", QoS::AtMostOnce)]), vec![0]);
+    let will = |payload: &[u8]| tessera_protocol::mqtt::Will {
+        topic: "Sensor/w".into(),
+        payload: payload.to_vec(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    let (mut polite, _) = connect_session(&s, Version::V311, "polite", true, Some(will(b"bye")));
+    polite.send(&Packet::Disconnect(Default::default()));
+    drop(polite);
+    let (abrupt, _) = connect_session(&s, Version::V311, "abrupt", true, Some(will(b"gone")));
+    drop(abrupt);
+    let p = watcher.next_publish(WAIT).expect("the will");
+    assert_eq!(p.payload, b"gone");
+    assert!(watcher.next_publish(Duration::from_millis(300)).is_none());
+}
