@@ -11,7 +11,7 @@ use std::sync::{Arc, mpsc};
 use futures::channel::mpsc::UnboundedSender;
 use futures::channel::oneshot;
 use tessera_storage::shard::{
-    Change, Clock, Durability, ShardStore, StoreError, WriteOp, WriteOutcome,
+    Change, Clock, Durability, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
 };
 
 /// Most writes committed in one group.
@@ -88,13 +88,22 @@ fn run(
         } else {
             writes += ops.len() as u64;
             groups += 1;
+            // A group of messages only (non-retained publishes) stores nothing: no fsync.
+            let stores = ops
+                .iter()
+                .any(|op| !matches!(op.kind, WriteKind::Message(_)));
             store
                 .apply(
                     std::mem::take(&mut ops),
                     &mut clock,
                     watched.then_some(&mut changes),
                 )
-                .and_then(|outcomes| store.persist(durability).map(|()| outcomes))
+                .and_then(|outcomes| {
+                    if stores {
+                        store.persist(durability)?;
+                    }
+                    Ok(outcomes)
+                })
         };
         match result {
             Ok(outcomes) => {
