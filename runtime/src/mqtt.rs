@@ -31,7 +31,22 @@ const MAX_PACKET: usize = 1 << 20;
 /// Time a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets waiting to be written before the reader waits for the writer.
-const OUTBOX: usize = 256;
+const OUTBOX: usize = 64;
+
+/// Where the reader and the deliverer queue packets for the writer: encoded on the way in, so
+/// the queue holds compact frames (an idle connection keeps little memory).
+struct Outbox {
+    tx: LocalSender<Vec<u8>>,
+    version: Version,
+}
+
+impl Outbox {
+    async fn send(&self, p: Packet) -> Result<(), ()> {
+        let mut frame = Vec::with_capacity(64);
+        mqtt::encode(&p, self.version, &mut frame);
+        self.tx.send(frame).await.map_err(|_| ())
+    }
+}
 
 /// Accepts MQTT connections forever.
 pub async fn serve(listener: TcpListener, core: Rc<Core>) {
@@ -69,6 +84,9 @@ impl Input {
                     if self.start == self.buf.len() {
                         self.buf.clear();
                         self.start = 0;
+                        if self.buf.capacity() > 64 * 1024 {
+                            self.buf = Vec::new();
+                        }
                     }
                     return Some(Ok(p));
                 }
@@ -79,10 +97,14 @@ impl Input {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
-            let mut chunk = [0u8; 8192];
-            match rd.read(&mut chunk).await {
+            // Read straight into the buffer's tail; an idle connection keeps one small buffer.
+            let len = self.buf.len();
+            let room = if len == 0 { 1024 } else { len.max(4096) };
+            self.buf.resize(len + room, 0);
+            let read = rd.read(&mut self.buf[len..]).await;
+            match read {
                 Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.buf.truncate(len + n),
             }
         }
     }
@@ -93,7 +115,7 @@ struct Session<'c> {
     core: &'c Core,
     conn: u64,
     version: Version,
-    outbox: Rc<LocalSender<Packet>>,
+    outbox: Rc<Outbox>,
     held: Held,
     next_sub: u32,
     /// The subscription number of each subscribed filter.
@@ -158,8 +180,11 @@ where
         Version::V5 => expiry > 0,
     };
     let (mut taken_over, resumed) = sessions::claim(&client_id, conn, !connect.clean_start).await;
-    let (out_tx, out_rx) = local_channel::new_bounded::<Packet>(OUTBOX);
-    let out_tx = Rc::new(out_tx);
+    let (out_tx, out_rx) = local_channel::new_bounded::<Vec<u8>>(OUTBOX);
+    let out_tx = Rc::new(Outbox {
+        tx: out_tx,
+        version,
+    });
     let mut connack = ConnAck {
         session_present: resumed.is_some(),
         code: 0,
@@ -179,19 +204,22 @@ where
     // The writer: the only one that writes to the transport. It ends when every sender of the
     // outbox is gone.
     let writer = async move {
-        let mut buf = Vec::with_capacity(4096);
-        while let Some(p) = out_rx.recv().await {
+        let mut buf = Vec::new();
+        while let Some(frame) = out_rx.recv().await {
             buf.clear();
-            mqtt::encode(&p, version, &mut buf);
+            buf.extend_from_slice(&frame);
             // Write whatever else is queued with it.
             while buf.len() < 64 * 1024 {
                 match out_rx.recv().now_or_never() {
-                    Some(Some(p)) => mqtt::encode(&p, version, &mut buf),
+                    Some(Some(f)) => buf.extend_from_slice(&f),
                     _ => break,
                 }
             }
             if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                 break;
+            }
+            if buf.capacity() > 64 * 1024 {
+                buf = Vec::new();
             }
         }
         let _ = wr.close().await;

@@ -25,7 +25,7 @@ use crate::query::{self, Merge};
 use crate::rest::id_value;
 
 /// Changes waiting for one connection before further ones are dropped.
-pub const INBOX: usize = 1024;
+pub const INBOX: usize = 256;
 
 /// Who gets a change: a connection on a core, for one of its subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +96,10 @@ pub fn new_conn(core: usize) -> u64 {
     })
 }
 
-/// Opens the inbox of a connection on this core.
+/// Opens the inbox of a connection on this core. Unbounded as a channel (so an idle
+/// connection holds no preallocated queue); [`deliver`] enforces [`INBOX`].
 pub fn open_inbox(conn: u64) -> LocalReceiver<Delivery> {
-    let (tx, rx) = local_channel::new_bounded(INBOX);
+    let (tx, rx) = local_channel::new_unbounded();
     REGISTRY.with(|r| r.borrow_mut().inboxes.insert(conn, tx));
     rx
 }
@@ -153,6 +154,7 @@ fn deliver(items: Vec<(u64, Delivery)>) {
         let mut r = r.borrow_mut();
         for (conn, d) in items {
             let full = match r.inboxes.get(&conn) {
+                Some(tx) if tx.len() >= INBOX => true,
                 Some(tx) => tx.try_send(d).is_err(),
                 None => false,
             };
