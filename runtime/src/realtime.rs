@@ -25,7 +25,7 @@ use crate::query::{self, Merge};
 use crate::rest::id_value;
 
 /// Changes waiting for one connection before further ones are dropped.
-pub const INBOX: usize = 256;
+pub const INBOX: usize = 1024;
 
 /// Who gets a change: a connection on a core, for one of its subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
