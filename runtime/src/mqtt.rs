@@ -28,6 +28,8 @@ use crate::sessions;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
 const MAX_PACKET: usize = 1 << 20;
+/// Topic aliases a client may set (announced in CONNACK).
+const TOPIC_ALIAS_MAXIMUM: u16 = 64;
 /// Time a new connection has to send CONNECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Packets waiting to be written before the reader waits for the writer.
@@ -38,12 +40,17 @@ const OUTBOX: usize = 64;
 struct Outbox {
     tx: LocalSender<Vec<u8>>,
     version: Version,
+    /// The client's MQTT 5 maximum packet size: larger packets are not sent to it.
+    max: usize,
 }
 
 impl Outbox {
     async fn send(&self, p: Packet) -> Result<(), ()> {
         let mut frame = Vec::with_capacity(64);
         mqtt::encode(&p, self.version, &mut frame);
+        if frame.len() > self.max {
+            return Ok(());
+        }
         self.tx.send(frame).await.map_err(|_| ())
     }
 }
@@ -120,6 +127,8 @@ struct Session<'c> {
     next_sub: u32,
     /// The subscription number of each subscribed filter.
     filters: std::collections::HashMap<String, (u32, QoS)>,
+    /// MQTT 5 topic aliases the client has set (alias -> topic).
+    aliases: std::collections::HashMap<u16, String>,
 }
 
 async fn connection(core: Rc<Core>, stream: TcpStream) {
@@ -184,6 +193,10 @@ where
     let out_tx = Rc::new(Outbox {
         tx: out_tx,
         version,
+        max: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
     });
     let mut connack = ConnAck {
         session_present: resumed.is_some(),
@@ -195,6 +208,7 @@ where
         connack.properties.maximum_qos = Some(1);
         connack.properties.retain_available = Some(1);
         connack.properties.shared_subscription_available = Some(0);
+        connack.properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         if connect.client_id.is_empty() {
             connack.properties.assigned_client_identifier = Some(client_id.clone());
         }
@@ -260,6 +274,7 @@ where
             held: Held::default(),
             next_sub: 0,
             filters: std::collections::HashMap::new(),
+            aliases: std::collections::HashMap::new(),
         };
         if let Some(r) = resumed {
             session.resume(r).await;
@@ -493,8 +508,27 @@ fn publish_for(
 impl Session<'_> {
     /// PUBLISH from the client: RETAIN=1 writes the record (empty payload: deletes it), RETAIN=0
     /// is a message to the record's subscribers. Acknowledged once the write has committed.
-    async fn publish(&mut self, p: Publish) {
-        let result = self.apply_publish(&p).await;
+    async fn publish(&mut self, mut p: Publish) {
+        // MQTT 5 topic aliases: a topic with an alias sets it; an empty topic uses it.
+        let aliased = match p.properties.topic_alias {
+            Some(alias) if alias > TOPIC_ALIAS_MAXIMUM => Err(0x94),
+            Some(alias) if p.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(t) => {
+                    p.topic = t.clone();
+                    Ok(())
+                }
+                None => Err(0x82),
+            },
+            Some(alias) => {
+                self.aliases.insert(alias, p.topic.clone());
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let result = match aliased {
+            Ok(()) => self.apply_publish(&p).await,
+            Err(code) => Err(code),
+        };
         let reason = match result {
             Ok(()) => 0,
             Err(code) => code,

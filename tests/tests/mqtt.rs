@@ -326,3 +326,62 @@ fn client_id_takeover_and_will_messages() {
     assert_eq!(p.payload, b"gone");
     assert!(watcher.next_publish(Duration::from_millis(300)).is_none());
 }
+
+#[test]
+fn mqtt5_topic_aliases_and_maximum_packet_size() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut sub = client(&s, Version::V5, "alias-sub");
+    assert_eq!(sub.subscribe(&[("Sensor/a1", QoS::AtMostOnce)]), vec![0]);
+    let mut publisher = client(&s, Version::V5, "alias-pub");
+    let publish = |c: &mut MqttClient, topic: &str, alias: u16, payload: &[u8]| {
+        let mut properties = tessera_protocol::mqtt::Properties::default();
+        properties.topic_alias = Some(alias);
+        c.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: Some(alias),
+            properties,
+            payload: payload.to_vec(),
+        }));
+        match c.recv(WAIT) {
+            Some(Packet::PubAck(a)) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    assert_eq!(publish(&mut publisher, "Sensor/a1", 3, b"first"), 0);
+    assert_eq!(publish(&mut publisher, "", 3, b"second"), 0);
+    assert_eq!(publish(&mut publisher, "", 4, b"unset"), 0x82);
+    assert_eq!(publish(&mut publisher, "Sensor/a1", 1000, b"over"), 0x94);
+    for want in [&b"first"[..], b"second"] {
+        let p = sub.next_publish(WAIT).unwrap();
+        assert_eq!(
+            (p.topic.as_str(), p.payload.as_slice()),
+            ("Sensor/a1", want)
+        );
+    }
+    assert!(sub.next_publish(Duration::from_millis(300)).is_none());
+
+    // A client's maximum packet size: larger packets are not sent to it.
+    let mut properties = tessera_protocol::mqtt::Properties::default();
+    properties.maximum_packet_size = Some(64);
+    let (mut small, ack) = MqttClient::connect_with(
+        s.mqtt_port,
+        tessera_protocol::mqtt::Connect {
+            version: Version::V5,
+            client_id: "small".into(),
+            clean_start: true,
+            keep_alive: 30,
+            username: Some(ADMIN.0.into()),
+            password: Some(ADMIN.1.as_bytes().to_vec()),
+            will: None,
+            properties,
+        },
+    );
+    assert_eq!(ack.map(|a| a.code), Some(0));
+    assert_eq!(small.subscribe(&[("Sensor/a1", QoS::AtMostOnce)]), vec![0]);
+    assert_eq!(publish(&mut publisher, "Sensor/a1", 5, &[b'x'; 200]), 0);
+    assert_eq!(publish(&mut publisher, "Sensor/a1", 5, b"fits"), 0);
+    assert_eq!(small.next_publish(WAIT).unwrap().payload, b"fits");
+}
