@@ -334,8 +334,10 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
     assert_eq!(sub.subscribe(&[("Sensor/a1", QoS::AtMostOnce)]), vec![0]);
     let mut publisher = client(&s, Version::V5, "alias-pub");
     let publish = |c: &mut MqttClient, topic: &str, alias: u16, payload: &[u8]| {
-        let mut properties = tessera_protocol::mqtt::Properties::default();
-        properties.topic_alias = Some(alias);
+        let properties = tessera_protocol::mqtt::Properties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        };
         c.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
@@ -364,8 +366,10 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
     assert!(sub.next_publish(Duration::from_millis(300)).is_none());
 
     // A client's maximum packet size: larger packets are not sent to it.
-    let mut properties = tessera_protocol::mqtt::Properties::default();
-    properties.maximum_packet_size = Some(64);
+    let properties = tessera_protocol::mqtt::Properties {
+        maximum_packet_size: Some(64),
+        ..Default::default()
+    };
     let (mut small, ack) = MqttClient::connect_with(
         s.mqtt_port,
         tessera_protocol::mqtt::Connect {
