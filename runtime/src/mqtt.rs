@@ -48,6 +48,11 @@ impl Outbox {
     async fn send(&self, p: Packet) -> Result<(), ()> {
         let mut frame = Vec::with_capacity(64);
         mqtt::encode(&p, self.version, &mut frame);
+        self.send_frame(frame).await
+    }
+
+    /// Queues an encoded packet.
+    async fn send_frame(&self, frame: Vec<u8>) -> Result<(), ()> {
         if frame.len() > self.max {
             return Ok(());
         }
@@ -253,10 +258,27 @@ where
                     _ = park_rx => return Some(inbox),
                     d = inbox.recv().fuse() => {
                         let (change, qos) = d?;
-                        let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
-                            continue;
+                        let sent = if qos == QoS::AtMostOnce {
+                            // The same bytes for every QoS 0 subscriber: encoded once.
+                            let slot = usize::from(version == Version::V5);
+                            let frame = change.frames[slot].get_or_init(|| {
+                                let p = publish_for(core, &change, qos, false, &mut 0)?;
+                                let mut f = Vec::with_capacity(128);
+                                mqtt::encode(&p, version, &mut f);
+                                Some(f)
+                            });
+                            match frame {
+                                Some(f) => out.send_frame(f.clone()).await,
+                                None => continue,
+                            }
+                        } else {
+                            let Some(p) = publish_for(core, &change, qos, false, &mut next_id)
+                            else {
+                                continue;
+                            };
+                            out.send(p).await
                         };
-                        if out.send(p).await.is_err() {
+                        if sent.is_err() {
                             return None;
                         }
                     }

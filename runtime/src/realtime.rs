@@ -67,8 +67,23 @@ impl Pattern {
     }
 }
 
-/// One change as delivered: shared by every local subscriber.
-pub type Delivery = (Arc<Change>, QoS);
+/// A change on its way to subscribers, shared by all of them (on every core), with its QoS 0
+/// MQTT PUBLISH frame encoded once per protocol version by the first subscriber that needs it.
+pub struct Fanned {
+    pub change: Change,
+    /// The QoS 0 PUBLISH for MQTT 3.1.1 and for MQTT 5 (`None`: the change has no topic).
+    pub frames: [std::sync::OnceLock<Option<Vec<u8>>>; 2],
+}
+
+impl std::ops::Deref for Fanned {
+    type Target = Change;
+    fn deref(&self) -> &Change {
+        &self.change
+    }
+}
+
+/// One change as delivered to one subscriber.
+pub type Delivery = (Arc<Fanned>, QoS);
 
 #[derive(Default)]
 struct Registry {
@@ -193,7 +208,10 @@ fn dispatch(router: &Router, changes: Vec<Change>) {
     REGISTRY.with(|r| {
         let r = r.borrow();
         for change in changes {
-            let change = Arc::new(change);
+            let change = Arc::new(Fanned {
+                change,
+                frames: Default::default(),
+            });
             let id = (!r.patterns.is_empty())
                 .then(|| id_text(&change.key))
                 .flatten();
