@@ -248,8 +248,17 @@ where
     // ends when the inbox closes, or hands the inbox back when the session is to be parked.
     let inbox = realtime::open_inbox(conn);
     let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
+    // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1
+    // deliveries unacknowledged. While the client lags, its inbox fills and then drops.
+    let receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
+    let inflight = Rc::new(glommio::sync::Semaphore::new(u64::from(receive_maximum)));
+    // The packet ids of those deliveries, so that other acknowledgements free nothing.
+    let unacked = Rc::new(std::cell::RefCell::new(
+        std::collections::HashSet::<u16>::new(),
+    ));
     let deliverer = {
         let out = out_tx.clone();
+        let (inflight, unacked) = (inflight.clone(), unacked.clone());
         async move {
             let mut next_id: u16 = 0;
             let mut park_rx = park_rx.fuse();
@@ -276,6 +285,12 @@ where
                             else {
                                 continue;
                             };
+                            if inflight.acquire(1).await.is_err() {
+                                return None;
+                            }
+                            if let Packet::Publish(Publish { packet_id: Some(id), .. }) = &p {
+                                unacked.borrow_mut().insert(*id);
+                            }
                             out.send(p).await
                         };
                         if sent.is_err() {
@@ -358,7 +373,18 @@ where
                     break;
                 }
                 // Acknowledgements of what we delivered need no action (no redelivery yet).
-                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+                // A delivery acknowledged: room for the next one (no redelivery yet).
+                Packet::PubAck(Ack { packet_id, .. }) | Packet::PubComp(Ack { packet_id, .. }) => {
+                    if unacked.borrow_mut().remove(&packet_id) {
+                        inflight.signal(1);
+                    }
+                }
+                Packet::PubRec(a) => {
+                    let _ = session
+                        .outbox
+                        .send(Packet::PubRel(Ack::new(a.packet_id)))
+                        .await;
+                }
                 _ => break,
             }
         }

@@ -389,3 +389,53 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
     assert_eq!(publish(&mut publisher, "Sensor/a1", 5, b"fits"), 0);
     assert_eq!(small.next_publish(WAIT).unwrap().payload, b"fits");
 }
+
+#[test]
+fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let properties = tessera_protocol::mqtt::Properties {
+        receive_maximum: Some(2),
+        ..Default::default()
+    };
+    let (mut slow, ack) = MqttClient::connect_with(
+        s.mqtt_port,
+        tessera_protocol::mqtt::Connect {
+            version: Version::V5,
+            client_id: "slow".into(),
+            clean_start: true,
+            keep_alive: 30,
+            username: Some(ADMIN.0.into()),
+            password: Some(ADMIN.1.as_bytes().to_vec()),
+            will: None,
+            properties,
+        },
+    );
+    assert_eq!(ack.map(|a| a.code), Some(0));
+    assert_eq!(slow.subscribe(&[("Sensor/f", QoS::AtLeastOnce)]), vec![1]);
+    let mut publisher = client(&s, Version::V5, "fast");
+    for i in 0..4 {
+        let body = format!("m{i}");
+        assert_eq!(
+            publisher.publish("Sensor/f", body.as_bytes(), QoS::AtLeastOnce, false),
+            Some(0)
+        );
+    }
+    // Two unacknowledged deliveries at most...
+    let first = slow.next_publish(WAIT).unwrap();
+    let second = slow.next_publish(WAIT).unwrap();
+    assert_eq!(
+        (first.payload.as_slice(), second.payload.as_slice()),
+        (&b"m0"[..], &b"m1"[..])
+    );
+    assert!(slow.next_publish(Duration::from_millis(400)).is_none());
+    // ...and one more for each acknowledgement.
+    slow.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+        first.packet_id.unwrap(),
+    )));
+    assert_eq!(slow.next_publish(WAIT).unwrap().payload, b"m2");
+    assert!(slow.next_publish(Duration::from_millis(400)).is_none());
+    slow.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+        second.packet_id.unwrap(),
+    )));
+    assert_eq!(slow.next_publish(WAIT).unwrap().payload, b"m3");
+}
