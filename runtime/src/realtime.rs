@@ -9,7 +9,7 @@
 //! anyone else.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -23,6 +23,102 @@ use tessera_storage::{Table, key};
 
 use crate::query::{self, Merge};
 use crate::rest::id_value;
+
+/// Recent changes each shard keeps for subscriptions that start in the past.
+pub const AUDIT: usize = 10_000;
+
+/// Where a subscription starts in the past (the Resource API's `previousCount` and `startTime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// The last N changes.
+    Count(usize),
+    /// Changes at or after this time (ms since the epoch).
+    Time(u64),
+}
+
+/// `previousCount=N` or `startTime=MS` in a query string (WebSocket and SSE subscriptions).
+pub fn since_of(query: Option<&str>) -> Option<Since> {
+    for pair in query?.split('&') {
+        match pair.split_once('=') {
+            Some(("previousCount", n)) => return n.parse().ok().map(Since::Count),
+            Some(("startTime", t)) => return t.parse::<f64>().ok().map(|t| Since::Time(t as u64)),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The current records (or, with `since`, the logged changes) a new subscription starts with.
+pub async fn starting_point(
+    router: &Router,
+    table: &Table,
+    scope: &Scope,
+    since: Option<Since>,
+    current: Vec<Change>,
+) -> Vec<Change> {
+    match since {
+        None => current,
+        Some(since) => history(router, table, scope, since)
+            .await
+            .iter()
+            .map(|f| f.change.clone())
+            .collect(),
+    }
+}
+
+/// The logged changes of `table` that `scope` covers, from `since` on, in commit order: from the
+/// owner core of a record's shard, or from every core for a pattern.
+pub async fn history(
+    router: &Router,
+    table: &Table,
+    scope: &Scope,
+    since: Since,
+) -> Vec<Arc<Fanned>> {
+    let (cores, key, pattern): (Vec<usize>, Option<Vec<u8>>, Option<Pattern>) = match scope {
+        Scope::Record(id) => {
+            let Ok(key) = record_key(table.id, &id_value(table, id)) else {
+                return Vec::new();
+            };
+            (vec![router.owner(router.shard_of(&key))], Some(key), None)
+        }
+        Scope::Pattern(p) => ((0..router.cores()).collect(), None, Some(p.clone())),
+    };
+    let mut found = Vec::new();
+    for core in cores {
+        let (key, pattern, tid) = (key.clone(), pattern.clone(), table.id);
+        let part = router
+            .on_core(core, move |_| {
+                REGISTRY.with(|r| {
+                    let r = r.borrow();
+                    r.audit
+                        .values()
+                        .flatten()
+                        .filter(|c| c.table == tid)
+                        .filter(|c| key.as_ref().is_none_or(|k| *k == c.key))
+                        .filter(|c| {
+                            pattern
+                                .as_ref()
+                                .is_none_or(|p| id_text(&c.key).is_some_and(|id| p.matches(&id)))
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+        found.extend(part.unwrap_or_default());
+    }
+    found.sort_by_key(|c| c.version);
+    match since {
+        Since::Count(n) => {
+            let skip = found.len().saturating_sub(n);
+            found.split_off(skip)
+        }
+        Since::Time(ms) => found
+            .into_iter()
+            .filter(|c| c.version / 1000 >= ms)
+            .collect(),
+    }
+}
 
 /// Changes waiting for one connection before further ones are dropped.
 pub const INBOX: usize = 1024;
@@ -95,6 +191,8 @@ struct Registry {
     inboxes: HashMap<u64, LocalSender<Delivery>>,
     /// Changes dropped because an inbox was full.
     dropped: u64,
+    /// The audit log of each shard this core owns: its most recent changes, oldest first.
+    audit: HashMap<usize, VecDeque<Arc<Fanned>>>,
 }
 
 thread_local! {
@@ -195,7 +293,7 @@ pub fn follow(router: &Router) {
         let router = router.clone();
         glommio::spawn_local(async move {
             while let Some(changes) = feed.next().await {
-                dispatch(&router, changes);
+                dispatch(&router, shard, changes);
             }
         })
         .detach();
@@ -203,15 +301,20 @@ pub fn follow(router: &Router) {
 }
 
 /// Finds each change's subscribers and sends the changes to their cores, grouped per core.
-fn dispatch(router: &Router, changes: Vec<Change>) {
+fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
     let mut per_core: HashMap<usize, Vec<(u64, Delivery)>> = HashMap::new();
     REGISTRY.with(|r| {
-        let r = r.borrow();
+        let mut r = r.borrow_mut();
         for change in changes {
             let change = Arc::new(Fanned {
                 change,
                 frames: Default::default(),
             });
+            let log = r.audit.entry(shard).or_default();
+            if log.len() == AUDIT {
+                log.pop_front();
+            }
+            log.push_back(change.clone());
             let id = (!r.patterns.is_empty())
                 .then(|| id_text(&change.key))
                 .flatten();
@@ -241,6 +344,7 @@ fn dispatch(router: &Router, changes: Vec<Change>) {
 }
 
 /// What a subscription covers.
+#[derive(Debug, Clone)]
 pub enum Scope {
     /// One record, by its id as written in a path or topic.
     Record(String),

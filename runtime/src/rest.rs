@@ -364,7 +364,8 @@ impl Core {
                 }
                 _ => return Err(RestError::MethodNotAllowed(ALLOW_RECORD)),
             };
-            return self.event_stream(table, scope, reply).await;
+            let since = realtime::since_of(target.query);
+            return self.event_stream(table, scope, since, reply).await;
         }
         *fmt = match target.format {
             Some(f) if OFFERED.contains(&f) => f,
@@ -505,6 +506,7 @@ impl Core {
         &self,
         table: &Arc<Table>,
         scope: Scope,
+        since: Option<realtime::Since>,
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
         reply.keep_alive = false;
@@ -519,9 +521,11 @@ impl Core {
             qos: tessera_protocol::mqtt::QoS::AtMostOnce,
         };
         let result = async {
-            let current = realtime::subscribe(&self.router, table, scope, sub, &mut held)
+            let current = realtime::subscribe(&self.router, table, scope.clone(), sub, &mut held)
                 .await
                 .ok_or(RestError::NoSuchRecord)?;
+            let current =
+                realtime::starting_point(&self.router, table, &scope, since, current).await;
             let mut started = false;
             let mut buf = Vec::new();
             let mut send = |reply: &mut Reply<'_>, change: &Change, started: &mut bool| {

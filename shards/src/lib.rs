@@ -76,7 +76,8 @@ impl ShardSet {
                 s.map_err(|e| std::io::Error::other(format!("shard {i}: {e}")))?,
             ));
         }
-        let watchers = Arc::new(AtomicUsize::new(0));
+        // The audit log (kept by each owner core from the change feed) always watches.
+        let watchers = Arc::new(AtomicUsize::new(1));
         let mut writers = Vec::with_capacity(count);
         let mut feeds = Vec::with_capacity(count);
         for (i, store) in stores.iter().enumerate() {
@@ -105,7 +106,8 @@ impl ShardSet {
         self.feeds.get(shard)?.lock().ok()?.take()
     }
 
-    /// The number of live subscriptions; writers record changes while it is above zero.
+    /// The number of live subscriptions, plus one for the audit log; writers record changes
+    /// while it is above zero.
     pub fn watchers(&self) -> &AtomicUsize {
         &self.watchers
     }

@@ -87,3 +87,33 @@ fn events_of_a_record_and_a_table() {
     r.read_line(&mut line).unwrap();
     assert_eq!(line, "data: AccessViolation: Must login\n");
 }
+
+#[test]
+fn subscriptions_can_start_in_the_past() {
+    let (s, _a, _r) =
+        Server::with_schema("type Sensor @table @export { id: ID @primaryKey temp: Float }");
+    let mut c = s.client();
+    for t in 1..=4 {
+        assert_eq!(
+            c.put_json("/Sensor/h1", &format!(r#"{{"temp":{t}}}"#))
+                .status,
+            204
+        );
+    }
+    assert_eq!(c.put_json("/Sensor/other", r#"{"temp":9}"#).status, 204);
+    // previousCount: the last N changes of the record instead of its current value.
+    let (_, mut r) = open(&s, "/Sensor/h1?previousCount=2", true);
+    assert_eq!(next_event(&mut r)["value"]["temp"], json!(3));
+    assert_eq!(next_event(&mut r)["value"]["temp"], json!(4));
+    assert_eq!(c.put_json("/Sensor/h1", r#"{"temp":5}"#).status, 204);
+    assert_eq!(next_event(&mut r)["value"]["temp"], json!(5));
+    // startTime on a table: every change since then, in commit order.
+    let (_, mut all) = open(&s, "/Sensor/?startTime=0", true);
+    let temps: Vec<Value> = (0..6)
+        .map(|_| next_event(&mut all)["value"]["temp"].clone())
+        .collect();
+    assert_eq!(
+        temps,
+        [json!(1), json!(2), json!(3), json!(4), json!(9), json!(5)]
+    );
+}
