@@ -24,7 +24,7 @@ pub fn envelope_json(change: &Change) -> Option<Vec<u8>> {
             out.extend_from_slice(b",\"type\":\"delete\"");
             change.version
         }
-        Event::Message(payload) => {
+        Event::Message { payload, .. } => {
             out.extend_from_slice(b",\"type\":\"message\",\"value\":");
             message_value(payload).write_json(&mut out);
             change.version

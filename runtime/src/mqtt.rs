@@ -17,7 +17,7 @@ use tessera_protocol::mqtt::{
     self, Ack, ConnAck, Connect, Disconnect, Error as MqttError, Packet, Properties, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
-use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, record_key};
+use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 use tessera_storage::{Table, record::RecordRef};
@@ -520,7 +520,8 @@ fn topic_of(core: &Core, change: &Change) -> Option<String> {
 }
 
 /// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
-/// a message's payload as published.
+/// a message's payload as published (`None` once the message has expired; MQTT 5 subscribers get
+/// the time it has left).
 fn publish_for(
     core: &Core,
     change: &Change,
@@ -528,6 +529,7 @@ fn publish_for(
     retain: bool,
     next_id: &mut u16,
 ) -> Option<Packet> {
+    let mut properties = Properties::default();
     let payload = match &change.event {
         Event::Put(stored) => {
             let rec = RecordRef::parse(stored)?;
@@ -536,7 +538,16 @@ fn publish_for(
             json
         }
         Event::Delete => b"null".to_vec(),
-        Event::Message(m) => m.clone(),
+        Event::Message {
+            payload,
+            expires_at,
+        } => {
+            if let Some(at) = expires_at {
+                let left_ms = at.checked_sub(now_micros() / 1000).filter(|l| *l > 0)?;
+                properties.message_expiry_interval = Some(left_ms.div_ceil(1000) as u32);
+            }
+            payload.clone()
+        }
     };
     let packet_id = (qos != QoS::AtMostOnce).then(|| {
         *next_id = next_id.checked_add(1).unwrap_or(1).max(1);
@@ -548,7 +559,7 @@ fn publish_for(
         retain,
         topic: topic_of(core, change)?,
         packet_id,
-        properties: Properties::default(),
+        properties,
         payload,
     }))
 }
@@ -611,7 +622,14 @@ impl Session<'_> {
             let op = WriteOp {
                 table: table.clone(),
                 key,
-                kind: WriteKind::Message(p.payload.clone()),
+                kind: WriteKind::Message {
+                    payload: p.payload.clone(),
+                    // MQTT 5 message expiry.
+                    expires_at: p
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
+                },
             };
             return core.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
         }

@@ -91,7 +91,7 @@ fn run(
             // A group of messages only (non-retained publishes) stores nothing: no fsync.
             let stores = ops
                 .iter()
-                .any(|op| !matches!(op.kind, WriteKind::Message(_)));
+                .any(|op| !matches!(op.kind, WriteKind::Message { .. }));
             store
                 .apply(
                     std::mem::take(&mut ops),

@@ -66,8 +66,11 @@ pub enum WriteKind {
     /// which must not remove a record rewritten since it was found expired.
     Evict(u64),
     /// Nothing is stored: a message to the record's subscribers (a non-retained MQTT publish),
-    /// ordered with the record's writes.
-    Message(Vec<u8>),
+    /// ordered with the record's writes, undeliverable after `expires_at` (ms) when given.
+    Message {
+        payload: Vec<u8>,
+        expires_at: Option<u64>,
+    },
 }
 
 /// What a committed write tells the record's subscribers.
@@ -76,7 +79,11 @@ pub enum Event {
     /// The record as stored now (header + MessagePack).
     Put(Vec<u8>),
     Delete,
-    Message(Vec<u8>),
+    Message {
+        payload: Vec<u8>,
+        /// When the message may no longer be delivered (ms since the epoch).
+        expires_at: Option<u64>,
+    },
 }
 
 /// One committed change, in write order within its shard.
@@ -267,7 +274,11 @@ impl ShardStore {
                 }
                 None => (None, false, None),
             };
-            if let WriteKind::Message(payload) = kind {
+            if let WriteKind::Message {
+                payload,
+                expires_at,
+            } = kind
+            {
                 outcomes.push(WriteOutcome {
                     version,
                     existed: false,
@@ -276,7 +287,10 @@ impl ShardStore {
                     c.push(Change {
                         table: table.id,
                         key,
-                        event: Event::Message(payload),
+                        event: Event::Message {
+                            payload,
+                            expires_at,
+                        },
                         version,
                     });
                 }
@@ -297,7 +311,7 @@ impl ShardStore {
             let old = OldRecord::read(&table, old_body, patch, pk, live)?;
             let stamp = version as f64 / 1000.0;
             let new = match kind {
-                WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message(_) => None,
+                WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
                 WriteKind::Put(mut v) => {
                     stamp_times(&table, &mut v, old.created.clone(), stamp);
                     Some(v)

@@ -439,3 +439,44 @@ fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
     )));
     assert_eq!(slow.next_publish(WAIT).unwrap().payload, b"m3");
 }
+
+#[test]
+fn mqtt5_message_expiry() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let (mut live, _) = connect_session(&s, Version::V5, "expiry-live", true, None);
+    assert_eq!(live.subscribe(&[("Sensor/e", QoS::AtLeastOnce)]), vec![1]);
+    let (mut away, _) = connect_session(&s, Version::V5, "expiry-away", false, None);
+    assert_eq!(away.subscribe(&[("Sensor/e", QoS::AtLeastOnce)]), vec![1]);
+    away.send(&Packet::Disconnect(Default::default()));
+    drop(away);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut publisher = client(&s, Version::V5, "expiry-pub");
+    for (payload, expiry) in [(&b"short"[..], Some(1)), (b"forever", None)] {
+        publisher.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "Sensor/e".into(),
+            packet_id: Some(7),
+            properties: tessera_protocol::mqtt::Properties {
+                message_expiry_interval: expiry,
+                ..Default::default()
+            },
+            payload: payload.to_vec(),
+        }));
+        assert!(matches!(publisher.recv(WAIT), Some(Packet::PubAck(_))));
+    }
+    // A live subscriber gets the time left.
+    let p = live.next_publish(WAIT).unwrap();
+    assert_eq!(
+        (p.payload.as_slice(), p.properties.message_expiry_interval),
+        (&b"short"[..], Some(1))
+    );
+    assert_eq!(live.next_publish(WAIT).unwrap().payload, b"forever");
+    // An absent one, back after the expiry, gets only what has not expired.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut back, ack) = connect_session(&s, Version::V5, "expiry-away", false, None);
+    assert!(ack.session_present);
+    assert_eq!(back.next_publish(WAIT).unwrap().payload, b"forever");
+    assert!(back.next_publish(Duration::from_millis(300)).is_none());
+}
