@@ -244,6 +244,18 @@ fn connect_session(
     if v == Version::V5 && !clean {
         properties.session_expiry_interval = Some(3600);
     }
+    connect_full(s, v, id, clean, will, properties)
+}
+
+/// Connects with the admin's credentials and the given CONNECT options.
+fn connect_full(
+    s: &Server,
+    v: Version,
+    id: &str,
+    clean: bool,
+    will: Option<tessera_protocol::mqtt::Will>,
+    properties: tessera_protocol::mqtt::Properties,
+) -> (MqttClient, tessera_protocol::mqtt::ConnAck) {
     let (c, ack) = MqttClient::connect_with(
         s.mqtt_port,
         tessera_protocol::mqtt::Connect {
@@ -370,20 +382,8 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
         maximum_packet_size: Some(64),
         ..Default::default()
     };
-    let (mut small, ack) = MqttClient::connect_with(
-        s.mqtt_port,
-        tessera_protocol::mqtt::Connect {
-            version: Version::V5,
-            client_id: "small".into(),
-            clean_start: true,
-            keep_alive: 30,
-            username: Some(ADMIN.0.into()),
-            password: Some(ADMIN.1.as_bytes().to_vec()),
-            will: None,
-            properties,
-        },
-    );
-    assert_eq!(ack.map(|a| a.code), Some(0));
+    let (mut small, ack) = connect_full(&s, Version::V5, "small", true, None, properties);
+    assert_eq!(ack.code, 0);
     assert_eq!(small.subscribe(&[("Sensor/a1", QoS::AtMostOnce)]), vec![0]);
     assert_eq!(publish(&mut publisher, "Sensor/a1", 5, &[b'x'; 200]), 0);
     assert_eq!(publish(&mut publisher, "Sensor/a1", 5, b"fits"), 0);
@@ -397,20 +397,8 @@ fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
         receive_maximum: Some(2),
         ..Default::default()
     };
-    let (mut slow, ack) = MqttClient::connect_with(
-        s.mqtt_port,
-        tessera_protocol::mqtt::Connect {
-            version: Version::V5,
-            client_id: "slow".into(),
-            clean_start: true,
-            keep_alive: 30,
-            username: Some(ADMIN.0.into()),
-            password: Some(ADMIN.1.as_bytes().to_vec()),
-            will: None,
-            properties,
-        },
-    );
-    assert_eq!(ack.map(|a| a.code), Some(0));
+    let (mut slow, ack) = connect_full(&s, Version::V5, "slow", true, None, properties);
+    assert_eq!(ack.code, 0);
     assert_eq!(slow.subscribe(&[("Sensor/f", QoS::AtLeastOnce)]), vec![1]);
     let mut publisher = client(&s, Version::V5, "fast");
     for i in 0..4 {
