@@ -16,16 +16,24 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Responses are flushed early once this much is waiting.
 pub const FLUSH_AT: usize = 64 * 1024;
 
-/// Accepts connections forever, serving each on its own task.
+/// Serves HTTP connections from `listener` forever.
 pub async fn serve(listener: TcpListener, core: Rc<Core>) {
+    accept(listener, core, "HTTP", connection).await;
+}
+
+/// Accepts connections forever, serving each with `serve` on its own task (HTTP and MQTT).
+pub async fn accept<F, Fut>(listener: TcpListener, core: Rc<Core>, what: &str, serve: F)
+where
+    F: Fn(Rc<Core>, TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let core = core.clone();
-                glommio::spawn_local(async move { connection(core, stream).await }).detach();
+                glommio::spawn_local(serve(core.clone(), stream)).detach();
             }
             Err(e) => {
-                eprintln!("accept failed: {e}");
+                eprintln!("{what} accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }

@@ -60,20 +60,9 @@ impl Outbox {
     }
 }
 
-/// Accepts MQTT connections forever.
+/// Serves MQTT connections from `listener` forever.
 pub async fn serve(listener: TcpListener, core: Rc<Core>) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let core = core.clone();
-                glommio::spawn_local(async move { connection(core, stream).await }).detach();
-            }
-            Err(e) => {
-                eprintln!("mqtt accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    crate::http::accept(listener, core, "MQTT", connection).await;
 }
 
 /// Bytes read and not yet decoded.

@@ -84,8 +84,13 @@ fn selected(body: &[u8], select: &Select) -> Result<Vec<Value>, RestError> {
 
 /// The selected properties of a stored record, shaped as `select()` asks (HARPER.md section 4).
 fn project(body: &[u8], select: &Select) -> Result<Value, RestError> {
-    let values = selected_fields(body, select)?;
-    Ok(match select {
+    Ok(shape(select, selected_fields(body, select)?))
+}
+
+/// One row from the values of the selected fields, in order (`None`: the record lacks it): a
+/// bare value, an object without the missing ones, or an array with nulls for them.
+pub fn shape(select: &Select, values: Vec<Option<Value>>) -> Value {
+    match select {
         Select::Value(_) => values.into_iter().next().flatten().unwrap_or(Value::Null),
         Select::Object(fields) => Value::Object(
             fields
@@ -100,7 +105,7 @@ fn project(body: &[u8], select: &Select) -> Result<Value, RestError> {
                 .map(|v| v.unwrap_or(Value::Null))
                 .collect(),
         ),
-    })
+    }
 }
 
 /// Writes the rows of a collection one at a time.

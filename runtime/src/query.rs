@@ -459,6 +459,22 @@ pub async fn fill_records(router: &Router, rows: &mut Vec<Row>) -> Result<(), Re
     Ok(())
 }
 
+/// Every live record of `table` that satisfies `pred` (all of them when `None`), in access-path
+/// order, as whole rows.
+pub fn matching(router: &Router, table: &Arc<Table>, pred: Option<Pred>) -> Merge {
+    let (access, filter) = choose_access(table, pred);
+    let q = ShardQuery {
+        table: table.clone(),
+        access,
+        filter,
+        sort: Vec::new(),
+        take: None,
+        now_ms: now_micros() / 1000,
+        keys_only: false,
+    };
+    Merge::start(router, Arc::new(q))
+}
+
 /// One shard's rows as they arrive.
 struct Source {
     rx: mpsc::Receiver<Result<Vec<Row>, StoreError>>,
@@ -483,6 +499,20 @@ impl Merge {
             })
             .collect();
         Merge { query, sources }
+    }
+
+    /// The rows from position `skip` up to (not including) position `end`, all at once.
+    pub async fn collect(mut self, skip: usize, end: usize) -> Result<Vec<Row>, RestError> {
+        let mut rows = Vec::with_capacity(end.saturating_sub(skip).min(1024));
+        let mut seen = 0;
+        while seen < end {
+            let Some(row) = self.next().await? else { break };
+            seen += 1;
+            if seen > skip {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
     }
 
     /// The next row of the result, or `None` at the end.

@@ -21,7 +21,7 @@ use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, now_micros, record_key};
 use tessera_storage::{Table, key};
 
-use crate::query::{self, Merge};
+use crate::query;
 use crate::rest::id_value;
 
 /// Recent changes each shard keeps for subscriptions that start in the past.
@@ -397,8 +397,7 @@ pub async fn subscribe(
             .ok()?;
     }
     held.subs.insert(sub.sub, cores);
-    let plan = query::plan(table, "", query::parse("").ok()?, Default::default()).ok()?;
-    let mut rows = Merge::start(router, plan.shard);
+    let mut rows = query::matching(router, table, None);
     let mut current = Vec::new();
     while let Ok(Some(row)) = rows.next().await {
         if id_text(&row.key).is_some_and(|id| pattern.matches(&id)) {

@@ -15,14 +15,15 @@ use std::sync::Arc;
 use futures::future::LocalBoxFuture;
 use tessera_protocol::query::{Condition, Field, Filter, Select};
 use tessera_shards::Router;
-use tessera_storage::query::{CmpOp, Pred, ShardQuery};
+use tessera_storage::query::{CmpOp, Pred};
 use tessera_storage::record::RecordRef;
 use tessera_storage::schema::FieldType;
 use tessera_storage::shard::{now_micros, record_key};
 use tessera_storage::{Table, Value, key, value};
 
 use crate::error::RestError;
-use crate::query::{self, Merge};
+use crate::output;
+use crate::query;
 
 /// What relationship work needs: the shards and every table by type name.
 pub struct Ctx<'a> {
@@ -134,7 +135,7 @@ fn collect_paths<'f>(filter: Option<&'f Filter>, out: &mut Vec<&'f Condition>) {
 
 /// The remote join values of the target's records that satisfy `pred`.
 async fn join_values(ctx: &Ctx<'_>, link: &Link, pred: Pred) -> Result<Vec<Value>, RestError> {
-    let mut rows = start(ctx, &link.target, Some(pred));
+    let mut rows = query::matching(ctx.router, &link.target, Some(pred));
     let mut values = Vec::new();
     while let Some(row) = rows.next().await? {
         if link.remote_is_key {
@@ -153,21 +154,6 @@ async fn join_values(ctx: &Ctx<'_>, link: &Link, pred: Pred) -> Result<Vec<Value
         }
     }
     Ok(values)
-}
-
-/// Starts a query over all of `table`'s records matching `pred`, in access-path order.
-fn start(ctx: &Ctx<'_>, table: &Arc<Table>, pred: Option<Pred>) -> Merge {
-    let (access, filter) = query::choose_access(table, pred);
-    let q = ShardQuery {
-        table: table.clone(),
-        access,
-        filter,
-        sort: Vec::new(),
-        take: None,
-        now_ms: now_micros() / 1000,
-        keys_only: false,
-    };
-    Merge::start(ctx.router, Arc::new(q))
 }
 
 fn parse(stored: &[u8]) -> Result<RecordRef<'_>, RestError> {
@@ -200,22 +186,7 @@ pub async fn project(
     for f in select.fields() {
         values.push(field(ctx, table, &rec, f, narrowing.get(&f.name)).await?);
     }
-    Ok(match select {
-        Select::Value(_) => values.into_iter().next().flatten().unwrap_or(Value::Null),
-        Select::Object(fields) => Value::Object(
-            fields
-                .iter()
-                .zip(values)
-                .filter_map(|(f, v)| Some((f.name.clone(), v?)))
-                .collect(),
-        ),
-        Select::Array(_) => Value::Array(
-            values
-                .into_iter()
-                .map(|v| v.unwrap_or(Value::Null))
-                .collect(),
-        ),
-    })
+    Ok(output::shape(select, values))
 }
 
 /// The value of one selected field of a decoded record (`None`: omitted).
@@ -346,7 +317,7 @@ async fn by_query(
         Some(p) => Pred::And(vec![Pred::Cmp(join), p.clone()]),
         None => Pred::Cmp(join),
     };
-    let mut rows = start(ctx, &link.target, Some(pred));
+    let mut rows = query::matching(ctx.router, &link.target, Some(pred));
     let mut out = Vec::new();
     while let Some(row) = rows.next().await? {
         out.push(Some(decode(parse(&row.stored)?.body)?));

@@ -604,16 +604,7 @@ impl Core {
         out.begin(&mut buf);
         if plan.shard.keys_only {
             // Short and limited: merge the keys, then read just the records that made it.
-            let mut picked = Vec::with_capacity(end.min(1024));
-            let mut seen = 0;
-            while seen < end {
-                let Some(row) = rows.next().await? else { break };
-                seen += 1;
-                if seen > plan.skip {
-                    picked.push(row);
-                }
-            }
-            drop(rows);
+            let mut picked = rows.collect(plan.skip, end).await?;
             query::fill_records(&self.router, &mut picked).await?;
             for row in &picked {
                 let rec = RecordRef::parse(&row.stored)
@@ -787,19 +778,14 @@ impl Core {
         reply: &mut Reply<'_>,
     ) -> Result<(), RestError> {
         let plan = self.plan(table, prefix, query).await?;
-        let mut rows = Merge::start(&self.router, plan.shard.clone());
-        let mut keys = Vec::new();
         let end = plan.shard.take.unwrap_or(usize::MAX);
-        while keys.len() < end {
-            match rows.next().await? {
-                Some(row) => keys.push(row.key),
-                None => break,
-            }
-        }
-        let writes = keys.into_iter().skip(plan.skip).map(|k| {
+        let rows = Merge::start(&self.router, plan.shard.clone())
+            .collect(plan.skip, end)
+            .await?;
+        let writes = rows.into_iter().map(|row| {
             self.router.write(WriteOp {
                 table: table.clone(),
-                key: k.to_vec(),
+                key: row.key.to_vec(),
                 kind: WriteKind::Delete,
             })
         });
