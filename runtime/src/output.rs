@@ -171,8 +171,7 @@ impl<'q> Rows<'q> {
         if self.fmt != MediaType::Csv {
             return write_record(body, self.select, self.fmt, out);
         }
-        let names: Vec<&str> = self.columns.iter().map(String::as_str).collect();
-        let values = value::extract_fields(body, &names).map_err(corrupt)?;
+        let values = value::extract_fields(body, &self.columns).map_err(corrupt)?;
         csv_row(values.into_iter().map(|v| v.unwrap_or(Value::Null)), out);
         Ok(())
     }

@@ -450,10 +450,10 @@ impl ShardWalk {
         }
         let mut sort = Vec::new();
         if !self.reads.is_empty() {
-            let names: Vec<&str> = self.reads.iter().map(String::as_str).collect();
-            let values = value::extract_fields(rec.body, &names)?;
+            let names = &self.reads;
+            let values = value::extract_fields(rec.body, names)?;
             let stored = |name: &str| -> Option<&Value> {
-                let at = names.iter().position(|n| *n == name)?;
+                let at = names.iter().position(|n| n == name)?;
                 values.get(at)?.as_ref()
             };
             let computed: Vec<(&str, Value)> = self

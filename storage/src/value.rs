@@ -160,13 +160,16 @@ pub fn from_msgpack(bytes: &[u8]) -> Result<Value, DecodeError> {
 
 /// Decodes only the named top-level properties of a MessagePack map, skipping the others
 /// without allocating. Returns one entry per name (`None` when the map lacks it).
-pub fn extract_fields(bytes: &[u8], names: &[&str]) -> Result<Vec<Option<Value>>, DecodeError> {
+pub fn extract_fields<S: AsRef<str>>(
+    bytes: &[u8],
+    names: &[S],
+) -> Result<Vec<Option<Value>>, DecodeError> {
     let mut out = vec![None; names.len()];
     let mut r = msgpack::Reader::new(bytes);
     let n = r.map_len()?;
     for _ in 0..n {
         let key = r.key()?;
-        match names.iter().position(|w| *w == key) {
+        match names.iter().position(|w| w.as_ref() == key) {
             Some(i) => out[i] = Some(r.value(1)?),
             None => r.skip(1)?,
         }
