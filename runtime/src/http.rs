@@ -16,9 +16,25 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Responses are flushed early once this much is waiting.
 pub const FLUSH_AT: usize = 64 * 1024;
 
-/// Serves HTTP connections from `listener` forever.
-pub async fn serve(listener: TcpListener, core: Rc<Core>) {
-    accept(listener, core, "HTTP", connection).await;
+/// Which handler a listener's requests go to.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Api {
+    /// REST, WebSocket and SSE (the HTTP port).
+    Rest,
+    /// The Operations API (the operations port).
+    Operations,
+}
+
+/// Serves HTTP connections from `listener` forever, each request handled by `api`.
+pub async fn serve(listener: TcpListener, core: Rc<Core>, api: Api) {
+    let what = match api {
+        Api::Rest => "HTTP",
+        Api::Operations => "Operations API",
+    };
+    accept(listener, core, what, move |core, stream| {
+        connection(core, stream, api)
+    })
+    .await;
 }
 
 /// Accepts connections forever, serving each with `serve` on its own task (HTTP and MQTT).
@@ -123,7 +139,7 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
     out.extend_from_slice(body.as_bytes());
 }
 
-async fn connection(core: Rc<Core>, mut stream: TcpStream) {
+async fn connection(core: Rc<Core>, mut stream: TcpStream, api: Api) {
     let _ = stream.set_nodelay(true);
     let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let max_body = core.shared.settings.max_body;
@@ -210,8 +226,16 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream) {
                 BodyFraming::Length(n) => &mut rest[..n],
                 BodyFraming::Chunked => &mut chunked,
             };
-            core.handle(&req, body, from_loopback, &mut out, &mut stream)
-                .await
+            match api {
+                Api::Rest => {
+                    core.handle(&req, body, from_loopback, &mut out, &mut stream)
+                        .await
+                }
+                Api::Operations => {
+                    core.handle_operation(&req, body, from_loopback, &mut out, &mut stream)
+                        .await
+                }
+            }
         };
         input.start += consumed;
         input.shrink();

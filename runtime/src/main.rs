@@ -15,6 +15,7 @@ mod eviction;
 mod http;
 mod mqtt;
 mod openapi;
+mod ops;
 mod output;
 mod query;
 mod realtime;

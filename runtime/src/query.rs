@@ -485,20 +485,20 @@ struct Source {
 /// The k-way merge of every shard's rows, in result order.
 pub struct Merge {
     query: Arc<ShardQuery>,
+    /// Until the first row is asked for: the router that starts the shard walks.
+    router: Option<Router>,
     sources: Vec<Source>,
 }
 
 impl Merge {
-    /// Starts the query on every shard.
+    /// The query on every shard; the walks start, on a consistent cut of the shards (see
+    /// [`Router::views`]), when the first row is asked for.
     pub fn start(router: &Router, query: Arc<ShardQuery>) -> Merge {
-        let sources = (0..router.shard_count())
-            .map(|s| Source {
-                rx: router.query(s, query.clone()),
-                buf: VecDeque::new(),
-                done: false,
-            })
-            .collect();
-        Merge { query, sources }
+        Merge {
+            query,
+            router: Some(router.clone()),
+            sources: Vec::new(),
+        }
     }
 
     /// The rows from position `skip` up to (not including) position `end`, all at once.
@@ -517,6 +517,18 @@ impl Merge {
 
     /// The next row of the result, or `None` at the end.
     pub async fn next(&mut self) -> Result<Option<Row>, RestError> {
+        if let Some(router) = self.router.take() {
+            let views = router.views().await;
+            self.sources = views
+                .into_iter()
+                .enumerate()
+                .map(|(s, view)| Source {
+                    rx: router.query(s, self.query.clone(), view),
+                    buf: VecDeque::new(),
+                    done: false,
+                })
+                .collect();
+        }
         for s in &mut self.sources {
             while s.buf.is_empty() && !s.done {
                 match s.rx.next().await {

@@ -81,7 +81,7 @@ pub struct Core {
 }
 
 /// What one handled request asks of the connection.
-struct Reply<'o> {
+pub(crate) struct Reply<'o> {
     out: &'o mut Vec<u8>,
     /// The connection, for responses streamed in chunks.
     conn: &'o mut TcpStream,
@@ -96,7 +96,7 @@ const MAX_REPLY_HEADERS: usize = 7;
 impl Reply<'_> {
     /// Writes the whole response. `headers` are the caller's own (at most three); the content
     /// type, `Vary` and `Server-Timing` are added here. Nothing is allocated.
-    fn send(
+    pub(crate) fn send(
         &mut self,
         status: u16,
         content_type: Option<MediaType>,
@@ -269,6 +269,26 @@ impl Core {
         {
             send_error(&mut reply, &e, fmt);
         }
+        reply.keep_alive
+    }
+
+    /// Handles one request on the operations port (see [`crate::ops`]).
+    pub async fn handle_operation(
+        &self,
+        req: &Request<'_>,
+        body: &mut [u8],
+        from_loopback: bool,
+        out: &mut Vec<u8>,
+        conn: &mut TcpStream,
+    ) -> bool {
+        let mut reply = Reply {
+            out,
+            conn,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+            started: Instant::now(),
+        };
+        self.handle_ops(req, body, from_loopback, &mut reply).await;
         reply.keep_alive
     }
 
@@ -702,7 +722,7 @@ impl Core {
     }
 
     /// A new primary key for POST: a UUID for string keys, the next integer for numeric ones.
-    fn new_key(&self, table: &Table) -> Result<Value, RestError> {
+    pub(crate) fn new_key(&self, table: &Table) -> Result<Value, RestError> {
         match table.key_type() {
             Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
             _ => {

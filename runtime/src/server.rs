@@ -153,6 +153,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (mqtt_reservation, mqtt_port) =
         reserve_port(SocketAddr::new(addr.ip(), settings.mqtt_port))?;
     let mqtt_addr = SocketAddr::new(addr.ip(), mqtt_port);
+    let (ops_reservation, ops_port) = reserve_port(SocketAddr::new(addr.ip(), settings.ops_port))?;
+    let ops_addr = SocketAddr::new(addr.ip(), ops_port);
     let types = tables
         .iter()
         .map(|t| (t.type_name.clone(), t.clone()))
@@ -175,20 +177,27 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 glommio::net::TcpListener::bind(addr)
                     .map_err(|e| format!("core {}: cannot listen on {addr}: {e}", ctx.core))
             };
-            let (listener, mqtt_listener) = match (listen(bind_addr), listen(mqtt_addr)) {
-                (Ok(h), Ok(m)) => (h, m),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = bound_tx.send(Err(e));
-                    return;
-                }
-            };
+            let (listener, mqtt_listener, ops_listener) =
+                match (listen(bind_addr), listen(mqtt_addr), listen(ops_addr)) {
+                    (Ok(h), Ok(m), Ok(o)) => (h, m, o),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                        let _ = bound_tx.send(Err(e));
+                        return;
+                    }
+                };
             let _ = bound_tx.send(Ok(()));
             realtime::follow(&ctx.router);
             let expiring: Vec<_> = shared.types.values().cloned().collect();
             eviction::run(ctx.router.clone(), expiring).await;
             let core = Rc::new(Core::new(shared, ctx.router, Authenticator::new(users)));
             glommio::spawn_local(mqtt::serve(mqtt_listener, core.clone())).detach();
-            http::serve(listener, core).await;
+            glommio::spawn_local(http::serve(
+                ops_listener,
+                core.clone(),
+                http::Api::Operations,
+            ))
+            .detach();
+            http::serve(listener, core, http::Api::Rest).await;
         }
     })?;
     for _ in 0..settings.threads {
@@ -200,15 +209,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     drop(reservation);
     drop(mqtt_reservation);
+    drop(ops_reservation);
     println!(
         "tessera: HTTP (REST) listening on {bind_addr} ({} threads, {shard_count} shards, {:?})",
         settings.threads, settings.durability
     );
     println!("tessera: MQTT listening on {mqtt_addr}");
-    eprintln!(
-        "reserved, not yet served: Operations API port {}",
-        settings.ops_port
-    );
+    println!("tessera: Operations API listening on {ops_addr}");
     if settings.durability == Durability::Buffered {
         eprintln!(
             "warning: buffered durability: acknowledged writes survive a process crash, not a power loss"

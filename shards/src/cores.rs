@@ -15,7 +15,7 @@ use futures::channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 use tessera_storage::query::{Row, ShardQuery, ShardWalk};
-use tessera_storage::shard::{ShardStore, StoreError, WriteOp, WriteOutcome};
+use tessera_storage::shard::{ShardStore, StoreError, View, WriteOp, WriteOutcome};
 
 use crate::writer::Command;
 use crate::{ShardError, ShardSet};
@@ -175,14 +175,10 @@ fn walk_queue() -> TaskQueueHandle {
 }
 
 /// Runs one shard's part of a query, sending batches of rows until it is over or nobody listens.
-async fn walk(
-    store: Arc<ShardStore>,
-    mut walk: ShardWalk,
-    mut tx: mpsc::Sender<Result<Vec<Row>, StoreError>>,
-) {
+async fn walk(mut walk: ShardWalk, mut tx: mpsc::Sender<Result<Vec<Row>, StoreError>>) {
     loop {
         glommio::yield_if_needed().await;
-        let (rows, done) = match walk.next_batch(&store, WALK_BUDGET) {
+        let (rows, done) = match walk.next_batch(WALK_BUDGET) {
             Ok(batch) => batch,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -305,7 +301,14 @@ impl Router {
         futures::future::join_all(runs).await.into_iter().collect()
     }
 
-    /// Starts `query` on `shard`'s owner core and returns its rows as they are found, in batches.
+    /// Read views of every shard (index = shard) that form a consistent cut: no cross-shard
+    /// transaction is visible in some of them and not in others. For reads that span shards.
+    pub async fn views(&self) -> Vec<View> {
+        crate::txn::views(&self.shards).await
+    }
+
+    /// Starts `query` on `shard`'s owner core, reading `view` (one of [`Self::views`]), and
+    /// returns its rows as they are found, in batches.
     /// The walk yields to other work on that core between batches of [`WALK_BUDGET`] candidates
     /// and stops early when the receiver is dropped; the channel's small bound is the
     /// back-pressure that keeps a slow client from making a shard buffer a whole table.
@@ -313,16 +316,14 @@ impl Router {
         &self,
         shard: usize,
         query: Arc<ShardQuery>,
+        view: View,
     ) -> mpsc::Receiver<Result<Vec<Row>, StoreError>> {
         let (mut tx, rx) = mpsc::channel(1);
-        let job = move |set: &ShardSet| {
-            let Some(store) = set.store(shard).cloned() else {
-                return;
-            };
+        let job = move |_: &ShardSet| {
             // The first batch runs right here: most queries (limited, or selective) end in it
             // and need no task. A longer walk continues in the walk queue.
-            let mut first = query.start(&store);
-            match first.next_batch(&store, WALK_BUDGET) {
+            let mut first = query.start(view);
+            match first.next_batch(WALK_BUDGET) {
                 Ok((rows, done)) => {
                     let gone = !rows.is_empty() && tx.try_send(Ok(rows)).is_err();
                     if gone || done {
@@ -334,7 +335,7 @@ impl Router {
                     return;
                 }
             }
-            match glommio::spawn_local_into(walk(store, first, tx), walk_queue()) {
+            match glommio::spawn_local_into(walk(first, tx), walk_queue()) {
                 Ok(task) => {
                     task.detach();
                 }
@@ -375,5 +376,51 @@ impl Router {
         rx.await
             .map_err(|_| ShardError::Unavailable(shard))?
             .map_err(ShardError::Store)
+    }
+
+    /// Commits `ops` as one transaction: all of them or none, whichever shards they fall on.
+    /// On one shard they are one batch of its group commit; across shards, the two-phase commit
+    /// of [`crate::txn`]. Returns one outcome per op, in order.
+    pub async fn transact(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOutcome>, ShardError> {
+        if self.shards.is_closing() {
+            return Err(ShardError::Closing);
+        }
+        let total = ops.len();
+        let mut parts: Vec<(usize, Vec<(usize, WriteOp)>)> = Vec::new();
+        for (at, op) in ops.into_iter().enumerate() {
+            let shard = self.shard_of(&op.key);
+            match parts.iter_mut().find(|(s, _)| *s == shard) {
+                Some((_, part)) => part.push((at, op)),
+                None => parts.push((shard, vec![(at, op)])),
+            }
+        }
+        match parts.len() {
+            0 => Ok(Vec::new()),
+            1 => {
+                let (shard, part) = parts.remove(0);
+                let writer = self
+                    .shards
+                    .writers
+                    .get(shard)
+                    .ok_or(ShardError::Unavailable(shard))?;
+                let (tx, rx) = oneshot::channel();
+                writer
+                    .tx
+                    .send(Command::Batch(
+                        part.into_iter().map(|(_, op)| op).collect(),
+                        tx,
+                    ))
+                    .map_err(|_| ShardError::Unavailable(shard))?;
+                rx.await
+                    .map_err(|_| ShardError::Unavailable(shard))?
+                    .map_err(ShardError::Store)
+            }
+            _ => {
+                // Detached: the protocol runs to its end even if the caller goes away.
+                let task =
+                    glommio::spawn_local(crate::txn::commit(self.shards.clone(), parts, total));
+                task.await
+            }
+        }
     }
 }

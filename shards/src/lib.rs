@@ -6,6 +6,7 @@
 //! or know Harper's semantics: it moves [`tessera_storage`] operations to where the data lives.
 
 mod cores;
+mod txn;
 mod writer;
 
 use std::path::Path;
@@ -34,7 +35,37 @@ pub enum ShardError {
     Closing,
     #[error("shard {0} is unavailable")]
     Unavailable(usize),
+    #[error("the records are being written by other transactions: try again")]
+    Contended,
 }
+
+/// Crash-injection points of the commit protocol, compiled in only with the `failpoints`
+/// feature (the test build): with `TESSERA_FAILPOINT=name` (or `name:n`, the n-th time it is
+/// reached), the process aborts there: like `kill -9`, no destructor, flush or fsync runs.
+#[cfg(feature = "failpoints")]
+pub fn failpoint(name: &str) {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static AT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    let at = AT.get_or_init(|| {
+        let v = std::env::var("TESSERA_FAILPOINT").ok()?;
+        let (n, count) = v.split_once(':').unwrap_or((&v, "1"));
+        Some((n.to_owned(), count.parse().unwrap_or(1)))
+    });
+    if let Some((n, count)) = at
+        && n == name
+        && HITS.fetch_add(1, Ordering::SeqCst) + 1 >= *count
+    {
+        eprintln!("failpoint {name}: aborting the process");
+        std::process::abort();
+    }
+}
+
+/// Crash-injection points (see the `failpoints` feature): nothing in a normal build.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn failpoint(_name: &str) {}
 
 /// Every shard of the process: stores and writer queues. Shared by all cores.
 pub struct ShardSet {
@@ -45,6 +76,8 @@ pub struct ShardSet {
     feeds: Vec<Mutex<Option<UnboundedReceiver<Vec<Change>>>>>,
     /// Subscriptions anywhere in the process; while there are none, writers record no changes.
     watchers: Arc<AtomicUsize>,
+    /// Cross-shard transactions and the readers that must not see them half-applied.
+    gate: txn::Gate,
 }
 
 impl ShardSet {
@@ -76,6 +109,13 @@ impl ShardSet {
                 s.map_err(|e| std::io::Error::other(format!("shard {i}: {e}")))?,
             ));
         }
+        let (applied, dropped) = txn::recover(&stores)
+            .map_err(|e| std::io::Error::other(format!("recovering transactions: {e}")))?;
+        if applied + dropped > 0 {
+            eprintln!(
+                "recovered cross-shard transactions: {applied} prepared parts applied, {dropped} dropped"
+            );
+        }
         // The audit log (kept by each owner core from the change feed) always watches.
         let watchers = Arc::new(AtomicUsize::new(1));
         let mut writers = Vec::with_capacity(count);
@@ -97,6 +137,7 @@ impl ShardSet {
             closing: AtomicBool::new(false),
             feeds,
             watchers,
+            gate: txn::Gate::new(),
         })
     }
 

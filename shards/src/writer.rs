@@ -1,28 +1,74 @@
 //! The per-shard writer thread and its group commit.
 //!
 //! Every write to a shard is queued to that shard's writer thread. The thread takes everything
-//! queued (up to [`MAX_GROUP`]), applies it as one fjall batch, persists once for the whole group,
+//! queued (up to [`MAX_GROUP`] commands), applies it in order, persists once for the whole group,
 //! and only then answers each writer: one fsync is shared by every write in flight, and no
 //! executor thread ever blocks in fjall or in fsync.
+//!
+//! The thread is also each shard's participant in cross-shard transactions (see [`crate::txn`]):
+//! it prepares a transaction's part (an intent, persisted with the group) and locks its keys,
+//! records commit decisions, and applies or drops prepared parts. Plain writes to a locked key
+//! wait, in arrival order, until the transaction that holds it is resolved; a prepare that finds
+//! a key locked fails at once with a conflict, so no two transactions ever wait for each other.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::channel::oneshot;
 use tessera_storage::shard::{
-    Change, Clock, Durability, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
+    Change, Clock, Durability, Plan, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
 };
 
-/// Most writes committed in one group.
+use crate::failpoint;
+
+/// Most commands committed in one group.
 pub const MAX_GROUP: usize = 2048;
 
-pub(crate) type WriteReply = oneshot::Sender<Result<WriteOutcome, Arc<StoreError>>>;
+pub(crate) type StoreResult<T> = Result<T, Arc<StoreError>>;
+pub(crate) type WriteReply = oneshot::Sender<StoreResult<WriteOutcome>>;
+pub(crate) type BatchReply = oneshot::Sender<StoreResult<Vec<WriteOutcome>>>;
+
+/// What a participant answers to a prepare.
+pub(crate) enum Prepared {
+    /// The part is durable and its keys are locked: one outcome per op.
+    Ready(Vec<WriteOutcome>),
+    /// A key is locked by another transaction: nothing was written.
+    Conflict,
+}
 
 pub(crate) enum Command {
     Write(WriteOp, WriteReply),
+    /// Writes committed together, in order (a single-shard transaction).
+    Batch(Vec<WriteOp>, BatchReply),
+    /// Phase one of a cross-shard transaction: plan the ops against the shard as it is, persist
+    /// the plan as an intent, lock its keys. `coordinator` is the shard that will hold the
+    /// decision.
+    Prepare {
+        txid: u64,
+        coordinator: u32,
+        ops: Vec<WriteOp>,
+        reply: oneshot::Sender<StoreResult<Prepared>>,
+    },
+    /// Phase two, on the coordinator shard: persist the commit decision.
+    Decide {
+        txid: u64,
+        reply: oneshot::Sender<StoreResult<()>>,
+    },
+    /// Applies (`commit`) or drops the prepared part of `txid` and unlocks its keys; answers
+    /// `visible` as soon as readers see it (before the group is persisted: the intent and the
+    /// decision already make it durable) and `durable` once it is persisted.
+    Resolve {
+        txid: u64,
+        commit: bool,
+        visible: oneshot::Sender<StoreResult<()>>,
+        durable: oneshot::Sender<()>,
+    },
+    /// Drops the decision of a transaction every participant has durably resolved.
+    Forget(u64),
     /// Persist everything queued before this and answer (used at shutdown).
-    Flush(mpsc::Sender<Result<(), Arc<StoreError>>>),
+    Flush(mpsc::Sender<StoreResult<()>>),
 }
 
 /// The queue of one shard's writer thread.
@@ -31,13 +77,13 @@ pub(crate) struct WriterHandle {
     pub(crate) tx: mpsc::Sender<Command>,
 }
 
-/// Starts the writer thread of `shard`.
 /// Where a writer sends the changes it commits, and whether anyone listens.
 struct Feed {
     tx: UnboundedSender<Vec<Change>>,
     watchers: Arc<AtomicUsize>,
 }
 
+/// Starts the writer thread of `shard`.
 pub(crate) fn spawn(
     shard: usize,
     store: Arc<ShardStore>,
@@ -50,86 +96,306 @@ pub(crate) fn spawn(
     // Detached: it ends with the process; `ShardSet::close` is what makes its work durable.
     std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
-        .spawn(move || run(shard, &store, &rx, durability, &feed))?;
+        .spawn(move || {
+            let mut w = Writer {
+                store: &store,
+                clock: Clock::default(),
+                locks: HashMap::new(),
+                prepared: HashMap::new(),
+                deferred: VecDeque::new(),
+            };
+            w.run(shard, &rx, durability, &feed);
+        })?;
     Ok(WriterHandle { tx })
 }
 
-fn run(
-    shard: usize,
-    store: &ShardStore,
-    rx: &mpsc::Receiver<Command>,
-    durability: Durability,
-    feed: &Feed,
-) {
-    let mut clock = Clock::default();
-    // Writes and groups committed, reported at shutdown: their ratio is the group-commit factor.
-    let (mut writes, mut groups) = (0u64, 0u64);
-    let mut ops = Vec::with_capacity(64);
-    let mut replies = Vec::with_capacity(64);
-    let mut flushes = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Write(op, reply) => {
-                    ops.push(op);
-                    replies.push(reply);
-                }
-                Command::Flush(done) => flushes.push(done),
-            }
-            if ops.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
+/// A prepared transaction part held in memory until it is resolved.
+struct Part {
+    plan: Plan,
+    changes: Vec<Change>,
+}
+
+/// How a plain write waiting in a group is answered.
+enum Reply {
+    One(WriteReply),
+    Batch(BatchReply, usize),
+}
+
+/// A plain write's result, sent once the group is persisted.
+enum Answer {
+    One(WriteReply, StoreResult<WriteOutcome>),
+    Batch(BatchReply, StoreResult<Vec<WriteOutcome>>),
+}
+
+impl Answer {
+    fn failed(reply: Reply, e: &Arc<StoreError>) -> Answer {
+        match reply {
+            Reply::One(tx) => Answer::One(tx, Err(e.clone())),
+            Reply::Batch(tx, _) => Answer::Batch(tx, Err(e.clone())),
         }
-        let mut changes = Vec::new();
-        let watched = feed.watchers.load(Ordering::Relaxed) > 0;
-        let result = if ops.is_empty() {
-            Ok(Vec::new())
-        } else {
-            writes += ops.len() as u64;
-            groups += 1;
-            // A group of messages only (non-retained publishes) stores nothing: no fsync.
-            let stores = ops
-                .iter()
-                .any(|op| !matches!(op.kind, WriteKind::Message { .. }));
-            store
-                .apply(
-                    std::mem::take(&mut ops),
-                    &mut clock,
-                    watched.then_some(&mut changes),
-                )
-                .and_then(|outcomes| {
-                    if stores {
-                        store.persist(durability)?;
+    }
+}
+
+/// An answer sent once the group is persisted.
+enum Deferred {
+    Done(oneshot::Sender<StoreResult<()>>),
+    Prepared(oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>),
+    Durable(oneshot::Sender<()>),
+}
+
+/// One group in progress: plain writes collected since the last transaction command, and the
+/// answers that wait for the persist.
+#[derive(Default)]
+struct Group {
+    ops: Vec<WriteOp>,
+    replies: Vec<Reply>,
+    answers: Vec<Answer>,
+    after_persist: Vec<Deferred>,
+    changes: Vec<Change>,
+    /// Whether anything was stored (a group of messages only needs no fsync).
+    stores: bool,
+    writes: u64,
+}
+
+struct Writer<'a> {
+    store: &'a ShardStore,
+    clock: Clock,
+    /// Keys of prepared parts, and the transaction holding each.
+    locks: HashMap<Vec<u8>, u64>,
+    prepared: HashMap<u64, Part>,
+    /// Plain writes waiting for a lock, in arrival order.
+    deferred: VecDeque<Command>,
+}
+
+impl Writer<'_> {
+    fn run(
+        &mut self,
+        shard: usize,
+        rx: &mpsc::Receiver<Command>,
+        durability: Durability,
+        feed: &Feed,
+    ) {
+        // Writes and groups committed, reported at shutdown: their ratio is the group-commit factor.
+        let (mut writes, mut groups) = (0u64, 0u64);
+        let mut flushes = Vec::new();
+        let mut queue: VecDeque<Command> = VecDeque::new();
+        while let Ok(first) = rx.recv() {
+            queue.push_back(first);
+            while queue.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(cmd) => queue.push_back(cmd),
+                    Err(_) => break,
+                }
+            }
+            let watched = feed.watchers.load(Ordering::Relaxed) > 0;
+            let mut g = Group::default();
+            while let Some(cmd) = queue.pop_front() {
+                match cmd {
+                    Command::Flush(done) => flushes.push(done),
+                    cmd => self.handle(cmd, &mut g, &mut queue, watched),
+                }
+            }
+            self.flush_ops(&mut g, watched);
+            if g.writes > 0 {
+                writes += g.writes;
+                groups += 1;
+            }
+            let persisted = if g.stores {
+                self.store.persist(durability).map_err(Arc::new)
+            } else {
+                Ok(())
+            };
+            if !g.changes.is_empty() && watched {
+                let _ = feed.tx.unbounded_send(std::mem::take(&mut g.changes));
+            }
+            for answer in g.answers {
+                match answer {
+                    Answer::One(tx, result) => {
+                        let _ = tx.send(persisted.clone().and(result));
                     }
-                    Ok(outcomes)
-                })
-        };
-        match result {
-            Ok(outcomes) => {
-                if !changes.is_empty() {
-                    let _ = feed.tx.unbounded_send(changes);
-                }
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                    Answer::Batch(tx, result) => {
+                        let _ = tx.send(persisted.clone().and(result));
+                    }
                 }
             }
+            for a in g.after_persist {
+                match a {
+                    Deferred::Done(tx) => {
+                        let _ = tx.send(persisted.clone());
+                    }
+                    Deferred::Prepared(tx, outcomes) => {
+                        failpoint("prepared");
+                        let _ = tx.send(persisted.clone().map(|()| Prepared::Ready(outcomes)));
+                    }
+                    Deferred::Durable(tx) => {
+                        if persisted.is_ok() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+            if !flushes.is_empty() && groups > 0 {
+                eprintln!(
+                    "shard {shard}: {writes} writes committed in {groups} groups ({:.1} per fsync)",
+                    writes as f64 / groups as f64
+                );
+            }
+            for done in flushes.drain(..) {
+                let _ = done.send(self.store.persist(Durability::Durable).map_err(Arc::new));
+            }
+        }
+    }
+
+    fn locked(&self, key: &[u8]) -> bool {
+        !self.locks.is_empty() && self.locks.contains_key(key)
+    }
+
+    fn handle(
+        &mut self,
+        cmd: Command,
+        g: &mut Group,
+        queue: &mut VecDeque<Command>,
+        watched: bool,
+    ) {
+        match cmd {
+            Command::Write(op, reply) => {
+                if self.locked(&op.key) {
+                    self.deferred.push_back(Command::Write(op, reply));
+                } else {
+                    g.ops.push(op);
+                    g.replies.push(Reply::One(reply));
+                }
+            }
+            Command::Batch(ops, reply) => {
+                if ops.iter().any(|op| self.locked(&op.key)) {
+                    self.deferred.push_back(Command::Batch(ops, reply));
+                } else {
+                    g.replies.push(Reply::Batch(reply, ops.len()));
+                    g.ops.extend(ops);
+                }
+            }
+            Command::Prepare {
+                txid,
+                coordinator,
+                ops,
+                reply,
+            } => {
+                self.flush_ops(g, watched);
+                if ops.iter().any(|op| self.locked(&op.key)) {
+                    let _ = reply.send(Ok(Prepared::Conflict));
+                    return;
+                }
+                g.writes += ops.len() as u64;
+                let mut changes = Vec::new();
+                let planned = self
+                    .store
+                    .plan(ops, &mut self.clock, Some(&mut changes))
+                    .and_then(|(plan, outcomes)| {
+                        self.store.prepare(txid, coordinator, &plan)?;
+                        Ok((plan, outcomes))
+                    });
+                match planned {
+                    Ok((plan, outcomes)) => {
+                        for k in plan.keys() {
+                            self.locks.insert(k.to_vec(), txid);
+                        }
+                        self.prepared.insert(txid, Part { plan, changes });
+                        g.stores = true;
+                        g.after_persist.push(Deferred::Prepared(reply, outcomes));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Arc::new(e)));
+                    }
+                }
+            }
+            Command::Decide { txid, reply } => match self.store.decide(txid) {
+                Ok(()) => {
+                    g.stores = true;
+                    g.after_persist.push(Deferred::Done(reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(Arc::new(e)));
+                }
+            },
+            Command::Resolve {
+                txid,
+                commit,
+                visible,
+                durable,
+            } => {
+                self.flush_ops(g, watched);
+                let Some(part) = self.prepared.remove(&txid) else {
+                    let _ = visible.send(Ok(()));
+                    let _ = durable.send(());
+                    return;
+                };
+                let result = self.store.resolve(txid, commit.then_some(&part.plan));
+                if result.is_ok() {
+                    failpoint("resolved");
+                }
+                for k in part.plan.keys() {
+                    self.locks.remove(k);
+                }
+                if commit && watched {
+                    g.changes.extend(part.changes);
+                }
+                g.stores = true;
+                let ok = result.is_ok();
+                let _ = visible.send(result.map_err(Arc::new));
+                if ok {
+                    g.after_persist.push(Deferred::Durable(durable));
+                }
+                // Writes that waited for these keys go next, before anything newer.
+                for cmd in std::mem::take(&mut self.deferred).into_iter().rev() {
+                    queue.push_front(cmd);
+                }
+            }
+            Command::Forget(txid) => {
+                if let Err(e) = self.store.forget(Some(&[txid])) {
+                    eprintln!("forgetting transaction {txid}: {e}");
+                }
+            }
+            Command::Flush(_) => unreachable!("handled by the group loop"),
+        }
+    }
+
+    /// Applies the plain writes collected so far as one batch; their answers wait for the persist.
+    fn flush_ops(&mut self, g: &mut Group, watched: bool) {
+        if g.ops.is_empty() {
+            return;
+        }
+        g.writes += g.ops.len() as u64;
+        if g.ops
+            .iter()
+            .any(|op| !matches!(op.kind, WriteKind::Message { .. }))
+        {
+            g.stores = true;
+        }
+        let ops = std::mem::take(&mut g.ops);
+        let result = self
+            .store
+            .apply(ops, &mut self.clock, watched.then_some(&mut g.changes))
+            .map_err(Arc::new);
+        let mut outcomes = match result {
+            Ok(o) => o.into_iter(),
             Err(e) => {
-                let e = Arc::new(e);
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
+                for r in g.replies.drain(..) {
+                    g.answers.push(Answer::failed(r, &e));
                 }
+                return;
             }
-        }
-        ops.clear();
-        if !flushes.is_empty() && groups > 0 {
-            eprintln!(
-                "shard {shard}: {writes} writes committed in {groups} groups ({:.1} per fsync)",
-                writes as f64 / groups as f64
-            );
-        }
-        for done in flushes.drain(..) {
-            let _ = done.send(store.persist(Durability::Durable).map_err(Arc::new));
+        };
+        for r in g.replies.drain(..) {
+            g.answers.push(match r {
+                Reply::One(tx) => match outcomes.next() {
+                    Some(o) => Answer::One(tx, Ok(o)),
+                    None => Answer::One(
+                        tx,
+                        Err(Arc::new(StoreError::Corrupt("lost outcome".into()))),
+                    ),
+                },
+                Reply::Batch(tx, n) => Answer::Batch(tx, Ok(outcomes.by_ref().take(n).collect())),
+            });
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::computed::Expr;
 use crate::key;
 use crate::record::RecordRef;
 use crate::schema::Table;
-use crate::shard::{ShardStore, StoreError, table_prefix};
+use crate::shard::{StoreError, View, table_prefix};
 use crate::value::{self, Value};
 
 /// A comparison operator.
@@ -292,15 +292,15 @@ impl ShardQuery {
         }
     }
 
-    /// Starts the walk over `store`.
-    pub fn start(self: &Arc<Self>, store: &ShardStore) -> ShardWalk {
+    /// Starts the walk over `view`: every read of the walk sees the shard as it was then.
+    pub fn start(self: &Arc<Self>, view: View) -> ShardWalk {
         let source: Box<dyn Iterator<Item = Result<(Slice, Slice), StoreError>>> =
             match &self.access {
-                Access::Scan { lo, hi } => Box::new(store.scan_range(lo.clone(), hi.clone())),
+                Access::Scan { lo, hi } => Box::new(view.scan_range(lo.clone(), hi.clone())),
                 Access::Index {
                     lo, hi, reverse, ..
                 } => {
-                    let it = store.index_range(lo.clone(), hi.clone());
+                    let it = view.index_range(lo.clone(), hi.clone());
                     let it = it.map(|k| k.map(|k| (k, Slice::from(&[][..]))));
                     if *reverse {
                         Box::new(it.rev())
@@ -333,6 +333,7 @@ impl ShardQuery {
         }
         ShardWalk {
             query: self.clone(),
+            view,
             source,
             reads: names,
             computed,
@@ -348,6 +349,7 @@ impl ShardQuery {
 /// yielding to other work between batches.
 pub struct ShardWalk {
     query: Arc<ShardQuery>,
+    view: View,
     source: Box<dyn Iterator<Item = Result<(Slice, Slice), StoreError>>>,
     /// Attributes to decode for the filter and sort.
     reads: Vec<String>,
@@ -364,11 +366,7 @@ pub struct ShardWalk {
 impl ShardWalk {
     /// Examines up to `budget` candidates and returns the rows ready to send, in order, and
     /// whether the walk is over. A sorting walk returns its rows only at the end.
-    pub fn next_batch(
-        &mut self,
-        store: &ShardStore,
-        budget: usize,
-    ) -> Result<(Vec<Row>, bool), StoreError> {
+    pub fn next_batch(&mut self, budget: usize) -> Result<(Vec<Row>, bool), StoreError> {
         let q = self.query.clone();
         let mut out = Vec::new();
         let take = q.take.unwrap_or(usize::MAX);
@@ -380,7 +378,7 @@ impl ShardWalk {
                 break;
             };
             let (k, v) = next?;
-            let Some(row) = self.candidate(store, k, v)? else {
+            let Some(row) = self.candidate(k, v)? else {
                 continue;
             };
             if q.sort.is_empty() {
@@ -408,12 +406,7 @@ impl ShardWalk {
     }
 
     /// Turns one source entry into a row if its record is live and matches.
-    fn candidate(
-        &mut self,
-        store: &ShardStore,
-        k: Slice,
-        v: Slice,
-    ) -> Result<Option<Row>, StoreError> {
+    fn candidate(&mut self, k: Slice, v: Slice) -> Result<Option<Row>, StoreError> {
         let q = &self.query;
         let (order, key, stored) = match &q.access {
             Access::Scan { .. } => (k.to_vec(), k, v),
@@ -437,7 +430,7 @@ impl ShardWalk {
                         stored: Slice::from(&[][..]),
                     }));
                 }
-                let Some(stored) = store.get(&rkey)? else {
+                let Some(stored) = self.view.get(&rkey)? else {
                     return Ok(None);
                 };
                 (entry.to_vec(), Slice::from(rkey), stored)
@@ -496,7 +489,9 @@ fn sort_key(v: Option<&Value>) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::schema::Catalog;
-    use crate::shard::{Clock, ShardOptions, WriteKind, WriteOp, index_prefix, record_key};
+    use crate::shard::{
+        Clock, ShardOptions, ShardStore, WriteKind, WriteOp, index_prefix, record_key,
+    };
     use proptest::prelude::*;
 
     fn table() -> Arc<Table> {
@@ -571,10 +566,10 @@ mod tests {
 
     fn ids(store: &ShardStore, q: ShardQuery) -> Vec<Vec<u8>> {
         let q = Arc::new(q);
-        let mut walk = q.start(store);
+        let mut walk = q.start(store.view());
         let mut out = Vec::new();
         loop {
-            let (rows, done) = walk.next_batch(store, 3).unwrap();
+            let (rows, done) = walk.next_batch(3).unwrap();
             out.extend(rows.into_iter().map(|r| r.key.to_vec()));
             if done {
                 return out;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
 
 use crate::key::{self, KeyError};
 use crate::record::{self, RecordRef};
@@ -52,6 +52,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("stored record: {0}")]
     Decode(#[from] DecodeError),
+    #[error("prepared transaction {0} is corrupt")]
+    CorruptIntent(u64),
 }
 
 /// What a write does to its record.
@@ -61,6 +63,15 @@ pub enum WriteKind {
     Put(Value),
     /// Merge these top-level properties into the record, creating it if missing.
     Patch(Value),
+    /// Create the record only if it does not exist (else nothing: the outcome says it existed).
+    Insert(Value),
+    /// Merge these top-level properties into the record only if it exists.
+    Update(Value),
+    /// Add each number to its property (a missing or non-numeric property counts as 0),
+    /// creating the record if missing: the Resource API's `addTo` (and, negated,
+    /// `subtractFrom`). Computed from the stored record inside the write, so concurrent
+    /// increments never lose one another.
+    Add(Vec<(String, Value)>),
     Delete,
     /// Delete the record if it expired at or before this instant (ms), else leave it: eviction,
     /// which must not remove a record rewritten since it was found expired.
@@ -161,6 +172,146 @@ pub struct ShardStore {
     db: Database,
     records: Keyspace,
     index: Keyspace,
+    /// Prepared parts of cross-shard transactions: `txid (u64 BE)` -> [`Intent`] bytes.
+    intents: Keyspace,
+    /// Commit decisions of cross-shard transactions this shard coordinates: `txid` -> empty.
+    decisions: Keyspace,
+}
+
+/// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
+/// record (`None`: removed) and each index entry to insert (`true`) or remove.
+#[derive(Debug, Default)]
+pub struct Plan {
+    records: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    index: BTreeMap<Vec<u8>, bool>,
+}
+
+impl Plan {
+    /// The record keys the plan writes.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.records.keys().map(Vec::as_slice)
+    }
+
+    fn add_to(&self, batch: &mut fjall::OwnedWriteBatch, records: &Keyspace, index: &Keyspace) {
+        for (k, v) in &self.records {
+            match v {
+                Some(v) => batch.insert(records, k.as_slice(), v.as_slice()),
+                None => batch.remove(records, k.as_slice()),
+            }
+        }
+        for (k, insert) in &self.index {
+            if *insert {
+                batch.insert(index, k.as_slice(), []);
+            } else {
+                batch.remove(index, k.as_slice());
+            }
+        }
+    }
+
+    /// `coordinator (u32 BE) ++ records ++ index`, each a count (u32 BE) of entries
+    /// `key len (u32 BE) ++ key ++ tag (0 absent / 1 present) [++ value len ++ value]`.
+    fn encode_intent(&self, coordinator: u32) -> Vec<u8> {
+        fn put(out: &mut Vec<u8>, b: &[u8]) {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        let mut out = coordinator.to_be_bytes().to_vec();
+        out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
+        for (k, v) in &self.records {
+            put(&mut out, k);
+            match v {
+                Some(v) => {
+                    out.push(1);
+                    put(&mut out, v);
+                }
+                None => out.push(0),
+            }
+        }
+        out.extend_from_slice(&(self.index.len() as u32).to_be_bytes());
+        for (k, insert) in &self.index {
+            put(&mut out, k);
+            out.push(u8::from(*insert));
+        }
+        out
+    }
+
+    fn decode_intent(mut b: &[u8]) -> Option<(u32, Plan)> {
+        fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (b.get(..n)?, b.get(n..)?);
+            *b = rest;
+            Some(head)
+        }
+        fn u32_of(b: &mut &[u8]) -> Option<u32> {
+            Some(u32::from_be_bytes(take(b, 4)?.try_into().ok()?))
+        }
+        fn bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
+            let n = u32_of(b)? as usize;
+            Some(take(b, n)?.to_vec())
+        }
+        let coordinator = u32_of(&mut b)?;
+        let mut plan = Plan::default();
+        for _ in 0..u32_of(&mut b)? {
+            let k = bytes(&mut b)?;
+            let v = match take(&mut b, 1)?[0] {
+                0 => None,
+                _ => Some(bytes(&mut b)?),
+            };
+            plan.records.insert(k, v);
+        }
+        for _ in 0..u32_of(&mut b)? {
+            let k = bytes(&mut b)?;
+            let insert = take(&mut b, 1)?[0] != 0;
+            plan.index.insert(k, insert);
+        }
+        b.is_empty().then_some((coordinator, plan))
+    }
+}
+
+/// A prepared part of a cross-shard transaction, found in a shard at start-up.
+#[derive(Debug)]
+pub struct Intent {
+    pub txid: u64,
+    /// The shard that holds the transaction's commit decision.
+    pub coordinator: u32,
+    pub plan: Plan,
+}
+
+/// A consistent read view of one shard (a fjall snapshot): every read through it sees the
+/// shard as it was when the view was taken, whatever commits meanwhile.
+#[derive(Clone)]
+pub struct View {
+    snap: fjall::Snapshot,
+    records: Keyspace,
+    index: Keyspace,
+}
+
+impl View {
+    /// The stored bytes of a record (header + MessagePack), expired or not.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Slice>, StoreError> {
+        Ok(self.snap.get(&self.records, key)?)
+    }
+
+    /// Records with keys in `[lo, hi)`, in key order.
+    pub fn scan_range(
+        &self,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+    ) -> impl Iterator<Item = Result<(Slice, Slice), StoreError>> + use<> {
+        self.snap
+            .range(&self.records, lo..hi)
+            .map(|g| g.into_inner().map_err(StoreError::from))
+    }
+
+    /// Index keys in `[lo, hi)`, in key order (reversible).
+    pub fn index_range(
+        &self,
+        lo: Vec<u8>,
+        hi: Vec<u8>,
+    ) -> impl DoubleEndedIterator<Item = Result<Slice, StoreError>> + use<> {
+        self.snap
+            .range(&self.index, lo..hi)
+            .map(|g| g.key().map_err(StoreError::from))
+    }
 }
 
 impl ShardStore {
@@ -174,7 +325,24 @@ impl ShardStore {
         let ks = || KeyspaceCreateOptions::default().max_memtable_size(opts.memtable_bytes);
         let records = db.keyspace("records", ks)?;
         let index = db.keyspace("index", ks)?;
-        Ok(ShardStore { db, records, index })
+        let intents = db.keyspace("intents", KeyspaceCreateOptions::default)?;
+        let decisions = db.keyspace("decisions", KeyspaceCreateOptions::default)?;
+        Ok(ShardStore {
+            db,
+            records,
+            index,
+            intents,
+            decisions,
+        })
+    }
+
+    /// A read view of the shard as it is now.
+    pub fn view(&self) -> View {
+        View {
+            snap: self.db.snapshot(),
+            records: self.records.clone(),
+            index: self.index.clone(),
+        }
     }
 
     /// The stored bytes of a record (header + MessagePack), expired or not.
@@ -248,8 +416,22 @@ impl ShardStore {
         &self,
         ops: Vec<WriteOp>,
         clock: &mut Clock,
-        mut changes: Option<&mut Vec<Change>>,
+        changes: Option<&mut Vec<Change>>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
+        let (plan, outcomes) = self.plan(ops, clock, changes)?;
+        let mut batch = self.db.batch();
+        plan.add_to(&mut batch, &self.records, &self.index);
+        batch.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Computes what a group of writes does to the shard as it is now, without writing.
+    pub fn plan(
+        &self,
+        ops: Vec<WriteOp>,
+        clock: &mut Clock,
+        mut changes: Option<&mut Vec<Change>>,
+    ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(ops.len());
@@ -296,6 +478,19 @@ impl ShardStore {
                 }
                 continue;
             }
+            // Conditional writes that do not apply leave the record as it is.
+            let skip = match &kind {
+                WriteKind::Insert(_) => live,
+                WriteKind::Update(_) => !live,
+                _ => false,
+            };
+            if skip {
+                outcomes.push(WriteOutcome {
+                    version,
+                    existed: live,
+                });
+                continue;
+            }
             let evicting = matches!(kind, WriteKind::Evict(_));
             if let WriteKind::Evict(deadline) = kind
                 && expires_at.is_none_or(|e| e > deadline)
@@ -307,21 +502,33 @@ impl ShardStore {
                 });
                 continue;
             }
-            let patch = matches!(kind, WriteKind::Patch(_));
+            let patch = matches!(
+                kind,
+                WriteKind::Patch(_) | WriteKind::Update(_) | WriteKind::Add(_)
+            );
             let old = OldRecord::read(&table, old_body, patch, pk, live)?;
             let stamp = version as f64 / 1000.0;
             let new = match kind {
                 WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
-                WriteKind::Put(mut v) => {
+                WriteKind::Put(mut v) | WriteKind::Insert(mut v) => {
                     stamp_times(&table, &mut v, old.created.clone(), stamp);
                     Some(v)
                 }
-                WriteKind::Patch(props) => {
+                WriteKind::Patch(props) | WriteKind::Update(props) => {
                     let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
                     if let Value::Object(ps) = props {
                         for (k, val) in ps {
                             v.set(&k, val);
                         }
+                    }
+                    stamp_times(&table, &mut v, old.created, stamp);
+                    Some(v)
+                }
+                WriteKind::Add(deltas) => {
+                    let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
+                    for (k, delta) in deltas {
+                        let sum = value::add_numbers(v.get(&k), &delta);
+                        v.set(&k, sum);
                     }
                     stamp_times(&table, &mut v, old.created, stamp);
                     Some(v)
@@ -361,22 +568,80 @@ impl ShardStore {
             });
             latest.insert(key, stored);
         }
+        let plan = Plan {
+            records: latest,
+            index: index_changes,
+        };
+        Ok((plan, outcomes))
+    }
+
+    /// Records `plan` as the prepared part of cross-shard transaction `txid` (first phase of
+    /// the commit): nothing becomes visible; once persisted, [`Self::intents`] returns it after
+    /// a crash until [`Self::resolve`] commits or drops it.
+    pub fn prepare(&self, txid: u64, coordinator: u32, plan: &Plan) -> Result<(), StoreError> {
+        Ok(self
+            .intents
+            .insert(txid.to_be_bytes(), plan.encode_intent(coordinator))?)
+    }
+
+    /// Ends the prepared part of `txid`: with `plan`, applies it; either way forgets the intent,
+    /// in one atomic batch (so an intent still present after a crash was never applied).
+    pub fn resolve(&self, txid: u64, plan: Option<&Plan>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
-        for (k, v) in latest {
-            match v {
-                Some(v) => batch.insert(&self.records, k, v),
-                None => batch.remove(&self.records, k),
+        if let Some(plan) = plan {
+            plan.add_to(&mut batch, &self.records, &self.index);
+        }
+        batch.remove(&self.intents, txid.to_be_bytes());
+        Ok(batch.commit()?)
+    }
+
+    /// The prepared transaction parts stored in this shard, in txid order.
+    pub fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.intents.iter() {
+            let (k, v) = kv.into_inner()?;
+            let txid = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("intent key {k:?}")))?,
+            );
+            let (coordinator, plan) =
+                Plan::decode_intent(&v).ok_or(StoreError::CorruptIntent(txid))?;
+            out.push(Intent {
+                txid,
+                coordinator,
+                plan,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records the commit decision of `txid`: once persisted, the transaction is committed.
+    pub fn decide(&self, txid: u64) -> Result<(), StoreError> {
+        Ok(self.decisions.insert(txid.to_be_bytes(), [])?)
+    }
+
+    /// Whether this shard holds a commit decision for `txid`.
+    pub fn decided(&self, txid: u64) -> Result<bool, StoreError> {
+        Ok(self.decisions.contains_key(txid.to_be_bytes())?)
+    }
+
+    /// Drops decisions no intent refers to any more (`None`: all of them).
+    pub fn forget(&self, txids: Option<&[u64]>) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        match txids {
+            Some(ids) => {
+                for id in ids {
+                    batch.remove(&self.decisions, id.to_be_bytes());
+                }
+            }
+            None => {
+                for k in self.decisions.iter() {
+                    batch.remove(&self.decisions, k.key()?);
+                }
             }
         }
-        for (k, insert) in index_changes {
-            if insert {
-                batch.insert(&self.index, k, []);
-            } else {
-                batch.remove(&self.index, k);
-            }
-        }
-        batch.commit()?;
-        Ok(outcomes)
+        Ok(batch.commit()?)
     }
 
     /// Makes every committed batch survive a crash (`Durable`: also a power loss).
@@ -626,6 +891,97 @@ mod tests {
             .unwrap();
         assert!(store.get(&key).unwrap().is_none());
         assert!(index_keys(&store).is_empty());
+    }
+
+    #[test]
+    fn prepared_parts_survive_reopen_and_resolve_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_d, _, t) = setup();
+        let key = |id: &str| record_key(t.id, &Value::String(id.into())).unwrap();
+        let add = |id: &str, n: i64| WriteOp {
+            table: t.clone(),
+            key: key(id),
+            kind: WriteKind::Add(vec![("n".into(), Value::Int(n))]),
+        };
+        {
+            let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
+            let mut clock = Clock::default();
+            store.apply(vec![add("a", 5)], &mut clock, None).unwrap();
+            // Two prepared transactions: nothing is visible until resolved.
+            let (p1, _) = store.plan(vec![add("a", 3)], &mut clock, None).unwrap();
+            store.prepare(11, 2, &p1).unwrap();
+            let (p2, _) = store
+                .plan(
+                    vec![WriteOp {
+                        table: t.clone(),
+                        key: key("b"),
+                        kind: WriteKind::Delete,
+                    }],
+                    &mut clock,
+                    None,
+                )
+                .unwrap();
+            store.prepare(12, 0, &p2).unwrap();
+            store.decide(11).unwrap();
+            store.persist(Durability::Durable).unwrap();
+        }
+        let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
+        let n_of = |store: &ShardStore| {
+            let b = store.get(&key("a")).unwrap().unwrap();
+            value::from_msgpack(RecordRef::parse(&b).unwrap().body)
+                .unwrap()
+                .get("n")
+                .cloned()
+        };
+        assert_eq!(n_of(&store), Some(Value::Int(5)));
+        let intents = store.intents().unwrap();
+        assert_eq!(
+            intents
+                .iter()
+                .map(|i| (i.txid, i.coordinator))
+                .collect::<Vec<_>>(),
+            vec![(11, 2), (12, 0)]
+        );
+        assert!(store.decided(11).unwrap() && !store.decided(12).unwrap());
+        let view = store.view();
+        for i in &intents {
+            store
+                .resolve(i.txid, (i.txid == 11).then_some(&i.plan))
+                .unwrap();
+        }
+        assert_eq!(n_of(&store), Some(Value::Int(8)));
+        // A view taken before the resolve still sees the old value.
+        let old = view.get(&key("a")).unwrap().unwrap();
+        let old = value::from_msgpack(RecordRef::parse(&old).unwrap().body).unwrap();
+        assert_eq!(old.get("n"), Some(&Value::Int(5)));
+        assert!(store.intents().unwrap().is_empty());
+        store.forget(None).unwrap();
+        assert!(!store.decided(11).unwrap());
+        // The index follows the committed value.
+        let n_index = index_prefix(t.id, t.attribute("n").unwrap().id);
+        let entries: Vec<_> = store.scan_index(&n_index).map(|k| k.unwrap()).collect();
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn add_numbers_keeps_integers() {
+        assert_eq!(
+            value::add_numbers(Some(&Value::Int(2)), &Value::Int(-5)),
+            Value::Int(-3)
+        );
+        assert_eq!(value::add_numbers(None, &Value::Int(4)), Value::Int(4));
+        assert_eq!(
+            value::add_numbers(Some(&Value::Int(1)), &Value::Float(0.5)),
+            Value::Float(1.5)
+        );
+        assert_eq!(
+            value::add_numbers(Some(&Value::String("x".into())), &Value::Float(2.0)),
+            Value::Float(2.0)
+        );
+        assert_eq!(
+            value::add_numbers(Some(&Value::Int(i64::MAX)), &Value::Int(1)),
+            Value::Float(i64::MAX as f64 + 1.0)
+        );
     }
 
     #[test]

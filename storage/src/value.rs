@@ -148,6 +148,23 @@ pub enum DecodeError {
     Trailing(usize),
 }
 
+/// `current + delta` for `addTo`: integers stay integers while the sum fits, otherwise a float;
+/// a missing or non-numeric `current` counts as 0.
+pub fn add_numbers(current: Option<&Value>, delta: &Value) -> Value {
+    match (current, delta) {
+        (Some(Value::Int(a)), Value::Int(b)) => match a.checked_add(*b) {
+            Some(sum) => Value::Int(sum),
+            None => Value::Float(*a as f64 + *b as f64),
+        },
+        (None | Some(_), Value::Int(b)) if current.and_then(Value::as_f64).is_none() => {
+            Value::Int(*b)
+        }
+        _ => Value::Float(
+            current.and_then(Value::as_f64).unwrap_or(0.0) + delta.as_f64().unwrap_or(0.0),
+        ),
+    }
+}
+
 /// Decodes exactly one MessagePack value from `bytes` (nothing may follow it).
 pub fn from_msgpack(bytes: &[u8]) -> Result<Value, DecodeError> {
     let mut r = msgpack::Reader::new(bytes);

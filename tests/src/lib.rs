@@ -58,6 +58,7 @@ pub struct Server {
     child: Child,
     pub port: u16,
     pub mqtt_port: u16,
+    pub ops_port: u16,
     pub root: PathBuf,
     output: Arc<Mutex<String>>,
 }
@@ -95,6 +96,8 @@ impl<'a> Start<'a> {
             "0",
             "--mqtt-port",
             "0",
+            "--ops-port",
+            "0",
             "--host",
             "127.0.0.1",
         ])
@@ -124,7 +127,8 @@ impl<'a> Start<'a> {
         let stderr = child.stderr.take().expect("stderr");
         let out2 = output.clone();
         std::thread::spawn(move || {
-            let mut http = None;
+            // One line per listener: HTTP, MQTT, then the Operations API.
+            let (mut http, mut mqtt) = (None, None);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let port = line
                     .split("listening on ")
@@ -132,14 +136,18 @@ impl<'a> Start<'a> {
                     .and_then(|a| a.split_whitespace().next())
                     .and_then(|a| a.rsplit(':').next())
                     .and_then(|p| p.parse::<u16>().ok());
-                let is_mqtt = line.contains("MQTT listening");
-                out2.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
-                match (port, is_mqtt, http) {
-                    (Some(p), false, _) => http = Some(p),
-                    (Some(m), true, Some(h)) => {
-                        let _ = tx.send((h, m));
+                out2.lock()
+                    .map(|mut o| o.push_str(&format!("{line}\n")))
+                    .ok();
+                let Some(p) = port else { continue };
+                if line.contains("MQTT listening") {
+                    mqtt = Some(p);
+                } else if line.contains("Operations API listening") {
+                    if let (Some(h), Some(m)) = (http, mqtt) {
+                        let _ = tx.send((h, m, p));
                     }
-                    _ => {}
+                } else {
+                    http = Some(p);
                 }
             }
         });
@@ -149,7 +157,7 @@ impl<'a> Start<'a> {
                 out3.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
             }
         });
-        let (port, mqtt_port) = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (port, mqtt_port, ops_port) = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(p) => p,
             Err(_) => {
                 let _ = child.kill();
@@ -163,6 +171,7 @@ impl<'a> Start<'a> {
             child,
             port,
             mqtt_port,
+            ops_port,
             root: self.root.to_owned(),
             output,
         }
@@ -199,6 +208,11 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client::connect(self.port)
+    }
+
+    /// A client of the Operations API port.
+    pub fn ops(&self) -> Client {
+        Client::connect(self.ops_port)
     }
 
     /// Sends SIGTERM and waits for the exit code.
@@ -370,6 +384,12 @@ impl Client {
             &[("Content-Type", "application/json")],
             Some(body.as_bytes()),
         )
+    }
+
+    /// POSTs one operation (a JSON value) to `/` of the Operations API: (status, JSON body).
+    pub fn operation(&mut self, op: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self.post_json("/", &op.to_string());
+        (r.status, r.json())
     }
 
     pub fn delete(&mut self, path: &str) -> Response {

@@ -1,0 +1,284 @@
+//! Transactions whose writes span shards: two-phase commit over the shards' writer threads, with
+//! the decision in one participant's journal, redo of prepared parts on recovery, and a gate that
+//! gives multi-shard readers a consistent cut. `docs/adr/0001-cross-shard-transactions.md` says
+//! why this shape and what it costs.
+//!
+//! 1. **Prepare** (in parallel): each participant plans its ops against its current state,
+//!    persists the plan as an intent with its group commit, and locks the keys. A key already
+//!    locked by another transaction makes the prepare fail at once (no waiting, so no deadlock);
+//!    the coordinator aborts every part and retries after a random back-off.
+//! 2. **Decide**: the coordinator shard (the lowest participant) persists the commit decision.
+//!    This is the commit point.
+//! 3. **Resolve** (in parallel): each participant applies its plan and drops the intent in one
+//!    batch, unlocks, and answers as soon as readers see it. The caller is answered when every
+//!    participant has. The decision is dropped once every participant has persisted its resolve.
+//!
+//! Recovery ([`recover`]): an intent whose coordinator holds the decision is applied, any other is
+//! dropped (presumed abort: nobody was answered before the decision was durable).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use tessera_storage::shard::{Durability, ShardStore, StoreError, View, WriteOp, WriteOutcome};
+
+use crate::writer::{Command, Prepared};
+use crate::{ShardError, ShardSet, failpoint};
+
+/// Attempts of a transaction that keeps meeting locked keys before it gives up.
+const MAX_ATTEMPTS: u32 = 64;
+
+/// Orders multi-shard readers with the resolve phase of cross-shard transactions: a reader takes
+/// its per-shard views at an instant when no transaction is applied on some shards and not yet
+/// on others.
+#[derive(Default)]
+pub(crate) struct Gate {
+    /// Transactions that entered their resolve phase, and those that left it.
+    started: AtomicU64,
+    finished: AtomicU64,
+    /// Readers waiting for a quiet instant: new resolve phases hold back briefly for them.
+    readers: AtomicUsize,
+    /// The last transaction id handed out.
+    txid: AtomicU64,
+}
+
+impl Gate {
+    pub(crate) fn new() -> Gate {
+        let g = Gate::default();
+        g.txid
+            .store(tessera_storage::shard::now_micros(), Ordering::Relaxed);
+        g
+    }
+
+    /// Views of `shards` forming a consistent cut, or `None` if a resolve phase overlapped.
+    fn try_views(&self, set: &ShardSet, shards: &[usize]) -> Option<Vec<View>> {
+        let started = self.started.load(Ordering::SeqCst);
+        if self.finished.load(Ordering::SeqCst) != started {
+            return None;
+        }
+        let views = shards
+            .iter()
+            .filter_map(|s| set.store(*s).map(|st| st.view()))
+            .collect();
+        (self.started.load(Ordering::SeqCst) == started).then_some(views)
+    }
+}
+
+/// A short random pause, growing with the attempt (xorshift on the txid: no shared RNG).
+fn backoff(txid: u64, attempt: u32) -> Duration {
+    let mut x = txid ^ (u64::from(attempt) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    let ceiling = 50u64 << attempt.min(7);
+    Duration::from_micros(10 + x % ceiling)
+}
+
+/// Consistent views of every shard for one multi-shard read.
+pub(crate) async fn views(set: &ShardSet) -> Vec<View> {
+    let shards: Vec<usize> = (0..set.count()).collect();
+    if let Some(v) = set.gate.try_views(set, &shards) {
+        return v;
+    }
+    set.gate.readers.fetch_add(1, Ordering::SeqCst);
+    let views = loop {
+        glommio::timer::sleep(Duration::from_micros(20)).await;
+        if let Some(v) = set.gate.try_views(set, &shards) {
+            break v;
+        }
+    };
+    set.gate.readers.fetch_sub(1, Ordering::SeqCst);
+    views
+}
+
+/// Sends `cmd` to `shard`'s writer.
+fn send(set: &ShardSet, shard: usize, cmd: Command) -> Result<(), ShardError> {
+    set.writers
+        .get(shard)
+        .ok_or(ShardError::Unavailable(shard))?
+        .tx
+        .send(cmd)
+        .map_err(|_| ShardError::Unavailable(shard))
+}
+
+fn store_err(e: Arc<StoreError>) -> ShardError {
+    ShardError::Store(e)
+}
+
+/// Commits `parts` (each shard's ops with their positions in the caller's list) atomically and
+/// returns the outcomes in the caller's order. Runs detached from the caller's future by
+/// [`crate::Router::transact`], so a dropped request never leaves keys locked.
+pub(crate) async fn commit(
+    set: Arc<ShardSet>,
+    parts: Vec<(usize, Vec<(usize, WriteOp)>)>,
+    total: usize,
+) -> Result<Vec<WriteOutcome>, ShardError> {
+    let coordinator = parts.iter().map(|(s, _)| *s).min().unwrap_or(0);
+    for attempt in 0..MAX_ATTEMPTS {
+        let txid = set.gate.txid.fetch_add(1, Ordering::Relaxed) + 1;
+        // Phase 1: prepare everywhere.
+        let mut waits = Vec::with_capacity(parts.len());
+        for (shard, ops) in &parts {
+            let (tx, rx) = oneshot::channel();
+            send(
+                &set,
+                *shard,
+                Command::Prepare {
+                    txid,
+                    coordinator: coordinator as u32,
+                    ops: ops.iter().map(|(_, op)| op.clone()).collect(),
+                    reply: tx,
+                },
+            )?;
+            waits.push((*shard, rx));
+        }
+        let mut prepared = Vec::with_capacity(parts.len());
+        let mut conflict = false;
+        let mut failure = None;
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; total];
+        for ((shard, rx), (_, ops)) in waits.into_iter().zip(&parts) {
+            match rx.await {
+                Ok(Ok(Prepared::Ready(out))) => {
+                    prepared.push(shard);
+                    for ((at, _), o) in ops.iter().zip(out) {
+                        outcomes[*at] = Some(o);
+                    }
+                }
+                Ok(Ok(Prepared::Conflict)) => conflict = true,
+                Ok(Err(e)) => failure = Some(store_err(e)),
+                Err(_) => failure = Some(ShardError::Unavailable(shard)),
+            }
+        }
+        // Phase 2: the decision, unless a part could not be prepared.
+        let decided = if conflict || failure.is_some() {
+            false
+        } else {
+            let (tx, rx) = oneshot::channel();
+            send(&set, coordinator, Command::Decide { txid, reply: tx })?;
+            match rx.await {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    failure = Some(store_err(e));
+                    false
+                }
+                Err(_) => {
+                    failure = Some(ShardError::Unavailable(coordinator));
+                    false
+                }
+            }
+        };
+        if decided {
+            failpoint("decided");
+            resolve_committed(&set, txid, coordinator, &prepared).await?;
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        // Abort: drop every prepared part (no persist needed: presumed abort).
+        for shard in &prepared {
+            let (visible, _) = oneshot::channel();
+            let (durable, _) = oneshot::channel();
+            send(
+                &set,
+                *shard,
+                Command::Resolve {
+                    txid,
+                    commit: false,
+                    visible,
+                    durable,
+                },
+            )?;
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        glommio::timer::sleep(backoff(txid, attempt)).await;
+    }
+    Err(ShardError::Contended)
+}
+
+/// Phase 3: applies every prepared part inside the reader gate, then forgets the decision once
+/// every part is durable.
+async fn resolve_committed(
+    set: &Arc<ShardSet>,
+    txid: u64,
+    coordinator: usize,
+    prepared: &[usize],
+) -> Result<(), ShardError> {
+    let gate = &set.gate;
+    // Let waiting multi-shard readers take their views first (briefly: they only need an instant).
+    for _ in 0..50 {
+        if gate.readers.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        glommio::timer::sleep(Duration::from_micros(20)).await;
+    }
+    gate.started.fetch_add(1, Ordering::SeqCst);
+    let mut visible = Vec::with_capacity(prepared.len());
+    let mut durable = Vec::with_capacity(prepared.len());
+    let mut sent = Ok(());
+    for shard in prepared {
+        let (vtx, vrx) = oneshot::channel();
+        let (dtx, drx) = oneshot::channel();
+        let cmd = Command::Resolve {
+            txid,
+            commit: true,
+            visible: vtx,
+            durable: dtx,
+        };
+        if let Err(e) = send(set, *shard, cmd) {
+            sent = Err(e);
+            break;
+        }
+        visible.push(vrx);
+        durable.push(drx);
+    }
+    let mut result = sent;
+    for rx in visible {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(store_err(e)),
+            Err(_) => result = Err(ShardError::Closing),
+        }
+    }
+    gate.finished.fetch_add(1, Ordering::SeqCst);
+    // The decision goes once every part is durable; until then recovery would redo them.
+    let set2 = set.clone();
+    glommio::spawn_local(async move {
+        for rx in durable {
+            if rx.await.is_err() {
+                return;
+            }
+        }
+        let _ = send(&set2, coordinator, Command::Forget(txid));
+    })
+    .detach();
+    result
+}
+
+/// Resolves the prepared parts a crash left behind (before any writer starts): applies those whose
+/// coordinator holds the decision, drops the rest, then drops every decision.
+pub(crate) fn recover(stores: &[Arc<ShardStore>]) -> Result<(usize, usize), StoreError> {
+    let (mut applied, mut dropped) = (0, 0);
+    for store in stores {
+        for intent in store.intents()? {
+            let coordinator = stores
+                .get(intent.coordinator as usize)
+                .ok_or(StoreError::CorruptIntent(intent.txid))?;
+            let commit = coordinator.decided(intent.txid)?;
+            store.resolve(intent.txid, commit.then_some(&intent.plan))?;
+            if commit {
+                applied += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+    }
+    for store in stores {
+        store.persist(Durability::Durable)?;
+    }
+    for store in stores {
+        store.forget(None)?;
+        store.persist(Durability::Durable)?;
+    }
+    Ok((applied, dropped))
+}
