@@ -57,8 +57,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<StoreResult<()>>,
     },
     /// Applies (`commit`) or drops the prepared part of `txid` and unlocks its keys; answers
-    /// `visible` as soon as readers see it (before the group is persisted: the intent and the
-    /// decision already make it durable) and `durable` once it is persisted.
+    /// `visible` as soon as readers see it and `durable` once a later group's persist has
+    /// covered it. A resolve needs no fsync of its own: until it is persisted, the intent and the
+    /// decision redo it after a crash.
     Resolve {
         txid: u64,
         commit: bool,
@@ -103,6 +104,7 @@ pub(crate) fn spawn(
                 locks: HashMap::new(),
                 prepared: HashMap::new(),
                 deferred: VecDeque::new(),
+                unpersisted: Vec::new(),
             };
             w.run(shard, &rx, durability, &feed);
         })?;
@@ -140,7 +142,6 @@ impl Answer {
 enum Deferred {
     Done(oneshot::Sender<StoreResult<()>>),
     Prepared(oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>),
-    Durable(oneshot::Sender<()>),
 }
 
 /// One group in progress: plain writes collected since the last transaction command, and the
@@ -165,6 +166,8 @@ struct Writer<'a> {
     prepared: HashMap<u64, Part>,
     /// Plain writes waiting for a lock, in arrival order.
     deferred: VecDeque<Command>,
+    /// Resolves applied but not yet persisted: answered after the next persist.
+    unpersisted: Vec<oneshot::Sender<()>>,
 }
 
 impl Writer<'_> {
@@ -227,11 +230,11 @@ impl Writer<'_> {
                         failpoint("prepared");
                         let _ = tx.send(persisted.clone().map(|()| Prepared::Ready(outcomes)));
                     }
-                    Deferred::Durable(tx) => {
-                        if persisted.is_ok() {
-                            let _ = tx.send(());
-                        }
-                    }
+                }
+            }
+            if g.stores && persisted.is_ok() {
+                for tx in self.unpersisted.drain(..) {
+                    let _ = tx.send(());
                 }
             }
             if !flushes.is_empty() && groups > 0 {
@@ -241,7 +244,13 @@ impl Writer<'_> {
                 );
             }
             for done in flushes.drain(..) {
-                let _ = done.send(self.store.persist(Durability::Durable).map_err(Arc::new));
+                let persisted = self.store.persist(Durability::Durable).map_err(Arc::new);
+                if persisted.is_ok() {
+                    for tx in self.unpersisted.drain(..) {
+                        let _ = tx.send(());
+                    }
+                }
+                let _ = done.send(persisted);
             }
         }
     }
@@ -339,11 +348,10 @@ impl Writer<'_> {
                 if commit && watched {
                     g.changes.extend(part.changes);
                 }
-                g.stores = true;
                 let ok = result.is_ok();
                 let _ = visible.send(result.map_err(Arc::new));
                 if ok {
-                    g.after_persist.push(Deferred::Durable(durable));
+                    self.unpersisted.push(durable);
                 }
                 // Writes that waited for these keys go next, before anything newer.
                 for cmd in std::mem::take(&mut self.deferred).into_iter().rev() {
