@@ -8,6 +8,9 @@
 # ../shared/bench/harper/wrk REPEATS times each through the shared bench.sh (which samples server
 # CPU and RSS). Servers run one at a time. The summary gives medians and Tessera/Harper ratios.
 #
+# Both servers are loaded the same way: Operations API `upsert` in batches of 1,000 records, one
+# connection (the shared load_data.py); the summary gives the records/s.
+#
 # Usage: benches/side-by-side.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-side-by-side)
 # Environment: REPEATS [3]  WRK_DURATION [15s]  BENCH_MAX_ID [100000]
 #              SCENARIOS ["get_by_id query_breed put mixed"]  RANGE [1]  SKIP_HARPER [0]
@@ -34,6 +37,7 @@ RANGE=${RANGE:-1}
 export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
 SKIP_HARPER=${SKIP_HARPER:-0}
 TESSERA_PORT=29926
+TESSERA_OPS_PORT=29925
 FLOOR_PORT=29980
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/side-by-side.log"; }
@@ -98,7 +102,8 @@ start_tessera() {
   local start
   start=$(date +%s.%N)
   TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
-    "$TESSERA" run "$HB/app" --root "$WORK/tessera-root" --http-port $TESSERA_PORT --host 127.0.0.1 \
+    "$TESSERA" run "$HB/app" --root "$WORK/tessera-root" --http-port $TESSERA_PORT \
+    --ops-port $TESSERA_OPS_PORT --host 127.0.0.1 \
     >> "$OUT/tessera.out" 2>&1 < /dev/null &
   wait_ready "http://127.0.0.1:$TESSERA_PORT$1" "$start" $!
 }
@@ -110,8 +115,9 @@ stop_pid() {
 rm -rf "$WORK/tessera-root"
 log "Tessera: start (fresh root)"
 read -r _ TPID < <(start_tessera /Dog)
-log "Tessera: load $BENCH_MAX_ID records (REST PUT, 8 connections)"
-SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=rest \
+log "Tessera: load $BENCH_MAX_ID records (operations API upsert, batches of 1000)"
+SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=ops \
+  OPS_URL=http://127.0.0.1:$TESSERA_OPS_PORT \
   "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
 echo "tessera_rss_after_load_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
 for i in 1 2 3; do

@@ -88,6 +88,12 @@ def main():
     print()
     print("| figure | Harper | Tessera |")
     print("|---|---|---|")
+    loads = {who: [r for r in rows(os.path.join(out, f"{who}-load", "results.jsonl")) if r.get("kind") == "load"]
+             for who in ("harper", "tessera")}
+    rate = {who: med([r.get("records_per_s") for r in rs]) for who, rs in loads.items()}
+    mode = {who: (rs[0].get("mode") if rs else "-") for who, rs in loads.items()}
+    print(f"| load {os.environ.get('BENCH_MAX_ID', '100000')} Dogs, records/s (H: {mode['harper']}, T: {mode['tessera']}) | "
+          f"{fmt(rate['harper'])} | {fmt(rate['tessera'])} ({ratio(rate['tessera'], rate['harper'])}) |")
     print(f"| RSS after loading {os.environ.get('BENCH_MAX_ID', '100000')} Dogs (MB) | {fmt(fig.get('harper_rss_after_load_mb'))} | {fmt(fig.get('tessera_rss_after_load_mb'))} |")
     print(f"| start-up to first answered GET, median of 3 (s) | {fmt(fig.get('harper_startup_s'), 2)} | {fmt(fig.get('tessera_startup_s'), 3)} |")
     print(f"| RSS after the wrk scenarios (MB) | - | {fmt(fig.get('tessera_rss_after_bench_mb'))} |")

@@ -2,19 +2,23 @@
 //! operations port, answered in JSON, errors as `{"error": "..."}`.
 //!
 //! Served so far: the NoSQL data operations on the application's tables (`insert`, `update`,
-//! `upsert`, `delete`, `search_by_id`). A batch of records is one transaction: it commits on
+//! `upsert`, `delete`, `search_by_id`, `search_by_value`, `search_by_conditions`); the searches
+//! are planned onto the same indexes and shard walks as REST queries. A batch of records is one transaction: it commits on
 //! every shard it touches or on none ([`tessera_shards::Router::transact`]), and its reads see one
 //! consistent cut of the shards.
 
 use std::sync::Arc;
 
 use tessera_protocol::http::{Method, Request};
+use tessera_protocol::query::{Condition, Filter, Limit, Op, Operand, Query, SortKey};
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
 
 use crate::error::RestError;
+use crate::query::{self, Merge};
+use crate::related::Joins;
 use crate::rest::{Core, Reply};
 use tessera_protocol::MediaType;
 
@@ -101,6 +105,8 @@ impl Core {
             "upsert" => self.write(&envelope, Write::Upsert).await?,
             "delete" => self.delete(&envelope).await?,
             "search_by_id" => self.search_by_id(&envelope).await?,
+            "search_by_value" => self.search_by_value(&envelope).await?,
+            "search_by_conditions" => self.search_by_conditions(&envelope).await?,
             other => return Err(bad(format!("Operation '{other}' not found"))),
         };
         let mut buf = Vec::with_capacity(256);
@@ -255,19 +261,7 @@ impl Core {
     async fn search_by_id(&self, env: &Value) -> Result<Value, OpsError> {
         let table = self.op_table(env)?;
         let ids = Self::op_ids(env)?;
-        let attrs: Option<Vec<String>> = match env.get("get_attributes") {
-            Some(Value::Array(a)) => {
-                let names: Vec<String> = a
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                (!names.iter().any(|n| n == "*")).then_some(names)
-            }
-            _ => return Err(bad("'get_attributes' is required")),
-        };
+        let attrs = get_attributes(env)?;
         // One consistent cut of every shard for the whole batch.
         let views = self.router.views().await;
         let now_ms = tessera_storage::shard::now_micros() / 1000;
@@ -287,18 +281,244 @@ impl Core {
             if rec.is_expired(now_ms) {
                 continue;
             }
-            let full =
-                value::from_msgpack(rec.body).map_err(|e| RestError::Internal(e.to_string()))?;
-            out.push(match &attrs {
-                None => full,
-                Some(names) => Value::Object(
-                    names
-                        .iter()
-                        .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
-                        .collect(),
-                ),
-            });
+            out.push(project(&table, rec.body, &attrs)?);
         }
         Ok(Value::Array(out))
     }
+
+    /// `search_by_value`: one attribute equal to a value, or matching `*` wildcards in a string.
+    async fn search_by_value(&self, env: &Value) -> Result<Value, OpsError> {
+        let table = self.op_table(env)?;
+        let attrs = get_attributes(env)?;
+        let Some(Value::String(attr)) =
+            env.get("search_attribute").or_else(|| env.get("attribute"))
+        else {
+            return Err(bad("'search_attribute' is required"));
+        };
+        let filter = match env.get("search_value").or_else(|| env.get("value")) {
+            None | Some(Value::Null) => return Err(bad("'search_value' is required")),
+            Some(Value::String(v)) if v == "*" => None,
+            Some(Value::String(v)) => {
+                let (lead, trail) = (v.starts_with('*'), v.len() > 1 && v.ends_with('*'));
+                let inner = &v[usize::from(lead)..v.len() - usize::from(trail)];
+                let op = match (lead, trail) {
+                    (true, true) => Op::Contains,
+                    (false, true) => Op::StartsWith,
+                    (true, false) => Op::EndsWith,
+                    (false, false) => Op::Eq,
+                };
+                Some(condition(attr, op, Operand::Text(inner.to_owned())))
+            }
+            Some(v) => Some(condition(attr, Op::Eq, operand(v))),
+        };
+        // `*` alone still names an attribute that must exist.
+        if filter.is_none() && table.attribute(attr).is_none() {
+            return Err(OpsError(404, format!("unknown attribute '{attr}'")));
+        }
+        let parsed = Query {
+            filter,
+            select: None,
+            limit: None,
+            sort: Vec::new(),
+        };
+        self.search(&table, parsed, &attrs).await
+    }
+
+    /// `search_by_conditions`: conditions and nested groups, sort, limit and offset.
+    async fn search_by_conditions(&self, env: &Value) -> Result<Value, OpsError> {
+        let table = self.op_table(env)?;
+        let attrs = get_attributes(env)?;
+        let filter = match env.get("conditions") {
+            None => return Err(bad("'conditions' is required")),
+            Some(Value::Array(c)) if c.is_empty() => {
+                return Err(bad("'conditions' must contain at least 1 items"));
+            }
+            Some(Value::Array(c)) => group(c, env.get("operator"))?,
+            Some(_) => return Err(bad("'conditions' must be an array")),
+        };
+        let sort = match env.get("sort") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(s) => {
+                let Some(Value::String(attr)) = s.get("attribute") else {
+                    return Err(bad("'sort' must name an 'attribute'"));
+                };
+                vec![SortKey {
+                    path: vec![attr.clone()],
+                    descending: matches!(s.get("descending"), Some(Value::Bool(true))),
+                }]
+            }
+        };
+        let count = |name: &str| match env.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Int(n)) if *n >= 0 => Ok(Some(*n as usize)),
+            Some(_) => Err(bad(format!("'{name}' must be a non-negative integer"))),
+        };
+        let (limit, offset) = (count("limit")?, count("offset")?);
+        let start = offset.unwrap_or(0);
+        let limit = (limit.is_some() || start > 0).then(|| Limit {
+            start,
+            end: limit.map_or(usize::MAX, |l| start.saturating_add(l)),
+        });
+        let parsed = Query {
+            filter: Some(filter),
+            select: None,
+            limit,
+            sort,
+        };
+        self.search(&table, parsed, &attrs).await
+    }
+
+    /// Plans `parsed` like a REST query and returns the matching records, projected.
+    async fn search(
+        &self,
+        table: &Arc<Table>,
+        parsed: Query,
+        attrs: &Option<Vec<String>>,
+    ) -> Result<Value, OpsError> {
+        let plan = query::plan(table, "", parsed, Joins::default())?;
+        let end = plan.shard.take.unwrap_or(usize::MAX);
+        let mut rows = Merge::start(&self.router, plan.shard.clone())
+            .collect(plan.skip, end)
+            .await?;
+        if plan.shard.keys_only {
+            query::fill_records(&self.router, &mut rows).await?;
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let rec = RecordRef::parse(&row.stored)
+                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            out.push(project(table, rec.body, attrs)?);
+        }
+        Ok(Value::Array(out))
+    }
+}
+
+/// `get_attributes`: `None` for every attribute (`["*"]`), else the names asked for.
+fn get_attributes(env: &Value) -> Result<Option<Vec<String>>, OpsError> {
+    let Some(Value::Array(a)) = env.get("get_attributes") else {
+        return Err(bad("'get_attributes' is required"));
+    };
+    let mut names = Vec::with_capacity(a.len());
+    for v in a {
+        match v {
+            Value::String(s) if s == "*" => return Ok(None),
+            Value::String(s) => names.push(s.clone()),
+            _ => return Err(bad("'get_attributes' must be an array of attribute names")),
+        }
+    }
+    Ok(Some(names))
+}
+
+/// A stored record as an object with `attrs`, absent ones as null; for `None` (`*`), the whole
+/// record with every declared attribute it lacks as null.
+fn project(table: &Table, body: &[u8], attrs: &Option<Vec<String>>) -> Result<Value, OpsError> {
+    let mut full = value::from_msgpack(body).map_err(|e| RestError::Internal(e.to_string()))?;
+    Ok(match attrs {
+        None => {
+            for a in &table.attributes {
+                if a.expr.is_none() && full.get(&a.name).is_none() {
+                    full.set(&a.name, Value::Null);
+                }
+            }
+            full
+        }
+        Some(names) => Value::Object(
+            names
+                .iter()
+                .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
+                .collect(),
+        ),
+    })
+}
+
+fn condition(attr: &str, op: Op, value: Operand) -> Filter {
+    Filter::Cond(Condition {
+        path: vec![attr.to_owned()],
+        op,
+        value,
+        at: 0,
+        chained: None,
+    })
+}
+
+/// A JSON operand as the query planner's: strings convert to the attribute's type.
+fn operand(v: &Value) -> Operand {
+    match v {
+        Value::Null => Operand::Null,
+        Value::Bool(b) => Operand::Bool(*b),
+        Value::Int(i) => Operand::Number(*i as f64),
+        Value::Float(f) => Operand::Number(*f),
+        Value::String(s) => Operand::Text(s.clone()),
+        other => Operand::String(other.to_json()),
+    }
+}
+
+/// A group of conditions joined by `operator` (`and` when absent).
+fn group(items: &[Value], operator: Option<&Value>) -> Result<Filter, OpsError> {
+    let or = match operator {
+        None | Some(Value::Null) => false,
+        Some(Value::String(o)) if o.eq_ignore_ascii_case("and") => false,
+        Some(Value::String(o)) if o.eq_ignore_ascii_case("or") => true,
+        Some(o) => return Err(bad(format!("Unknown operator {}", o.to_json()))),
+    };
+    let parts = items
+        .iter()
+        .map(one_condition)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(if or {
+        Filter::Or(parts)
+    } else {
+        Filter::And(parts)
+    })
+}
+
+/// One `{"search_attribute","search_type","search_value"}` (or a nested group).
+fn one_condition(c: &Value) -> Result<Filter, OpsError> {
+    if let Some(Value::Array(nested)) = c.get("conditions") {
+        if nested.is_empty() {
+            return Err(bad("'conditions' must contain at least 1 items"));
+        }
+        return group(nested, c.get("operator"));
+    }
+    let Some(Value::String(attr)) = c.get("search_attribute").or_else(|| c.get("attribute")) else {
+        return Err(bad("a condition needs 'search_attribute'"));
+    };
+    let Some(Value::String(kind)) = c.get("search_type").or_else(|| c.get("comparator")) else {
+        return Err(bad("a condition needs 'search_type'"));
+    };
+    let value = c
+        .get("search_value")
+        .or_else(|| c.get("value"))
+        .unwrap_or(&Value::Null);
+    let op = match kind.as_str() {
+        "equals" => Op::Eq,
+        // Null values never match a comparison, not even `not_equal` (HARPER-OPS.md section 3).
+        "not_equal" => {
+            return Ok(Filter::And(vec![
+                condition(attr, Op::Ne, operand(value)),
+                condition(attr, Op::Ne, Operand::Null),
+            ]));
+        }
+        "contains" => Op::Contains,
+        "starts_with" => Op::StartsWith,
+        "ends_with" => Op::EndsWith,
+        "greater_than" => Op::Gt,
+        "greater_than_equal" => Op::Ge,
+        "less_than" => Op::Lt,
+        "less_than_equal" => Op::Le,
+        "between" => {
+            let Value::Array(bounds) = value else {
+                return Err(bad("'between' needs [low, high]"));
+            };
+            let [lo, hi] = bounds.as_slice() else {
+                return Err(bad("'between' needs [low, high]"));
+            };
+            return Ok(Filter::And(vec![
+                condition(attr, Op::Ge, operand(lo)),
+                condition(attr, Op::Le, operand(hi)),
+            ]));
+        }
+        other => return Err(bad(format!("Unknown query comparator \"{other}\""))),
+    };
+    Ok(condition(attr, op, operand(value)))
 }

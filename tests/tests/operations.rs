@@ -186,3 +186,126 @@ fn a_batch_commits_on_every_shard_or_none() {
     let ages: Vec<serde_json::Value> = serde_json::from_slice(&r.body).unwrap();
     assert!(ages.iter().all(|a| *a == ages[0]));
 }
+
+#[test]
+fn searches_by_value_and_conditions() {
+    let schema = "type Dog @table @export { id: Int @primaryKey name: String @indexed \
+                  breed: String age: Int @indexed }";
+    let (s, _app, _root) = Server::with_schema(schema);
+    let mut c = s.ops();
+    let dogs = json!([
+        {"id": 1, "name": "Penny", "breed": "Husky", "age": 5},
+        {"id": 2, "name": "Harper", "breed": "Poodle", "age": 3},
+        {"id": 3, "name": "Buddy", "breed": "Husky", "age": 8},
+        {"id": 4, "name": "Bella", "breed": "Beagle"},
+        {"id": 5, "name": "Rocky", "breed": "Husky", "age": 1}
+    ]);
+    let (st, _) = c.operation(&json!({"operation": "insert", "table": "Dog", "records": dogs}));
+    assert_eq!(st, 200);
+    let ids = |v: &serde_json::Value| {
+        let mut ids: Vec<i64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let by_value = |c: &mut tessera_tests::Client, attr: &str, value: serde_json::Value| {
+        let (st, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+            "search_attribute": attr, "search_value": value, "get_attributes": ["id"]}));
+        assert_eq!(st, 200, "{body}");
+        ids(&body)
+    };
+    assert_eq!(by_value(&mut c, "name", json!("B*")), vec![3, 4]);
+    assert_eq!(by_value(&mut c, "name", json!("*y")), vec![1, 3, 5]);
+    assert_eq!(by_value(&mut c, "name", json!("*ar*")), vec![2]);
+    assert_eq!(by_value(&mut c, "name", json!("*")), vec![1, 2, 3, 4, 5]);
+    assert_eq!(by_value(&mut c, "age", json!(3)), vec![2]);
+    // Not indexed: a scan; and the primary key.
+    assert_eq!(by_value(&mut c, "breed", json!("Husky")), vec![1, 3, 5]);
+    assert_eq!(by_value(&mut c, "id", json!(4)), vec![4]);
+    // Aliases, and "*" in get_attributes: every attribute, absent ones as null.
+    let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "attribute": "id", "value": 4, "get_attributes": ["*"]}));
+    assert_eq!(
+        body,
+        json!([{"id": 4, "name": "Bella", "breed": "Beagle", "age": null}])
+    );
+    let (st, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "search_attribute": "nosuch", "search_value": 1, "get_attributes": ["id"]}));
+    assert!((400..500).contains(&st), "{st} {body}");
+    let (st, _) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "search_attribute": "name", "search_value": null, "get_attributes": ["id"]}));
+    assert_eq!(st, 400);
+
+    let by_conditions = |c: &mut tessera_tests::Client, extra: serde_json::Value| {
+        let mut op = json!({"operation": "search_by_conditions", "table": "Dog", "get_attributes": ["id", "age"]});
+        for (k, v) in extra.as_object().unwrap() {
+            op[k] = v.clone();
+        }
+        let (st, body) = c.operation(&op);
+        assert_eq!(st, 200, "{body}");
+        body
+    };
+    let cond = |a: &str, t: &str, v: serde_json::Value| json!({"search_attribute": a, "search_type": t, "search_value": v});
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [cond("breed", "equals", json!("Husky")), cond("age", "greater_than", json!(2))]}),
+    );
+    assert_eq!(ids(&body), vec![1, 3]);
+    let body = by_conditions(
+        &mut c,
+        json!({"operator": "or", "conditions": [cond("name", "starts_with", json!("Ha")), cond("age", "less_than_equal", json!(1))]}),
+    );
+    assert_eq!(ids(&body), vec![2, 5]);
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [cond("age", "between", json!([3, 5]))]}),
+    );
+    assert_eq!(ids(&body), vec![1, 2]);
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [cond("name", "contains", json!("ock")), cond("name", "ends_with", json!("y"))]}),
+    );
+    assert_eq!(ids(&body), vec![5]);
+    // not_equal leaves out records without the value.
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [cond("age", "not_equal", json!(3))]}),
+    );
+    assert_eq!(ids(&body), vec![1, 3, 5]);
+    // Nested groups with aliases.
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [
+            {"attribute": "breed", "comparator": "equals", "value": "Husky"},
+            {"operator": "or", "conditions": [cond("age", "equals", json!(1)), cond("age", "equals", json!(8))]}
+        ]}),
+    );
+    assert_eq!(ids(&body), vec![3, 5]);
+    // Sort, limit and offset.
+    let body = by_conditions(
+        &mut c,
+        json!({"conditions": [cond("age", "greater_than", json!(0))],
+        "sort": {"attribute": "age", "descending": true}, "limit": 2, "offset": 1}),
+    );
+    assert_eq!(body, json!([{"id": 1, "age": 5}, {"id": 2, "age": 3}]));
+    // Errors.
+    let (st, body) = c.operation(&json!({"operation": "search_by_conditions", "table": "Dog",
+        "get_attributes": ["id"], "conditions": [cond("age", "bogus", json!(1))]}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("Unknown query comparator \"bogus\""))
+    );
+    let (st, body) = c.operation(&json!({"operation": "search_by_conditions", "table": "Dog",
+        "get_attributes": ["id"], "conditions": []}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("'conditions' must contain at least 1 items"))
+    );
+    let (st, _) = c.operation(&json!({"operation": "search_by_conditions", "table": "Dog",
+        "get_attributes": ["id"]}));
+    assert_eq!(st, 400);
+}
