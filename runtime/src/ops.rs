@@ -107,6 +107,37 @@ impl Core {
             "search_by_id" => self.search_by_id(&envelope).await?,
             "search_by_value" => self.search_by_value(&envelope).await?,
             "search_by_conditions" => self.search_by_conditions(&envelope).await?,
+            "describe_table" => {
+                let table = self
+                    .op_table(&envelope)
+                    .map_err(|OpsError(_, m)| OpsError(404, m))?;
+                self.describe(&table).await?
+            }
+            "describe_database" => {
+                let database = database_of(&envelope);
+                let tables = self.tables_of(Some(database));
+                if tables.is_empty() {
+                    return Err(OpsError(
+                        404,
+                        format!("database '{database}' does not exist"),
+                    ));
+                }
+                self.describe_all(tables).await?
+            }
+            "describe_all" => {
+                let mut by_db: Vec<(String, Value)> = Vec::new();
+                for table in self.tables_of(None) {
+                    let d = self.describe(&table).await?;
+                    match by_db.iter_mut().find(|(db, _)| *db == table.database) {
+                        Some((_, Value::Object(o))) => o.push((table.name.clone(), d)),
+                        _ => by_db.push((
+                            table.database.clone(),
+                            Value::Object(vec![(table.name.clone(), d)]),
+                        )),
+                    }
+                }
+                Value::Object(by_db)
+            }
             other => return Err(bad(format!("Operation '{other}' not found"))),
         };
         let mut buf = Vec::with_capacity(256);
@@ -115,15 +146,47 @@ impl Core {
         Ok(())
     }
 
+    /// The tables of `database` (or all), in name order.
+    fn tables_of(&self, database: Option<&str>) -> Vec<Arc<Table>> {
+        let mut tables: Vec<Arc<Table>> = self
+            .shared
+            .types
+            .values()
+            .filter(|t| database.is_none_or(|d| t.database == d))
+            .cloned()
+            .collect();
+        tables.sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
+        tables
+    }
+
+    /// `describe_table` of one table: its attributes and how many records it holds now.
+    async fn describe(&self, table: &Arc<Table>) -> Result<Value, OpsError> {
+        let mut rows = query::matching(&self.router, table, None);
+        let now_ms = tessera_storage::shard::now_micros() / 1000;
+        let mut count = 0u64;
+        while let Some(row) = rows.next().await? {
+            if RecordRef::parse(&row.stored).is_some_and(|r| !r.is_expired(now_ms)) {
+                count += 1;
+            }
+        }
+        Ok(table.describe_operation(count))
+    }
+
+    /// `{"<table>": describe_table, ...}`.
+    async fn describe_all(&self, tables: Vec<Arc<Table>>) -> Result<Value, OpsError> {
+        let mut out = Vec::with_capacity(tables.len());
+        for t in tables {
+            out.push((t.name.clone(), self.describe(&t).await?));
+        }
+        Ok(Value::Object(out))
+    }
+
     /// The table an operation names (`database` or its old name `schema`, default `data`).
     fn op_table(&self, env: &Value) -> Result<Arc<Table>, OpsError> {
         let Some(Value::String(name)) = env.get("table") else {
             return Err(bad("'table' is required"));
         };
-        let database = match env.get("database").or_else(|| env.get("schema")) {
-            Some(Value::String(d)) => d.as_str(),
-            _ => "data",
-        };
+        let database = database_of(env);
         self.shared
             .types
             .values()
@@ -390,6 +453,14 @@ impl Core {
             out.push(project(table, rec.body, attrs)?);
         }
         Ok(Value::Array(out))
+    }
+}
+
+/// The database an operation names (`database` or its old name `schema`), `data` by default.
+fn database_of(env: &Value) -> &str {
+    match env.get("database").or_else(|| env.get("schema")) {
+        Some(Value::String(d)) => d.as_str(),
+        _ => "data",
     }
 }
 

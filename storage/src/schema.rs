@@ -274,6 +274,47 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The Operations API's `describe_table` object (HARPER-OPS.md section 2) of a
+    /// schema-defined table holding `record_count` records.
+    pub fn describe_operation(&self, record_count: u64) -> Value {
+        let s = |k: &str, v: Value| (k.to_owned(), v);
+        let attrs = self
+            .attributes
+            .iter()
+            .filter(|a| a.relationship.is_none())
+            .map(|a| {
+                let mut o = vec![s("attribute", Value::String(a.name.clone()))];
+                if a.primary_key {
+                    o.push(s("is_primary_key", Value::Bool(true)));
+                }
+                o.push(s("type", Value::String(describe_type(&a.ty))));
+                if a.indexed {
+                    o.push(s("indexed", Value::Object(vec![])));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        let mut out = vec![
+            s("schema", Value::String(self.database.clone())),
+            s("name", Value::String(self.name.clone())),
+            s(
+                "hash_attribute",
+                Value::String(self.primary_key().name.clone()),
+            ),
+            s("audit", Value::Bool(true)),
+            s("schema_defined", Value::Bool(true)),
+            s("attributes", Value::Array(attrs)),
+            s("sources", Value::Array(vec![])),
+            s("record_count", Value::Int(record_count as i64)),
+        ];
+        if let Some(e) = self.expiration {
+            out.push(s("expiration", Value::String(format!("{e}s"))));
+        }
+        Value::Object(out)
+    }
+}
+
 fn describe_type(t: &FieldType) -> String {
     match t {
         FieldType::Scalar(s) => s.name().to_owned(),

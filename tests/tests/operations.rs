@@ -309,3 +309,53 @@ fn searches_by_value_and_conditions() {
         "get_attributes": ["id"]}));
     assert_eq!(st, 400);
 }
+
+#[test]
+fn describe_operations() {
+    let schema = "type Dog @table @export { id: Int @primaryKey name: String @indexed tags: [String] }\n\
+                  type Toy @table(database: \"play\", expiration: 60) { id: ID @primaryKey }";
+    let (s, _app, _root) = Server::with_schema(schema);
+    let mut c = s.ops();
+    let (st, _) = c.operation(&json!({"operation": "insert", "table": "Dog",
+        "records": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]}));
+    assert_eq!(st, 200);
+    let (st, d) = c.operation(&json!({"operation": "describe_table", "table": "Dog"}));
+    assert_eq!(st, 200, "{d}");
+    assert_eq!(d["schema"], "data");
+    assert_eq!(d["name"], "Dog");
+    assert_eq!(d["hash_attribute"], "id");
+    assert_eq!(d["schema_defined"], true);
+    assert_eq!(d["record_count"], 3);
+    assert_eq!(
+        d["attributes"],
+        json!([
+            {"attribute": "id", "is_primary_key": true, "type": "Int"},
+            {"attribute": "name", "type": "String", "indexed": {}},
+            {"attribute": "tags", "type": "array"}
+        ])
+    );
+    let (_, d) =
+        c.operation(&json!({"operation": "describe_table", "database": "play", "table": "Toy"}));
+    assert_eq!(
+        (d["record_count"].clone(), d["expiration"].clone()),
+        (json!(0), json!("60s"))
+    );
+    let (_, d) = c.operation(&json!({"operation": "describe_database", "database": "play"}));
+    assert_eq!(
+        d.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["Toy"]
+    );
+    let (_, d) = c.operation(&json!({"operation": "describe_all"}));
+    assert_eq!(d["data"]["Dog"]["record_count"], 3);
+    assert_eq!(d["play"]["Toy"]["name"], "Toy");
+    let (st, d) = c.operation(&json!({"operation": "describe_table", "table": "Nope"}));
+    assert_eq!(
+        (st, d["error"].as_str()),
+        (404, Some("Table 'data.Nope' does not exist"))
+    );
+    let (st, d) = c.operation(&json!({"operation": "describe_database", "database": "nope"}));
+    assert_eq!(
+        (st, d["error"].as_str()),
+        (404, Some("database 'nope' does not exist"))
+    );
+}
