@@ -50,9 +50,16 @@ fn assert_consistent(lines: &[String]) {
 #[test]
 fn kill_9_at_random_moments_keeps_the_sum() {
     let root = tempfile::tempdir().unwrap();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    // TESSERA_TXN_ROUNDS (default 6) and TESSERA_TXN_SEED for longer runs.
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let mut seed = env("TESSERA_TXN_SEED", 0x2545_f491_4f6c_dd1d) | 1;
     let mut reads = 0u64;
-    for round in 0..6 {
+    for round in 0..env("TESSERA_TXN_ROUNDS", 6) {
         let mut child = run(root.path(), None);
         let out = child.stdout.take().unwrap();
         let mut rd = BufReader::new(out);
@@ -84,7 +91,7 @@ fn crash_at_each_commit_step_is_all_or_nothing() {
     // later, with many transfers in flight on both cores.
     for step in ["prepared", "decided", "resolved"] {
         let root = tempfile::tempdir().unwrap();
-        for n in [1, 7, 40, 150] {
+        for n in [1, 2, 3, 7, 20, 40, 150, 400] {
             let spec = format!("{step}:{n}");
             let mut child = run(root.path(), Some(&spec));
             let start = Instant::now();
@@ -99,12 +106,12 @@ fn crash_at_each_commit_step_is_all_or_nothing() {
                 std::thread::sleep(Duration::from_millis(20));
             };
             assert!(!status.success(), "{spec}: the process was not killed");
-            assert_consistent(&lines(&mut child));
+            let out = lines(&mut child);
+            assert_consistent(&out);
             let after = check(root.path());
-            // Only the seeding (the very first transaction) can leave nothing behind.
-            if after == "sum 0 accounts 0" {
-                assert_eq!(n, 1, "{spec}: the accounts are gone");
-            } else {
+            // Only a crash while seeding (before `ready`) may leave nothing; `check` has already
+            // refused anything between nothing and every account.
+            if out.iter().any(|l| l == "ready") {
                 assert_eq!(after, "sum 24000 accounts 24", "{spec}");
             }
         }
