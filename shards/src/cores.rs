@@ -106,6 +106,7 @@ where
             .io_memory(io_memory);
         let h = builder
             .spawn(move || async move {
+                glommio::spawn_local(heartbeat()).detach();
                 let (core, senders) = if threads > 1 {
                     let Ok((senders, mut receivers)) = mesh.join().await else {
                         eprintln!("core {i}: could not join the mesh");
@@ -143,6 +144,22 @@ where
         }));
     }
     Ok(handles)
+}
+
+/// How often an idle executor wakes up anyway (see [`heartbeat`]).
+const HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// Wakes the executor every [`HEARTBEAT`] for as long as it runs. glommio wakes a sleeping
+/// executor for a message from another thread (the mesh, shared channels) through an eventfd, and
+/// on this machine such a wake-up is sometimes lost under CPU contention: the executor then
+/// sleeps in `io_uring_enter` until something else wakes it, and at start-up nothing else does
+/// (the mesh join hung for good, about once in twenty starts of eight servers at once on two
+/// busy cores). Each wake-up also polls the cross-thread channels, so a lost one now costs at
+/// most this long.
+async fn heartbeat() {
+    loop {
+        glommio::timer::sleep(HEARTBEAT).await;
+    }
 }
 
 /// Candidates a query examines between two chances for other work on its core.
