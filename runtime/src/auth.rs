@@ -1,6 +1,7 @@
-//! Users and HTTP authentication.
+//! Users, roles and HTTP authentication.
 //!
-//! Users live in `<root>/data/users.json` (mode 0600) with argon2id password hashes. The super
+//! Users and roles live in `<root>/data/users.json` (mode 0600, replaced atomically) with
+//! argon2id password hashes. The super
 //! user is created on first start from `TESSERA_ADMIN_USERNAME`/`TESSERA_ADMIN_PASSWORD` (or
 //! Harper's `HDB_ADMIN_USERNAME`/`HDB_ADMIN_PASSWORD`). A password is verified on glommio's
 //! blocking pool, never on an executor thread, and a verified `Authorization` value is remembered
@@ -9,7 +10,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use argon2::Argon2;
@@ -20,14 +22,34 @@ use base64::Engine;
 use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
 use tessera_storage::layout::write_atomically;
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::roles::{self, Permission};
+
+/// An authenticated user and what its role allows.
+#[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub username: String,
     pub super_user: bool,
+    pub role: String,
+    pub permission: Arc<Permission>,
 }
+
+impl User {
+    /// The user trusted without credentials (`authorizeLocal` on loopback).
+    pub fn local() -> User {
+        User {
+            username: "localhost".into(),
+            super_user: true,
+            role: SUPER_USER.into(),
+            permission: Arc::new(Permission::super_user()),
+        }
+    }
+}
+
+/// The built-in role of super users.
+pub const SUPER_USER: &str = "super_user";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredUser {
@@ -36,18 +58,55 @@ struct StoredUser {
     password: String,
     role: String,
     active: bool,
+    #[serde(default)]
+    created: f64,
+    #[serde(default)]
+    updated: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRole {
+    name: String,
+    /// The `permission` object as it was sent.
+    permission: Json,
+    created: f64,
+    updated: f64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct UsersFile {
     users: Vec<StoredUser>,
+    #[serde(default)]
+    roles: Vec<StoredRole>,
 }
 
-/// The user store.
+/// An operation on users or roles that failed: its status and JSON body.
+pub type Refusal = (u16, Json);
+
+fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    (status, json!({ "error": message.into() }))
+}
+
+fn now_ms() -> f64 {
+    tessera_storage::shard::now_micros() as f64 / 1000.0
+}
+
+fn hash_password(password: &str) -> Result<String, Refusal> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| refuse(500, format!("hashing the password: {e}")))
+}
+
+/// The users and roles of the server, durable in `<root>/data/users.json` (mode 0600, replaced
+/// atomically on every change). Shared by every core; changes take effect on the next request
+/// (the [`Authenticator`]s see the generation move).
 #[derive(Debug)]
 pub struct Users {
     path: PathBuf,
-    file: UsersFile,
+    file: RwLock<UsersFile>,
+    generation: AtomicU64,
 }
 
 impl Users {
@@ -60,42 +119,88 @@ impl Users {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Ok(Users { path, file })
+        Ok(Users {
+            path,
+            file: RwLock::new(file),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, UsersFile> {
+        self.file.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the users file with `f`, saves it, and moves the generation on success.
+    /// Blocking (file write and fsync): call it off the executor.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut UsersFile) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut file)?;
+        let bytes = serde_json::to_vec_pretty(&*file).map_err(|e| refuse(500, e.to_string()))?;
+        write_atomically(&self.path, &bytes, 0o600)
+            .map_err(|e| refuse(500, format!("writing {}: {e}", self.path.display())))?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(out)
+    }
+
+    /// Changes so far: cached credentials of an older generation are checked again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.file.users.is_empty()
+        self.read().users.is_empty()
     }
 
     /// Adds a super user unless a user of that name exists. Returns whether it was added.
-    pub fn ensure_super_user(&mut self, username: &str, password: &str) -> anyhow::Result<bool> {
-        if self.file.users.iter().any(|u| u.username == username) {
+    pub fn ensure_super_user(&self, username: &str, password: &str) -> anyhow::Result<bool> {
+        if self.read().users.iter().any(|u| u.username == username) {
             return Ok(false);
         }
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?
-            .to_string();
-        self.file.users.push(StoredUser {
-            username: username.to_owned(),
-            password: hash,
-            role: "super_user".to_owned(),
-            active: true,
-        });
-        self.save()?;
+        let hash = hash_password(password).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+        self.change(|f| {
+            let now = now_ms();
+            f.users.push(StoredUser {
+                username: username.to_owned(),
+                password: hash,
+                role: SUPER_USER.to_owned(),
+                active: true,
+                created: now,
+                updated: now,
+            });
+            Ok(())
+        })
+        .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
         Ok(true)
     }
 
-    fn save(&self) -> anyhow::Result<()> {
-        write_atomically(&self.path, &serde_json::to_vec_pretty(&self.file)?, 0o600)
-            .with_context(|| format!("writing {}", self.path.display()))
+    /// The permissions of role `name`.
+    fn permission_of(file: &UsersFile, name: &str) -> Option<Arc<Permission>> {
+        if name == SUPER_USER {
+            return Some(Arc::new(Permission::super_user()));
+        }
+        let role = file.roles.iter().find(|r| r.name == name)?;
+        // Stored roles were validated when added; tables dropped since are simply absent.
+        let p = roles::parse(Some(&role.permission), |_, _| true).unwrap_or_default();
+        Some(Arc::new(p))
     }
 
-    /// Checks a password (slow by design: run it off the executor).
+    fn user_of(file: &UsersFile, u: &StoredUser) -> User {
+        let permission = Self::permission_of(file, &u.role).unwrap_or_default();
+        User {
+            username: u.username.clone(),
+            super_user: permission.super_user,
+            role: u.role.clone(),
+            permission,
+        }
+    }
+
+    /// Checks a password (slow by design: run it off the executor). Inactive users fail.
     pub fn verify(&self, username: &str, password: &str) -> Option<User> {
-        let u = self
-            .file
+        let file = self.read();
+        let u = file
             .users
             .iter()
             .find(|u| u.username == username && u.active)?;
@@ -103,11 +208,218 @@ impl Users {
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
             .ok()?;
-        Some(User {
-            username: u.username.clone(),
-            super_user: u.role == "super_user",
+        Some(Self::user_of(&file, u))
+    }
+
+    fn role_json(r: &StoredRole) -> Json {
+        json!({"role": r.name, "permission": r.permission, "id": r.name,
+               "__createdtime__": r.created, "__updatedtime__": r.updated})
+    }
+
+    fn super_role_json() -> Json {
+        json!({"role": SUPER_USER, "permission": {"super_user": true}, "id": SUPER_USER})
+    }
+
+    /// `add_role`. `table_exists` validates the tables the permission names.
+    pub fn add_role(
+        &self,
+        name: &str,
+        permission: Option<&Json>,
+        table_exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Json, Refusal> {
+        roles::parse(permission, table_exists).map_err(permission_refusal)?;
+        let permission = permission.cloned().unwrap_or(Json::Null);
+        self.change(|f| {
+            if name == SUPER_USER || f.roles.iter().any(|r| r.name == name) {
+                return Err(refuse(
+                    409,
+                    format!("A role with name '{name}' already exists"),
+                ));
+            }
+            let now = now_ms();
+            let role = StoredRole {
+                name: name.to_owned(),
+                permission,
+                created: now,
+                updated: now,
+            };
+            let out = Self::role_json(&role);
+            f.roles.push(role);
+            Ok(out)
         })
     }
+
+    /// `alter_role`: a new permission for role `id`.
+    pub fn alter_role(
+        &self,
+        id: &str,
+        permission: Option<&Json>,
+        table_exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Json, Refusal> {
+        roles::parse(permission, table_exists).map_err(permission_refusal)?;
+        let permission = permission.cloned().unwrap_or(Json::Null);
+        self.change(|f| {
+            let Some(role) = f.roles.iter_mut().find(|r| r.name == id) else {
+                return Err(refuse(400, "Invalid role id"));
+            };
+            role.permission = permission;
+            role.updated = now_ms();
+            Ok(Self::role_json(role))
+        })
+    }
+
+    /// `drop_role`.
+    pub fn drop_role(&self, id: &str) -> Result<Json, Refusal> {
+        self.change(|f| {
+            let Some(at) = f.roles.iter().position(|r| r.name == id) else {
+                return Err(refuse(404, "Role not found"));
+            };
+            if f.users.iter().any(|u| u.role == id) {
+                return Err(refuse(
+                    409,
+                    format!("Cannot drop role {id} as it has active user(s) tied to this role"),
+                ));
+            }
+            f.roles.remove(at);
+            Ok(json!({ "message": format!("{id} successfully deleted") }))
+        })
+    }
+
+    /// `list_roles`.
+    pub fn list_roles(&self) -> Json {
+        let file = self.read();
+        let mut out = vec![Self::super_role_json()];
+        out.extend(file.roles.iter().map(Self::role_json));
+        Json::Array(out)
+    }
+
+    fn user_json(file: &UsersFile, u: &StoredUser) -> Json {
+        let role = if u.role == SUPER_USER {
+            Self::super_role_json()
+        } else {
+            file.roles
+                .iter()
+                .find(|r| r.name == u.role)
+                .map_or(Json::Null, Self::role_json)
+        };
+        json!({"username": u.username, "active": u.active, "role": role,
+               "__createdtime__": u.created, "__updatedtime__": u.updated})
+    }
+
+    /// `add_user`. Blocking (hashes the password).
+    pub fn add_user(
+        &self,
+        username: &str,
+        password: Option<&str>,
+        role: &str,
+        active: bool,
+    ) -> Result<Json, Refusal> {
+        let Some(password) = password.filter(|p| !p.is_empty()) else {
+            return Err(refuse(400, "Password can't be blank"));
+        };
+        if self.read().users.iter().any(|u| u.username == username) {
+            return Err(refuse(409, format!("User {username} already exists")));
+        }
+        let hash = hash_password(password)?;
+        self.change(|f| {
+            if f.users.iter().any(|u| u.username == username) {
+                return Err(refuse(409, format!("User {username} already exists")));
+            }
+            if role != SUPER_USER && !f.roles.iter().any(|r| r.name == role) {
+                return Err(refuse(404, format!("{role} role not found")));
+            }
+            let now = now_ms();
+            f.users.push(StoredUser {
+                username: username.to_owned(),
+                password: hash,
+                role: role.to_owned(),
+                active,
+                created: now,
+                updated: now,
+            });
+            Ok(json!({ "message": format!("{username} successfully added") }))
+        })
+    }
+
+    /// `alter_user`: any of a new password, role and active flag. Blocking (hashing).
+    pub fn alter_user(
+        &self,
+        username: &str,
+        password: Option<&str>,
+        role: Option<&str>,
+        active: Option<bool>,
+    ) -> Result<Json, Refusal> {
+        let hash = password.map(hash_password).transpose()?;
+        self.change(|f| {
+            if let Some(r) = role
+                && r != SUPER_USER
+                && !f.roles.iter().any(|x| x.name == r)
+            {
+                return Err(refuse(
+                    404,
+                    format!("Update failed.  Requested '{r}' role not found."),
+                ));
+            }
+            let Some(u) = f.users.iter_mut().find(|u| u.username == username) else {
+                return Ok(json!({"message": "updated 0 of 1 records", "txn_time": 0,
+                                 "update_hashes": [], "skipped_hashes": [username]}));
+            };
+            if let Some(h) = hash {
+                u.password = h;
+            }
+            if let Some(r) = role {
+                u.role = r.to_owned();
+            }
+            if let Some(a) = active {
+                u.active = a;
+            }
+            u.updated = now_ms();
+            Ok(json!({"message": "updated 1 of 1 records", "txn_time": 0,
+                      "update_hashes": [username], "skipped_hashes": []}))
+        })
+    }
+
+    /// `drop_user`.
+    pub fn drop_user(&self, username: &str) -> Result<Json, Refusal> {
+        self.change(|f| {
+            let Some(at) = f.users.iter().position(|u| u.username == username) else {
+                return Err(refuse(404, format!("User {username} does not exist")));
+            };
+            f.users.remove(at);
+            Ok(json!({ "message": format!("{username} successfully deleted") }))
+        })
+    }
+
+    /// `list_users` (never a password).
+    pub fn list_users(&self) -> Json {
+        let file = self.read();
+        Json::Array(
+            file.users
+                .iter()
+                .map(|u| Self::user_json(&file, u))
+                .collect(),
+        )
+    }
+
+    /// `user_info` of `username`.
+    pub fn user_info(&self, username: &str) -> Json {
+        let file = self.read();
+        match file.users.iter().find(|u| u.username == username) {
+            Some(u) => Self::user_json(&file, u),
+            None => json!({"username": username, "role": Self::super_role_json()}),
+        }
+    }
+}
+
+/// A refused `permission` object, in HARPER-OPS.md's shape.
+fn permission_refusal(e: roles::PermissionErrors) -> Refusal {
+    let schema: serde_json::Map<String, Json> =
+        e.schema.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    (
+        400,
+        json!({"error": "Errors in the role permissions JSON provided",
+               "main_permissions": e.main, "schema_permissions": schema}),
+    )
 }
 
 /// `user:password` from an `Authorization: Basic ...` value.
@@ -134,6 +446,8 @@ type Verification = Shared<LocalBoxFuture<'static, Option<Arc<User>>>>;
 pub struct Authenticator {
     users: Arc<Users>,
     verified: RefCell<HashMap<Box<[u8]>, Arc<User>>>,
+    /// The users' generation the cache was filled at.
+    seen: std::cell::Cell<u64>,
     /// Checks in progress, so that many requests arriving with the same new credentials share
     /// one password hash computation instead of queueing one each (argon2 also takes 19 MiB
     /// per computation).
@@ -145,12 +459,24 @@ impl Authenticator {
         Authenticator {
             users,
             verified: RefCell::new(HashMap::new()),
+            seen: std::cell::Cell::new(0),
             pending: RefCell::new(HashMap::new()),
         }
     }
 
+    /// The user and role store.
+    pub fn users(&self) -> &Arc<Users> {
+        &self.users
+    }
+
     /// The user an `Authorization` header value proves, or `None`.
     pub async fn authenticate(&self, header: &[u8]) -> Option<Arc<User>> {
+        // A changed user or role (password, role, active flag, permissions) invalidates the cache.
+        let generation = self.users.generation();
+        if self.seen.get() != generation {
+            self.verified.borrow_mut().clear();
+            self.seen.set(generation);
+        }
         if let Some(u) = self.verified.borrow().get(header) {
             return Some(u.clone());
         }
@@ -177,6 +503,10 @@ impl Authenticator {
         let user = check.await;
         self.pending.borrow_mut().remove(header);
         let user = user?;
+        if self.users.generation() != generation {
+            // Users changed while checking: answer, but do not remember.
+            return Some(user);
+        }
         let mut cache = self.verified.borrow_mut();
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
@@ -193,7 +523,7 @@ mod tests {
     #[test]
     fn hashes_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let mut users = Users::open(dir.path()).unwrap();
+        let users = Users::open(dir.path()).unwrap();
         assert!(users.ensure_super_user("admin", "s3cret").unwrap());
         assert!(!users.ensure_super_user("admin", "other").unwrap());
         let stored = std::fs::read_to_string(dir.path().join("users.json")).unwrap();

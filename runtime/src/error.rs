@@ -10,6 +10,9 @@ pub enum RestError {
     /// No or bad credentials: 401 with `WWW-Authenticate: Basic`.
     #[error("Must login")]
     Unauthorized,
+    /// Authenticated, but the role does not allow it: 403.
+    #[error("Unauthorized access to resource")]
+    Forbidden,
     /// Unknown first path segment: 404 with the text `Not found` and no content type.
     #[error("Not found")]
     NoSuchResource,
@@ -38,6 +41,7 @@ impl RestError {
     pub fn status(&self) -> u16 {
         match self {
             RestError::Unauthorized => 401,
+            RestError::Forbidden => 403,
             RestError::NoSuchResource | RestError::NoSuchRecord | RestError::NotFound(_) => 404,
             RestError::BadRequest(_) => 400,
             RestError::MethodNotAllowed(_) => 405,
@@ -51,7 +55,7 @@ impl RestError {
     /// Harper's error class prefix of the body (`"ClientError: ..."`).
     pub fn class(&self) -> &'static str {
         match self {
-            RestError::Unauthorized => "AccessViolation",
+            RestError::Unauthorized | RestError::Forbidden => "AccessViolation",
             RestError::Internal(_) | RestError::Unavailable(_) | RestError::NotImplemented(_) => {
                 "ServerError"
             }

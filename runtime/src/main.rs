@@ -21,6 +21,7 @@ mod query;
 mod realtime;
 mod related;
 mod rest;
+mod roles;
 mod server;
 mod sessions;
 mod websocket;

@@ -22,8 +22,10 @@ use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 use tessera_storage::{Table, record::RecordRef};
 
+use crate::auth::User;
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
+use crate::roles::Action;
 use crate::sessions;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
@@ -114,6 +116,8 @@ impl Input {
 /// What the reader knows about its connection.
 struct Session<'c> {
     core: &'c Core,
+    /// Who connected: its role decides what it may subscribe to and publish.
+    user: Arc<User>,
     conn: u64,
     version: Version,
     outbox: Rc<Outbox>,
@@ -156,20 +160,23 @@ where
         _ => return,
     };
     let version = connect.version;
-    if let Err(code) = check_credentials(core, &connect).await {
-        let mut out = Vec::new();
-        mqtt::encode(
-            &Packet::ConnAck(ConnAck {
-                session_present: false,
-                code,
-                properties: Properties::default(),
-            }),
-            version,
-            &mut out,
-        );
-        let _ = wr.write_all(&out).await;
-        return;
-    }
+    let user = match check_credentials(core, &connect).await {
+        Ok(user) => user,
+        Err(code) => {
+            let mut out = Vec::new();
+            mqtt::encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    properties: Properties::default(),
+                }),
+                version,
+                &mut out,
+            );
+            let _ = wr.write_all(&out).await;
+            return;
+        }
+    };
     let conn = realtime::new_conn(core.router.core());
     let client_id = match connect.client_id.as_str() {
         "" => format!("tessera-{conn:x}"),
@@ -294,6 +301,7 @@ where
     let reader = async move {
         let mut session = Session {
             core,
+            user: user.clone(),
             conn,
             version,
             outbox: out_tx,
@@ -471,7 +479,7 @@ async fn park(
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
 /// code: 3.1.1 0x04 (bad user name or password) / 0x05 (not authorized), 5 0x86 / 0x87.
-async fn check_credentials(core: &Core, c: &Connect) -> Result<(), u8> {
+async fn check_credentials(core: &Core, c: &Connect) -> Result<Arc<User>, u8> {
     let (bad, unauthorized) = match c.version {
         Version::V311 => (0x04, 0x05),
         Version::V5 => (0x86, 0x87),
@@ -487,11 +495,7 @@ async fn check_credentials(core: &Core, c: &Connect) -> Result<(), u8> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(raw)
     );
-    match core.auth.authenticate(header.as_bytes()).await {
-        Some(u) if u.super_user => Ok(()),
-        Some(_) => Err(unauthorized),
-        None => Err(bad),
-    }
+    core.auth.authenticate(header.as_bytes()).await.ok_or(bad)
 }
 
 /// The exported table and record id a topic names (`Dog/42`, `Sensor/zone/a`).
@@ -605,6 +609,19 @@ impl Session<'_> {
         let core = self.core;
         // 0x90: topic name invalid (not an exported table).
         let (table, id) = resolve(core, &p.topic).ok_or(0x90u8)?;
+        // 0x87: not authorized (the role's table permission for what the publish does).
+        let action = match (p.retain, p.payload.is_empty()) {
+            (false, _) => Action::Insert,
+            (true, true) => Action::Delete,
+            (true, false) => Action::Update,
+        };
+        if !self
+            .user
+            .permission
+            .allows(&table.database, &table.name, action)
+        {
+            return Err(0x87);
+        }
         let pk = id_value(table, &id);
         let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
         if !p.retain {
@@ -653,6 +670,21 @@ impl Session<'_> {
                 self.held
                     .release(&self.core.router, self.conn, Some(old))
                     .await;
+            }
+            let readable = filter.split_once('/').and_then(|(t, _)| {
+                let table = self.core.shared.tables.get(t)?;
+                Some(
+                    self.user
+                        .permission
+                        .allows(&table.database, &table.name, Action::Read),
+                )
+            });
+            if readable == Some(false) {
+                codes.push(match self.version {
+                    Version::V311 => 0x80,
+                    Version::V5 => 0x87, // not authorized
+                });
+                continue;
             }
             match self.add_subscription(filter, qos, &mut retained).await {
                 Some(()) => codes.push(qos as u8),

@@ -16,17 +16,21 @@ use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
 
+use serde_json::{Value as Json, json};
+
+use crate::auth::User;
 use crate::error::RestError;
 use crate::query::{self, Merge};
 use crate::related::Joins;
 use crate::rest::{Core, Reply};
+use crate::roles::{Action, TablePermission};
 use tessera_protocol::MediaType;
 
 /// Most records one operation may carry.
 const MAX_RECORDS: usize = 100_000;
 
-/// An operation's failure: its status and the message of `{"error": ...}`.
-struct OpsError(u16, String);
+/// An operation's failure: its status and JSON body (`{"error": ...}`, a few with more keys).
+struct OpsError(u16, Json);
 
 impl From<RestError> for OpsError {
     fn from(e: RestError) -> Self {
@@ -34,12 +38,37 @@ impl From<RestError> for OpsError {
             RestError::Unauthorized => "Must login".to_owned(),
             e => e.to_string(),
         };
-        OpsError(e.status(), message)
+        fail(e.status(), message)
     }
 }
 
+fn fail(status: u16, message: impl Into<String>) -> OpsError {
+    OpsError(status, json!({ "error": message.into() }))
+}
+
 fn bad(message: impl Into<String>) -> OpsError {
-    OpsError(400, message.into())
+    fail(400, message)
+}
+
+/// HARPER-OPS.md section 7's refusal of an operation the role does not allow.
+fn forbidden(unauthorized: Json, invalid: Json) -> OpsError {
+    OpsError(
+        403,
+        json!({"error": "This operation is not authorized due to role restrictions and/or invalid database items",
+               "unauthorized_access": unauthorized, "invalid_schema_items": invalid}),
+    )
+}
+
+/// What an operation returns: a record-shaped value, or JSON built here.
+enum Out {
+    Value(Value),
+    Json(Json),
+}
+
+impl From<Value> for Out {
+    fn from(v: Value) -> Self {
+        Out::Value(v)
+    }
 }
 
 /// The data operations, each a function of the request body.
@@ -60,9 +89,8 @@ impl Core {
         reply: &mut Reply<'_>,
     ) {
         let result = self.operation(req, body, from_loopback, reply).await;
-        if let Err(OpsError(status, message)) = result {
-            let mut out = Vec::with_capacity(message.len() + 16);
-            Value::Object(vec![("error".to_owned(), Value::String(message))]).write_json(&mut out);
+        if let Err(OpsError(status, body)) = result {
+            let out = serde_json::to_vec(&body).unwrap_or_default();
             let extra: &[(&str, &[u8])] = if status == 401 {
                 &[("WWW-Authenticate", b"Basic")]
             } else {
@@ -89,9 +117,9 @@ impl Core {
             return Ok(());
         }
         if req.method != Method::Post {
-            return Err(OpsError(405, "Operations are POSTed to /".into()));
+            return Err(fail(405, "Operations are POSTed to /"));
         }
-        self.authenticate(req, from_loopback).await?;
+        let user = self.authenticate(req, from_loopback).await?;
         let envelope = {
             let mut buffers = simd_json::Buffers::default();
             crate::body::json(body, &mut buffers).map_err(|e| bad(e.to_string()))?
@@ -99,34 +127,46 @@ impl Core {
         let Some(Value::String(op)) = envelope.get("operation") else {
             return Err(bad("Request body must include an 'operation' property."));
         };
-        let out = match op.as_str() {
-            "insert" => self.write(&envelope, Write::Insert).await?,
-            "update" => self.write(&envelope, Write::Update).await?,
-            "upsert" => self.write(&envelope, Write::Upsert).await?,
-            "delete" => self.delete(&envelope).await?,
-            "search_by_id" => self.search_by_id(&envelope).await?,
-            "search_by_value" => self.search_by_value(&envelope).await?,
-            "search_by_conditions" => self.search_by_conditions(&envelope).await?,
+        if let Some(internal) = super_user_only(op) {
+            if !user.super_user {
+                return Err(forbidden(
+                    json!([format!(
+                        "Operation '{internal}' is restricted to 'super_user' roles"
+                    )]),
+                    json!([]),
+                ));
+            }
+            let out = self.administer(op, &envelope).await?;
+            let buf = serde_json::to_vec(&out).unwrap_or_default();
+            reply.send(200, Some(MediaType::Json), &[], &buf);
+            return Ok(());
+        }
+        let out: Out = match op.as_str() {
+            "insert" => self.write(&envelope, Write::Insert, &user).await?.into(),
+            "update" => self.write(&envelope, Write::Update, &user).await?.into(),
+            "upsert" => self.write(&envelope, Write::Upsert, &user).await?.into(),
+            "delete" => self.delete(&envelope, &user).await?.into(),
+            "search_by_id" => self.search_by_id(&envelope, &user).await?.into(),
+            "search_by_value" => self.search_by_value(&envelope, &user).await?.into(),
+            "search_by_conditions" => self.search_by_conditions(&envelope, &user).await?.into(),
+            "user_info" => Out::Json(self.auth.users().user_info(&user.username)),
             "describe_table" => {
-                let table = self
-                    .op_table(&envelope)
-                    .map_err(|OpsError(_, m)| OpsError(404, m))?;
-                self.describe(&table).await?
+                let (table, _) = self
+                    .op_table(&envelope, &user, &[Action::Read])
+                    .map_err(|OpsError(s, b)| OpsError(if s == 400 { 404 } else { s }, b))?;
+                self.describe(&table).await?.into()
             }
             "describe_database" => {
                 let database = database_of(&envelope);
-                let tables = self.tables_of(Some(database));
+                let tables = self.tables_of(Some(database), &user);
                 if tables.is_empty() {
-                    return Err(OpsError(
-                        404,
-                        format!("database '{database}' does not exist"),
-                    ));
+                    return Err(fail(404, format!("database '{database}' does not exist")));
                 }
-                self.describe_all(tables).await?
+                self.describe_all(tables).await?.into()
             }
             "describe_all" => {
                 let mut by_db: Vec<(String, Value)> = Vec::new();
-                for table in self.tables_of(None) {
+                for table in self.tables_of(None, &user) {
                     let d = self.describe(&table).await?;
                     match by_db.iter_mut().find(|(db, _)| *db == table.database) {
                         Some((_, Value::Object(o))) => o.push((table.name.clone(), d)),
@@ -136,23 +176,27 @@ impl Core {
                         )),
                     }
                 }
-                Value::Object(by_db)
+                Value::Object(by_db).into()
             }
             other => return Err(bad(format!("Operation '{other}' not found"))),
         };
         let mut buf = Vec::with_capacity(256);
-        out.write_json(&mut buf);
+        match out {
+            Out::Value(v) => v.write_json(&mut buf),
+            Out::Json(j) => buf = serde_json::to_vec(&j).unwrap_or_default(),
+        }
         reply.send(200, Some(MediaType::Json), &[], &buf);
         Ok(())
     }
 
-    /// The tables of `database` (or all), in name order.
-    fn tables_of(&self, database: Option<&str>) -> Vec<Arc<Table>> {
+    /// The tables of `database` (or all) that `user` may see, in name order.
+    fn tables_of(&self, database: Option<&str>, user: &User) -> Vec<Arc<Table>> {
         let mut tables: Vec<Arc<Table>> = self
             .shared
             .types
             .values()
             .filter(|t| database.is_none_or(|d| t.database == d))
+            .filter(|t| user.permission.table(&t.database, &t.name).is_some())
             .cloned()
             .collect();
         tables.sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
@@ -181,22 +225,118 @@ impl Core {
         Ok(Value::Object(out))
     }
 
-    /// The table an operation names (`database` or its old name `schema`, default `data`).
-    fn op_table(&self, env: &Value) -> Result<Arc<Table>, OpsError> {
+    /// The table an operation names (`database` or its old name `schema`, default `data`),
+    /// once `user`'s role allows every one of `actions` on it. A table the role has no
+    /// permissions on is reported as missing, like one that does not exist.
+    fn op_table(
+        &self,
+        env: &Value,
+        user: &User,
+        actions: &[Action],
+    ) -> Result<(Arc<Table>, Option<TablePermission>), OpsError> {
         let Some(Value::String(name)) = env.get("table") else {
             return Err(bad("'table' is required"));
         };
         let database = database_of(env);
-        self.shared
+        let missing = format!("Table '{database}.{name}' does not exist");
+        let table = self
+            .shared
             .types
             .values()
             .find(|t| t.name == *name && t.database == database)
             .cloned()
-            .ok_or_else(|| bad(format!("Table '{database}.{name}' does not exist")))
+            .ok_or_else(|| bad(missing.clone()))?;
+        let Some(perm) = user.permission.table(database, name) else {
+            return Err(forbidden(json!([]), json!([missing])));
+        };
+        let refused: Vec<&str> = actions
+            .iter()
+            .filter(|a| !perm.allows(**a))
+            .map(|a| a.name())
+            .collect();
+        if !refused.is_empty() {
+            return Err(forbidden(
+                json!([{"schema": database, "table": name,
+                        "required_table_permissions": refused,
+                        "required_attribute_permissions": []}]),
+                json!([]),
+            ));
+        }
+        Ok((table, Some(perm).filter(|p| !p.attributes.is_empty())))
     }
 
-    async fn write(&self, env: &Value, kind: Write) -> Result<Value, OpsError> {
-        let table = self.op_table(env)?;
+    /// The user and role operations (super users only).
+    async fn administer(&self, op: &str, env: &Value) -> Result<Json, OpsError> {
+        let users = self.auth.users().clone();
+        let text = |name: &str| match env.get(name) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let permission: Option<Json> = env
+            .get("permission")
+            .map(|p| serde_json::from_str(&p.to_json()).unwrap_or(Json::Null));
+        let tables: Vec<(String, String)> = self
+            .shared
+            .types
+            .values()
+            .map(|t| (t.database.clone(), t.name.clone()))
+            .collect();
+        let exists = move |d: &str, t: &str| tables.iter().any(|(a, b)| a == d && b == t);
+        let op = op.to_owned();
+        let (role, id, username, password) =
+            (text("role"), text("id"), text("username"), text("password"));
+        let active = match env.get("active") {
+            Some(Value::Bool(b)) => Some(*b),
+            _ => None,
+        };
+        // File writes (fsync) and password hashing stay off the executor.
+        let result = glommio::executor()
+            .spawn_blocking(move || match op.as_str() {
+                "list_roles" => Ok(users.list_roles()),
+                "list_users" => Ok(users.list_users()),
+                "add_role" => match role {
+                    Some(r) => users.add_role(&r, permission.as_ref(), exists),
+                    None => Err((400, json!({"error": "Role name can't be blank"}))),
+                },
+                "alter_role" => match id {
+                    Some(i) => users.alter_role(&i, permission.as_ref(), exists),
+                    None => Err((400, json!({"error": "Id can't be blank"}))),
+                },
+                "drop_role" => match id {
+                    Some(i) => users.drop_role(&i),
+                    None => Err((400, json!({"error": "Id can't be blank"}))),
+                },
+                "add_user" => match (username, role) {
+                    (Some(u), Some(r)) => {
+                        users.add_user(&u, password.as_deref(), &r, active.unwrap_or(true))
+                    }
+                    (None, _) => Err((400, json!({"error": "Username can't be blank"}))),
+                    (_, None) => Err((400, json!({"error": "Role can't be blank"}))),
+                },
+                "alter_user" => match username {
+                    Some(u) => users.alter_user(&u, password.as_deref(), role.as_deref(), active),
+                    None => Err((400, json!({"error": "Username can't be blank"}))),
+                },
+                "drop_user" => match username {
+                    Some(u) => users.drop_user(&u),
+                    None => Err((400, json!({"error": "Username can't be blank"}))),
+                },
+                other => Err((
+                    400,
+                    json!({"error": format!("Operation '{other}' not found")}),
+                )),
+            })
+            .await;
+        result.map_err(|(status, body)| OpsError(status, body))
+    }
+
+    async fn write(&self, env: &Value, kind: Write, user: &User) -> Result<Value, OpsError> {
+        let actions: &[Action] = match kind {
+            Write::Insert => &[Action::Insert],
+            Write::Update => &[Action::Update],
+            Write::Upsert => &[Action::Insert, Action::Update],
+        };
+        let (table, restricted) = self.op_table(env, user, actions)?;
         let records = match env.get("records") {
             None => return Err(bad("'records' is required")),
             Some(Value::Array(r)) => r,
@@ -222,6 +362,27 @@ impl Core {
                 }
                 _ => self.new_key(&table)?,
             };
+            if let (Some(p), Value::Object(props)) = (&restricted, &rec) {
+                let mut refused: Vec<Json> = Vec::new();
+                for (k, _) in props {
+                    let missing: Vec<&str> = actions
+                        .iter()
+                        .filter(|a| !p.writes_attribute(k, **a))
+                        .map(|a| a.name())
+                        .collect();
+                    if !missing.is_empty() {
+                        refused.push(json!({"attribute_name": k, "required_permissions": missing}));
+                    }
+                }
+                if !refused.is_empty() {
+                    return Err(forbidden(
+                        json!([{"schema": table.database, "table": table.name,
+                                "required_table_permissions": [],
+                                "required_attribute_permissions": refused}]),
+                        json!([]),
+                    ));
+                }
+            }
             rec.set(&pk_name, pk.clone());
             let mode = match kind {
                 Write::Insert => WriteMode::Replace,
@@ -295,8 +456,8 @@ impl Core {
         }
     }
 
-    async fn delete(&self, env: &Value) -> Result<Value, OpsError> {
-        let table = self.op_table(env)?;
+    async fn delete(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, _) = self.op_table(env, user, &[Action::Delete])?;
         let ids = Self::op_ids(env)?;
         let mut ops = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -321,10 +482,11 @@ impl Core {
         ]))
     }
 
-    async fn search_by_id(&self, env: &Value) -> Result<Value, OpsError> {
-        let table = self.op_table(env)?;
+    async fn search_by_id(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let ids = Self::op_ids(env)?;
         let attrs = get_attributes(env)?;
+        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
         // One consistent cut of every shard for the whole batch.
         let views = self.router.views().await;
         let now_ms = tessera_storage::shard::now_micros() / 1000;
@@ -344,20 +506,22 @@ impl Core {
             if rec.is_expired(now_ms) {
                 continue;
             }
-            out.push(project(&table, rec.body, &attrs)?);
+            out.push(project(&table, rec.body, &attrs, restricted.as_ref())?);
         }
         Ok(Value::Array(out))
     }
 
     /// `search_by_value`: one attribute equal to a value, or matching `*` wildcards in a string.
-    async fn search_by_value(&self, env: &Value) -> Result<Value, OpsError> {
-        let table = self.op_table(env)?;
+    async fn search_by_value(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
+        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
         let Some(Value::String(attr)) =
             env.get("search_attribute").or_else(|| env.get("attribute"))
         else {
             return Err(bad("'search_attribute' is required"));
         };
+        check_readable(&table, restricted.as_ref(), [attr])?;
         let filter = match env.get("search_value").or_else(|| env.get("value")) {
             None | Some(Value::Null) => return Err(bad("'search_value' is required")),
             Some(Value::String(v)) if v == "*" => None,
@@ -376,7 +540,7 @@ impl Core {
         };
         // `*` alone still names an attribute that must exist.
         if filter.is_none() && table.attribute(attr).is_none() {
-            return Err(OpsError(404, format!("unknown attribute '{attr}'")));
+            return Err(fail(404, format!("unknown attribute '{attr}'")));
         }
         let parsed = Query {
             filter,
@@ -384,13 +548,15 @@ impl Core {
             limit: None,
             sort: Vec::new(),
         };
-        self.search(&table, parsed, &attrs).await
+        self.search(&table, parsed, &attrs, restricted.as_ref())
+            .await
     }
 
     /// `search_by_conditions`: conditions and nested groups, sort, limit and offset.
-    async fn search_by_conditions(&self, env: &Value) -> Result<Value, OpsError> {
-        let table = self.op_table(env)?;
+    async fn search_by_conditions(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
+        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
         let filter = match env.get("conditions") {
             None => return Err(bad("'conditions' is required")),
             Some(Value::Array(c)) if c.is_empty() => {
@@ -422,13 +588,18 @@ impl Core {
             start,
             end: limit.map_or(usize::MAX, |l| start.saturating_add(l)),
         });
+        let mut named = Vec::new();
+        filter_attributes(&filter, &mut named);
+        named.extend(sort.iter().filter_map(|k| k.path.first().cloned()));
+        check_readable(&table, restricted.as_ref(), &named)?;
         let parsed = Query {
             filter: Some(filter),
             select: None,
             limit,
             sort,
         };
-        self.search(&table, parsed, &attrs).await
+        self.search(&table, parsed, &attrs, restricted.as_ref())
+            .await
     }
 
     /// Plans `parsed` like a REST query and returns the matching records, projected.
@@ -437,6 +608,7 @@ impl Core {
         table: &Arc<Table>,
         parsed: Query,
         attrs: &Option<Vec<String>>,
+        restricted: Option<&TablePermission>,
     ) -> Result<Value, OpsError> {
         let plan = query::plan(table, "", parsed, Joins::default())?;
         let end = plan.shard.take.unwrap_or(usize::MAX);
@@ -450,10 +622,25 @@ impl Core {
         for row in &rows {
             let rec = RecordRef::parse(&row.stored)
                 .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-            out.push(project(table, rec.body, attrs)?);
+            out.push(project(table, rec.body, attrs, restricted)?);
         }
         Ok(Value::Array(out))
     }
+}
+
+/// The internal name of an operation only super users may run (HARPER-OPS.md section 7).
+fn super_user_only(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "add_role" => "addRole",
+        "alter_role" => "alterRole",
+        "drop_role" => "dropRole",
+        "list_roles" => "listRoles",
+        "add_user" => "addUser",
+        "alter_user" => "alterUser",
+        "drop_user" => "dropUser",
+        "list_users" => "listUsersExternal",
+        _ => return None,
+    })
 }
 
 /// The database an operation names (`database` or its old name `schema`), `data` by default.
@@ -461,6 +648,38 @@ fn database_of(env: &Value) -> &str {
     match env.get("database").or_else(|| env.get("schema")) {
         Some(Value::String(d)) => d.as_str(),
         _ => "data",
+    }
+}
+
+/// Refuses (403, reported as missing) any of `names` the role may not read.
+fn check_readable<'n>(
+    table: &Table,
+    restricted: Option<&TablePermission>,
+    names: impl IntoIterator<Item = &'n String>,
+) -> Result<(), OpsError> {
+    let Some(p) = restricted else { return Ok(()) };
+    let pk = &table.primary_key().name;
+    let hidden: Vec<String> = names
+        .into_iter()
+        .filter(|n| !p.reads_attribute(n, *n == pk))
+        .map(|n| format!("Attribute '{n}' does not exist on '{}'", table.full_name()))
+        .collect();
+    if hidden.is_empty() {
+        Ok(())
+    } else {
+        Err(forbidden(json!([]), json!(hidden)))
+    }
+}
+
+/// The attributes a condition tree names.
+fn filter_attributes(f: &Filter, out: &mut Vec<String>) {
+    match f {
+        Filter::And(parts) | Filter::Or(parts) => {
+            for p in parts {
+                filter_attributes(p, out);
+            }
+        }
+        Filter::Cond(c) => out.extend(c.path.first().cloned()),
     }
 }
 
@@ -482,14 +701,24 @@ fn get_attributes(env: &Value) -> Result<Option<Vec<String>>, OpsError> {
 
 /// A stored record as an object with `attrs`, absent ones as null; for `None` (`*`), the whole
 /// record with every declared attribute it lacks as null.
-fn project(table: &Table, body: &[u8], attrs: &Option<Vec<String>>) -> Result<Value, OpsError> {
+fn project(
+    table: &Table,
+    body: &[u8],
+    attrs: &Option<Vec<String>>,
+    restricted: Option<&TablePermission>,
+) -> Result<Value, OpsError> {
     let mut full = value::from_msgpack(body).map_err(|e| RestError::Internal(e.to_string()))?;
+    let pk = &table.primary_key().name;
     Ok(match attrs {
         None => {
             for a in &table.attributes {
-                if a.expr.is_none() && full.get(&a.name).is_none() {
+                if a.expr.is_none() && a.relationship.is_none() && full.get(&a.name).is_none() {
                     full.set(&a.name, Value::Null);
                 }
+            }
+            // Attributes the role may not read are left out.
+            if let (Some(p), Value::Object(props)) = (restricted, &mut full) {
+                props.retain(|(k, _)| p.reads_attribute(k, k == pk));
             }
             full
         }

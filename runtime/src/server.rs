@@ -111,7 +111,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         layout.mark_indexed(m)?;
     }
 
-    let mut users = Users::open(&data)?;
+    let users = Users::open(&data)?;
     let admin = admin_from_env();
     if let Some((u, p)) = &admin
         && users.ensure_super_user(u, p)?

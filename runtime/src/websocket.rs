@@ -48,11 +48,14 @@ pub async fn serve(
         }))
     };
     // 401 -> 3000, 403 -> 3003 (HARPER.md section 10).
-    if let Err(e) = core.authenticate(req, from_loopback).await {
-        let code = if e.status() == 403 { 3003 } else { 3000 };
-        let _ = ws.send(closing(code, &format!("{}: {e}", e.class()))).await;
-        return;
-    }
+    let user = match core.authenticate(req, from_loopback).await {
+        Ok(user) => user,
+        Err(e) => {
+            let code = if e.status() == 403 { 3003 } else { 3000 };
+            let _ = ws.send(closing(code, &format!("{}: {e}", e.class()))).await;
+            return;
+        }
+    };
     let table = match core.shared.tables.get(target.resource.as_ref()) {
         Some(t) => t.clone(),
         None => {
@@ -60,6 +63,14 @@ pub async fn serve(
             return;
         }
     };
+    if !user
+        .permission
+        .allows(&table.database, &table.name, crate::roles::Action::Read)
+    {
+        let e = crate::error::RestError::Forbidden;
+        let _ = ws.send(closing(3003, &format!("{}: {e}", e.class()))).await;
+        return;
+    }
     let scope = match target.path {
         PathKind::Record(id) => Scope::Record(id),
         PathKind::Collection(p) if p.is_empty() => Scope::Pattern(Pattern(vec!["#".into()])),

@@ -1,0 +1,330 @@
+//! Users, roles and their permissions through the real binary (HARPER-OPS.md sections 5-7): the
+//! Operations API's user and role operations, and the same table permissions enforced on REST,
+//! the Operations API, MQTT, WebSocket and SSE.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_protocol::mqtt::{Packet, QoS, Version};
+use tessera_tests::mqtt::MqttClient;
+use tessera_tests::{Client, Server, basic};
+
+const SCHEMA: &str = "type Dog @table @export { id: Int @primaryKey name: String }\n\
+                      type Cat @table @export { id: Int @primaryKey name: String }";
+
+fn as_user(s: &Server, user: &str, password: &str) -> Client {
+    let mut c = s.client();
+    c.auth = Some(basic(user, password));
+    c
+}
+
+fn ops_as(s: &Server, user: &str, password: &str) -> Client {
+    let mut c = s.ops();
+    c.auth = Some(basic(user, password));
+    c
+}
+
+#[test]
+fn roles_and_users_are_administered_and_enforced() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let mut admin = s.ops();
+    assert_eq!(
+        admin
+            .operation(&json!({"operation": "insert", "table": "Dog",
+        "records": [{"id": 1, "name": "Penny"}]}))
+            .0,
+        200
+    );
+
+    // Roles: add, duplicate, validation.
+    let reader = json!({"super_user": false, "data": {"tables": {"Dog": {"read": true,
+        "insert": false, "update": false, "delete": false}}}});
+    let (st, role) =
+        admin.operation(&json!({"operation": "add_role", "role": "reader", "permission": reader}));
+    assert_eq!(st, 200, "{role}");
+    assert_eq!(
+        (role["role"].as_str(), role["id"].as_str()),
+        (Some("reader"), Some("reader"))
+    );
+    assert_eq!(role["permission"], reader);
+    let (st, body) =
+        admin.operation(&json!({"operation": "add_role", "role": "reader", "permission": reader}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (409, Some("A role with name 'reader' already exists"))
+    );
+    let (st, body) = admin.operation(&json!({"operation": "add_role", "role": "x"}));
+    assert_eq!(
+        (st, body["main_permissions"].clone()),
+        (400, json!(["Permission can't be blank"]))
+    );
+    let (st, body) = admin.operation(&json!({"operation": "add_role", "role": "x",
+        "permission": {"data": {"tables": {"Nope": {"read": true}}}}}));
+    assert_eq!(
+        (st, body["main_permissions"].clone()),
+        (400, json!(["Table 'data.Nope' does not exist"]))
+    );
+    let (st, body) = admin.operation(&json!({"operation": "add_role", "role": "x",
+        "permission": {"data": {"tables": {"Dog": {"read": false,
+            "attribute_permissions": [{"attribute_name": "name", "read": true}]}}}}}));
+    assert_eq!(st, 400);
+    assert!(
+        body["schema_permissions"]["data_Dog"][0]
+            .as_str()
+            .unwrap()
+            .contains("conflict"),
+        "{body}"
+    );
+
+    // Users: add, duplicate, unknown role, blank password; the list never shows a password.
+    let (st, body) = admin.operation(&json!({"operation": "add_user", "username": "rita",
+        "password": "pw1", "role": "reader", "active": true}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("rita successfully added"))
+    );
+    let (st, _) = admin.operation(
+        &json!({"operation": "add_user", "username": "rita", "password": "x", "role": "reader"}),
+    );
+    assert_eq!(st, 409);
+    let (st, body) = admin.operation(
+        &json!({"operation": "add_user", "username": "bob", "password": "x", "role": "nosuch"}),
+    );
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (404, Some("nosuch role not found"))
+    );
+    let (st, body) =
+        admin.operation(&json!({"operation": "add_user", "username": "bob", "role": "reader"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("Password can't be blank"))
+    );
+    let (_, users) = admin.operation(&json!({"operation": "list_users"}));
+    let text = users.to_string();
+    assert!(
+        text.contains("\"rita\"") && !text.contains("pw1") && !text.contains("argon2"),
+        "{text}"
+    );
+    let (_, roles) = admin.operation(&json!({"operation": "list_roles"}));
+    assert!(
+        roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["role"] == "reader")
+    );
+
+    // REST: read allowed, writes and other tables 403, bad password 401.
+    let mut rita = as_user(&s, "rita", "pw1");
+    assert_eq!(rita.get("/Dog/1").status, 200);
+    assert_eq!(rita.get("/Dog/").status, 200);
+    let r = rita.put_json("/Dog/1", r#"{"name":"Nope"}"#);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        json!("AccessViolation: Unauthorized access to resource")
+    );
+    assert_eq!(rita.delete("/Dog/1").status, 403);
+    assert_eq!(rita.get("/Cat/").status, 403);
+    assert_eq!(as_user(&s, "rita", "wrong").get("/Dog/1").status, 401);
+    assert_eq!(s.client().get("/Dog/1").json()["name"], "Penny");
+
+    // Operations API as rita.
+    let mut rops = ops_as(&s, "rita", "pw1");
+    let (st, body) = rops.operation(
+        &json!({"operation": "search_by_id", "table": "Dog", "ids": [1], "get_attributes": ["*"]}),
+    );
+    assert_eq!((st, body[0]["name"].as_str()), (200, Some("Penny")));
+    // Without `database` the write is checked all the same (Harper's DEVIATION done right).
+    for op in [
+        json!({"operation": "insert", "table": "Dog", "records": [{"id": 2}]}),
+        json!({"operation": "insert", "database": "data", "table": "Dog", "records": [{"id": 2}]}),
+        json!({"operation": "delete", "table": "Dog", "ids": [1]}),
+    ] {
+        let (st, body) = rops.operation(&op);
+        assert_eq!(st, 403, "{op} -> {body}");
+        assert_eq!(body["unauthorized_access"][0]["table"], "Dog", "{body}");
+    }
+    let (st, body) = rops.operation(
+        &json!({"operation": "search_by_id", "table": "Cat", "ids": [1], "get_attributes": ["*"]}),
+    );
+    assert_eq!(
+        (st, body["invalid_schema_items"].clone()),
+        (403, json!(["Table 'data.Cat' does not exist"]))
+    );
+    let (st, body) = rops.operation(
+        &json!({"operation": "add_role", "role": "y", "permission": {"super_user": true}}),
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        body["unauthorized_access"],
+        json!(["Operation 'addRole' is restricted to 'super_user' roles"])
+    );
+    let (st, info) = rops.operation(&json!({"operation": "user_info"}));
+    assert_eq!(
+        (st, info["username"].as_str(), info["role"]["role"].as_str()),
+        (200, Some("rita"), Some("reader"))
+    );
+    let (_, all) = rops.operation(&json!({"operation": "describe_all"}));
+    assert!(
+        all["data"].get("Cat").is_none() && all["data"].get("Dog").is_some(),
+        "{all}"
+    );
+    assert_eq!(s.client().get("/Dog/2").status, 404);
+
+    // MQTT: CONNECT as rita; SUBSCRIBE to a readable table only; PUBLISH refused.
+    let (mut m, ack) =
+        MqttClient::connect(s.mqtt_port, Version::V5, "rita-1", Some(("rita", "pw1")));
+    assert_eq!(ack.unwrap().code, 0);
+    assert_eq!(
+        m.subscribe(&[("Dog/1", QoS::AtLeastOnce), ("Cat/#", QoS::AtLeastOnce)]),
+        vec![1, 0x87]
+    );
+    assert!(matches!(
+        m.recv(Duration::from_secs(5)),
+        Some(Packet::Publish(_))
+    ));
+    assert_eq!(
+        m.publish("Dog/1", br#"{"name":"Mqtt"}"#, QoS::AtLeastOnce, true),
+        Some(0x87)
+    );
+    assert_eq!(s.client().get("/Dog/1").json()["name"], "Penny");
+
+    // Changes take effect on the next request: a new role grant, a password, deactivation.
+    let writer = json!({"data": {"tables": {"Dog": {"read": true, "insert": true, "update": true, "delete": false}}}});
+    let (st, body) =
+        admin.operation(&json!({"operation": "alter_role", "id": "reader", "permission": writer}));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(rita.put_json("/Dog/1", r#"{"name":"Rita's"}"#).status, 204);
+    let (st, body) = admin.operation(&json!({"operation": "drop_role", "id": "reader"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (
+            409,
+            Some("Cannot drop role reader as it has active user(s) tied to this role")
+        )
+    );
+    let (st, body) =
+        admin.operation(&json!({"operation": "alter_user", "username": "rita", "password": "pw2"}));
+    assert_eq!((st, body["update_hashes"].clone()), (200, json!(["rita"])));
+    assert_eq!(as_user(&s, "rita", "pw1").get("/Dog/1").status, 401);
+    assert_eq!(as_user(&s, "rita", "pw2").get("/Dog/1").status, 200);
+    let (st, _) =
+        admin.operation(&json!({"operation": "alter_user", "username": "rita", "active": false}));
+    assert_eq!(st, 200);
+    assert_eq!(as_user(&s, "rita", "pw2").get("/Dog/1").status, 401);
+    let (st, body) = admin.operation(&json!({"operation": "drop_user", "username": "rita"}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("rita successfully deleted"))
+    );
+    let (st, body) = admin.operation(&json!({"operation": "drop_user", "username": "rita"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (404, Some("User rita does not exist"))
+    );
+    let (st, body) = admin.operation(&json!({"operation": "drop_role", "id": "reader"}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("reader successfully deleted"))
+    );
+}
+
+#[test]
+fn users_and_roles_survive_a_restart() {
+    let app = tessera_tests::App::new(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let start = tessera_tests::Start::new(app.dir.path(), root.path());
+    let s = start.start();
+    let mut admin = s.ops();
+    let perm = json!({"data": {"tables": {"Dog": {"read": true}}}});
+    assert_eq!(
+        admin
+            .operation(&json!({"operation": "add_role", "role": "r", "permission": perm}))
+            .0,
+        200
+    );
+    assert_eq!(
+        admin
+            .operation(
+                &json!({"operation": "add_user", "username": "u", "password": "p", "role": "r"})
+            )
+            .0,
+        200
+    );
+    assert_eq!(s.terminate(), Some(0));
+    let s = start.start();
+    assert_eq!(as_user(&s, "u", "p").get("/Dog/").status, 200);
+    assert_eq!(as_user(&s, "u", "p").get("/Cat/").status, 403);
+    let stored = std::fs::read_to_string(root.path().join("data/users.json")).unwrap();
+    assert!(!stored.contains("\"p\""), "a password is stored in clear");
+}
+
+#[test]
+fn attribute_permissions_hide_and_protect_attributes() {
+    let schema =
+        "type Item @table @export { id: Int @primaryKey name: String secret: String count: Int }";
+    let (s, _app, _root) = Server::with_schema(schema);
+    let mut admin = s.ops();
+    let (st, _) = admin.operation(&json!({"operation": "insert", "table": "Item",
+        "records": [{"id": 1, "name": "one", "secret": "s1", "count": 5}]}));
+    assert_eq!(st, 200);
+    let perm = json!({"data": {"tables": {"Item": {"read": true, "insert": true, "update": true, "delete": false,
+        "attribute_permissions": [
+            {"attribute_name": "name", "read": true, "insert": true, "update": true},
+            {"attribute_name": "secret", "read": false, "insert": false, "update": false}]}}}});
+    assert_eq!(
+        admin
+            .operation(&json!({"operation": "add_role", "role": "limited", "permission": perm}))
+            .0,
+        200
+    );
+    assert_eq!(admin.operation(&json!({"operation": "add_user", "username": "lim", "password": "pw", "role": "limited"})).0, 200);
+
+    // REST: unreadable and unlisted attributes are left out; the key stays.
+    let mut c = as_user(&s, "lim", "pw");
+    assert_eq!(c.get("/Item/1").json(), json!({"id": 1, "name": "one"}));
+    assert_eq!(c.get("/Item/").json(), json!([{"id": 1, "name": "one"}]));
+    // REST writes of a forbidden attribute are refused (Harper stores them: DEVIATION).
+    assert_eq!(
+        c.put_json("/Item/1", r#"{"name":"x","secret":"y"}"#).status,
+        403
+    );
+    assert_eq!(c.patch_json("/Item/1", r#"{"count":7}"#).status, 403);
+    assert_eq!(c.patch_json("/Item/1", r#"{"name":"two"}"#).status, 204);
+    let full = s.client().get("/Item/1").json();
+    assert_eq!(
+        full,
+        json!({"id": 1, "name": "two", "secret": "s1", "count": 5})
+    );
+
+    // Operations API: the same rules.
+    let mut o = ops_as(&s, "lim", "pw");
+    let (st, body) = o.operation(
+        &json!({"operation": "search_by_id", "table": "Item", "ids": [1], "get_attributes": ["*"]}),
+    );
+    assert_eq!((st, body), (200, json!([{"id": 1, "name": "two"}])));
+    let (st, body) = o.operation(&json!({"operation": "search_by_id", "table": "Item", "ids": [1], "get_attributes": ["secret"]}));
+    assert_eq!(
+        (st, body["invalid_schema_items"].clone()),
+        (
+            403,
+            json!(["Attribute 'secret' does not exist on 'data.Item'"])
+        )
+    );
+    let (st, _) = o.operation(&json!({"operation": "search_by_value", "table": "Item",
+        "search_attribute": "secret", "search_value": "s1", "get_attributes": ["id"]}));
+    assert_eq!(st, 403);
+    let (st, body) = o.operation(&json!({"operation": "insert", "table": "Item", "records": [{"id": 2, "name": "n", "secret": "x"}]}));
+    assert_eq!(st, 403, "{body}");
+    // The key is not listed either, so it is refused too (as Harper reports it).
+    let refused: Vec<&str> = body["unauthorized_access"][0]["required_attribute_permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attribute_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused, vec!["id", "secret"]);
+    assert_eq!(s.client().get("/Item/2").status, 404);
+}
