@@ -26,6 +26,7 @@ use serde_json::{Value as Json, json};
 use tessera_storage::layout::write_atomically;
 
 use crate::roles::{self, Permission};
+use crate::tokens::{Kind, TokenError, Tokens};
 
 /// An authenticated user and what its role allows.
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +209,16 @@ impl Users {
         Argon2::default()
             .verify_password(password.as_bytes(), &hash)
             .ok()?;
+        Some(Self::user_of(&file, u))
+    }
+
+    /// An active user by name (for tokens, whose signature stands for the password).
+    pub fn active_user(&self, username: &str) -> Option<User> {
+        let file = self.read();
+        let u = file
+            .users
+            .iter()
+            .find(|u| u.username == username && u.active)?;
         Some(Self::user_of(&file, u))
     }
 
@@ -437,6 +448,23 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
     Some((u.to_owned(), p.to_owned()))
 }
 
+/// Why credentials were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    LoginFailed,
+    InvalidToken,
+    TokenExpired,
+}
+
+/// The token of an `Authorization: Bearer ...` value.
+pub fn bearer(header: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(header).ok()?.trim();
+    let (scheme, token) = s.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Most remembered credentials per core; the map is cleared when full.
 const CACHE_ENTRIES: usize = 4096;
 
@@ -445,6 +473,7 @@ type Verification = Shared<LocalBoxFuture<'static, Option<Arc<User>>>>;
 /// One core's authenticator.
 pub struct Authenticator {
     users: Arc<Users>,
+    tokens: Arc<Tokens>,
     verified: RefCell<HashMap<Box<[u8]>, Arc<User>>>,
     /// The users' generation the cache was filled at.
     seen: std::cell::Cell<u64>,
@@ -455,9 +484,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(users: Arc<Users>) -> Self {
+    pub fn new(users: Arc<Users>, tokens: Arc<Tokens>) -> Self {
         Authenticator {
             users,
+            tokens,
             verified: RefCell::new(HashMap::new()),
             seen: std::cell::Cell::new(0),
             pending: RefCell::new(HashMap::new()),
@@ -467,6 +497,32 @@ impl Authenticator {
     /// The user and role store.
     pub fn users(&self) -> &Arc<Users> {
         &self.users
+    }
+
+    /// The token signer.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The user an `Authorization` value proves (Basic credentials or a Bearer operation
+    /// token), or why not.
+    pub async fn check(&self, header: &[u8]) -> Result<Arc<User>, Denied> {
+        if let Some(token) = bearer(header) {
+            let username = self
+                .tokens
+                .verify(token, Kind::Operation)
+                .map_err(|e| match e {
+                    TokenError::Expired => Denied::TokenExpired,
+                    TokenError::Invalid => Denied::InvalidToken,
+                })?;
+            // Deactivated or dropped since the token was issued: refused.
+            return self
+                .users
+                .active_user(&username)
+                .map(Arc::new)
+                .ok_or(Denied::InvalidToken);
+        }
+        self.authenticate(header).await.ok_or(Denied::LoginFailed)
     }
 
     /// The user an `Authorization` header value proves, or `None`.

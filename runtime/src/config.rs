@@ -75,6 +75,23 @@ pub struct Settings {
     /// `authentication.authorizeLocal`: treat loopback requests as the super user (Harper's
     /// development default; off in Tessera unless configured).
     pub authorize_local: bool,
+    /// `authentication.operationTokenTimeout` (seconds; `1d` by default).
+    pub operation_token_ttl: u64,
+    /// `authentication.refreshTokenTimeout` (seconds; `30d` by default).
+    pub refresh_token_ttl: u64,
+}
+
+/// A duration setting (`1d`, `90m`, `3600`), or `default` when absent.
+fn yaml_duration(root: &serde_norway::Value, key: &str, default: u64) -> anyhow::Result<u64> {
+    match yaml_get(root, key) {
+        None | Some(serde_norway::Value::Null) => Ok(default),
+        Some(serde_norway::Value::Number(n)) => n
+            .as_u64()
+            .with_context(|| format!("tessera.yaml: {key} must be a non-negative duration")),
+        Some(serde_norway::Value::String(s)) => crate::tokens::parse_duration(s)
+            .with_context(|| format!("tessera.yaml: {key} must be a duration such as 1d or 90m")),
+        Some(_) => anyhow::bail!("tessera.yaml: {key} must be a duration such as 1d or 90m"),
+    }
 }
 
 /// Looks up a dotted key (`http.port`) in the YAML tree.
@@ -158,6 +175,16 @@ impl Settings {
             authorize_local: yaml_get(&yaml, "authentication.authorizeLocal")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
+            operation_token_ttl: yaml_duration(
+                &yaml,
+                "authentication.operationTokenTimeout",
+                86_400,
+            )?,
+            refresh_token_ttl: yaml_duration(
+                &yaml,
+                "authentication.refreshTokenTimeout",
+                30 * 86_400,
+            )?,
             root,
         })
     }

@@ -24,6 +24,7 @@ mod rest;
 mod roles;
 mod server;
 mod sessions;
+mod tokens;
 mod websocket;
 
 use clap::Parser;

@@ -18,12 +18,13 @@ use tessera_storage::{Table, Value, value};
 
 use serde_json::{Value as Json, json};
 
-use crate::auth::User;
+use crate::auth::{Denied, User, bearer};
 use crate::error::RestError;
 use crate::query::{self, Merge};
 use crate::related::Joins;
 use crate::rest::{Core, Reply};
 use crate::roles::{Action, TablePermission};
+use crate::tokens::{Kind, TokenError};
 use tessera_protocol::MediaType;
 
 /// Most records one operation may carry.
@@ -119,12 +120,37 @@ impl Core {
         if req.method != Method::Post {
             return Err(fail(405, "Operations are POSTed to /"));
         }
-        let user = self.authenticate(req, from_loopback).await?;
+        let anonymous =
+            req.authorization.is_none() && !(self.shared.settings.authorize_local && from_loopback);
         let envelope = {
             let mut buffers = simd_json::Buffers::default();
-            crate::body::json(body, &mut buffers).map_err(|e| bad(e.to_string()))?
+            match crate::body::json(body, &mut buffers) {
+                Ok(v) => v,
+                Err(_) if anonymous => return Err(fail(401, "Must login")),
+                Err(e) => return Err(bad(e.to_string())),
+            }
         };
-        let Some(Value::String(op)) = envelope.get("operation") else {
+        let op = match envelope.get("operation") {
+            Some(Value::String(op)) => Some(op.as_str()),
+            _ => None,
+        };
+        // Token operations authenticate in their own ways.
+        let tokens = match op {
+            Some("create_authentication_tokens") => {
+                Some(self.create_tokens(req, &envelope, from_loopback).await?)
+            }
+            Some("refresh_operation_token") => {
+                Some(self.refresh_token(req, &envelope, from_loopback).await?)
+            }
+            _ => None,
+        };
+        if let Some(out) = tokens {
+            let buf = serde_json::to_vec(&out).unwrap_or_default();
+            reply.send(200, Some(MediaType::Json), &[], &buf);
+            return Ok(());
+        }
+        let user = self.ops_user(req, from_loopback).await?;
+        let Some(op) = op else {
             return Err(bad("Request body must include an 'operation' property."));
         };
         if let Some(internal) = super_user_only(op) {
@@ -141,7 +167,7 @@ impl Core {
             reply.send(200, Some(MediaType::Json), &[], &buf);
             return Ok(());
         }
-        let out: Out = match op.as_str() {
+        let out: Out = match op {
             "insert" => self.write(&envelope, Write::Insert, &user).await?.into(),
             "update" => self.write(&envelope, Write::Update, &user).await?.into(),
             "upsert" => self.write(&envelope, Write::Upsert, &user).await?.into(),
@@ -187,6 +213,101 @@ impl Core {
         }
         reply.send(200, Some(MediaType::Json), &[], &buf);
         Ok(())
+    }
+
+    /// The user an operation runs as: 401 with HARPER-OPS.md's message when there is none.
+    async fn ops_user(
+        &self,
+        req: &Request<'_>,
+        from_loopback: bool,
+    ) -> Result<Arc<User>, OpsError> {
+        if self.shared.settings.authorize_local && from_loopback {
+            return Ok(Arc::new(User::local()));
+        }
+        let Some(header) = req.authorization else {
+            return Err(fail(401, "Must login"));
+        };
+        self.auth.check(header).await.map_err(|d| {
+            fail(
+                401,
+                match d {
+                    Denied::LoginFailed => "Login failed",
+                    Denied::InvalidToken => "invalid token",
+                    Denied::TokenExpired => "token expired",
+                },
+            )
+        })
+    }
+
+    /// `create_authentication_tokens`: for `username`/`password` in the body (no other
+    /// credentials needed), or for the caller.
+    async fn create_tokens(
+        &self,
+        req: &Request<'_>,
+        env: &Value,
+        from_loopback: bool,
+    ) -> Result<Json, OpsError> {
+        let user = match (env.get("username"), env.get("password")) {
+            (Some(Value::String(u)), Some(Value::String(p))) => {
+                let (users, u, p) = (self.auth.users().clone(), u.clone(), p.clone());
+                glommio::executor()
+                    .spawn_blocking(move || users.verify(&u, &p))
+                    .await
+                    .map(Arc::new)
+                    .ok_or_else(|| fail(401, "invalid credentials"))?
+            }
+            _ => self.ops_user(req, from_loopback).await?,
+        };
+        let tokens = self.auth.tokens();
+        let ttl = match env.get("expires_in") {
+            Some(Value::Int(n)) if *n > 0 => *n as u64,
+            _ => tokens.operation_ttl,
+        };
+        Ok(json!({
+            "operation_token": tokens.issue(&user.username, user.super_user, Kind::Operation, ttl),
+            "refresh_token": tokens.issue(&user.username, user.super_user, Kind::Refresh, tokens.refresh_ttl),
+        }))
+    }
+
+    /// `refresh_operation_token`: a new operation token for the user of a refresh token (the
+    /// Bearer credential, or `refresh_token` in the body of an authenticated request).
+    async fn refresh_token(
+        &self,
+        req: &Request<'_>,
+        env: &Value,
+        from_loopback: bool,
+    ) -> Result<Json, OpsError> {
+        let tokens = self.auth.tokens();
+        let refreshing = match env.get("refresh_token") {
+            Some(Value::String(t)) => {
+                self.ops_user(req, from_loopback).await?;
+                t.clone()
+            }
+            _ => {
+                let Some(token) = req.authorization.and_then(bearer) else {
+                    self.ops_user(req, from_loopback).await?;
+                    return Err(bad("'refresh_token' is required"));
+                };
+                if tokens.verify(token, Kind::Operation).is_ok() {
+                    return Err(bad("'refresh_token' is required"));
+                }
+                token.to_owned()
+            }
+        };
+        let username = tokens
+            .verify(&refreshing, Kind::Refresh)
+            .map_err(|e| match e {
+                TokenError::Expired => fail(401, "token expired"),
+                TokenError::Invalid => fail(401, "invalid token"),
+            })?;
+        let user = self
+            .auth
+            .users()
+            .active_user(&username)
+            .ok_or_else(|| fail(401, "invalid token"))?;
+        Ok(json!({
+            "operation_token": tokens.issue(&user.username, user.super_user, Kind::Operation, tokens.operation_ttl),
+        }))
     }
 
     /// The tables of `database` (or all) that `user` may see, in name order.

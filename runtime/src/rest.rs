@@ -303,9 +303,9 @@ impl Core {
         }
         let header = req.authorization.ok_or(RestError::Unauthorized)?;
         self.auth
-            .authenticate(header)
+            .check(header)
             .await
-            .ok_or(RestError::Unauthorized)
+            .map_err(|_| RestError::Unauthorized)
     }
 
     async fn route(

@@ -124,6 +124,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let users = Arc::new(users);
+    let tokens = Arc::new(crate::tokens::Tokens::open(
+        &data,
+        settings.operation_token_ttl,
+        settings.refresh_token_ttl,
+    )?);
 
     let max_key = |table_id: u32| {
         (0..shard_count)
@@ -171,7 +176,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         preempt_timer: std::time::Duration::from_millis(5),
     };
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
-        let (shared, users, bound_tx) = (shared.clone(), users.clone(), bound_tx.clone());
+        let (shared, users, tokens, bound_tx) = (
+            shared.clone(),
+            users.clone(),
+            tokens.clone(),
+            bound_tx.clone(),
+        );
         async move {
             let listen = |addr: SocketAddr| {
                 glommio::net::TcpListener::bind(addr)
@@ -189,7 +199,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             realtime::follow(&ctx.router);
             let expiring: Vec<_> = shared.types.values().cloned().collect();
             eviction::run(ctx.router.clone(), expiring).await;
-            let core = Rc::new(Core::new(shared, ctx.router, Authenticator::new(users)));
+            let auth = Authenticator::new(users, tokens);
+            let core = Rc::new(Core::new(shared, ctx.router, auth));
             glommio::spawn_local(mqtt::serve(mqtt_listener, core.clone())).detach();
             glommio::spawn_local(http::serve(
                 ops_listener,
