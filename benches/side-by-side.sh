@@ -14,6 +14,7 @@
 # Usage: benches/side-by-side.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-side-by-side)
 # Environment: REPEATS [3]  WRK_DURATION [15s]  BENCH_MAX_ID [100000]
 #              SCENARIOS ["get_by_id query_breed put mixed"]  RANGE [1]  SKIP_HARPER [0]
+#              TESSERA_LOAD [ops]
 #              SHARED [../shared]
 # query_range (benches/wrk/query_range.lua, an indexed range with a sort) runs after the shared
 # scenarios when RANGE=1.
@@ -36,6 +37,8 @@ export SCENARIOS=${SCENARIOS-"get_by_id query_breed put mixed"}
 RANGE=${RANGE:-1}
 export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
 SKIP_HARPER=${SKIP_HARPER:-0}
+# How Tessera is loaded: ops (Operations API upsert, as Harper) or rest (PUT per record).
+TESSERA_LOAD=${TESSERA_LOAD:-ops}
 TESSERA_PORT=29926
 TESSERA_OPS_PORT=29925
 FLOOR_PORT=29980
@@ -115,8 +118,8 @@ stop_pid() {
 rm -rf "$WORK/tessera-root"
 log "Tessera: start (fresh root)"
 read -r _ TPID < <(start_tessera /Dog)
-log "Tessera: load $BENCH_MAX_ID records (operations API upsert, batches of 1000)"
-SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=ops \
+log "Tessera: load $BENCH_MAX_ID records (mode $TESSERA_LOAD)"
+SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=$TESSERA_LOAD \
   OPS_URL=http://127.0.0.1:$TESSERA_OPS_PORT \
   "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
 echo "tessera_rss_after_load_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
