@@ -391,10 +391,13 @@ impl Core {
             return Err(RestError::Forbidden);
         }
         // A role with attribute permissions sees and writes only the attributes it lists.
-        let restricted = user
-            .permission
-            .table(&table.database, &table.name)
-            .filter(|p| !p.attributes.is_empty());
+        let restricted = if user.super_user {
+            None
+        } else {
+            user.permission
+                .table(&table.database, &table.name)
+                .filter(|p| !p.attributes.is_empty())
+        };
         let restricted = restricted.as_ref();
         if event_stream {
             let scope = match target.path {
