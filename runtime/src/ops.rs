@@ -122,7 +122,7 @@ impl Core {
         }
         let anonymous =
             req.authorization.is_none() && !(self.shared.settings.authorize_local && from_loopback);
-        let envelope = {
+        let mut envelope = {
             let mut buffers = simd_json::Buffers::default();
             match crate::body::json(body, &mut buffers) {
                 Ok(v) => v,
@@ -168,9 +168,18 @@ impl Core {
             return Ok(());
         }
         let out: Out = match op {
-            "insert" => self.write(&envelope, Write::Insert, &user).await?.into(),
-            "update" => self.write(&envelope, Write::Update, &user).await?.into(),
-            "upsert" => self.write(&envelope, Write::Upsert, &user).await?.into(),
+            "insert" => self
+                .write(&mut envelope, Write::Insert, &user)
+                .await?
+                .into(),
+            "update" => self
+                .write(&mut envelope, Write::Update, &user)
+                .await?
+                .into(),
+            "upsert" => self
+                .write(&mut envelope, Write::Upsert, &user)
+                .await?
+                .into(),
             "delete" => self.delete(&envelope, &user).await?.into(),
             "search_by_id" => self.search_by_id(&envelope, &user).await?.into(),
             "search_by_value" => self.search_by_value(&envelope, &user).await?.into(),
@@ -451,14 +460,15 @@ impl Core {
         result.map_err(|(status, body)| OpsError(status, body))
     }
 
-    async fn write(&self, env: &Value, kind: Write, user: &User) -> Result<Value, OpsError> {
+    async fn write(&self, env: &mut Value, kind: Write, user: &User) -> Result<Value, OpsError> {
         let actions: &[Action] = match kind {
             Write::Insert => &[Action::Insert],
             Write::Update => &[Action::Update],
             Write::Upsert => &[Action::Insert, Action::Update],
         };
         let (table, restricted) = self.op_table(env, user, actions)?;
-        let records = match env.get("records") {
+        // The records are moved out of the envelope, not copied.
+        let records = match take_property(env, "records") {
             None => return Err(bad("'records' is required")),
             Some(Value::Array(r)) => r,
             Some(_) => return Err(bad("'records' must be an array")),
@@ -469,8 +479,7 @@ impl Core {
         let pk_name = table.primary_key().name.clone();
         let mut ops = Vec::with_capacity(records.len());
         let mut keys = Vec::with_capacity(records.len());
-        for (i, rec) in records.iter().enumerate() {
-            let mut rec = rec.clone();
+        for (i, mut rec) in records.into_iter().enumerate() {
             if !matches!(rec, Value::Object(_)) {
                 return Err(bad(format!("record {i} is not an object")));
             }
@@ -762,6 +771,17 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "list_users" => "listUsersExternal",
         _ => return None,
     })
+}
+
+/// Moves property `name` out of an object (leaving null in its place).
+fn take_property(v: &mut Value, name: &str) -> Option<Value> {
+    match v {
+        Value::Object(props) => props
+            .iter_mut()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| std::mem::replace(v, Value::Null)),
+        _ => None,
+    }
 }
 
 /// The database an operation names (`database` or its old name `schema`), `data` by default.

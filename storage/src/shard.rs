@@ -215,7 +215,17 @@ impl Plan {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
         }
-        let mut out = coordinator.to_be_bytes().to_vec();
+        // Sized up front: a large batch's intent is hundreds of KB, and growing it by doubling
+        // would copy it and fault fresh pages in several times.
+        let size = 12
+            + self
+                .records
+                .iter()
+                .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+            + self.index.keys().map(|k| 5 + k.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&coordinator.to_be_bytes());
         out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
         for (k, v) in &self.records {
             put(&mut out, k);
