@@ -94,7 +94,17 @@ pub(crate) struct Reply<'o> {
 /// Most headers `Reply::send` writes besides the framing ones.
 const MAX_REPLY_HEADERS: usize = 7;
 
-impl Reply<'_> {
+impl<'o> Reply<'o> {
+    fn new(req: &Request<'_>, out: &'o mut Vec<u8>, conn: &'o mut TcpStream) -> Reply<'o> {
+        Reply {
+            out,
+            conn,
+            keep_alive: req.keep_alive,
+            head_only: req.method == Method::Head,
+            started: Instant::now(),
+        }
+    }
+
     /// Writes the whole response. `headers` are the caller's own (at most three); the content
     /// type, `Vary` and `Server-Timing` are added here. Nothing is allocated.
     pub(crate) fn send(
@@ -256,13 +266,7 @@ impl Core {
         out: &mut Vec<u8>,
         conn: &mut TcpStream,
     ) -> bool {
-        let mut reply = Reply {
-            out,
-            conn,
-            keep_alive: req.keep_alive,
-            head_only: req.method == Method::Head,
-            started: Instant::now(),
-        };
+        let mut reply = Reply::new(req, out, conn);
         let mut fmt = MediaType::Json;
         if let Err(e) = self
             .route(req, body, from_loopback, &mut fmt, &mut reply)
@@ -282,13 +286,7 @@ impl Core {
         out: &mut Vec<u8>,
         conn: &mut TcpStream,
     ) -> bool {
-        let mut reply = Reply {
-            out,
-            conn,
-            keep_alive: req.keep_alive,
-            head_only: req.method == Method::Head,
-            started: Instant::now(),
-        };
+        let mut reply = Reply::new(req, out, conn);
         self.handle_ops(req, body, from_loopback, &mut reply).await;
         reply.keep_alive
     }

@@ -380,6 +380,16 @@ impl Router {
             return Err(ShardError::Closing);
         }
         let shard = self.shard_of(&op.key);
+        self.ask_writer(shard, |tx| Command::Write(op, tx)).await
+    }
+
+    /// Sends `shard`'s writer the command `make` builds around a reply channel, and awaits the
+    /// reply.
+    async fn ask_writer<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(oneshot::Sender<crate::writer::StoreResult<T>>) -> Command,
+    ) -> Result<T, ShardError> {
         let writer = self
             .shards
             .writers
@@ -388,7 +398,7 @@ impl Router {
         let (tx, rx) = oneshot::channel();
         writer
             .tx
-            .send(Command::Write(op, tx))
+            .send(make(tx))
             .map_err(|_| ShardError::Unavailable(shard))?;
         rx.await
             .map_err(|_| ShardError::Unavailable(shard))?
@@ -415,22 +425,8 @@ impl Router {
             0 => Ok(Vec::new()),
             1 => {
                 let (shard, part) = parts.remove(0);
-                let writer = self
-                    .shards
-                    .writers
-                    .get(shard)
-                    .ok_or(ShardError::Unavailable(shard))?;
-                let (tx, rx) = oneshot::channel();
-                writer
-                    .tx
-                    .send(Command::Batch(
-                        part.into_iter().map(|(_, op)| op).collect(),
-                        tx,
-                    ))
-                    .map_err(|_| ShardError::Unavailable(shard))?;
-                rx.await
-                    .map_err(|_| ShardError::Unavailable(shard))?
-                    .map_err(ShardError::Store)
+                let ops = part.into_iter().map(|(_, op)| op).collect();
+                self.ask_writer(shard, |tx| Command::Batch(ops, tx)).await
             }
             _ => {
                 // Detached: the protocol runs to its end even if the caller goes away.
