@@ -212,6 +212,24 @@ impl Users {
         Some(Self::user_of(&file, u))
     }
 
+    /// Whether `username` exists, is deactivated and `password` is its password (so that
+    /// "inactive" is only ever said to someone who knows the password). Slow: off the executor.
+    pub fn is_inactive(&self, username: &str, password: &str) -> bool {
+        let file = self.read();
+        let Some(u) = file
+            .users
+            .iter()
+            .find(|u| u.username == username && !u.active)
+        else {
+            return false;
+        };
+        PasswordHash::new(&u.password).is_ok_and(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+    }
+
     /// An active user by name (for tokens, whose signature stands for the password).
     pub fn active_user(&self, username: &str) -> Option<User> {
         let file = self.read();
@@ -452,6 +470,8 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
     LoginFailed,
+    /// The right password of a deactivated user.
+    Inactive,
     InvalidToken,
     TokenExpired,
 }
@@ -522,7 +542,21 @@ impl Authenticator {
                 .map(Arc::new)
                 .ok_or(Denied::InvalidToken);
         }
-        self.authenticate(header).await.ok_or(Denied::LoginFailed)
+        if let Some(user) = self.authenticate(header).await {
+            return Ok(user);
+        }
+        let Some((username, password)) = basic_credentials(header) else {
+            return Err(Denied::LoginFailed);
+        };
+        let users = self.users.clone();
+        let inactive = glommio::executor()
+            .spawn_blocking(move || users.is_inactive(&username, &password))
+            .await;
+        Err(if inactive {
+            Denied::Inactive
+        } else {
+            Denied::LoginFailed
+        })
     }
 
     /// The user an `Authorization` header value proves, or `None`.

@@ -241,6 +241,7 @@ impl Core {
                 401,
                 match d {
                     Denied::LoginFailed => "Login failed",
+                    Denied::Inactive => "Cannot complete request: User is inactive",
                     Denied::InvalidToken => "invalid token",
                     Denied::TokenExpired => "token expired",
                 },

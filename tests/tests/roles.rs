@@ -214,6 +214,13 @@ fn roles_and_users_are_administered_and_enforced() {
         admin.operation(&json!({"operation": "alter_user", "username": "rita", "active": false}));
     assert_eq!(st, 200);
     assert_eq!(as_user(&s, "rita", "pw2").get("/Dog/1").status, 401);
+    let (st, body) = ops_as(&s, "rita", "pw2").operation(&json!({"operation": "user_info"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (401, Some("Cannot complete request: User is inactive"))
+    );
+    let (st, body) = ops_as(&s, "rita", "wrong").operation(&json!({"operation": "user_info"}));
+    assert_eq!((st, body["error"].as_str()), (401, Some("Login failed")));
     let (st, body) = admin.operation(&json!({"operation": "drop_user", "username": "rita"}));
     assert_eq!(
         (st, body["message"].as_str()),
