@@ -60,7 +60,7 @@ async fn sweep(router: &Router, table: &Arc<Table>) -> usize {
                 .on_shard(shard, move |s| {
                     let mut expired = Vec::new();
                     let mut last = None;
-                    for kv in s.scan_range(lo, hi).take(BATCH) {
+                    for kv in s.view().scan_range(lo, hi).take(BATCH) {
                         let Ok((k, v)) = kv else { break };
                         if RecordRef::parse(&v)
                             .and_then(|r| r.expires_at)

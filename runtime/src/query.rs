@@ -567,12 +567,7 @@ mod tests {
              tags: [String] @indexed rating: Int inStock: Boolean }",
         )
         .unwrap();
-        let mut t = c.tables.remove(0);
-        t.id = 3;
-        for (i, a) in t.attributes.iter_mut().enumerate() {
-            a.id = i as u16 + 1;
-        }
-        Arc::new(t)
+        Arc::new(c.tables.remove(0).numbered(3))
     }
 
     #[test]

@@ -51,16 +51,13 @@ impl Gate {
         g
     }
 
-    /// Views of `shards` forming a consistent cut, or `None` if a resolve phase overlapped.
-    fn try_views(&self, set: &ShardSet, shards: &[usize]) -> Option<Vec<View>> {
+    /// Views of every shard forming a consistent cut, or `None` if a resolve phase overlapped.
+    fn try_views(&self, set: &ShardSet) -> Option<Vec<View>> {
         let started = self.started.load(Ordering::SeqCst);
         if self.finished.load(Ordering::SeqCst) != started {
             return None;
         }
-        let views = shards
-            .iter()
-            .filter_map(|s| set.store(*s).map(|st| st.view()))
-            .collect();
+        let views = set.stores.iter().map(|st| st.view()).collect();
         (self.started.load(Ordering::SeqCst) == started).then_some(views)
     }
 }
@@ -77,14 +74,13 @@ fn backoff(txid: u64, attempt: u32) -> Duration {
 
 /// Consistent views of every shard for one multi-shard read.
 pub(crate) async fn views(set: &ShardSet) -> Vec<View> {
-    let shards: Vec<usize> = (0..set.count()).collect();
-    if let Some(v) = set.gate.try_views(set, &shards) {
+    if let Some(v) = set.gate.try_views(set) {
         return v;
     }
     set.gate.readers.fetch_add(1, Ordering::SeqCst);
     let views = loop {
         glommio::timer::sleep(Duration::from_micros(20)).await;
-        if let Some(v) = set.gate.try_views(set, &shards) {
+        if let Some(v) = set.gate.try_views(set) {
             break v;
         }
     };
@@ -100,10 +96,6 @@ fn send(set: &ShardSet, shard: usize, cmd: Command) -> Result<(), ShardError> {
         .tx
         .send(cmd)
         .map_err(|_| ShardError::Unavailable(shard))
-}
-
-fn store_err(e: Arc<StoreError>) -> ShardError {
-    ShardError::Store(e)
 }
 
 /// Commits `parts` (each shard's ops with their positions in the caller's list) atomically and
@@ -146,7 +138,7 @@ pub(crate) async fn commit(
                     }
                 }
                 Ok(Ok(Prepared::Conflict)) => conflict = true,
-                Ok(Err(e)) => failure = Some(store_err(e)),
+                Ok(Err(e)) => failure = Some(ShardError::Store(e)),
                 Err(_) => failure = Some(ShardError::Unavailable(shard)),
             }
         }
@@ -159,7 +151,7 @@ pub(crate) async fn commit(
             match rx.await {
                 Ok(Ok(())) => true,
                 Ok(Err(e)) => {
-                    failure = Some(store_err(e));
+                    failure = Some(ShardError::Store(e));
                     false
                 }
                 Err(_) => {
@@ -236,7 +228,7 @@ async fn resolve_committed(
     for rx in visible {
         match rx.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => result = Err(store_err(e)),
+            Ok(Err(e)) => result = Err(ShardError::Store(e)),
             Err(_) => result = Err(ShardError::Closing),
         }
     }

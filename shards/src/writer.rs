@@ -139,7 +139,7 @@ impl Answer {
 }
 
 /// An answer sent once the group is persisted.
-enum Deferred {
+enum AfterPersist {
     Done(oneshot::Sender<StoreResult<()>>),
     Prepared(oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>),
 }
@@ -151,7 +151,7 @@ struct Group {
     ops: Vec<WriteOp>,
     replies: Vec<Reply>,
     answers: Vec<Answer>,
-    after_persist: Vec<Deferred>,
+    after_persist: Vec<AfterPersist>,
     changes: Vec<Change>,
     /// Whether anything was stored (a group of messages only needs no fsync).
     stores: bool,
@@ -223,10 +223,10 @@ impl Writer<'_> {
             }
             for a in g.after_persist {
                 match a {
-                    Deferred::Done(tx) => {
+                    AfterPersist::Done(tx) => {
                         let _ = tx.send(persisted.clone());
                     }
-                    Deferred::Prepared(tx, outcomes) => {
+                    AfterPersist::Prepared(tx, outcomes) => {
                         failpoint("prepared");
                         let _ = tx.send(persisted.clone().map(|()| Prepared::Ready(outcomes)));
                     }
@@ -310,7 +310,8 @@ impl Writer<'_> {
                         }
                         self.prepared.insert(txid, Part { plan, changes });
                         g.stores = true;
-                        g.after_persist.push(Deferred::Prepared(reply, outcomes));
+                        g.after_persist
+                            .push(AfterPersist::Prepared(reply, outcomes));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(Arc::new(e)));
@@ -320,7 +321,7 @@ impl Writer<'_> {
             Command::Decide { txid, reply } => match self.store.decide(txid) {
                 Ok(()) => {
                     g.stores = true;
-                    g.after_persist.push(Deferred::Done(reply));
+                    g.after_persist.push(AfterPersist::Done(reply));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(Arc::new(e)));

@@ -501,12 +501,7 @@ mod tests {
             "type T @table { id: Int @primaryKey n: Float @indexed tag: [String] @indexed b: Boolean @indexed }",
         )
         .unwrap();
-        let mut t = c.tables.remove(0);
-        t.id = 9;
-        for (i, a) in t.attributes.iter_mut().enumerate() {
-            a.id = i as u16 + 1;
-        }
-        Arc::new(t)
+        Arc::new(c.tables.remove(0).numbered(9))
     }
 
     fn value() -> impl Strategy<Value = Option<Value>> {

@@ -161,6 +161,16 @@ pub struct Table {
 }
 
 impl Table {
+    /// The table with id `id` and its attributes numbered from 1 in declaration order: the ids
+    /// a fresh layout would give it, for tools and tests that run without one.
+    pub fn numbered(mut self, id: u32) -> Table {
+        self.id = id;
+        for (i, a) in self.attributes.iter_mut().enumerate() {
+            a.id = i as u16 + 1;
+        }
+        self
+    }
+
     /// `database.table`, unique in the catalog.
     pub fn full_name(&self) -> String {
         format!("{}.{}", self.database, self.name)

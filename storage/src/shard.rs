@@ -380,28 +380,6 @@ impl ShardStore {
             .map(|g| g.key().map_err(StoreError::from))
     }
 
-    /// Records with keys in `[lo, hi)`, in key order.
-    pub fn scan_range(
-        &self,
-        lo: Vec<u8>,
-        hi: Vec<u8>,
-    ) -> impl Iterator<Item = Result<(Slice, Slice), StoreError>> + use<> {
-        self.records
-            .range(lo..hi)
-            .map(|g| g.into_inner().map_err(StoreError::from))
-    }
-
-    /// Index keys in `[lo, hi)`, in key order (reversible).
-    pub fn index_range(
-        &self,
-        lo: Vec<u8>,
-        hi: Vec<u8>,
-    ) -> impl DoubleEndedIterator<Item = Result<Slice, StoreError>> + use<> {
-        self.index
-            .range(lo..hi)
-            .map(|g| g.key().map_err(StoreError::from))
-    }
-
     /// The largest numeric primary key of a table on this shard (for auto-increment).
     pub fn max_number_key(&self, table_id: u32) -> Result<Option<f64>, StoreError> {
         let (lo, hi) = key::number_range();
@@ -827,12 +805,7 @@ mod tests {
         let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
         let mut c = Catalog::default();
         c.load_schema("s", "type T @table { id: ID @primaryKey tag: [String] @indexed n: Int @indexed c: Float @createdTime u: Float @updatedTime }").unwrap();
-        let mut t = c.tables.remove(0);
-        t.id = 7;
-        for (i, a) in t.attributes.iter_mut().enumerate() {
-            a.id = i as u16 + 1;
-        }
-        (dir, store, Arc::new(t))
+        (dir, store, Arc::new(c.tables.remove(0).numbered(7)))
     }
 
     fn obj(pairs: &[(&str, Value)]) -> Value {

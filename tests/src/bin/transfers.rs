@@ -35,12 +35,7 @@ fn table() -> Arc<Table> {
         "type Account @table { id: Int @primaryKey balance: Int }",
     )
     .expect("schema");
-    let mut t = c.tables.remove(0);
-    t.id = 1;
-    for (i, a) in t.attributes.iter_mut().enumerate() {
-        a.id = i as u16 + 1;
-    }
-    Arc::new(t)
+    Arc::new(c.tables.remove(0).numbered(1))
 }
 
 fn add(t: &Arc<Table>, id: i64, delta: i64) -> WriteOp {
