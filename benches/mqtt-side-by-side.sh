@@ -67,6 +67,18 @@ print(json.dumps(r))" >> "$OUT/results.jsonl"
   done
 }
 
+# idle NAME PORT PID: IDLE connections held for 5 s; how many were open, and the broker's RSS.
+idle() {
+  local name=$1 port=$2 pid=$3
+  log "$name: $IDLE idle connections"
+  "$LOAD" --port "$port" --user admin --password password --idle "$IDLE" --duration 5 \
+    > "$OUT/$name-idle.out" 2>&1 &
+  local lpid=$!
+  sleep 4
+  echo "${name}_idle_connections $(grep -o '"idle_connections":[0-9]*' "$OUT/$name-idle.out" | cut -d: -f2) rss_mb $(rss_mb "$pid")" | tee -a "$OUT/figures.txt"
+  wait $lpid || true
+}
+
 scenarios() {
   local broker=$1 port=$2 pid=$3 rate=$4
   scenario qos0_fanout "$broker" "$port" "$pid" --pubs 10 --subs 100 --qos 0
@@ -79,7 +91,7 @@ scenarios() {
 rm -rf "$WORK/tessera-root"
 TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
   "$TESSERA" run "$HB/app" --root "$WORK/tessera-root" --http-port $TESSERA_HTTP \
-  --mqtt-port $TESSERA_MQTT --host 127.0.0.1 > "$OUT/tessera.out" 2>&1 < /dev/null &
+  --mqtt-port $TESSERA_MQTT --ops-port 0 --host 127.0.0.1 > "$OUT/tessera.out" 2>&1 < /dev/null &
 TPID=$!
 until grep -q "MQTT listening" "$OUT/tessera.out"; do sleep 0.05; done
 log "Tessera: scenarios"
@@ -89,13 +101,7 @@ PEAK=$(tail -1 "$OUT/results.jsonl" | python3 -c "import json,sys; print(json.lo
 HALF=$(python3 -c "print(round($PEAK / 2))")
 echo "tessera_peak_publish_rate $PEAK; latency_half rate $HALF msgs/s" | tee -a "$OUT/figures.txt"
 scenarios tessera $TESSERA_MQTT $TPID "$HALF"
-log "Tessera: $IDLE idle connections"
-"$LOAD" --port $TESSERA_MQTT --user admin --password password --idle "$IDLE" --duration 5 \
-  > "$OUT/tessera-idle.out" 2>&1 &
-LPID=$!
-sleep 4
-echo "tessera_idle_connections $(grep -o '"idle_connections":[0-9]*' "$OUT/tessera-idle.out" | cut -d: -f2) rss_mb $(rss_mb $TPID)" | tee -a "$OUT/figures.txt"
-wait $LPID || true
+idle tessera $TESSERA_MQTT $TPID
 kill -TERM $TPID; wait $TPID || true
 
 # ---------------------------------------------------------------- mosquitto
@@ -108,13 +114,7 @@ MPID=$!
 sleep 0.5
 log "mosquitto: scenarios"
 scenarios mosquitto $MOSQ_PORT $MPID "$HALF"
-log "mosquitto: $IDLE idle connections"
-"$LOAD" --port $MOSQ_PORT --user admin --password password --idle "$IDLE" --duration 5 \
-  > "$OUT/mosquitto-idle.out" 2>&1 &
-LPID=$!
-sleep 4
-echo "mosquitto_idle_connections $(grep -o '"idle_connections":[0-9]*' "$OUT/mosquitto-idle.out" | cut -d: -f2) rss_mb $(rss_mb $MPID)" | tee -a "$OUT/figures.txt"
-wait $LPID || true
+idle mosquitto $MOSQ_PORT $MPID
 kill $MPID; wait $MPID || true
 
 # ---------------------------------------------------------------- Harper

@@ -21,7 +21,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 REUSE=${REUSE:-0}
 [[ "$REUSE" == 1 && -d "$WORK/root" ]] || { rm -rf "$WORK/root"; REUSE=0; }
 TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
-  "$REPO/target/release/tessera" run "$HB/app" --root "$WORK/root" --http-port $PORT --host 127.0.0.1 \
+  "$REPO/target/release/tessera" run "$HB/app" --root "$WORK/root" --http-port $PORT --mqtt-port 0 --ops-port 0 --host 127.0.0.1 \
   > "$WORK/tessera.log" 2>&1 < /dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT

@@ -72,6 +72,9 @@ struct StoredRole {
     permission: Json,
     created: f64,
     updated: f64,
+    /// `permission` parsed, once (on load and on every change), for every login to share.
+    #[serde(skip)]
+    parsed: Arc<Permission>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -114,12 +117,17 @@ impl Users {
     /// Opens `<data_dir>/users.json` (empty if it does not exist yet).
     pub fn open(data_dir: &Path) -> anyhow::Result<Users> {
         let path = data_dir.join("users.json");
-        let file = match std::fs::read(&path) {
+        let mut file: UsersFile = match std::fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .with_context(|| format!("{} is corrupt", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        for role in &mut file.roles {
+            // Stored roles were validated when added; tables dropped since are simply absent.
+            role.parsed =
+                Arc::new(roles::parse(Some(&role.permission), |_, _| true).unwrap_or_default());
+        }
         Ok(Users {
             path,
             file: RwLock::new(file),
@@ -182,10 +190,7 @@ impl Users {
         if name == SUPER_USER {
             return Some(Arc::new(Permission::super_user()));
         }
-        let role = file.roles.iter().find(|r| r.name == name)?;
-        // Stored roles were validated when added; tables dropped since are simply absent.
-        let p = roles::parse(Some(&role.permission), |_, _| true).unwrap_or_default();
-        Some(Arc::new(p))
+        Some(file.roles.iter().find(|r| r.name == name)?.parsed.clone())
     }
 
     fn user_of(file: &UsersFile, u: &StoredUser) -> User {
@@ -256,8 +261,7 @@ impl Users {
         permission: Option<&Json>,
         table_exists: impl Fn(&str, &str) -> bool,
     ) -> Result<Json, Refusal> {
-        roles::parse(permission, table_exists).map_err(permission_refusal)?;
-        let permission = permission.cloned().unwrap_or(Json::Null);
+        let (permission, parsed) = validated(permission, table_exists)?;
         self.change(|f| {
             if name == SUPER_USER || f.roles.iter().any(|r| r.name == name) {
                 return Err(refuse(
@@ -271,6 +275,7 @@ impl Users {
                 permission,
                 created: now,
                 updated: now,
+                parsed,
             };
             let out = Self::role_json(&role);
             f.roles.push(role);
@@ -285,13 +290,13 @@ impl Users {
         permission: Option<&Json>,
         table_exists: impl Fn(&str, &str) -> bool,
     ) -> Result<Json, Refusal> {
-        roles::parse(permission, table_exists).map_err(permission_refusal)?;
-        let permission = permission.cloned().unwrap_or(Json::Null);
+        let (permission, parsed) = validated(permission, table_exists)?;
         self.change(|f| {
             let Some(role) = f.roles.iter_mut().find(|r| r.name == id) else {
                 return Err(refuse(400, "Invalid role id"));
             };
             role.permission = permission;
+            role.parsed = parsed;
             role.updated = now_ms();
             Ok(Self::role_json(role))
         })
@@ -440,6 +445,15 @@ impl Users {
     }
 }
 
+/// A `permission` object as sent and parsed, or its refusal.
+fn validated(
+    permission: Option<&Json>,
+    table_exists: impl Fn(&str, &str) -> bool,
+) -> Result<(Json, Arc<Permission>), Refusal> {
+    let parsed = roles::parse(permission, table_exists).map_err(permission_refusal)?;
+    Ok((permission.cloned().unwrap_or(Json::Null), Arc::new(parsed)))
+}
+
 /// A refused `permission` object, in HARPER-OPS.md's shape.
 fn permission_refusal(e: roles::PermissionErrors) -> Refusal {
     let schema: serde_json::Map<String, Json> =
@@ -469,11 +483,26 @@ fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
 /// Why credentials were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
+    /// No credentials at all.
+    Missing,
     LoginFailed,
     /// The right password of a deactivated user.
     Inactive,
     InvalidToken,
     TokenExpired,
+}
+
+impl Denied {
+    /// The Operations API's message for it (HARPER-OPS.md section 1).
+    pub fn message(self) -> &'static str {
+        match self {
+            Denied::Missing => "Must login",
+            Denied::LoginFailed => "Login failed",
+            Denied::Inactive => "Cannot complete request: User is inactive",
+            Denied::InvalidToken => "invalid token",
+            Denied::TokenExpired => "token expired",
+        }
+    }
 }
 
 /// The token of an `Authorization: Bearer ...` value.

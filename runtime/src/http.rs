@@ -226,16 +226,8 @@ async fn connection(core: Rc<Core>, mut stream: TcpStream, api: Api) {
                 BodyFraming::Length(n) => &mut rest[..n],
                 BodyFraming::Chunked => &mut chunked,
             };
-            match api {
-                Api::Rest => {
-                    core.handle(&req, body, from_loopback, &mut out, &mut stream)
-                        .await
-                }
-                Api::Operations => {
-                    core.handle_operation(&req, body, from_loopback, &mut out, &mut stream)
-                        .await
-                }
-            }
+            core.handle(api, &req, body, from_loopback, &mut out, &mut stream)
+                .await
         };
         input.start += consumed;
         input.shrink();

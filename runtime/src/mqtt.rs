@@ -301,7 +301,7 @@ where
     let reader = async move {
         let mut session = Session {
             core,
-            user: user.clone(),
+            user,
             conn,
             version,
             outbox: out_tx,
@@ -369,7 +369,6 @@ where
                     clean_end = true;
                     break;
                 }
-                // Acknowledgements of what we delivered need no action (no redelivery yet).
                 // A delivery acknowledged: room for the next one (no redelivery yet).
                 Packet::PubAck(Ack { packet_id, .. }) | Packet::PubComp(Ack { packet_id, .. }) => {
                     if unacked.borrow_mut().remove(&packet_id) {

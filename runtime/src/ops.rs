@@ -18,7 +18,7 @@ use tessera_storage::{Table, Value, value};
 
 use serde_json::{Value as Json, json};
 
-use crate::auth::{Denied, User, bearer};
+use crate::auth::{User, bearer};
 use crate::error::RestError;
 use crate::query::{self, Merge};
 use crate::related::Joins;
@@ -230,23 +230,9 @@ impl Core {
         req: &Request<'_>,
         from_loopback: bool,
     ) -> Result<Arc<User>, OpsError> {
-        if self.shared.settings.authorize_local && from_loopback {
-            return Ok(Arc::new(User::local()));
-        }
-        let Some(header) = req.authorization else {
-            return Err(fail(401, "Must login"));
-        };
-        self.auth.check(header).await.map_err(|d| {
-            fail(
-                401,
-                match d {
-                    Denied::LoginFailed => "Login failed",
-                    Denied::Inactive => "Cannot complete request: User is inactive",
-                    Denied::InvalidToken => "invalid token",
-                    Denied::TokenExpired => "token expired",
-                },
-            )
-        })
+        self.user(req, from_loopback)
+            .await
+            .map_err(|d| fail(401, d.message()))
     }
 
     /// `create_authentication_tokens`: for `username`/`password` in the body (no other
@@ -359,12 +345,12 @@ impl Core {
     /// The table an operation names (`database` or its old name `schema`, default `data`),
     /// once `user`'s role allows every one of `actions` on it. A table the role has no
     /// permissions on is reported as missing, like one that does not exist.
-    fn op_table(
+    fn op_table<'u>(
         &self,
         env: &Value,
-        user: &User,
+        user: &'u User,
         actions: &[Action],
-    ) -> Result<(Arc<Table>, Option<TablePermission>), OpsError> {
+    ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
         let Some(Value::String(name)) = env.get("table") else {
             return Err(bad("'table' is required"));
         };
@@ -393,7 +379,7 @@ impl Core {
                 json!([]),
             ));
         }
-        Ok((table, Some(perm).filter(|p| !p.attributes.is_empty())))
+        Ok((table, user.permission.attribute_limits(database, name)))
     }
 
     /// The user and role operations (super users only).
@@ -403,9 +389,7 @@ impl Core {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         };
-        let permission: Option<Json> = env
-            .get("permission")
-            .map(|p| serde_json::from_str(&p.to_json()).unwrap_or(Json::Null));
+        let permission: Option<Json> = env.get("permission").map(crate::output::json_value);
         let tables: Vec<(String, String)> = self
             .shared
             .types
@@ -617,7 +601,7 @@ impl Core {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let ids = Self::op_ids(env)?;
         let attrs = get_attributes(env)?;
-        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
         // One consistent cut of every shard for the whole batch.
         let views = self.router.views().await;
         let now_ms = tessera_storage::shard::now_micros() / 1000;
@@ -637,7 +621,7 @@ impl Core {
             if rec.is_expired(now_ms) {
                 continue;
             }
-            out.push(project(&table, rec.body, &attrs, restricted.as_ref())?);
+            out.push(project(&table, rec.body, &attrs, restricted)?);
         }
         Ok(Value::Array(out))
     }
@@ -646,13 +630,13 @@ impl Core {
     async fn search_by_value(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
-        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
         let Some(Value::String(attr)) =
             env.get("search_attribute").or_else(|| env.get("attribute"))
         else {
             return Err(bad("'search_attribute' is required"));
         };
-        check_readable(&table, restricted.as_ref(), [attr])?;
+        check_readable(&table, restricted, [attr])?;
         let filter = match env.get("search_value").or_else(|| env.get("value")) {
             None | Some(Value::Null) => return Err(bad("'search_value' is required")),
             Some(Value::String(v)) if v == "*" => None,
@@ -679,15 +663,14 @@ impl Core {
             limit: None,
             sort: Vec::new(),
         };
-        self.search(&table, parsed, &attrs, restricted.as_ref())
-            .await
+        self.search(&table, parsed, &attrs, restricted).await
     }
 
     /// `search_by_conditions`: conditions and nested groups, sort, limit and offset.
     async fn search_by_conditions(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
-        check_readable(&table, restricted.as_ref(), attrs.iter().flatten())?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
         let filter = match env.get("conditions") {
             None => return Err(bad("'conditions' is required")),
             Some(Value::Array(c)) if c.is_empty() => {
@@ -722,15 +705,14 @@ impl Core {
         let mut named = Vec::new();
         filter_attributes(&filter, &mut named);
         named.extend(sort.iter().filter_map(|k| k.path.first().cloned()));
-        check_readable(&table, restricted.as_ref(), &named)?;
+        check_readable(&table, restricted, &named)?;
         let parsed = Query {
             filter: Some(filter),
             select: None,
             limit,
             sort,
         };
-        self.search(&table, parsed, &attrs, restricted.as_ref())
-            .await
+        self.search(&table, parsed, &attrs, restricted).await
     }
 
     /// Plans `parsed` like a REST query and returns the matching records, projected.

@@ -25,8 +25,12 @@ pub fn encode_value(v: &Value, fmt: MediaType, out: &mut Vec<u8>) {
 
 /// YAML through serde_norway, by way of the JSON form (dates as ISO strings, bytes as `Buffer`).
 fn yaml(v: &Value, out: &mut Vec<u8>) {
-    let json: serde_json::Value = serde_json::from_str(&v.to_json()).unwrap_or_default();
-    let _ = serde_norway::to_writer(&mut *out, &json);
+    let _ = serde_norway::to_writer(&mut *out, &json_value(v));
+}
+
+/// A value in its JSON form as a `serde_json::Value` (dates as ISO strings, bytes as `Buffer`).
+pub fn json_value(v: &Value) -> serde_json::Value {
+    serde_json::from_str(&v.to_json()).unwrap_or_default()
 }
 
 fn corrupt(e: impl std::fmt::Display) -> RestError {

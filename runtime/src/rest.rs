@@ -27,10 +27,11 @@ use tessera_storage::{Scalar, Table, Value};
 
 use tessera_storage::value;
 
-use crate::auth::{Authenticator, User};
+use crate::auth::{Authenticator, Denied, User};
 use crate::body;
 use crate::config::Settings;
 use crate::error::RestError;
+use crate::http::Api;
 use crate::http::{FLUSH_AT, flush};
 use crate::openapi;
 use crate::output::{self, Rows, encode_value};
@@ -256,10 +257,11 @@ impl Core {
         }
     }
 
-    /// Handles one request, appending the whole response to `out`. Returns whether the
-    /// connection stays open.
+    /// Handles one request for `api` (the listener it came in on), appending the whole response
+    /// to `out`. Returns whether the connection stays open.
     pub async fn handle(
         &self,
+        api: Api,
         req: &Request<'_>,
         body: &mut [u8],
         from_loopback: bool,
@@ -267,41 +269,42 @@ impl Core {
         conn: &mut TcpStream,
     ) -> bool {
         let mut reply = Reply::new(req, out, conn);
-        let mut fmt = MediaType::Json;
-        if let Err(e) = self
-            .route(req, body, from_loopback, &mut fmt, &mut reply)
-            .await
-        {
-            send_error(&mut reply, &e, fmt);
+        match api {
+            Api::Rest => {
+                let mut fmt = MediaType::Json;
+                if let Err(e) = self
+                    .route(req, body, from_loopback, &mut fmt, &mut reply)
+                    .await
+                {
+                    send_error(&mut reply, &e, fmt);
+                }
+            }
+            Api::Operations => self.handle_ops(req, body, from_loopback, &mut reply).await,
         }
         reply.keep_alive
     }
 
-    /// Handles one request on the operations port (see [`crate::ops`]).
-    pub async fn handle_operation(
+    /// The user a request is made by (any listener), or why there is none.
+    pub(crate) async fn user(
         &self,
         req: &Request<'_>,
-        body: &mut [u8],
         from_loopback: bool,
-        out: &mut Vec<u8>,
-        conn: &mut TcpStream,
-    ) -> bool {
-        let mut reply = Reply::new(req, out, conn);
-        self.handle_ops(req, body, from_loopback, &mut reply).await;
-        reply.keep_alive
+    ) -> Result<Arc<User>, Denied> {
+        if self.shared.settings.authorize_local && from_loopback {
+            return Ok(Arc::new(User::local()));
+        }
+        self.auth
+            .check(req.authorization.ok_or(Denied::Missing)?)
+            .await
     }
 
+    /// [`Self::user`] for REST, WebSocket and SSE: every refusal is a 401.
     pub(crate) async fn authenticate(
         &self,
         req: &Request<'_>,
         from_loopback: bool,
     ) -> Result<Arc<User>, RestError> {
-        if self.shared.settings.authorize_local && from_loopback {
-            return Ok(Arc::new(User::local()));
-        }
-        let header = req.authorization.ok_or(RestError::Unauthorized)?;
-        self.auth
-            .check(header)
+        self.user(req, from_loopback)
             .await
             .map_err(|_| RestError::Unauthorized)
     }
@@ -389,14 +392,9 @@ impl Core {
             return Err(RestError::Forbidden);
         }
         // A role with attribute permissions sees and writes only the attributes it lists.
-        let restricted = if user.super_user {
-            None
-        } else {
-            user.permission
-                .table(&table.database, &table.name)
-                .filter(|p| !p.attributes.is_empty())
-        };
-        let restricted = restricted.as_ref();
+        let restricted = user
+            .permission
+            .attribute_limits(&table.database, &table.name);
         if event_stream {
             let scope = match target.path {
                 PathKind::Record(id) => Scope::Record(id),

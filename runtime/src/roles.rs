@@ -3,6 +3,7 @@
 //! request by REST, the Operations API, MQTT, WebSocket and SSE.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use serde_json::Value as Json;
 
@@ -86,9 +87,18 @@ impl TablePermission {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Permission {
     pub super_user: bool,
-    /// By `(database, table)`.
-    pub tables: HashMap<(String, String), TablePermission>,
+    /// By database, then table.
+    pub tables: HashMap<String, HashMap<String, TablePermission>>,
 }
+
+/// Everything on a table: what a super user has on every one.
+static FULL: LazyLock<TablePermission> = LazyLock::new(|| TablePermission {
+    read: true,
+    insert: true,
+    update: true,
+    delete: true,
+    attributes: HashMap::new(),
+});
 
 impl Permission {
     /// Everything.
@@ -101,28 +111,24 @@ impl Permission {
 
     /// The role's permissions on `database.table`, or `None` when the role has none there (the
     /// table is invisible to it). A super user's are everything.
-    pub fn table(&self, database: &str, table: &str) -> Option<TablePermission> {
+    pub fn table(&self, database: &str, table: &str) -> Option<&TablePermission> {
         if self.super_user {
-            return Some(TablePermission {
-                read: true,
-                insert: true,
-                update: true,
-                delete: true,
-                attributes: HashMap::new(),
-            });
+            return Some(&FULL);
         }
-        self.tables
-            .get(&(database.to_owned(), table.to_owned()))
-            .cloned()
+        self.tables.get(database)?.get(table)
     }
 
     /// Whether the role may `action` on `database.table` at all.
     pub fn allows(&self, database: &str, table: &str, action: Action) -> bool {
-        self.super_user
-            || self
-                .tables
-                .get(&(database.to_owned(), table.to_owned()))
-                .is_some_and(|t| t.allows(action))
+        self.table(database, table)
+            .is_some_and(|t| t.allows(action))
+    }
+
+    /// The role's permissions on `database.table` when they limit its attributes (the role
+    /// sees and writes only those it lists), else `None`.
+    pub fn attribute_limits(&self, database: &str, table: &str) -> Option<&TablePermission> {
+        self.table(database, table)
+            .filter(|t| !t.attributes.is_empty())
     }
 }
 
@@ -209,7 +215,10 @@ pub fn parse(
                     .schema
                     .push((format!("{database}_{table}"), conflicts));
             }
-            out.tables.insert((database.clone(), table.clone()), perm);
+            out.tables
+                .entry(database.clone())
+                .or_default()
+                .insert(table.clone(), perm);
         }
     }
     if errors.is_empty() {

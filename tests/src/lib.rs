@@ -308,6 +308,18 @@ impl Client {
         self
     }
 
+    /// The client with HTTP Basic credentials of `user`.
+    pub fn as_user(mut self, user: &str, password: &str) -> Self {
+        self.auth = Some(basic(user, password));
+        self
+    }
+
+    /// The client with `Authorization: Bearer token`.
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.auth = Some(format!("Bearer {token}"));
+        self
+    }
+
     /// Formats one request (Content-Length framing) with the client's credentials.
     pub fn format(
         &self,

@@ -7,21 +7,17 @@ use std::time::Duration;
 use serde_json::json;
 use tessera_protocol::mqtt::{Packet, QoS, Version};
 use tessera_tests::mqtt::MqttClient;
-use tessera_tests::{Client, Server, basic};
+use tessera_tests::{Client, Server};
 
 const SCHEMA: &str = "type Dog @table @export { id: Int @primaryKey name: String }\n\
                       type Cat @table @export { id: Int @primaryKey name: String }";
 
 fn as_user(s: &Server, user: &str, password: &str) -> Client {
-    let mut c = s.client();
-    c.auth = Some(basic(user, password));
-    c
+    s.client().as_user(user, password)
 }
 
 fn ops_as(s: &Server, user: &str, password: &str) -> Client {
-    let mut c = s.ops();
-    c.auth = Some(basic(user, password));
-    c
+    s.ops().as_user(user, password)
 }
 
 #[test]

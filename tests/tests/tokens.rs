@@ -3,14 +3,9 @@
 //! `refresh_operation_token`, expiry, and refresh tokens refused as credentials.
 
 use serde_json::json;
-use tessera_tests::{Client, Server};
+use tessera_tests::Server;
 
 const SCHEMA: &str = "type Dog @table @export { id: Int @primaryKey name: String }";
-
-fn with_bearer(mut c: Client, token: &str) -> Client {
-    c.auth = Some(format!("Bearer {token}"));
-    c
-}
 
 #[test]
 fn tokens_authenticate_refresh_and_expire() {
@@ -50,37 +45,48 @@ fn tokens_authenticate_refresh_and_expire() {
     let admin_token = t2["operation_token"].as_str().unwrap().to_owned();
 
     // Bearer works on REST and the Operations API, with the user's role.
-    let mut rest = with_bearer(s.client(), &op_token);
+    let mut rest = s.client().bearer(&op_token);
     assert_eq!(rest.get("/Dog/1").json()["name"], "Penny");
     assert_eq!(rest.put_json("/Dog/1", r#"{"name":"x"}"#).status, 403);
-    let mut ops = with_bearer(s.ops(), &op_token);
+    let mut ops = s.ops().bearer(&op_token);
     let (st, body) = ops.operation(&json!({"operation": "search_by_id", "table": "Dog", "ids": [1], "get_attributes": ["name"]}));
     assert_eq!((st, body), (200, json!([{"name": "Penny"}])));
     let (st, body) = ops.operation(&json!({"operation": "user_info"}));
     assert_eq!((st, body["username"].as_str()), (200, Some("rita")));
     assert_eq!(
-        with_bearer(s.client(), &admin_token)
+        s.client()
+            .bearer(&admin_token)
             .put_json("/Dog/2", r#"{"name":"Rex"}"#)
             .status,
         204
     );
 
     // Garbage and refresh tokens are not credentials.
-    let (st, body) = with_bearer(s.ops(), "garbage").operation(&json!({"operation": "user_info"}));
+    let (st, body) = s
+        .ops()
+        .bearer("garbage")
+        .operation(&json!({"operation": "user_info"}));
     assert_eq!((st, body["error"].as_str()), (401, Some("invalid token")));
-    assert_eq!(with_bearer(s.client(), "garbage").get("/Dog/1").status, 401);
-    let (st, _) = with_bearer(s.ops(), &refresh).operation(&json!({"operation": "user_info"}));
+    assert_eq!(s.client().bearer("garbage").get("/Dog/1").status, 401);
+    let (st, _) = s
+        .ops()
+        .bearer(&refresh)
+        .operation(&json!({"operation": "user_info"}));
     assert_eq!(st, 401);
-    assert_eq!(with_bearer(s.client(), &refresh).get("/Dog/1").status, 401);
+    assert_eq!(s.client().bearer(&refresh).get("/Dog/1").status, 401);
 
     // Refresh: with the refresh token as Bearer; an operation token instead is a 400.
-    let (st, body) =
-        with_bearer(s.ops(), &refresh).operation(&json!({"operation": "refresh_operation_token"}));
+    let (st, body) = s
+        .ops()
+        .bearer(&refresh)
+        .operation(&json!({"operation": "refresh_operation_token"}));
     assert_eq!(st, 200, "{body}");
     let fresh = body["operation_token"].as_str().unwrap().to_owned();
-    assert_eq!(with_bearer(s.client(), &fresh).get("/Dog/1").status, 200);
-    let (st, body) =
-        with_bearer(s.ops(), &op_token).operation(&json!({"operation": "refresh_operation_token"}));
+    assert_eq!(s.client().bearer(&fresh).get("/Dog/1").status, 200);
+    let (st, body) = s
+        .ops()
+        .bearer(&op_token)
+        .operation(&json!({"operation": "refresh_operation_token"}));
     assert_eq!(
         (st, body["error"].as_str()),
         (400, Some("'refresh_token' is required"))
@@ -92,11 +98,14 @@ fn tokens_authenticate_refresh_and_expire() {
     // Expiry: a token that lives one second.
     let (_, short) = anon.operation(&json!({"operation": "create_authentication_tokens", "username": "rita", "password": "pw", "expires_in": 1}));
     let short = short["operation_token"].as_str().unwrap().to_owned();
-    assert_eq!(with_bearer(s.client(), &short).get("/Dog/1").status, 200);
+    assert_eq!(s.client().bearer(&short).get("/Dog/1").status, 200);
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let (st, body) = with_bearer(s.ops(), &short).operation(&json!({"operation": "user_info"}));
+    let (st, body) = s
+        .ops()
+        .bearer(&short)
+        .operation(&json!({"operation": "user_info"}));
     assert_eq!((st, body["error"].as_str()), (401, Some("token expired")));
-    assert_eq!(with_bearer(s.client(), &short).get("/Dog/1").status, 401);
+    assert_eq!(s.client().bearer(&short).get("/Dog/1").status, 401);
 
     // A deactivated user's tokens stop working at once.
     assert_eq!(
@@ -105,7 +114,7 @@ fn tokens_authenticate_refresh_and_expire() {
             .0,
         200
     );
-    assert_eq!(with_bearer(s.client(), &fresh).get("/Dog/1").status, 401);
+    assert_eq!(s.client().bearer(&fresh).get("/Dog/1").status, 401);
     // No secret in the server's output.
     assert!(!s.output().contains(&op_token) && !s.output().contains("pw\""));
 }
