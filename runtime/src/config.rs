@@ -79,6 +79,9 @@ pub struct Settings {
     pub operation_token_ttl: u64,
     /// `authentication.refreshTokenTimeout` (seconds; `30d` by default).
     pub refresh_token_ttl: u64,
+    /// `wasm.timeout` (ms, 1000 by default) and `wasm.memory` (bytes, 64 MiB by default): what
+    /// one request of a wasm resource may take.
+    pub wasm: crate::wasm::Limits,
 }
 
 /// A duration setting (`1d`, `90m`, `3600`), or `default` when absent.
@@ -185,6 +188,14 @@ impl Settings {
                 "authentication.refreshTokenTimeout",
                 30 * 86_400,
             )?,
+            wasm: {
+                let default = crate::wasm::Limits::default();
+                crate::wasm::Limits {
+                    budget: yaml_u64(&yaml, "wasm.timeout")?
+                        .map_or(default.budget, std::time::Duration::from_millis),
+                    memory: yaml_u64(&yaml, "wasm.memory")?.map_or(default.memory, |n| n as usize),
+                }
+            },
             root,
         })
     }

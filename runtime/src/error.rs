@@ -35,6 +35,9 @@ pub enum RestError {
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
+    /// A wasm resource's own error: its status and message.
+    #[error("{1}")]
+    Resource(u16, String),
 }
 
 impl RestError {
@@ -49,6 +52,7 @@ impl RestError {
             RestError::NotImplemented(_) => 501,
             RestError::Unavailable(_) => 503,
             RestError::Internal(_) => 500,
+            RestError::Resource(status, _) => *status,
         }
     }
 
@@ -59,6 +63,7 @@ impl RestError {
             RestError::Internal(_) | RestError::Unavailable(_) | RestError::NotImplemented(_) => {
                 "ServerError"
             }
+            RestError::Resource(status, _) if *status >= 500 => "ServerError",
             _ => "ClientError",
         }
     }

@@ -25,6 +25,7 @@ mod roles;
 mod server;
 mod sessions;
 mod tokens;
+mod wasm;
 mod websocket;
 
 use clap::Parser;

@@ -475,7 +475,7 @@ impl Core {
                         "a valid hash attribute must be provided with update record, check log for more info",
                     ));
                 }
-                _ => self.new_key(&table)?,
+                _ => self.shared.new_key(&table)?,
             };
             if let (Some(p), Value::Object(props)) = (&restricted, &rec) {
                 let mut refused: Vec<Json> = Vec::new();
@@ -671,47 +671,13 @@ impl Core {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
         check_readable(&table, restricted, attrs.iter().flatten())?;
-        let filter = match env.get("conditions") {
-            None => return Err(bad("'conditions' is required")),
-            Some(Value::Array(c)) if c.is_empty() => {
-                return Err(bad("'conditions' must contain at least 1 items"));
-            }
-            Some(Value::Array(c)) => group(c, env.get("operator"))?,
-            Some(_) => return Err(bad("'conditions' must be an array")),
-        };
-        let sort = match env.get("sort") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(s) => {
-                let Some(Value::String(attr)) = s.get("attribute") else {
-                    return Err(bad("'sort' must name an 'attribute'"));
-                };
-                vec![SortKey {
-                    path: vec![attr.clone()],
-                    descending: matches!(s.get("descending"), Some(Value::Bool(true))),
-                }]
-            }
-        };
-        let count = |name: &str| match env.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Int(n)) if *n >= 0 => Ok(Some(*n as usize)),
-            Some(_) => Err(bad(format!("'{name}' must be a non-negative integer"))),
-        };
-        let (limit, offset) = (count("limit")?, count("offset")?);
-        let start = offset.unwrap_or(0);
-        let limit = (limit.is_some() || start > 0).then(|| Limit {
-            start,
-            end: limit.map_or(usize::MAX, |l| start.saturating_add(l)),
-        });
+        let parsed = conditions_query(env, true)?;
         let mut named = Vec::new();
-        filter_attributes(&filter, &mut named);
-        named.extend(sort.iter().filter_map(|k| k.path.first().cloned()));
+        if let Some(f) = &parsed.filter {
+            filter_attributes(f, &mut named);
+        }
+        named.extend(parsed.sort.iter().filter_map(|k| k.path.first().cloned()));
         check_readable(&table, restricted, &named)?;
-        let parsed = Query {
-            filter: Some(filter),
-            select: None,
-            limit,
-            sort,
-        };
         self.search(&table, parsed, &attrs, restricted).await
     }
 
@@ -739,6 +705,58 @@ impl Core {
         }
         Ok(Value::Array(out))
     }
+}
+
+/// A Query object's `conditions` (with `operator`), `sort`, `limit` and `offset`: the body of
+/// `search_by_conditions` and the Resource API's `search`, where the conditions may be left out
+/// unless `required`.
+fn conditions_query(env: &Value, required: bool) -> Result<Query, OpsError> {
+    let filter = match env.get("conditions") {
+        None | Some(Value::Null) if required => return Err(bad("'conditions' is required")),
+        None | Some(Value::Null) => None,
+        Some(Value::Array(c)) if c.is_empty() && required => {
+            return Err(bad("'conditions' must contain at least 1 items"));
+        }
+        Some(Value::Array(c)) if c.is_empty() => None,
+        Some(Value::Array(c)) => Some(group(c, env.get("operator"))?),
+        Some(_) => return Err(bad("'conditions' must be an array")),
+    };
+    let sort = match env.get("sort") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(s) => {
+            let Some(Value::String(attr)) = s.get("attribute") else {
+                return Err(bad("'sort' must name an 'attribute'"));
+            };
+            vec![SortKey {
+                path: vec![attr.clone()],
+                descending: matches!(s.get("descending"), Some(Value::Bool(true))),
+            }]
+        }
+    };
+    let count = |name: &str| match env.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Int(n)) if *n >= 0 => Ok(Some(*n as usize)),
+        Some(_) => Err(bad(format!("'{name}' must be a non-negative integer"))),
+    };
+    let (limit, offset) = (count("limit")?, count("offset")?);
+    let start = offset.unwrap_or(0);
+    let limit = (limit.is_some() || start > 0).then(|| Limit {
+        start,
+        end: limit.map_or(usize::MAX, |l| start.saturating_add(l)),
+    });
+    Ok(Query {
+        filter,
+        select: None,
+        limit,
+        sort,
+    })
+}
+
+/// [`conditions_query`] for the wasm host's `search`: every failure is a 400.
+pub(crate) fn resource_query(query: &Value) -> Result<Query, RestError> {
+    conditions_query(query, false).map_err(|OpsError(_, body)| {
+        RestError::BadRequest(body["error"].as_str().unwrap_or("bad query").to_owned())
+    })
 }
 
 /// The internal name of an operation only super users may run (HARPER-OPS.md section 7).

@@ -39,6 +39,7 @@ use crate::query::{self, Merge};
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::related;
 use crate::roles::{Action, TablePermission};
+use crate::wasm::{self, Method as WasmMethod, WasmResource};
 use crate::{events, websocket};
 
 /// Response types this build can produce.
@@ -56,6 +57,7 @@ const ALLOW_ALL: &[u8] = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, 
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+const ALLOW_RESOURCE: &str = "GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS";
 const VARY: &[u8] = b"Accept, Accept-Encoding";
 /// A collection response switches to chunked streaming once its body outgrows this.
 const STREAM_CHUNK: usize = 32 * 1024;
@@ -71,6 +73,8 @@ pub struct Shared {
     pub types: HashMap<String, Arc<Table>>,
     /// Next auto-increment primary key per table id (numeric keys).
     pub counters: HashMap<u32, AtomicI64>,
+    /// The application's WebAssembly resources.
+    pub wasm: crate::wasm::WasmHost,
 }
 
 /// One core's request handler.
@@ -92,8 +96,9 @@ pub(crate) struct Reply<'o> {
     started: Instant,
 }
 
-/// Most headers `Reply::send` writes besides the framing ones.
-const MAX_REPLY_HEADERS: usize = 7;
+/// Most headers `Reply::send` writes besides the framing ones (a wasm resource's response may
+/// set up to 12 of its own).
+const MAX_REPLY_HEADERS: usize = 16;
 
 impl<'o> Reply<'o> {
     fn new(req: &Request<'_>, out: &'o mut Vec<u8>, conn: &'o mut TcpStream) -> Reply<'o> {
@@ -246,8 +251,31 @@ fn set_primary_key(rec: &mut Value, name: &str, pk: Value) {
     }
 }
 
+impl Shared {
+    /// A new primary key for POST: a UUID for string keys, the next integer for numeric ones.
+    pub(crate) fn new_key(&self, table: &Table) -> Result<Value, RestError> {
+        match table.key_type() {
+            Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
+            _ => {
+                let counter = self
+                    .counters
+                    .get(&table.id)
+                    .ok_or_else(|| RestError::Internal("no key counter".into()))?;
+                let next = counter.fetch_add(1, Ordering::Relaxed);
+                if table.key_type() == Scalar::Int && next > i32::MAX as i64 {
+                    return Err(RestError::BadRequest(
+                        "Auto-incremented Int primary keys are exhausted".into(),
+                    ));
+                }
+                Ok(Value::Int(next))
+            }
+        }
+    }
+}
+
 impl Core {
     pub fn new(shared: Arc<Shared>, router: Router, auth: Authenticator) -> Core {
+        crate::wasm::bind_core(&router);
         Core {
             shared,
             router,
@@ -366,11 +394,27 @@ impl Core {
             reply.send(200, Some(MediaType::Json), &[], &body);
             return Ok(());
         }
-        let table = self
-            .shared
-            .tables
-            .get(target.resource.as_ref())
-            .ok_or(RestError::NoSuchResource)?;
+        let wasm = self.shared.wasm.resource(&target.resource);
+        if let Some(res) = wasm
+            && res.extends.is_none()
+        {
+            // A standalone resource (extends `Resource`): any authenticated user may call it; it
+            // checks `user` itself. What it does not override is not allowed.
+            *fmt = negotiated(target.format, req.accept)?;
+            let query = target.query.unwrap_or("");
+            if self
+                .serve_wasm(res, req, body, &target.path, query, &user, *fmt, reply)
+                .await?
+            {
+                return Ok(());
+            }
+            return Err(RestError::MethodNotAllowed(ALLOW_RESOURCE));
+        }
+        let table = match wasm {
+            Some(res) => res.extends.as_ref(),
+            None => self.shared.tables.get(target.resource.as_ref()),
+        }
+        .ok_or(RestError::NoSuchResource)?;
         // The role's table permission for what the method does (HARPER-OPS.md section 7).
         let action = match req.method {
             Method::Post => Action::Insert,
@@ -406,11 +450,24 @@ impl Core {
             let since = realtime::since_of(target.query);
             return self.event_stream(table, scope, since, reply).await;
         }
-        *fmt = match target.format {
-            Some(f) if OFFERED.contains(&f) => f,
-            Some(_) => return Err(RestError::NotAcceptable),
-            None => negotiate(req.accept, OFFERED).ok_or(RestError::NotAcceptable)?,
-        };
+        *fmt = negotiated(target.format, req.accept)?;
+        // A resource extending the table serves what it overrides; the rest is the table's.
+        if let Some(res) = wasm
+            && self
+                .serve_wasm(
+                    res,
+                    req,
+                    body,
+                    &target.path,
+                    target.query.unwrap_or(""),
+                    &user,
+                    *fmt,
+                    reply,
+                )
+                .await?
+        {
+            return Ok(());
+        }
         let query = target.query.filter(|q| !q.is_empty());
         match (req.method, target.path) {
             (Method::Get | Method::Head, PathKind::Table) => {
@@ -454,6 +511,92 @@ impl Core {
             }
             (_, PathKind::Record(_)) => Err(RestError::MethodNotAllowed(ALLOW_RECORD)),
         }
+    }
+
+    /// Serves a request with a wasm resource. `Ok(false)`: the resource does not override the
+    /// verb, and the caller serves it as the table does.
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_wasm(
+        &self,
+        res: &WasmResource,
+        req: &Request<'_>,
+        body: &mut [u8],
+        path: &PathKind,
+        query: &str,
+        user: &User,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<bool, RestError> {
+        let (method, id, pathname) = match (req.method, path) {
+            (Method::Get | Method::Head, PathKind::Record(id)) => (WasmMethod::Get, Some(id), id),
+            (Method::Get | Method::Head, PathKind::Collection(p)) => (WasmMethod::Search, None, p),
+            (Method::Put, PathKind::Record(id)) => (WasmMethod::Put, Some(id), id),
+            (Method::Patch, PathKind::Record(id)) => (WasmMethod::Patch, Some(id), id),
+            (Method::Post, PathKind::Record(id)) => (WasmMethod::Post, Some(id), id),
+            (Method::Post, PathKind::Collection(p)) => (WasmMethod::Post, None, p),
+            (Method::Delete, PathKind::Record(id)) => (WasmMethod::Delete, Some(id), id),
+            (Method::Delete, PathKind::Collection(p)) => (WasmMethod::Delete, None, p),
+            _ => return Ok(false),
+        };
+        if res.falls_back(method) {
+            return Ok(false);
+        }
+        let data = match method {
+            WasmMethod::Put | WasmMethod::Patch | WasmMethod::Post if !body.is_empty() => {
+                let mut data =
+                    body::decode(req.content_type, body, &mut self.json_buffers.borrow_mut())?;
+                // As for the table's own PUT: the URL's id is the record's primary key.
+                if let (Some(table), Some(id), WasmMethod::Put | WasmMethod::Patch) =
+                    (&res.extends, id, method)
+                {
+                    set_primary_key(&mut data, &table.primary_key().name, id_value(table, id));
+                }
+                Some(data.to_msgpack())
+            }
+            _ => None,
+        };
+        let call = wasm::Call {
+            method,
+            id: id.map(String::as_str),
+            pathname,
+            search: query,
+            is_collection: id.is_none(),
+            data,
+            user: Some(user.username.clone()),
+            headers: req.headers(),
+        };
+        let response = match wasm::call(&self.shared, &self.router, res, call).await? {
+            wasm::Answer::Fallback => return Ok(false),
+            wasm::Answer::Respond(r) => r,
+        };
+        let headers: Vec<(&str, &[u8])> = response
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .collect();
+        let status = response.status;
+        match (response.body, response.data) {
+            (Some(b), _) => reply.send(status, None, &headers, &b),
+            (None, Some(d)) => {
+                let mut buf = self.scratch.borrow_mut();
+                buf.clear();
+                match fmt {
+                    MediaType::MsgPack => buf.extend_from_slice(&d),
+                    MediaType::Json => {
+                        value::msgpack_to_json(&d, &mut buf)
+                            .map_err(|e| RestError::Internal(e.to_string()))?;
+                    }
+                    _ => {
+                        let v = value::from_msgpack(&d)
+                            .map_err(|e| RestError::Internal(e.to_string()))?;
+                        encode_value(&v, fmt, &mut buf);
+                    }
+                }
+                reply.send(status, Some(fmt), &headers, &buf);
+            }
+            (None, None) => reply.send(status, None, &headers, b""),
+        }
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -772,27 +915,6 @@ impl Core {
         Ok(())
     }
 
-    /// A new primary key for POST: a UUID for string keys, the next integer for numeric ones.
-    pub(crate) fn new_key(&self, table: &Table) -> Result<Value, RestError> {
-        match table.key_type() {
-            Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
-            _ => {
-                let counter = self
-                    .shared
-                    .counters
-                    .get(&table.id)
-                    .ok_or_else(|| RestError::Internal("no key counter".into()))?;
-                let next = counter.fetch_add(1, Ordering::Relaxed);
-                if table.key_type() == Scalar::Int && next > i32::MAX as i64 {
-                    return Err(RestError::BadRequest(
-                        "Auto-incremented Int primary keys are exhausted".into(),
-                    ));
-                }
-                Ok(Value::Int(next))
-            }
-        }
-    }
-
     async fn post(
         &self,
         table: &Arc<Table>,
@@ -806,7 +928,7 @@ impl Core {
         check_writable(table, restricted, &rec, Action::Insert)?;
         let pk = match rec.get(&table.primary_key().name) {
             Some(v) if *v != Value::Null => v.clone(),
-            _ => self.new_key(table)?,
+            _ => self.shared.new_key(table)?,
         };
         let pk = self
             .write_record(table, rec, pk, WriteMode::Replace)
@@ -902,6 +1024,15 @@ fn decode_record(
             "The request body must be an object, not {}",
             other.kind()
         ))),
+    }
+}
+
+/// The response type: the URL's suffix, else the best of `Accept` this build offers.
+fn negotiated(format: Option<MediaType>, accept: Option<&str>) -> Result<MediaType, RestError> {
+    match format {
+        Some(f) if OFFERED.contains(&f) => Ok(f),
+        Some(_) => Err(RestError::NotAcceptable),
+        None => negotiate(accept, OFFERED).ok_or(RestError::NotAcceptable),
     }
 }
 

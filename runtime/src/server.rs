@@ -63,7 +63,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let data = settings.root.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
-    let mut catalog = component::load(&settings.apps)?;
+    let app = component::load(&settings.apps)?;
+    let mut catalog = app.catalog;
     let mut layout = Layout::open_or_create(&data, settings.threads)?;
     let missing = layout.assign(&mut catalog)?;
     let shard_count = layout.shard_count();
@@ -160,15 +161,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mqtt_addr = SocketAddr::new(addr.ip(), mqtt_port);
     let (ops_reservation, ops_port) = reserve_port(SocketAddr::new(addr.ip(), settings.ops_port))?;
     let ops_addr = SocketAddr::new(addr.ip(), ops_port);
-    let types = tables
+    let types: HashMap<String, Arc<Table>> = tables
         .iter()
         .map(|t| (t.type_name.clone(), t.clone()))
         .collect();
+    let wasm = crate::wasm::load(
+        &app.wasm,
+        &types,
+        &settings.root.join("wasm-cache"),
+        settings.wasm,
+    )?;
     let shared = Arc::new(Shared {
         settings: settings.clone(),
         tables: exports,
         types,
         counters,
+        wasm,
     });
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let exec = ExecutorSettings {

@@ -1,0 +1,847 @@
+//! The WebAssembly host (DESIGN.md, "WebAssembly resources"): custom resources written in Rust
+//! with `tessera-wasm-sdk`, compiled to `wasm32-unknown-unknown`, served like Harper's
+//! `jsResource` classes.
+//!
+//! One [`Engine`] and one pre-linked component per module, shared by every core; compiled
+//! artifacts are cached under `<root>/wasm-cache/`, keyed by the module's bytes and the engine.
+//! Each request gets a fresh instance from the pooling allocator (or a kept one, for resources
+//! that opt in), its own memory limit and a time budget enforced by epoch interruption: the guest
+//! yields to the core's other work every tick and traps past its budget.
+//!
+//! The guest's table calls go through the request's transaction ([`Txn`]): writes are staged
+//! (validated as they come) and read back by later reads of the same request, and are committed
+//! together through [`Router::transact`] when the verb returns `Ok`: atomically across shards.
+//! A failure, trap or timeout drops them.
+//!
+//! wasmtime needs `Send` host state; glommio's objects are not. The host state holds only `Send`
+//! data, and a host call that needs the core's [`Router`] spawns a local task on the core it runs
+//! on (the guest runs on a fiber of the request's task, so that is always the request's core)
+//! and awaits its answer over a `Send` oneshot.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::channel::oneshot;
+use tessera_shards::Router;
+use tessera_storage::record::RecordRef;
+use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::validate::{WriteMode, check_record};
+use tessera_storage::{Table, Value, value};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, UpdateDeadline,
+};
+
+use crate::error::RestError;
+use crate::query::{self, Merge};
+use crate::related::Joins;
+use crate::rest::{Shared, id_value};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wasm-sdk/wit",
+        world: "resource-module",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+use bindings::ResourceModulePre;
+pub use bindings::tessera::wasm::types::Method;
+use bindings::tessera::wasm::types::{self, Outcome, Request};
+use bindings::tessera::wasm::{context, tables};
+
+/// How often the epoch advances: a running guest yields to the core's other work this often.
+const TICK: Duration = Duration::from_millis(5);
+/// Instances that may exist at once in the whole process (the pooling allocator's size).
+const POOL_INSTANCES: u32 = 512;
+
+/// Limits every instance runs under (`wasm.timeout`, `wasm.memory` in `tessera.yaml`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall time one request may spend in the guest.
+    pub budget: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            budget: Duration::from_secs(1),
+            memory: 64 << 20,
+        }
+    }
+}
+
+/// One loaded module: the file it came from and its pre-linked component.
+struct Module {
+    file: PathBuf,
+    pre: ResourceModulePre<HostState>,
+}
+
+/// An exported resource of a module.
+pub struct WasmResource {
+    pub name: String,
+    /// The table it extends, if any.
+    pub extends: Option<Arc<Table>>,
+    reuse: bool,
+    module: Arc<Module>,
+    index: u32,
+    /// Verbs the guest does not override (learnt from its answers): served natively.
+    fallback: [AtomicBool; 7],
+}
+
+impl WasmResource {
+    /// Whether the guest is known not to override `method`.
+    pub fn falls_back(&self, method: Method) -> bool {
+        self.fallback[method as usize].load(Ordering::Relaxed)
+    }
+
+    /// Where errors are reported: the resource and its file.
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.module.file.display())
+    }
+}
+
+/// Every wasm resource of the application.
+pub struct WasmHost {
+    engine: Engine,
+    limits: Limits,
+    resources: HashMap<String, Arc<WasmResource>>,
+}
+
+impl WasmHost {
+    /// The resource served at `/name/`, if any.
+    pub fn resource(&self, name: &str) -> Option<&Arc<WasmResource>> {
+        self.resources.get(name)
+    }
+}
+
+/// Loads the wasm resources of the application's components: `files` are `.wasm` files (core
+/// modules built with the SDK, or components). Fails naming the file for anything wrong with one.
+pub fn load(
+    files: &[PathBuf],
+    tables: &HashMap<String, Arc<Table>>,
+    cache: &Path,
+    limits: Limits,
+) -> anyhow::Result<WasmHost> {
+    let engine = engine(limits)?;
+    let mut linker: Linker<HostState> = Linker::new(&engine);
+    tables::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
+    context::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
+    let mut resources = HashMap::new();
+    for file in files {
+        let component = compile(&engine, file, cache)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(ResourceModulePre::new)
+            .map_err(anyhow::Error::from)
+            .with_context(|| {
+                format!(
+                    "{}: not a Tessera resource module (the tessera:wasm/resource-module world)",
+                    file.display()
+                )
+            })?;
+        let infos = futures::executor::block_on(list_resources(&engine, &pre, limits))
+            .with_context(|| format!("{}: listing its resources", file.display()))?;
+        if infos.is_empty() {
+            bail!("{}: exports no resource", file.display());
+        }
+        let module = Arc::new(Module {
+            file: file.clone(),
+            pre,
+        });
+        for (index, info) in infos.into_iter().enumerate() {
+            let extends = match &info.extends {
+                None => None,
+                Some(t) => Some(tables.get(t).cloned().with_context(|| {
+                    format!(
+                        "{}: resource {} extends {t}, which is not a table",
+                        file.display(),
+                        info.name
+                    )
+                })?),
+            };
+            if info.name.is_empty() || info.name.contains(['/', '?', '#']) {
+                bail!("{}: bad resource name {:?}", file.display(), info.name);
+            }
+            let resource = WasmResource {
+                name: info.name.clone(),
+                extends,
+                reuse: info.reuse,
+                module: module.clone(),
+                index: index as u32,
+                fallback: Default::default(),
+            };
+            if resources
+                .insert(info.name.clone(), Arc::new(resource))
+                .is_some()
+            {
+                bail!(
+                    "{}: resource {} is exported twice",
+                    file.display(),
+                    info.name
+                );
+            }
+        }
+    }
+    if !resources.is_empty() {
+        let ticker = engine.clone();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                }
+            })?;
+    }
+    Ok(WasmHost {
+        engine,
+        limits,
+        resources,
+    })
+}
+
+fn engine(limits: Limits) -> anyhow::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES)
+        .total_memories(POOL_INSTANCES)
+        .total_tables(POOL_INSTANCES)
+        .total_stacks(POOL_INSTANCES)
+        .max_memory_size(limits.memory);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(Engine::new(&config)?)
+}
+
+/// The compiled component of `file`, from the cache when the same bytes were compiled by a
+/// compatible engine before.
+fn compile(engine: &Engine, file: &Path, cache: &Path) -> anyhow::Result<Component> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut compat = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut compat);
+    let key = format!(
+        "{:016x}-{:016x}.cwasm",
+        xxhash_rust::xxh3::xxh3_64(&bytes),
+        compat.finish()
+    );
+    let cached = cache.join(key);
+    if cached.is_file()
+        && let Ok(c) = deserialize(engine, &cached)
+    {
+        return Ok(c);
+    }
+    let component = if is_core_module(&bytes) {
+        wit_component::ComponentEncoder::default()
+            .module(&bytes)
+            .and_then(|e| e.validate(true).encode())
+            .with_context(|| {
+                format!(
+                    "{}: not a WebAssembly module built with tessera-wasm-sdk",
+                    file.display()
+                )
+            })?
+    } else {
+        bytes
+    };
+    let compiled = engine
+        .precompile_component(&component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{}: not a valid WebAssembly component", file.display()))?;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let tmp = cached.with_extension("tmp");
+    std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &cached))?;
+    deserialize(engine, &cached)
+}
+
+/// Loads a compiled artifact this process's engine wrote.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, file: &Path) -> anyhow::Result<Component> {
+    // SAFETY: the file is one `compile` wrote with `precompile_component` into the server's own
+    // cache directory, named by the engine's compatibility hash, so it is a wasmtime artifact
+    // for this engine; wasmtime still checks its header and version.
+    Ok(unsafe { Component::deserialize_file(engine, file) }?)
+}
+
+/// Whether `bytes` is a core module (version 1), not a component.
+fn is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+async fn list_resources(
+    engine: &Engine,
+    pre: &ResourceModulePre<HostState>,
+    limits: Limits,
+) -> anyhow::Result<Vec<types::ResourceInfo>> {
+    let mut store = new_store(engine, HostState::new(None, None, Vec::new()), limits);
+    let module = pre.instantiate_async(&mut store).await?;
+    Ok(module
+        .tessera_wasm_handler()
+        .call_resources(&mut store)
+        .await?)
+}
+
+fn new_store(engine: &Engine, state: HostState, limits: Limits) -> Store<HostState> {
+    let mut state = state;
+    state.limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory)
+        .trap_on_grow_failure(true)
+        .build();
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.set_epoch_deadline(1);
+    let budget = limits.budget;
+    store.epoch_deadline_callback(move |cx| {
+        if cx.data().started.elapsed() > budget {
+            return Err(wasmtime::Error::msg(format!(
+                "ran out of its time budget ({} ms)",
+                budget.as_millis()
+            )));
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+thread_local! {
+    /// The executor's router, for host calls made by guests running on this core.
+    static ROUTER: RefCell<Option<Router>> = const { RefCell::new(None) };
+    /// Kept instances of resources that opted into reuse, by module.
+    static KEPT: RefCell<HashMap<usize, Vec<Kept>>> = RefCell::new(HashMap::new());
+}
+
+/// An instance kept for the next request.
+struct Kept {
+    store: Store<HostState>,
+    module: bindings::ResourceModule,
+}
+
+/// Makes `router` the one host calls on this thread use (called as each core starts).
+pub fn bind_core(router: &Router) {
+    ROUTER.with(|r| *r.borrow_mut() = Some(router.clone()));
+}
+
+/// Runs `f` with the core's router as a task on this core; the answer arrives over a `Send`
+/// channel, so the host call awaiting it stays `Send`.
+fn on_core<T, F, Fut>(f: F) -> oneshot::Receiver<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Router) -> Fut + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    if let Some(router) = ROUTER.with(|r| r.borrow().clone()) {
+        glommio::spawn_local(async move {
+            let _ = tx.send(f(router).await);
+        })
+        .detach();
+    }
+    rx
+}
+
+/// What one request's guest sees and stages.
+pub struct HostState {
+    limits: StoreLimits,
+    shared: Option<Arc<Shared>>,
+    user: Option<String>,
+    headers: Vec<(String, String)>,
+    started: Instant,
+    txn: Txn,
+}
+
+impl HostState {
+    fn new(
+        shared: Option<Arc<Shared>>,
+        user: Option<String>,
+        headers: Vec<(String, String)>,
+    ) -> Self {
+        HostState {
+            limits: StoreLimits::default(),
+            shared,
+            user,
+            headers,
+            started: Instant::now(),
+            txn: Txn::default(),
+        }
+    }
+}
+
+/// The request's transaction: writes staged in order, and each written record as this request
+/// sees it now (`None`: deleted).
+#[derive(Default)]
+struct Txn {
+    writes: Vec<WriteOp>,
+    seen: HashMap<Vec<u8>, Option<Value>>,
+    /// Messages to publish once the writes commit.
+    messages: Vec<WriteOp>,
+}
+
+impl Txn {
+    /// The writes to commit: one per record. Increments alone stay increments (they must not
+    /// lose concurrent ones); plain patches stay patches; anything else becomes the record as
+    /// this request last saw it.
+    fn into_ops(self) -> (Vec<WriteOp>, Vec<WriteOp>) {
+        let mut order: Vec<Vec<u8>> = Vec::new();
+        let mut by_key: HashMap<Vec<u8>, Vec<WriteOp>> = HashMap::new();
+        for op in self.writes {
+            if !by_key.contains_key(&op.key) {
+                order.push(op.key.clone());
+            }
+            by_key.entry(op.key.clone()).or_default().push(op);
+        }
+        let mut ops = Vec::with_capacity(order.len());
+        for key in order {
+            let Some(mut group) = by_key.remove(&key) else {
+                continue;
+            };
+            if group.len() == 1 {
+                ops.extend(group.pop());
+                continue;
+            }
+            let table = group[0].table.clone();
+            let all_adds = group.iter().all(|o| matches!(o.kind, WriteKind::Add(_)));
+            let kind = if all_adds {
+                let mut sum: Vec<(String, Value)> = Vec::new();
+                for op in group {
+                    if let WriteKind::Add(deltas) = op.kind {
+                        for (name, d) in deltas {
+                            match sum.iter_mut().find(|(n, _)| *n == name) {
+                                Some((_, total)) => *total = value::add_numbers(Some(total), &d),
+                                None => sum.push((name, d)),
+                            }
+                        }
+                    }
+                }
+                WriteKind::Add(sum)
+            } else {
+                match self.seen.get(&key) {
+                    Some(Some(rec)) => WriteKind::Put(rec.clone()),
+                    _ => WriteKind::Delete,
+                }
+            };
+            ops.push(WriteOp { table, key, kind });
+        }
+        (ops, self.messages)
+    }
+}
+
+/// A guest-facing error.
+fn error(status: u16, message: impl Into<String>) -> types::Error {
+    types::Error {
+        status,
+        message: message.into(),
+    }
+}
+
+impl From<RestError> for types::Error {
+    fn from(e: RestError) -> Self {
+        let message = match &e {
+            RestError::NoSuchRecord => "Not found".to_owned(),
+            e => e.to_string(),
+        };
+        error(e.status(), message)
+    }
+}
+
+/// The host side of the `tables` and `context` imports.
+struct HostCalls;
+
+impl wasmtime::component::HasData for HostCalls {
+    type Data<'a> = &'a mut HostState;
+}
+
+impl HostState {
+    fn table(&self, name: &str) -> Result<Arc<Table>, types::Error> {
+        self.shared
+            .as_ref()
+            .and_then(|s| s.types.get(name))
+            .cloned()
+            .ok_or_else(|| error(404, format!("no table {name}")))
+    }
+
+    /// The stored key of a MessagePack id in `table` (a string id converts to a numeric key type
+    /// as a URL id does).
+    fn key(table: &Table, id: &[u8]) -> Result<(Value, Vec<u8>), types::Error> {
+        let id = value::from_msgpack(id).map_err(|e| error(400, format!("bad id: {e}")))?;
+        let id = match id {
+            Value::String(s) => id_value(table, &s),
+            other => other,
+        };
+        let key = record_key(table.id, &id).map_err(|e| error(400, format!("bad id: {e}")))?;
+        Ok((id, key))
+    }
+
+    /// The record as this request sees it: its own write, else the stored one.
+    async fn current(&self, key: &[u8]) -> Result<Option<Value>, types::Error> {
+        if let Some(seen) = self.txn.seen.get(key) {
+            return Ok(seen.clone());
+        }
+        let key = key.to_vec();
+        let answer = on_core(move |router: Router| async move {
+            let shard = router.shard_of(&key);
+            let stored = router.on_shard(shard, move |s| s.get(&key)).await;
+            let stored = match stored {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(RestError::from(e)),
+                Err(e) => return Err(RestError::from(e)),
+            };
+            let Some(stored) = stored else {
+                return Ok(None);
+            };
+            let rec = RecordRef::parse(&stored)
+                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            if rec.is_expired(now_micros() / 1000) {
+                return Ok(None);
+            }
+            value::from_msgpack(rec.body)
+                .map(Some)
+                .map_err(|e| RestError::Internal(e.to_string()))
+        });
+        answer
+            .await
+            .map_err(|_| error(503, "the core is shutting down"))?
+            .map_err(types::Error::from)
+    }
+
+    fn stage(&mut self, table: Arc<Table>, key: Vec<u8>, kind: WriteKind, now: Option<Value>) {
+        self.txn.seen.insert(key.clone(), now);
+        self.txn.writes.push(WriteOp { table, key, kind });
+    }
+
+    /// Decodes a record or change set from the guest; it must be a map.
+    fn object(bytes: &[u8]) -> Result<Value, types::Error> {
+        match value::from_msgpack(bytes) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(other) => Err(error(
+                400,
+                format!("a record must be an object, not {}", other.kind()),
+            )),
+            Err(e) => Err(error(400, format!("bad record: {e}"))),
+        }
+    }
+
+    fn put_record(
+        &mut self,
+        table: Arc<Table>,
+        pk: Value,
+        mut rec: Value,
+    ) -> Result<(), types::Error> {
+        let pk_name = table.primary_key().name.clone();
+        if let Value::Object(props) = &mut rec {
+            props.retain(|(k, _)| *k != pk_name);
+            props.insert(0, (pk_name, pk.clone()));
+        }
+        check_record(&table, &mut rec, WriteMode::Replace)
+            .map_err(|e| error(400, e.to_string()))?;
+        let key = record_key(table.id, &pk).map_err(|e| error(400, format!("bad id: {e}")))?;
+        self.stage(table, key, WriteKind::Put(rec.clone()), Some(rec));
+        Ok(())
+    }
+}
+
+impl tables::Host for &mut HostState {
+    async fn get(&mut self, table: String, id: Vec<u8>) -> Result<Option<Vec<u8>>, types::Error> {
+        let table = self.table(&table)?;
+        let (_, key) = HostState::key(&table, &id)?;
+        Ok(self.current(&key).await?.map(|v| v.to_msgpack()))
+    }
+
+    async fn put(
+        &mut self,
+        table: String,
+        id: Vec<u8>,
+        record: Vec<u8>,
+    ) -> Result<(), types::Error> {
+        let table = self.table(&table)?;
+        let (pk, _) = HostState::key(&table, &id)?;
+        let rec = HostState::object(&record)?;
+        self.put_record(table, pk, rec)
+    }
+
+    async fn patch(
+        &mut self,
+        table: String,
+        id: Vec<u8>,
+        changes: Vec<u8>,
+    ) -> Result<(), types::Error> {
+        let table = self.table(&table)?;
+        let (pk, key) = HostState::key(&table, &id)?;
+        let mut changes = HostState::object(&changes)?;
+        let pk_name = table.primary_key().name.clone();
+        changes.set(&pk_name, pk.clone());
+        check_record(&table, &mut changes, WriteMode::Patch)
+            .map_err(|e| error(400, e.to_string()))?;
+        let mut now = self
+            .current(&key)
+            .await?
+            .unwrap_or_else(|| Value::Object(vec![(pk_name, pk)]));
+        if let Value::Object(props) = &changes {
+            for (k, v) in props {
+                now.set(k, v.clone());
+            }
+        }
+        self.stage(table, key, WriteKind::Patch(changes), Some(now));
+        Ok(())
+    }
+
+    async fn add_to(
+        &mut self,
+        table: String,
+        id: Vec<u8>,
+        deltas: Vec<u8>,
+    ) -> Result<(), types::Error> {
+        let table = self.table(&table)?;
+        let (pk, key) = HostState::key(&table, &id)?;
+        let Value::Object(deltas) = HostState::object(&deltas)? else {
+            return Err(error(400, "addTo needs a map of numbers"));
+        };
+        if let Some((name, _)) = deltas.iter().find(|(_, v)| v.as_f64().is_none()) {
+            return Err(error(400, format!("addTo: {name} is not a number")));
+        }
+        let pk_name = table.primary_key().name.clone();
+        let mut now = self
+            .current(&key)
+            .await?
+            .unwrap_or_else(|| Value::Object(vec![(pk_name, pk)]));
+        for (name, d) in &deltas {
+            let sum = value::add_numbers(now.get(name), d);
+            now.set(name, sum);
+        }
+        self.stage(table, key, WriteKind::Add(deltas), Some(now));
+        Ok(())
+    }
+
+    async fn create(&mut self, table: String, record: Vec<u8>) -> Result<Vec<u8>, types::Error> {
+        let table = self.table(&table)?;
+        let rec = HostState::object(&record)?;
+        let pk = match rec.get(&table.primary_key().name) {
+            Some(v) if *v != Value::Null => v.clone(),
+            _ => self
+                .shared
+                .as_ref()
+                .ok_or_else(|| error(500, "no tables"))?
+                .new_key(&table)?,
+        };
+        let id = pk.to_msgpack();
+        self.put_record(table, pk, rec)?;
+        Ok(id)
+    }
+
+    async fn delete(&mut self, table: String, id: Vec<u8>) -> Result<bool, types::Error> {
+        let table = self.table(&table)?;
+        let (_, key) = HostState::key(&table, &id)?;
+        let existed = self.current(&key).await?.is_some();
+        self.stage(table, key, WriteKind::Delete, None);
+        Ok(existed)
+    }
+
+    async fn search(&mut self, table: String, query: Vec<u8>) -> Result<Vec<u8>, types::Error> {
+        let table = self.table(&table)?;
+        let q = value::from_msgpack(&query).map_err(|e| error(400, format!("bad query: {e}")))?;
+        let select: Option<Vec<String>> = match q.get("select") {
+            Some(Value::Array(names)) => Some(
+                names
+                    .iter()
+                    .map(|n| match n {
+                        Value::String(s) => Ok(s.clone()),
+                        _ => Err(error(400, "select must list property names")),
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => None,
+        };
+        let parsed = crate::ops::resource_query(&q)?;
+        let plan = query::plan(&table, "", parsed, Joins::default())?;
+        let rows = on_core(move |router: Router| async move {
+            let end = plan.shard.take.unwrap_or(usize::MAX);
+            let mut rows = Merge::start(&router, plan.shard.clone())
+                .collect(plan.skip, end)
+                .await?;
+            if plan.shard.keys_only {
+                query::fill_records(&router, &mut rows).await?;
+            }
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let rec = RecordRef::parse(&row.stored)
+                    .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+                let full = value::from_msgpack(rec.body)
+                    .map_err(|e| RestError::Internal(e.to_string()))?;
+                out.push(match &select {
+                    None => full,
+                    Some(names) => Value::Object(
+                        names
+                            .iter()
+                            .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
+                            .collect(),
+                    ),
+                });
+            }
+            Ok::<_, RestError>(Value::Array(out).to_msgpack())
+        });
+        Ok(rows
+            .await
+            .map_err(|_| error(503, "the core is shutting down"))??)
+    }
+}
+
+impl types::Host for &mut HostState {}
+
+impl context::Host for &mut HostState {
+    async fn user(&mut self) -> Option<String> {
+        self.user.clone()
+    }
+
+    async fn headers(&mut self) -> Vec<(String, String)> {
+        self.headers.clone()
+    }
+
+    async fn publish(&mut self, topic: String, message: Vec<u8>) -> Result<(), types::Error> {
+        let shared = self
+            .shared
+            .as_ref()
+            .ok_or_else(|| error(500, "no tables"))?;
+        let (name, id) = topic.split_once('/').unwrap_or((topic.as_str(), ""));
+        let table = shared.tables.get(name).cloned().ok_or_else(|| {
+            error(
+                404,
+                format!("no topic {topic}: {name} is not an exported table"),
+            )
+        })?;
+        let key = record_key(table.id, &id_value(&table, id))
+            .map_err(|e| error(400, format!("bad topic: {e}")))?;
+        // Subscribers get JSON, as from an MQTT client.
+        let mut json = Vec::with_capacity(message.len() + 16);
+        value::msgpack_to_json(&message, &mut json)
+            .map_err(|e| error(400, format!("bad message: {e}")))?;
+        self.txn.messages.push(WriteOp {
+            table,
+            key,
+            kind: WriteKind::Message {
+                payload: json,
+                expires_at: None,
+            },
+        });
+        Ok(())
+    }
+}
+
+/// What a request asks of a resource.
+pub struct Call<'a> {
+    pub method: Method,
+    pub id: Option<&'a str>,
+    pub pathname: &'a str,
+    pub search: &'a str,
+    pub is_collection: bool,
+    pub data: Option<Vec<u8>>,
+    pub user: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A resource's answer to the protocol layer.
+pub enum Answer {
+    Respond(types::Response),
+    /// The guest does not override the verb: serve it natively.
+    Fallback,
+}
+
+/// Serves one request with `resource`, on this core: instantiate (or reuse), call, commit.
+pub async fn call(
+    shared: &Arc<Shared>,
+    router: &Router,
+    resource: &WasmResource,
+    call: Call<'_>,
+) -> Result<Answer, RestError> {
+    let req = Request {
+        resource: resource.index,
+        method: call.method,
+        target: types::Target {
+            id: call.id.map(str::to_owned),
+            pathname: call.pathname.to_owned(),
+            search: call.search.to_owned(),
+            is_collection: call.is_collection,
+        },
+        data: call.data,
+    };
+    let state = HostState::new(Some(shared.clone()), call.user, call.headers);
+    let module_key = Arc::as_ptr(&resource.module) as usize;
+    let kept = if resource.reuse {
+        KEPT.with(|k| k.borrow_mut().get_mut(&module_key).and_then(Vec::pop))
+    } else {
+        None
+    };
+    let (mut store, module) = match kept {
+        Some(mut k) => {
+            let limits = std::mem::take(&mut k.store.data_mut().limits);
+            *k.store.data_mut() = state;
+            k.store.data_mut().limits = limits;
+            k.store.set_epoch_deadline(1);
+            (k.store, k.module)
+        }
+        None => {
+            let mut store = new_store(&shared.wasm.engine, state, shared.wasm.limits);
+            let module = resource
+                .module
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| trapped(resource, &e))?;
+            (store, module)
+        }
+    };
+    let result = module
+        .tessera_wasm_handler()
+        .call_handle(&mut store, &req)
+        .await
+        .map_err(|e| trapped(resource, &e))?;
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(RestError::Resource(e.status, e.message));
+        }
+    };
+    let txn = std::mem::take(&mut store.data_mut().txn);
+    if resource.reuse {
+        KEPT.with(|k| {
+            k.borrow_mut()
+                .entry(module_key)
+                .or_default()
+                .push(Kept { store, module })
+        });
+    }
+    match outcome {
+        Outcome::Fallback => {
+            resource.fallback[req.method as usize].store(true, Ordering::Relaxed);
+            Ok(Answer::Fallback)
+        }
+        Outcome::Respond(response) => {
+            let (ops, messages) = txn.into_ops();
+            if !ops.is_empty() {
+                router.transact(ops).await?;
+            }
+            for message in messages {
+                router.write(message).await?;
+            }
+            Ok(Answer::Respond(response))
+        }
+    }
+}
+
+/// A trap (panic, out-of-bounds access, memory or time exhausted): logged with the resource's
+/// name, a 500 to the client.
+fn trapped(resource: &WasmResource, e: &wasmtime::Error) -> RestError {
+    eprintln!("wasm resource {} failed: {e:#}", resource.describe());
+    RestError::Internal(format!("resource {} failed", resource.name))
+}

@@ -1,0 +1,245 @@
+//! Test resources for `tests/tests/wasm.rs`, built for `wasm32-unknown-unknown` by the tests.
+//!
+//! `Widget` extends the `Widget` table (validation on put, a computed field on get, the rest the
+//! table's); `Transfer` is a standalone action writing several records in one transaction;
+//! `Echo` returns what the host told it; `Pass` is the pass-through GET of the benchmark; the
+//! others misbehave, each in its own way.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_wasm_sdk::{
+    Comparator, Context, Data, Error, Query, Resource, Response, Result, Target,
+};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Widget {
+    id: i64,
+    name: String,
+    price: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stock: Option<f64>,
+}
+
+/// `/Widget/`: validates puts, adds `priceWithTax` to gets, leaves the rest to the table.
+#[derive(Default)]
+struct Widgets;
+
+impl Resource for Widgets {
+    const NAME: &'static str = "Widget";
+    const EXTENDS: Option<&'static str> = Some("Widget");
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        let id = target.id()?;
+        let Some(mut w) = cx
+            .this::<Self>()
+            .get::<BTreeMap<String, serde_json_value::V>>(id)?
+        else {
+            return Err(Error::not_found(format!("no widget {id}")));
+        };
+        let price = w.get("price").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        w.insert("priceWithTax".into(), serde_json_value::V::F(price * 1.25));
+        Response::ok(&w)
+    }
+
+    fn put(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+        let w: Widget = data.parse()?;
+        if w.price < 0.0 {
+            return Err(Error::bad_request("price must not be negative"));
+        }
+        if w.name.trim().is_empty() {
+            return Err(Error::new(422, "name is required"));
+        }
+        cx.this::<Self>().put(target.id()?, &w)?;
+        Ok(Response::status(204))
+    }
+}
+
+/// A dynamically typed MessagePack value, enough for the tests (no serde_json in wasm guests).
+mod serde_json_value {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum V {
+        Null,
+        B(bool),
+        I(i64),
+        F(f64),
+        S(String),
+        A(Vec<V>),
+        M(std::collections::BTreeMap<String, V>),
+    }
+
+    impl V {
+        pub fn as_f64(&self) -> Option<f64> {
+            match self {
+                V::I(i) => Some(*i as f64),
+                V::F(f) => Some(*f),
+                _ => None,
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TransferBody {
+    from: i64,
+    to: i64,
+    amount: f64,
+    /// Fail after writing (to see the writes rolled back): "error", "panic" or nothing.
+    #[serde(default)]
+    then: Option<String>,
+}
+
+/// `POST /Transfer/`: moves stock between two widgets and logs it, all in one transaction;
+/// reads its own writes to refuse a negative stock.
+#[derive(Default)]
+struct Transfer;
+
+impl Resource for Transfer {
+    const NAME: &'static str = "Transfer";
+
+    fn post(&mut self, cx: &Context, _target: &Target, data: Data) -> Result<Response> {
+        let t: TransferBody = data.parse()?;
+        let widgets = cx.table("Widget");
+        widgets
+            .update(t.from)
+            .subtract_from("stock", t.amount)
+            .apply()?;
+        widgets.update(t.to).add_to("stock", t.amount).apply()?;
+        let from: Widget = widgets
+            .get(t.from)?
+            .ok_or_else(|| Error::not_found("no such widget"))?;
+        if from.stock.unwrap_or(0.0) < 0.0 {
+            return Err(Error::new(409, "not enough stock"));
+        }
+        let log = cx.table("Log");
+        let id = log.create(&BTreeMap::from([
+            ("from", t.from),
+            ("to", t.to),
+            ("amount", t.amount as i64),
+        ]))?;
+        cx.publish(&format!("Log/{id}"), &"transferred")?;
+        match t.then.as_deref() {
+            Some("error") => Err(Error::new(418, "changed my mind")),
+            Some("panic") => panic!("changed my mind"),
+            _ => Response::with_data(201, &id),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EchoOut {
+    id: Option<String>,
+    pathname: String,
+    is_collection: bool,
+    tag: Option<String>,
+    user: Option<String>,
+    agent: Option<String>,
+    body: Option<BTreeMap<String, serde_json_value::V>>,
+    cheap: Vec<BTreeMap<String, serde_json_value::V>>,
+}
+
+/// `/Echo/...`: what the host told it, a custom header and status, and a search.
+#[derive(Default)]
+struct Echo;
+
+impl Echo {
+    fn echo(cx: &Context, target: &Target, data: Option<Data>) -> Result<Response> {
+        let cheap = cx.table("Widget").search(
+            &Query::new()
+                .condition("price", Comparator::LessThan, &10)?
+                .sort("price", true)
+                .select(&["id", "price"])
+                .limit(5),
+        )?;
+        let out = EchoOut {
+            id: target.id.clone(),
+            pathname: target.pathname.clone(),
+            is_collection: target.is_collection,
+            tag: target.get("tag"),
+            user: cx.user(),
+            agent: cx.header("x-agent"),
+            body: data.map(|d| d.parse()).transpose()?,
+            cheap,
+        };
+        Ok(Response::with_data(202, &out)?.header("X-Echo", "yes"))
+    }
+}
+
+impl Resource for Echo {
+    const NAME: &'static str = "Echo";
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        Echo::echo(cx, target, None)
+    }
+
+    fn search(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        Echo::echo(cx, target, None)
+    }
+
+    fn post(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+        Echo::echo(cx, target, Some(data))
+    }
+
+    fn delete(&mut self, _cx: &Context, _target: &Target) -> Result<Response> {
+        Ok(Response::body("text/plain", b"gone".to_vec()).header("X-Deleted", "1"))
+    }
+}
+
+/// `GET /Pass/id`: the Widget record as stored, through the guest (the benchmark's pass-through).
+#[derive(Default)]
+struct Pass;
+
+impl Resource for Pass {
+    const NAME: &'static str = "Pass";
+    const REUSE: bool = true;
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        match cx
+            .table("Widget")
+            .get::<serde_json_value::V>(target.id()?)?
+        {
+            Some(w) => Response::ok(&w),
+            None => Err(Error::not_found("no such widget")),
+        }
+    }
+}
+
+/// `GET /Hostile/<how>`: loops forever, panics, reads out of bounds or allocates without end.
+#[derive(Default)]
+struct Hostile;
+
+impl Resource for Hostile {
+    const NAME: &'static str = "Hostile";
+
+    fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+        match target.id()? {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "panic" => panic!("hostile guest panics"),
+            "oob" => {
+                let p = std::hint::black_box(usize::MAX - 16) as *const u64;
+                #[allow(unsafe_code)]
+                // SAFETY: none: reading outside linear memory is the point (the host must trap).
+                let v = unsafe { std::ptr::read_volatile(p) };
+                Response::ok(&v)
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            other => Err(Error::bad_request(format!("unknown misbehaviour {other}"))),
+        }
+    }
+}
+
+tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Pass, Hostile);
