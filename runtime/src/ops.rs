@@ -506,6 +506,7 @@ impl Core {
             check_record(&table, &mut rec, mode).map_err(|e| bad(e.to_string()))?;
             let key =
                 record_key(table.id, &pk).map_err(|e| bad(format!("Invalid primary key: {e}")))?;
+            self.shared.saw_key(&table, &pk);
             ops.push(WriteOp {
                 table: table.clone(),
                 key,

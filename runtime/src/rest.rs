@@ -271,6 +271,14 @@ impl Shared {
             }
         }
     }
+
+    /// Notes a numeric primary key written with an explicit value, so that [`Self::new_key`]
+    /// never hands it out again.
+    pub(crate) fn saw_key(&self, table: &Table, pk: &Value) {
+        if let (Value::Int(i), Some(counter)) = (pk, self.counters.get(&table.id)) {
+            counter.fetch_max(i.saturating_add(1), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Core {
@@ -882,6 +890,7 @@ impl Core {
         let pk = rec.get(pk_name).cloned().unwrap_or(Value::Null);
         let key = record_key(table.id, &pk)
             .map_err(|e| RestError::BadRequest(format!("Invalid primary key: {e}")))?;
+        self.shared.saw_key(table, &pk);
         let kind = match mode {
             WriteMode::Patch => WriteKind::Patch(rec),
             WriteMode::Replace => WriteKind::Put(rec),

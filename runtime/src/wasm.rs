@@ -547,6 +547,9 @@ impl HostState {
         check_record(&table, &mut rec, WriteMode::Replace)
             .map_err(|e| error(400, e.to_string()))?;
         let key = record_key(table.id, &pk).map_err(|e| error(400, format!("bad id: {e}")))?;
+        if let Some(shared) = &self.shared {
+            shared.saw_key(&table, &pk);
+        }
         self.stage(table, key, WriteKind::Put(rec.clone()), Some(rec));
         Ok(())
     }

@@ -70,6 +70,10 @@ pub struct Start<'a> {
     pub threads: usize,
     pub extra: Vec<String>,
     pub admin: bool,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
+    /// How long start-up may take (longer when the server builds wasm crates).
+    pub timeout: Duration,
 }
 
 impl<'a> Start<'a> {
@@ -80,6 +84,8 @@ impl<'a> Start<'a> {
             threads: 2,
             extra: vec![],
             admin: true,
+            env: vec![],
+            timeout: Duration::from_secs(60),
         }
     }
 
@@ -106,6 +112,7 @@ impl<'a> Start<'a> {
             .env_remove("TESSERA_ADMIN_PASSWORD");
         c.env_remove("HDB_ADMIN_USERNAME")
             .env_remove("HDB_ADMIN_PASSWORD");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.admin {
             c.env("TESSERA_ADMIN_USERNAME", ADMIN.0)
                 .env("TESSERA_ADMIN_PASSWORD", ADMIN.1);
@@ -157,7 +164,7 @@ impl<'a> Start<'a> {
                 out3.lock().map(|mut o| o.push_str(&(line + "\n"))).ok();
             }
         });
-        let (port, mqtt_port, ops_port) = match rx.recv_timeout(Duration::from_secs(60)) {
+        let (port, mqtt_port, ops_port) = match rx.recv_timeout(self.timeout) {
             Ok(p) => p,
             Err(_) => {
                 let _ = child.kill();
@@ -508,4 +515,59 @@ pub fn to_msgpack(v: &serde_json::Value) -> Vec<u8> {
 /// A JSON value from MessagePack bytes.
 pub fn from_msgpack(b: &[u8]) -> serde_json::Value {
     rmp_serde::from_slice(b).expect("msgpack")
+}
+
+/// Where the tests build wasm guests: a target directory of their own, so that cargo never
+/// waits for the cargo that runs the tests.
+pub fn wasm_target_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("wasm-guests")
+}
+
+/// The test guests (`tests/guests`) built for `wasm32-unknown-unknown`, once per test binary
+/// (installing the target with rustup when it is missing).
+pub fn guest_module() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let installed = Command::new("rustup")
+                .args(["target", "list", "--installed"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-unknown-unknown"))
+                .unwrap_or(false);
+            if !installed {
+                let ok = Command::new("rustup")
+                    .args(["target", "add", "wasm32-unknown-unknown"])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "cannot install the wasm32-unknown-unknown target");
+            }
+            let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/Cargo.toml");
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+                .arg("--manifest-path")
+                .arg(&guests)
+                .env("CARGO_TARGET_DIR", wasm_target_dir())
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the test guests failed");
+            wasm_target_dir().join("wasm32-unknown-unknown/release/tessera_test_guests.wasm")
+        })
+        .clone()
+}
+
+impl App {
+    /// An application with the test guests as its wasm resources (and `schema`).
+    pub fn with_wasm(schema: &str) -> App {
+        let app = App::new(schema);
+        std::fs::copy(guest_module(), app.dir.path().join("guests.wasm")).expect("copy guests");
+        std::fs::write(
+            app.dir.path().join("config.yaml"),
+            "rest: true\ngraphqlSchema:\n  files: 'schema.graphql'\nwasmResource:\n  files: '*.wasm'\n",
+        )
+        .expect("write config");
+        app
+    }
 }

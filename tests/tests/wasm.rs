@@ -1,0 +1,379 @@
+//! WebAssembly resources through the real binary: the test guests of `tests/guests` (built for
+//! wasm32 by the test itself) and the shop example, every capability of the SDK and every way a
+//! hostile guest can fail.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::json;
+use tessera_protocol::mqtt::{QoS, Version};
+use tessera_tests::mqtt::MqttClient;
+use tessera_tests::{ADMIN, App, Server, Start};
+
+const SCHEMA: &str = "
+type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
+type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
+";
+
+fn start(app: &App, root: &Path) -> Server {
+    // A short time budget, so the runaway guest's request ends soon.
+    std::fs::write(root.join("tessera.yaml"), "wasm:\n  timeout: 1500\n").unwrap();
+    Start::new(app.dir.path(), root).start()
+}
+
+fn put(s: &Server, path: &str, body: serde_json::Value) -> u16 {
+    s.client().put_json(path, &body.to_string()).status
+}
+
+fn stocks(s: &Server) -> (i64, i64) {
+    let a = s.client().get("/Widget/1").json();
+    let b = s.client().get("/Widget/2").json();
+    (
+        a["stock"].as_i64().unwrap_or(-999),
+        b["stock"].as_i64().unwrap_or(-999),
+    )
+}
+
+#[test]
+fn a_resource_extending_a_table_overrides_some_verbs_and_defaults_the_rest() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    // put: validated by the guest.
+    let r = s
+        .client()
+        .put_json("/Widget/1", r#"{"name":"bolt","price":-1}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("price must not be negative"),
+        "{}",
+        r.text()
+    );
+    let r = s
+        .client()
+        .put_json("/Widget/1", r#"{"name":" ","price":1}"#);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let r = s
+        .client()
+        .put_json("/Widget/1", r#"{"name":"bolt","price":8,"stock":5}"#);
+    assert_eq!(r.status, 204, "{}", r.text());
+    // get: the stored record plus a computed field.
+    let r = s.client().get("/Widget/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"id":1,"name":"bolt","price":8,"priceWithTax":10,"stock":5})
+    );
+    assert_eq!(s.client().get("/Widget/77").status, 404);
+    // Not overridden: the table's own search, patch, post and delete (and MessagePack).
+    assert_eq!(
+        put(&s, "/Widget/2", json!({"name":"nut","price":20,"stock":1})),
+        204
+    );
+    let r = s.client().get("/Widget/?price=lt=10");
+    assert_eq!(
+        r.json(),
+        json!([{"id":1,"name":"bolt","price":8,"stock":5}])
+    );
+    let r = s.client().patch_json("/Widget/2", r#"{"stock":3}"#);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(stocks(&s), (5, 3));
+    let r = s
+        .client()
+        .post_json("/Widget/", r#"{"name":"cog","price":1}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json();
+    assert_eq!(s.client().delete(&format!("/Widget/{id}")).status, 200);
+    assert_eq!(s.client().get(&format!("/Widget/{id}")).status, 404);
+    // The role's table permissions still apply to a resource extending the table.
+    let (st, _) = s.ops().operation(&json!({"operation":"add_role","role":"reader",
+        "permission":{"data":{"tables":{"Widget":{"read":true,"insert":false,"update":false,"delete":false}}}}}));
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .ops()
+        .operation(&json!({"operation":"add_user","role":"reader",
+        "username":"rita","password":"pw-rita-1","active":true}));
+    assert_eq!(st, 200);
+    let mut rita = s.client().as_user("rita", "pw-rita-1");
+    let r = rita.get("/Widget/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = rita.put_json("/Widget/1", r#"{"name":"bolt","price":1}"#);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(stocks(&s), (5, 3));
+}
+
+#[test]
+fn a_standalone_action_commits_all_its_writes_or_none() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    assert_eq!(
+        put(&s, "/Widget/1", json!({"name":"a","price":1,"stock":10})),
+        204
+    );
+    assert_eq!(
+        put(&s, "/Widget/2", json!({"name":"b","price":2,"stock":0})),
+        204
+    );
+    // A subscriber to the log sees the message the action publishes after it commits.
+    let (mut sub, ack) = MqttClient::connect(s.mqtt_port, Version::V5, "watcher", Some(ADMIN));
+    assert!(ack.is_some());
+    sub.subscribe(&[("Log/#", QoS::AtMostOnce)]);
+
+    let r = s
+        .client()
+        .post_json("/Transfer/", r#"{"from":1,"to":2,"amount":4}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let log_id = r.json();
+    assert_eq!(stocks(&s), (6, 4));
+    let log = s.client().get(&format!("/Log/{log_id}")).json();
+    assert_eq!(
+        (log["from"].clone(), log["amount"].clone()),
+        (json!(1), json!(4))
+    );
+    // The new log record's own event comes first, then the message.
+    let published: Vec<_> = (0..2)
+        .filter_map(|_| sub.next_publish(Duration::from_secs(10)))
+        .map(|p| (p.topic, String::from_utf8_lossy(&p.payload).into_owned()))
+        .collect();
+    assert!(
+        published.contains(&(format!("Log/{log_id}"), "\"transferred\"".to_owned())),
+        "{published:?}"
+    );
+
+    // Refused after its writes (its own read sees the negative stock): nothing is kept.
+    let r = s
+        .client()
+        .post_json("/Transfer/", r#"{"from":1,"to":2,"amount":7}"#);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains("not enough stock"), "{}", r.text());
+    // An error with a status, and a panic, after every write: nothing is kept either.
+    let r = s.client().post_json(
+        "/Transfer/",
+        r#"{"from":1,"to":2,"amount":1,"then":"error"}"#,
+    );
+    assert_eq!(r.status, 418, "{}", r.text());
+    let r = s.client().post_json(
+        "/Transfer/",
+        r#"{"from":1,"to":2,"amount":1,"then":"panic"}"#,
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(stocks(&s), (6, 4));
+    let logs = s.client().get("/Log/").json();
+    assert_eq!(logs.as_array().map(Vec::len), Some(1), "{logs}");
+    // Bad input is a 400 from the SDK, and methods it does not override are 405.
+    let r = s.client().post_json("/Transfer/", r#"{"from":"x"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(s.client().get("/Transfer/1").status, 405);
+    assert!(s.output().contains("Transfer"), "the panic is logged");
+}
+
+#[test]
+fn the_guest_sees_the_target_user_and_headers_and_shapes_the_response() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    for (id, price) in [(1, 3), (2, 30), (3, 5)] {
+        assert_eq!(
+            put(
+                &s,
+                &format!("/Widget/{id}"),
+                json!({"name":"w","price":price})
+            ),
+            204
+        );
+    }
+    let r = s.client().request(
+        "GET",
+        "/Echo/a%20b?tag=x%20y&other=1",
+        &[("X-Agent", "probe/1")],
+        None,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.header("X-Echo"), Some("yes"));
+    let body = r.json();
+    assert_eq!(body["id"], "a b");
+    assert_eq!(body["is_collection"], false);
+    assert_eq!(body["tag"], "x y");
+    assert_eq!(body["user"], ADMIN.0);
+    assert_eq!(body["agent"], "probe/1");
+    // The guest's search: price < 10, highest first, two properties.
+    assert_eq!(
+        body["cheap"],
+        json!([{"id":3,"price":5},{"id":1,"price":3}])
+    );
+    let r = s.client().get("/Echo/?tag=t");
+    assert_eq!(r.json()["is_collection"], true);
+    let r = s.client().post_json("/Echo/", r#"{"n":1}"#);
+    assert_eq!(r.json()["body"], json!({"n":1}));
+    // MessagePack when asked for.
+    let r = s.client().request(
+        "GET",
+        "/Echo/m",
+        &[("Accept", "application/x-msgpack")],
+        None,
+    );
+    assert_eq!(tessera_tests::from_msgpack(&r.body)["id"], "m");
+    // A body sent as it is, with its own content type.
+    let r = s.client().delete("/Echo/z");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/plain"));
+    assert_eq!(r.header("X-Deleted"), Some("1"));
+    assert_eq!(r.text(), "gone");
+    // Anonymous requests are refused before any guest runs.
+    let mut anon = s.client().anonymous();
+    assert_eq!(anon.get("/Echo/a").status, 401);
+}
+
+#[test]
+fn a_hostile_guest_fails_its_own_request_and_nothing_else() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    assert_eq!(
+        put(&s, "/Widget/1", json!({"name":"a","price":1,"stock":1})),
+        204
+    );
+    // A runaway guest: other requests are served while it runs; it ends with a 500.
+    let (done_tx, done_rx) = mpsc::channel();
+    let port = s.port;
+    let runaway = std::thread::spawn(move || {
+        let mut c = tessera_tests::Client::connect(port);
+        let r = c.get("/Hostile/loop");
+        done_tx.send(()).unwrap();
+        r
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..20 {
+        assert_eq!(s.client().get("/Widget/1").status, 200);
+        assert_eq!(s.client().get("/Pass/1").status, 200);
+    }
+    assert!(
+        done_rx.try_recv().is_err(),
+        "the runaway request ended before the others were served"
+    );
+    let r = runaway.join().unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    for how in ["panic", "oob", "bomb"] {
+        let r = s.client().get(&format!("/Hostile/{how}"));
+        assert_eq!(r.status, 500, "{how}: {}", r.text());
+        assert_eq!(s.client().get("/Widget/1").status, 200, "after {how}");
+    }
+    let out = s.output();
+    assert!(out.contains("time budget"), "{out}");
+    assert!(
+        out.matches("wasm resource Hostile").count() >= 4,
+        "each failure is logged naming the resource: {out}"
+    );
+    assert_eq!(s.client().get("/Hostile/nothing").status, 400);
+}
+
+#[test]
+fn modules_are_compiled_once_and_bad_ones_stop_the_start_naming_the_file() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    assert_eq!(s.client().get("/Pass/1").status, 404);
+    drop(s);
+    let cache = root.path().join("wasm-cache");
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "one compiled artifact");
+    let stamp = cached[0].metadata().unwrap().modified().unwrap();
+    let s = start(&app, root.path());
+    assert_eq!(s.client().get("/Pass/1").status, 404);
+    drop(s);
+    let again = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .collect::<Vec<_>>();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].metadata().unwrap().modified().unwrap(),
+        stamp,
+        "a restart reuses the compiled artifact"
+    );
+
+    for (name, bytes) in [
+        ("garbage.wasm", b"not wasm at all".to_vec()),
+        // A valid core module that is not built with the SDK (no world, no exports).
+        ("empty.wasm", b"\0asm\x01\0\0\0".to_vec()),
+    ] {
+        let bad = App::new(SCHEMA);
+        std::fs::write(bad.dir.path().join(name), bytes).unwrap();
+        std::fs::write(
+            bad.dir.path().join("config.yaml"),
+            "rest: true\ngraphqlSchema:\n  files: 'schema.graphql'\nwasmResource:\n  files: '*.wasm'\n",
+        )
+        .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let (code, out) = Start::new(bad.dir.path(), root.path()).fail();
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(name), "the error names the file: {out}");
+    }
+}
+
+#[test]
+fn the_shop_example_checks_out_in_one_transaction() {
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let root = tempfile::tempdir().unwrap();
+    let mut start = Start::new(&shop, root.path());
+    // The example's crate is built by the server itself (`wasmResource.crate`), in the tests'
+    // own target directory.
+    start.env.push((
+        "CARGO_TARGET_DIR".into(),
+        tessera_tests::wasm_target_dir().display().to_string(),
+    ));
+    start.timeout = Duration::from_secs(600);
+    let s = start.start();
+    assert_eq!(
+        put(
+            &s,
+            "/Product/mug",
+            json!({"name":"Mug","price":10,"stock":5})
+        ),
+        204
+    );
+    assert_eq!(
+        put(
+            &s,
+            "/Product/tea",
+            json!({"name":"Tea","price":4.5,"stock":1})
+        ),
+        204
+    );
+    assert_eq!(put(&s, "/Product/bad", json!({"name":"","price":1})), 400);
+    assert_eq!(
+        s.client().get("/Product/mug").json()["priceWithTax"],
+        json!(12)
+    );
+    let order = |body: &str| s.client().post_json("/Checkout/", body);
+    let r = order(
+        r#"{"customer":"ann","items":[{"product":"mug","quantity":2},{"product":"tea","quantity":1}]}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json();
+    assert_eq!(
+        r.header("Location"),
+        Some(format!("/Order/{}", id.as_str().unwrap()).as_str())
+    );
+    let o = s
+        .client()
+        .get(&format!("/Order/{}", id.as_str().unwrap()))
+        .json();
+    assert_eq!(
+        (o["customer"].clone(), o["total"].clone()),
+        (json!("ann"), json!(24.5))
+    );
+    // Tea is out of stock now: the mug's decrement is rolled back with it.
+    let r = order(
+        r#"{"customer":"bob","items":[{"product":"mug","quantity":1},{"product":"tea","quantity":1}]}"#,
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    let stock = |p: &str| s.client().get(&format!("/Product/{p}")).json()["stock"].clone();
+    assert_eq!((stock("mug"), stock("tea")), (json!(3), json!(0)));
+    assert_eq!(
+        s.client().get("/Order/").json().as_array().map(Vec::len),
+        Some(1)
+    );
+}
