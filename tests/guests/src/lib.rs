@@ -2,7 +2,7 @@
 //!
 //! `Widget` extends the `Widget` table (validation on put, a computed field on get, the rest the
 //! table's); `Transfer` is a standalone action writing several records in one transaction;
-//! `Echo` returns what the host told it; `Pass` is the pass-through GET of the benchmark; the
+//! `Echo` returns what the host told it; `Pass` and `Fresh` are the benchmark's pass-through GET; the
 //! others misbehave, each in its own way.
 
 use std::collections::BTreeMap;
@@ -188,7 +188,8 @@ impl Resource for Echo {
     }
 }
 
-/// `GET /Pass/id`: the Widget record as stored, through the guest (the benchmark's pass-through).
+/// `GET /Pass/id`: the `Plain` record, through the guest: the benchmark's pass-through, with its
+/// instance kept between requests.
 #[derive(Default)]
 struct Pass;
 
@@ -197,13 +198,26 @@ impl Resource for Pass {
     const REUSE: bool = true;
 
     fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
-        match cx
-            .table("Widget")
-            .get::<serde_json_value::V>(target.id()?)?
-        {
-            Some(w) => Response::ok(&w),
-            None => Err(Error::not_found("no such widget")),
-        }
+        pass_through(cx, target)
+    }
+}
+
+/// `GET /Fresh/id`: the same with a fresh instance per request (the default).
+#[derive(Default)]
+struct Fresh;
+
+impl Resource for Fresh {
+    const NAME: &'static str = "Fresh";
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        pass_through(cx, target)
+    }
+}
+
+fn pass_through(cx: &Context, target: &Target) -> Result<Response> {
+    match cx.table("Plain").get::<serde_json_value::V>(target.id()?)? {
+        Some(w) => Response::ok(&w),
+        None => Err(Error::not_found("no such record")),
     }
 }
 
@@ -242,4 +256,4 @@ impl Resource for Hostile {
     }
 }
 
-tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Pass, Hostile);
+tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Pass, Fresh, Hostile);

@@ -1,0 +1,116 @@
+//! What a wasm resource costs before it does anything: instantiating the test guests' module
+//! from its pre-linked component (the pooling allocator, as the server configures it) and one
+//! call of its `handle` export (a request crossing the boundary both ways, answered by the guest
+//! without host calls). The module is `tests/guests` built for `wasm32-unknown-unknown`:
+//!
+//! ```sh
+//! cargo build --release --target wasm32-unknown-unknown -p tessera-test-guests
+//! cargo bench -p tessera-benches --bench wasm
+//! ```
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+wasmtime::component::bindgen!({
+    path: "../wasm-sdk/wit",
+    world: "resource-module",
+});
+
+use tessera::wasm::types::{Method, Request, Target};
+
+fn module() -> Vec<u8> {
+    let path = std::env::var("GUEST_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-unknown-unknown/release/tessera_test_guests.wasm")
+        });
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build it with `cargo build --release --target wasm32-unknown-unknown -p tessera-test-guests`",
+            path.display()
+        )
+    });
+    wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|e| e.validate(true).encode())
+        .expect("a module built with tessera-wasm-sdk")
+}
+
+fn bench(c: &mut Criterion) {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(512)
+        .total_core_instances(512)
+        .total_memories(512)
+        .total_tables(512)
+        .total_stacks(512)
+        .max_memory_size(64 << 20);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config).expect("engine");
+    let component = Component::new(&engine, module()).expect("compile");
+    let mut linker: Linker<()> = Linker::new(&engine);
+    // No host calls are made by what is measured.
+    linker
+        .define_unknown_imports_as_traps(&component)
+        .expect("imports");
+    let pre = ResourceModulePre::new(linker.instantiate_pre(&component).expect("link"))
+        .expect("the resource-module world");
+    let hostile = {
+        let mut store = Store::new(&engine, ());
+        let m = pre.instantiate(&mut store).expect("instantiate");
+        let names = m
+            .tessera_wasm_handler()
+            .call_resources(&mut store)
+            .expect("resources");
+        names
+            .iter()
+            .position(|r| r.name == "Hostile")
+            .expect("Hostile") as u32
+    };
+    let request = Request {
+        resource: hostile,
+        method: Method::Get,
+        target: Target {
+            id: Some("nothing".into()),
+            pathname: "nothing".into(),
+            search: String::new(),
+            is_collection: false,
+        },
+        data: None,
+    };
+
+    c.bench_function("instantiate", |b| {
+        b.iter(|| {
+            let mut store = Store::new(&engine, ());
+            pre.instantiate(&mut store).expect("instantiate")
+        })
+    });
+    let mut store = Store::new(&engine, ());
+    let kept = pre.instantiate(&mut store).expect("instantiate");
+    c.bench_function("call handle (kept instance)", |b| {
+        b.iter(|| {
+            let out = kept
+                .tessera_wasm_handler()
+                .call_handle(&mut store, &request)
+                .expect("call");
+            assert!(out.is_err(), "the guest answers 400");
+        })
+    });
+    c.bench_function("instantiate + call handle", |b| {
+        b.iter(|| {
+            let mut store = Store::new(&engine, ());
+            let m = pre.instantiate(&mut store).expect("instantiate");
+            m.tessera_wasm_handler()
+                .call_handle(&mut store, &request)
+                .expect("call")
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
