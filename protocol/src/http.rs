@@ -98,29 +98,27 @@ pub struct Request<'a> {
     pub websocket_key: Option<&'a str>,
     /// `Sec-WebSocket-Protocol`: the subprotocols the client offers.
     pub websocket_protocol: Option<&'a str>,
-    /// The whole head as received, for [`Request::headers`].
+    /// The whole head as received, for [`headers`].
     pub head: &'a [u8],
 }
 
-impl Request<'_> {
-    /// Every header, names in lower case, values as text (lossy): parsed again from the head,
-    /// for the rare consumer that needs them all (a wasm resource's context).
-    pub fn headers(&self) -> Vec<(String, String)> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        if req.parse(self.head).is_err() {
-            return Vec::new();
-        }
-        req.headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect()
+/// Every header of a request head, names in lower case, values as text (lossy): parsed again,
+/// for the rare consumer that needs them all (a wasm resource's context).
+pub fn headers(head: &[u8]) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(head).is_err() {
+        return Vec::new();
     }
+    req.headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 fn header_str(v: &[u8]) -> Option<&str> {

@@ -17,10 +17,10 @@ use tessera_protocol::mqtt::{
     self, Ack, ConnAck, Connect, Disconnect, Error as MqttError, Packet, Properties, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
+use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
-use tessera_storage::{Table, record::RecordRef};
 
 use crate::auth::User;
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
@@ -498,12 +498,6 @@ async fn check_credentials(core: &Core, c: &Connect) -> Result<Arc<User>, u8> {
 }
 
 /// The exported table and record id a topic names (`Dog/42`, `Sensor/zone/a`).
-fn resolve<'t>(core: &'t Core, topic: &str) -> Option<(&'t Arc<Table>, String)> {
-    let (name, id) = topic.split_once('/')?;
-    let table = core.shared.tables.get(name)?;
-    Some((table, id.to_owned()))
-}
-
 /// The topic of a record key in `table`'s export.
 fn topic_of(core: &Core, change: &Change) -> Option<String> {
     let table = core.shared.tables.values().find(|t| t.id == change.table)?;
@@ -607,7 +601,7 @@ impl Session<'_> {
     async fn apply_publish(&self, p: &Publish) -> Result<(), u8> {
         let core = self.core;
         // 0x90: topic name invalid (not an exported table).
-        let (table, id) = resolve(core, &p.topic).ok_or(0x90u8)?;
+        let (table, id) = core.shared.topic(&p.topic).ok_or(0x90u8)?;
         // 0x87: not authorized (the role's table permission for what the publish does).
         let action = match (p.retain, p.payload.is_empty()) {
             (false, _) => Action::Insert,
@@ -621,7 +615,7 @@ impl Session<'_> {
         {
             return Err(0x87);
         }
-        let pk = id_value(table, &id);
+        let pk = id_value(table, id);
         let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
         if !p.retain {
             let op = WriteOp {

@@ -20,7 +20,7 @@ use serde_json::{Value as Json, json};
 
 use crate::auth::{User, bearer};
 use crate::error::RestError;
-use crate::query::{self, Merge};
+use crate::query;
 use crate::related::Joins;
 use crate::rest::{Core, Reply};
 use crate::roles::{Action, TablePermission};
@@ -691,13 +691,7 @@ impl Core {
         restricted: Option<&TablePermission>,
     ) -> Result<Value, OpsError> {
         let plan = query::plan(table, "", parsed, Joins::default())?;
-        let end = plan.shard.take.unwrap_or(usize::MAX);
-        let mut rows = Merge::start(&self.router, plan.shard.clone())
-            .collect(plan.skip, end)
-            .await?;
-        if plan.shard.keys_only {
-            query::fill_records(&self.router, &mut rows).await?;
-        }
+        let rows = query::collect(&self.router, &plan).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let rec = RecordRef::parse(&row.stored)

@@ -418,6 +418,19 @@ pub fn choose_access(table: &Table, filter: Option<Pred>) -> (Access, Option<Pre
     (access, filter)
 }
 
+/// Every record `plan` selects, `skip` and limit applied, each read in full (a keys-only walk's
+/// winners are fetched from their shards).
+pub async fn collect(router: &Router, plan: &Plan) -> Result<Vec<Row>, RestError> {
+    let end = plan.shard.take.unwrap_or(usize::MAX);
+    let mut rows = Merge::start(router, plan.shard.clone())
+        .collect(plan.skip, end)
+        .await?;
+    if plan.shard.keys_only {
+        fill_records(router, &mut rows).await?;
+    }
+    Ok(rows)
+}
+
 /// Reads the records of keys-only rows, on their owner shards, in place. Rows whose record is
 /// gone are dropped.
 pub async fn fill_records(router: &Router, rows: &mut Vec<Row>) -> Result<(), RestError> {

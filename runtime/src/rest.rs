@@ -244,7 +244,7 @@ pub(crate) fn id_value(table: &Table, id: &str) -> Value {
 }
 
 /// Puts the primary key first in a record object, replacing one from the body.
-fn set_primary_key(rec: &mut Value, name: &str, pk: Value) {
+pub(crate) fn set_primary_key(rec: &mut Value, name: &str, pk: Value) {
     if let Value::Object(props) = rec {
         props.retain(|(k, _)| k != name);
         props.insert(0, (name.to_owned(), pk));
@@ -270,6 +270,12 @@ impl Shared {
                 Ok(Value::Int(next))
             }
         }
+    }
+
+    /// The exported table a topic (`Table/id`) addresses, and the id.
+    pub(crate) fn topic<'t>(&self, topic: &'t str) -> Option<(&Arc<Table>, &'t str)> {
+        let (name, id) = topic.split_once('/')?;
+        Some((self.tables.get(name)?, id))
     }
 
     /// Notes a numeric primary key written with an explicit value, so that [`Self::new_key`]
@@ -571,7 +577,7 @@ impl Core {
             is_collection: id.is_none(),
             data,
             user: Some(user.username.clone()),
-            headers: req.headers(),
+            head: req.head.to_vec(),
         };
         let response = match wasm::call(&self.shared, &self.router, res, call).await? {
             wasm::Answer::Fallback => return Ok(false),

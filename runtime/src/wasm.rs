@@ -41,9 +41,9 @@ use wasmtime::{
 };
 
 use crate::error::RestError;
-use crate::query::{self, Merge};
+use crate::query;
 use crate::related::Joins;
-use crate::rest::{Shared, id_value};
+use crate::rest::{Shared, id_value, set_primary_key};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -368,22 +368,19 @@ pub struct HostState {
     limits: StoreLimits,
     shared: Option<Arc<Shared>>,
     user: Option<String>,
-    headers: Vec<(String, String)>,
+    /// The request's head as received, parsed only if the guest asks for the headers.
+    head: Vec<u8>,
     started: Instant,
     txn: Txn,
 }
 
 impl HostState {
-    fn new(
-        shared: Option<Arc<Shared>>,
-        user: Option<String>,
-        headers: Vec<(String, String)>,
-    ) -> Self {
+    fn new(shared: Option<Arc<Shared>>, user: Option<String>, head: Vec<u8>) -> Self {
         HostState {
             limits: StoreLimits::default(),
             shared,
             user,
-            headers,
+            head,
             started: Instant::now(),
             txn: Txn::default(),
         }
@@ -405,47 +402,30 @@ impl Txn {
     /// lose concurrent ones); plain patches stay patches; anything else becomes the record as
     /// this request last saw it.
     fn into_ops(self) -> (Vec<WriteOp>, Vec<WriteOp>) {
-        let mut order: Vec<Vec<u8>> = Vec::new();
-        let mut by_key: HashMap<Vec<u8>, Vec<WriteOp>> = HashMap::new();
+        let mut merged: HashMap<Vec<u8>, WriteOp> = HashMap::with_capacity(self.writes.len());
         for op in self.writes {
-            if !by_key.contains_key(&op.key) {
-                order.push(op.key.clone());
-            }
-            by_key.entry(op.key.clone()).or_default().push(op);
-        }
-        let mut ops = Vec::with_capacity(order.len());
-        for key in order {
-            let Some(mut group) = by_key.remove(&key) else {
+            let Some(earlier) = merged.get_mut(&op.key) else {
+                merged.insert(op.key.clone(), op);
                 continue;
             };
-            if group.len() == 1 {
-                ops.extend(group.pop());
-                continue;
-            }
-            let table = group[0].table.clone();
-            let all_adds = group.iter().all(|o| matches!(o.kind, WriteKind::Add(_)));
-            let kind = if all_adds {
-                let mut sum: Vec<(String, Value)> = Vec::new();
-                for op in group {
-                    if let WriteKind::Add(deltas) = op.kind {
-                        for (name, d) in deltas {
-                            match sum.iter_mut().find(|(n, _)| *n == name) {
-                                Some((_, total)) => *total = value::add_numbers(Some(total), &d),
-                                None => sum.push((name, d)),
-                            }
+            match (&mut earlier.kind, op.kind) {
+                (WriteKind::Add(sum), WriteKind::Add(deltas)) => {
+                    for (name, d) in deltas {
+                        match sum.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, total)) => *total = value::add_numbers(Some(total), &d),
+                            None => sum.push((name, d)),
                         }
                     }
                 }
-                WriteKind::Add(sum)
-            } else {
-                match self.seen.get(&key) {
-                    Some(Some(rec)) => WriteKind::Put(rec.clone()),
-                    _ => WriteKind::Delete,
+                (kind, _) => {
+                    *kind = match self.seen.get(&op.key) {
+                        Some(Some(rec)) => WriteKind::Put(rec.clone()),
+                        _ => WriteKind::Delete,
+                    }
                 }
-            };
-            ops.push(WriteOp { table, key, kind });
+            }
         }
-        (ops, self.messages)
+        (merged.into_values().collect(), self.messages)
     }
 }
 
@@ -475,10 +455,17 @@ impl wasmtime::component::HasData for HostCalls {
 }
 
 impl HostState {
-    fn table(&self, name: &str) -> Result<Arc<Table>, types::Error> {
+    /// The application (absent only in the store that lists a module's resources at load).
+    fn shared(&self) -> Result<&Arc<Shared>, types::Error> {
         self.shared
             .as_ref()
-            .and_then(|s| s.types.get(name))
+            .ok_or_else(|| error(500, "no application state"))
+    }
+
+    fn table(&self, name: &str) -> Result<Arc<Table>, types::Error> {
+        self.shared()?
+            .types
+            .get(name)
             .cloned()
             .ok_or_else(|| error(404, format!("no table {name}")))
     }
@@ -527,6 +514,20 @@ impl HostState {
             .map_err(types::Error::from)
     }
 
+    /// The record as this request sees it, or a new one holding just its primary key: what a
+    /// patch or an increment starts from.
+    async fn current_or_new(
+        &self,
+        table: &Table,
+        key: &[u8],
+        pk: Value,
+    ) -> Result<Value, types::Error> {
+        Ok(self
+            .current(key)
+            .await?
+            .unwrap_or_else(|| Value::Object(vec![(table.primary_key().name.clone(), pk)])))
+    }
+
     fn stage(&mut self, table: Arc<Table>, key: Vec<u8>, kind: WriteKind, now: Option<Value>) {
         self.txn.seen.insert(key.clone(), now);
         self.txn.writes.push(WriteOp { table, key, kind });
@@ -550,17 +551,11 @@ impl HostState {
         pk: Value,
         mut rec: Value,
     ) -> Result<(), types::Error> {
-        let pk_name = table.primary_key().name.clone();
-        if let Value::Object(props) = &mut rec {
-            props.retain(|(k, _)| *k != pk_name);
-            props.insert(0, (pk_name, pk.clone()));
-        }
+        set_primary_key(&mut rec, &table.primary_key().name, pk.clone());
         check_record(&table, &mut rec, WriteMode::Replace)
             .map_err(|e| error(400, e.to_string()))?;
         let key = record_key(table.id, &pk).map_err(|e| error(400, format!("bad id: {e}")))?;
-        if let Some(shared) = &self.shared {
-            shared.saw_key(&table, &pk);
-        }
+        self.shared()?.saw_key(&table, &pk);
         self.stage(table, key, WriteKind::Put(rec.clone()), Some(rec));
         Ok(())
     }
@@ -594,14 +589,10 @@ impl tables::Host for &mut HostState {
         let table = self.table(&table)?;
         let (pk, key) = HostState::key(&table, &id)?;
         let mut changes = HostState::object(&changes)?;
-        let pk_name = table.primary_key().name.clone();
-        changes.set(&pk_name, pk.clone());
+        changes.set(&table.primary_key().name, pk.clone());
         check_record(&table, &mut changes, WriteMode::Patch)
             .map_err(|e| error(400, e.to_string()))?;
-        let mut now = self
-            .current(&key)
-            .await?
-            .unwrap_or_else(|| Value::Object(vec![(pk_name, pk)]));
+        let mut now = self.current_or_new(&table, &key, pk).await?;
         if let Value::Object(props) = &changes {
             for (k, v) in props {
                 now.set(k, v.clone());
@@ -625,11 +616,7 @@ impl tables::Host for &mut HostState {
         if let Some((name, _)) = deltas.iter().find(|(_, v)| v.as_f64().is_none()) {
             return Err(error(400, format!("addTo: {name} is not a number")));
         }
-        let pk_name = table.primary_key().name.clone();
-        let mut now = self
-            .current(&key)
-            .await?
-            .unwrap_or_else(|| Value::Object(vec![(pk_name, pk)]));
+        let mut now = self.current_or_new(&table, &key, pk).await?;
         for (name, d) in &deltas {
             let sum = value::add_numbers(now.get(name), d);
             now.set(name, sum);
@@ -643,11 +630,7 @@ impl tables::Host for &mut HostState {
         let rec = HostState::object(&record)?;
         let pk = match rec.get(&table.primary_key().name) {
             Some(v) if *v != Value::Null => v.clone(),
-            _ => self
-                .shared
-                .as_ref()
-                .ok_or_else(|| error(500, "no tables"))?
-                .new_key(&table)?,
+            _ => self.shared()?.new_key(&table)?,
         };
         let id = pk.to_msgpack();
         self.put_record(table, pk, rec)?;
@@ -680,13 +663,7 @@ impl tables::Host for &mut HostState {
         let parsed = crate::ops::resource_query(&q)?;
         let plan = query::plan(&table, "", parsed, Joins::default())?;
         let rows = on_core(move |router: Router| async move {
-            let end = plan.shard.take.unwrap_or(usize::MAX);
-            let mut rows = Merge::start(&router, plan.shard.clone())
-                .collect(plan.skip, end)
-                .await?;
-            if plan.shard.keys_only {
-                query::fill_records(&router, &mut rows).await?;
-            }
+            let rows = query::collect(&router, &plan).await?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 let rec = RecordRef::parse(&row.stored)
@@ -719,21 +696,15 @@ impl context::Host for &mut HostState {
     }
 
     async fn headers(&mut self) -> Vec<(String, String)> {
-        self.headers.clone()
+        tessera_protocol::http::headers(&self.head)
     }
 
     async fn publish(&mut self, topic: String, message: Vec<u8>) -> Result<(), types::Error> {
-        let shared = self
-            .shared
-            .as_ref()
-            .ok_or_else(|| error(500, "no tables"))?;
-        let (name, id) = topic.split_once('/').unwrap_or((topic.as_str(), ""));
-        let table = shared.tables.get(name).cloned().ok_or_else(|| {
-            error(
-                404,
-                format!("no topic {topic}: {name} is not an exported table"),
-            )
-        })?;
+        let shared = self.shared()?;
+        let (table, id) = shared
+            .topic(&topic)
+            .ok_or_else(|| error(404, format!("no topic {topic}: it names no exported table")))?;
+        let table = table.clone();
         let key = record_key(table.id, &id_value(&table, id))
             .map_err(|e| error(400, format!("bad topic: {e}")))?;
         // Subscribers get JSON, as from an MQTT client.
@@ -761,7 +732,8 @@ pub struct Call<'a> {
     pub is_collection: bool,
     pub data: Option<Vec<u8>>,
     pub user: Option<String>,
-    pub headers: Vec<(String, String)>,
+    /// The request's head (`Request::head`).
+    pub head: Vec<u8>,
 }
 
 /// A resource's answer to the protocol layer.
@@ -789,7 +761,7 @@ pub async fn call(
         },
         data: call.data,
     };
-    let state = HostState::new(Some(shared.clone()), call.user, call.headers);
+    let state = HostState::new(Some(shared.clone()), call.user, call.head);
     let module_key = Arc::as_ptr(&resource.module) as usize;
     let kept = if resource.reuse {
         KEPT.with(|k| k.borrow_mut().get_mut(&module_key).and_then(Vec::pop))

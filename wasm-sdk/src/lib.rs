@@ -806,7 +806,6 @@ pub trait Resource: Default + 'static {
 #[doc(hidden)]
 pub mod __private {
     use super::*;
-    use bindings::exports::tessera::wasm::handler;
     pub use bindings::exports::tessera::wasm::handler::Guest;
     use types::{Method, Outcome, Request, ResourceInfo};
 
@@ -865,8 +864,6 @@ pub mod __private {
     pub type Info = ResourceInfo;
     pub type Req = Request;
     pub type Out = Result<Outcome, types::Error>;
-    #[allow(unused_imports)]
-    use handler as _;
 }
 
 /// Exports the crate's resources (every type that implements [`Resource`]) to the host.
