@@ -6,11 +6,11 @@
 # 512 records; a stalled core would show as GET latency near the scan's duration.
 #
 # Usage: benches/scan-stall.sh [WORKDIR]
-# Environment: N [1000000]  WRK_DURATION [15s]  REUSE [0] (1: keep WORKDIR/root and its records)
+# Environment: SHARED [../shared]  N [1000000]  WRK_DURATION [15s]  REUSE [0] (1: keep WORKDIR/root and its records)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-HB=$(cd "$REPO/../shared/bench/harper" && pwd)
+HB=$(cd "${SHARED:-$REPO/../shared}/bench/harper" && pwd)
 WORK=${1:-/tmp/tessera-scan-stall}
 N=${N:-1000000}
 WRK_DURATION=${WRK_DURATION:-15s}

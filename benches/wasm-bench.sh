@@ -7,12 +7,12 @@
 # medians' ratios to native.
 #
 # Usage: benches/wasm-bench.sh [WORKDIR]
-# Environment: N [10000] records, REPEATS [3], WRK_DURATION [10s], CONNECTIONS [16],
+# Environment: SHARED [../shared]  N [10000] records, REPEATS [3], WRK_DURATION [10s], CONNECTIONS [16],
 # PATHS ["Plain Pass Fresh"]
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-HB=$(cd "$REPO/../shared/bench/harper" && pwd)
+HB=$(cd "${SHARED:-$REPO/../shared}/bench/harper" && pwd)
 WORK=${1:-/tmp/tessera-wasm-bench}
 N=${N:-10000}
 REPEATS=${REPEATS:-3}
