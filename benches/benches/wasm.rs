@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 
 wasmtime::component::bindgen!({
     path: "../wasm-sdk/wit",
@@ -43,13 +45,22 @@ fn module() -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    // The settings of `engine()` in runtime/src/wasm.rs, which is what these figures are for.
+    config.memory_init_cow(false);
+    config.signals_based_traps(false);
+    config.memory_guard_size(0);
+    config.table_lazy_init(false);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(512)
         .total_core_instances(512)
         .total_memories(512)
         .total_tables(512)
         .total_stacks(512)
-        .max_memory_size(64 << 20);
+        .max_memory_size(64 << 20)
+        .linear_memory_keep_resident(256 << 10)
+        .table_keep_resident(16 << 10)
+        .async_stack_keep_resident(64 << 10)
+        .pagemap_scan(Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config).expect("engine");
     let component = Component::new(&engine, module()).expect("compile");

@@ -36,8 +36,8 @@ use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 
 use crate::error::RestError;
@@ -221,6 +221,15 @@ fn engine(limits: Limits) -> anyhow::Result<Engine> {
     // Data segments are copied in (a few KiB for a Rust guest) rather than mapped copy-on-write:
     // with the first pages kept resident, a fresh instance then takes no page faults at all.
     config.memory_init_cow(false);
+    // Explicit bounds checks instead of guard pages and signal handlers: a pooled memory slot
+    // then keeps its read-write pages from one instance to the next, so a fresh instance per
+    // request costs no mprotect (and no TLB shootdown across cores) when the guest grows its
+    // memory. The checks cost a compare per load and store in the guest's short calls.
+    config.signals_based_traps(false);
+    config.memory_guard_size(0);
+    // A fresh instance fills its function table once at instantiation instead of one entry at a
+    // time on first use (a Rust guest's table holds a few dozen entries).
+    config.table_lazy_init(false);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(POOL_INSTANCES)
@@ -233,7 +242,9 @@ fn engine(limits: Limits) -> anyhow::Result<Engine> {
         // TLB shootdowns across cores (a fresh instance per request is the default).
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT / 16)
-        .async_stack_keep_resident(KEEP_RESIDENT / 4);
+        .async_stack_keep_resident(KEEP_RESIDENT / 4)
+        // Where the kernel has PAGEMAP_SCAN (6.7+), only the pages the guest wrote are reset.
+        .pagemap_scan(Enabled::Auto);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(Engine::new(&config)?)
 }

@@ -64,6 +64,15 @@ use bindings::tessera::wasm::{context, tables, types};
 /// The WIT package this SDK targets, as the host reads it.
 pub const WIT: &str = include_str!("../wit/tessera.wit");
 
+/// A value of any shape (a record read without a struct for it), as MessagePack knows it.
+///
+/// ```
+/// use tessera_wasm_sdk::Value;
+/// let v = Value::Map(vec![("name".into(), "Harper".into())]);
+/// assert_eq!(v["name"].as_str(), Some("Harper"));
+/// ```
+pub use rmpv::Value;
+
 /// A result whose error is a [`Error`] (an HTTP status and a message).
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use tessera_wasm_sdk::{
-    Comparator, Context, Data, Error, Query, Resource, Response, Result, Target,
+    Comparator, Context, Data, Error, Query, Resource, Response, Result, Target, Value,
 };
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,7 +215,7 @@ impl Resource for Fresh {
 }
 
 fn pass_through(cx: &Context, target: &Target) -> Result<Response> {
-    match cx.table("Plain").get::<serde_json_value::V>(target.id()?)? {
+    match cx.table("Plain").get::<Value>(target.id()?)? {
         Some(w) => Response::ok(&w),
         None => Err(Error::not_found("no such record")),
     }
