@@ -20,6 +20,22 @@ pub enum Command {
     /// Start the server with the given application components (directories holding
     /// `config.yaml` and `schema.graphql`).
     Run(RunArgs),
+    /// Build the components' wasm resource crates (`wasmResource.crate`) and compile every wasm
+    /// module into `<root>/wasm-cache/`, checking schemas and modules as `run` does; serves
+    /// nothing.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Application component directories.
+    #[arg(value_name = "APP_DIR")]
+    pub apps: Vec<PathBuf>,
+
+    /// Root directory whose `wasm-cache/` receives the compiled modules [default:
+    /// ./tessera-data].
+    #[arg(long, env = "TESSERA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -132,7 +148,7 @@ fn port(
 impl Settings {
     /// Resolves the settings of `tessera run`.
     pub fn resolve(args: RunArgs) -> anyhow::Result<Settings> {
-        let root = args.root.unwrap_or_else(|| PathBuf::from("tessera-data"));
+        let root = args.root.unwrap_or_else(default_root);
         let yaml = read_yaml(&root.join("tessera.yaml"))?;
         let threads = match args.threads {
             Some(n) => n,
@@ -188,17 +204,25 @@ impl Settings {
                 "authentication.refreshTokenTimeout",
                 30 * 86_400,
             )?,
-            wasm: {
-                let default = crate::wasm::Limits::default();
-                crate::wasm::Limits {
-                    budget: yaml_u64(&yaml, "wasm.timeout")?
-                        .map_or(default.budget, std::time::Duration::from_millis),
-                    memory: yaml_u64(&yaml, "wasm.memory")?.map_or(default.memory, |n| n as usize),
-                }
-            },
+            wasm: wasm_limits(&yaml)?,
             root,
         })
     }
+}
+
+/// `wasm.timeout` and `wasm.memory` of `tessera.yaml`.
+pub fn wasm_limits(yaml: &serde_norway::Value) -> anyhow::Result<crate::wasm::Limits> {
+    let default = crate::wasm::Limits::default();
+    Ok(crate::wasm::Limits {
+        budget: yaml_u64(yaml, "wasm.timeout")?
+            .map_or(default.budget, std::time::Duration::from_millis),
+        memory: yaml_u64(yaml, "wasm.memory")?.map_or(default.memory, |n| n as usize),
+    })
+}
+
+/// `--root` when it is not given.
+pub fn default_root() -> PathBuf {
+    PathBuf::from("tessera-data")
 }
 
 /// Reads a YAML file; a missing file is an empty mapping.

@@ -39,6 +39,7 @@ fn main() {
     let cli = config::Cli::parse();
     let result = match cli.command {
         config::Command::Run(args) => config::Settings::resolve(args).and_then(server::run),
+        config::Command::Build(args) => server::build(args),
     };
     match result {
         // Executors never return on their own: leave without waiting for them.

@@ -17,6 +17,7 @@ use tessera_protocol::mqtt::{
     self, Ack, ConnAck, Connect, Disconnect, Error as MqttError, Packet, Properties, Publish, QoS,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
+use tessera_storage::Value;
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::WriteMode;
@@ -27,6 +28,7 @@ use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
 use crate::roles::Action;
 use crate::sessions;
+use crate::wasm;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
 const MAX_PACKET: usize = 1 << 20;
@@ -599,6 +601,9 @@ impl Session<'_> {
 
     /// Carries out a publish (also a will). The error is an MQTT 5 reason code.
     async fn apply_publish(&self, p: &Publish) -> Result<(), u8> {
+        if let Some(answered) = self.publish_to_resource(p).await {
+            return answered;
+        }
         let core = self.core;
         // 0x90: topic name invalid (not an exported table).
         let (table, id) = core.shared.topic(&p.topic).ok_or(0x90u8)?;
@@ -651,6 +656,74 @@ impl Session<'_> {
             .await
             .map(|_| ())
             .map_err(|_| 0x99)
+    }
+
+    /// A publish to a wasm resource's topic goes to the resource: a message to its `publish`, a
+    /// retained one to its `put` (an empty retained one to its `delete`). `None`: there is no
+    /// resource, or it does not override that verb, and the table's own handling applies.
+    async fn publish_to_resource(&self, p: &Publish) -> Option<Result<(), u8>> {
+        let core = self.core;
+        let (name, id) = p.topic.split_once('/')?;
+        let res = core.shared.wasm.resource(name)?;
+        let (method, action) = match (p.retain, p.payload.is_empty()) {
+            (false, _) => (wasm::Method::Publish, Action::Insert),
+            (true, true) => (wasm::Method::Delete, Action::Delete),
+            (true, false) => (wasm::Method::Put, Action::Update),
+        };
+        if res.falls_back(method) {
+            return None;
+        }
+        // As over REST: a resource extending a table is under the table's permissions; a
+        // standalone one checks the user itself.
+        if let Some(table) = &res.extends
+            && !self
+                .user
+                .permission
+                .allows(&table.database, &table.name, action)
+        {
+            return Some(Err(0x87));
+        }
+        let data = if p.payload.is_empty() {
+            None
+        } else {
+            let mut body = p.payload.clone();
+            let decoded = crate::body::decode(
+                Some("application/json"),
+                &mut body,
+                &mut simd_json::Buffers::default(),
+            );
+            let mut value = match (decoded, method) {
+                (Ok(v), _) => v,
+                // A message need not be JSON: the guest gets its bytes.
+                (Err(_), wasm::Method::Publish) => Value::Bytes(p.payload.clone()),
+                (Err(_), _) => return Some(Err(0x99)), // payload format invalid
+            };
+            if let (Some(table), wasm::Method::Put) = (&res.extends, method) {
+                let pk = &table.primary_key().name;
+                crate::rest::set_primary_key(&mut value, pk, id_value(table, id));
+            }
+            Some(value.to_msgpack())
+        };
+        let call = wasm::Call {
+            method,
+            id: Some(id),
+            pathname: id,
+            search: "",
+            is_collection: id.is_empty(),
+            data,
+            user: Some(self.user.username.clone()),
+            head: Vec::new(),
+        };
+        match wasm::call(&core.shared, &core.router, res, call).await {
+            Ok(wasm::Answer::Fallback) => None,
+            Ok(wasm::Answer::Respond(_)) => Some(Ok(())),
+            Err(e) => Some(Err(match e.status() {
+                400 | 413 | 422 => 0x99, // payload format invalid
+                401 | 403 => 0x87,       // not authorized
+                404 => 0x90,             // topic name invalid
+                _ => 0x80,               // unspecified error
+            })),
+        }
     }
 
     async fn subscribe(&mut self, s: Subscribe) {

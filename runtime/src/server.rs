@@ -57,6 +57,30 @@ fn admin_from_env() -> Option<(String, String)> {
     ))
 }
 
+/// `tessera build`: builds the components' resource crates and compiles their modules into the
+/// root's cache (so the next `run` starts without compiling), listing the resources found.
+pub fn build(args: crate::config::BuildArgs) -> anyhow::Result<()> {
+    let root = args.root.unwrap_or_else(crate::config::default_root);
+    let limits =
+        crate::config::wasm_limits(&crate::config::read_yaml(&root.join("tessera.yaml"))?)?;
+    let app = component::load(&args.apps)?;
+    let types: HashMap<String, Arc<Table>> = app
+        .catalog
+        .tables
+        .into_iter()
+        .map(|t| (t.type_name.clone(), Arc::new(t)))
+        .collect();
+    let host = crate::wasm::load(&app.wasm, &types, &root.join("wasm-cache"), limits)?;
+    for res in host.resources() {
+        let kind = match &res.extends {
+            Some(t) => format!("extends {}", t.type_name),
+            None => "standalone".to_owned(),
+        };
+        println!("/{}/ ({kind}) from {}", res.name, res.file().display());
+    }
+    Ok(())
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;

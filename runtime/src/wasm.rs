@@ -29,9 +29,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::channel::oneshot;
+use tessera_protocol::query::{Limit, Query};
 use tessera_shards::Router;
+use tessera_storage::query::{Pred, sort_key};
 use tessera_storage::record::RecordRef;
-use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key, table_prefix};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
 use wasmtime::component::{Component, Linker};
@@ -110,7 +112,12 @@ impl WasmResource {
 
     /// Where errors are reported: the resource and its file.
     pub fn describe(&self) -> String {
-        format!("{} ({})", self.name, self.module.file.display())
+        format!("{} ({})", self.name, self.file().display())
+    }
+
+    /// The module it comes from.
+    pub fn file(&self) -> &Path {
+        &self.module.file
     }
 }
 
@@ -125,6 +132,13 @@ impl WasmHost {
     /// The resource served at `/name/`, if any.
     pub fn resource(&self, name: &str) -> Option<&Arc<WasmResource>> {
         self.resources.get(name)
+    }
+
+    /// Every resource, by name.
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<WasmResource>> {
+        let mut all: Vec<_> = self.resources.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
     }
 }
 
@@ -671,31 +685,144 @@ impl tables::Host for &mut HostState {
             ),
             _ => None,
         };
-        let parsed = crate::ops::resource_query(&q)?;
+        let mut parsed = crate::ops::resource_query(&q)?;
+        let overlay = Overlay::new(&self.txn, &table, &mut parsed)?;
         let plan = query::plan(&table, "", parsed, Joins::default())?;
-        let rows = on_core(move |router: Router| async move {
+        let found = on_core(move |router: Router| async move {
             let rows = query::collect(&router, &plan).await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let rec = RecordRef::parse(&row.stored)
-                    .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-                let full = value::from_msgpack(rec.body)
-                    .map_err(|e| RestError::Internal(e.to_string()))?;
-                out.push(match &select {
-                    None => full,
-                    Some(names) => Value::Object(
-                        names
-                            .iter()
-                            .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
-                            .collect(),
-                    ),
-                });
-            }
-            Ok::<_, RestError>(Value::Array(out).to_msgpack())
+            rows.iter()
+                .map(|row| {
+                    let rec = RecordRef::parse(&row.stored)
+                        .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+                    let full = value::from_msgpack(rec.body)
+                        .map_err(|e| RestError::Internal(e.to_string()))?;
+                    Ok((row.key.to_vec(), full))
+                })
+                .collect::<Result<Vec<_>, RestError>>()
         });
-        Ok(rows
+        let found = found
             .await
-            .map_err(|_| error(503, "the core is shutting down"))??)
+            .map_err(|_| error(503, "the core is shutting down"))??;
+        let records = match overlay {
+            Some(o) => o.apply(found),
+            None => found,
+        };
+        let out = records
+            .into_iter()
+            .map(|(_, full)| match &select {
+                None => full,
+                Some(names) => Value::Object(
+                    names
+                        .iter()
+                        .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
+                        .collect(),
+                ),
+            })
+            .collect();
+        Ok(Value::Array(out).to_msgpack())
+    }
+}
+
+/// What a search must change in the stored result so that it sees the request's own writes to
+/// the table: written records replace, and deleted ones leave, the stored ones; new ones that
+/// match join at the end (primary-key order among them); then the sort and the window apply.
+struct Overlay {
+    /// The request's records of the table as it sees them (`None`: deleted), in key order.
+    staged: Vec<(Vec<u8>, Option<Value>)>,
+    /// Every condition of the query (the store's plan leaves out what its access path ensures).
+    pred: Option<Pred>,
+    sort: Vec<(String, bool)>,
+    window: Limit,
+}
+
+impl Overlay {
+    /// `None` when the request wrote nothing to `table`; otherwise the overlay, with `parsed`'s
+    /// window widened so the store returns enough rows to fill it after the overlay.
+    fn new(txn: &Txn, table: &Table, parsed: &mut Query) -> Result<Option<Self>, types::Error> {
+        let prefix = table_prefix(table.id);
+        let mut staged: Vec<(Vec<u8>, Option<Value>)> = txn
+            .seen
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        staged.sort_by(|a, b| a.0.cmp(&b.0));
+        let pred = parsed
+            .filter
+            .clone()
+            .map(|f| query::resolve(table, f, &Joins::default()))
+            .transpose()?;
+        let sort = parsed
+            .sort
+            .iter()
+            .map(|k| (k.path.join("."), k.descending))
+            .collect();
+        let window = parsed.limit.take().unwrap_or(Limit {
+            start: 0,
+            end: usize::MAX,
+        });
+        if window.end != usize::MAX {
+            parsed.limit = Some(Limit {
+                start: 0,
+                end: window.end.saturating_add(staged.len()),
+            });
+        }
+        Ok(Some(Overlay {
+            staged,
+            pred,
+            sort,
+            window,
+        }))
+    }
+
+    fn matches(&self, rec: &Value) -> bool {
+        self.pred
+            .as_ref()
+            .is_none_or(|p| p.eval(&|name| rec.get(name)))
+    }
+
+    fn apply(self, stored: Vec<(Vec<u8>, Value)>) -> Vec<(Vec<u8>, Value)> {
+        let mut staged: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
+        let mut new_keys = Vec::new();
+        for (k, v) in self.staged.iter() {
+            staged.insert(k.clone(), v.clone());
+            new_keys.push(k.clone());
+        }
+        let mut out = Vec::with_capacity(stored.len() + new_keys.len());
+        for (key, rec) in stored {
+            match staged.remove(&key) {
+                None => out.push((key, rec)),
+                Some(Some(now)) if self.matches(&now) => out.push((key, now)),
+                Some(_) => {}
+            }
+        }
+        for key in new_keys {
+            if let Some(Some(now)) = staged.remove(&key)
+                && self.matches(&now)
+            {
+                out.push((key, now));
+            }
+        }
+        if !self.sort.is_empty() {
+            // Stable: ties keep the store's order, and new records after stored ones.
+            out.sort_by(|(_, a), (_, b)| {
+                for (attr, descending) in &self.sort {
+                    let ord = sort_key(a.get(attr)).cmp(&sort_key(b.get(attr)));
+                    let ord = if *descending { ord.reverse() } else { ord };
+                    if ord.is_ne() {
+                        return ord;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            });
+        }
+        out.into_iter()
+            .skip(self.window.start)
+            .take(self.window.end.saturating_sub(self.window.start))
+            .collect()
     }
 }
 

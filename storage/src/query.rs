@@ -477,7 +477,7 @@ impl ShardWalk {
 }
 
 /// The sort position of a value: missing sorts with null, first.
-fn sort_key(v: Option<&Value>) -> Vec<u8> {
+pub fn sort_key(v: Option<&Value>) -> Vec<u8> {
     match v {
         None => vec![1],
         Some(Value::Array(items)) => items.first().map_or(vec![1], |x| sort_key(Some(x))),

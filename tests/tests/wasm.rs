@@ -34,6 +34,14 @@ fn put(s: &Server, path: &str, body: serde_json::Value) -> u16 {
     s.client().put_json(path, &body.to_string()).status
 }
 
+/// Widgets named "w" with these ids and prices.
+fn widgets(s: &Server, prices: &[(i64, i64)]) {
+    for (id, price) in prices {
+        let path = format!("/Widget/{id}");
+        assert_eq!(put(s, &path, json!({"name":"w","price":price})), 204);
+    }
+}
+
 fn stocks(s: &Server) -> (i64, i64) {
     let a = s.client().get("/Widget/1").json();
     let b = s.client().get("/Widget/2").json();
@@ -178,20 +186,130 @@ fn a_standalone_action_commits_all_its_writes_or_none() {
 }
 
 #[test]
+fn mqtt_publishes_to_a_resources_topic_reach_its_publish_and_put() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    assert_eq!(
+        put(&s, "/Widget/1", json!({"name":"bolt","price":8,"stock":5})),
+        204
+    );
+    let (mut sub, ack) = MqttClient::connect(s.mqtt_port, Version::V5, "watcher", Some(ADMIN));
+    assert!(ack.is_some());
+    sub.subscribe(&[("Widget/1", QoS::AtMostOnce)]);
+    let retained = sub
+        .next_publish(Duration::from_secs(10))
+        .expect("the record");
+    assert!(retained.retain);
+    let (mut publ, ack) = MqttClient::connect(s.mqtt_port, Version::V5, "writer", Some(ADMIN));
+    assert!(ack.is_some());
+
+    // A message goes to the guest's publish: it adds to the stock and tells the subscribers.
+    let code = publ.publish("Widget/1", br#"{"restock":4}"#, QoS::AtLeastOnce, false);
+    assert_eq!(code, Some(0));
+    assert_eq!(stocks(&s).0, 9);
+    let mut seen = Vec::new();
+    while let Some(p) = sub.next_publish(Duration::from_secs(5)) {
+        seen.push(String::from_utf8_lossy(&p.payload).into_owned());
+        if seen.iter().any(|m| m.contains("restocked")) {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|m| m == r#"{"restocked":4}"#),
+        "the guest's message: {seen:?}"
+    );
+    // The guest refuses a bad message with its status, as a v5 reason code; nothing changes.
+    let code = publ.publish("Widget/1", br#"{"restock":-2}"#, QoS::AtLeastOnce, false);
+    assert_eq!(
+        code,
+        Some(0x99),
+        "400 from the guest: payload format invalid"
+    );
+    let code = publ.publish(
+        "Widget/1",
+        br#"{"restock":"many"}"#,
+        QoS::AtLeastOnce,
+        false,
+    );
+    assert_eq!(code, Some(0x99), "a wrong type is a 400 from the SDK");
+    assert_eq!(stocks(&s).0, 9);
+    // A retained publish is a put through the guest's validation.
+    let code = publ.publish(
+        "Widget/1",
+        br#"{"name":"bolt","price":-3}"#,
+        QoS::AtLeastOnce,
+        true,
+    );
+    assert_eq!(code, Some(0x99));
+    let code = publ.publish(
+        "Widget/1",
+        br#"{"name":"bolt","price":3}"#,
+        QoS::AtLeastOnce,
+        true,
+    );
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        s.client().get("/Widget/1").json(),
+        json!({"id":1,"name":"bolt","price":3,"priceWithTax":3.75})
+    );
+    // An empty retained publish is a delete, which the guest leaves to the table.
+    let code = publ.publish("Widget/1", b"", QoS::AtLeastOnce, true);
+    assert_eq!(code, Some(0));
+    assert_eq!(s.client().get("/Widget/1").status, 404);
+    // A standalone resource that does not take messages: the topic is not one.
+    let code = publ.publish("Transfer/1", b"{}", QoS::AtLeastOnce, false);
+    assert_eq!(code, Some(0x90));
+}
+
+#[test]
+fn the_guest_edits_records_and_its_reads_and_searches_see_its_own_writes() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    widgets(&s, &[(1, 1), (2, 2), (3, 3)]);
+    // Fails after everything: nothing is kept, though the guest saw all of it.
+    let r = s
+        .client()
+        .post_json("/Edit/", r#"{"id":10,"drop":3,"then":"error"}"#);
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(s.client().get("/Widget/10").status, 404);
+    assert_eq!(s.client().get("/Widget/3").status, 200);
+
+    let r = s.client().post_json("/Edit/", r#"{"id":10,"drop":3}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.json();
+    // put, then patch, then set: the request's own reads see the last of them; its delete too.
+    assert_eq!(
+        out["edited"],
+        json!({"id":10,"name":"edited","price":2.5,"stock":1})
+    );
+    assert_eq!(out["dropped_existed"], json!(true));
+    assert_eq!(out["dropped_now"], json!(null));
+    // Its search: the new record joins, the deleted one leaves, sorted dearest first.
+    assert_eq!(
+        out["dear"],
+        json!([
+            {"id":10,"name":"edited","price":2.5},
+            {"id":2,"name":"w","price":2}
+        ])
+    );
+    // And all of it committed.
+    assert_eq!(
+        s.client().get("/Widget/10").json(),
+        json!({"id":10,"name":"edited","price":2.5,"priceWithTax":3.125,"stock":1})
+    );
+    assert_eq!(s.client().get("/Widget/3").status, 404);
+    let r = s.client().get("/Widget/?price=ge=2&sort(-price)");
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2), "{}", r.text());
+}
+
+#[test]
 fn the_guest_sees_the_target_user_and_headers_and_shapes_the_response() {
     let app = App::with_wasm(SCHEMA);
     let root = tempfile::tempdir().unwrap();
     let s = start(&app, root.path());
-    for (id, price) in [(1, 3), (2, 30), (3, 5)] {
-        assert_eq!(
-            put(
-                &s,
-                &format!("/Widget/{id}"),
-                json!({"name":"w","price":price})
-            ),
-            204
-        );
-    }
+    widgets(&s, &[(1, 3), (2, 30), (3, 5)]);
     let r = s.client().request(
         "GET",
         "/Echo/a%20b?tag=x%20y&other=1",
@@ -330,15 +448,40 @@ fn modules_are_compiled_once_and_bad_ones_stop_the_start_naming_the_file() {
 fn the_shop_example_checks_out_in_one_transaction() {
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let root = tempfile::tempdir().unwrap();
+    // `tessera build` builds the example's crate (`wasmResource.crate`), in the tests' own
+    // target directory, and compiles it into the root's cache.
+    let target_dir = tessera_tests::wasm_target_dir().display().to_string();
+    let built = std::process::Command::new(tessera_tests::binary())
+        .arg("build")
+        .arg(&shop)
+        .arg("--root")
+        .arg(root.path())
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&built.stdout);
+    assert!(
+        built.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(listed.contains("/Checkout/ (standalone)"), "{listed}");
+    assert!(listed.contains("/Product/ (extends Product)"), "{listed}");
+    let artifact = || {
+        let cached: Vec<_> = std::fs::read_dir(root.path().join("wasm-cache"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(cached.len(), 1, "one compiled artifact");
+        cached[0].metadata().unwrap().modified().unwrap()
+    };
+    let stamp = artifact();
+    // The server finds the crate up to date and the module compiled.
     let mut start = Start::new(&shop, root.path());
-    // The example's crate is built by the server itself (`wasmResource.crate`), in the tests'
-    // own target directory.
-    start.env.push((
-        "CARGO_TARGET_DIR".into(),
-        tessera_tests::wasm_target_dir().display().to_string(),
-    ));
+    start.env.push(("CARGO_TARGET_DIR".into(), target_dir));
     start.timeout = Duration::from_secs(600);
     let s = start.start();
+    assert_eq!(artifact(), stamp, "run reuses what build compiled");
     assert_eq!(
         put(
             &s,

@@ -62,6 +62,10 @@ pub mod bindings {
 use bindings::tessera::wasm::{context, tables, types};
 
 /// The WIT package this SDK targets, as the host reads it.
+///
+/// ```
+/// assert!(tessera_wasm_sdk::WIT.contains("world resource-module"));
+/// ```
 pub const WIT: &str = include_str!("../wit/tessera.wit");
 
 /// A value of any shape (a record read without a struct for it), as MessagePack knows it.
@@ -74,6 +78,18 @@ pub const WIT: &str = include_str!("../wit/tessera.wit");
 pub use rmpv::Value;
 
 /// A result whose error is a [`Error`] (an HTTP status and a message).
+///
+/// ```
+/// use tessera_wasm_sdk::{Error, Result};
+/// fn half(n: i64) -> Result<i64> {
+///     if n % 2 != 0 {
+///         return Err(Error::bad_request("odd"));
+///     }
+///     Ok(n / 2)
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// assert_eq!(half(3).unwrap_err().status, 400);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A failure with the HTTP status it answers with (Harper's `error.statusCode`).
@@ -328,11 +344,26 @@ pub struct Data(pub Vec<u8>);
 
 impl Data {
     /// Reads the data as `T` (a 400 when it does not fit).
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::Data;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Order { qty: u32 }
+    /// let d = Data::from_value(&Order { qty: 2 }).unwrap();
+    /// assert_eq!(d.parse::<Order>().unwrap().qty, 2);
+    /// // The wrong shape is a 400.
+    /// assert_eq!(d.parse::<String>().unwrap_err().status, 400);
+    /// ```
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T> {
         Ok(rmp_serde::from_slice(&self.0)?)
     }
 
     /// Encodes a value.
+    ///
+    /// ```
+    /// let d = tessera_wasm_sdk::Data::from_value(&[1, 2]).unwrap();
+    /// assert_eq!(d.0, vec![0x92, 1, 2]);
+    /// ```
     pub fn from_value<T: Serialize + ?Sized>(v: &T) -> Result<Data> {
         encode(v).map(Data)
     }
@@ -361,6 +392,11 @@ pub struct Response {
 
 impl Response {
     /// A response with this status and nothing else.
+    ///
+    /// ```
+    /// let r = tessera_wasm_sdk::Response::status(204);
+    /// assert_eq!(r.status, 204);
+    /// ```
     pub fn status(status: u16) -> Response {
         Response {
             status,
@@ -372,6 +408,11 @@ impl Response {
     }
 
     /// A 200 with `data`.
+    ///
+    /// ```
+    /// let r = tessera_wasm_sdk::Response::ok(&"fine").unwrap();
+    /// assert_eq!(r.status, 200);
+    /// ```
     pub fn ok<T: Serialize + ?Sized>(data: &T) -> Result<Response> {
         Response::with_data(200, data)
     }
@@ -401,6 +442,11 @@ impl Response {
     }
 
     /// Adds a response header.
+    ///
+    /// ```
+    /// let r = tessera_wasm_sdk::Response::status(200).header("Cache-Control", "no-store");
+    /// assert_eq!(r.headers, vec![("Cache-Control".to_string(), "no-store".to_string())]);
+    /// ```
     pub fn header(mut self, name: &str, value: &str) -> Response {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
@@ -434,11 +480,27 @@ pub struct Table {
 
 impl Table {
     /// The table's name.
+    ///
+    /// ```
+    /// # fn f(cx: &tessera_wasm_sdk::Context) {
+    /// assert_eq!(cx.table("Dog").name(), "Dog");
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The record with this id, if it exists.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Dog { name: String }
+    /// if let Some(dog) = cx.table("Dog").get::<Dog>(1)? {
+    ///     println!("{}", dog.name);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, id: impl Into<Id>) -> Result<Option<T>> {
         match tables::get(&self.name, &id.into().bytes())? {
             Some(bytes) => Ok(Some(rmp_serde::from_slice(bytes.as_slice())?)),
@@ -447,6 +509,14 @@ impl Table {
     }
 
     /// Creates or replaces the record (validated against the table's schema).
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// #[derive(serde::Serialize)]
+    /// struct Dog { id: i64, name: String }
+    /// cx.table("Dog").put(1, &Dog { id: 1, name: "Harper".into() })?;
+    /// # Ok(()) }
+    /// ```
     pub fn put<T: Serialize + ?Sized>(&self, id: impl Into<Id>, record: &T) -> Result<()> {
         Ok(tables::put(
             &self.name,
@@ -456,6 +526,12 @@ impl Table {
     }
 
     /// Merges these top-level properties into the record, creating it if missing.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Dog").patch(1, &std::collections::BTreeMap::from([("age", 4)]))?;
+    /// # Ok(()) }
+    /// ```
     pub fn patch<T: Serialize + ?Sized>(&self, id: impl Into<Id>, changes: &T) -> Result<()> {
         Ok(tables::patch(
             &self.name,
@@ -465,23 +541,53 @@ impl Table {
     }
 
     /// Creates a record with a new primary key (a UUID or the next number) and returns it.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// let id = cx.table("Order").create(&std::collections::BTreeMap::from([("qty", 2)]))?;
+    /// cx.publish(&format!("Order/{id}"), &"created")?;
+    /// # Ok(()) }
+    /// ```
     pub fn create<T: Serialize + ?Sized>(&self, record: &T) -> Result<Id> {
         let id = tables::create(&self.name, &encode(record)?)?;
         Ok(rmp_serde::from_slice(&id)?)
     }
 
     /// Deletes the record; whether it existed.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// if !cx.table("Dog").delete(1)? {
+    ///     return Err(tessera_wasm_sdk::Error::not_found("no dog 1"));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn delete(&self, id: impl Into<Id>) -> Result<bool> {
         Ok(tables::delete(&self.name, &id.into().bytes())?)
     }
 
     /// The records matching `query`.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// use tessera_wasm_sdk::{Comparator, Query, Value};
+    /// let young: Vec<Value> = cx.table("Dog").search(
+    ///     &Query::new().condition("age", Comparator::LessThan, &3)?.sort("age", false).limit(10),
+    /// )?;
+    /// # Ok(()) }
+    /// ```
     pub fn search<T: DeserializeOwned>(&self, query: &Query) -> Result<Vec<T>> {
         let rows = tables::search(&self.name, &encode(query)?)?;
         Ok(rmp_serde::from_slice(&rows)?)
     }
 
     /// Starts an update of one record: `addTo`, `subtractFrom` and `set`, applied together.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Dog").update(1).add_to("visits", 1.0).apply()?;
+    /// # Ok(()) }
+    /// ```
     pub fn update(&self, id: impl Into<Id>) -> Update {
         Update {
             table: self.name.clone(),
@@ -515,23 +621,47 @@ pub struct Update {
 
 impl Update {
     /// Adds `n` to the numeric property (a missing one counts as 0).
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Account").update("a").add_to("balance", 2.5).apply()?;
+    /// # Ok(()) }
+    /// ```
     pub fn add_to(mut self, property: &str, n: f64) -> Update {
         self.deltas.push((property.to_owned(), n));
         self
     }
 
     /// Subtracts `n` from the numeric property.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Product").update(7).subtract_from("stock", 1.0).apply()?;
+    /// # Ok(()) }
+    /// ```
     pub fn subtract_from(self, property: &str, n: f64) -> Update {
         self.add_to(property, -n)
     }
 
     /// Sets the property to `value`.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Order").update(3).set("status", &"shipped")?.apply()?;
+    /// # Ok(()) }
+    /// ```
     pub fn set<T: Serialize + ?Sized>(mut self, property: &str, value: &T) -> Result<Update> {
         self.sets.push((property.to_owned(), dynamic(value)?));
         Ok(self)
     }
 
     /// Applies the update inside the request's transaction.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Product").update(7).subtract_from("stock", 2.0).set("reserved", &true)?.apply()?;
+    /// # Ok(()) }
+    /// ```
     pub fn apply(self) -> Result<()> {
         let id = self.id.bytes();
         if !self.deltas.is_empty() {
@@ -604,6 +734,19 @@ pub struct Query {
 /// One condition, or a nested group of them.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+///
+/// ```
+/// use tessera_wasm_sdk::{Comparator, Condition};
+/// let either = Condition::Group {
+///     operator: "or".into(),
+///     conditions: vec![
+///         Condition::Compare { attribute: "breed".into(), comparator: Comparator::Equals, value: "Poodle".into() },
+///         Condition::Compare { attribute: "age".into(), comparator: Comparator::LessThan, value: 2.into() },
+///     ],
+/// };
+/// let q = tessera_wasm_sdk::Query { conditions: vec![either], ..Default::default() };
+/// assert_eq!(q.conditions.len(), 1);
+/// ```
 pub enum Condition {
     /// `attribute comparator value`.
     Compare {
@@ -626,6 +769,12 @@ pub enum Condition {
 /// The comparators of the seed's Query object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+///
+/// ```
+/// use tessera_wasm_sdk::{Comparator, Query};
+/// let q = Query::new().condition("age", Comparator::Between, &[2, 5]).unwrap();
+/// assert_eq!(q.conditions.len(), 1);
+/// ```
 pub enum Comparator {
     /// `==`
     Equals,
@@ -651,6 +800,11 @@ pub enum Comparator {
 
 /// A sort order.
 #[derive(Debug, Clone, Serialize)]
+///
+/// ```
+/// let q = tessera_wasm_sdk::Query::new().sort("age", true);
+/// assert!(q.sort.unwrap().descending);
+/// ```
 pub struct Sort {
     /// The property.
     pub attribute: String,
@@ -660,11 +814,21 @@ pub struct Sort {
 
 impl Query {
     /// A query that matches every record.
+    ///
+    /// ```
+    /// assert!(tessera_wasm_sdk::Query::new().conditions.is_empty());
+    /// ```
     pub fn new() -> Query {
         Query::default()
     }
 
     /// Adds a condition.
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::{Comparator, Query};
+    /// let q = Query::new().condition("name", Comparator::StartsWith, &"Ha").unwrap();
+    /// assert_eq!(q.conditions.len(), 1);
+    /// ```
     pub fn condition<T: Serialize + ?Sized>(
         mut self,
         attribute: &str,
@@ -681,30 +845,57 @@ impl Query {
     }
 
     /// Joins the conditions with `or` instead of `and`.
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::{Comparator, Query};
+    /// let q = Query::new()
+    ///     .condition("breed", Comparator::Equals, &"Poodle").unwrap()
+    ///     .condition("breed", Comparator::Equals, &"Husky").unwrap()
+    ///     .any();
+    /// assert_eq!(q.operator.as_deref(), Some("or"));
+    /// ```
     pub fn any(mut self) -> Query {
         self.operator = Some("or".to_owned());
         self
     }
 
     /// At most `n` records.
+    ///
+    /// ```
+    /// assert_eq!(tessera_wasm_sdk::Query::new().limit(5).limit, Some(5));
+    /// ```
     pub fn limit(mut self, n: u64) -> Query {
         self.limit = Some(n);
         self
     }
 
     /// Skips `n` records.
+    ///
+    /// ```
+    /// assert_eq!(tessera_wasm_sdk::Query::new().offset(20).offset, Some(20));
+    /// ```
     pub fn offset(mut self, n: u64) -> Query {
         self.offset = Some(n);
         self
     }
 
     /// Only these properties.
+    ///
+    /// ```
+    /// let q = tessera_wasm_sdk::Query::new().select(&["id", "name"]);
+    /// assert_eq!(q.select.unwrap(), ["id", "name"]);
+    /// ```
     pub fn select(mut self, names: &[&str]) -> Query {
         self.select = Some(names.iter().map(|s| (*s).to_owned()).collect());
         self
     }
 
     /// Sorts by a property.
+    ///
+    /// ```
+    /// let q = tessera_wasm_sdk::Query::new().sort("price", false);
+    /// assert_eq!(q.sort.unwrap().attribute, "price");
+    /// ```
     pub fn sort(mut self, attribute: &str, descending: bool) -> Query {
         self.sort = Some(Sort {
             attribute: attribute.to_owned(),
@@ -730,6 +921,12 @@ pub struct Context {
 
 impl Context {
     /// A table by its name.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// let orders = cx.table("Order");
+    /// # Ok(()) }
+    /// ```
     pub fn table(&self, name: &str) -> Table {
         Table {
             name: name.to_owned(),
@@ -737,16 +934,45 @@ impl Context {
     }
 
     /// The table resource `R` extends (its `super`), or the table named like the resource.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct Dogs;
+    /// impl Resource for Dogs {
+    ///     const NAME: &'static str = "Dog";
+    ///     const EXTENDS: Option<&'static str> = Some("Dog");
+    ///     fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+    ///         // `super.get()`: the record from the extended table.
+    ///         let dog: Option<tessera_wasm_sdk::Value> = cx.this::<Self>().get(target.id()?)?;
+    ///         Response::ok(&dog)
+    ///     }
+    /// }
+    /// ```
     pub fn this<R: Resource>(&self) -> Table {
         self.table(R::EXTENDS.unwrap_or(R::NAME))
     }
 
     /// The authenticated user's name.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// if cx.user().as_deref() != Some("admin") {
+    ///     return Err(tessera_wasm_sdk::Error::forbidden("admins only"));
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn user(&self) -> Option<String> {
         context::user()
     }
 
     /// A request header by name (any case).
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// let lang = cx.header("Accept-Language").unwrap_or_else(|| "en".into());
+    /// # Ok(()) }
+    /// ```
     pub fn header(&self, name: &str) -> Option<String> {
         context::headers()
             .into_iter()
@@ -755,6 +981,12 @@ impl Context {
     }
 
     /// Publishes a message to a topic (`Table/id`) when the request's transaction commits.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.publish("Order/7", &std::collections::BTreeMap::from([("status", "shipped")]))?;
+    /// # Ok(()) }
+    /// ```
     pub fn publish<T: Serialize + ?Sized>(&self, topic: &str, message: &T) -> Result<()> {
         Ok(context::publish(topic, &encode(message)?)?)
     }
@@ -765,6 +997,25 @@ impl Context {
 ///
 /// A fresh value (`Default`) serves each request, in a fresh wasm instance unless
 /// [`Resource::REUSE`] is set.
+///
+/// ```
+/// use tessera_wasm_sdk::{Context, Data, Error, Resource, Response, Result, Target};
+/// #[derive(Default)]
+/// struct Dogs;
+/// impl Resource for Dogs {
+///     const NAME: &'static str = "Dog";
+///     const EXTENDS: Option<&'static str> = Some("Dog");
+///     // Validation on put; get, search, patch, post and delete stay the table's.
+///     fn put(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+///         let dog: tessera_wasm_sdk::Value = data.parse()?;
+///         if dog["name"].as_str().is_none_or(str::is_empty) {
+///             return Err(Error::new(422, "a dog needs a name"));
+///         }
+///         cx.this::<Self>().put(target.id()?, &dog)?;
+///         Ok(Response::status(204))
+///     }
+/// }
+/// ```
 pub trait Resource: Default + 'static {
     /// The URL segment the resource is served at: `/NAME/`.
     const NAME: &'static str;
@@ -775,36 +1026,135 @@ pub trait Resource: Default + 'static {
     const REUSE: bool = false;
 
     /// `GET /NAME/id`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+    ///         Response::ok(&format!("you asked for {}", target.id()?))
+    ///     }
+    /// }
+    /// ```
     fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
         let _ = (cx, target);
         Ok(Response::fallback())
     }
     /// `GET /NAME/?query`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn search(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+    ///         let limit: u64 = target.get("limit").and_then(|l| l.parse().ok()).unwrap_or(10);
+    ///         let rows: Vec<tessera_wasm_sdk::Value> =
+    ///             cx.table("Dog").search(&tessera_wasm_sdk::Query::new().limit(limit))?;
+    ///         Response::ok(&rows)
+    ///     }
+    /// }
+    /// ```
     fn search(&mut self, cx: &Context, target: &Target) -> Result<Response> {
         let _ = (cx, target);
         Ok(Response::fallback())
     }
     /// `PUT /NAME/id`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn put(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+    ///         let record: tessera_wasm_sdk::Value = data.parse()?;
+    ///         cx.table("Dog").put(target.id()?, &record)?;
+    ///         Ok(Response::status(204))
+    ///     }
+    /// }
+    /// ```
     fn put(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
         let _ = (cx, target, data);
         Ok(Response::fallback())
     }
     /// `PATCH /NAME/id`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn patch(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+    ///         let changes: tessera_wasm_sdk::Value = data.parse()?;
+    ///         cx.table("Dog").patch(target.id()?, &changes)?;
+    ///         Ok(Response::status(204))
+    ///     }
+    /// }
+    /// ```
     fn patch(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
         let _ = (cx, target, data);
         Ok(Response::fallback())
     }
     /// `POST /NAME/`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn post(&mut self, cx: &Context, _target: &Target, data: Data) -> Result<Response> {
+    ///         let order: tessera_wasm_sdk::Value = data.parse()?;
+    ///         let id = cx.table("Order").create(&order)?;
+    ///         Response::with_data(201, &id.to_string())
+    ///     }
+    /// }
+    /// ```
     fn post(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
         let _ = (cx, target, data);
         Ok(Response::fallback())
     }
     /// `DELETE /NAME/id`.
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn delete(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+    ///         cx.table("Dog").delete(target.id()?)?;
+    ///         Ok(Response::status(204))
+    ///     }
+    /// }
+    /// ```
     fn delete(&mut self, cx: &Context, target: &Target) -> Result<Response> {
         let _ = (cx, target);
         Ok(Response::fallback())
     }
-    /// A message published to `NAME/...`.
+    /// A message published to `NAME/id` (over MQTT, with RETAIN=0; a retained publish is a
+    /// `put`, an empty retained one a `delete`). A payload that is not JSON arrives as bytes
+    /// ([`Value::Binary`]).
+    ///
+    /// ```no_run
+    /// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct R;
+    /// impl Resource for R {
+    ///     const NAME: &'static str = "R";
+    ///     fn publish(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+    ///         // Forward the message to the dog's own topic, stamped with the sender.
+    ///         let message: tessera_wasm_sdk::Value = data.parse()?;
+    ///         cx.publish(&format!("Dog/{}", target.id()?), &(cx.user(), message))?;
+    ///         Ok(Response::status(204))
+    ///     }
+    /// }
+    /// ```
     fn publish(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
         let _ = (cx, target, data);
         Ok(Response::fallback())
@@ -877,7 +1227,22 @@ pub mod __private {
 
 /// Exports the crate's resources (every type that implements [`Resource`]) to the host.
 ///
-/// ```ignore
+/// ```
+/// use tessera_wasm_sdk::{Context, Data, Resource, Response, Result, Target};
+/// #[derive(Default)]
+/// struct Products;
+/// impl Resource for Products {
+///     const NAME: &'static str = "Product";
+///     const EXTENDS: Option<&'static str> = Some("Product");
+/// }
+/// #[derive(Default)]
+/// struct Checkout;
+/// impl Resource for Checkout {
+///     const NAME: &'static str = "Checkout";
+///     fn post(&mut self, _cx: &Context, _target: &Target, _data: Data) -> Result<Response> {
+///         Ok(Response::status(201))
+///     }
+/// }
 /// tessera_wasm_sdk::export!(Products, Checkout);
 /// ```
 #[macro_export]

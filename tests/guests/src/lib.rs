@@ -1,9 +1,10 @@
 //! Test resources for `tests/tests/wasm.rs`, built for `wasm32-unknown-unknown` by the tests.
 //!
-//! `Widget` extends the `Widget` table (validation on put, a computed field on get, the rest the
-//! table's); `Transfer` is a standalone action writing several records in one transaction;
-//! `Echo` returns what the host told it; `Pass` and `Fresh` are the benchmark's pass-through GET; the
-//! others misbehave, each in its own way.
+//! `Widget` extends the `Widget` table (validation on put, a computed field on get, MQTT
+//! messages through publish, the rest the table's); `Transfer` is a standalone action writing
+//! several records in one transaction; `Echo` returns what the host told it; `Edit` puts,
+//! patches, sets and deletes, then reads and searches its own writes; `Pass` and `Fresh` are the
+//! benchmark's pass-through GET; `Hostile` misbehaves, in each way it can.
 
 use std::collections::BTreeMap;
 
@@ -51,6 +52,29 @@ impl Resource for Widgets {
             return Err(Error::new(422, "name is required"));
         }
         cx.this::<Self>().put(target.id()?, &w)?;
+        Ok(Response::status(204))
+    }
+
+    /// An MQTT message to `Widget/<id>`: `{"restock": n}` adds n to the stock and tells the
+    /// widget's subscribers.
+    fn publish(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+        #[derive(Deserialize)]
+        struct Restock {
+            restock: i64,
+        }
+        let r: Restock = data.parse()?;
+        if r.restock <= 0 {
+            return Err(Error::bad_request("restock must be positive"));
+        }
+        let id = target.id()?;
+        cx.this::<Self>()
+            .update(id)
+            .add_to("stock", r.restock as f64)
+            .apply()?;
+        cx.publish(
+            &format!("Widget/{id}"),
+            &BTreeMap::from([("restocked", r.restock)]),
+        )?;
         Ok(Response::status(204))
     }
 }
@@ -221,6 +245,68 @@ fn pass_through(cx: &Context, target: &Target) -> Result<Response> {
     }
 }
 
+#[derive(Deserialize)]
+struct EditBody {
+    /// The widget to create and edit.
+    id: i64,
+    /// The widget to delete.
+    drop: i64,
+    /// "error": fail after everything (to see it all rolled back).
+    #[serde(default)]
+    then: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EditOut {
+    /// The widgets with a price of at least 2, dearest first, as the request sees them.
+    dear: Vec<Value>,
+    /// The edited widget as the request sees it.
+    edited: Option<Value>,
+    dropped_existed: bool,
+    dropped_now: Option<Value>,
+}
+
+/// `POST /Edit/`: put, patch, `update().set()` and delete in one request, then a search and
+/// reads that must see all of them before they commit.
+#[derive(Default)]
+struct Edit;
+
+impl Resource for Edit {
+    const NAME: &'static str = "Edit";
+
+    fn post(&mut self, cx: &Context, _target: &Target, data: Data) -> Result<Response> {
+        let e: EditBody = data.parse()?;
+        let widgets = cx.table("Widget");
+        widgets.put(
+            e.id,
+            &Widget {
+                id: e.id,
+                name: "draft".into(),
+                price: 1.0,
+                stock: Some(1.0),
+            },
+        )?;
+        widgets.patch(e.id, &BTreeMap::from([("price", 2.5)]))?;
+        widgets.update(e.id).set("name", "edited")?.apply()?;
+        let dropped_existed = widgets.delete(e.drop)?;
+        let out = EditOut {
+            dear: widgets.search(
+                &Query::new()
+                    .condition("price", Comparator::GreaterThanEqual, &2)?
+                    .sort("price", true)
+                    .select(&["id", "name", "price"]),
+            )?,
+            edited: widgets.get(e.id)?,
+            dropped_existed,
+            dropped_now: widgets.get(e.drop)?,
+        };
+        match e.then.as_deref() {
+            Some("error") => Err(Error::new(409, "changed my mind")),
+            _ => Response::ok(&out),
+        }
+    }
+}
+
 /// `GET /Hostile/<how>`: loops forever, panics, reads out of bounds or allocates without end.
 #[derive(Default)]
 struct Hostile;
@@ -256,4 +342,4 @@ impl Resource for Hostile {
     }
 }
 
-tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Pass, Fresh, Hostile);
+tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Edit, Pass, Fresh, Hostile);
