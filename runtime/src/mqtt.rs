@@ -507,6 +507,26 @@ fn topic_of(core: &Core, change: &Change) -> Option<String> {
     Some(format!("{export}/{}", realtime::id_text(&change.key)?))
 }
 
+/// What a PUBLISH does to its topic's record: a message (an insert, for permissions), a put
+/// (retained), or a delete (retained and empty).
+fn publish_action(p: &Publish) -> Action {
+    match (p.retain, p.payload.is_empty()) {
+        (false, _) => Action::Insert,
+        (true, true) => Action::Delete,
+        (true, false) => Action::Update,
+    }
+}
+
+/// A PUBLISH payload read as JSON.
+fn payload_value(p: &Publish) -> Result<Value, crate::body::BodyError> {
+    let mut body = p.payload.clone();
+    crate::body::decode(
+        Some("application/json"),
+        &mut body,
+        &mut simd_json::Buffers::default(),
+    )
+}
+
 /// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
 /// a message's payload as published (`None` once the message has expired; MQTT 5 subscribers get
 /// the time it has left).
@@ -608,11 +628,7 @@ impl Session<'_> {
         // 0x90: topic name invalid (not an exported table).
         let (table, id) = core.shared.topic(&p.topic).ok_or(0x90u8)?;
         // 0x87: not authorized (the role's table permission for what the publish does).
-        let action = match (p.retain, p.payload.is_empty()) {
-            (false, _) => Action::Insert,
-            (true, true) => Action::Delete,
-            (true, false) => Action::Update,
-        };
+        let action = publish_action(p);
         if !self
             .user
             .permission
@@ -645,13 +661,7 @@ impl Session<'_> {
             };
             return core.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
         }
-        let mut body = p.payload.clone();
-        let rec = crate::body::decode(
-            Some("application/json"),
-            &mut body,
-            &mut simd_json::Buffers::default(),
-        )
-        .map_err(|_| 0x99u8)?; // payload format invalid
+        let rec = payload_value(p).map_err(|_| 0x99u8)?; // payload format invalid
         core.write_record(table, rec, pk, WriteMode::Replace)
             .await
             .map(|_| ())
@@ -665,10 +675,11 @@ impl Session<'_> {
         let core = self.core;
         let (name, id) = p.topic.split_once('/')?;
         let res = core.shared.wasm.resource(name)?;
-        let (method, action) = match (p.retain, p.payload.is_empty()) {
-            (false, _) => (wasm::Method::Publish, Action::Insert),
-            (true, true) => (wasm::Method::Delete, Action::Delete),
-            (true, false) => (wasm::Method::Put, Action::Update),
+        let action = publish_action(p);
+        let method = match action {
+            Action::Delete => wasm::Method::Delete,
+            Action::Update => wasm::Method::Put,
+            _ => wasm::Method::Publish,
         };
         if res.falls_back(method) {
             return None;
@@ -686,13 +697,7 @@ impl Session<'_> {
         let data = if p.payload.is_empty() {
             None
         } else {
-            let mut body = p.payload.clone();
-            let decoded = crate::body::decode(
-                Some("application/json"),
-                &mut body,
-                &mut simd_json::Buffers::default(),
-            );
-            let mut value = match (decoded, method) {
+            let mut value = match (payload_value(p), method) {
                 (Ok(v), _) => v,
                 // A message need not be JSON: the guest gets its bytes.
                 (Err(_), wasm::Method::Publish) => Value::Bytes(p.payload.clone()),

@@ -20,6 +20,7 @@ use serde_json::{Value as Json, json};
 
 use crate::auth::{User, bearer};
 use crate::error::RestError;
+use crate::output;
 use crate::query;
 use crate::related::Joins;
 use crate::rest::{Core, Reply};
@@ -617,8 +618,7 @@ impl Core {
             let Some(stored) = view.get(&key).map_err(RestError::from)? else {
                 continue;
             };
-            let rec = RecordRef::parse(&stored)
-                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            let rec = output::stored_record(&stored)?;
             if rec.is_expired(now_ms) {
                 continue;
             }
@@ -694,8 +694,7 @@ impl Core {
         let rows = query::collect(&self.router, &plan).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            let rec = RecordRef::parse(&row.stored)
-                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            let rec = output::stored_record(&row.stored)?;
             out.push(project(table, rec.body, attrs, restricted)?);
         }
         Ok(Value::Array(out))
@@ -859,13 +858,18 @@ fn project(
             }
             full
         }
-        Some(names) => Value::Object(
-            names
-                .iter()
-                .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
-                .collect(),
-        ),
+        Some(names) => pick(&full, names),
     })
+}
+
+/// The properties `names` of a record, in that order, absent ones as null.
+pub(crate) fn pick(full: &Value, names: &[String]) -> Value {
+    Value::Object(
+        names
+            .iter()
+            .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
+            .collect(),
+    )
 }
 
 fn condition(attr: &str, op: Op, value: Operand) -> Filter {

@@ -7,6 +7,7 @@
 
 use tessera_protocol::MediaType;
 use tessera_protocol::query::Select;
+use tessera_storage::record::RecordRef;
 use tessera_storage::value::{self, msgpack_to_json};
 use tessera_storage::{Table, Value, cbor};
 
@@ -35,6 +36,24 @@ pub fn json_value(v: &Value) -> serde_json::Value {
 
 fn corrupt(e: impl std::fmt::Display) -> RestError {
     RestError::Internal(format!("a stored record is corrupt: {e}"))
+}
+
+/// A stored record's header and body.
+pub fn stored_record(stored: &[u8]) -> Result<RecordRef<'_>, RestError> {
+    RecordRef::parse(stored).ok_or_else(|| corrupt("no header"))
+}
+
+/// A stored record's body as a value.
+pub fn body_value(body: &[u8]) -> Result<Value, RestError> {
+    value::from_msgpack(body).map_err(corrupt)
+}
+
+/// The stored record as a value; `None` once it has expired.
+pub fn live_value(stored: &[u8], now_ms: u64) -> Result<Option<Value>, RestError> {
+    let rec = stored_record(stored)?;
+    (!rec.is_expired(now_ms))
+        .then(|| body_value(rec.body))
+        .transpose()
 }
 
 /// Appends one record (a stored MessagePack body), shaped by `select` when given.

@@ -16,13 +16,12 @@ use futures::future::LocalBoxFuture;
 use tessera_protocol::query::{Condition, Field, Filter, Select};
 use tessera_shards::Router;
 use tessera_storage::query::{CmpOp, Pred};
-use tessera_storage::record::RecordRef;
 use tessera_storage::schema::FieldType;
 use tessera_storage::shard::{now_micros, record_key};
 use tessera_storage::{Table, Value, key, value};
 
 use crate::error::RestError;
-use crate::output;
+use crate::output::{self, body_value, live_value, stored_record};
 use crate::query;
 
 /// What relationship work needs: the shards and every table by type name.
@@ -144,7 +143,7 @@ async fn join_values(ctx: &Ctx<'_>, link: &Link, pred: Pred) -> Result<Vec<Value
             values.push(pk);
             continue;
         }
-        let rec = parse(&row.stored)?;
+        let rec = stored_record(&row.stored)?;
         let found = value::extract_fields(rec.body, &[link.remote.as_str()])
             .map_err(|e| RestError::Internal(e.to_string()))?;
         match found.into_iter().next().flatten() {
@@ -154,14 +153,6 @@ async fn join_values(ctx: &Ctx<'_>, link: &Link, pred: Pred) -> Result<Vec<Value
         }
     }
     Ok(values)
-}
-
-fn parse(stored: &[u8]) -> Result<RecordRef<'_>, RestError> {
-    RecordRef::parse(stored).ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))
-}
-
-fn decode(body: &[u8]) -> Result<Value, RestError> {
-    value::from_msgpack(body).map_err(|e| RestError::Internal(e.to_string()))
 }
 
 /// Whether a selection needs more than stored properties: related records or computed values.
@@ -181,7 +172,7 @@ pub async fn project(
     select: &Select,
     narrowing: &HashMap<String, Pred>,
 ) -> Result<Value, RestError> {
-    let rec = decode(body)?;
+    let rec = body_value(body)?;
     let mut values = Vec::with_capacity(select.fields().len());
     for f in select.fields() {
         values.push(field(ctx, table, &rec, f, narrowing.get(&f.name)).await?);
@@ -279,15 +270,9 @@ async fn by_key(
             out.push(None);
             continue;
         };
-        let shard = ctx.router.shard_of(&k);
-        let stored = ctx.router.on_shard(shard, move |s| s.get(&k)).await??;
+        let stored = ctx.router.get(k).await?;
         let rec = match &stored {
-            Some(bytes) => {
-                let r = parse(bytes)?;
-                (!r.is_expired(now_ms))
-                    .then(|| decode(r.body))
-                    .transpose()?
-            }
+            Some(bytes) => live_value(bytes, now_ms)?,
             None => None,
         };
         match (rec, narrow) {
@@ -320,7 +305,7 @@ async fn by_query(
     let mut rows = query::matching(ctx.router, &link.target, Some(pred));
     let mut out = Vec::new();
     while let Some(row) = rows.next().await? {
-        out.push(Some(decode(parse(&row.stored)?.body)?));
+        out.push(Some(body_value(stored_record(&row.stored)?.body)?));
     }
     Ok(out)
 }

@@ -20,7 +20,6 @@ use tessera_protocol::media::negotiate;
 use tessera_protocol::query::{Field, Select};
 use tessera_protocol::rest::{PathKind, parse_target};
 use tessera_shards::Router;
-use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, WriteKind, WriteOp, now_micros, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Scalar, Table, Value};
@@ -626,8 +625,7 @@ impl Core {
     ) -> Result<(), RestError> {
         let key =
             record_key(table.id, &id_value(table, id)).map_err(|_| RestError::NoSuchRecord)?;
-        let shard = self.router.shard_of(&key);
-        let stored = self.router.on_shard(shard, move |s| s.get(&key)).await??;
+        let stored = self.router.get(key).await?;
         let Some(stored) = stored else {
             // `/Product/p01.brand`: a property of a record (stored, computed or related).
             if let Some((rid, prop)) = id.rsplit_once('.')
@@ -651,8 +649,7 @@ impl Core {
             }
             return Err(RestError::NoSuchRecord);
         };
-        let rec = RecordRef::parse(&stored)
-            .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+        let rec = output::stored_record(&stored)?;
         if rec.is_expired(now_micros() / 1000) {
             return Err(RestError::NoSuchRecord);
         }
@@ -828,8 +825,7 @@ impl Core {
             let mut picked = rows.collect(plan.skip, end).await?;
             query::fill_records(&self.router, &mut picked).await?;
             for row in &picked {
-                let rec = RecordRef::parse(&row.stored)
-                    .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+                let rec = output::stored_record(&row.stored)?;
                 let shown = visible(rec.body)?;
                 let body = shown.as_deref().unwrap_or(rec.body);
                 self.write_row(&ctx, table, &plan, body, &mut out, &mut buf)
@@ -856,8 +852,7 @@ impl Core {
             if seen <= plan.skip {
                 continue;
             }
-            let rec = RecordRef::parse(&row.stored)
-                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
+            let rec = output::stored_record(&row.stored)?;
             let shown = visible(rec.body)?;
             let body = shown.as_deref().unwrap_or(rec.body);
             self.write_row(&ctx, table, &plan, body, &mut out, &mut buf)

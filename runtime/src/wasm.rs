@@ -19,7 +19,7 @@
 //! and awaits its answer over a `Send` oneshot.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ use futures::channel::oneshot;
 use tessera_protocol::query::{Limit, Query};
 use tessera_shards::Router;
 use tessera_storage::query::{Pred, sort_key};
-use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key, table_prefix};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
@@ -43,6 +42,7 @@ use wasmtime::{
 };
 
 use crate::error::RestError;
+use crate::output;
 use crate::query;
 use crate::related::Joins;
 use crate::rest::{Shared, id_value, set_primary_key};
@@ -514,24 +514,10 @@ impl HostState {
         }
         let key = key.to_vec();
         let answer = on_core(move |router: Router| async move {
-            let shard = router.shard_of(&key);
-            let stored = router.on_shard(shard, move |s| s.get(&key)).await;
-            let stored = match stored {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(RestError::from(e)),
-                Err(e) => return Err(RestError::from(e)),
-            };
-            let Some(stored) = stored else {
-                return Ok(None);
-            };
-            let rec = RecordRef::parse(&stored)
-                .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-            if rec.is_expired(now_micros() / 1000) {
-                return Ok(None);
+            match router.get(key).await? {
+                Some(stored) => output::live_value(&stored, now_micros() / 1000),
+                None => Ok(None),
             }
-            value::from_msgpack(rec.body)
-                .map(Some)
-                .map_err(|e| RestError::Internal(e.to_string()))
         });
         answer
             .await
@@ -692,10 +678,7 @@ impl tables::Host for &mut HostState {
             let rows = query::collect(&router, &plan).await?;
             rows.iter()
                 .map(|row| {
-                    let rec = RecordRef::parse(&row.stored)
-                        .ok_or_else(|| RestError::Internal("a stored record is corrupt".into()))?;
-                    let full = value::from_msgpack(rec.body)
-                        .map_err(|e| RestError::Internal(e.to_string()))?;
+                    let full = output::body_value(output::stored_record(&row.stored)?.body)?;
                     Ok((row.key.to_vec(), full))
                 })
                 .collect::<Result<Vec<_>, RestError>>()
@@ -711,12 +694,7 @@ impl tables::Host for &mut HostState {
             .into_iter()
             .map(|(_, full)| match &select {
                 None => full,
-                Some(names) => Value::Object(
-                    names
-                        .iter()
-                        .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
-                        .collect(),
-                ),
+                Some(names) => crate::ops::pick(&full, names),
             })
             .collect();
         Ok(Value::Array(out).to_msgpack())
@@ -727,8 +705,8 @@ impl tables::Host for &mut HostState {
 /// the table: written records replace, and deleted ones leave, the stored ones; new ones that
 /// match join at the end (primary-key order among them); then the sort and the window apply.
 struct Overlay {
-    /// The request's records of the table as it sees them (`None`: deleted), in key order.
-    staged: Vec<(Vec<u8>, Option<Value>)>,
+    /// The request's records of the table as it sees them (`None`: deleted).
+    staged: BTreeMap<Vec<u8>, Option<Value>>,
     /// Every condition of the query (the store's plan leaves out what its access path ensures).
     pred: Option<Pred>,
     sort: Vec<(String, bool)>,
@@ -740,7 +718,7 @@ impl Overlay {
     /// window widened so the store returns enough rows to fill it after the overlay.
     fn new(txn: &Txn, table: &Table, parsed: &mut Query) -> Result<Option<Self>, types::Error> {
         let prefix = table_prefix(table.id);
-        let mut staged: Vec<(Vec<u8>, Option<Value>)> = txn
+        let staged: BTreeMap<Vec<u8>, Option<Value>> = txn
             .seen
             .iter()
             .filter(|(k, _)| k.starts_with(&prefix))
@@ -749,7 +727,6 @@ impl Overlay {
         if staged.is_empty() {
             return Ok(None);
         }
-        staged.sort_by(|a, b| a.0.cmp(&b.0));
         let pred = parsed
             .filter
             .clone()
@@ -784,14 +761,9 @@ impl Overlay {
             .is_none_or(|p| p.eval(&|name| rec.get(name)))
     }
 
-    fn apply(self, stored: Vec<(Vec<u8>, Value)>) -> Vec<(Vec<u8>, Value)> {
-        let mut staged: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
-        let mut new_keys = Vec::new();
-        for (k, v) in self.staged.iter() {
-            staged.insert(k.clone(), v.clone());
-            new_keys.push(k.clone());
-        }
-        let mut out = Vec::with_capacity(stored.len() + new_keys.len());
+    fn apply(mut self, stored: Vec<(Vec<u8>, Value)>) -> Vec<(Vec<u8>, Value)> {
+        let mut staged = std::mem::take(&mut self.staged);
+        let mut out = Vec::with_capacity(stored.len() + staged.len());
         for (key, rec) in stored {
             match staged.remove(&key) {
                 None => out.push((key, rec)),
@@ -799,25 +771,34 @@ impl Overlay {
                 Some(_) => {}
             }
         }
-        for key in new_keys {
-            if let Some(Some(now)) = staged.remove(&key)
-                && self.matches(&now)
-            {
-                out.push((key, now));
-            }
-        }
+        // What is left was not in the store's result: new records, in key order.
+        out.extend(
+            staged
+                .into_iter()
+                .filter_map(|(key, now)| now.filter(|now| self.matches(now)).map(|now| (key, now))),
+        );
         if !self.sort.is_empty() {
             // Stable: ties keep the store's order, and new records after stored ones.
-            out.sort_by(|(_, a), (_, b)| {
-                for (attr, descending) in &self.sort {
-                    let ord = sort_key(a.get(attr)).cmp(&sort_key(b.get(attr)));
-                    let ord = if *descending { ord.reverse() } else { ord };
-                    if ord.is_ne() {
-                        return ord;
-                    }
-                }
-                std::cmp::Ordering::Equal
+            let sort_keys = |rec: &Value| -> Vec<Vec<u8>> {
+                self.sort
+                    .iter()
+                    .map(|(attr, _)| sort_key(rec.get(attr)))
+                    .collect()
+            };
+            let mut keyed: Vec<_> = out.into_iter().map(|r| (sort_keys(&r.1), r)).collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                a.iter()
+                    .zip(b)
+                    .zip(&self.sort)
+                    .map(
+                        |((a, b), (_, descending))| {
+                            if *descending { b.cmp(a) } else { a.cmp(b) }
+                        },
+                    )
+                    .find(|ord| ord.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
             });
+            out = keyed.into_iter().map(|(_, r)| r).collect();
         }
         out.into_iter()
             .skip(self.window.start)

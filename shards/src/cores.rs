@@ -308,6 +308,14 @@ impl Router {
         }
     }
 
+    /// The stored record under `key`, read on its shard's owner core.
+    pub async fn get(&self, key: Vec<u8>) -> Result<Option<tessera_storage::Slice>, ShardError> {
+        let shard = self.shard_of(&key);
+        self.on_shard(shard, move |s| s.get(&key))
+            .await?
+            .map_err(|e| ShardError::Store(Arc::new(e)))
+    }
+
     /// Runs `f` on every shard (in parallel across cores); results in shard order.
     pub async fn on_all_shards<R, F>(&self, f: F) -> Result<Vec<R>, ShardError>
     where
