@@ -7,6 +7,7 @@
 
 mod auth;
 mod body;
+mod catalog;
 mod component;
 mod config;
 mod error;

@@ -19,6 +19,7 @@ use tessera_storage::{Table, Value, value};
 use serde_json::{Value as Json, json};
 
 use crate::auth::{User, bearer};
+use crate::catalog::{Catalog, Refused};
 use crate::error::RestError;
 use crate::output;
 use crate::query;
@@ -163,7 +164,11 @@ impl Core {
                     json!([]),
                 ));
             }
-            let out = self.administer(op, &envelope).await?;
+            let out = if is_schema_change(op) {
+                self.change_schema(op, &envelope).await?
+            } else {
+                self.administer(op, &envelope).await?
+            };
             let buf = serde_json::to_vec(&out).unwrap_or_default();
             reply.send(200, Some(MediaType::Json), &[], &buf);
             return Ok(());
@@ -195,13 +200,21 @@ impl Core {
             "describe_database" => {
                 let database = database_of(&envelope);
                 let tables = self.tables_of(Some(database), &user);
-                if tables.is_empty() {
+                let visible = !tables.is_empty()
+                    || (user.super_user && self.shared.catalog.databases().contains(database));
+                if !visible {
                     return Err(fail(404, format!("database '{database}' does not exist")));
                 }
                 self.describe_all(tables).await?.into()
             }
             "describe_all" => {
                 let mut by_db: Vec<(String, Value)> = Vec::new();
+                if user.super_user {
+                    // Empty databases too.
+                    for db in self.shared.catalog.databases() {
+                        by_db.push((db, Value::Object(Vec::new())));
+                    }
+                }
                 for table in self.tables_of(None, &user) {
                     let d = self.describe(&table).await?;
                     match by_db.iter_mut().find(|(db, _)| *db == table.database) {
@@ -309,15 +322,8 @@ impl Core {
 
     /// The tables of `database` (or all) that `user` may see, in name order.
     fn tables_of(&self, database: Option<&str>, user: &User) -> Vec<Arc<Table>> {
-        let mut tables: Vec<Arc<Table>> = self
-            .shared
-            .types
-            .values()
-            .filter(|t| database.is_none_or(|d| t.database == d))
-            .filter(|t| user.permission.table(&t.database, &t.name).is_some())
-            .cloned()
-            .collect();
-        tables.sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
+        let mut tables = self.shared.catalog.tables(database);
+        tables.retain(|t| user.permission.table(&t.database, &t.name).is_some());
         tables
     }
 
@@ -359,10 +365,8 @@ impl Core {
         let missing = format!("Table '{database}.{name}' does not exist");
         let table = self
             .shared
-            .types
-            .values()
-            .find(|t| t.name == *name && t.database == database)
-            .cloned()
+            .catalog
+            .table(database, name)
             .ok_or_else(|| bad(missing.clone()))?;
         let Some(perm) = user.permission.table(database, name) else {
             return Err(forbidden(json!([]), json!([missing])));
@@ -393,8 +397,9 @@ impl Core {
         let permission: Option<Json> = env.get("permission").map(crate::output::json_value);
         let tables: Vec<(String, String)> = self
             .shared
-            .types
-            .values()
+            .catalog
+            .tables(None)
+            .iter()
             .map(|t| (t.database.clone(), t.name.clone()))
             .collect();
         let exists = move |d: &str, t: &str| tables.iter().any(|(a, b)| a == d && b == t);
@@ -452,7 +457,7 @@ impl Core {
             Write::Update => &[Action::Update],
             Write::Upsert => &[Action::Insert, Action::Update],
         };
-        let (table, restricted) = self.op_table(env, user, actions)?;
+        let (mut table, restricted) = self.op_table(env, user, actions)?;
         // The records are moved out of the envelope, not copied.
         let records = match take_property(env, "records") {
             None => return Err(bad("'records' is required")),
@@ -461,6 +466,9 @@ impl Core {
         };
         if records.len() > MAX_RECORDS {
             return Err(bad(format!("at most {MAX_RECORDS} records per operation")));
+        }
+        if !table.schema_defined {
+            table = self.with_attributes_of(table, &records).await?;
         }
         let pk_name = table.primary_key().name.clone();
         let mut ops = Vec::with_capacity(records.len());
@@ -561,6 +569,188 @@ impl Core {
                 s("upserted_hashes", Value::Array(done)),
             ],
         }))
+    }
+
+    /// A dynamic table with an attribute for every top-level property of `records` (added,
+    /// indexed, before any record holding it is written).
+    async fn with_attributes_of(
+        &self,
+        table: Arc<Table>,
+        records: &[Value],
+    ) -> Result<Arc<Table>, OpsError> {
+        let mut new: Vec<String> = Vec::new();
+        for r in records {
+            if let Value::Object(props) = r {
+                for (k, _) in props {
+                    if table.attribute(k).is_none() && !new.contains(k) {
+                        check_name("attribute", k)?;
+                        new.push(k.clone());
+                    }
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(table);
+        }
+        self.in_catalog(move |c| c.add_attributes(&table.database, &table.name, &new))
+            .await
+    }
+
+    /// Runs a schema change off the executor (it waits for the layout's lock and fsync).
+    async fn in_catalog<R: Send + 'static>(
+        &self,
+        change: impl FnOnce(&Catalog) -> Result<R, Refused> + Send + 'static,
+    ) -> Result<R, OpsError> {
+        let shared = self.shared.clone();
+        glommio::executor()
+            .spawn_blocking(move || change(&shared.catalog))
+            .await
+            .map_err(|Refused(status, message)| fail(status, message))
+    }
+
+    /// The schema operations (super users only): `create_database`, `drop_database`,
+    /// `create_table`, `drop_table`, `create_attribute` and `drop_attribute`. Dropping removes
+    /// the records (or the attribute's values) from every shard before it answers.
+    async fn change_schema(&self, op: &str, env: &Value) -> Result<Json, OpsError> {
+        let database = database_of(env).to_owned();
+        let name = |key: &str| -> Result<String, OpsError> {
+            match env.get(key) {
+                Some(Value::String(s)) => {
+                    check_name(key, s)?;
+                    Ok(s.clone())
+                }
+                Some(_) => Err(bad(format!("'{key}' must be a string"))),
+                None => Err(bad(format!("'{key}' is required"))),
+            }
+        };
+        check_name("database", &database)?;
+        if database == "system" {
+            return Err(bad("database 'system' is reserved"));
+        }
+        let (message, dropped) = match op {
+            "create_database" => {
+                let db = database.clone();
+                self.in_catalog(move |c| c.create_database(&db).map(|_| Dropped::None))
+                    .await?;
+                (
+                    format!("database '{database}' successfully created"),
+                    Dropped::None,
+                )
+            }
+            "drop_database" => {
+                let db = database.clone();
+                let dropped = self
+                    .in_catalog(move |c| c.drop_database(&db).map(Dropped::Tables))
+                    .await?;
+                (format!("successfully deleted '{database}'"), dropped)
+            }
+            "create_table" => {
+                let table = name("table")?;
+                let pk = name("primary_key").or_else(|e| match env.get("hash_attribute") {
+                    Some(_) => name("hash_attribute"),
+                    None => Err(e),
+                })?;
+                let attributes = match env.get("attributes") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(list)) => list
+                        .iter()
+                        .map(|a| match a {
+                            Value::String(s) => Some(s.clone()),
+                            a => match a.get("name").or_else(|| a.get("attribute")) {
+                                Some(Value::String(s)) => Some(s.clone()),
+                                _ => None,
+                            },
+                        })
+                        .collect::<Option<Vec<String>>>()
+                        .ok_or_else(|| bad("'attributes' must list attribute names"))?,
+                    Some(_) => return Err(bad("'attributes' must be an array")),
+                };
+                for a in &attributes {
+                    check_name("attribute", a)?;
+                }
+                let (db, t) = (database.clone(), table.clone());
+                self.in_catalog(move |c| {
+                    c.create_table(&db, &t, &pk, &attributes)
+                        .map(|_| Dropped::None)
+                })
+                .await?;
+                (
+                    format!("table '{database}.{table}' successfully created."),
+                    Dropped::None,
+                )
+            }
+            "drop_table" => {
+                let table = name("table")?;
+                let (db, t) = (database.clone(), table.clone());
+                let dropped = self
+                    .in_catalog(move |c| c.drop_table(&db, &t).map(|t| Dropped::Tables(vec![t])))
+                    .await?;
+                (
+                    format!("successfully deleted table '{database}.{table}'"),
+                    dropped,
+                )
+            }
+            "create_attribute" => {
+                let (table, attribute) = (name("table")?, name("attribute")?);
+                let (db, t, a) = (database.clone(), table.clone(), attribute.clone());
+                self.in_catalog(move |c| c.create_attribute(&db, &t, &a).map(|_| Dropped::None))
+                    .await?;
+                (
+                    format!("attribute '{database}.{table}.{attribute}' successfully created."),
+                    Dropped::None,
+                )
+            }
+            "drop_attribute" => {
+                let (table, attribute) = (name("table")?, name("attribute")?);
+                let (db, t, a) = (database.clone(), table.clone(), attribute.clone());
+                let dropped = self
+                    .in_catalog(move |c| {
+                        c.drop_attribute(&db, &t, &a)
+                            .map(|(table, id)| Dropped::Attribute(table, a, id))
+                    })
+                    .await?;
+                (
+                    format!("successfully deleted attribute '{attribute}'"),
+                    dropped,
+                )
+            }
+            other => return Err(bad(format!("Operation '{other}' not found"))),
+        };
+        // The catalog no longer names what was dropped; now its data goes.
+        match dropped {
+            Dropped::None => {}
+            Dropped::Tables(tables) => {
+                // No write can reach a table the catalog has forgotten, so its records are
+                // removed off the executor, shard by shard.
+                let shards = self.router.shard_set().clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        for t in &tables {
+                            for i in 0..shards.count() {
+                                if let Some(store) = shards.store(i) {
+                                    store.drop_table(t.id)?;
+                                }
+                            }
+                        }
+                        Ok::<_, tessera_storage::shard::StoreError>(())
+                    })
+                    .await
+                    .map_err(RestError::from)?;
+            }
+            Dropped::Attribute(table, attribute, id) => {
+                // On each shard's own core, so that a single-shard write still in flight with
+                // the old table is applied wholly before or after the rewrite.
+                let runs = self
+                    .router
+                    .on_all_shards(move |s| s.drop_attribute(&table, &attribute, id))
+                    .await
+                    .map_err(RestError::from)?;
+                for r in runs {
+                    r.map_err(RestError::from)?;
+                }
+            }
+        }
+        Ok(json!({ "message": message }))
     }
 
     /// The ids of a `delete` or `search_by_id` (`ids`, old name `hash_values`).
@@ -753,9 +943,50 @@ pub(crate) fn resource_query(query: &Value) -> Result<Query, RestError> {
     })
 }
 
+/// What a schema change dropped, whose data must then be removed from the shards.
+enum Dropped {
+    None,
+    Tables(Vec<Arc<Table>>),
+    /// The table as it was, the attribute and its id.
+    Attribute(Arc<Table>, String, u16),
+}
+
+/// Whether `op` changes databases, tables or attributes.
+fn is_schema_change(op: &str) -> bool {
+    matches!(
+        op,
+        "create_database"
+            | "drop_database"
+            | "create_table"
+            | "drop_table"
+            | "create_attribute"
+            | "drop_attribute"
+    )
+}
+
+/// Refuses a database, table or attribute name that could not be told apart in the layout, in
+/// SQL's `database.table` or in a URL: empty, too long, or with `.`, `/` or control characters.
+fn check_name(what: &str, name: &str) -> Result<(), OpsError> {
+    if name.is_empty()
+        || name.len() > 250
+        || name.chars().any(|c| c == '.' || c == '/' || c.is_control())
+    {
+        return Err(bad(format!(
+            "'{what}' must be 1 to 250 characters without '.', '/' or control characters: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// The internal name of an operation only super users may run (HARPER-OPS.md section 7).
 fn super_user_only(op: &str) -> Option<&'static str> {
     Some(match op {
+        "create_database" => "createSchema",
+        "drop_database" => "dropSchema",
+        "create_table" => "createTable",
+        "drop_table" => "dropTable",
+        "create_attribute" => "createAttribute",
+        "drop_attribute" => "dropAttribute",
         "add_role" => "addRole",
         "alter_role" => "alterRole",
         "drop_role" => "dropRole",

@@ -74,6 +74,8 @@ pub struct Shared {
     pub counters: HashMap<u32, AtomicI64>,
     /// The application's WebAssembly resources.
     pub wasm: crate::wasm::WasmHost,
+    /// Every table the Operations API can name, dynamic ones included.
+    pub catalog: crate::catalog::Catalog,
 }
 
 /// One core's request handler.
@@ -256,11 +258,14 @@ impl Shared {
         match table.key_type() {
             Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
             _ => {
-                let counter = self
-                    .counters
-                    .get(&table.id)
-                    .ok_or_else(|| RestError::Internal("no key counter".into()))?;
-                let next = counter.fetch_add(1, Ordering::Relaxed);
+                let next = match self.counters.get(&table.id) {
+                    Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+                    None => self
+                        .catalog
+                        .counter(table.id)
+                        .ok_or_else(|| RestError::Internal("no key counter".into()))?
+                        .fetch_add(1, Ordering::Relaxed),
+                };
                 if table.key_type() == Scalar::Int && next > i32::MAX as i64 {
                     return Err(RestError::BadRequest(
                         "Auto-incremented Int primary keys are exhausted".into(),
@@ -280,9 +285,14 @@ impl Shared {
     /// Notes a numeric primary key written with an explicit value, so that [`Self::new_key`]
     /// never hands it out again.
     pub(crate) fn saw_key(&self, table: &Table, pk: &Value) {
-        if let (Value::Int(i), Some(counter)) = (pk, self.counters.get(&table.id)) {
-            counter.fetch_max(i.saturating_add(1), Ordering::Relaxed);
-        }
+        let Value::Int(i) = pk else { return };
+        match self.counters.get(&table.id) {
+            Some(counter) => counter.fetch_max(i.saturating_add(1), Ordering::Relaxed),
+            None => match self.catalog.counter(table.id) {
+                Some(counter) => counter.fetch_max(i.saturating_add(1), Ordering::Relaxed),
+                None => return,
+            },
+        };
     }
 }
 

@@ -165,6 +165,11 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             .reduce(f64::max)
     };
     let counters = initial_counters(&tables, max_key);
+    let catalog = crate::catalog::Catalog::new(layout, &tables, |t| {
+        initial_counters(&[Arc::new(t.clone())], max_key)
+            .remove(&t.id)
+            .map_or(1, |c| c.into_inner())
+    });
     let exports: HashMap<String, Arc<Table>> = tables
         .iter()
         .filter_map(|t| Some((t.export.clone()?, t.clone())))
@@ -201,6 +206,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         types,
         counters,
         wasm,
+        catalog,
     });
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let exec = ExecutorSettings {

@@ -3,13 +3,13 @@
 //!
 //! Kept in `<root>/data/layout.json`, replaced atomically (write, fsync, rename, fsync dir).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::Catalog;
+use crate::schema::{Catalog, Table};
 
 const FILE: &str = "layout.json";
 
@@ -20,6 +20,19 @@ struct TableLayout {
     attributes: BTreeMap<String, u16>,
     /// Attributes whose index is complete.
     indexed: Vec<String>,
+    /// The definition of a table made by `create_table` (none for a `schema.graphql` one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dynamic: Option<DynamicTable>,
+}
+
+/// What re-creates a dynamic table at start-up ([`Table::dynamic`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DynamicTable {
+    database: String,
+    table: String,
+    primary_key: String,
+    /// Its other attributes, in the order they appeared.
+    attributes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +41,9 @@ struct LayoutFile {
     shard_count: usize,
     next_table_id: u32,
     tables: BTreeMap<String, TableLayout>,
+    /// Databases made by `create_database` (they exist while empty).
+    #[serde(default)]
+    databases: BTreeSet<String>,
 }
 
 /// An index that a table declares but whose entries do not exist yet: it must be built from the
@@ -92,6 +108,7 @@ impl Layout {
                         shard_count: shard_count.max(1),
                         next_table_id: 1,
                         tables: BTreeMap::new(),
+                        databases: BTreeSet::new(),
                     },
                 };
                 layout.save()?;
@@ -112,62 +129,133 @@ impl Layout {
     pub fn assign(&mut self, catalog: &mut Catalog) -> Result<Vec<MissingIndex>, LayoutError> {
         let mut missing = Vec::new();
         for table in &mut catalog.tables {
-            let full = table.full_name();
-            let is_new = !self.file.tables.contains_key(&full);
-            if is_new {
-                let id = self.file.next_table_id;
-                self.file.next_table_id += 1;
-                self.file.tables.insert(
-                    full.clone(),
-                    TableLayout {
-                        id,
-                        ..Default::default()
-                    },
-                );
-            }
-            let Some(tl) = self.file.tables.get_mut(&full) else {
-                continue;
-            };
-            table.id = tl.id;
-            for a in &mut table.attributes {
-                let next = tl
-                    .attributes
-                    .values()
-                    .max()
-                    .map_or(Some(1), |m| m.checked_add(1));
-                let id = match tl.attributes.get(&a.name) {
-                    Some(id) => *id,
-                    None => {
-                        let id =
-                            next.ok_or_else(|| LayoutError::TooManyAttributes(full.clone()))?;
-                        tl.attributes.insert(a.name.clone(), id);
-                        id
-                    }
-                };
-                a.id = id;
-            }
-            let wanted: Vec<String> = table.indexed().map(|a| a.index_key()).collect();
-            for a in table.indexed() {
-                if !tl.indexed.contains(&a.index_key()) {
-                    if is_new {
-                        tl.indexed.push(a.index_key());
-                    } else {
-                        missing.push(MissingIndex {
-                            table: full.clone(),
-                            table_id: tl.id,
-                            attribute: a.name.clone(),
-                            attribute_id: a.id,
-                            key: a.index_key(),
-                        });
-                    }
-                }
-            }
-            // An index that is no longer declared is stale from now on: forget it, so that
-            // declaring it again rebuilds it.
-            tl.indexed.retain(|n| wanted.contains(n));
+            missing.extend(self.number(table, false)?);
         }
         self.save()?;
         Ok(missing)
+    }
+
+    /// Gives `table` and its attributes their ids, allocating new ones. Returns the indexes
+    /// that must be built: those of attributes newly indexed on a table that already existed,
+    /// unless `complete` says that no record can hold a value for them yet.
+    fn number(
+        &mut self,
+        table: &mut Table,
+        complete: bool,
+    ) -> Result<Vec<MissingIndex>, LayoutError> {
+        let full = table.full_name();
+        let is_new = !self.file.tables.contains_key(&full);
+        let tl = match self.file.tables.entry(full.clone()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let id = self.file.next_table_id;
+                self.file.next_table_id += 1;
+                e.insert(TableLayout {
+                    id,
+                    ..Default::default()
+                })
+            }
+        };
+        table.id = tl.id;
+        for a in &mut table.attributes {
+            let next = tl
+                .attributes
+                .values()
+                .max()
+                .map_or(Some(1), |m| m.checked_add(1));
+            let id = match tl.attributes.get(&a.name) {
+                Some(id) => *id,
+                None => {
+                    let id = next.ok_or_else(|| LayoutError::TooManyAttributes(full.clone()))?;
+                    tl.attributes.insert(a.name.clone(), id);
+                    id
+                }
+            };
+            a.id = id;
+        }
+        let mut missing = Vec::new();
+        let wanted: Vec<String> = table.indexed().map(|a| a.index_key()).collect();
+        for a in table.indexed() {
+            if !tl.indexed.contains(&a.index_key()) {
+                if is_new || complete {
+                    tl.indexed.push(a.index_key());
+                } else {
+                    missing.push(MissingIndex {
+                        table: full.clone(),
+                        table_id: tl.id,
+                        attribute: a.name.clone(),
+                        attribute_id: a.id,
+                        key: a.index_key(),
+                    });
+                }
+            }
+        }
+        // An index that is no longer declared is stale from now on: forget it, so that
+        // declaring it again rebuilds it.
+        tl.indexed.retain(|n| wanted.contains(n));
+        if !table.schema_defined {
+            let pk = table.primary_key().name.clone();
+            tl.dynamic = Some(DynamicTable {
+                database: table.database.clone(),
+                table: table.name.clone(),
+                attributes: table
+                    .attributes
+                    .iter()
+                    .filter(|a| a.name != pk && !a.created_time && !a.updated_time)
+                    .map(|a| a.name.clone())
+                    .collect(),
+                primary_key: pk,
+            });
+        }
+        Ok(missing)
+    }
+
+    /// The tables made by `create_table`, with their ids.
+    pub fn dynamic_tables(&self) -> Vec<Table> {
+        let mut out = Vec::new();
+        for tl in self.file.tables.values() {
+            let Some(d) = &tl.dynamic else { continue };
+            let mut t = Table::dynamic(&d.database, &d.table, &d.primary_key, &d.attributes);
+            t.id = tl.id;
+            for a in &mut t.attributes {
+                a.id = tl.attributes.get(&a.name).copied().unwrap_or_default();
+            }
+            out.push(t);
+        }
+        out
+    }
+
+    /// Records a dynamic table, new or with attributes added or removed, and gives it and its
+    /// attributes their ids. Its attributes' indexes count as complete: a new table has no
+    /// records, and an attribute is added before any record holding it is written.
+    pub fn save_dynamic(&mut self, table: &mut Table) -> Result<(), LayoutError> {
+        self.file.databases.insert(table.database.clone());
+        self.number(table, true)?;
+        self.save()
+    }
+
+    /// Forgets a table: a table made again under its name gets a new id, so nothing left of
+    /// its records can reappear.
+    pub fn drop_table(&mut self, full_name: &str) -> Result<(), LayoutError> {
+        self.file.tables.remove(full_name);
+        self.save()
+    }
+
+    /// The databases made by `create_database` or `create_table`.
+    pub fn databases(&self) -> &BTreeSet<String> {
+        &self.file.databases
+    }
+
+    /// Records a database made by `create_database`.
+    pub fn create_database(&mut self, name: &str) -> Result<(), LayoutError> {
+        self.file.databases.insert(name.to_owned());
+        self.save()
+    }
+
+    /// Forgets a database (its tables are dropped with [`Self::drop_table`]).
+    pub fn drop_database(&mut self, name: &str) -> Result<(), LayoutError> {
+        self.file.databases.remove(name);
+        self.save()
     }
 
     /// Records that `index` has been built on every shard.

@@ -113,6 +113,34 @@ pub struct Attribute {
 }
 
 impl Attribute {
+    /// An attribute of type `ty` with no directives.
+    pub fn new(name: &str, ty: FieldType) -> Attribute {
+        Attribute {
+            name: name.to_owned(),
+            ty,
+            required: false,
+            primary_key: false,
+            indexed: false,
+            created_time: false,
+            updated_time: false,
+            hidden: false,
+            relationship: None,
+            computed: None,
+            expr: None,
+            computed_version: None,
+            id: 0,
+            line: 0,
+        }
+    }
+
+    /// An untyped, indexed attribute of a dynamic table.
+    pub fn dynamic(name: &str) -> Attribute {
+        Attribute {
+            indexed: true,
+            ..Attribute::new(name, FieldType::Scalar(Scalar::Any))
+        }
+    }
+
     /// Whether the attribute is part of the stored record (not a relationship or computed).
     pub fn is_stored(&self) -> bool {
         self.relationship.is_none() && self.computed.is_none()
@@ -147,6 +175,9 @@ pub struct Table {
     /// The URL segment when exported (`@export` or `@export(name:)`).
     pub export: Option<String>,
     pub sealed: bool,
+    /// Declared in `schema.graphql`; false for a table made by `create_table`, whose attributes
+    /// grow as records arrive (HARPER-OPS.md section 2).
+    pub schema_defined: bool,
     /// `@table(expiration:)` in seconds.
     pub expiration: Option<f64>,
     /// `@table(eviction:)`: seconds after expiration before a record is physically removed.
@@ -160,7 +191,52 @@ pub struct Table {
     pub types: Arc<HashMap<String, ObjectType>>,
 }
 
+/// The attribute every record of a dynamic table gets when it is created.
+pub const CREATED_TIME: &str = "__createdtime__";
+/// The attribute every record of a dynamic table gets when it is written.
+pub const UPDATED_TIME: &str = "__updatedtime__";
+
 impl Table {
+    /// A table made by the Operations API's `create_table` (HARPER-OPS.md section 2): an
+    /// untyped primary key, `__createdtime__` and `__updatedtime__`, and `attributes`, every one
+    /// untyped and indexed. Ids are 0 until the layout assigns them.
+    pub fn dynamic(database: &str, name: &str, primary_key: &str, attributes: &[String]) -> Table {
+        let mut all = vec![
+            Attribute {
+                primary_key: true,
+                ..Attribute::new(primary_key, FieldType::Scalar(Scalar::Any))
+            },
+            Attribute {
+                created_time: true,
+                ..Attribute::dynamic(CREATED_TIME)
+            },
+            Attribute {
+                updated_time: true,
+                ..Attribute::dynamic(UPDATED_TIME)
+            },
+        ];
+        for a in attributes {
+            if all.iter().all(|b| b.name != *a) {
+                all.push(Attribute::dynamic(a));
+            }
+        }
+        Table {
+            id: 0,
+            type_name: format!("{database}.{name}"),
+            name: name.to_owned(),
+            database: database.to_owned(),
+            export: None,
+            sealed: false,
+            schema_defined: false,
+            expiration: None,
+            eviction: 0.0,
+            scan_interval: None,
+            attributes: all,
+            primary_key: 0,
+            types: Arc::default(),
+        }
+    }
+
     /// The table with id `id` and its attributes numbered from 1 in declaration order: the ids
     /// a fresh layout would give it, for tools and tests that run without one.
     pub fn numbered(mut self, id: u32) -> Table {
@@ -285,8 +361,8 @@ impl Table {
 }
 
 impl Table {
-    /// The Operations API's `describe_table` object (HARPER-OPS.md section 2) of a
-    /// schema-defined table holding `record_count` records.
+    /// The Operations API's `describe_table` object (HARPER-OPS.md section 2) of a table holding
+    /// `record_count` records.
     pub fn describe_operation(&self, record_count: u64) -> Value {
         let s = |k: &str, v: Value| (k.to_owned(), v);
         let attrs = self
@@ -298,9 +374,13 @@ impl Table {
                 if a.primary_key {
                     o.push(s("is_primary_key", Value::Bool(true)));
                 }
-                o.push(s("type", Value::String(describe_type(&a.ty))));
-                if a.indexed {
-                    o.push(s("indexed", Value::Object(vec![])));
+                if self.schema_defined {
+                    o.push(s("type", Value::String(describe_type(&a.ty))));
+                    if a.indexed {
+                        o.push(s("indexed", Value::Object(vec![])));
+                    }
+                } else if a.indexed {
+                    o.push(s("indexed", Value::Bool(true)));
                 }
                 Value::Object(o)
             })
@@ -313,7 +393,7 @@ impl Table {
                 Value::String(self.primary_key().name.clone()),
             ),
             s("audit", Value::Bool(true)),
-            s("schema_defined", Value::Bool(true)),
+            s("schema_defined", Value::Bool(self.schema_defined)),
             s("attributes", Value::Array(attrs)),
             s("sources", Value::Array(vec![])),
             s("record_count", Value::Int(record_count as i64)),
@@ -467,6 +547,7 @@ impl Catalog {
                 database: "data".to_owned(),
                 export: None,
                 sealed: false,
+                schema_defined: true,
                 expiration: None,
                 eviction: 0.0,
                 scan_interval: None,
@@ -661,20 +742,9 @@ fn attribute(
     let (ty, required) = field_type(&f.field_type, type_names)
         .map_err(|m| (f.position, format!("{m} in field {}", f.name)))?;
     let mut a = Attribute {
-        name: f.name.clone(),
-        ty,
         required,
-        primary_key: false,
-        indexed: false,
-        created_time: false,
-        updated_time: false,
-        hidden: false,
-        relationship: None,
-        computed: None,
-        expr: None,
-        computed_version: None,
-        id: 0,
         line: f.position.line,
+        ..Attribute::new(&f.name, ty)
     };
     for d in &f.directives {
         match d.name.as_str() {

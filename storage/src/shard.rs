@@ -677,6 +677,61 @@ impl ShardStore {
         self.persist(Durability::Durable)?;
         Ok(n)
     }
+
+    /// Removes every record and index entry of table `table_id` on this shard (after
+    /// `drop_table`), durably. Returns how many records went.
+    pub fn drop_table(&self, table_id: u32) -> Result<usize, StoreError> {
+        let prefix = table_prefix(table_id);
+        let mut batch = self.db.batch();
+        let mut n = 0;
+        for kv in self.records.prefix(prefix) {
+            batch.remove(&self.records, kv.key()?);
+            n += 1;
+        }
+        for kv in self.index.prefix(prefix) {
+            batch.remove(&self.index, kv.key()?);
+        }
+        batch.commit()?;
+        self.persist(Durability::Durable)?;
+        Ok(n)
+    }
+
+    /// Removes attribute `name` (id `attribute_id`) from every record of `table` on this shard,
+    /// and its index entries, durably (after `drop_attribute`). Records keep their version.
+    /// Returns how many records changed.
+    pub fn drop_attribute(
+        &self,
+        table: &Table,
+        name: &str,
+        attribute_id: u16,
+    ) -> Result<usize, StoreError> {
+        let mut batch = self.db.batch();
+        for old in self.index.prefix(index_prefix(table.id, attribute_id)) {
+            batch.remove(&self.index, old.key()?);
+        }
+        let mut n = 0;
+        for kv in self.scan(&table_prefix(table.id)) {
+            let (k, v) = kv?;
+            let r = RecordRef::parse(&v).ok_or_else(|| StoreError::Corrupt(format!("{k:?}")))?;
+            let mut rec = value::from_msgpack(r.body)?;
+            let Value::Object(props) = &mut rec else {
+                continue;
+            };
+            let before = props.len();
+            props.retain(|(p, _)| p != name);
+            if props.len() != before {
+                batch.insert(
+                    &self.records,
+                    k,
+                    record::encode_value(r.version, r.expires_at, &rec),
+                );
+                n += 1;
+            }
+        }
+        batch.commit()?;
+        self.persist(Durability::Durable)?;
+        Ok(n)
+    }
 }
 
 /// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
