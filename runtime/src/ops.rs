@@ -29,6 +29,8 @@ use crate::roles::{Action, TablePermission};
 use crate::tokens::{Kind, TokenError};
 use tessera_protocol::MediaType;
 
+mod sql;
+
 /// Most records one operation may carry.
 const MAX_RECORDS: usize = 100_000;
 
@@ -80,6 +82,17 @@ enum Write {
     Insert,
     Update,
     Upsert,
+}
+
+impl Write {
+    /// The table permissions a write needs.
+    fn actions(self) -> &'static [Action] {
+        match self {
+            Write::Insert => &[Action::Insert],
+            Write::Update => &[Action::Update],
+            Write::Upsert => &[Action::Insert, Action::Update],
+        }
+    }
 }
 
 impl Core {
@@ -187,6 +200,7 @@ impl Core {
                 .await?
                 .into(),
             "delete" => self.delete(&envelope, &user).await?.into(),
+            "sql" => self.sql(&envelope, &user).await?.into(),
             "search_by_id" => self.search_by_id(&envelope, &user).await?.into(),
             "search_by_value" => self.search_by_value(&envelope, &user).await?.into(),
             "search_by_conditions" => self.search_by_conditions(&envelope, &user).await?.into(),
@@ -361,7 +375,17 @@ impl Core {
         let Some(Value::String(name)) = env.get("table") else {
             return Err(bad("'table' is required"));
         };
-        let database = database_of(env);
+        self.table_for(database_of(env), name, user, actions)
+    }
+
+    /// [`Self::op_table`] of a table named by its database and name.
+    fn table_for<'u>(
+        &self,
+        database: &str,
+        name: &str,
+        user: &'u User,
+        actions: &[Action],
+    ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
         let missing = format!("Table '{database}.{name}' does not exist");
         let table = self
             .shared
@@ -452,18 +476,26 @@ impl Core {
     }
 
     async fn write(&self, env: &mut Value, kind: Write, user: &User) -> Result<Value, OpsError> {
-        let actions: &[Action] = match kind {
-            Write::Insert => &[Action::Insert],
-            Write::Update => &[Action::Update],
-            Write::Upsert => &[Action::Insert, Action::Update],
-        };
-        let (mut table, restricted) = self.op_table(env, user, actions)?;
+        let actions = kind.actions();
+        let (table, restricted) = self.op_table(env, user, actions)?;
         // The records are moved out of the envelope, not copied.
         let records = match take_property(env, "records") {
             None => return Err(bad("'records' is required")),
             Some(Value::Array(r)) => r,
             Some(_) => return Err(bad("'records' must be an array")),
         };
+        self.write_records(table, restricted, records, kind).await
+    }
+
+    /// Writes `records` to `table` as one transaction, as `kind` says, and reports what it did.
+    async fn write_records(
+        &self,
+        mut table: Arc<Table>,
+        restricted: Option<&TablePermission>,
+        records: Vec<Value>,
+        kind: Write,
+    ) -> Result<Value, OpsError> {
+        let actions = kind.actions();
         if records.len() > MAX_RECORDS {
             return Err(bad(format!("at most {MAX_RECORDS} records per operation")));
         }
@@ -765,7 +797,11 @@ impl Core {
 
     async fn delete(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let (table, _) = self.op_table(env, user, &[Action::Delete])?;
-        let ids = Self::op_ids(env)?;
+        self.delete_ids(&table, Self::op_ids(env)?).await
+    }
+
+    /// Deletes the records of `ids` as one transaction (ids that do not exist count as deleted).
+    async fn delete_ids(&self, table: &Arc<Table>, ids: Vec<Value>) -> Result<Value, OpsError> {
         let mut ops = Vec::with_capacity(ids.len());
         for id in &ids {
             let key = record_key(table.id, id).map_err(|e| bad(format!("Invalid id: {e}")))?;

@@ -167,7 +167,7 @@ fn walked<'t>(table: &'t Table, lo: &[u8], prefix_len: usize) -> Option<&'t str>
         .map(|a| a.name.as_str())
 }
 
-fn is_indexed(table: &Table, name: &str) -> bool {
+pub(crate) fn is_indexed(table: &Table, name: &str) -> bool {
     table.indexed().any(|a| a.name == name)
 }
 

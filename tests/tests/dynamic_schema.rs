@@ -120,6 +120,17 @@ fn tables_made_by_operations_grow_their_attributes_and_survive_a_restart() {
     );
     assert_eq!(after[0]["color"], "red");
 
+    // SQL writes grow the table too, and see the timestamps.
+    let (st, _) = c.operation(
+        &json!({"operation": "sql", "sql": "INSERT INTO dev.dog (id, size) VALUES (10, 'big')"}),
+    );
+    assert_eq!(st, 200);
+    let (_, rows) = c
+        .operation(&json!({"operation": "sql", "sql": "SELECT * FROM dev.dog WHERE size = 'big'"}));
+    assert_eq!(rows[0]["id"], 10, "{rows}");
+    assert!(rows[0]["__createdtime__"].is_number(), "{rows}");
+    c.operation(&json!({"operation": "sql", "sql": "DELETE FROM dev.dog WHERE id = 10"}));
+
     let attr = |op: &str, a: &str| json!({"operation": op, "database": "dev", "table": "dog", "attribute": a});
     let (st, body) = c.operation(&attr("create_attribute", "weight"));
     assert_eq!(
@@ -179,6 +190,7 @@ fn tables_made_by_operations_grow_their_attributes_and_survive_a_restart() {
             "__updatedtime__",
             "name",
             "age",
+            "size",
             "weight"
         ]
     );

@@ -1,0 +1,247 @@
+//! `{"operation":"sql"}` through the real binary (HARPER-OPS.md section 4): SELECT with WHERE,
+//! ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY and joins; INSERT, UPDATE and DELETE with the
+//! data operations' messages; 400 with the position for bad SQL; role checks.
+
+use serde_json::{Value, json};
+use tessera_tests::{Client, Server};
+
+const SCHEMA: &str = "type Dog @table @export { id: Int @primaryKey name: String @indexed age: Int @indexed breed: String @indexed }
+type Breed @table @export { id: String @primaryKey label: String }";
+
+fn sql(c: &mut Client, text: &str) -> (u16, Value) {
+    c.operation(&json!({"operation": "sql", "sql": text}))
+}
+
+fn names(rows: &Value) -> Vec<&str> {
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not rows: {rows}"))
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("-"))
+        .collect()
+}
+
+fn loaded() -> (Server, tempfile::TempDir, tessera_tests::App, Client) {
+    let (s, app, root) = Server::with_schema(SCHEMA);
+    let mut c = s.ops();
+    let (st, body) = sql(
+        &mut c,
+        "INSERT INTO data.Dog (id, name, age, breed) VALUES (1, 'Penny', 5, 'lab'), (2, 'Harper', 2, 'pug'), (3, 'Bowie', 7, 'lab'), (4, 'Zed', NULL, 'mutt')",
+    );
+    assert_eq!(
+        (st, &body),
+        (
+            200,
+            &json!({"message": "inserted 4 of 4 records", "inserted_hashes": [1, 2, 3, 4], "skipped_hashes": []})
+        )
+    );
+    let (st, _) = sql(
+        &mut c,
+        "INSERT INTO Breed (id, label) VALUES ('lab', 'Labrador'), ('pug', 'Pug')",
+    );
+    assert_eq!(st, 200);
+    (s, root, app, c)
+}
+
+#[test]
+fn select_filters_sorts_limits_aggregates_and_joins() {
+    let (s, _root, _app, mut c) = loaded();
+
+    let (st, rows) = sql(
+        &mut c,
+        "SELECT * FROM data.Dog WHERE age > 3 ORDER BY age DESC",
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        rows,
+        json!([{"id": 3, "name": "Bowie", "age": 7, "breed": "lab"},
+                            {"id": 1, "name": "Penny", "age": 5, "breed": "lab"}])
+    );
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE name LIKE 'B%' OR age IN (2, 99) ORDER BY name",
+    );
+    assert_eq!(names(&rows), ["Bowie", "Harper"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE name LIKE '%e%' AND NOT_A_COLUMN = 1",
+    );
+    assert_eq!(rows, json!({"error": "unknown column NOT_A_COLUMN"}));
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE age BETWEEN 2 AND 5 ORDER BY name LIMIT 1 OFFSET 1",
+    );
+    assert_eq!(names(&rows), ["Penny"]);
+    let (_, rows) = sql(&mut c, "SELECT name FROM data.Dog WHERE age IS NULL");
+    assert_eq!(names(&rows), ["Zed"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE 3 < age ORDER BY name",
+    );
+    assert_eq!(names(&rows), ["Bowie", "Penny"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT d.name AS dog, d.age FROM data.Dog AS d WHERE d.id = 2",
+    );
+    assert_eq!(rows, json!([{"dog": "Harper", "age": 2}]));
+    // An unindexed sort without conditions is sorted in memory.
+    let (_, rows) = sql(&mut c, "SELECT label FROM data.Breed ORDER BY label DESC");
+    assert_eq!(rows, json!([{"label": "Pug"}, {"label": "Labrador"}]));
+
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT COUNT(*) AS n, MAX(age), MIN(age) AS youngest, AVG(age), SUM(age) FROM data.Dog",
+    );
+    assert_eq!(
+        rows,
+        json!([{"n": 4, "MAX(age)": 7, "youngest": 2, "AVG(age)": 14.0 / 3.0, "SUM(age)": 14}])
+    );
+    let (_, rows) = sql(&mut c, "SELECT COUNT(*) AS n FROM data.Dog WHERE age > 100");
+    assert_eq!(rows, json!([{"n": 0}]));
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT breed, COUNT(*) AS c FROM data.Dog GROUP BY breed ORDER BY c DESC, breed",
+    );
+    assert_eq!(
+        rows,
+        json!([{"breed": "lab", "c": 2}, {"breed": "mutt", "c": 1}, {"breed": "pug", "c": 1}])
+    );
+
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT d.name, b.label FROM data.Dog AS d JOIN data.Breed AS b ON d.breed = b.id ORDER BY d.name",
+    );
+    assert_eq!(
+        rows,
+        json!([{"name": "Bowie", "label": "Labrador"}, {"name": "Harper", "label": "Pug"},
+                            {"name": "Penny", "label": "Labrador"}])
+    );
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT d.name, b.label FROM data.Dog d LEFT JOIN data.Breed b ON b.id = d.breed WHERE d.age IS NULL",
+    );
+    assert_eq!(rows, json!([{"name": "Zed", "label": null}]));
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT b.label, COUNT(*) AS dogs FROM data.Dog d JOIN data.Breed b ON d.breed = b.id WHERE b.label = 'Labrador' GROUP BY b.label",
+    );
+    assert_eq!(rows, json!([{"label": "Labrador", "dogs": 2}]));
+
+    // SQL and REST see the same data.
+    let (st, body) = sql(
+        &mut c,
+        "UPDATE data.Dog SET age = 3, name = 'Zeb' WHERE name = 'Zed'",
+    );
+    assert_eq!(
+        (st, &body),
+        (
+            200,
+            &json!({"message": "updated 1 of 1 records", "update_hashes": [4], "skipped_hashes": []})
+        )
+    );
+    assert_eq!(s.client().get("/Dog/4").json()["name"], "Zeb");
+    let (_, body) = sql(&mut c, "UPDATE data.Dog SET age = 1 WHERE id = 99");
+    assert_eq!(
+        body,
+        json!({"message": "updated 0 of 0 records", "update_hashes": [], "skipped_hashes": []})
+    );
+    // An INSERT of an existing key is skipped.
+    let (_, body) = sql(
+        &mut c,
+        "INSERT INTO data.Dog (id, name) VALUES (4, 'Other'), (5, 'Nova')",
+    );
+    assert_eq!(
+        body,
+        json!({"message": "inserted 1 of 2 records", "inserted_hashes": [5], "skipped_hashes": [4]})
+    );
+    let (st, body) = sql(&mut c, "DELETE FROM data.Dog WHERE id = 4");
+    assert_eq!(
+        (st, &body),
+        (
+            200,
+            &json!({"message": "1 of 1 record successfully deleted", "deleted_hashes": [4], "skipped_hashes": []})
+        )
+    );
+    assert_eq!(s.client().get("/Dog/4").status, 404);
+    let (_, body) = sql(&mut c, "DELETE FROM data.Dog WHERE id = 4");
+    assert_eq!(body["message"], "0 of 0 records successfully deleted");
+    // Types are checked as for any write.
+    let (st, _) = sql(&mut c, "INSERT INTO data.Dog (id, age) VALUES (9, 'old')");
+    assert_eq!(st, 400);
+}
+
+#[test]
+fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
+    let (s, _root, _app, mut c) = loaded();
+    let (st, body) = sql(&mut c, "SELECT * FROM data.Dog WHERE");
+    assert_eq!(st, 400, "{body}");
+    let e = body["error"].as_str().unwrap();
+    assert!(e.starts_with("Invalid SQL at: "), "{e}");
+    assert!(e.contains("Line: 1, Column: 29"), "{e}");
+    let (st, body) = sql(&mut c, "SELEC name FROM data.Dog");
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid SQL at: SELEC name"),
+        "{body}"
+    );
+    for (text, status) in [
+        ("SELECT * FROM data.Nope", 404),
+        ("SELECT * FROM nodb.Dog", 404),
+        ("SELECT nosuch FROM data.Dog", 404),
+        ("SELECT * FROM data.Dog WHERE name LIKE 'a_b%'", 400),
+        ("DROP TABLE data.Dog", 400),
+        ("SELECT * FROM data.Dog; SELECT * FROM data.Dog", 400),
+        ("SELECT * FROM data.Dog WHERE age = age", 400),
+        ("INSERT INTO data.Dog (id, name) VALUES (1)", 400),
+        ("SELECT * FROM data.Dog LIMIT -1", 400),
+    ] {
+        let (st, body) = sql(&mut c, text);
+        assert_eq!(st, status, "{text}: {body}");
+        assert!(body["error"].is_string(), "{text}: {body}");
+    }
+    let (st, body) = c.operation(&json!({"operation": "sql"}));
+    assert_eq!(
+        (st, &body),
+        (
+            400,
+            &json!({"error": "The 'sql' parameter is missing from the request body"})
+        )
+    );
+
+    // A reader: SELECT without its hidden attribute; writes refused; asking for it refused.
+    let perm = json!({"data": {"tables": {
+        "Dog": {"read": true, "insert": false, "update": false, "delete": false,
+                "attribute_permissions": [{"attribute_name": "name", "read": true, "insert": false, "update": false},
+                                          {"attribute_name": "age", "read": false, "insert": false, "update": false}]},
+        "Breed": {"read": false, "insert": false, "update": false, "delete": false}}}});
+    let (st, body) =
+        c.operation(&json!({"operation": "add_role", "role": "reader", "permission": perm}));
+    assert_eq!(st, 200, "{body}");
+    c.operation(
+        &json!({"operation": "add_user", "username": "rita", "password": "pw", "role": "reader"}),
+    );
+    let mut rita = s.ops().as_user("rita", "pw");
+    let (st, rows) = sql(&mut rita, "SELECT * FROM data.Dog WHERE id = 1");
+    assert_eq!((st, &rows), (200, &json!([{"id": 1, "name": "Penny"}])));
+    let (st, _) = sql(&mut rita, "SELECT age FROM data.Dog");
+    assert_eq!(st, 403);
+    let (st, _) = sql(&mut rita, "SELECT * FROM data.Dog WHERE age > 1");
+    assert_eq!(st, 403);
+    let (st, _) = sql(&mut rita, "SELECT * FROM data.Breed");
+    assert_eq!(st, 403);
+    for text in [
+        "INSERT INTO data.Dog (id, name) VALUES (7, 'x')",
+        "UPDATE data.Dog SET name = 'x' WHERE id = 1",
+        "DELETE FROM data.Dog WHERE id = 1",
+    ] {
+        let (st, body) = sql(&mut rita, text);
+        assert_eq!(st, 403, "{text}: {body}");
+    }
+    let (_, rows) = sql(&mut c, "SELECT name FROM data.Dog WHERE id = 1");
+    assert_eq!(names(&rows), ["Penny"]);
+    // No credentials at all: 401.
+    let (st, _) = sql(&mut s.ops().anonymous(), "SELECT * FROM data.Dog");
+    assert_eq!(st, 401);
+}
