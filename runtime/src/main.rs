@@ -37,6 +37,15 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // No transparent huge pages: mimalloc asks for them on its arenas and then returns freed
+    // memory in 64 KiB pieces, so every batch-sized allocation faults in and zeroes a whole
+    // 2 MiB page again. A/B on the 100,000-Dog upsert load (3 runs each): 48.7-53.8k records/s
+    // with huge pages, 60.3-62.6k without; GET by id unchanged (18-20 us of CPU per request).
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag of this process.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = config::Cli::parse();
     let result = match cli.command {
         config::Command::Run(args) => config::Settings::resolve(args).and_then(server::run),
