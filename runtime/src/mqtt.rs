@@ -5,6 +5,7 @@
 //! writer (the only one that writes to the socket, from a bounded outbox), and the deliverer
 //! (turns changes from the connection's inbox into PUBLISH packets).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,64 +243,91 @@ where
         let _ = wr.close().await;
     };
 
-    // The deliverer: changes for this connection's subscriptions become PUBLISH packets. It
-    // ends when the inbox closes, or hands the inbox back when the session is to be parked.
+    // The deliverer: changes for this connection's subscriptions become PUBLISH packets: first
+    // those a resumed session queued, then the inbox's. It ends when the inbox closes, or hands
+    // the inbox and what it has not sent back when the session is to be parked.
     let inbox = realtime::open_inbox(conn);
+    let (resumed_filters, backlog) = match resumed {
+        Some(r) => (Some(r.filters), r.queued),
+        None => (None, std::collections::VecDeque::new()),
+    };
     let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
     // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1
     // deliveries unacknowledged. While the client lags, its inbox fills and then drops.
     let receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     let inflight = Rc::new(glommio::sync::Semaphore::new(u64::from(receive_maximum)));
-    // The packet ids of those deliveries, so that other acknowledgements free nothing.
-    let unacked = Rc::new(std::cell::RefCell::new(
-        std::collections::HashSet::<u16>::new(),
-    ));
+    // Those deliveries by packet id, in sending order: acknowledgements free them, and a parked
+    // session delivers again the ones never acknowledged.
+    let unacked: Rc<RefCell<Unacked>> = Rc::default();
     let deliverer = {
         let out = out_tx.clone();
         let (inflight, unacked) = (inflight.clone(), unacked.clone());
+        let mut backlog = backlog;
         async move {
             let mut next_id: u16 = 0;
             let mut park_rx = park_rx.fuse();
             loop {
-                futures::select_biased! {
-                    _ = park_rx => return Some(inbox),
-                    d = inbox.recv().fuse() => {
-                        let (change, qos) = d?;
-                        let sent = if qos == QoS::AtMostOnce {
-                            // The same bytes for every QoS 0 subscriber: encoded once.
-                            let slot = usize::from(version == Version::V5);
-                            let frame = change.frames[slot].get_or_init(|| {
-                                let p = publish_for(core, &change, qos, false, &mut 0)?;
-                                let mut f = Vec::with_capacity(128);
-                                mqtt::encode(&p, version, &mut f);
-                                Some(f)
-                            });
-                            match frame {
-                                Some(f) => out.send_frame(f.clone()).await,
-                                None => continue,
-                            }
-                        } else {
-                            let Some(p) = publish_for(core, &change, qos, false, &mut next_id)
-                            else {
-                                continue;
-                            };
-                            if inflight.acquire(1).await.is_err() {
-                                return None;
-                            }
-                            if let Packet::Publish(Publish { packet_id: Some(id), .. }) = &p {
-                                unacked.borrow_mut().insert(*id);
-                            }
-                            out.send(p).await
+                let d = match backlog.pop_front() {
+                    Some(d) => d,
+                    None => futures::select_biased! {
+                        _ = park_rx => return Some((inbox, backlog)),
+                        d = inbox.recv().fuse() => d?,
+                    },
+                };
+                let (change, qos) = d.clone();
+                let deliver = async {
+                    if qos == QoS::AtMostOnce {
+                        // The same bytes for every QoS 0 subscriber: encoded once.
+                        let slot = usize::from(version == Version::V5);
+                        let frame = change.frames[slot].get_or_init(|| {
+                            let p = publish_for(core, &change, qos, false, &mut 0)?;
+                            let mut f = Vec::with_capacity(128);
+                            mqtt::encode(&p, version, &mut f);
+                            Some(f)
+                        });
+                        return match frame {
+                            Some(f) => out.send_frame(f.clone()).await,
+                            None => Ok(()),
                         };
-                        if sent.is_err() {
-                            return None;
-                        }
+                    }
+                    let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
+                        return Ok(());
+                    };
+                    inflight.acquire(1).await.map_err(drop)?;
+                    if let Packet::Publish(Publish {
+                        packet_id: Some(id),
+                        ..
+                    }) = &p
+                    {
+                        unacked.borrow_mut().sent(*id, d.clone());
+                    }
+                    out.send(p).await
+                };
+                // A session that parks keeps what this was delivering.
+                let sent = futures::select_biased! {
+                    _ = park_rx => None,
+                    r = deliver.fuse() => Some(r),
+                };
+                match sent {
+                    Some(Ok(())) => {}
+                    None => {
+                        backlog.push_front(d);
+                        return Some((inbox, backlog));
+                    }
+                    // The connection is gone: park if the session is kept.
+                    Some(Err(())) => {
+                        backlog.push_front(d);
+                        return match park_rx.await {
+                            Ok(()) => Some((inbox, backlog)),
+                            Err(_) => None,
+                        };
                     }
                 }
             }
         }
     };
 
+    let acks = unacked.clone();
     let reader = async move {
         let mut session = Session {
             core,
@@ -312,8 +340,8 @@ where
             filters: std::collections::HashMap::new(),
             aliases: std::collections::HashMap::new(),
         };
-        if let Some(r) = resumed {
-            session.resume(r).await;
+        if let Some(filters) = resumed_filters {
+            session.resume(filters).await;
         }
         let keep_alive = match connect.keep_alive {
             0 => Duration::from_secs(24 * 3600),
@@ -371,9 +399,9 @@ where
                     clean_end = true;
                     break;
                 }
-                // A delivery acknowledged: room for the next one (no redelivery yet).
+                // A delivery acknowledged: room for the next one.
                 Packet::PubAck(Ack { packet_id, .. }) | Packet::PubComp(Ack { packet_id, .. }) => {
-                    if unacked.borrow_mut().remove(&packet_id) {
+                    if acks.borrow_mut().acked(packet_id) {
                         inflight.signal(1);
                     }
                 }
@@ -414,13 +442,25 @@ where
     };
     let ((mut held, filters), (), parked_inbox) = futures::join!(reader, writer, deliverer);
     match parked_inbox {
-        Some(inbox) if keep => {
+        Some((inbox, backlog)) if keep => {
+            // Unacknowledged deliveries go again first, then what was never sent.
+            let mut queue = unacked.take().in_order();
+            for d in backlog {
+                sessions::push_bounded(&mut queue, d);
+            }
             let asked = sessions::park(&client_id, conn, filters);
             let expiry = (version == Version::V5 && expiry != u32::MAX)
                 .then(|| Duration::from_secs(u64::from(expiry)));
             let router = core.router.clone();
-            glommio::spawn_local(park(router, client_id, conn, inbox, held, asked, expiry))
-                .detach();
+            let parked = Parked {
+                router,
+                client_id,
+                conn,
+                inbox,
+                held,
+                queue,
+            };
+            glommio::spawn_local(parked.run(asked, expiry)).detach();
         }
         _ => {
             held.release(&core.router, conn, None).await;
@@ -430,49 +470,91 @@ where
     }
 }
 
-/// Holds a parked session on the core it ended on: keeps its subscriptions registered and
-/// queues its QoS 1 deliveries until a new connection takes them, or the session expires.
-async fn park(
+/// QoS 1 deliveries sent and not yet acknowledged, by packet id, with their sending order.
+#[derive(Default)]
+struct Unacked {
+    next: u64,
+    by_id: std::collections::HashMap<u16, (u64, realtime::Delivery)>,
+}
+
+impl Unacked {
+    fn sent(&mut self, id: u16, d: realtime::Delivery) {
+        self.next += 1;
+        self.by_id.insert(id, (self.next, d));
+    }
+
+    /// Whether `id` was an unacknowledged delivery (now acknowledged).
+    fn acked(&mut self, id: u16) -> bool {
+        self.by_id.remove(&id).is_some()
+    }
+
+    /// The unacknowledged deliveries in the order they were sent.
+    fn in_order(self) -> std::collections::VecDeque<realtime::Delivery> {
+        let mut all: Vec<_> = self.by_id.into_values().collect();
+        all.sort_by_key(|(n, _)| *n);
+        all.into_iter().map(|(_, d)| d).collect()
+    }
+}
+
+/// A session whose connection has ended and that is kept: its subscriptions and its queue.
+struct Parked {
     router: tessera_shards::Router,
     client_id: String,
     conn: u64,
     inbox: glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
-    mut held: Held,
-    asked: futures::channel::oneshot::Receiver<
-        futures::channel::oneshot::Sender<std::collections::VecDeque<realtime::Delivery>>,
-    >,
-    expiry: Option<Duration>,
-) {
-    let mut queue = std::collections::VecDeque::new();
-    let mut asked = asked.fuse();
-    let expired = async {
-        match expiry {
-            Some(d) => glommio::timer::sleep(d).await,
-            None => futures::future::pending::<()>().await,
-        }
-    }
-    .fuse();
-    futures::pin_mut!(expired);
-    loop {
-        futures::select_biased! {
-            reply = asked => {
-                held.release(&router, conn, None).await;
-                realtime::close_inbox(conn);
-                if let Ok(reply) = reply {
-                    let _ = reply.send(queue);
-                }
-                return;
+    held: Held,
+    /// Deliveries for the next connection: unacknowledged ones first.
+    queue: std::collections::VecDeque<realtime::Delivery>,
+}
+
+impl Parked {
+    /// Holds a parked session on the core it ended on: keeps its subscriptions registered and
+    /// queues its QoS 1 deliveries until a new connection takes them, or the session expires.
+    async fn run(
+        self,
+        asked: futures::channel::oneshot::Receiver<
+            futures::channel::oneshot::Sender<std::collections::VecDeque<realtime::Delivery>>,
+        >,
+        expiry: Option<Duration>,
+    ) {
+        let Parked {
+            router,
+            client_id,
+            conn,
+            inbox,
+            mut held,
+            mut queue,
+        } = self;
+        let mut asked = asked.fuse();
+        let expired = async {
+            match expiry {
+                Some(d) => glommio::timer::sleep(d).await,
+                None => futures::future::pending::<()>().await,
             }
-            d = inbox.recv().fuse() => match d {
-                Some(d) if d.1 != QoS::AtMostOnce => sessions::push_bounded(&mut queue, d),
-                Some(_) => {}
-                None => return,
-            },
-            () = expired => {
-                held.release(&router, conn, None).await;
-                realtime::close_inbox(conn);
-                sessions::expire(&client_id);
-                return;
+        }
+        .fuse();
+        futures::pin_mut!(expired);
+        loop {
+            futures::select_biased! {
+                reply = asked => {
+                    held.release(&router, conn, None).await;
+                    realtime::close_inbox(conn);
+                    if let Ok(reply) = reply {
+                        let _ = reply.send(queue);
+                    }
+                    return;
+                }
+                d = inbox.recv().fuse() => match d {
+                    Some(d) if d.1 != QoS::AtMostOnce => sessions::push_bounded(&mut queue, d),
+                    Some(_) => {}
+                    None => return,
+                },
+                () = expired => {
+                    held.release(&router, conn, None).await;
+                    realtime::close_inbox(conn);
+                    sessions::expire(&client_id);
+                    return;
+                }
             }
         }
     }
@@ -813,16 +895,11 @@ impl Session<'_> {
 
     /// Picks up a parked session: its filters are subscribed again (without the current
     /// records), then the changes queued while the client was away are sent.
-    async fn resume(&mut self, r: sessions::Resumed) {
-        for (filter, qos) in r.filters {
+    /// Subscribes a resumed session to its filters again (the deliverer sends what it queued).
+    async fn resume(&mut self, filters: Vec<(String, QoS)>) {
+        for (filter, qos) in filters {
             let mut ignored = Vec::new();
             let _ = self.add_subscription(&filter, qos, &mut ignored).await;
-        }
-        let mut next_id = 0x4000;
-        for (change, qos) in r.queued {
-            if let Some(p) = publish_for(self.core, &change, qos, false, &mut next_id) {
-                let _ = self.outbox.send(p).await;
-            }
         }
     }
 

@@ -1,8 +1,9 @@
 //! MQTT client ids across the process: one live connection per client id (a new CONNECT takes
 //! the id over and the old connection is closed), and persistent sessions (clean session 0, or
 //! MQTT 5 clean start 0 with a session expiry) that outlive their connection: their
-//! subscriptions stay registered, QoS 1 changes are queued while the client is away, and the
-//! next connection with the id gets both back (HARPER.md section 9). Sessions live in memory.
+//! subscriptions stay registered, QoS 1 changes are queued while the client is away (after the
+//! deliveries it never acknowledged, which go again), and the next connection with the id gets
+//! both back (HARPER.md section 9). Sessions live in memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

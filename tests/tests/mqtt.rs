@@ -391,6 +391,63 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
 }
 
 #[test]
+fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut rest = s.client();
+    for v in [Version::V311, Version::V5] {
+        let id = format!("redeliver-{v:?}");
+        let topic = format!("Sensor/r-{v:?}");
+        let path = format!("/{topic}");
+        let (mut c, _) = connect_session(&s, v, &id, false, None);
+        assert_eq!(c.subscribe(&[(topic.as_str(), QoS::AtLeastOnce)]), vec![1]);
+        for t in [1, 2, 3] {
+            let body = format!(r#"{{"temp":{t}}}"#);
+            assert_eq!(rest.put_json(&path, &body).status, 204);
+        }
+        // The first is acknowledged; the other two are not when the connection drops.
+        let first = c.next_publish(WAIT).expect("first delivery");
+        assert_eq!(json_of(&first.payload)["temp"], json!(1), "{v:?}");
+        c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+            first.packet_id.unwrap(),
+        )));
+        for want in [2, 3] {
+            let p = c.next_publish(WAIT).expect("unacknowledged delivery");
+            assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(rest.put_json(&path, r#"{"temp":4}"#).status, 204);
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(ack.session_present, "{v:?}");
+        // Delivered again, in order, before what came while away; the acknowledged one not.
+        for want in [2, 3, 4] {
+            let p = c.next_publish(WAIT).expect("redelivery");
+            assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+            c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+                p.packet_id.unwrap(),
+            )));
+        }
+        assert!(
+            c.next_publish(Duration::from_millis(300)).is_none(),
+            "{v:?}"
+        );
+        // Everything acknowledged: nothing comes again after another resume.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let (mut c, _) = connect_session(&s, v, &id, false, None);
+        assert!(
+            c.next_publish(Duration::from_millis(300)).is_none(),
+            "{v:?}"
+        );
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let (_c, _) = connect_session(&s, v, &id, true, None);
+    }
+}
+
+#[test]
 fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let properties = tessera_protocol::mqtt::Properties {
