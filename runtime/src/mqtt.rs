@@ -893,9 +893,8 @@ impl Session<'_> {
         Some(())
     }
 
-    /// Picks up a parked session: its filters are subscribed again (without the current
-    /// records), then the changes queued while the client was away are sent.
-    /// Subscribes a resumed session to its filters again (the deliverer sends what it queued).
+    /// Picks up a parked session: its filters are subscribed again, without the current
+    /// records (the deliverer sends what the session queued while the client was away).
     async fn resume(&mut self, filters: Vec<(String, QoS)>) {
         for (filter, qos) in filters {
             let mut ignored = Vec::new();
