@@ -1,9 +1,11 @@
 //! The Operations API (`../shared/HARPER-OPS.md`): `POST /` with `{"operation": ...}` on the
 //! operations port, answered in JSON, errors as `{"error": "..."}`.
 //!
-//! Served so far: the NoSQL data operations on the application's tables (`insert`, `update`,
-//! `upsert`, `delete`, `search_by_id`, `search_by_value`, `search_by_conditions`); the searches
-//! are planned onto the same indexes and shard walks as REST queries. A batch of records is one transaction: it commits on
+//! Served: the schema operations (`create_database`, `create_table`, `create_attribute` and
+//! their drops, on the shared [`Catalog`]), the `describe_*` operations, the NoSQL data operations
+//! (`insert`, `update`, `upsert`, `delete`, `search_by_id`, `search_by_value`,
+//! `search_by_conditions`), `sql` ([`sql`]), users, roles and tokens. Searches are planned onto
+//! the same indexes and shard walks as REST queries. A batch of records is one transaction: it commits on
 //! every shard it touches or on none ([`tessera_shards::Router::transact`]), and its reads see one
 //! consistent cut of the shards.
 
