@@ -492,7 +492,7 @@ impl Core {
     /// Writes `records` to `table` as one transaction, as `kind` says, and reports what it did.
     async fn write_records(
         &self,
-        mut table: Arc<Table>,
+        table: Arc<Table>,
         restricted: Option<&TablePermission>,
         records: Vec<Value>,
         kind: Write,
@@ -500,9 +500,6 @@ impl Core {
         let actions = kind.actions();
         if records.len() > MAX_RECORDS {
             return Err(bad(format!("at most {MAX_RECORDS} records per operation")));
-        }
-        if !table.schema_defined {
-            table = self.with_attributes_of(table, &records).await?;
         }
         let pk_name = table.primary_key().name.clone();
         let mut ops = Vec::with_capacity(records.len());
@@ -561,6 +558,15 @@ impl Core {
             });
             keys.push(pk);
         }
+        // Only a write that passed every check adds attributes to a dynamic table.
+        if !table.schema_defined {
+            let grown = self.with_attributes_of(table.clone(), &ops).await?;
+            if !Arc::ptr_eq(&grown, &table) {
+                for op in &mut ops {
+                    op.table = grown.clone();
+                }
+            }
+        }
         let n = ops.len();
         let outcomes = self.router.transact(ops).await.map_err(RestError::from)?;
         let (mut done, mut skipped) = (Vec::new(), Vec::new());
@@ -605,16 +611,19 @@ impl Core {
         }))
     }
 
-    /// A dynamic table with an attribute for every top-level property of `records` (added,
-    /// indexed, before any record holding it is written).
+    /// A dynamic table with an attribute for every top-level property the records of `ops`
+    /// write (added, indexed, before any record holding it is written).
     async fn with_attributes_of(
         &self,
         table: Arc<Table>,
-        records: &[Value],
+        ops: &[WriteOp],
     ) -> Result<Arc<Table>, OpsError> {
         let mut new: Vec<String> = Vec::new();
-        for r in records {
-            if let Value::Object(props) = r {
+        for op in ops {
+            if let WriteKind::Insert(Value::Object(props))
+            | WriteKind::Update(Value::Object(props))
+            | WriteKind::Patch(Value::Object(props)) = &op.kind
+            {
                 for (k, _) in props {
                     if table.attribute(k).is_none() && !new.contains(k) {
                         check_name("attribute", k)?;

@@ -297,6 +297,38 @@ fn schema_operations_are_for_super_users_and_roles_reach_dynamic_tables() {
         &json!({"operation": "insert", "database": "dev", "table": "dog", "records": [{"id": 2}]}),
     );
     assert_eq!(st, 403);
+    // A refused write adds no attribute: a writer of `name` only tries a new property.
+    let perm = json!({"dev": {"tables": {"dog": {"read": true, "insert": true, "update": true, "delete": false,
+        "attribute_permissions": [{"attribute_name": "id", "read": true, "insert": true, "update": true},
+                                  {"attribute_name": "name", "read": true, "insert": true, "update": true}]}}}});
+    admin.operation(&json!({"operation": "add_role", "role": "writer", "permission": perm}));
+    admin.operation(
+        &json!({"operation": "add_user", "username": "walt", "password": "pw", "role": "writer"}),
+    );
+    let mut walt = s.ops().as_user("walt", "pw");
+    let (st, body) = walt.operation(
+        &json!({"operation": "insert", "database": "dev", "table": "dog",
+        "records": [{"id": 5, "name": "Rex", "sneaky": 1}]}),
+    );
+    assert_eq!(st, 403, "{body}");
+    let (st, _) = walt.operation(
+        &json!({"operation": "insert", "database": "dev", "table": "dog",
+        "records": [{"id": 6, "name": "Ok"}]}),
+    );
+    assert_eq!(st, 200);
+    let (_, d) =
+        admin.operation(&json!({"operation": "describe_table", "database": "dev", "table": "dog"}));
+    let names: Vec<&str> = d["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attribute"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "__createdtime__", "__updatedtime__", "name", "secret"]
+    );
+
     // The table still exists only in dev.
     let (_, all) = rita.operation(&json!({"operation": "describe_all"}));
     assert!(all.get("data").is_none(), "{all}");
