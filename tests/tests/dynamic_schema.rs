@@ -12,6 +12,18 @@ fn message(body: &Value) -> &str {
     body["message"].as_str().unwrap_or_default()
 }
 
+/// The attribute names `describe_table` lists, in order.
+fn attribute_names(c: &mut tessera_tests::Client, database: &str, table: &str) -> Vec<String> {
+    let (_, d) =
+        c.operation(&json!({"operation": "describe_table", "database": database, "table": table}));
+    d["attributes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no attributes: {d}"))
+        .iter()
+        .map(|a| a["attribute"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[test]
 fn tables_made_by_operations_grow_their_attributes_and_survive_a_restart() {
     let app = App::new(SCHEMA);
@@ -174,16 +186,8 @@ fn tables_made_by_operations_grow_their_attributes_and_survive_a_restart() {
     s.terminate();
     let s = start.start();
     let mut c = s.ops();
-    let (_, d2) =
-        c.operation(&json!({"operation": "describe_table", "database": "dev", "table": "dog"}));
-    let names: Vec<&str> = d2["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["attribute"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        attribute_names(&mut c, "dev", "dog"),
         [
             "id",
             "__createdtime__",
@@ -316,16 +320,8 @@ fn schema_operations_are_for_super_users_and_roles_reach_dynamic_tables() {
         "records": [{"id": 6, "name": "Ok"}]}),
     );
     assert_eq!(st, 200);
-    let (_, d) =
-        admin.operation(&json!({"operation": "describe_table", "database": "dev", "table": "dog"}));
-    let names: Vec<&str> = d["attributes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["attribute"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        names,
+        attribute_names(&mut admin, "dev", "dog"),
         ["id", "__createdtime__", "__updatedtime__", "name", "secret"]
     );
 
