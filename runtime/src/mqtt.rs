@@ -264,14 +264,15 @@ where
         let (inflight, unacked) = (inflight.clone(), unacked.clone());
         let mut backlog = backlog;
         async move {
-            let mut next_id: u16 = 0;
+            // New packet ids follow those of the deliveries that go again.
+            let mut next_id: u16 = backlog.iter().filter_map(|(id, _)| *id).max().unwrap_or(0);
             let mut park_rx = park_rx.fuse();
             loop {
-                let d = match backlog.pop_front() {
-                    Some(d) => d,
+                let (again, d) = match backlog.pop_front() {
+                    Some(q) => q,
                     None => futures::select_biased! {
                         _ = park_rx => return Some((inbox, backlog)),
-                        d = inbox.recv().fuse() => d?,
+                        d = inbox.recv().fuse() => (None, d?),
                     },
                 };
                 let (change, qos) = d.clone();
@@ -290,9 +291,18 @@ where
                             None => Ok(()),
                         };
                     }
-                    let Some(p) = publish_for(core, &change, qos, false, &mut next_id) else {
+                    let mut id = again.unwrap_or(next_id);
+                    let Some(mut p) = publish_for(core, &change, qos, false, &mut id) else {
                         return Ok(());
                     };
+                    match (again, &mut p) {
+                        // Sent before and never acknowledged: its original id, with DUP.
+                        (Some(first), Packet::Publish(p)) => {
+                            p.packet_id = Some(first);
+                            p.dup = true;
+                        }
+                        _ => next_id = id,
+                    }
                     inflight.acquire(1).await.map_err(drop)?;
                     if let Packet::Publish(Publish {
                         packet_id: Some(id),
@@ -311,12 +321,12 @@ where
                 match sent {
                     Some(Ok(())) => {}
                     None => {
-                        backlog.push_front(d);
+                        backlog.push_front((again, d));
                         return Some((inbox, backlog));
                     }
                     // The connection is gone: park if the session is kept.
                     Some(Err(())) => {
-                        backlog.push_front(d);
+                        backlog.push_front((again, d));
                         return match park_rx.await {
                             Ok(()) => Some((inbox, backlog)),
                             Err(_) => None,
@@ -488,11 +498,11 @@ impl Unacked {
         self.by_id.remove(&id).is_some()
     }
 
-    /// The unacknowledged deliveries in the order they were sent.
-    fn in_order(self) -> std::collections::VecDeque<realtime::Delivery> {
-        let mut all: Vec<_> = self.by_id.into_values().collect();
-        all.sort_by_key(|(n, _)| *n);
-        all.into_iter().map(|(_, d)| d).collect()
+    /// The unacknowledged deliveries in the order they were sent, with their packet ids.
+    fn in_order(self) -> std::collections::VecDeque<sessions::Queued> {
+        let mut all: Vec<_> = self.by_id.into_iter().collect();
+        all.sort_by_key(|(_, (n, _))| *n);
+        all.into_iter().map(|(id, (_, d))| (Some(id), d)).collect()
     }
 }
 
@@ -504,7 +514,7 @@ struct Parked {
     inbox: glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
     held: Held,
     /// Deliveries for the next connection: unacknowledged ones first.
-    queue: std::collections::VecDeque<realtime::Delivery>,
+    queue: std::collections::VecDeque<sessions::Queued>,
 }
 
 impl Parked {
@@ -513,7 +523,7 @@ impl Parked {
     async fn run(
         self,
         asked: futures::channel::oneshot::Receiver<
-            futures::channel::oneshot::Sender<std::collections::VecDeque<realtime::Delivery>>,
+            futures::channel::oneshot::Sender<std::collections::VecDeque<sessions::Queued>>,
         >,
         expiry: Option<Duration>,
     ) {
@@ -545,7 +555,9 @@ impl Parked {
                     return;
                 }
                 d = inbox.recv().fuse() => match d {
-                    Some(d) if d.1 != QoS::AtMostOnce => sessions::push_bounded(&mut queue, d),
+                    Some(d) if d.1 != QoS::AtMostOnce => {
+                        sessions::push_bounded(&mut queue, (None, d))
+                    }
                     Some(_) => {}
                     None => return,
                 },

@@ -17,17 +17,21 @@ use crate::realtime::Delivery;
 /// Changes queued for an absent client before older ones are dropped.
 pub const PARKED_QUEUE: usize = 10_000;
 
+/// A delivery for a session, with the packet id it was first sent with when it goes again
+/// (never acknowledged): MQTT resends those with their original id and DUP set.
+pub type Queued = (Option<u16>, Delivery);
+
 /// What a resumed session gets back: its filters and the changes queued while it was away.
 pub struct Resumed {
     pub filters: Vec<(String, QoS)>,
-    pub queued: VecDeque<Delivery>,
+    pub queued: VecDeque<Queued>,
 }
 
 /// A session whose connection has ended: its parker holds the subscriptions and the queue.
 struct Parked {
     filters: Vec<(String, QoS)>,
     /// Asks the parker to stop and hand over what it queued.
-    take: oneshot::Sender<oneshot::Sender<VecDeque<Delivery>>>,
+    take: oneshot::Sender<oneshot::Sender<VecDeque<Queued>>>,
 }
 
 #[derive(Default)]
@@ -113,7 +117,7 @@ pub fn park(
     client_id: &str,
     conn: u64,
     filters: Vec<(String, QoS)>,
-) -> oneshot::Receiver<oneshot::Sender<VecDeque<Delivery>>> {
+) -> oneshot::Receiver<oneshot::Sender<VecDeque<Queued>>> {
     let (take, asked) = oneshot::channel();
     with(|m| {
         let e = m.entry(client_id.to_owned()).or_default();
@@ -138,7 +142,7 @@ pub fn expire(client_id: &str) {
 }
 
 /// A queue of deliveries bounded at [`PARKED_QUEUE`] (oldest dropped first).
-pub fn push_bounded(q: &mut VecDeque<Delivery>, d: Delivery) {
+pub fn push_bounded(q: &mut VecDeque<Queued>, d: Queued) {
     if q.len() == PARKED_QUEUE {
         q.pop_front();
     }

@@ -410,9 +410,12 @@ fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
         c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
             first.packet_id.unwrap(),
         )));
+        let mut first_ids = Vec::new();
         for want in [2, 3] {
             let p = c.next_publish(WAIT).expect("unacknowledged delivery");
             assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+            assert!(!p.dup);
+            first_ids.push(p.packet_id.unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
         drop(c);
@@ -420,10 +423,18 @@ fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
         assert_eq!(rest.put_json(&path, r#"{"temp":4}"#).status, 204);
         let (mut c, ack) = connect_session(&s, v, &id, false, None);
         assert!(ack.session_present, "{v:?}");
-        // Delivered again, in order, before what came while away; the acknowledged one not.
-        for want in [2, 3, 4] {
+        // Delivered again, in order, with their first packet ids and DUP, before what came
+        // while away (a new delivery); the acknowledged one not.
+        for (i, want) in [2, 3, 4].into_iter().enumerate() {
             let p = c.next_publish(WAIT).expect("redelivery");
             assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+            let again = i < 2;
+            assert_eq!(p.dup, again, "{v:?} {want}");
+            if again {
+                assert_eq!(p.packet_id, Some(first_ids[i]), "{v:?} {want}");
+            } else {
+                assert!(!first_ids.contains(&p.packet_id.unwrap()), "{v:?}");
+            }
             c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
                 p.packet_id.unwrap(),
             )));
