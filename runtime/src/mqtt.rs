@@ -303,15 +303,18 @@ where
                         }
                         _ => next_id = id,
                     }
+                    let sent_id = match &p {
+                        Packet::Publish(p) => p.packet_id,
+                        _ => None,
+                    };
                     inflight.acquire(1).await.map_err(drop)?;
-                    if let Packet::Publish(Publish {
-                        packet_id: Some(id),
-                        ..
-                    }) = &p
-                    {
-                        unacked.borrow_mut().sent(*id, d.clone());
+                    out.send(p).await?;
+                    // Recorded once queued for the writer (no await in between), so that a
+                    // delivery cut short by parking is kept once: in the backlog, not here.
+                    if let Some(id) = sent_id {
+                        unacked.borrow_mut().sent(id, d.clone());
                     }
-                    out.send(p).await
+                    Ok(())
                 };
                 // A session that parks keeps what this was delivering.
                 let sent = futures::select_biased! {
