@@ -58,6 +58,13 @@ impl State {
         Ok(t)
     }
 
+    /// Forgets a dropped table and its key counter.
+    fn forget(&mut self, table: &Table) {
+        self.tables
+            .remove(&(table.database.clone(), table.name.clone()));
+        self.counters.remove(&table.id);
+    }
+
     fn put(&mut self, table: Table) -> Arc<Table> {
         let t = Arc::new(table);
         self.tables
@@ -171,8 +178,7 @@ impl Catalog {
         let mut s = self.write();
         s.databases.remove(name);
         for t in &tables {
-            s.tables.remove(&(t.database.clone(), t.name.clone()));
-            s.counters.remove(&t.id);
+            s.forget(t);
         }
         Ok(tables)
     }
@@ -205,9 +211,7 @@ impl Catalog {
         let mut layout = self.layout();
         let table = self.read().dynamic(database, name)?.clone();
         layout.drop_table(&table.full_name())?;
-        let mut s = self.write();
-        s.tables.remove(&(database.to_owned(), name.to_owned()));
-        s.counters.remove(&table.id);
+        self.write().forget(&table);
         Ok(table)
     }
 

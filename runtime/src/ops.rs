@@ -16,7 +16,7 @@ use tessera_protocol::query::{Condition, Filter, Limit, Op, Operand, Query, Sort
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
-use tessera_storage::{Table, Value, value};
+use tessera_storage::{Table, Value};
 
 use serde_json::{Value as Json, json};
 
@@ -879,14 +879,7 @@ impl Core {
             None | Some(Value::Null) => return Err(bad("'search_value' is required")),
             Some(Value::String(v)) if v == "*" => None,
             Some(Value::String(v)) => {
-                let (lead, trail) = (v.starts_with('*'), v.len() > 1 && v.ends_with('*'));
-                let inner = &v[usize::from(lead)..v.len() - usize::from(trail)];
-                let op = match (lead, trail) {
-                    (true, true) => Op::Contains,
-                    (false, true) => Op::StartsWith,
-                    (true, false) => Op::EndsWith,
-                    (false, false) => Op::Eq,
-                };
+                let (op, inner) = wildcard(v, '*');
                 Some(condition(attr, op, Operand::Text(inner.to_owned())))
             }
             Some(v) => Some(condition(attr, Op::Eq, operand(v))),
@@ -1061,7 +1054,7 @@ fn take_property(v: &mut Value, name: &str) -> Option<Value> {
 fn database_of(env: &Value) -> &str {
     match env.get("database").or_else(|| env.get("schema")) {
         Some(Value::String(d)) => d.as_str(),
-        _ => "data",
+        _ => crate::catalog::DEFAULT_DATABASE,
     }
 }
 
@@ -1121,7 +1114,7 @@ fn project(
     attrs: &Option<Vec<String>>,
     restricted: Option<&TablePermission>,
 ) -> Result<Value, OpsError> {
-    let mut full = value::from_msgpack(body).map_err(|e| RestError::Internal(e.to_string()))?;
+    let mut full = output::body_value(body)?;
     let pk = &table.primary_key().name;
     Ok(match attrs {
         None => {
@@ -1148,6 +1141,21 @@ pub(crate) fn pick(full: &Value, names: &[String]) -> Value {
             .map(|n| (n.clone(), full.get(n).cloned().unwrap_or(Value::Null)))
             .collect(),
     )
+}
+
+/// The comparison a pattern with `wild` at its start and/or end asks for (`B*` starts with
+/// `B`, `*o` ends with `o`, `*uk*` contains `uk`), and the text between.
+fn wildcard(pattern: &str, wild: char) -> (Op, &str) {
+    let lead = pattern.starts_with(wild);
+    let trail = pattern.len() > 1 && pattern.ends_with(wild);
+    let inner = &pattern[usize::from(lead)..pattern.len() - usize::from(trail)];
+    let op = match (lead, trail) {
+        (true, true) => Op::Contains,
+        (false, true) => Op::StartsWith,
+        (true, false) => Op::EndsWith,
+        (false, false) => Op::Eq,
+    };
+    (op, inner)
 }
 
 fn condition(attr: &str, op: Op, value: Operand) -> Filter {

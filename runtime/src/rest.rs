@@ -1128,12 +1128,13 @@ pub fn initial_counters(
     tables
         .iter()
         .filter(|t| t.key_type().is_numeric_key())
-        .map(|t| {
-            let next =
-                max_numeric_key(t.id).map_or(1, |m| (m.floor() as i64).saturating_add(1).max(1));
-            (t.id, AtomicI64::new(next))
-        })
+        .map(|t| (t.id, AtomicI64::new(next_key(max_numeric_key(t.id)))))
         .collect()
+}
+
+/// The first auto-increment key after `max`, the largest numeric key stored (1 with none).
+pub fn next_key(max: Option<f64>) -> i64 {
+    max.map_or(1, |m| (m.floor() as i64).saturating_add(1).max(1))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 
 use crate::auth::{Authenticator, Users};
 use crate::config::Settings;
-use crate::rest::{Core, Shared, initial_counters};
+use crate::rest::{Core, Shared, initial_counters, next_key};
 use crate::{component, eviction, http, mqtt, realtime};
 
 /// Total block cache for all shards together.
@@ -165,11 +165,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             .reduce(f64::max)
     };
     let counters = initial_counters(&tables, max_key);
-    let catalog = crate::catalog::Catalog::new(layout, &tables, |t| {
-        initial_counters(&[Arc::new(t.clone())], max_key)
-            .remove(&t.id)
-            .map_or(1, |c| c.into_inner())
-    });
+    let catalog = crate::catalog::Catalog::new(layout, &tables, |t| next_key(max_key(t.id)));
     let exports: HashMap<String, Arc<Table>> = tables
         .iter()
         .filter_map(|t| Some((t.export.clone()?, t.clone())))

@@ -18,13 +18,12 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
-use tessera_protocol::query::{Condition, Filter, Limit, Op, Operand, Query, SortKey};
+use tessera_protocol::query::{Filter, Limit, Op, Operand, Query, SortKey};
 use tessera_storage::query::sort_key;
-use tessera_storage::{Table, Value, value};
+use tessera_storage::{Table, Value};
 
-use super::{OpsError, Write, bad, check_readable, fail};
+use super::{OpsError, Write, bad, check_readable, condition, fail, operand, wildcard};
 use crate::auth::User;
-use crate::error::RestError;
 use crate::output;
 use crate::query;
 use crate::related::Joins;
@@ -77,21 +76,26 @@ type Row = Vec<Option<Value>>;
 
 fn invalid(sql: &str, e: sqlparser::parser::ParserError) -> OpsError {
     let mut detail = e.to_string();
-    if position(&detail).is_none() {
-        // An unexpected end: the position is just past the text.
-        let lines = sql.lines().count().max(1);
-        let column = sql.lines().last().map_or(0, |l| l.chars().count()) + 1;
+    // sqlparser reports "... at Line: L, Column: C"; an unexpected end has no position, and
+    // is just past the text.
+    let (line, column) = position(&detail).unwrap_or_else(|| {
+        let (lines, column) = (
+            sql.lines().count().max(1),
+            sql.lines().last().map_or(0, |l| l.chars().count()) + 1,
+        );
         detail.push_str(&format!(" at Line: {lines}, Column: {column}"));
-    }
-    // sqlparser reports "... at Line: L, Column: C": show the text from there.
-    let excerpt = position(&detail)
-        .and_then(|(line, column)| {
-            let l = sql.lines().nth(line.saturating_sub(1))?;
+        (lines, column)
+    });
+    // The text from there.
+    let excerpt = sql
+        .lines()
+        .nth(line.saturating_sub(1))
+        .map(|l| {
             let from = l
                 .char_indices()
                 .nth(column.saturating_sub(1))
                 .map_or(l.len(), |(i, _)| i);
-            Some(l[from..].chars().take(40).collect::<String>())
+            l[from..].chars().take(40).collect::<String>()
         })
         .unwrap_or_else(|| sql.chars().take(40).collect());
     bad(format!(
@@ -163,14 +167,12 @@ fn count(e: &Expr) -> Result<usize, OpsError> {
     }
 }
 
+/// A literal as an operand: as the data operations' values, except that a quoted string stays a
+/// string whatever the column's type.
 fn operand_of(v: Value) -> Operand {
     match v {
-        Value::Null => Operand::Null,
-        Value::Bool(b) => Operand::Bool(b),
-        Value::Int(i) => Operand::Number(i as f64),
-        Value::Float(f) => Operand::Number(f),
         Value::String(s) => Operand::String(s),
-        other => Operand::String(other.to_json()),
+        v => operand(&v),
     }
 }
 
@@ -221,6 +223,92 @@ impl Scope<'_, '_> {
             source: found,
             name: name.to_owned(),
         })
+    }
+
+    /// The items of a select list.
+    fn items(&self, projection: &[SelectItem]) -> Result<Vec<Item>, OpsError> {
+        let mut items = Vec::new();
+        for item in projection {
+            let (expr, alias) = match item {
+                SelectItem::Wildcard(_) => {
+                    items.push(Item::Star(None));
+                    continue;
+                }
+                SelectItem::QualifiedWildcard(kind, _) => {
+                    let name = kind.to_string();
+                    let at = self
+                        .sources
+                        .iter()
+                        .position(|s| s.alias == name || s.table.name == name)
+                        .ok_or_else(|| fail(404, format!("unknown table alias {name}")))?;
+                    items.push(Item::Star(Some(at)));
+                    continue;
+                }
+                SelectItem::UnnamedExpr(e) => (e, None),
+                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+                other => return Err(unsupported(other)),
+            };
+            let label = alias.unwrap_or_else(|| match expr {
+                Expr::CompoundIdentifier(parts) => {
+                    parts.last().map(|p| p.value.clone()).unwrap_or_default()
+                }
+                Expr::Identifier(i) => i.value.clone(),
+                e => e.to_string(),
+            });
+            match expr {
+                Expr::Function(f) => {
+                    let name = f.name.to_string();
+                    let agg =
+                        aggregate(&name).ok_or_else(|| unsupported(format!("function {name}")))?;
+                    let FunctionArguments::List(list) = &f.args else {
+                        return Err(unsupported(format!("{expr}")));
+                    };
+                    let col = match list.args.as_slice() {
+                        [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => None,
+                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(self.column(e)?),
+                        _ => return Err(unsupported(format!("{expr}"))),
+                    };
+                    if col.is_none() && !matches!(agg, Aggregate::Count) {
+                        return Err(bad(format!("{name}(*) needs a column")));
+                    }
+                    items.push(Item::Aggregate(agg, col, label));
+                }
+                e => items.push(Item::Column(self.column(e)?, label)),
+            }
+        }
+        Ok(items)
+    }
+
+    /// ORDER BY's keys: each a column, or the label of a select item (always so for an aggregate
+    /// or in a grouped query), and whether it is descending.
+    fn order_by(
+        &self,
+        order_by: Option<&ast::OrderBy>,
+        items: &[Item],
+        aggregated: bool,
+    ) -> Result<Vec<(OrderTarget, bool)>, OpsError> {
+        let mut order: Vec<(OrderTarget, bool)> = Vec::new();
+        if let Some(o) = order_by {
+            let OrderByKind::Expressions(exprs) = &o.kind else {
+                return Err(unsupported("ORDER BY ALL"));
+            };
+            for e in exprs {
+                let descending = matches!(e.options.sort, Some(OrderBySort::Desc));
+                let label = match &e.expr {
+                    Expr::Identifier(i) => Some(i.value.as_str()),
+                    _ => None,
+                };
+                let target =
+                    match label.and_then(|l| items.iter().position(|i| i.label() == Some(l))) {
+                        Some(at) if aggregated || matches!(items[at], Item::Aggregate(..)) => {
+                            OrderTarget::Item(at)
+                        }
+                        _ => OrderTarget::Col(self.column(&e.expr)?),
+                    };
+                order.push((target, descending));
+            }
+        }
+        Ok(order)
     }
 
     fn condition(&self, e: &Expr) -> Result<Where, OpsError> {
@@ -308,19 +396,12 @@ impl Scope<'_, '_> {
                 let Value::String(p) = literal(pattern)? else {
                     return Err(bad("LIKE needs a string pattern"));
                 };
-                let (lead, trail) = (p.starts_with('%'), p.len() > 1 && p.ends_with('%'));
-                let inner = &p[usize::from(lead)..p.len() - usize::from(trail)];
+                let (op, inner) = wildcard(&p, '%');
                 if inner.contains(['%', '_']) {
                     return Err(unsupported(format!(
                         "LIKE pattern '{p}' (only % at the start and/or end)"
                     )));
                 }
-                let op = match (lead, trail) {
-                    (true, true) => Op::Contains,
-                    (false, true) => Op::StartsWith,
-                    (true, false) => Op::EndsWith,
-                    (false, false) => Op::Eq,
-                };
                 Where::Cmp(c, op, Operand::String(inner.to_owned()))
             }
             other => return Err(unsupported(format!("condition {other}"))),
@@ -345,41 +426,33 @@ impl Where {
         match self {
             Where::And(w) => Filter::And(w.into_iter().map(Where::into_filter).collect()),
             Where::Or(w) => Filter::Or(w.into_iter().map(Where::into_filter).collect()),
-            Where::Cmp(c, op, value) => Filter::Cond(Condition {
-                path: vec![c.name],
-                op,
-                value,
-                at: 0,
-                chained: None,
-            }),
+            Where::Cmp(c, op, value) => condition(&c.name, op, value),
+        }
+    }
+
+    /// Its top-level AND terms, nested ANDs flattened (`a AND b AND c` parses as `(a AND b) AND c`).
+    fn conjuncts(self, out: &mut Vec<Where>) {
+        match self {
+            Where::And(w) => w.into_iter().for_each(|t| t.conjuncts(out)),
+            other => out.push(other),
         }
     }
 
     /// Splits a clause into one filter per source: its top-level AND terms must each read one
     /// source.
     fn split(self, sources: usize) -> Result<Vec<Option<Filter>>, OpsError> {
-        let terms = match self {
-            Where::And(w) => w,
-            other => vec![other],
-        };
+        let mut terms = Vec::new();
+        self.conjuncts(&mut terms);
         let mut per: Vec<Vec<Filter>> = (0..sources).map(|_| Vec::new()).collect();
         for t in terms {
-            if let Where::And(inner) = t {
-                for (i, f) in Where::And(inner).split(sources)?.into_iter().enumerate() {
-                    per[i].extend(f);
-                }
-                continue;
-            }
             let mut read = Vec::new();
             t.sources(&mut read);
-            match read.as_slice() {
-                [s] => per[*s].push(t.into_filter()),
-                _ => {
-                    return Err(unsupported(
-                        "a condition across joined tables outside the ON clause",
-                    ));
-                }
-            }
+            let [s] = read.as_slice() else {
+                return Err(unsupported(
+                    "a condition across joined tables outside the ON clause",
+                ));
+            };
+            per[*s].push(t.into_filter());
         }
         Ok(per
             .into_iter()
@@ -390,6 +463,89 @@ impl Where {
             })
             .collect())
     }
+}
+
+/// LIMIT and OFFSET.
+fn limit_of(clause: Option<&LimitClause>) -> Result<Option<Limit>, OpsError> {
+    Ok(match clause {
+        None => None,
+        Some(LimitClause::LimitOffset { limit, offset, .. }) => {
+            let start = offset
+                .as_ref()
+                .map(|o| count(&o.value))
+                .transpose()?
+                .unwrap_or(0);
+            let n = limit.as_ref().map(count).transpose()?;
+            Some(Limit {
+                start,
+                end: n.map_or(usize::MAX, |c| start.saturating_add(c)),
+            })
+        }
+        Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
+            let start = count(offset)?;
+            Some(Limit {
+                start,
+                end: start.saturating_add(count(limit)?),
+            })
+        }
+    })
+}
+
+/// The rows of a grouped (or aggregated) query: one per distinct value of `group_by` (one in all
+/// without it), with the value of each select item.
+fn group(rows: &[Row], group_by: &[Col], items: &[Item]) -> Vec<(Row, Vec<Value>)> {
+    // Groups in the order their first row came, found by their key.
+    let mut groups: Vec<Vec<&Row>> = Vec::new();
+    let mut at: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
+    for r in rows {
+        let key: Vec<Vec<u8>> = group_by.iter().map(|c| sort_key(get(r, c))).collect();
+        let i = *at.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(r);
+    }
+    if groups.is_empty() && group_by.is_empty() {
+        groups.push(Vec::new());
+    }
+    groups
+        .into_iter()
+        .map(|members| {
+            let first = members.first().map(|r| (*r).clone()).unwrap_or_default();
+            let values = items
+                .iter()
+                .map(|i| match i {
+                    Item::Aggregate(a, c, _) => a.over(&members, c.as_ref()),
+                    Item::Column(c, _) => get(&first, c).cloned().unwrap_or(Value::Null),
+                    Item::Star(_) => Value::Null,
+                })
+                .collect();
+            (first, values)
+        })
+        .collect()
+}
+
+/// Sorts result rows by ORDER BY's keys, in memory.
+fn sort(out: &mut [(Row, Vec<Value>)], order: &[(OrderTarget, bool)]) {
+    if order.is_empty() {
+        return;
+    }
+    out.sort_by_cached_key(|(row, values)| {
+        order
+            .iter()
+            .map(|(t, descending)| {
+                let k = match t {
+                    OrderTarget::Col(c) => sort_key(get(row, c)),
+                    OrderTarget::Item(i) => sort_key(values.get(*i)),
+                };
+                if *descending {
+                    Key::Desc(std::cmp::Reverse(k))
+                } else {
+                    Key::Asc(k)
+                }
+            })
+            .collect::<Vec<_>>()
+    });
 }
 
 /// The value of `col` in `row`.
@@ -509,11 +665,7 @@ impl Core {
         let plan = query::plan(&source.table, "", parsed, Joins::default())?;
         let rows = query::collect(&self.router, &plan).await?;
         rows.iter()
-            .map(|r| {
-                let rec = output::stored_record(&r.stored)?;
-                value::from_msgpack(rec.body)
-                    .map_err(|e| OpsError::from(RestError::Internal(e.to_string())))
-            })
+            .map(|r| Ok(output::body_value(output::stored_record(&r.stored)?.body)?))
             .collect()
     }
 
@@ -561,54 +713,7 @@ impl Core {
         }
         let scope = Scope { sources: &sources };
 
-        let mut items = Vec::new();
-        for item in &s.projection {
-            let (expr, alias) = match item {
-                SelectItem::Wildcard(_) => {
-                    items.push(Item::Star(None));
-                    continue;
-                }
-                SelectItem::QualifiedWildcard(kind, _) => {
-                    let name = kind.to_string();
-                    let at = sources
-                        .iter()
-                        .position(|s| s.alias == name || s.table.name == name)
-                        .ok_or_else(|| fail(404, format!("unknown table alias {name}")))?;
-                    items.push(Item::Star(Some(at)));
-                    continue;
-                }
-                SelectItem::UnnamedExpr(e) => (e, None),
-                SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
-                other => return Err(unsupported(other)),
-            };
-            let label = alias.unwrap_or_else(|| match expr {
-                Expr::CompoundIdentifier(parts) => {
-                    parts.last().map(|p| p.value.clone()).unwrap_or_default()
-                }
-                Expr::Identifier(i) => i.value.clone(),
-                e => e.to_string(),
-            });
-            match expr {
-                Expr::Function(f) => {
-                    let name = f.name.to_string();
-                    let agg =
-                        aggregate(&name).ok_or_else(|| unsupported(format!("function {name}")))?;
-                    let FunctionArguments::List(list) = &f.args else {
-                        return Err(unsupported(format!("{expr}")));
-                    };
-                    let col = match list.args.as_slice() {
-                        [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => None,
-                        [FunctionArg::Unnamed(FunctionArgExpr::Expr(e))] => Some(scope.column(e)?),
-                        _ => return Err(unsupported(format!("{expr}"))),
-                    };
-                    if col.is_none() && !matches!(agg, Aggregate::Count) {
-                        return Err(bad(format!("{name}(*) needs a column")));
-                    }
-                    items.push(Item::Aggregate(agg, col, label));
-                }
-                e => items.push(Item::Column(scope.column(e)?, label)),
-            }
-        }
+        let items = scope.items(&s.projection)?;
         let group_by: Vec<Col> = match &s.group_by {
             GroupByExpr::Expressions(exprs, mods) if mods.is_empty() => exprs
                 .iter()
@@ -619,51 +724,8 @@ impl Core {
         let aggregated =
             !group_by.is_empty() || items.iter().any(|i| matches!(i, Item::Aggregate(..)));
 
-        // ORDER BY: a column, or the label of a select item.
-        let mut order: Vec<(OrderTarget, bool)> = Vec::new();
-        if let Some(o) = &q.order_by {
-            let OrderByKind::Expressions(exprs) = &o.kind else {
-                return Err(unsupported("ORDER BY ALL"));
-            };
-            for e in exprs {
-                let descending = matches!(e.options.sort, Some(OrderBySort::Desc));
-                let label = match &e.expr {
-                    Expr::Identifier(i) => Some(i.value.as_str()),
-                    _ => None,
-                };
-                let target =
-                    match label.and_then(|l| items.iter().position(|i| i.label() == Some(l))) {
-                        Some(at) if aggregated || matches!(items[at], Item::Aggregate(..)) => {
-                            OrderTarget::Item(at)
-                        }
-                        _ => OrderTarget::Col(scope.column(&e.expr)?),
-                    };
-                order.push((target, descending));
-            }
-        }
-        let limit = match &q.limit_clause {
-            None => None,
-            Some(LimitClause::LimitOffset { limit, offset, .. }) => {
-                let start = offset
-                    .as_ref()
-                    .map(|o| count(&o.value))
-                    .transpose()?
-                    .unwrap_or(0);
-                let n = limit.as_ref().map(count).transpose()?;
-                Some(Limit {
-                    start,
-                    end: n.map_or(usize::MAX, |c| start.saturating_add(c)),
-                })
-            }
-            Some(LimitClause::OffsetCommaLimit { offset, limit }) => {
-                let start = count(offset)?;
-                Some(Limit {
-                    start,
-                    end: start.saturating_add(count(limit)?),
-                })
-            }
-        };
-
+        let order = scope.order_by(q.order_by.as_ref(), &items, aggregated)?;
+        let limit = limit_of(q.limit_clause.as_ref())?;
         let filters = match &s.selection {
             Some(w) => scope.condition(w)?.split(sources.len())?,
             None => vec![None; sources.len()],
@@ -679,7 +741,7 @@ impl Core {
                     OrderTarget::Col(c) => query::is_indexed(&sources[0].table, &c.name),
                     OrderTarget::Item(_) => false,
                 }));
-        let mut rows: Vec<Row> = if pushed {
+        let rows: Vec<Row> = if pushed {
             let sort = order
                 .iter()
                 .filter_map(|(t, descending)| match t {
@@ -708,61 +770,12 @@ impl Core {
         };
 
         let mut out: Vec<(Row, Vec<Value>)> = if aggregated {
-            let mut groups: Vec<(Vec<Vec<u8>>, Vec<&Row>)> = Vec::new();
-            let mut at: HashMap<Vec<Vec<u8>>, usize> = HashMap::new();
-            for r in &rows {
-                let key: Vec<Vec<u8>> = group_by.iter().map(|c| sort_key(get(r, c))).collect();
-                match at.get(&key) {
-                    Some(&i) => groups[i].1.push(r),
-                    None => {
-                        at.insert(key.clone(), groups.len());
-                        groups.push((key, vec![r]));
-                    }
-                }
-            }
-            if groups.is_empty() && group_by.is_empty() {
-                groups.push((Vec::new(), Vec::new()));
-            }
-            groups
-                .into_iter()
-                .map(|(_, members)| {
-                    let first = members.first().map(|r| (*r).clone()).unwrap_or_default();
-                    let values = items
-                        .iter()
-                        .map(|i| match i {
-                            Item::Aggregate(a, c, _) => a.over(&members, c.as_ref()),
-                            Item::Column(c, _) => get(&first, c).cloned().unwrap_or(Value::Null),
-                            Item::Star(_) => Value::Null,
-                        })
-                        .collect();
-                    (first, values)
-                })
-                .collect()
+            group(&rows, &group_by, &items)
         } else {
-            std::mem::take(&mut rows)
-                .into_iter()
-                .map(|r| (r, Vec::new()))
-                .collect()
+            rows.into_iter().map(|r| (r, Vec::new())).collect()
         };
         if !pushed {
-            if !order.is_empty() {
-                out.sort_by_cached_key(|(row, values)| {
-                    order
-                        .iter()
-                        .map(|(t, descending)| {
-                            let k = match t {
-                                OrderTarget::Col(c) => sort_key(get(row, c)),
-                                OrderTarget::Item(i) => sort_key(values.get(*i)),
-                            };
-                            if *descending {
-                                Key::Desc(std::cmp::Reverse(k))
-                            } else {
-                                Key::Asc(k)
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                });
-            }
+            sort(&mut out, &order);
             if let Some(Limit { start, end }) = limit {
                 out = out.into_iter().take(end).skip(start).collect();
             }
@@ -807,15 +820,7 @@ impl Core {
             Filter::Or(
                 wanted
                     .into_iter()
-                    .map(|v| {
-                        Filter::Cond(Condition {
-                            path: vec![inner.name.clone()],
-                            op: Op::Eq,
-                            value: operand_of(v),
-                            at: 0,
-                            chained: None,
-                        })
-                    })
+                    .map(|v| condition(&inner.name, Op::Eq, operand_of(v)))
                     .collect(),
             )
         });
