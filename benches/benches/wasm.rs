@@ -49,7 +49,6 @@ fn bench(c: &mut Criterion) {
     config.memory_init_cow(false);
     config.signals_based_traps(false);
     config.memory_guard_size(0);
-    config.table_lazy_init(false);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(512)
         .total_core_instances(512)
