@@ -28,7 +28,7 @@ use crate::auth::User;
 use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
 use crate::roles::Action;
-use crate::sessions;
+use crate::sessions::{self, Again};
 use crate::wasm;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
@@ -209,7 +209,6 @@ where
     };
     if version == Version::V5 {
         connack.properties.maximum_packet_size = Some(MAX_PACKET as u32);
-        connack.properties.maximum_qos = Some(1);
         connack.properties.retain_available = Some(1);
         connack.properties.shared_subscription_available = Some(0);
         connack.properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
@@ -252,8 +251,8 @@ where
         None => (None, std::collections::VecDeque::new()),
     };
     let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
-    // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1
-    // deliveries unacknowledged. While the client lags, its inbox fills and then drops.
+    // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1 and 2
+    // deliveries not completed. While the client lags, its inbox fills and then drops.
     let receive_maximum = connect.properties.receive_maximum.unwrap_or(u16::MAX);
     let inflight = Rc::new(glommio::sync::Semaphore::new(u64::from(receive_maximum)));
     // Those deliveries by packet id, in sending order: acknowledgements free them, and a parked
@@ -265,7 +264,11 @@ where
         let mut backlog = backlog;
         async move {
             // New packet ids follow those of the deliveries that go again.
-            let mut next_id: u16 = backlog.iter().filter_map(|(id, _)| *id).max().unwrap_or(0);
+            let mut next_id: u16 = backlog
+                .iter()
+                .filter_map(|(again, _)| again.map(|a| a.id))
+                .max()
+                .unwrap_or(0);
             let mut park_rx = park_rx.fuse();
             loop {
                 let (again, d) = match backlog.pop_front() {
@@ -291,14 +294,21 @@ where
                             None => Ok(()),
                         };
                     }
-                    let mut id = again.unwrap_or(next_id);
+                    if let Some(Again { id, received: true }) = again {
+                        // The client has the message: only the release goes again.
+                        inflight.acquire(1).await.map_err(drop)?;
+                        out.send(Packet::PubRel(Ack::new(id))).await?;
+                        unacked.borrow_mut().sent(id, d.clone(), true);
+                        return Ok(());
+                    }
+                    let mut id = again.map_or(next_id, |a| a.id);
                     let Some(mut p) = publish_for(core, &change, qos, false, &mut id) else {
                         return Ok(());
                     };
                     match (again, &mut p) {
                         // Sent before and never acknowledged: its original id, with DUP.
                         (Some(first), Packet::Publish(p)) => {
-                            p.packet_id = Some(first);
+                            p.packet_id = Some(first.id);
                             p.dup = true;
                         }
                         _ => next_id = id,
@@ -312,7 +322,7 @@ where
                     // Recorded once queued for the writer (no await in between), so that a
                     // delivery cut short by parking is kept once: in the backlog, not here.
                     if let Some(id) = sent_id {
-                        unacked.borrow_mut().sent(id, d.clone());
+                        unacked.borrow_mut().sent(id, d.clone(), false);
                     }
                     Ok(())
                 };
@@ -412,13 +422,22 @@ where
                     clean_end = true;
                     break;
                 }
-                // A delivery acknowledged: room for the next one.
-                Packet::PubAck(Ack { packet_id, .. }) | Packet::PubComp(Ack { packet_id, .. }) => {
+                // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
+                // refuses the message with an MQTT 5 reason code): room for the next one.
+                Packet::PubAck(Ack { packet_id, .. })
+                | Packet::PubComp(Ack { packet_id, .. })
+                | Packet::PubRec(Ack {
+                    packet_id,
+                    reason: 0x80..,
+                    ..
+                }) => {
                     if acks.borrow_mut().acked(packet_id) {
                         inflight.signal(1);
                     }
                 }
+                // A QoS 2 delivery received: released; it completes with the client's PUBCOMP.
                 Packet::PubRec(a) => {
+                    acks.borrow_mut().received(a.packet_id);
                     let _ = session
                         .outbox
                         .send(Packet::PubRel(Ack::new(a.packet_id)))
@@ -483,29 +502,39 @@ where
     }
 }
 
-/// QoS 1 deliveries sent and not yet acknowledged, by packet id, with their sending order.
+/// QoS 1 and 2 deliveries sent and not yet completed, by packet id, with their sending order
+/// and whether the client has received them (QoS 2 PUBREC).
 #[derive(Default)]
 struct Unacked {
     next: u64,
-    by_id: std::collections::HashMap<u16, (u64, realtime::Delivery)>,
+    by_id: std::collections::HashMap<u16, (u64, realtime::Delivery, bool)>,
 }
 
 impl Unacked {
-    fn sent(&mut self, id: u16, d: realtime::Delivery) {
+    fn sent(&mut self, id: u16, d: realtime::Delivery, received: bool) {
         self.next += 1;
-        self.by_id.insert(id, (self.next, d));
+        self.by_id.insert(id, (self.next, d, received));
     }
 
-    /// Whether `id` was an unacknowledged delivery (now acknowledged).
+    /// Notes that the client has received QoS 2 delivery `id` (it answered PUBREC).
+    fn received(&mut self, id: u16) {
+        if let Some((_, _, received)) = self.by_id.get_mut(&id) {
+            *received = true;
+        }
+    }
+
+    /// Whether `id` was an uncompleted delivery (now completed).
     fn acked(&mut self, id: u16) -> bool {
         self.by_id.remove(&id).is_some()
     }
 
-    /// The unacknowledged deliveries in the order they were sent, with their packet ids.
+    /// The uncompleted deliveries in the order they were sent, to go again.
     fn in_order(self) -> std::collections::VecDeque<sessions::Queued> {
         let mut all: Vec<_> = self.by_id.into_iter().collect();
-        all.sort_by_key(|(_, (n, _))| *n);
-        all.into_iter().map(|(id, (_, d))| (Some(id), d)).collect()
+        all.sort_by_key(|(_, (n, _, _))| *n);
+        all.into_iter()
+            .map(|(id, (_, d, received))| (Some(Again { id, received }), d))
+            .collect()
     }
 }
 
@@ -596,8 +625,7 @@ async fn check_credentials(core: &Core, c: &Connect) -> Result<Arc<User>, u8> {
     core.auth.authenticate(header.as_bytes()).await.ok_or(bad)
 }
 
-/// The exported table and record id a topic names (`Dog/42`, `Sensor/zone/a`).
-/// The topic of a record key in `table`'s export.
+/// The topic of a change's record: its table's export and the record id (`Dog/42`).
 fn topic_of(core: &Core, change: &Change) -> Option<String> {
     let table = core.shared.tables.values().find(|t| t.id == change.table)?;
     let export = table.export.as_deref()?;
@@ -660,7 +688,7 @@ fn publish_for(
     });
     Some(Packet::Publish(Publish {
         dup: false,
-        qos: qos.min(QoS::AtLeastOnce),
+        qos,
         retain,
         topic: topic_of(core, change)?,
         packet_id,
@@ -832,7 +860,7 @@ impl Session<'_> {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         for (filter, options) in &s.filters {
-            let qos = options.qos.min(QoS::AtLeastOnce);
+            let qos = options.qos;
             // Subscribing again to a filter replaces the subscription.
             if let Some((old, _)) = self.filters.remove(filter) {
                 self.held

@@ -17,9 +17,17 @@ use crate::realtime::Delivery;
 /// Changes queued for an absent client before older ones are dropped.
 pub const PARKED_QUEUE: usize = 10_000;
 
-/// A delivery for a session, with the packet id it was first sent with when it goes again
-/// (never acknowledged): MQTT resends those with their original id and DUP set.
-pub type Queued = (Option<u16>, Delivery);
+/// A delivery for a session; [`Again`] when it was sent before and never completed.
+pub type Queued = (Option<Again>, Delivery);
+
+/// A delivery that goes again with the packet id it was first sent with (MQTT 3.1.1 and 5,
+/// 4.4): its PUBLISH with DUP set or, for a QoS 2 one the client has received (it answered
+/// PUBREC), only the PUBREL.
+#[derive(Clone, Copy, Debug)]
+pub struct Again {
+    pub id: u16,
+    pub received: bool,
+}
 
 /// What a resumed session gets back: its filters and the changes queued while it was away.
 pub struct Resumed {

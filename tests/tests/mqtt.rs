@@ -458,6 +458,92 @@ fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
     }
 }
 
+/// The next packet within [`WAIT`] that is not a PUBLISH.
+fn next_control(c: &mut MqttClient) -> Packet {
+    loop {
+        match c.recv(WAIT) {
+            Some(Packet::Publish(_)) => {}
+            Some(p) => return p,
+            None => panic!("no packet"),
+        }
+    }
+}
+
+#[test]
+fn qos2_deliveries_complete_in_four_steps_and_a_received_one_is_only_released_again() {
+    use tessera_protocol::mqtt::Ack;
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut rest = s.client();
+    for v in [Version::V311, Version::V5] {
+        let id = format!("exactly-once-{v:?}");
+        let topic = format!("Sensor/q2-{v:?}");
+        let path = format!("/{topic}");
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        // QoS 2 is supported: no Maximum QoS in the CONNACK, and granted as asked.
+        assert_eq!(ack.properties.maximum_qos, None, "{v:?}");
+        assert_eq!(c.subscribe(&[(topic.as_str(), QoS::ExactlyOnce)]), vec![2]);
+        for t in [1, 2] {
+            let body = format!(r#"{{"temp":{t}}}"#);
+            assert_eq!(rest.put_json(&path, &body).status, 204);
+        }
+        // The first completes: PUBLISH, PUBREC, PUBREL, PUBCOMP.
+        let first = c.next_publish(WAIT).expect("first delivery");
+        assert_eq!(json_of(&first.payload)["temp"], json!(1), "{v:?}");
+        assert_eq!(first.qos, QoS::ExactlyOnce, "{v:?}");
+        let first_id = first.packet_id.unwrap();
+        let second = c.next_publish(WAIT).expect("second delivery");
+        assert_eq!(json_of(&second.payload)["temp"], json!(2), "{v:?}");
+        assert_eq!(second.qos, QoS::ExactlyOnce, "{v:?}");
+        let second_id = second.packet_id.unwrap();
+        c.send(&Packet::PubRec(Ack::new(first_id)));
+        match next_control(&mut c) {
+            Packet::PubRel(a) => assert_eq!(a.packet_id, first_id, "{v:?}"),
+            other => panic!("{v:?}: expected PUBREL, got {other:?}"),
+        }
+        c.send(&Packet::PubComp(Ack::new(first_id)));
+        // The second is received but never completed when the connection drops.
+        c.send(&Packet::PubRec(Ack::new(second_id)));
+        match next_control(&mut c) {
+            Packet::PubRel(a) => assert_eq!(a.packet_id, second_id, "{v:?}"),
+            other => panic!("{v:?}: expected PUBREL, got {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(rest.put_json(&path, r#"{"temp":3}"#).status, 204);
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(ack.session_present, "{v:?}");
+        // The received one goes again as its PUBREL alone (not a second PUBLISH), then what
+        // came while away; the completed one not at all.
+        match c.recv(WAIT) {
+            Some(Packet::PubRel(a)) => assert_eq!(a.packet_id, second_id, "{v:?}"),
+            other => panic!("{v:?}: expected PUBREL again, got {other:?}"),
+        }
+        c.send(&Packet::PubComp(Ack::new(second_id)));
+        let third = c.next_publish(WAIT).expect("delivery made while away");
+        assert_eq!(json_of(&third.payload)["temp"], json!(3), "{v:?}");
+        assert!(!third.dup, "{v:?}");
+        let third_id = third.packet_id.unwrap();
+        assert_ne!(third_id, second_id, "{v:?}");
+        c.send(&Packet::PubRec(Ack::new(third_id)));
+        match next_control(&mut c) {
+            Packet::PubRel(a) => assert_eq!(a.packet_id, third_id, "{v:?}"),
+            other => panic!("{v:?}: expected PUBREL, got {other:?}"),
+        }
+        c.send(&Packet::PubComp(Ack::new(third_id)));
+        assert!(c.recv(Duration::from_millis(300)).is_none(), "{v:?}");
+        // Everything completed: nothing goes again after another resume.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let (mut c, _) = connect_session(&s, v, &id, false, None);
+        assert!(c.recv(Duration::from_millis(300)).is_none(), "{v:?}");
+        drop(c);
+        std::thread::sleep(Duration::from_millis(200));
+        let (_c, _) = connect_session(&s, v, &id, true, None);
+    }
+}
+
 #[test]
 fn receive_maximum_limits_unacknowledged_qos1_deliveries() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
