@@ -284,9 +284,9 @@ where
                         // The same bytes for every QoS 0 subscriber: encoded once.
                         let slot = usize::from(version == Version::V5);
                         let frame = change.frames[slot].get_or_init(|| {
-                            let p = publish_for(core, &change, qos, false, &mut 0)?;
+                            let p = publish_for(core, &change, qos, false, None)?;
                             let mut f = Vec::with_capacity(128);
-                            mqtt::encode(&p, version, &mut f);
+                            mqtt::encode(&Packet::Publish(p), version, &mut f);
                             Some(f)
                         });
                         return match frame {
@@ -294,36 +294,33 @@ where
                             None => Ok(()),
                         };
                     }
-                    if let Some(Again { id, received: true }) = again {
+                    let (id, packet) = match again {
                         // The client has the message: only the release goes again.
-                        inflight.acquire(1).await.map_err(drop)?;
-                        out.send(Packet::PubRel(Ack::new(id))).await?;
-                        unacked.borrow_mut().sent(id, d.clone(), true);
-                        return Ok(());
-                    }
-                    let mut id = again.map_or(next_id, |a| a.id);
-                    let Some(mut p) = publish_for(core, &change, qos, false, &mut id) else {
-                        return Ok(());
-                    };
-                    match (again, &mut p) {
-                        // Sent before and never acknowledged: its original id, with DUP.
-                        (Some(first), Packet::Publish(p)) => {
-                            p.packet_id = Some(first.id);
+                        Some(Again { id, received: true }) => (id, Packet::PubRel(Ack::new(id))),
+                        // Sent before and never completed: its original id, with DUP.
+                        Some(Again { id, .. }) => {
+                            let Some(mut p) = publish_for(core, &change, qos, false, Some(id))
+                            else {
+                                return Ok(());
+                            };
                             p.dup = true;
+                            (id, Packet::Publish(p))
                         }
-                        _ => next_id = id,
-                    }
-                    let sent_id = match &p {
-                        Packet::Publish(p) => p.packet_id,
-                        _ => None,
+                        None => {
+                            let id = next_packet_id(next_id);
+                            let Some(p) = publish_for(core, &change, qos, false, Some(id)) else {
+                                return Ok(());
+                            };
+                            next_id = id;
+                            (id, Packet::Publish(p))
+                        }
                     };
                     inflight.acquire(1).await.map_err(drop)?;
-                    out.send(p).await?;
+                    out.send(packet).await?;
                     // Recorded once queued for the writer (no await in between), so that a
                     // delivery cut short by parking is kept once: in the backlog, not here.
-                    if let Some(id) = sent_id {
-                        unacked.borrow_mut().sent(id, d.clone(), false);
-                    }
+                    let received = again.is_some_and(|a| a.received);
+                    unacked.borrow_mut().sent(id, d.clone(), received);
                     Ok(())
                 };
                 // A session that parks keeps what this was delivering.
@@ -660,8 +657,8 @@ fn publish_for(
     change: &Change,
     qos: QoS,
     retain: bool,
-    next_id: &mut u16,
-) -> Option<Packet> {
+    packet_id: Option<u16>,
+) -> Option<Publish> {
     let mut properties = Properties::default();
     let payload = match &change.event {
         Event::Put(stored) => {
@@ -682,11 +679,7 @@ fn publish_for(
             payload.clone()
         }
     };
-    let packet_id = (qos != QoS::AtMostOnce).then(|| {
-        *next_id = next_id.checked_add(1).unwrap_or(1).max(1);
-        *next_id
-    });
-    Some(Packet::Publish(Publish {
+    Some(Publish {
         dup: false,
         qos,
         retain,
@@ -694,7 +687,12 @@ fn publish_for(
         packet_id,
         properties,
         payload,
-    }))
+    })
+}
+
+/// The packet id that follows `id` (1 after 65,535: 0 is not a packet id).
+fn next_packet_id(id: u16) -> u16 {
+    id.checked_add(1).unwrap_or(1)
 }
 
 impl Session<'_> {
@@ -900,8 +898,12 @@ impl Session<'_> {
             .await;
         let mut next_id = 0x8000;
         for (change, qos) in retained {
-            if let Some(p) = publish_for(self.core, &change, qos, true, &mut next_id) {
-                let _ = self.outbox.send(p).await;
+            let packet_id = (qos != QoS::AtMostOnce).then(|| {
+                next_id = next_packet_id(next_id);
+                next_id
+            });
+            if let Some(p) = publish_for(self.core, &change, qos, true, packet_id) {
+                let _ = self.outbox.send(Packet::Publish(p)).await;
             }
         }
     }

@@ -390,6 +390,14 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
     assert_eq!(small.next_publish(WAIT).unwrap().payload, b"fits");
 }
 
+/// Lets what was sent reach the server, then ends the connection without a DISCONNECT and gives
+/// the server time to park the session.
+fn hang_up(c: MqttClient) {
+    std::thread::sleep(Duration::from_millis(100));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 #[test]
 fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
@@ -417,9 +425,7 @@ fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
             assert!(!p.dup);
             first_ids.push(p.packet_id.unwrap());
         }
-        std::thread::sleep(Duration::from_millis(100));
-        drop(c);
-        std::thread::sleep(Duration::from_millis(200));
+        hang_up(c);
         assert_eq!(rest.put_json(&path, r#"{"temp":4}"#).status, 204);
         let (mut c, ack) = connect_session(&s, v, &id, false, None);
         assert!(ack.session_present, "{v:?}");
@@ -444,9 +450,7 @@ fn unacknowledged_qos1_deliveries_are_sent_again_when_the_session_resumes() {
             "{v:?}"
         );
         // Everything acknowledged: nothing comes again after another resume.
-        std::thread::sleep(Duration::from_millis(100));
-        drop(c);
-        std::thread::sleep(Duration::from_millis(200));
+        hang_up(c);
         let (mut c, _) = connect_session(&s, v, &id, false, None);
         assert!(
             c.next_publish(Duration::from_millis(300)).is_none(),
@@ -507,9 +511,7 @@ fn qos2_deliveries_complete_in_four_steps_and_a_received_one_is_only_released_ag
             Packet::PubRel(a) => assert_eq!(a.packet_id, second_id, "{v:?}"),
             other => panic!("{v:?}: expected PUBREL, got {other:?}"),
         }
-        std::thread::sleep(Duration::from_millis(100));
-        drop(c);
-        std::thread::sleep(Duration::from_millis(200));
+        hang_up(c);
         assert_eq!(rest.put_json(&path, r#"{"temp":3}"#).status, 204);
         let (mut c, ack) = connect_session(&s, v, &id, false, None);
         assert!(ack.session_present, "{v:?}");
@@ -533,9 +535,7 @@ fn qos2_deliveries_complete_in_four_steps_and_a_received_one_is_only_released_ag
         c.send(&Packet::PubComp(Ack::new(third_id)));
         assert!(c.recv(Duration::from_millis(300)).is_none(), "{v:?}");
         // Everything completed: nothing goes again after another resume.
-        std::thread::sleep(Duration::from_millis(100));
-        drop(c);
-        std::thread::sleep(Duration::from_millis(200));
+        hang_up(c);
         let (mut c, _) = connect_session(&s, v, &id, false, None);
         assert!(c.recv(Duration::from_millis(300)).is_none(), "{v:?}");
         drop(c);
