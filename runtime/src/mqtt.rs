@@ -6,6 +6,7 @@
 //! (turns changes from the connection's inbox into PUBLISH packets).
 
 use std::cell::RefCell;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +26,10 @@ use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 
 use crate::auth::User;
-use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
+use crate::realtime::{self, Held, Pattern, Scope, Since, Subscriber};
 use crate::rest::{Core, id_value};
 use crate::roles::Action;
-use crate::sessions::{self, Again};
+use crate::sessions::{self, Again, Asked, Owner, Queued, Saved};
 use crate::wasm;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
@@ -126,6 +127,8 @@ struct Session<'c> {
     outbox: Rc<Outbox>,
     held: Held,
     next_sub: u32,
+    /// Whose session this is, when it is kept (and so saved as its filters change).
+    kept: Option<Owner>,
     /// The subscription number of each subscribed filter.
     filters: std::collections::HashMap<String, (u32, QoS)>,
     /// MQTT 5 topic aliases the client has set (alias -> topic).
@@ -192,7 +195,23 @@ where
         Version::V311 => !connect.clean_start,
         Version::V5 => expiry > 0,
     };
-    let (mut taken_over, resumed) = sessions::claim(&client_id, conn, !connect.clean_start).await;
+    let kept = keep.then(|| Owner {
+        client_id: client_id.clone(),
+        user: user.username.clone(),
+        expiry: match version {
+            Version::V311 => None,
+            Version::V5 => (expiry != u32::MAX).then_some(expiry),
+        },
+    });
+    let (mut taken_over, resumed) =
+        sessions::claim(&client_id, conn, &user.username, !connect.clean_start).await;
+    match &kept {
+        Some(owner) => {
+            let filters = resumed.iter().flat_map(|r| r.filters.iter().cloned());
+            sessions::save(Saved::live(owner, filters));
+        }
+        None => sessions::forget(&client_id),
+    }
     let (out_tx, out_rx) = local_channel::new_bounded::<Vec<u8>>(OUTBOX);
     let out_tx = Rc::new(Outbox {
         tx: out_tx,
@@ -248,7 +267,7 @@ where
     let inbox = realtime::open_inbox(conn);
     let (resumed_filters, backlog) = match resumed {
         Some(r) => (Some(r.filters), r.queued),
-        None => (None, std::collections::VecDeque::new()),
+        None => (None, VecDeque::new()),
     };
     let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
     // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1 and 2
@@ -348,6 +367,7 @@ where
     };
 
     let acks = unacked.clone();
+    let session_kept = kept.clone();
     let reader = async move {
         let mut session = Session {
             core,
@@ -357,6 +377,7 @@ where
             outbox: out_tx,
             held: Held::default(),
             next_sub: 0,
+            kept: session_kept,
             filters: std::collections::HashMap::new(),
             aliases: std::collections::HashMap::new(),
         };
@@ -462,7 +483,7 @@ where
         } else {
             realtime::close_inbox(conn);
         }
-        let filters = session
+        let filters: Vec<(String, QoS)> = session
             .filters
             .iter()
             .map(|(f, (_, q))| (f.clone(), *q))
@@ -470,24 +491,33 @@ where
         (std::mem::take(&mut session.held), filters)
     };
     let ((mut held, filters), (), parked_inbox) = futures::join!(reader, writer, deliverer);
-    match parked_inbox {
-        Some((inbox, backlog)) if keep => {
-            // Unacknowledged deliveries go again first, then what was never sent.
+    match (parked_inbox, kept) {
+        (Some((inbox, backlog)), Some(owner)) => {
+            // Unacknowledged deliveries go again first, then what was never sent, then what
+            // reached the inbox meanwhile.
             let mut queue = unacked.take().in_order();
             for d in backlog {
                 sessions::push_bounded(&mut queue, d);
             }
-            let asked = sessions::park(&client_id, conn, filters);
-            let expiry = (version == Version::V5 && expiry != u32::MAX)
-                .then(|| Duration::from_secs(u64::from(expiry)));
-            let router = core.router.clone();
+            while let Some(Some(d)) = inbox.recv().now_or_never() {
+                if d.1 != QoS::AtMostOnce {
+                    sessions::push_bounded(&mut queue, (None, d));
+                }
+            }
+            let parked_at = now_micros();
+            sessions::save(Saved::parked(&owner, &filters, parked_at, &queue));
+            let asked = sessions::park(&client_id, conn, &owner.user, filters.clone());
+            let expiry = owner.expiry.map(|s| Duration::from_secs(u64::from(s)));
             let parked = Parked {
-                router,
-                client_id,
+                router: core.router.clone(),
+                owner,
+                filters,
                 conn,
                 inbox,
                 held,
                 queue,
+                cut: Some(parked_at),
+                seen: HashSet::new(),
             };
             glommio::spawn_local(parked.run(asked, expiry)).detach();
         }
@@ -495,8 +525,59 @@ where
             held.release(&core.router, conn, None).await;
             realtime::close_inbox(conn);
             sessions::release(&client_id, conn);
+            sessions::forget(&client_id);
         }
     }
+}
+
+/// Parks a session kept on disk again at start-up, on this core: its filters are subscribed,
+/// and it is owed what it was owed when its connection ended, then the changes its filters
+/// cover that were committed since (from the audit logs), then what comes.
+pub async fn restore(core: Rc<Core>, saved: Saved, asked: Asked) {
+    let Ok(expiry) = saved.remaining() else {
+        sessions::expire(&saved.owner.client_id);
+        return;
+    };
+    let conn = realtime::new_conn(core.router.core());
+    let inbox = realtime::open_inbox(conn);
+    let mut held = Held::default();
+    let filters = saved.filters();
+    let mut queue = saved.queued();
+    // What the queue holds, so that what comes again from the audit log or the inbox is not
+    // delivered twice.
+    let mut seen: HashSet<(u64, Vec<u8>)> = queue
+        .iter()
+        .map(|(_, (c, _))| (c.version, c.key.clone()))
+        .collect();
+    let mut since = Vec::new();
+    for (n, (filter, qos)) in (1..).zip(&filters) {
+        let Some((table, scope, _)) = register(&core, conn, n, filter, *qos, &mut held).await
+        else {
+            continue;
+        };
+        if let (Some(at), QoS::AtLeastOnce | QoS::ExactlyOnce) = (saved.parked_at, qos) {
+            let logged = realtime::history(&core.router, &table, &scope, Since::After(at)).await;
+            since.extend(logged.into_iter().map(|c| (c, *qos)));
+        }
+    }
+    since.sort_by_key(|(c, _)| c.version);
+    for d in since {
+        if seen.insert((d.0.version, d.0.key.clone())) {
+            sessions::push_bounded(&mut queue, (None, d));
+        }
+    }
+    let parked = Parked {
+        router: core.router.clone(),
+        owner: saved.owner,
+        filters,
+        conn,
+        inbox,
+        held,
+        queue,
+        cut: saved.parked_at,
+        seen,
+    };
+    parked.run(asked, expiry).await;
 }
 
 /// QoS 1 and 2 deliveries sent and not yet completed, by packet id, with their sending order
@@ -538,31 +619,34 @@ impl Unacked {
 /// A session whose connection has ended and that is kept: its subscriptions and its queue.
 struct Parked {
     router: tessera_shards::Router,
-    client_id: String,
+    owner: Owner,
+    filters: Vec<(String, QoS)>,
     conn: u64,
     inbox: glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
     held: Held,
     /// Deliveries for the next connection: unacknowledged ones first.
-    queue: std::collections::VecDeque<sessions::Queued>,
+    queue: VecDeque<Queued>,
+    /// When the connection ended, as saved on disk: after a restart, the audit logs give back
+    /// the changes committed since, so only an earlier one still arriving is saved again.
+    cut: Option<u64>,
+    /// Changes already in the queue that may arrive in the inbox too (after a restart).
+    seen: HashSet<(u64, Vec<u8>)>,
 }
 
 impl Parked {
     /// Holds a parked session on the core it ended on: keeps its subscriptions registered and
     /// queues its QoS 1 deliveries until a new connection takes them, or the session expires.
-    async fn run(
-        self,
-        asked: futures::channel::oneshot::Receiver<
-            futures::channel::oneshot::Sender<std::collections::VecDeque<sessions::Queued>>,
-        >,
-        expiry: Option<Duration>,
-    ) {
+    async fn run(self, asked: Asked, expiry: Option<Duration>) {
         let Parked {
             router,
-            client_id,
+            owner,
+            filters,
             conn,
             inbox,
             mut held,
             mut queue,
+            cut,
+            mut seen,
         } = self;
         let mut asked = asked.fuse();
         let expired = async {
@@ -585,7 +669,14 @@ impl Parked {
                 }
                 d = inbox.recv().fuse() => match d {
                     Some(d) if d.1 != QoS::AtMostOnce => {
-                        sessions::push_bounded(&mut queue, (None, d))
+                        if !seen.is_empty() && seen.remove(&(d.0.version, d.0.key.clone())) {
+                            continue;
+                        }
+                        let before_cut = cut.is_some_and(|c| d.0.version <= c);
+                        sessions::push_bounded(&mut queue, (None, d));
+                        if let (Some(at), true) = (cut, before_cut) {
+                            sessions::save(Saved::parked(&owner, &filters, at, &queue));
+                        }
                     }
                     Some(_) => {}
                     None => return,
@@ -593,12 +684,40 @@ impl Parked {
                 () = expired => {
                     held.release(&router, conn, None).await;
                     realtime::close_inbox(conn);
-                    sessions::expire(&client_id);
+                    sessions::expire(&owner.client_id);
                     return;
                 }
             }
         }
     }
+}
+
+/// Registers subscription `sub` of connection `conn` to `filter`. Returns the table and what the
+/// subscription covers, and the current records; `None` when the filter names no exported
+/// table or no possible id.
+async fn register(
+    core: &Core,
+    conn: u64,
+    sub: u32,
+    filter: &str,
+    qos: QoS,
+    held: &mut Held,
+) -> Option<(Arc<tessera_storage::Table>, Scope, Vec<Change>)> {
+    let (table, rest) = filter.split_once('/')?;
+    let table = core.shared.tables.get(table)?.clone();
+    let sub = Subscriber {
+        core: core.router.core(),
+        conn,
+        sub,
+        qos,
+    };
+    let scope = if rest.contains(['+', '#']) {
+        Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
+    } else {
+        Scope::Record(rest.to_owned())
+    };
+    let current = realtime::subscribe(&core.router, &table, scope.clone(), sub, held).await?;
+    Some((table, scope, current))
 }
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
@@ -888,6 +1007,7 @@ impl Session<'_> {
                 }),
             }
         }
+        self.save();
         let _ = self
             .outbox
             .send(Packet::SubAck(SubAck {
@@ -915,27 +1035,20 @@ impl Session<'_> {
         qos: QoS,
         retained: &mut Vec<(Change, QoS)>,
     ) -> Option<()> {
-        let core = self.core;
-        let (table, rest) = match filter.split_once('/') {
-            Some((t, r)) => (core.shared.tables.get(t)?.clone(), r.to_owned()),
-            None => return None,
-        };
         self.next_sub += 1;
-        let sub = Subscriber {
-            core: core.router.core(),
-            conn: self.conn,
-            sub: self.next_sub,
-            qos,
-        };
-        let scope = if rest.contains(['+', '#']) {
-            Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
-        } else {
-            Scope::Record(rest)
-        };
-        let current = realtime::subscribe(&core.router, &table, scope, sub, &mut self.held).await?;
-        self.filters.insert(filter.to_owned(), (sub.sub, qos));
+        let (sub, conn) = (self.next_sub, self.conn);
+        let (_, _, current) = register(self.core, conn, sub, filter, qos, &mut self.held).await?;
+        self.filters.insert(filter.to_owned(), (sub, qos));
         retained.extend(current.into_iter().map(|c| (c, qos)));
         Some(())
+    }
+
+    /// Saves a kept session's filters as they are now.
+    fn save(&self) {
+        if let Some(owner) = &self.kept {
+            let filters = self.filters.iter().map(|(f, (_, q))| (f.clone(), *q));
+            sessions::save(Saved::live(owner, filters));
+        }
     }
 
     /// Picks up a parked session: its filters are subscribed again, without the current
@@ -955,6 +1068,7 @@ impl Session<'_> {
                     .await;
             }
         }
+        self.save();
         let codes = if self.version == Version::V5 {
             vec![0; u.filters.len()]
         } else {

@@ -24,7 +24,8 @@ use tessera_storage::{Table, key};
 use crate::query;
 use crate::rest::id_value;
 
-/// Recent changes each shard keeps for subscriptions that start in the past.
+/// Recent changes each owner core keeps in memory per shard, for subscriptions that start in the
+/// past. The shard's store keeps them too (its `audit` keyspace), so they outlive a restart.
 pub const AUDIT: usize = 10_000;
 
 /// Where a subscription starts in the past (the Resource API's `previousCount` and `startTime`).
@@ -34,6 +35,8 @@ pub enum Since {
     Count(usize),
     /// Changes at or after this time (ms since the epoch).
     Time(u64),
+    /// Changes with a version above this one (µs since the epoch).
+    After(u64),
 }
 
 /// `previousCount=N` or `startTime=MS` in a query string (WebSocket and SSE subscriptions).
@@ -86,10 +89,16 @@ pub async fn history(
     let mut found = Vec::new();
     for core in cores {
         let (key, pattern, tid) = (key.clone(), pattern.clone(), table.id);
+        let shards: Vec<usize> = (0..router.shard_count())
+            .filter(|s| router.owner(*s) == core)
+            .collect();
         let part = router
-            .on_core(core, move |_| {
+            .on_core(core, move |set| {
                 REGISTRY.with(|r| {
-                    let r = r.borrow();
+                    let mut r = r.borrow_mut();
+                    for &shard in &shards {
+                        audit_log(&mut r, set, shard);
+                    }
                     r.audit
                         .values()
                         .flatten()
@@ -117,7 +126,36 @@ pub async fn history(
             .into_iter()
             .filter(|c| c.version / 1000 >= ms)
             .collect(),
+        Since::After(v) => found.into_iter().filter(|c| c.version > v).collect(),
     }
+}
+
+/// The in-memory audit log of `shard` on its owner core, read from the shard's store the first
+/// time (the changes it committed before this process started).
+fn audit_log<'r>(
+    r: &'r mut Registry,
+    set: &ShardSet,
+    shard: usize,
+) -> &'r mut VecDeque<Arc<Fanned>> {
+    r.audit.entry(shard).or_insert_with(|| {
+        let stored = set.store(shard).map(|s| s.audit_tail(AUDIT));
+        match stored {
+            Some(Ok(changes)) => changes
+                .into_iter()
+                .map(|change| {
+                    Arc::new(Fanned {
+                        change,
+                        frames: Default::default(),
+                    })
+                })
+                .collect(),
+            Some(Err(e)) => {
+                eprintln!("realtime: reading the audit log of shard {shard}: {e}");
+                VecDeque::new()
+            }
+            None => VecDeque::new(),
+        }
+    })
 }
 
 /// Changes waiting for one connection before further ones are dropped.
@@ -310,11 +348,15 @@ fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
                 change,
                 frames: Default::default(),
             });
-            let log = r.audit.entry(shard).or_default();
-            if log.len() == AUDIT {
-                log.pop_front();
+            let log = audit_log(&mut r, router.shard_set(), shard);
+            // A change already read from the store (committed while the log was first read) is
+            // not logged twice: versions increase within a shard.
+            if log.back().is_none_or(|last| last.version < change.version) {
+                if log.len() == AUDIT {
+                    log.pop_front();
+                }
+                log.push_back(change.clone());
             }
-            log.push_back(change.clone());
             let id = (!r.patterns.is_empty())
                 .then(|| id_text(&change.key))
                 .flatten();

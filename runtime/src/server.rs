@@ -18,7 +18,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 use crate::auth::{Authenticator, Users};
 use crate::config::Settings;
 use crate::rest::{Core, Shared, initial_counters, next_key};
-use crate::{component, eviction, http, mqtt, realtime};
+use crate::{component, eviction, http, mqtt, realtime, sessions};
 
 /// Total block cache for all shards together.
 const CACHE_BUDGET: u64 = 64 << 20;
@@ -204,17 +204,34 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         wasm,
         catalog,
     });
+    // Kept MQTT sessions come back parked, each on a core picked by its client id.
+    let saved = sessions::open(&settings.root.join("mqtt-sessions"))
+        .context("opening the MQTT sessions")?;
+    if !saved.is_empty() {
+        eprintln!("restoring {} kept MQTT sessions", saved.len());
+    }
+    let mut per_core: Vec<Vec<(sessions::Saved, sessions::Asked)>> =
+        (0..settings.threads).map(|_| Vec::new()).collect();
+    for s in saved {
+        let asked = sessions::park(&s.owner.client_id, 0, &s.owner.user, s.filters());
+        let core =
+            xxhash_rust::xxh3::xxh3_64(s.owner.client_id.as_bytes()) as usize % settings.threads;
+        per_core[core].push((s, asked));
+    }
+    let restored: Arc<Vec<std::sync::Mutex<Vec<_>>>> =
+        Arc::new(per_core.into_iter().map(std::sync::Mutex::new).collect());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let exec = ExecutorSettings {
         threads: settings.threads,
         preempt_timer: std::time::Duration::from_millis(5),
     };
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
-        let (shared, users, tokens, bound_tx) = (
+        let (shared, users, tokens, bound_tx, restored) = (
             shared.clone(),
             users.clone(),
             tokens.clone(),
             bound_tx.clone(),
+            restored.clone(),
         );
         async move {
             let listen = |addr: SocketAddr| {
@@ -235,6 +252,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             eviction::run(ctx.router.clone(), expiring).await;
             let auth = Authenticator::new(users, tokens);
             let core = Rc::new(Core::new(shared, ctx.router, auth));
+            let mine = restored
+                .get(ctx.core)
+                .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())));
+            for (saved, asked) in mine.into_iter().flatten() {
+                glommio::spawn_local(mqtt::restore(core.clone(), saved, asked)).detach();
+            }
             glommio::spawn_local(mqtt::serve(mqtt_listener, core.clone())).detach();
             glommio::spawn_local(http::serve(
                 ops_listener,
@@ -270,6 +293,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     if let Some(sig) = signals.forever().next() {
         eprintln!("signal {sig}: flushing {shard_count} shards");
         shards.close().context("flushing shards at shutdown")?;
+        sessions::flush();
         eprintln!("shutdown complete");
     }
     Ok(())

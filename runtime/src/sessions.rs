@@ -3,13 +3,23 @@
 //! MQTT 5 clean start 0 with a session expiry) that outlive their connection: their
 //! subscriptions stay registered, QoS 1 changes are queued while the client is away (after the
 //! deliveries it never acknowledged, which go again), and the next connection with the id gets
-//! both back (HARPER.md section 9). Sessions live in memory.
+//! both back (HARPER.md section 9). A session is resumed only by the user it belongs to.
+//!
+//! Kept sessions are also written to disk ([`save`], one file per client id under
+//! `<root>/mqtt-sessions/`), so that they outlive a restart: at start-up each one is parked again
+//! with its filters and the deliveries it was owed when its connection ended, followed by the
+//! changes committed since, which the shards' audit logs give back. Messages published without
+//! RETAIN are not in the audit log: those queued for an absent client do not outlive a restart.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
 use futures::channel::oneshot;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use tessera_protocol::mqtt::QoS;
 
 use crate::realtime::Delivery;
@@ -37,6 +47,8 @@ pub struct Resumed {
 
 /// A session whose connection has ended: its parker holds the subscriptions and the queue.
 struct Parked {
+    /// The user it belongs to.
+    user: String,
     filters: Vec<(String, QoS)>,
     /// Asks the parker to stop and hand over what it queued.
     take: oneshot::Sender<oneshot::Sender<VecDeque<Queued>>>,
@@ -59,13 +71,14 @@ fn with<R>(f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
 /// How long a new connection waits for the one it takes over to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
-/// Claims `client_id` for connection `conn`: a live connection with the id is told to go, and
-/// this waits until it has (parking or releasing its session). Returns the signal this
-/// connection is taken over by, and the parked session when `resume` asks for it (otherwise a
-/// parked session is discarded).
+/// Claims `client_id` for connection `conn` of `user`: a live connection with the id is told to
+/// go, and this waits until it has (parking or releasing its session). Returns the signal this
+/// connection is taken over by, and the parked session when `resume` asks for it and it is
+/// `user`'s (otherwise a parked session is discarded).
 pub async fn claim(
     client_id: &str,
     conn: u64,
+    user: &str,
     resume: bool,
 ) -> (oneshot::Receiver<()>, Option<Resumed>) {
     let old = with(|m| {
@@ -95,7 +108,7 @@ pub async fn claim(
                 Ok(()) => rx.await.unwrap_or_default(),
                 Err(_) => VecDeque::new(),
             };
-            resume.then_some(Resumed {
+            (resume && p.user == user).then_some(Resumed {
                 filters: p.filters,
                 queued,
             })
@@ -119,25 +132,30 @@ pub fn release(client_id: &str, conn: u64) {
     });
 }
 
-/// The connection `conn` has ended and its session stays: `filters` remain subscribed, and the
-/// returned receiver is where whoever resumes the session asks for the queue.
-pub fn park(
-    client_id: &str,
-    conn: u64,
-    filters: Vec<(String, QoS)>,
-) -> oneshot::Receiver<oneshot::Sender<VecDeque<Queued>>> {
+/// Where whoever resumes a parked session asks its parker for the queue.
+pub type Asked = oneshot::Receiver<oneshot::Sender<VecDeque<Queued>>>;
+
+/// The connection `conn` (0: none, for a session restored at start-up) has ended and its
+/// session stays: `filters` remain subscribed, and the returned receiver is where whoever
+/// resumes the session asks for the queue.
+pub fn park(client_id: &str, conn: u64, user: &str, filters: Vec<(String, QoS)>) -> Asked {
     let (take, asked) = oneshot::channel();
     with(|m| {
         let e = m.entry(client_id.to_owned()).or_default();
         if e.live.as_ref().is_some_and(|(c, _)| *c == conn) {
             e.live = None;
         }
-        e.parked = Some(Parked { filters, take });
+        e.parked = Some(Parked {
+            user: user.to_owned(),
+            filters,
+            take,
+        });
     });
     asked
 }
 
-/// Forgets a parked session whose expiry has passed (if it is still the one parked).
+/// Forgets a parked session whose expiry has passed (if it is still the one parked), on disk
+/// too.
 pub fn expire(client_id: &str) {
     with(|m| {
         if let Some(e) = m.get_mut(client_id) {
@@ -147,6 +165,7 @@ pub fn expire(client_id: &str) {
             }
         }
     });
+    forget(client_id);
 }
 
 /// A queue of deliveries bounded at [`PARKED_QUEUE`] (oldest dropped first).
@@ -155,4 +174,216 @@ pub fn push_bounded(q: &mut VecDeque<Queued>, d: Queued) {
         q.pop_front();
     }
     q.push_back(d);
+}
+
+/// Who a kept session belongs to and how long it outlives its connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub client_id: String,
+    pub user: String,
+    /// Seconds it outlives its connection; `None`: for ever (MQTT 3.1.1, or 5 with the
+    /// maximum interval).
+    pub expiry: Option<u32>,
+}
+
+/// A kept session as written to disk.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Saved {
+    pub owner: Owner,
+    /// Its filters and their QoS (0, 1 or 2).
+    pub filters: Vec<(String, u8)>,
+    /// When its connection ended (µs since the epoch, the clock of change versions); `None`
+    /// while a connection had it.
+    pub parked_at: Option<u64>,
+    /// What it was owed then, in order.
+    pub queue: Vec<Owed>,
+}
+
+/// A delivery a saved session is owed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Owed {
+    /// The packet id and PUBREC state of a delivery sent before.
+    again: Option<(u16, bool)>,
+    qos: u8,
+    /// [`tessera_storage::shard::Change::encode`].
+    change: Vec<u8>,
+}
+
+impl Saved {
+    /// The session of `owner` as it is while a connection has it.
+    pub fn live(owner: &Owner, filters: impl IntoIterator<Item = (String, QoS)>) -> Saved {
+        Saved {
+            owner: owner.clone(),
+            filters: filters.into_iter().map(|(f, q)| (f, q as u8)).collect(),
+            parked_at: None,
+            queue: Vec::new(),
+        }
+    }
+
+    /// The session of `owner` as its connection ends at `parked_at`, owed `queue`.
+    pub fn parked(
+        owner: &Owner,
+        filters: &[(String, QoS)],
+        parked_at: u64,
+        queue: &VecDeque<Queued>,
+    ) -> Saved {
+        Saved {
+            parked_at: Some(parked_at),
+            queue: queue
+                .iter()
+                .map(|(again, (change, qos))| Owed {
+                    again: again.map(|a| (a.id, a.received)),
+                    qos: *qos as u8,
+                    change: change.change.encode(),
+                })
+                .collect(),
+            ..Saved::live(owner, filters.iter().cloned())
+        }
+    }
+
+    /// The deliveries it was owed (those that cannot be read back are left out).
+    pub fn queued(&self) -> VecDeque<Queued> {
+        self.queue
+            .iter()
+            .filter_map(|owed| {
+                let change = tessera_storage::shard::Change::decode(&owed.change)?;
+                let fanned = std::sync::Arc::new(crate::realtime::Fanned {
+                    change,
+                    frames: Default::default(),
+                });
+                let again = owed.again.map(|(id, received)| Again { id, received });
+                Some((again, (fanned, QoS::from_bits(owed.qos).ok()?)))
+            })
+            .collect()
+    }
+
+    /// Its filters with their QoS.
+    pub fn filters(&self) -> Vec<(String, QoS)> {
+        self.filters
+            .iter()
+            .filter_map(|(f, q)| Some((f.clone(), QoS::from_bits(*q).ok()?)))
+            .collect()
+    }
+
+    /// How long it still outlives its connection, from now; `Err` once it has expired.
+    pub fn remaining(&self) -> Result<Option<Duration>, ()> {
+        let Some(expiry) = self.owner.expiry else {
+            return Ok(None);
+        };
+        let expiry = Duration::from_secs(u64::from(expiry));
+        let Some(at) = self.parked_at else {
+            return Ok(Some(expiry));
+        };
+        let gone = Duration::from_micros(tessera_storage::shard::now_micros().saturating_sub(at));
+        expiry.checked_sub(gone).map(Some).ok_or(())
+    }
+}
+
+enum Op {
+    Save(Saved),
+    Forget(String),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The queue of the thread that writes sessions to disk, in the order they are asked for.
+static DISK: OnceLock<Mutex<mpsc::Sender<Op>>> = OnceLock::new();
+
+fn send(op: Op) {
+    if let Some(tx) = DISK.get() {
+        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(op);
+    }
+}
+
+/// Writes `saved` to disk (in the background: a session is not a write anyone waits for).
+pub fn save(saved: Saved) {
+    send(Op::Save(saved));
+}
+
+/// Removes the session of `client_id` from disk, if it is there.
+pub fn forget(client_id: &str) {
+    send(Op::Forget(client_id.to_owned()));
+}
+
+/// Waits until every session asked for so far is on disk (at shutdown).
+pub fn flush() {
+    let (tx, rx) = mpsc::channel();
+    send(Op::Flush(tx));
+    let _ = rx.recv_timeout(Duration::from_secs(10));
+}
+
+/// The file of a client id's session: named by a hash, since a client id may hold any
+/// character and up to 65,535 bytes.
+fn file_of(dir: &Path, client_id: &str) -> PathBuf {
+    let hash = sha2::Sha256::digest(client_id.as_bytes());
+    let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{name}.session"))
+}
+
+/// Opens the sessions directory `dir` and starts the thread that writes to it. Returns the
+/// sessions kept there that have not expired (expired ones are removed).
+pub fn open(dir: &Path) -> std::io::Result<Vec<Saved>> {
+    std::fs::create_dir_all(dir)?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let saved = std::fs::read(&path)
+            .ok()
+            .and_then(|b| rmp_serde::from_slice::<Saved>(&b).ok());
+        match saved {
+            Some(s) if s.remaining().is_ok() => found.push(s),
+            Some(_) => std::fs::remove_file(&path)?,
+            None => eprintln!("mqtt: ignoring unreadable session file {}", path.display()),
+        }
+    }
+    let known: HashSet<String> = found.iter().map(|s| s.owner.client_id.clone()).collect();
+    let (tx, rx) = mpsc::channel();
+    let dir = dir.to_owned();
+    std::thread::Builder::new()
+        .name("tessera-sessions".into())
+        .spawn(move || write_sessions(&dir, known, &rx))?;
+    let _ = DISK.set(Mutex::new(tx));
+    Ok(found)
+}
+
+/// The session writer: each session is written to a temporary file, synced and renamed over
+/// the old one, so that a crash leaves either version whole.
+fn write_sessions(dir: &Path, mut known: HashSet<String>, rx: &mpsc::Receiver<Op>) {
+    let sync_dir = || std::fs::File::open(dir).and_then(|d| d.sync_all());
+    for op in rx {
+        let done = match op {
+            Op::Save(saved) => {
+                let path = file_of(dir, &saved.owner.client_id);
+                let tmp = path.with_extension("tmp");
+                let written = rmp_serde::to_vec(&saved)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| {
+                        let mut f = std::fs::File::create(&tmp)?;
+                        f.write_all(&bytes)?;
+                        f.sync_data()?;
+                        std::fs::rename(&tmp, &path)?;
+                        sync_dir()
+                    });
+                known.insert(saved.owner.client_id);
+                written
+            }
+            Op::Forget(client_id) => {
+                if known.remove(&client_id) {
+                    std::fs::remove_file(file_of(dir, &client_id)).and_then(|()| sync_dir())
+                } else {
+                    Ok(())
+                }
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+        };
+        if let Err(e) = done {
+            eprintln!("mqtt: writing a session to {}: {e}", dir.display());
+        }
+    }
 }

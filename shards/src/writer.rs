@@ -98,9 +98,14 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
         .spawn(move || {
+            // Versions keep increasing across restarts (the audit log is keyed by them).
+            let last = store.last_version().unwrap_or_else(|e| {
+                eprintln!("shard {shard}: reading the audit log's last version: {e}");
+                0
+            });
             let mut w = Writer {
                 store: &store,
-                clock: Clock::default(),
+                clock: Clock::after(last),
                 locks: HashMap::new(),
                 prepared: HashMap::new(),
                 deferred: VecDeque::new(),

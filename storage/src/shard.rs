@@ -1,10 +1,13 @@
-//! One shard's store: a fjall database with a `records` keyspace and an `index` keyspace.
+//! One shard's store: a fjall database with a `records` keyspace, an `index` keyspace and an
+//! `audit` keyspace.
 //!
 //! Keys: `records` = `table id (u32 BE) ++ key(primary key)`; `index` = `table id ++ attribute id
-//! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value. A write group
-//! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and
-//! commits records and index changes in one fjall batch, so a record and its index entries are
-//! never seen apart. [`ShardStore::persist`] makes committed groups durable; the caller (the
+//! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `version (u64 BE)`
+//! with the [`Change`] it made ([`Change::encode`]). A write group ([`ShardStore::apply`]) reads
+//! the old records, builds the new ones with their timestamps, and commits records, index changes
+//! and audit entries in one fjall batch, so a record, its index entries and its audit entry are
+//! never seen apart. The audit keyspace keeps only recent changes: FIFO compaction drops its
+//! oldest tables beyond [`AUDIT_BYTES`]. [`ShardStore::persist`] makes committed groups durable; the caller (the
 //! shard's writer thread) decides when, which is what makes group commit possible.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +20,13 @@ use crate::key::{self, KeyError};
 use crate::record::{self, RecordRef};
 use crate::schema::Table;
 use crate::value::{self, DecodeError, Value};
+
+/// Disk kept for one shard's audit log; older changes are dropped a table at a time.
+pub const AUDIT_BYTES: u64 = 32 << 20;
+
+/// Memtable of the audit keyspace: small, because its entries are only read back after a
+/// restart.
+const AUDIT_MEMTABLE: u64 = 2 << 20;
 
 /// Size budget of one shard's fjall database.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +118,68 @@ pub struct Change {
     pub version: u64,
 }
 
+impl Change {
+    /// `version (u64 BE) ++ table (u32 BE) ++ key len (u32 BE) ++ key ++ event`, the event being
+    /// `0 ++ stored record`, `1` (delete) or `2 ++ expires at (u64 BE ms, 0: never) ++ payload`.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = match &self.event {
+            Event::Put(stored) => stored.len(),
+            Event::Delete => 0,
+            Event::Message { payload, .. } => 8 + payload.len(),
+        };
+        let mut out = Vec::with_capacity(17 + self.key.len() + body);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.table.to_be_bytes());
+        out.extend_from_slice(&(self.key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.key);
+        match &self.event {
+            Event::Put(stored) => {
+                out.push(0);
+                out.extend_from_slice(stored);
+            }
+            Event::Delete => out.push(1),
+            Event::Message {
+                payload,
+                expires_at,
+            } => {
+                out.push(2);
+                out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+        }
+        out
+    }
+
+    /// The change [`Self::encode`] wrote; `None` for anything else.
+    pub fn decode(b: &[u8]) -> Option<Change> {
+        let u64_at = |at: usize| Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?));
+        let version = u64_at(0)?;
+        let table = u32_at(8)?;
+        let key_end = 16usize.checked_add(u32_at(12)? as usize)?;
+        let key = b.get(16..key_end)?.to_vec();
+        let rest = b.get(key_end + 1..)?;
+        let event = match b.get(key_end)? {
+            0 => Event::Put(rest.to_vec()),
+            1 if rest.is_empty() => Event::Delete,
+            2 => {
+                let expires = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                Event::Message {
+                    payload: rest[8..].to_vec(),
+                    expires_at: (expires != 0).then_some(expires),
+                }
+            }
+            _ => return None,
+        };
+        Some(Change {
+            table,
+            key,
+            event,
+            version,
+        })
+    }
+}
+
 /// One record write, addressed by its full `records` key.
 #[derive(Debug, Clone)]
 pub struct WriteOp {
@@ -132,6 +204,12 @@ pub struct Clock {
 }
 
 impl Clock {
+    /// A clock whose versions all come after `version` (the last one a shard stored), so that
+    /// versions keep increasing across restarts whatever the system clock does.
+    pub fn after(version: u64) -> Clock {
+        Clock { last: version }
+    }
+
     pub fn tick(&mut self) -> u64 {
         let now = now_micros();
         self.last = now.max(self.last + 1);
@@ -176,14 +254,18 @@ pub struct ShardStore {
     intents: Keyspace,
     /// Commit decisions of cross-shard transactions this shard coordinates: `txid` -> empty.
     decisions: Keyspace,
+    /// Recent changes: `version (u64 BE)` -> [`Change::encode`].
+    audit: Keyspace,
 }
 
 /// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
-/// record (`None`: removed) and each index entry to insert (`true`) or remove.
+/// record (`None`: removed), each index entry to insert (`true`) or remove, and the audit entry
+/// of each stored change (version, [`Change::encode`]).
 #[derive(Debug, Default)]
 pub struct Plan {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: BTreeMap<Vec<u8>, bool>,
+    audit: Vec<(u64, Vec<u8>)>,
 }
 
 impl Plan {
@@ -192,24 +274,29 @@ impl Plan {
         self.records.keys().map(Vec::as_slice)
     }
 
-    fn add_to(&self, batch: &mut fjall::OwnedWriteBatch, records: &Keyspace, index: &Keyspace) {
+    fn add_to(&self, batch: &mut fjall::OwnedWriteBatch, store: &ShardStore) {
         for (k, v) in &self.records {
             match v {
-                Some(v) => batch.insert(records, k.as_slice(), v.as_slice()),
-                None => batch.remove(records, k.as_slice()),
+                Some(v) => batch.insert(&store.records, k.as_slice(), v.as_slice()),
+                None => batch.remove(&store.records, k.as_slice()),
             }
         }
         for (k, insert) in &self.index {
             if *insert {
-                batch.insert(index, k.as_slice(), []);
+                batch.insert(&store.index, k.as_slice(), []);
             } else {
-                batch.remove(index, k.as_slice());
+                batch.remove(&store.index, k.as_slice());
             }
+        }
+        for (version, change) in &self.audit {
+            batch.insert(&store.audit, version.to_be_bytes(), change.as_slice());
         }
     }
 
     /// `coordinator (u32 BE) ++ records ++ index`, each a count (u32 BE) of entries
     /// `key len (u32 BE) ++ key ++ tag (0 absent / 1 present) [++ value len ++ value]`.
+    /// The audit entries are not kept: a part redone after a crash is audited from its records
+    /// (see [`Self::decode_intent`]).
     fn encode_intent(&self, coordinator: u32) -> Vec<u8> {
         fn put(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
@@ -273,6 +360,24 @@ impl Plan {
             let insert = take(&mut b, 1)?[0] != 0;
             plan.index.insert(k, insert);
         }
+        // The records written carry their versions; a removal's version is not kept, so a part
+        // redone after a crash audits its puts only.
+        let mut audit: Vec<(u64, Vec<u8>)> = plan
+            .records
+            .iter()
+            .filter_map(|(k, v)| {
+                let stored = v.as_ref()?;
+                let change = Change {
+                    table: u32::from_be_bytes(k.get(..4)?.try_into().ok()?),
+                    key: k.clone(),
+                    event: Event::Put(stored.clone()),
+                    version: RecordRef::parse(stored)?.version,
+                };
+                Some((change.version, change.encode()))
+            })
+            .collect();
+        audit.sort_unstable_by_key(|(v, _)| *v);
+        plan.audit = audit;
         b.is_empty().then_some((coordinator, plan))
     }
 }
@@ -337,12 +442,18 @@ impl ShardStore {
         let index = db.keyspace("index", ks)?;
         let intents = db.keyspace("intents", KeyspaceCreateOptions::default)?;
         let decisions = db.keyspace("decisions", KeyspaceCreateOptions::default)?;
+        let audit = db.keyspace("audit", || {
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(AUDIT_MEMTABLE)
+                .compaction_strategy(Arc::new(fjall::compaction::Fifo::new(AUDIT_BYTES, None)))
+        })?;
         Ok(ShardStore {
             db,
             records,
             index,
             intents,
             decisions,
+            audit,
         })
     }
 
@@ -408,7 +519,7 @@ impl ShardStore {
     ) -> Result<Vec<WriteOutcome>, StoreError> {
         let (plan, outcomes) = self.plan(ops, clock, changes)?;
         let mut batch = self.db.batch();
-        plan.add_to(&mut batch, &self.records, &self.index);
+        plan.add_to(&mut batch, self);
         batch.commit()?;
         Ok(outcomes)
     }
@@ -422,6 +533,7 @@ impl ShardStore {
     ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        let mut audit = Vec::with_capacity(ops.len());
         let mut outcomes = Vec::with_capacity(ops.len());
         for WriteOp { table, key, kind } in ops {
             let version = clock.tick();
@@ -538,16 +650,18 @@ impl ShardStore {
             }
             let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
             let stored = new.map(|v| record::encode_value(version, expires, &v));
+            let change = Change {
+                table: table.id,
+                key: key.clone(),
+                event: match &stored {
+                    Some(s) => Event::Put(s.clone()),
+                    None => Event::Delete,
+                },
+                version,
+            };
+            audit.push((version, change.encode()));
             if let Some(c) = changes.as_deref_mut() {
-                c.push(Change {
-                    table: table.id,
-                    key: key.clone(),
-                    event: match &stored {
-                        Some(s) => Event::Put(s.clone()),
-                        None => Event::Delete,
-                    },
-                    version,
-                });
+                c.push(change);
             }
             outcomes.push(WriteOutcome {
                 version,
@@ -559,6 +673,7 @@ impl ShardStore {
         let plan = Plan {
             records: latest,
             index: index_changes,
+            audit,
         };
         Ok((plan, outcomes))
     }
@@ -577,7 +692,7 @@ impl ShardStore {
     pub fn resolve(&self, txid: u64, plan: Option<&Plan>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         if let Some(plan) = plan {
-            plan.add_to(&mut batch, &self.records, &self.index);
+            plan.add_to(&mut batch, self);
         }
         batch.remove(&self.intents, txid.to_be_bytes());
         Ok(batch.commit()?)
@@ -647,7 +762,28 @@ impl ShardStore {
         self.persist(Durability::Durable)?;
         self.records.rotate_memtable_and_wait()?;
         self.index.rotate_memtable_and_wait()?;
+        self.audit.rotate_memtable_and_wait()?;
         Ok(())
+    }
+
+    /// The last `n` changes of the audit log, oldest first (a change it cannot read is skipped).
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<Change>, StoreError> {
+        let mut out = Vec::with_capacity(n.min(1024));
+        for kv in self.audit.iter().rev().take(n) {
+            let (_, v) = kv.into_inner()?;
+            out.extend(Change::decode(&v));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The version of the last change the audit log holds (0 when empty).
+    pub fn last_version(&self) -> Result<u64, StoreError> {
+        let Some(kv) = self.audit.last_key_value() else {
+            return Ok(0);
+        };
+        let k = kv.key()?;
+        Ok(k.as_ref().try_into().map_or(0, u64::from_be_bytes))
     }
 
     /// Writes the index entries of one attribute for every record of a table on this shard
@@ -874,6 +1010,55 @@ mod tests {
 
     fn index_keys(store: &ShardStore) -> Vec<Vec<u8>> {
         store.scan_index(&[]).map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    #[test]
+    fn stored_changes_are_audited_and_read_back_after_reopening() {
+        let (dir, store, t) = setup();
+        let mut clock = Clock::default();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        let op = |kind| WriteOp {
+            table: t.clone(),
+            key: key.clone(),
+            kind,
+        };
+        let message = WriteKind::Message {
+            payload: b"hi".to_vec(),
+            expires_at: Some(9),
+        };
+        let put = WriteKind::Put(obj(&[("id", Value::String("a".into()))]));
+        let mut changes = Vec::new();
+        let out = store
+            .apply(
+                vec![op(put), op(message), op(WriteKind::Delete)],
+                &mut clock,
+                Some(&mut changes),
+            )
+            .unwrap();
+        // Every change encodes and decodes whole.
+        for c in &changes {
+            let back = Change::decode(&c.encode()).unwrap();
+            assert_eq!(
+                (back.table, &back.key, &back.event),
+                (c.table, &c.key, &c.event)
+            );
+            assert_eq!(back.version, c.version);
+        }
+        assert!(Change::decode(&changes[0].encode()[..20]).is_none());
+        store.persist(Durability::Durable).unwrap();
+        drop(store);
+
+        // The stored put and delete (not the message) are there after reopening, in order.
+        let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
+        let audited = store.audit_tail(10).unwrap();
+        let versions: Vec<u64> = audited.iter().map(|c| c.version).collect();
+        assert_eq!(versions, vec![out[0].version, out[2].version]);
+        assert!(matches!(audited[0].event, Event::Put(_)));
+        assert_eq!(audited[1].event, Event::Delete);
+        assert_eq!(store.audit_tail(1).unwrap()[0].version, out[2].version);
+        assert_eq!(store.last_version().unwrap(), out[2].version);
+        // A clock that starts after it never goes back, whatever the system clock says.
+        assert_eq!(Clock::after(u64::MAX - 1).tick(), u64::MAX);
     }
 
     #[test]

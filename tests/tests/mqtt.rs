@@ -622,3 +622,126 @@ fn mqtt5_message_expiry() {
     assert_eq!(back.next_publish(WAIT).unwrap().payload, b"forever");
     assert!(back.next_publish(Duration::from_millis(300)).is_none());
 }
+
+#[test]
+fn kept_sessions_and_what_they_are_owed_outlive_a_restart() {
+    let app = tessera_tests::App::new(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let start = tessera_tests::Start::new(app.dir.path(), root.path());
+    let restart = |s: Server, kill: bool| {
+        if kill {
+            // The session's file is written in the background as its connection ends.
+            std::thread::sleep(Duration::from_millis(300));
+            s.kill9();
+        } else {
+            assert_eq!(s.terminate(), Some(0));
+        }
+        start.start()
+    };
+    let mut s = start.start();
+    let (st, body) = s
+        .ops()
+        .operation(&json!({"operation": "add_user", "username": "mallory",
+        "password": "pw", "role": "super_user"}));
+    assert_eq!(st, 200, "{body}");
+    for (v, kill) in [(Version::V311, false), (Version::V5, true)] {
+        let id = format!("kept-{v:?}");
+        let path = format!("/Sensor/k-{v:?}");
+        let mut rest = s.client();
+        let (mut c, _) = connect_session(&s, v, &id, false, None);
+        let filters = [(&path[1..], QoS::AtLeastOnce)];
+        assert_eq!(c.subscribe(&filters), vec![1]);
+        // Delivered and never acknowledged before the connection ends.
+        assert_eq!(rest.put_json(&path, r#"{"temp":1}"#).status, 204);
+        let first = c.next_publish(WAIT).expect("first delivery");
+        assert_eq!(json_of(&first.payload)["temp"], json!(1), "{v:?}");
+        hang_up(c);
+        // Committed while the client is away, then the server goes: cleanly, or by SIGKILL.
+        assert_eq!(rest.put_json(&path, r#"{"temp":2}"#).status, 204);
+        drop(rest);
+        s = restart(s, kill);
+        // Committed after the restart, while the client is still away.
+        assert_eq!(s.client().put_json(&path, r#"{"temp":3}"#).status, 204);
+        // Another user's connection with the same client id does not get the session.
+        let (mut m, ack) = MqttClient::connect_with(
+            s.mqtt_port,
+            tessera_protocol::mqtt::Connect {
+                version: v,
+                client_id: id.clone(),
+                clean_start: false,
+                keep_alive: 30,
+                username: Some("mallory".into()),
+                password: Some(b"pw".to_vec()),
+                will: None,
+                properties: Default::default(),
+            },
+        );
+        assert_eq!(ack.map(|a| (a.code, a.session_present)), Some((0, false)));
+        assert!(
+            m.next_publish(Duration::from_millis(300)).is_none(),
+            "{v:?}"
+        );
+        // Mallory's connection with a clean session discarded the owner's, which is gone now.
+        hang_up(m);
+        let (c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(!ack.session_present, "{v:?}: discarded by another user");
+        drop(c);
+
+        // Again, without the other user: the owner gets everything back in order.
+        let (mut c, _) = connect_session(&s, v, &id, false, None);
+        assert_eq!(c.subscribe(&filters), vec![1]);
+        let current = c.next_publish(WAIT).expect("current record");
+        assert_eq!(json_of(&current.payload)["temp"], json!(3), "{v:?}");
+        c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+            current.packet_id.unwrap(),
+        )));
+        assert_eq!(s.client().put_json(&path, r#"{"temp":4}"#).status, 204);
+        let p4 = c.next_publish(WAIT).expect("delivery of 4");
+        assert_eq!(json_of(&p4.payload)["temp"], json!(4), "{v:?}");
+        hang_up(c);
+        assert_eq!(s.client().put_json(&path, r#"{"temp":5}"#).status, 204);
+        s = restart(s, kill);
+        assert_eq!(s.client().put_json(&path, r#"{"temp":6}"#).status, 204);
+        let (mut c, ack) = connect_session(&s, v, &id, false, None);
+        assert!(
+            ack.session_present,
+            "{v:?}: session present after the restart"
+        );
+        // The unacknowledged delivery again (its id, DUP), then the change made before the
+        // restart (from the audit log), then the one after it.
+        for (want, again) in [(4, true), (5, false), (6, false)] {
+            let p = c.next_publish(WAIT).expect("a delivery owed");
+            assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
+            assert_eq!(p.dup, again, "{v:?} {want}");
+            if again {
+                assert_eq!(p.packet_id, p4.packet_id, "{v:?}");
+            }
+            c.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+                p.packet_id.unwrap(),
+            )));
+        }
+        assert!(
+            c.next_publish(Duration::from_millis(300)).is_none(),
+            "{v:?}"
+        );
+        // Still subscribed.
+        assert_eq!(s.client().put_json(&path, r#"{"temp":7}"#).status, 204);
+        let p = c.next_publish(WAIT).expect("a new change");
+        assert_eq!(json_of(&p.payload)["temp"], json!(7), "{v:?}");
+        drop(c);
+    }
+
+    // An MQTT 5 session whose expiry passes while the server is down is gone.
+    let properties = tessera_protocol::mqtt::Properties {
+        session_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    let (mut c, _) = connect_full(&s, Version::V5, "brief", false, None, properties.clone());
+    assert_eq!(c.subscribe(&[("Sensor/b", QoS::AtLeastOnce)]), vec![1]);
+    hang_up(c);
+    assert_eq!(s.terminate(), Some(0));
+    std::thread::sleep(Duration::from_millis(1200));
+    let s = start.start();
+    let (_c, ack) = connect_full(&s, Version::V5, "brief", false, None, properties);
+    assert!(!ack.session_present, "expired while the server was down");
+}
