@@ -97,7 +97,7 @@ pub async fn history(
                 REGISTRY.with(|r| {
                     let mut r = r.borrow_mut();
                     for &shard in &shards {
-                        audit_log(&mut r, set, shard);
+                        read_audit(&mut r, set, shard);
                     }
                     r.audit
                         .values()
@@ -130,32 +130,32 @@ pub async fn history(
     }
 }
 
-/// The in-memory audit log of `shard` on its owner core, read from the shard's store the first
+/// Fills the in-memory audit log of `shard` on its owner core from the shard's store, the first
 /// time (the changes it committed before this process started).
-fn audit_log<'r>(
-    r: &'r mut Registry,
-    set: &ShardSet,
-    shard: usize,
-) -> &'r mut VecDeque<Arc<Fanned>> {
-    r.audit.entry(shard).or_insert_with(|| {
-        let stored = set.store(shard).map(|s| s.audit_tail(AUDIT));
-        match stored {
-            Some(Ok(changes)) => changes
-                .into_iter()
-                .map(|change| {
-                    Arc::new(Fanned {
-                        change,
-                        frames: Default::default(),
-                    })
-                })
-                .collect(),
-            Some(Err(e)) => {
-                eprintln!("realtime: reading the audit log of shard {shard}: {e}");
-                VecDeque::new()
-            }
-            None => VecDeque::new(),
+fn read_audit(r: &mut Registry, set: &ShardSet, shard: usize) {
+    if r.audit.contains_key(&shard) {
+        return;
+    }
+    let stored = match set.store(shard).map(|s| s.audit_tail(AUDIT)) {
+        Some(Ok(changes)) => changes,
+        Some(Err(e)) => {
+            eprintln!("realtime: reading the audit log of shard {shard}: {e}");
+            Vec::new()
         }
-    })
+        None => Vec::new(),
+    };
+    r.read_up_to
+        .insert(shard, stored.last().map_or(0, |c| c.version));
+    let log = stored
+        .into_iter()
+        .map(|change| {
+            Arc::new(Fanned {
+                change,
+                frames: Default::default(),
+            })
+        })
+        .collect();
+    r.audit.insert(shard, log);
 }
 
 /// Changes waiting for one connection before further ones are dropped.
@@ -231,6 +231,8 @@ struct Registry {
     dropped: u64,
     /// The audit log of each shard this core owns: its most recent changes, oldest first.
     audit: HashMap<usize, VecDeque<Arc<Fanned>>>,
+    /// The last version each shard's log was read from the store with.
+    read_up_to: HashMap<usize, u64>,
 }
 
 thread_local! {
@@ -348,10 +350,13 @@ fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
                 change,
                 frames: Default::default(),
             });
-            let log = audit_log(&mut r, router.shard_set(), shard);
-            // A change already read from the store (committed while the log was first read) is
-            // not logged twice: versions increase within a shard.
-            if log.back().is_none_or(|last| last.version < change.version) {
+            read_audit(&mut r, router.shard_set(), shard);
+            let read_up_to = r.read_up_to.get(&shard).copied().unwrap_or(0);
+            let log = r.audit.entry(shard).or_default();
+            // A change read from the store (committed while the log was first read) is not
+            // logged twice. Versions do not always arrive in order (a cross-shard transaction's
+            // part is versioned when prepared), so only those up to what was read are looked up.
+            if change.version > read_up_to || !log.iter().any(|c| c.version == change.version) {
                 if log.len() == AUDIT {
                     log.pop_front();
                 }
