@@ -97,11 +97,11 @@ pub async fn history(
                 REGISTRY.with(|r| {
                     let mut r = r.borrow_mut();
                     for &shard in &shards {
-                        read_audit(&mut r, set, shard);
+                        AuditLog::of(&mut r.audit, set, shard);
                     }
                     r.audit
                         .values()
-                        .flatten()
+                        .flat_map(|log| &log.changes)
                         .filter(|c| c.table == tid)
                         .filter(|c| key.as_ref().is_none_or(|k| *k == c.key))
                         .filter(|c| {
@@ -130,32 +130,53 @@ pub async fn history(
     }
 }
 
-/// Fills the in-memory audit log of `shard` on its owner core from the shard's store, the first
-/// time (the changes it committed before this process started).
-fn read_audit(r: &mut Registry, set: &ShardSet, shard: usize) {
-    if r.audit.contains_key(&shard) {
-        return;
-    }
-    let stored = match set.store(shard).map(|s| s.audit_tail(AUDIT)) {
-        Some(Ok(changes)) => changes,
-        Some(Err(e)) => {
-            eprintln!("realtime: reading the audit log of shard {shard}: {e}");
-            Vec::new()
-        }
-        None => Vec::new(),
-    };
-    r.read_up_to
-        .insert(shard, stored.last().map_or(0, |c| c.version));
-    let log = stored
-        .into_iter()
-        .map(|change| {
-            Arc::new(Fanned {
-                change,
-                frames: Default::default(),
-            })
+/// One shard's audit log on its owner core.
+struct AuditLog {
+    /// Its most recent changes, oldest first.
+    changes: VecDeque<Arc<Fanned>>,
+    /// The last version read back from the shard's store when the log was filled.
+    read_up_to: u64,
+}
+
+impl AuditLog {
+    /// The log of `shard`, filled from the shard's store the first time (the changes it
+    /// committed before this process started).
+    fn of<'a>(
+        logs: &'a mut HashMap<usize, AuditLog>,
+        set: &ShardSet,
+        shard: usize,
+    ) -> &'a mut AuditLog {
+        logs.entry(shard).or_insert_with(|| {
+            let stored = match set.store(shard).map(|s| s.audit_tail(AUDIT)) {
+                Some(Ok(changes)) => changes,
+                Some(Err(e)) => {
+                    eprintln!("realtime: reading the audit log of shard {shard}: {e}");
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
+            AuditLog {
+                read_up_to: stored.last().map_or(0, |c| c.version),
+                changes: stored.into_iter().map(Fanned::new).collect(),
+            }
         })
-        .collect();
-    r.audit.insert(shard, log);
+    }
+
+    /// Logs `change`, dropping the oldest beyond [`AUDIT`]. A change read back from the store
+    /// (committed while the log was being filled) is not logged twice. Versions do not always
+    /// arrive in order (a cross-shard transaction's part is versioned when prepared), so only
+    /// those up to what was read are looked up.
+    fn push(&mut self, change: &Arc<Fanned>) {
+        if change.version <= self.read_up_to
+            && self.changes.iter().any(|c| c.version == change.version)
+        {
+            return;
+        }
+        if self.changes.len() == AUDIT {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(change.clone());
+    }
 }
 
 /// Changes waiting for one connection before further ones are dropped.
@@ -209,6 +230,15 @@ pub struct Fanned {
     pub frames: [std::sync::OnceLock<Option<Vec<u8>>>; 2],
 }
 
+impl Fanned {
+    pub fn new(change: Change) -> Arc<Fanned> {
+        Arc::new(Fanned {
+            change,
+            frames: Default::default(),
+        })
+    }
+}
+
 impl std::ops::Deref for Fanned {
     type Target = Change;
     fn deref(&self) -> &Change {
@@ -229,10 +259,8 @@ struct Registry {
     inboxes: HashMap<u64, LocalSender<Delivery>>,
     /// Changes dropped because an inbox was full.
     dropped: u64,
-    /// The audit log of each shard this core owns: its most recent changes, oldest first.
-    audit: HashMap<usize, VecDeque<Arc<Fanned>>>,
-    /// The last version each shard's log was read from the store with.
-    read_up_to: HashMap<usize, u64>,
+    /// The audit log of each shard this core owns.
+    audit: HashMap<usize, AuditLog>,
 }
 
 thread_local! {
@@ -344,24 +372,11 @@ pub fn follow(router: &Router) {
 fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
     let mut per_core: HashMap<usize, Vec<(u64, Delivery)>> = HashMap::new();
     REGISTRY.with(|r| {
-        let mut r = r.borrow_mut();
+        let r = &mut *r.borrow_mut();
+        let log = AuditLog::of(&mut r.audit, router.shard_set(), shard);
         for change in changes {
-            let change = Arc::new(Fanned {
-                change,
-                frames: Default::default(),
-            });
-            read_audit(&mut r, router.shard_set(), shard);
-            let read_up_to = r.read_up_to.get(&shard).copied().unwrap_or(0);
-            let log = r.audit.entry(shard).or_default();
-            // A change read from the store (committed while the log was first read) is not
-            // logged twice. Versions do not always arrive in order (a cross-shard transaction's
-            // part is versioned when prepared), so only those up to what was read are looked up.
-            if change.version > read_up_to || !log.iter().any(|c| c.version == change.version) {
-                if log.len() == AUDIT {
-                    log.pop_front();
-                }
-                log.push_back(change.clone());
-            }
+            let change = Fanned::new(change);
+            log.push(&change);
             let id = (!r.patterns.is_empty())
                 .then(|| id_text(&change.key))
                 .flatten();

@@ -247,10 +247,7 @@ impl Saved {
             .iter()
             .filter_map(|owed| {
                 let change = tessera_storage::shard::Change::decode(&owed.change)?;
-                let fanned = std::sync::Arc::new(crate::realtime::Fanned {
-                    change,
-                    frames: Default::default(),
-                });
+                let fanned = crate::realtime::Fanned::new(change);
                 let again = owed.again.map(|(id, received)| Again { id, received });
                 Some((again, (fanned, QoS::from_bits(owed.qos).ok()?)))
             })
@@ -286,11 +283,11 @@ enum Op {
 }
 
 /// The queue of the thread that writes sessions to disk, in the order they are asked for.
-static DISK: OnceLock<Mutex<mpsc::Sender<Op>>> = OnceLock::new();
+static DISK: OnceLock<mpsc::Sender<Op>> = OnceLock::new();
 
 fn send(op: Op) {
     if let Some(tx) = DISK.get() {
-        let _ = tx.lock().unwrap_or_else(|e| e.into_inner()).send(op);
+        let _ = tx.send(op);
     }
 }
 
@@ -345,7 +342,7 @@ pub fn open(dir: &Path) -> std::io::Result<Vec<Saved>> {
     std::thread::Builder::new()
         .name("tessera-sessions".into())
         .spawn(move || write_sessions(&dir, known, &rx))?;
-    let _ = DISK.set(Mutex::new(tx));
+    let _ = DISK.set(tx);
     Ok(found)
 }
 
