@@ -499,11 +499,7 @@ where
             for d in backlog {
                 sessions::push_bounded(&mut queue, d);
             }
-            while let Some(Some(d)) = inbox.recv().now_or_never() {
-                if d.1 != QoS::AtMostOnce {
-                    sessions::push_bounded(&mut queue, (None, d));
-                }
-            }
+            drain(&inbox, &mut queue, &mut HashSet::new());
             let parked_at = now_micros();
             sessions::save(Saved::parked(&owner, &filters, parked_at, &queue));
             let asked = sessions::park(&client_id, conn, &owner.user, filters.clone());
@@ -521,11 +517,15 @@ where
             };
             glommio::spawn_local(parked.run(asked, expiry)).detach();
         }
-        _ => {
+        (_, kept) => {
             held.release(&core.router, conn, None).await;
             realtime::close_inbox(conn);
             sessions::release(&client_id, conn);
-            sessions::forget(&client_id);
+            // A kept session that could not be parked ends here (one that was never kept was
+            // taken off the disk when it connected).
+            if kept.is_some() {
+                sessions::forget(&client_id);
+            }
         }
     }
 }
@@ -616,6 +616,21 @@ impl Unacked {
     }
 }
 
+/// Moves the QoS 1 and 2 deliveries already in `inbox` to `queue`, leaving out those `seen`
+/// holds (already queued).
+fn drain(
+    inbox: &glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
+    queue: &mut VecDeque<Queued>,
+    seen: &mut HashSet<(u64, Vec<u8>)>,
+) {
+    while let Some(Some(d)) = inbox.recv().now_or_never() {
+        let repeated = !seen.is_empty() && seen.remove(&(d.0.version, d.0.key.clone()));
+        if d.1 != QoS::AtMostOnce && !repeated {
+            sessions::push_bounded(queue, (None, d));
+        }
+    }
+}
+
 /// A session whose connection has ended and that is kept: its subscriptions and its queue.
 struct Parked {
     router: tessera_shards::Router,
@@ -661,6 +676,8 @@ impl Parked {
             futures::select_biased! {
                 reply = asked => {
                     held.release(&router, conn, None).await;
+                    // What reached the inbox meanwhile goes with the queue.
+                    drain(&inbox, &mut queue, &mut seen);
                     realtime::close_inbox(conn);
                     if let Ok(reply) = reply {
                         let _ = reply.send(queue);

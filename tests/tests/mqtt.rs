@@ -710,7 +710,9 @@ fn kept_sessions_and_what_they_are_owed_outlive_a_restart() {
         // The unacknowledged delivery again (its id, DUP), then the change made before the
         // restart (from the audit log), then the one after it.
         for (want, again) in [(4, true), (5, false), (6, false)] {
-            let p = c.next_publish(WAIT).expect("a delivery owed");
+            let p = c
+                .next_publish(WAIT)
+                .unwrap_or_else(|| panic!("{v:?}: the delivery of {want}\n{}", s.output()));
             assert_eq!(json_of(&p.payload)["temp"], json!(want), "{v:?}");
             assert_eq!(p.dup, again, "{v:?} {want}");
             if again {
