@@ -6,7 +6,7 @@
 //! (turns changes from the connection's inbox into PUBLISH packets).
 
 use std::cell::RefCell;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 
 use crate::auth::User;
-use crate::realtime::{self, Held, Pattern, Scope, Since, Subscriber};
+use crate::realtime::{self, Held, Pattern, Scope, Subscriber};
 use crate::rest::{Core, id_value};
 use crate::roles::Action;
 use crate::sessions::{self, Again, Asked, Owner, Queued, Saved};
@@ -265,9 +265,28 @@ where
     // those a resumed session queued, then the inbox's. It ends when the inbox closes, or hands
     // the inbox and what it has not sent back when the session is to be parked.
     let inbox = realtime::open_inbox(conn);
-    let (resumed_filters, backlog) = match resumed {
-        Some(r) => (Some(r.filters), r.queued),
-        None => (None, VecDeque::new()),
+    let mut session = Session {
+        core,
+        user,
+        conn,
+        version,
+        outbox: out_tx.clone(),
+        held: Held::default(),
+        next_sub: 0,
+        kept: kept.clone(),
+        filters: std::collections::HashMap::new(),
+        aliases: std::collections::HashMap::new(),
+    };
+    // A resumed session is subscribed again before anything is delivered: what it queued goes
+    // first, then what was committed after its connection ended and never reached the queue.
+    let backlog = match resumed {
+        Some(r) => {
+            let mut queue = r.queued;
+            let logged = session.resume(&r.filters, r.parked_at).await;
+            sessions::append_new(&mut queue, logged);
+            queue
+        }
+        None => VecDeque::new(),
     };
     let (park_tx, park_rx) = futures::channel::oneshot::channel::<()>();
     // Flow control: at most the client's Receive Maximum (MQTT 5; 65,535 otherwise) QoS 1 and 2
@@ -367,23 +386,8 @@ where
     };
 
     let acks = unacked.clone();
-    let session_kept = kept.clone();
+    drop(out_tx);
     let reader = async move {
-        let mut session = Session {
-            core,
-            user,
-            conn,
-            version,
-            outbox: out_tx,
-            held: Held::default(),
-            next_sub: 0,
-            kept: session_kept,
-            filters: std::collections::HashMap::new(),
-            aliases: std::collections::HashMap::new(),
-        };
-        if let Some(filters) = resumed_filters {
-            session.resume(filters).await;
-        }
         let keep_alive = match connect.keep_alive {
             0 => Duration::from_secs(24 * 3600),
             s => Duration::from_millis(u64::from(s) * 1500),
@@ -499,10 +503,16 @@ where
             for d in backlog {
                 sessions::push_bounded(&mut queue, d);
             }
-            drain(&inbox, &mut queue, &mut HashSet::new());
+            drain(&inbox, &mut queue);
             let parked_at = now_micros();
             sessions::save(Saved::parked(&owner, &filters, parked_at, &queue));
-            let asked = sessions::park(&client_id, conn, &owner.user, filters.clone());
+            let asked = sessions::park(
+                &client_id,
+                conn,
+                &owner.user,
+                filters.clone(),
+                Some(parked_at),
+            );
             let expiry = owner.expiry.map(|s| Duration::from_secs(u64::from(s)));
             let parked = Parked {
                 router: core.router.clone(),
@@ -513,7 +523,6 @@ where
                 held,
                 queue,
                 cut: Some(parked_at),
-                seen: HashSet::new(),
             };
             glommio::spawn_local(parked.run(asked, expiry)).detach();
         }
@@ -543,29 +552,8 @@ pub async fn restore(core: Rc<Core>, saved: Saved, asked: Asked) {
     let mut held = Held::default();
     let filters = saved.filters();
     let mut queue = saved.queued();
-    // What the queue holds, so that what comes again from the audit log or the inbox is not
-    // delivered twice.
-    let mut seen: HashSet<(u64, Vec<u8>)> = queue
-        .iter()
-        .map(|(_, (c, _))| (c.version, c.key.clone()))
-        .collect();
-    let mut since = Vec::new();
-    for (n, (filter, qos)) in (1..).zip(&filters) {
-        let Some((table, scope, _)) = register(&core, conn, n, filter, *qos, &mut held).await
-        else {
-            continue;
-        };
-        if let (Some(at), QoS::AtLeastOnce | QoS::ExactlyOnce) = (saved.parked_at, qos) {
-            let logged = realtime::history(&core.router, &table, &scope, Since::After(at)).await;
-            since.extend(logged.into_iter().map(|c| (c, *qos)));
-        }
-    }
-    since.sort_by_key(|(c, _)| c.version);
-    for d in since {
-        if seen.insert((d.0.version, d.0.key.clone())) {
-            sessions::push_bounded(&mut queue, (None, d));
-        }
-    }
+    let (_, logged) = resubscribe(&core, conn, 1, &filters, saved.parked_at, &mut held).await;
+    sessions::append_new(&mut queue, logged);
     let parked = Parked {
         router: core.router.clone(),
         owner: saved.owner,
@@ -575,7 +563,6 @@ pub async fn restore(core: Rc<Core>, saved: Saved, asked: Asked) {
         held,
         queue,
         cut: saved.parked_at,
-        seen,
     };
     parked.run(asked, expiry).await;
 }
@@ -616,16 +603,13 @@ impl Unacked {
     }
 }
 
-/// Moves the QoS 1 and 2 deliveries already in `inbox` to `queue`, leaving out those `seen`
-/// holds (already queued).
+/// Moves the QoS 1 and 2 deliveries already in `inbox` to `queue`.
 fn drain(
     inbox: &glommio::channels::local_channel::LocalReceiver<realtime::Delivery>,
     queue: &mut VecDeque<Queued>,
-    seen: &mut HashSet<(u64, Vec<u8>)>,
 ) {
     while let Some(Some(d)) = inbox.recv().now_or_never() {
-        let repeated = !seen.is_empty() && seen.remove(&(d.0.version, d.0.key.clone()));
-        if d.1 != QoS::AtMostOnce && !repeated {
+        if d.1 != QoS::AtMostOnce {
             sessions::push_bounded(queue, (None, d));
         }
     }
@@ -644,8 +628,6 @@ struct Parked {
     /// When the connection ended, as saved on disk: after a restart, the audit logs give back
     /// the changes committed since, so only an earlier one still arriving is saved again.
     cut: Option<u64>,
-    /// Changes already in the queue that may arrive in the inbox too (after a restart).
-    seen: HashSet<(u64, Vec<u8>)>,
 }
 
 impl Parked {
@@ -661,7 +643,6 @@ impl Parked {
             mut held,
             mut queue,
             cut,
-            mut seen,
         } = self;
         let mut asked = asked.fuse();
         let expired = async {
@@ -677,7 +658,7 @@ impl Parked {
                 reply = asked => {
                     held.release(&router, conn, None).await;
                     // What reached the inbox meanwhile goes with the queue.
-                    drain(&inbox, &mut queue, &mut seen);
+                    drain(&inbox, &mut queue);
                     realtime::close_inbox(conn);
                     if let Ok(reply) = reply {
                         let _ = reply.send(queue);
@@ -686,9 +667,6 @@ impl Parked {
                 }
                 d = inbox.recv().fuse() => match d {
                     Some(d) if d.1 != QoS::AtMostOnce => {
-                        if !seen.is_empty() && seen.remove(&(d.0.version, d.0.key.clone())) {
-                            continue;
-                        }
                         let before_cut = cut.is_some_and(|c| d.0.version <= c);
                         sessions::push_bounded(&mut queue, (None, d));
                         if let (Some(at), true) = (cut, before_cut) {
@@ -719,22 +697,64 @@ async fn register(
     filter: &str,
     qos: QoS,
     held: &mut Held,
-) -> Option<(Arc<tessera_storage::Table>, Scope, Vec<Change>)> {
+) -> Option<Vec<Change>> {
+    let (table, scope) = target(core, filter)?;
+    let sub = subscriber(core, conn, sub, qos);
+    realtime::subscribe(&core.router, &table, scope, sub, held).await
+}
+
+/// The exported table a filter names, and what it covers there.
+fn target(core: &Core, filter: &str) -> Option<(Arc<tessera_storage::Table>, Scope)> {
     let (table, rest) = filter.split_once('/')?;
     let table = core.shared.tables.get(table)?.clone();
-    let sub = Subscriber {
-        core: core.router.core(),
-        conn,
-        sub,
-        qos,
-    };
     let scope = if rest.contains(['+', '#']) {
         Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
     } else {
         Scope::Record(rest.to_owned())
     };
-    let current = realtime::subscribe(&core.router, &table, scope.clone(), sub, held).await?;
-    Some((table, scope, current))
+    Some((table, scope))
+}
+
+fn subscriber(core: &Core, conn: u64, sub: u32, qos: QoS) -> Subscriber {
+    Subscriber {
+        core: core.router.core(),
+        conn,
+        sub,
+        qos,
+    }
+}
+
+/// Subscribes `conn` again to the filters of a session whose connection ended at `parked_at`,
+/// numbering them from `first`. Returns the filters subscribed with their numbers, and the
+/// changes their QoS 1 and 2 filters cover that were committed after `parked_at` (none when it
+/// is unknown), in commit order: read in the same step as each registration, so that none falls
+/// between the old subscriptions and the new ones.
+async fn resubscribe(
+    core: &Core,
+    conn: u64,
+    first: u32,
+    filters: &[(String, QoS)],
+    parked_at: Option<u64>,
+    held: &mut Held,
+) -> (Vec<(String, u32, QoS)>, Vec<realtime::Delivery>) {
+    let after = parked_at.unwrap_or(u64::MAX);
+    let (mut subscribed, mut logged) = (Vec::new(), Vec::new());
+    for (sub, (filter, qos)) in (first..).zip(filters) {
+        let Some((table, scope)) = target(core, filter) else {
+            continue;
+        };
+        let s = subscriber(core, conn, sub, *qos);
+        let Some(found) = realtime::resubscribe(&core.router, &table, &scope, s, held, after).await
+        else {
+            continue;
+        };
+        subscribed.push((filter.clone(), sub, *qos));
+        if *qos != QoS::AtMostOnce {
+            logged.extend(found.into_iter().map(|c| (c, *qos)));
+        }
+    }
+    logged.sort_by_key(|(c, _)| c.version);
+    (subscribed, logged)
 }
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
@@ -1054,7 +1074,7 @@ impl Session<'_> {
     ) -> Option<()> {
         self.next_sub += 1;
         let (sub, conn) = (self.next_sub, self.conn);
-        let (_, _, current) = register(self.core, conn, sub, filter, qos, &mut self.held).await?;
+        let current = register(self.core, conn, sub, filter, qos, &mut self.held).await?;
         self.filters.insert(filter.to_owned(), (sub, qos));
         retained.extend(current.into_iter().map(|c| (c, qos)));
         Some(())
@@ -1069,12 +1089,28 @@ impl Session<'_> {
     }
 
     /// Picks up a parked session: its filters are subscribed again, without the current
-    /// records (the deliverer sends what the session queued while the client was away).
-    async fn resume(&mut self, filters: Vec<(String, QoS)>) {
-        for (filter, qos) in filters {
-            let mut ignored = Vec::new();
-            let _ = self.add_subscription(&filter, qos, &mut ignored).await;
+    /// records (the deliverer sends what the session queued while the client was away). Returns
+    /// the changes committed after `parked_at` that the session's filters cover.
+    async fn resume(
+        &mut self,
+        filters: &[(String, QoS)],
+        parked_at: Option<u64>,
+    ) -> Vec<realtime::Delivery> {
+        let first = self.next_sub + 1;
+        let (subscribed, logged) = resubscribe(
+            self.core,
+            self.conn,
+            first,
+            filters,
+            parked_at,
+            &mut self.held,
+        )
+        .await;
+        for (filter, sub, qos) in subscribed {
+            self.next_sub = self.next_sub.max(sub);
+            self.filters.insert(filter, (sub, qos));
         }
+        logged
     }
 
     async fn unsubscribe(&mut self, u: Unsubscribe) {

@@ -69,53 +69,60 @@ pub async fn starting_point(
     }
 }
 
-/// The logged changes of `table` that `scope` covers, from `since` on, in commit order: from the
-/// owner core of a record's shard, or from every core for a pattern.
-pub async fn history(
-    router: &Router,
-    table: &Table,
-    scope: &Scope,
-    since: Since,
-) -> Vec<Arc<Fanned>> {
-    let (cores, key, pattern): (Vec<usize>, Option<Vec<u8>>, Option<Pattern>) = match scope {
-        Scope::Record(id) => {
-            let Ok(key) = record_key(table.id, &id_value(table, id)) else {
-                return Vec::new();
-            };
-            (vec![router.owner(router.shard_of(&key))], Some(key), None)
+/// The changes of a table a subscription covers: one record's, or those of the ids a pattern
+/// matches.
+#[derive(Clone)]
+enum Covered {
+    Key(Vec<u8>),
+    Ids(Pattern),
+}
+
+impl Covered {
+    fn covers(&self, c: &Change) -> bool {
+        match self {
+            Covered::Key(k) => *k == c.key,
+            Covered::Ids(p) => id_text(&c.key).is_some_and(|id| p.matches(&id)),
         }
-        Scope::Pattern(p) => ((0..router.cores()).collect(), None, Some(p.clone())),
-    };
-    let mut found = Vec::new();
-    for core in cores {
-        let (key, pattern, tid) = (key.clone(), pattern.clone(), table.id);
-        let shards: Vec<usize> = (0..router.shard_count())
-            .filter(|s| router.owner(*s) == core)
-            .collect();
-        let part = router
-            .on_core(core, move |set| {
-                REGISTRY.with(|r| {
-                    let mut r = r.borrow_mut();
-                    for &shard in &shards {
-                        AuditLog::of(&mut r.audit, set, shard);
-                    }
-                    r.audit
-                        .values()
-                        .flat_map(|log| &log.changes)
-                        .filter(|c| c.table == tid)
-                        .filter(|c| key.as_ref().is_none_or(|k| *k == c.key))
-                        .filter(|c| {
-                            pattern
-                                .as_ref()
-                                .is_none_or(|p| id_text(&c.key).is_some_and(|id| p.matches(&id)))
-                        })
-                        .cloned()
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await;
-        found.extend(part.unwrap_or_default());
     }
+}
+
+/// Where the changes `scope` covers are dispatched (the owner core of a record's shard, or every
+/// core for a pattern), and which they are. `None` when the id cannot be a key.
+fn placement(router: &Router, table: &Table, scope: &Scope) -> Option<(Vec<usize>, Covered)> {
+    Some(match scope {
+        Scope::Record(id) => {
+            let key = record_key(table.id, &id_value(table, id)).ok()?;
+            (vec![router.owner(router.shard_of(&key))], Covered::Key(key))
+        }
+        Scope::Pattern(p) => ((0..router.cores()).collect(), Covered::Ids(p.clone())),
+    })
+}
+
+/// The shards `core` owns.
+fn shards_of(router: &Router, core: usize) -> Vec<usize> {
+    (0..router.shard_count())
+        .filter(|s| router.owner(*s) == core)
+        .collect()
+}
+
+/// The logged changes of table `tid` on this core (its `shards`) that `covered` covers.
+fn logged_here(set: &ShardSet, shards: &[usize], tid: u32, covered: &Covered) -> Vec<Arc<Fanned>> {
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        for &shard in shards {
+            AuditLog::of(&mut r.audit, set, shard);
+        }
+        r.audit
+            .values()
+            .flat_map(|log| &log.changes)
+            .filter(|c| c.table == tid && covered.covers(c))
+            .cloned()
+            .collect()
+    })
+}
+
+/// The changes of `found` from `since` on, in commit order.
+fn from_since(mut found: Vec<Arc<Fanned>>, since: Since) -> Vec<Arc<Fanned>> {
     found.sort_by_key(|c| c.version);
     match since {
         Since::Count(n) => {
@@ -128,6 +135,63 @@ pub async fn history(
             .collect(),
         Since::After(v) => found.into_iter().filter(|c| c.version > v).collect(),
     }
+}
+
+/// The logged changes of `table` that `scope` covers, from `since` on, in commit order: from the
+/// owner core of a record's shard, or from every core for a pattern.
+pub async fn history(
+    router: &Router,
+    table: &Table,
+    scope: &Scope,
+    since: Since,
+) -> Vec<Arc<Fanned>> {
+    let Some((cores, covered)) = placement(router, table, scope) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for core in cores {
+        let (covered, tid) = (covered.clone(), table.id);
+        let shards = shards_of(router, core);
+        let part = router
+            .on_core(core, move |set| logged_here(set, &shards, tid, &covered))
+            .await;
+        found.extend(part.unwrap_or_default());
+    }
+    from_since(found, since)
+}
+
+/// Registers `sub` for `scope` like [`subscribe`], for a subscription that picks up where an
+/// earlier one stopped: instead of the current records, returns the logged changes it covers
+/// with a version above `after`, in commit order. Each core reads its log in the same step as it
+/// registers, so every change is either in the result or reaches the subscriber's inbox, never
+/// both and never neither.
+pub async fn resubscribe(
+    router: &Router,
+    table: &Table,
+    scope: &Scope,
+    sub: Subscriber,
+    held: &mut Held,
+    after: u64,
+) -> Option<Vec<Arc<Fanned>>> {
+    let (cores, covered) = placement(router, table, scope)?;
+    let mut found = Vec::new();
+    for &core in &cores {
+        let (covered, tid) = (covered.clone(), table.id);
+        let shards = shards_of(router, core);
+        let part = router
+            .on_core(core, move |set| {
+                match &covered {
+                    Covered::Key(k) => add_exact(set, k.clone(), sub),
+                    Covered::Ids(p) => add_pattern(set, tid, p.clone(), sub),
+                }
+                logged_here(set, &shards, tid, &covered)
+            })
+            .await
+            .ok()?;
+        found.extend(part);
+    }
+    held.subs.insert(sub.sub, cores);
+    Some(from_since(found, Since::After(after)))
 }
 
 /// One shard's audit log on its owner core.

@@ -213,7 +213,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut per_core: Vec<Vec<(sessions::Saved, sessions::Asked)>> =
         (0..settings.threads).map(|_| Vec::new()).collect();
     for s in saved {
-        let asked = sessions::park(&s.owner.client_id, 0, &s.owner.user, s.filters());
+        let asked = sessions::park(
+            &s.owner.client_id,
+            0,
+            &s.owner.user,
+            s.filters(),
+            s.parked_at,
+        );
         let core =
             xxhash_rust::xxh3::xxh3_64(s.owner.client_id.as_bytes()) as usize % settings.threads;
         per_core[core].push((s, asked));

@@ -39,10 +39,13 @@ pub struct Again {
     pub received: bool,
 }
 
-/// What a resumed session gets back: its filters and the changes queued while it was away.
+/// What a resumed session gets back: its filters, the changes queued while it was away, and
+/// when its connection ended (changes committed after it that never reached the queue are
+/// still in the audit logs).
 pub struct Resumed {
     pub filters: Vec<(String, QoS)>,
     pub queued: VecDeque<Queued>,
+    pub parked_at: Option<u64>,
 }
 
 /// A session whose connection has ended: its parker holds the subscriptions and the queue.
@@ -50,6 +53,8 @@ struct Parked {
     /// The user it belongs to.
     user: String,
     filters: Vec<(String, QoS)>,
+    /// When its connection ended (µs, the clock of change versions), if known.
+    parked_at: Option<u64>,
     /// Asks the parker to stop and hand over what it queued.
     take: oneshot::Sender<oneshot::Sender<VecDeque<Queued>>>,
 }
@@ -111,6 +116,7 @@ pub async fn claim(
             (resume && p.user == user).then_some(Resumed {
                 filters: p.filters,
                 queued,
+                parked_at: p.parked_at,
             })
         }
         None => None,
@@ -135,10 +141,16 @@ pub fn release(client_id: &str, conn: u64) {
 /// Where whoever resumes a parked session asks its parker for the queue.
 pub type Asked = oneshot::Receiver<oneshot::Sender<VecDeque<Queued>>>;
 
-/// The connection `conn` (0: none, for a session restored at start-up) has ended and its
-/// session stays: `filters` remain subscribed, and the returned receiver is where whoever
-/// resumes the session asks for the queue.
-pub fn park(client_id: &str, conn: u64, user: &str, filters: Vec<(String, QoS)>) -> Asked {
+/// The connection `conn` (0: none, for a session restored at start-up) has ended, at
+/// `parked_at` if known, and its session stays: `filters` remain subscribed, and the returned
+/// receiver is where whoever resumes the session asks for the queue.
+pub fn park(
+    client_id: &str,
+    conn: u64,
+    user: &str,
+    filters: Vec<(String, QoS)>,
+    parked_at: Option<u64>,
+) -> Asked {
     let (take, asked) = oneshot::channel();
     with(|m| {
         let e = m.entry(client_id.to_owned()).or_default();
@@ -148,6 +160,7 @@ pub fn park(client_id: &str, conn: u64, user: &str, filters: Vec<(String, QoS)>)
         e.parked = Some(Parked {
             user: user.to_owned(),
             filters,
+            parked_at,
             take,
         });
     });
@@ -166,6 +179,22 @@ pub fn expire(client_id: &str) {
         }
     });
     forget(client_id);
+}
+
+/// Appends `logged` (in commit order) to `queue`, leaving out the changes `queue` already holds.
+pub fn append_new(queue: &mut VecDeque<Queued>, logged: Vec<Delivery>) {
+    if logged.is_empty() {
+        return;
+    }
+    let held: HashSet<(u64, Vec<u8>)> = queue
+        .iter()
+        .map(|(_, (c, _))| (c.version, c.key.clone()))
+        .collect();
+    for d in logged {
+        if !held.contains(&(d.0.version, d.0.key.clone())) {
+            push_bounded(queue, (None, d));
+        }
+    }
 }
 
 /// A queue of deliveries bounded at [`PARKED_QUEUE`] (oldest dropped first).
