@@ -198,7 +198,7 @@ pub async fn resubscribe(
 struct AuditLog {
     /// Its most recent changes, oldest first.
     changes: VecDeque<Arc<Fanned>>,
-    /// The last version read back from the shard's store when the log was filled.
+    /// The highest version read back from the shard's store when the log was filled.
     read_up_to: u64,
 }
 
@@ -220,7 +220,7 @@ impl AuditLog {
                 None => Vec::new(),
             };
             AuditLog {
-                read_up_to: stored.last().map_or(0, |c| c.version),
+                read_up_to: stored.iter().map(|c| c.version).max().unwrap_or(0),
                 changes: stored.into_iter().map(Fanned::new).collect(),
             }
         })

@@ -2,8 +2,10 @@
 //! `audit` keyspace.
 //!
 //! Keys: `records` = `table id (u32 BE) ++ key(primary key)`; `index` = `table id ++ attribute id
-//! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `version (u64 BE)`
-//! with the [`Change`] it made ([`Change::encode`]). A write group ([`ShardStore::apply`]) reads
+//! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `commit sequence
+//! (u64 BE)` with the [`Change`] it made ([`Change::encode`]). The audit log is keyed in commit
+//! order, not by version: a cross-shard transaction's part is versioned when prepared and
+//! committed later, and FIFO compaction needs keys that only grow. A write group ([`ShardStore::apply`]) reads
 //! the old records, builds the new ones with their timestamps, and commits records, index changes
 //! and audit entries in one fjall batch, so a record, its index entries and its audit entry are
 //! never seen apart. The audit keyspace keeps only recent changes: FIFO compaction drops its
@@ -13,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
 
@@ -23,6 +26,9 @@ use crate::value::{self, DecodeError, Value};
 
 /// Disk kept for one shard's audit log; older changes are dropped a table at a time.
 pub const AUDIT_BYTES: u64 = 32 << 20;
+
+/// Audit entries read to find the last version a shard gave out.
+const LAST_VERSION_SCAN: usize = 4096;
 
 /// Memtable of the audit keyspace: small, because its entries are only read back after a
 /// restart.
@@ -256,16 +262,18 @@ pub struct ShardStore {
     decisions: Keyspace,
     /// Recent changes: `version (u64 BE)` -> [`Change::encode`].
     audit: Keyspace,
+    /// The key of the next audit entry.
+    audit_seq: AtomicU64,
 }
 
 /// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
 /// record (`None`: removed), each index entry to insert (`true`) or remove, and the audit entry
-/// of each stored change (version, [`Change::encode`]).
+/// of each stored change ([`Change::encode`]).
 #[derive(Debug, Default)]
 pub struct Plan {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: BTreeMap<Vec<u8>, bool>,
-    audit: Vec<(u64, Vec<u8>)>,
+    audit: Vec<Vec<u8>>,
 }
 
 impl Plan {
@@ -288,8 +296,9 @@ impl Plan {
                 batch.remove(&store.index, k.as_slice());
             }
         }
-        for (version, change) in &self.audit {
-            batch.insert(&store.audit, version.to_be_bytes(), change.as_slice());
+        for change in &self.audit {
+            let seq = store.audit_seq.fetch_add(1, Ordering::Relaxed);
+            batch.insert(&store.audit, seq.to_be_bytes(), change.as_slice());
         }
     }
 
@@ -377,7 +386,7 @@ impl Plan {
             })
             .collect();
         audit.sort_unstable_by_key(|(v, _)| *v);
-        plan.audit = audit;
+        plan.audit = audit.into_iter().map(|(_, change)| change).collect();
         b.is_empty().then_some((coordinator, plan))
     }
 }
@@ -447,6 +456,13 @@ impl ShardStore {
                 .max_memtable_size(AUDIT_MEMTABLE)
                 .compaction_strategy(Arc::new(fjall::compaction::Fifo::new(AUDIT_BYTES, None)))
         })?;
+        // Audit keys continue after the last one kept.
+        let next_seq = audit
+            .last_key_value()
+            .map(|kv| kv.key())
+            .transpose()?
+            .and_then(|k| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, |k| u64::from_be_bytes(k) + 1);
         Ok(ShardStore {
             db,
             records,
@@ -454,6 +470,7 @@ impl ShardStore {
             intents,
             decisions,
             audit,
+            audit_seq: AtomicU64::new(next_seq),
         })
     }
 
@@ -659,7 +676,7 @@ impl ShardStore {
                 },
                 version,
             };
-            audit.push((version, change.encode()));
+            audit.push(change.encode());
             if let Some(c) = changes.as_deref_mut() {
                 c.push(change);
             }
@@ -777,13 +794,11 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// The version of the last change the audit log holds (0 when empty).
+    /// The highest version among the audit log's last [`LAST_VERSION_SCAN`] changes (0 when
+    /// empty): the last one committed may be older than some before it (a cross-shard part).
     pub fn last_version(&self) -> Result<u64, StoreError> {
-        let Some(kv) = self.audit.last_key_value() else {
-            return Ok(0);
-        };
-        let k = kv.key()?;
-        Ok(k.as_ref().try_into().map_or(0, u64::from_be_bytes))
+        let tail = self.audit_tail(LAST_VERSION_SCAN)?;
+        Ok(tail.iter().map(|c| c.version).max().unwrap_or(0))
     }
 
     /// Writes the index entries of one attribute for every record of a table on this shard
@@ -1057,6 +1072,21 @@ mod tests {
         assert_eq!(audited[1].event, Event::Delete);
         assert_eq!(store.audit_tail(1).unwrap()[0].version, out[2].version);
         assert_eq!(store.last_version().unwrap(), out[2].version);
+        // A part planned (and versioned) before a later write but committed after it is audited
+        // in commit order: audit keys only grow, as FIFO compaction needs.
+        let late = || op(WriteKind::Put(obj(&[("id", Value::String("a".into()))])));
+        let (plan, planned) = store.plan(vec![late()], &mut clock, None).unwrap();
+        store.prepare(1, 0, &plan).unwrap();
+        let newer = store.apply(vec![late()], &mut clock, None).unwrap();
+        store.resolve(1, Some(&plan)).unwrap();
+        let tail: Vec<u64> = store
+            .audit_tail(2)
+            .unwrap()
+            .iter()
+            .map(|c| c.version)
+            .collect();
+        assert_eq!(tail, vec![newer[0].version, planned[0].version]);
+        assert_eq!(store.last_version().unwrap(), newer[0].version);
         // A clock that starts after it never goes back, whatever the system clock says.
         assert_eq!(Clock::after(u64::MAX - 1).tick(), u64::MAX);
     }
