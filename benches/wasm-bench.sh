@@ -8,7 +8,7 @@
 #
 # Usage: benches/wasm-bench.sh [WORKDIR]
 # Environment: SHARED [../shared]  N [10000] records, REPEATS [3], WRK_DURATION [10s], CONNECTIONS [16],
-# PATHS ["Plain Pass Fresh"]
+# PATHS ["Plain Pass Fresh"], TESSERA_BIN [the release build] (another binary, for an A/B)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -22,8 +22,11 @@ PORT=29928
 OPS=29929
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-(cd "$REPO" && cargo build --release -p tessera-runtime --bin tessera \
-  && cargo build --release --target wasm32-unknown-unknown -p tessera-test-guests)
+if [[ -z ${TESSERA_BIN:-} ]]; then
+  (cd "$REPO" && cargo build --release -p tessera-runtime --bin tessera)
+fi
+TESSERA_BIN=${TESSERA_BIN:-$REPO/target/release/tessera}
+(cd "$REPO" && cargo build --release --target wasm32-unknown-unknown -p tessera-test-guests)
 rm -rf "$WORK" && mkdir -p "$WORK/app"
 cp "$REPO/target/wasm32-unknown-unknown/release/tessera_test_guests.wasm" "$WORK/app/guests.wasm"
 cat > "$WORK/app/config.yaml" <<'YAML'
@@ -39,7 +42,7 @@ type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: In
 type Plain @table @export { id: Long @primaryKey  name: String  breed: String  age: Int  owner: String  weight: Float }
 GQL
 TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
-  "$REPO/target/release/tessera" run "$WORK/app" --root "$WORK/root" --http-port $PORT --ops-port $OPS \
+  "$TESSERA_BIN" run "$WORK/app" --root "$WORK/root" --http-port $PORT --ops-port $OPS \
   --mqtt-port 0 --host 127.0.0.1 > "$WORK/tessera.log" 2>&1 < /dev/null &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT

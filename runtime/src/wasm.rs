@@ -35,7 +35,7 @@ use tessera_storage::query::{Pred, sort_key};
 use tessera_storage::shard::{WriteKind, WriteOp, now_micros, record_key, table_prefix};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value, value};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFunc};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
     StoreLimits, StoreLimitsBuilder, UpdateDeadline,
@@ -90,6 +90,27 @@ impl Default for Limits {
 struct Module {
     file: PathBuf,
     pre: ResourceModulePre<HostState>,
+    /// Where the component exports `handler.handle`, whose type [`list_resources`] checked.
+    handle: ComponentExportIndex,
+}
+
+/// The interface every resource module exports (the `resource-module` world's export).
+const HANDLER: &str = "tessera:wasm/handler@0.1.0";
+
+/// `handler.handle` as the host calls it.
+type Handle<'a> = TypedFunc<(&'a Request,), (Result<Outcome, types::Error>,)>;
+
+impl Module {
+    /// The `handle` export of an instance of this module, without checking its type again:
+    /// the check is a walk over the request and outcome types that would cost every request
+    /// (instantiated afresh by default) about a microsecond.
+    #[allow(unsafe_code)]
+    fn handle<'a>(&self, func: Func) -> Handle<'a> {
+        // SAFETY: `func` is the `handle` export of an instance of this module's component, and
+        // `list_resources` checked (`get_typed_func`) that this export has exactly the type
+        // `Handle` when the module was loaded; a component's export types do not change.
+        unsafe { Handle::new_unchecked(func) }
+    }
 }
 
 /// An exported resource of a module.
@@ -167,7 +188,11 @@ pub fn load(
                     file.display()
                 )
             })?;
-        let infos = futures::executor::block_on(list_resources(&engine, &pre, limits))
+        let handle = component
+            .get_export_index(None, HANDLER)
+            .and_then(|i| component.get_export_index(Some(&i), "handle"))
+            .with_context(|| format!("{}: exports no {HANDLER}.handle", file.display()))?;
+        let infos = futures::executor::block_on(list_resources(&engine, &pre, &handle, limits))
             .with_context(|| format!("{}: listing its resources", file.display()))?;
         if infos.is_empty() {
             bail!("{}: exports no resource", file.display());
@@ -175,6 +200,7 @@ pub fn load(
         let module = Arc::new(Module {
             file: file.clone(),
             pre,
+            handle,
         });
         for (index, info) in infos.into_iter().enumerate() {
             let extends = match &info.extends {
@@ -317,13 +343,18 @@ fn is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
+/// The resources a module exports, after checking that its `handle` export (at `handle`) has
+/// the type [`Handle`] (see [`Module::handle`]).
 async fn list_resources(
     engine: &Engine,
     pre: &ResourceModulePre<HostState>,
+    handle: &ComponentExportIndex,
     limits: Limits,
 ) -> anyhow::Result<Vec<types::ResourceInfo>> {
     let mut store = new_store(engine, HostState::new(None, None, Vec::new()), limits);
-    let module = pre.instantiate_async(&mut store).await?;
+    let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+    instance.get_typed_func::<(&Request,), (Result<Outcome, types::Error>,)>(&mut store, handle)?;
+    let module = bindings::ResourceModule::new(&mut store, &instance)?;
     Ok(module
         .tessera_wasm_handler()
         .call_resources(&mut store)
@@ -362,7 +393,7 @@ thread_local! {
 /// An instance kept for the next request.
 struct Kept {
     store: Store<HostState>,
-    module: bindings::ResourceModule,
+    handle: Func,
 }
 
 /// Makes `router` the one host calls on this thread use (called as each core starts).
@@ -512,12 +543,23 @@ impl HostState {
         if let Some(seen) = self.txn.seen.get(key) {
             return Ok(seen.clone());
         }
+        self.committed(key)
+            .await?
+            .map(|body| output::body_value(&body))
+            .transpose()
+            .map_err(types::Error::from)
+    }
+
+    /// The stored body (MessagePack) of the record at `key` as last committed; `None` when there
+    /// is none or it has expired.
+    async fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
         let key = key.to_vec();
         let answer = on_core(move |router: Router| async move {
-            match router.get(key).await? {
-                Some(stored) => output::live_value(&stored, now_micros() / 1000),
-                None => Ok(None),
-            }
+            let Some(stored) = router.get(key).await? else {
+                return Ok(None);
+            };
+            let rec = output::stored_record(&stored)?;
+            Ok::<_, RestError>((!rec.is_expired(now_micros() / 1000)).then(|| rec.body.to_vec()))
         });
         answer
             .await
@@ -576,7 +618,11 @@ impl tables::Host for &mut HostState {
     async fn get(&mut self, table: String, id: Vec<u8>) -> Result<Option<Vec<u8>>, types::Error> {
         let table = self.table(&table)?;
         let (_, key) = HostState::key(&table, &id)?;
-        Ok(self.current(&key).await?.map(|v| v.to_msgpack()))
+        // A committed record goes to the guest as stored, without decoding it.
+        match self.txn.seen.get(&key) {
+            Some(seen) => Ok(seen.as_ref().map(Value::to_msgpack)),
+            None => self.committed(&key).await,
+        }
     }
 
     async fn put(
@@ -887,28 +933,33 @@ pub async fn call(
     } else {
         None
     };
-    let (mut store, module) = match kept {
+    let (mut store, handle) = match kept {
         Some(mut k) => {
             let limits = std::mem::take(&mut k.store.data_mut().limits);
             *k.store.data_mut() = state;
             k.store.data_mut().limits = limits;
             k.store.set_epoch_deadline(1);
-            (k.store, k.module)
+            (k.store, k.handle)
         }
         None => {
             let mut store = new_store(&shared.wasm.engine, state, shared.wasm.limits);
-            let module = resource
+            let instance = resource
                 .module
                 .pre
+                .instance_pre()
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| trapped(resource, &e))?;
-            (store, module)
+            let handle = instance
+                .get_func(&mut store, &resource.module.handle)
+                .expect("checked when the module was loaded");
+            (store, handle)
         }
     };
-    let result = module
-        .tessera_wasm_handler()
-        .call_handle(&mut store, &req)
+    let (result,) = resource
+        .module
+        .handle(handle)
+        .call_async(&mut store, (&req,))
         .await
         .map_err(|e| trapped(resource, &e))?;
     let outcome = match result {
@@ -923,7 +974,7 @@ pub async fn call(
             k.borrow_mut()
                 .entry(module_key)
                 .or_default()
-                .push(Kept { store, module })
+                .push(Kept { store, handle })
         });
     }
     match outcome {
