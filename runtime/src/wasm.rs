@@ -419,6 +419,15 @@ where
     rx
 }
 
+/// The body (MessagePack) of a stored record, `None` when there is none or it has expired.
+fn live_body(stored: Option<tessera_storage::Slice>) -> Result<Option<Vec<u8>>, RestError> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let rec = output::stored_record(&stored)?;
+    Ok((!rec.is_expired(now_micros() / 1000)).then(|| rec.body.to_vec()))
+}
+
 /// What one request's guest sees and stages.
 pub struct HostState {
     limits: StoreLimits,
@@ -553,18 +562,18 @@ impl HostState {
     /// The stored body (MessagePack) of the record at `key` as last committed; `None` when there
     /// is none or it has expired.
     async fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
-        let key = key.to_vec();
-        let answer = on_core(move |router: Router| async move {
-            let Some(stored) = router.get(key).await? else {
-                return Ok(None);
-            };
-            let rec = output::stored_record(&stored)?;
-            Ok::<_, RestError>((!rec.is_expired(now_micros() / 1000)).then(|| rec.body.to_vec()))
-        });
-        answer
-            .await
-            .map_err(|_| error(503, "the core is shutting down"))?
-            .map_err(types::Error::from)
+        // A key of this core's shard is read in place; another core's through a task here.
+        let here = ROUTER.with(|r| r.borrow().as_ref().and_then(|router| router.get_here(key)));
+        let found = match here {
+            Some(found) => found.map_err(RestError::from).and_then(live_body),
+            None => {
+                let key = key.to_vec();
+                on_core(move |router: Router| async move { live_body(router.get(key).await?) })
+                    .await
+                    .map_err(|_| error(503, "the core is shutting down"))?
+            }
+        };
+        found.map_err(types::Error::from)
     }
 
     /// The record as this request sees it, or a new one holding just its primary key: what a

@@ -316,6 +316,20 @@ impl Router {
             .map_err(|e| ShardError::Store(Arc::new(e)))
     }
 
+    /// The stored record under `key` when this core owns its shard, read in place with no task
+    /// or channel in between; `None` when another core owns it (use [`Self::get`]).
+    pub fn get_here(
+        &self,
+        key: &[u8],
+    ) -> Option<Result<Option<tessera_storage::Slice>, ShardError>> {
+        let shard = self.shard_of(key);
+        if self.mesh.is_some() && self.owner(shard) != self.core {
+            return None;
+        }
+        let store = self.shards.store(shard)?;
+        Some(store.get(key).map_err(|e| ShardError::Store(Arc::new(e))))
+    }
+
     /// Runs `f` on every shard (in parallel across cores); results in shard order.
     pub async fn on_all_shards<R, F>(&self, f: F) -> Result<Vec<R>, ShardError>
     where
