@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use tessera_storage::shard::{Durability, ShardStore, StoreError, View, WriteOp, WriteOutcome};
@@ -28,6 +28,8 @@ use crate::{ShardError, ShardSet, failpoint};
 
 /// Attempts of a transaction that keeps meeting locked keys before it gives up.
 const MAX_ATTEMPTS: u32 = 64;
+/// How long a transaction about to resolve holds back for readers waiting for a quiet instant.
+const READER_GRACE: Duration = Duration::from_millis(1);
 
 /// Orders multi-shard readers with the resolve phase of cross-shard transactions: a reader takes
 /// its per-shard views at an instant when no transaction is applied on some shards and not yet
@@ -197,11 +199,11 @@ async fn resolve_committed(
     prepared: &[usize],
 ) -> Result<(), ShardError> {
     let gate = &set.gate;
-    // Let waiting multi-shard readers take their views first (briefly: they only need an instant).
-    for _ in 0..50 {
-        if gate.readers.load(Ordering::SeqCst) == 0 {
-            break;
-        }
+    // Let waiting multi-shard readers take their views first (briefly: they only need an
+    // instant). Bounded in time, not in turns: on a core kept busy, each sleep lasts until the
+    // busy task yields (up to the preempt timer), and 50 turns held the keys locked for 250 ms.
+    let since = Instant::now();
+    while gate.readers.load(Ordering::SeqCst) != 0 && since.elapsed() < READER_GRACE {
         glommio::timer::sleep(Duration::from_micros(20)).await;
     }
     gate.started.fetch_add(1, Ordering::SeqCst);
