@@ -17,6 +17,7 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle}
 use tessera_storage::query::{Row, ShardQuery, ShardWalk};
 use tessera_storage::shard::{ShardStore, StoreError, View, WriteOp, WriteOutcome};
 
+use crate::watchdog::Pulse;
 use crate::writer::Command;
 use crate::{ShardError, ShardSet};
 
@@ -94,7 +95,9 @@ where
     );
     let mesh: MeshBuilder<Job, Full> = MeshBuilder::full(threads, MESH_CHANNEL);
     let mut handles = Vec::with_capacity(threads);
-    for i in 0..threads {
+    let pulses: Vec<Arc<Pulse>> = (0..threads).map(|_| Arc::default()).collect();
+    crate::watchdog::watch(pulses.clone())?;
+    for (i, pulse) in pulses.into_iter().enumerate() {
         let placement = match cpus.get(i % cpus.len().max(1)) {
             Some(&cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -106,7 +109,8 @@ where
             .io_memory(io_memory);
         let h = builder
             .spawn(move || async move {
-                glommio::spawn_local(heartbeat()).detach();
+                let _watched = pulse.enter();
+                glommio::spawn_local(heartbeat(pulse)).detach();
                 let (core, senders) = if threads > 1 {
                     let Ok((senders, mut receivers)) = mesh.join().await else {
                         eprintln!("core {i}: could not join the mesh");
@@ -155,10 +159,12 @@ const HEARTBEAT: Duration = Duration::from_millis(10);
 /// sleeps in `io_uring_enter` until something else wakes it, and at start-up nothing else does
 /// (the mesh join hung for good, about once in twenty starts of eight servers at once on two
 /// busy cores). Each wake-up also polls the cross-thread channels, so a lost one now costs at
-/// most this long.
-async fn heartbeat() {
+/// most this long. A lost timer wake-up stops the heartbeat itself; the watchdog
+/// ([`crate::watchdog`]) sees that in its count.
+async fn heartbeat(pulse: Arc<Pulse>) {
     loop {
         glommio::timer::sleep(HEARTBEAT).await;
+        pulse.beat();
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod cores;
 mod txn;
+mod watchdog;
 mod writer;
 
 use std::path::Path;
