@@ -48,12 +48,15 @@ pub fn body_value(body: &[u8]) -> Result<Value, RestError> {
     value::from_msgpack(body).map_err(corrupt)
 }
 
+/// The stored record's body (MessagePack); `None` once it has expired.
+pub fn live_body(stored: &[u8], now_ms: u64) -> Result<Option<&[u8]>, RestError> {
+    let rec = stored_record(stored)?;
+    Ok((!rec.is_expired(now_ms)).then_some(rec.body))
+}
+
 /// The stored record as a value; `None` once it has expired.
 pub fn live_value(stored: &[u8], now_ms: u64) -> Result<Option<Value>, RestError> {
-    let rec = stored_record(stored)?;
-    (!rec.is_expired(now_ms))
-        .then(|| body_value(rec.body))
-        .transpose()
+    live_body(stored, now_ms)?.map(body_value).transpose()
 }
 
 /// Appends one record (a stored MessagePack body), shaped by `select` when given.

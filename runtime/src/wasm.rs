@@ -97,8 +97,11 @@ struct Module {
 /// The interface every resource module exports (the `resource-module` world's export).
 const HANDLER: &str = "tessera:wasm/handler@0.1.0";
 
+/// The parameters and results of `handler.handle` as the host calls it.
+type HandleParams<'a> = (&'a Request,);
+type HandleResults = (Result<Outcome, types::Error>,);
 /// `handler.handle` as the host calls it.
-type Handle<'a> = TypedFunc<(&'a Request,), (Result<Outcome, types::Error>,)>;
+type Handle<'a> = TypedFunc<HandleParams<'a>, HandleResults>;
 
 impl Module {
     /// The `handle` export of an instance of this module, without checking its type again:
@@ -353,7 +356,7 @@ async fn list_resources(
 ) -> anyhow::Result<Vec<types::ResourceInfo>> {
     let mut store = new_store(engine, HostState::new(None, None, Vec::new()), limits);
     let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-    instance.get_typed_func::<(&Request,), (Result<Outcome, types::Error>,)>(&mut store, handle)?;
+    instance.get_typed_func::<HandleParams, HandleResults>(&mut store, handle)?;
     let module = bindings::ResourceModule::new(&mut store, &instance)?;
     Ok(module
         .tessera_wasm_handler()
@@ -424,8 +427,7 @@ fn live_body(stored: Option<tessera_storage::Slice>) -> Result<Option<Vec<u8>>, 
     let Some(stored) = stored else {
         return Ok(None);
     };
-    let rec = output::stored_record(&stored)?;
-    Ok((!rec.is_expired(now_micros() / 1000)).then(|| rec.body.to_vec()))
+    Ok(output::live_body(&stored, now_micros() / 1000)?.map(<[u8]>::to_vec))
 }
 
 /// What one request's guest sees and stages.

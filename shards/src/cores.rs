@@ -290,28 +290,33 @@ impl Router {
         R: Send + 'static,
         F: FnOnce(&ShardStore) -> R + Send + 'static,
     {
-        let owner = self.owner(shard);
-        match &self.mesh {
-            Some(mesh) if owner != self.core => {
+        match self.here(shard) {
+            Some(store) => Ok(f(store?)),
+            None => {
+                let mesh = self.mesh.as_ref().ok_or(ShardError::Unavailable(shard))?;
                 let (tx, rx) = oneshot::channel();
                 let job: Job = Box::new(move |set: &ShardSet| {
                     if let Some(store) = set.store(shard) {
                         let _ = tx.send(f(store));
                     }
                 });
-                mesh.send_to(owner, job)
+                mesh.send_to(self.owner(shard), job)
                     .await
                     .map_err(|_| ShardError::Unavailable(shard))?;
                 rx.await.map_err(|_| ShardError::Unavailable(shard))
             }
-            _ => {
-                let store = self
-                    .shards
-                    .store(shard)
-                    .ok_or(ShardError::Unavailable(shard))?;
-                Ok(f(store))
-            }
         }
+    }
+
+    /// `shard`'s store when this core owns it (every shard, with one core); `None` when another
+    /// core does.
+    fn here(&self, shard: usize) -> Option<Result<&ShardStore, ShardError>> {
+        (self.mesh.is_none() || self.owner(shard) == self.core).then(|| {
+            self.shards
+                .store(shard)
+                .map(|s| &**s)
+                .ok_or(ShardError::Unavailable(shard))
+        })
     }
 
     /// The stored record under `key`, read on its shard's owner core.
@@ -328,12 +333,8 @@ impl Router {
         &self,
         key: &[u8],
     ) -> Option<Result<Option<tessera_storage::Slice>, ShardError>> {
-        let shard = self.shard_of(key);
-        if self.mesh.is_some() && self.owner(shard) != self.core {
-            return None;
-        }
-        let store = self.shards.store(shard)?;
-        Some(store.get(key).map_err(|e| ShardError::Store(Arc::new(e))))
+        let store = self.here(self.shard_of(key))?;
+        Some(store.and_then(|s| s.get(key).map_err(|e| ShardError::Store(Arc::new(e)))))
     }
 
     /// Runs `f` on every shard (in parallel across cores); results in shard order.

@@ -5,8 +5,8 @@
 //! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `commit sequence
 //! (u64 BE)` with the [`Change`] it made ([`Change::encode`]). The audit log is keyed in commit
 //! order, not by version: a cross-shard transaction's part is versioned when prepared and
-//! committed later, and FIFO compaction needs keys that only grow. A write group ([`ShardStore::apply`]) reads
-//! the old records, builds the new ones with their timestamps, and commits records, index changes
+//! committed later, and FIFO compaction needs keys that only grow. A write group
+//! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and commits records, index changes
 //! and audit entries in one fjall batch, so a record, its index entries and its audit entry are
 //! never seen apart. The audit keyspace keeps only recent changes: FIFO compaction drops its
 //! oldest tables beyond [`AUDIT_BYTES`]. [`ShardStore::persist`] makes committed groups durable; the caller (the
@@ -156,11 +156,15 @@ impl Change {
         out
     }
 
+    /// The version of the change [`Self::encode`] wrote, read without decoding the rest.
+    fn version_of(b: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+    }
+
     /// The change [`Self::encode`] wrote; `None` for anything else.
     pub fn decode(b: &[u8]) -> Option<Change> {
-        let u64_at = |at: usize| Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?));
         let u32_at = |at: usize| Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?));
-        let version = u64_at(0)?;
+        let version = Self::version_of(b)?;
         let table = u32_at(8)?;
         let key_end = 16usize.checked_add(u32_at(12)? as usize)?;
         let key = b.get(16..key_end)?.to_vec();
@@ -260,7 +264,7 @@ pub struct ShardStore {
     intents: Keyspace,
     /// Commit decisions of cross-shard transactions this shard coordinates: `txid` -> empty.
     decisions: Keyspace,
-    /// Recent changes: `version (u64 BE)` -> [`Change::encode`].
+    /// Recent changes: `commit sequence (u64 BE)` -> [`Change::encode`].
     audit: Keyspace,
     /// The key of the next audit entry.
     audit_seq: AtomicU64,
@@ -797,8 +801,12 @@ impl ShardStore {
     /// The highest version among the audit log's last [`LAST_VERSION_SCAN`] changes (0 when
     /// empty): the last one committed may be older than some before it (a cross-shard part).
     pub fn last_version(&self) -> Result<u64, StoreError> {
-        let tail = self.audit_tail(LAST_VERSION_SCAN)?;
-        Ok(tail.iter().map(|c| c.version).max().unwrap_or(0))
+        let mut last = 0;
+        for kv in self.audit.iter().rev().take(LAST_VERSION_SCAN) {
+            let (_, v) = kv.into_inner()?;
+            last = last.max(Change::version_of(&v).unwrap_or(0));
+        }
+        Ok(last)
     }
 
     /// Writes the index entries of one attribute for every record of a table on this shard
