@@ -3,15 +3,15 @@
 //!
 //! Keys: `records` = `table id (u32 BE) ++ key(primary key)`; `index` = `table id ++ attribute id
 //! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `commit sequence
-//! (u64 BE)` with the [`Change`] it made ([`Change::encode`]). The audit log is keyed in commit
-//! order, not by version: a cross-shard transaction's part is versioned when prepared and
-//! committed later, and FIFO compaction needs keys that only grow. A write group
-//! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and commits records, index changes
-//! and audit entries in one fjall batch, so a record, its index entries and its audit entry are
-//! never seen apart. The audit keyspace keeps only recent changes: FIFO compaction drops its
-//! oldest tables beyond [`AUDIT_BYTES`]. [`ShardStore::persist`] makes committed groups durable; the caller (the
-//! shard's writer thread) decides when, which is what makes group commit possible.
-
+//! (u64 BE)` with the [`Change`]s one write group made ([`AuditEntry`]). The audit log is keyed
+//! in commit order, not by version: a cross-shard transaction's part is versioned when prepared
+//! and committed later, and FIFO compaction needs keys that only grow. A write group
+//! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and
+//! commits records, index changes and the group's audit entry in one fjall batch, so a record,
+//! its index entries and its audit entry are never seen apart. The audit keyspace keeps only
+//! recent changes: FIFO compaction drops its oldest tables beyond [`AUDIT_BYTES`].
+//! [`ShardStore::persist`] makes committed groups durable; the caller (the shard's writer
+//! thread) decides when, which is what makes group commit possible.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -134,26 +134,50 @@ impl Change {
             Event::Message { payload, .. } => 8 + payload.len(),
         };
         let mut out = Vec::with_capacity(17 + self.key.len() + body);
-        out.extend_from_slice(&self.version.to_be_bytes());
-        out.extend_from_slice(&self.table.to_be_bytes());
-        out.extend_from_slice(&(self.key.len() as u32).to_be_bytes());
-        out.extend_from_slice(&self.key);
         match &self.event {
-            Event::Put(stored) => {
-                out.push(0);
-                out.extend_from_slice(stored);
-            }
-            Event::Delete => out.push(1),
             Event::Message {
                 payload,
                 expires_at,
             } => {
+                Self::encode_head(&mut out, self.version, self.table, &self.key);
                 out.push(2);
                 out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
                 out.extend_from_slice(payload);
             }
+            Event::Put(stored) => {
+                Self::encode_stored(&mut out, self.version, self.table, &self.key, Some(stored))
+            }
+            Event::Delete => {
+                Self::encode_stored(&mut out, self.version, self.table, &self.key, None)
+            }
         }
         out
+    }
+
+    /// Appends the encoding of a put of `stored` (`None`: a delete) without building the
+    /// [`Change`] (which would copy the key and the record).
+    fn encode_stored(
+        out: &mut Vec<u8>,
+        version: u64,
+        table: u32,
+        key: &[u8],
+        stored: Option<&[u8]>,
+    ) {
+        Self::encode_head(out, version, table, key);
+        match stored {
+            Some(stored) => {
+                out.push(0);
+                out.extend_from_slice(stored);
+            }
+            None => out.push(1),
+        }
+    }
+
+    fn encode_head(out: &mut Vec<u8>, version: u64, table: u32, key: &[u8]) {
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&table.to_be_bytes());
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
     }
 
     /// The version of the change [`Self::encode`] wrote, read without decoding the rest.
@@ -186,6 +210,51 @@ impl Change {
             key,
             event,
             version,
+        })
+    }
+}
+
+/// The audit entry of one write group: `highest version (u64 BE)`, then each stored change in
+/// commit order as `length (u32 BE) ++` [`Change::encode`]. One entry per group rather than per
+/// change: the audit keyspace's memtable and journal take one insert per batch, not one per
+/// record written.
+#[derive(Debug, Default)]
+struct AuditEntry(Vec<u8>);
+
+impl AuditEntry {
+    fn with_capacity(bytes: usize) -> AuditEntry {
+        let mut b = Vec::with_capacity(8 + bytes);
+        b.extend_from_slice(&0u64.to_be_bytes());
+        AuditEntry(b)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.len() <= 8
+    }
+
+    /// Adds a put of `stored` (`None`: a delete).
+    fn push(&mut self, version: u64, table: u32, key: &[u8], stored: Option<&[u8]>) {
+        if self.0.is_empty() {
+            *self = AuditEntry::with_capacity(0);
+        }
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        Change::encode_stored(&mut self.0, version, table, key, stored);
+        let len = (self.0.len() - at - 4) as u32;
+        self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        let highest = Change::version_of(&self.0).unwrap_or(0).max(version);
+        self.0[..8].copy_from_slice(&highest.to_be_bytes());
+    }
+
+    /// The changes of an entry [`Self::push`] built, in commit order; stops at the first it
+    /// cannot read.
+    fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
+        let mut rest = b.get(8..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let change = Change::decode(rest.get(4..4 + len)?)?;
+            rest = &rest[4 + len..];
+            Some(change)
         })
     }
 }
@@ -264,20 +333,20 @@ pub struct ShardStore {
     intents: Keyspace,
     /// Commit decisions of cross-shard transactions this shard coordinates: `txid` -> empty.
     decisions: Keyspace,
-    /// Recent changes: `commit sequence (u64 BE)` -> [`Change::encode`].
+    /// Recent changes: `commit sequence (u64 BE)` -> the group's [`AuditEntry`].
     audit: Keyspace,
     /// The key of the next audit entry.
     audit_seq: AtomicU64,
 }
 
 /// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
-/// record (`None`: removed), each index entry to insert (`true`) or remove, and the audit entry
-/// of each stored change ([`Change::encode`]).
+/// record (`None`: removed), each index entry to insert (`true`) or remove, and the group's
+/// audit entry.
 #[derive(Debug, Default)]
 pub struct Plan {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: BTreeMap<Vec<u8>, bool>,
-    audit: Vec<Vec<u8>>,
+    audit: AuditEntry,
 }
 
 impl Plan {
@@ -300,9 +369,9 @@ impl Plan {
                 batch.remove(&store.index, k.as_slice());
             }
         }
-        for change in &self.audit {
+        if !self.audit.is_empty() {
             let seq = store.audit_seq.fetch_add(1, Ordering::Relaxed);
-            batch.insert(&store.audit, seq.to_be_bytes(), change.as_slice());
+            batch.insert(&store.audit, seq.to_be_bytes(), self.audit.0.as_slice());
         }
     }
 
@@ -375,22 +444,26 @@ impl Plan {
         }
         // The records written carry their versions; a removal's version is not kept, so a part
         // redone after a crash audits its puts only.
-        let mut audit: Vec<(u64, Vec<u8>)> = plan
+        let mut puts: Vec<(u64, u32, &[u8], &[u8])> = plan
             .records
             .iter()
             .filter_map(|(k, v)| {
-                let stored = v.as_ref()?;
-                let change = Change {
-                    table: u32::from_be_bytes(k.get(..4)?.try_into().ok()?),
-                    key: k.clone(),
-                    event: Event::Put(stored.clone()),
-                    version: RecordRef::parse(stored)?.version,
-                };
-                Some((change.version, change.encode()))
+                let stored = v.as_deref()?;
+                let table = u32::from_be_bytes(k.get(..4)?.try_into().ok()?);
+                Some((
+                    RecordRef::parse(stored)?.version,
+                    table,
+                    k.as_slice(),
+                    stored,
+                ))
             })
             .collect();
-        audit.sort_unstable_by_key(|(v, _)| *v);
-        plan.audit = audit.into_iter().map(|(_, change)| change).collect();
+        puts.sort_unstable_by_key(|&(version, ..)| version);
+        let mut audit = AuditEntry::default();
+        for (version, table, key, stored) in puts {
+            audit.push(version, table, key, Some(stored));
+        }
+        plan.audit = audit;
         b.is_empty().then_some((coordinator, plan))
     }
 }
@@ -554,7 +627,7 @@ impl ShardStore {
     ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
-        let mut audit = Vec::with_capacity(ops.len());
+        let mut audit = AuditEntry::with_capacity(ops.len() * 128);
         let mut outcomes = Vec::with_capacity(ops.len());
         for WriteOp { table, key, kind } in ops {
             let version = clock.tick();
@@ -671,18 +744,17 @@ impl ShardStore {
             }
             let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
             let stored = new.map(|v| record::encode_value(version, expires, &v));
-            let change = Change {
-                table: table.id,
-                key: key.clone(),
-                event: match &stored {
-                    Some(s) => Event::Put(s.clone()),
-                    None => Event::Delete,
-                },
-                version,
-            };
-            audit.push(change.encode());
+            audit.push(version, table.id, &key, stored.as_deref());
             if let Some(c) = changes.as_deref_mut() {
-                c.push(change);
+                c.push(Change {
+                    table: table.id,
+                    key: key.clone(),
+                    event: match &stored {
+                        Some(s) => Event::Put(s.clone()),
+                        None => Event::Delete,
+                    },
+                    version,
+                });
             }
             outcomes.push(WriteOutcome {
                 version,
@@ -787,18 +859,23 @@ impl ShardStore {
         Ok(())
     }
 
-    /// The last `n` changes of the audit log, oldest first (a change it cannot read is skipped).
+    /// The last `n` changes of the audit log, oldest first (what an entry holds past a change
+    /// it cannot read is skipped).
     pub fn audit_tail(&self, n: usize) -> Result<Vec<Change>, StoreError> {
         let mut out = Vec::with_capacity(n.min(1024));
-        for kv in self.audit.iter().rev().take(n) {
+        for kv in self.audit.iter().rev() {
+            if out.len() >= n {
+                break;
+            }
             let (_, v) = kv.into_inner()?;
-            out.extend(Change::decode(&v));
+            let group: Vec<Change> = AuditEntry::changes(&v).collect();
+            out.extend(group.into_iter().rev().take(n - out.len()));
         }
         out.reverse();
         Ok(out)
     }
 
-    /// The highest version among the audit log's last [`LAST_VERSION_SCAN`] changes (0 when
+    /// The highest version among the audit log's last [`LAST_VERSION_SCAN`] entries (0 when
     /// empty): the last one committed may be older than some before it (a cross-shard part).
     pub fn last_version(&self) -> Result<u64, StoreError> {
         let mut last = 0;
