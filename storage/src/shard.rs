@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fjall::config::HashRatioPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
 
 use crate::key::{self, KeyError};
@@ -33,6 +34,10 @@ const LAST_VERSION_SCAN: usize = 4096;
 /// Memtable of the audit keyspace: small, because its entries are only read back after a
 /// restart.
 const AUDIT_MEMTABLE: u64 = 2 << 20;
+
+/// Hash index slots per key in the records keyspace's data blocks (fjall's
+/// `data_block_hash_ratio_policy`; 0 builds none).
+const RECORDS_HASH_RATIO: f32 = 0.75;
 
 /// Size budget of one shard's fjall database.
 #[derive(Debug, Clone, Copy)]
@@ -524,7 +529,11 @@ impl ShardStore {
             .manual_journal_persist(true)
             .open()?;
         let ks = || KeyspaceCreateOptions::default().max_memtable_size(opts.memtable_bytes);
-        let records = db.keyspace("records", ks)?;
+        // Records are read by key on every GET: a hash index in each data block finds the key
+        // without the binary search over restart points and the scan after it.
+        let records = db.keyspace("records", || {
+            ks().data_block_hash_ratio_policy(HashRatioPolicy::all(RECORDS_HASH_RATIO))
+        })?;
         let index = db.keyspace("index", ks)?;
         let intents = db.keyspace("intents", KeyspaceCreateOptions::default)?;
         let decisions = db.keyspace("decisions", KeyspaceCreateOptions::default)?;
