@@ -12,6 +12,7 @@
 //! recent changes: FIFO compaction drops its oldest tables beyond [`AUDIT_BYTES`].
 //! [`ShardStore::persist`] makes committed groups durable; the caller (the shard's writer
 //! thread) decides when, which is what makes group commit possible.
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -223,10 +224,17 @@ impl Change {
 /// commit order as `length (u32 BE) ++` [`Change::encode`]. One entry per group rather than per
 /// change: the audit keyspace's memtable and journal take one insert per batch, not one per
 /// record written.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct AuditEntry(Vec<u8>);
 
+impl Default for AuditEntry {
+    fn default() -> Self {
+        AuditEntry::with_capacity(0)
+    }
+}
+
 impl AuditEntry {
+    /// An entry with no change yet, with room for `bytes` of changes.
     fn with_capacity(bytes: usize) -> AuditEntry {
         let mut b = Vec::with_capacity(8 + bytes);
         b.extend_from_slice(&0u64.to_be_bytes());
@@ -237,17 +245,20 @@ impl AuditEntry {
         self.0.len() <= 8
     }
 
+    /// The highest version of the changes in an entry [`Self::push`] built, read without
+    /// decoding them.
+    fn highest(b: &[u8]) -> Option<u64> {
+        Change::version_of(b)
+    }
+
     /// Adds a put of `stored` (`None`: a delete).
     fn push(&mut self, version: u64, table: u32, key: &[u8], stored: Option<&[u8]>) {
-        if self.0.is_empty() {
-            *self = AuditEntry::with_capacity(0);
-        }
         let at = self.0.len();
         self.0.extend_from_slice(&[0; 4]);
         Change::encode_stored(&mut self.0, version, table, key, stored);
         let len = (self.0.len() - at - 4) as u32;
         self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        let highest = Change::version_of(&self.0).unwrap_or(0).max(version);
+        let highest = Self::highest(&self.0).unwrap_or(0).max(version);
         self.0[..8].copy_from_slice(&highest.to_be_bytes());
     }
 
@@ -636,6 +647,7 @@ impl ShardStore {
     ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
         let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        // Room for a small record's change per op (the entry grows for larger ones).
         let mut audit = AuditEntry::with_capacity(ops.len() * 128);
         let mut outcomes = Vec::with_capacity(ops.len());
         for WriteOp { table, key, kind } in ops {
@@ -890,7 +902,7 @@ impl ShardStore {
         let mut last = 0;
         for kv in self.audit.iter().rev().take(LAST_VERSION_SCAN) {
             let (_, v) = kv.into_inner()?;
-            last = last.max(Change::version_of(&v).unwrap_or(0));
+            last = last.max(AuditEntry::highest(&v).unwrap_or(0));
         }
         Ok(last)
     }
