@@ -9,12 +9,14 @@
 //! anyone else.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+// foldhash rather than SipHash: a fan-out looks up an inbox for each subscriber of each change.
+use hashbrown::HashMap;
 use tessera_protocol::mqtt::QoS;
 use tessera_shards::{Router, ShardSet};
 use tessera_storage::record::RecordRef;
@@ -434,7 +436,7 @@ pub fn follow(router: &Router) {
 
 /// Finds each change's subscribers and sends the changes to their cores, grouped per core.
 fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
-    let mut per_core: HashMap<usize, Vec<(u64, Delivery)>> = HashMap::new();
+    let mut per_core: Vec<Vec<(u64, Delivery)>> = (0..router.cores()).map(|_| Vec::new()).collect();
     REGISTRY.with(|r| {
         let r = &mut *r.borrow_mut();
         let log = AuditLog::of(&mut r.audit, router.shard_set(), shard);
@@ -449,14 +451,14 @@ fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
                 (*t == change.table && id.as_deref().is_some_and(|id| p.matches(id))).then_some(s)
             });
             for s in exact.chain(by_pattern) {
-                per_core
-                    .entry(s.core)
-                    .or_default()
-                    .push((s.conn, (change.clone(), s.qos)));
+                per_core[s.core].push((s.conn, (change.clone(), s.qos)));
             }
         }
     });
-    for (core, items) in per_core {
+    for (core, items) in per_core.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
         if core == router.core() {
             deliver(items);
         } else {
