@@ -67,14 +67,16 @@ print(json.dumps(r))" >> "$OUT/results.jsonl"
   done
 }
 
-# idle NAME PORT PID: IDLE connections held for 5 s; how many were open, and the broker's RSS.
+# idle NAME PORT PID: IDLE connections opened, then held for 5 s; how many were open, and the
+# broker's RSS a second after the last one connected.
 idle() {
   local name=$1 port=$2 pid=$3
   log "$name: $IDLE idle connections"
   "$LOAD" --port "$port" --user admin --password password --idle "$IDLE" --duration 5 \
     > "$OUT/$name-idle.out" 2>&1 &
   local lpid=$!
-  sleep 4
+  until grep -q idle_connections "$OUT/$name-idle.out" || ! kill -0 $lpid 2>/dev/null; do sleep 0.2; done
+  sleep 1
   echo "${name}_idle_connections $(grep -o '"idle_connections":[0-9]*' "$OUT/$name-idle.out" | cut -d: -f2) rss_mb $(rss_mb "$pid")" | tee -a "$OUT/figures.txt"
   wait $lpid || true
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use futures_concurrency::future::Join;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
@@ -84,42 +85,6 @@ impl Frame {
                 .and_then(Option::as_deref)
                 .unwrap_or_default(),
         }
-    }
-}
-
-/// Runs three futures to completion together, polling each only when it was woken.
-/// `futures::join!` polls every unfinished one on each wake of the task: each delivery to a
-/// subscriber would poll its reader again (the keep-alive timer is taken out of the reactor's
-/// timer tree and put back, the socket read polled), which cost about a tenth of the broker's
-/// CPU in a fan-out.
-async fn join_woken<'a, A: 'a, B: 'a, C: 'a>(
-    a: impl Future<Output = A> + 'a,
-    b: impl Future<Output = B> + 'a,
-    c: impl Future<Output = C> + 'a,
-) -> (A, B, C) {
-    use futures::StreamExt;
-    use futures::future::LocalBoxFuture;
-    use futures::stream::FuturesUnordered;
-    enum Done<A, B, C> {
-        A(A),
-        B(B),
-        C(C),
-    }
-    let mut set: FuturesUnordered<LocalBoxFuture<'a, Done<A, B, C>>> = FuturesUnordered::new();
-    set.push(a.map(Done::A).boxed_local());
-    set.push(b.map(Done::B).boxed_local());
-    set.push(c.map(Done::C).boxed_local());
-    let (mut ra, mut rb, mut rc) = (None, None, None);
-    while let Some(done) = set.next().await {
-        match done {
-            Done::A(x) => ra = Some(x),
-            Done::B(x) => rb = Some(x),
-            Done::C(x) => rc = Some(x),
-        }
-    }
-    match (ra, rb, rc) {
-        (Some(a), Some(b), Some(c)) => (a, b, c),
-        _ => unreachable!("each future ends once"),
     }
 }
 
@@ -551,7 +516,10 @@ where
             .collect();
         (std::mem::take(&mut session.held), filters)
     };
-    let ((mut held, filters), (), parked_inbox) = join_woken(reader, writer, deliverer).await;
+    // Each of the three is polled only when it was woken (`futures::join!` polls all of them on
+    // every wake: each delivery to a subscriber would poll its reader's keep-alive timer and
+    // socket again, about a tenth of the broker's CPU in a fan-out).
+    let ((mut held, filters), (), parked_inbox) = (reader, writer, deliverer).join().await;
     match (parked_inbox, kept) {
         (Some((inbox, backlog)), Some(owner)) => {
             // Unacknowledged deliveries go again first, then what was never sent, then what
