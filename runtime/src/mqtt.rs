@@ -71,19 +71,15 @@ impl Outbox {
 /// An encoded packet waiting in an outbox.
 enum Frame {
     Own(Vec<u8>),
-    /// A change's QoS 0 PUBLISH (`frames[slot]` of the change, set), shared by every subscriber
-    /// on the core rather than copied for each.
-    Shared(Arc<realtime::Fanned>, usize),
+    /// A change's QoS 0 PUBLISH, shared by every subscriber rather than copied for each.
+    Shared(Arc<[u8]>),
 }
 
 impl Frame {
     fn bytes(&self) -> &[u8] {
         match self {
             Frame::Own(f) => f,
-            Frame::Shared(change, slot) => change.frames[*slot]
-                .get()
-                .and_then(Option::as_deref)
-                .unwrap_or_default(),
+            Frame::Shared(f) => f,
         }
     }
 }
@@ -347,10 +343,10 @@ where
                             let p = publish_for(core, &change, qos, false, None)?;
                             let mut f = Vec::with_capacity(128);
                             mqtt::encode(&Packet::Publish(p), version, &mut f);
-                            Some(f)
+                            Some(f.into())
                         });
                         return match frame {
-                            Some(_) => out.send_frame(Frame::Shared(change, slot)).await,
+                            Some(f) => out.send_frame(Frame::Shared(f.clone())).await,
                             None => Ok(()),
                         };
                     }

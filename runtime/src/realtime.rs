@@ -293,7 +293,7 @@ impl Pattern {
 pub struct Fanned {
     pub change: Change,
     /// The QoS 0 PUBLISH for MQTT 3.1.1 and for MQTT 5 (`None`: the change has no topic).
-    pub frames: [std::sync::OnceLock<Option<Vec<u8>>>; 2],
+    pub frames: [std::sync::OnceLock<Option<Arc<[u8]>>>; 2],
 }
 
 impl Fanned {
@@ -436,7 +436,8 @@ pub fn follow(router: &Router) {
 
 /// Finds each change's subscribers and sends the changes to their cores, grouped per core.
 fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
-    let mut per_core: Vec<Vec<(u64, Delivery)>> = (0..router.cores()).map(|_| Vec::new()).collect();
+    // Sized at the first subscriber found: most groups (those nobody subscribed to) allocate none.
+    let mut per_core: Vec<Vec<(u64, Delivery)>> = Vec::new();
     REGISTRY.with(|r| {
         let r = &mut *r.borrow_mut();
         let log = AuditLog::of(&mut r.audit, router.shard_set(), shard);
@@ -451,6 +452,9 @@ fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
                 (*t == change.table && id.as_deref().is_some_and(|id| p.matches(id))).then_some(s)
             });
             for s in exact.chain(by_pattern) {
+                if per_core.is_empty() {
+                    per_core.resize_with(router.cores(), Vec::new);
+                }
                 per_core[s.core].push((s.conn, (change.clone(), s.qos)));
             }
         }
