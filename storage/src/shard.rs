@@ -653,24 +653,7 @@ impl ShardStore {
         for WriteOp { table, key, kind } in ops {
             let version = clock.tick();
             let now_ms = version / 1000;
-            let pk = key.get(4..).unwrap_or_default();
-            let fetched;
-            let old_bytes = match latest.get(&key) {
-                Some(v) => v.as_deref(),
-                None => {
-                    fetched = self.records.get(&key)?;
-                    fetched.as_deref()
-                }
-            };
-            // An expired record counts as absent, but its index entries still go.
-            let (old_body, live, expires_at) = match old_bytes {
-                Some(b) => {
-                    let r = RecordRef::parse(b)
-                        .ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
-                    (Some(r.body), !r.is_expired(now_ms), r.expires_at)
-                }
-                None => (None, false, None),
-            };
+            // A message stores nothing: it needs neither the record nor its index entries.
             if let WriteKind::Message {
                 payload,
                 expires_at,
@@ -693,6 +676,24 @@ impl ShardStore {
                 }
                 continue;
             }
+            let pk = key.get(4..).unwrap_or_default();
+            let fetched;
+            let old_bytes = match latest.get(&key) {
+                Some(v) => v.as_deref(),
+                None => {
+                    fetched = self.records.get(&key)?;
+                    fetched.as_deref()
+                }
+            };
+            // An expired record counts as absent, but its index entries still go.
+            let (old_body, live, expires_at) = match old_bytes {
+                Some(b) => {
+                    let r = RecordRef::parse(b)
+                        .ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
+                    (Some(r.body), !r.is_expired(now_ms), r.expires_at)
+                }
+                None => (None, false, None),
+            };
             // Conditional writes that do not apply leave the record as it is.
             let skip = match &kind {
                 WriteKind::Insert(_) => live,
