@@ -85,7 +85,7 @@ impl From<tessera_storage::shard::StoreError> for RestError {
 impl From<ShardError> for RestError {
     fn from(e: ShardError) -> Self {
         match e {
-            ShardError::Closing | ShardError::Contended => RestError::Unavailable(e.to_string()),
+            ShardError::Closing => RestError::Unavailable(e.to_string()),
             e => {
                 eprintln!("error: {e}");
                 RestError::Internal(e.to_string())

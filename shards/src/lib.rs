@@ -36,7 +36,9 @@ pub enum ShardError {
     Closing,
     #[error("shard {0} is unavailable")]
     Unavailable(usize),
-    #[error("the records are being written by other transactions: try again")]
+    /// A transaction preparing its parts in lock order met a conflict, which waiting prepares
+    /// never answer: an internal error, never a reason to retry.
+    #[error("the transaction met a lock conflict where it should have waited")]
     Contended,
 }
 

@@ -5,8 +5,9 @@
 //!
 //! 1. **Prepare** (in parallel): each participant plans its ops against its current state,
 //!    persists the plan as an intent with its group commit, and locks the keys. A key already
-//!    locked by another transaction makes the prepare fail at once (no waiting, so no deadlock);
-//!    the coordinator aborts every part and retries after a random back-off.
+//!    locked by another transaction makes the prepare fail at once; the coordinator aborts every
+//!    part and prepares them again one at a time in shard order, each waiting for its keys (a
+//!    global lock order: no deadlock, no starvation).
 //! 2. **Decide**: the coordinator shard (the lowest participant) persists the commit decision.
 //!    This is the commit point.
 //! 3. **Resolve** (in parallel): each participant applies its plan and drops the intent in one
@@ -23,11 +24,9 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use tessera_storage::shard::{Durability, ShardStore, StoreError, View, WriteOp, WriteOutcome};
 
-use crate::writer::{Command, Prepared};
+use crate::writer::{Command, Prepared, StoreResult};
 use crate::{ShardError, ShardSet, failpoint};
 
-/// Attempts of a transaction that keeps meeting locked keys before it gives up.
-const MAX_ATTEMPTS: u32 = 64;
 /// How long a transaction about to resolve holds back for readers waiting for a quiet instant.
 const READER_GRACE: Duration = Duration::from_millis(1);
 
@@ -64,16 +63,6 @@ impl Gate {
     }
 }
 
-/// A short random pause, growing with the attempt (xorshift on the txid: no shared RNG).
-fn backoff(txid: u64, attempt: u32) -> Duration {
-    let mut x = txid ^ (u64::from(attempt) << 32) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    let ceiling = 50u64 << attempt.min(7);
-    Duration::from_micros(10 + x % ceiling)
-}
-
 /// Consistent views of every shard for one multi-shard read.
 pub(crate) async fn views(set: &ShardSet) -> Vec<View> {
     if let Some(v) = set.gate.try_views(set) {
@@ -100,93 +89,141 @@ fn send(set: &ShardSet, shard: usize, cmd: Command) -> Result<(), ShardError> {
         .map_err(|_| ShardError::Unavailable(shard))
 }
 
+/// Asks `shard`'s writer to prepare its part of `txid`.
+fn prepare(
+    set: &ShardSet,
+    shard: usize,
+    txid: u64,
+    coordinator: usize,
+    ops: &[(usize, WriteOp)],
+    wait: bool,
+) -> Result<oneshot::Receiver<StoreResult<Prepared>>, ShardError> {
+    let (reply, rx) = oneshot::channel();
+    let ops = ops.iter().map(|(_, op)| op.clone()).collect();
+    let coordinator = coordinator as u32;
+    send(
+        set,
+        shard,
+        Command::Prepare {
+            txid,
+            coordinator,
+            ops,
+            wait,
+            reply,
+        },
+    )?;
+    Ok(rx)
+}
+
+/// How the prepare of every part went.
+#[derive(Default)]
+struct Preparation {
+    /// Shards whose part is prepared (durable, keys locked).
+    prepared: Vec<usize>,
+    /// A part met a key locked by another transaction.
+    conflict: bool,
+    failure: Option<ShardError>,
+}
+
+impl Preparation {
+    /// Records one participant's answer; a ready part's outcomes go to their places in the
+    /// caller's list. Returns whether the part is prepared.
+    fn record(
+        &mut self,
+        shard: usize,
+        answer: Result<StoreResult<Prepared>, oneshot::Canceled>,
+        ops: &[(usize, WriteOp)],
+        outcomes: &mut [Option<WriteOutcome>],
+    ) -> bool {
+        match answer {
+            Ok(Ok(Prepared::Ready(out))) => {
+                self.prepared.push(shard);
+                for ((at, _), o) in ops.iter().zip(out) {
+                    outcomes[*at] = Some(o);
+                }
+                return true;
+            }
+            Ok(Ok(Prepared::Conflict)) => self.conflict = true,
+            Ok(Err(e)) => self.failure = Some(ShardError::Store(e)),
+            Err(_) => self.failure = Some(ShardError::Unavailable(shard)),
+        }
+        false
+    }
+}
+
 /// Commits `parts` (each shard's ops with their positions in the caller's list) atomically and
 /// returns the outcomes in the caller's order. Runs detached from the caller's future by
 /// [`crate::Router::transact`], so a dropped request never leaves keys locked.
+///
+/// The first attempt prepares every part in parallel, and a part whose keys another transaction
+/// holds fails at once. If one did, the parts are dropped and the second attempt prepares them one
+/// at a time in shard order, each waiting for its keys: a transaction then only waits for keys on
+/// shards above those it holds, so no two ever wait for each other, and it cannot be starved by
+/// transactions that keep taking turns at the keys (retrying with back-offs could, and under
+/// contention answered "try again").
 pub(crate) async fn commit(
     set: Arc<ShardSet>,
-    parts: Vec<(usize, Vec<(usize, WriteOp)>)>,
+    mut parts: Vec<(usize, Vec<(usize, WriteOp)>)>,
     total: usize,
 ) -> Result<Vec<WriteOutcome>, ShardError> {
-    let coordinator = parts.iter().map(|(s, _)| *s).min().unwrap_or(0);
-    for attempt in 0..MAX_ATTEMPTS {
+    parts.sort_unstable_by_key(|(shard, _)| *shard);
+    let coordinator = parts.first().map_or(0, |(shard, _)| *shard);
+    for ordered in [false, true] {
         let txid = set.gate.txid.fetch_add(1, Ordering::Relaxed) + 1;
-        // Phase 1: prepare everywhere.
-        let mut waits = Vec::with_capacity(parts.len());
-        for (shard, ops) in &parts {
-            let (tx, rx) = oneshot::channel();
-            send(
-                &set,
-                *shard,
-                Command::Prepare {
-                    txid,
-                    coordinator: coordinator as u32,
-                    ops: ops.iter().map(|(_, op)| op.clone()).collect(),
-                    reply: tx,
-                },
-            )?;
-            waits.push((*shard, rx));
-        }
-        let mut prepared = Vec::with_capacity(parts.len());
-        let mut conflict = false;
-        let mut failure = None;
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; total];
-        for ((shard, rx), (_, ops)) in waits.into_iter().zip(&parts) {
-            match rx.await {
-                Ok(Ok(Prepared::Ready(out))) => {
-                    prepared.push(shard);
-                    for ((at, _), o) in ops.iter().zip(out) {
-                        outcomes[*at] = Some(o);
-                    }
+        let mut p = Preparation::default();
+        // Phase 1: prepare everywhere.
+        if ordered {
+            for (shard, ops) in &parts {
+                let answer = prepare(&set, *shard, txid, coordinator, ops, true)?.await;
+                if !p.record(*shard, answer, ops, &mut outcomes) {
+                    break;
                 }
-                Ok(Ok(Prepared::Conflict)) => conflict = true,
-                Ok(Err(e)) => failure = Some(ShardError::Store(e)),
-                Err(_) => failure = Some(ShardError::Unavailable(shard)),
+            }
+        } else {
+            let mut waits = Vec::with_capacity(parts.len());
+            for (shard, ops) in &parts {
+                waits.push(prepare(&set, *shard, txid, coordinator, ops, false)?);
+            }
+            for (rx, (shard, ops)) in waits.into_iter().zip(&parts) {
+                p.record(*shard, rx.await, ops, &mut outcomes);
             }
         }
         // Phase 2: the decision, unless a part could not be prepared.
-        let decided = if conflict || failure.is_some() {
-            false
-        } else {
+        if !p.conflict && p.failure.is_none() {
             let (tx, rx) = oneshot::channel();
             send(&set, coordinator, Command::Decide { txid, reply: tx })?;
             match rx.await {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    failure = Some(ShardError::Store(e));
-                    false
+                Ok(Ok(())) => {
+                    failpoint("decided");
+                    resolve_committed(&set, txid, coordinator, &p.prepared).await?;
+                    return Ok(outcomes.into_iter().flatten().collect());
                 }
-                Err(_) => {
-                    failure = Some(ShardError::Unavailable(coordinator));
-                    false
-                }
+                Ok(Err(e)) => p.failure = Some(ShardError::Store(e)),
+                Err(_) => p.failure = Some(ShardError::Unavailable(coordinator)),
             }
-        };
-        if decided {
-            failpoint("decided");
-            resolve_committed(&set, txid, coordinator, &prepared).await?;
-            return Ok(outcomes.into_iter().flatten().collect());
         }
         // Abort: drop every prepared part (no persist needed: presumed abort).
-        for shard in &prepared {
+        for shard in &p.prepared {
             let (visible, _) = oneshot::channel();
             let (durable, _) = oneshot::channel();
+            let commit = false;
             send(
                 &set,
                 *shard,
                 Command::Resolve {
                     txid,
-                    commit: false,
+                    commit,
                     visible,
                     durable,
                 },
             )?;
         }
-        if let Some(e) = failure {
+        if let Some(e) = p.failure {
             return Err(e);
         }
-        glommio::timer::sleep(backoff(txid, attempt)).await;
     }
+    // A waiting prepare never answers a conflict.
     Err(ShardError::Contended)
 }
 

@@ -8,8 +8,9 @@
 //! The thread is also each shard's participant in cross-shard transactions (see [`crate::txn`]):
 //! it prepares a transaction's part (an intent, persisted with the group) and locks its keys,
 //! records commit decisions, and applies or drops prepared parts. Plain writes to a locked key
-//! wait, in arrival order, until the transaction that holds it is resolved; a prepare that finds
-//! a key locked fails at once with a conflict, so no two transactions ever wait for each other.
+//! wait, in arrival order, until the transaction that holds it is resolved. A prepare that finds
+//! a key locked either fails at once with a conflict or, when it is asked to wait (a transaction
+//! preparing its parts one by one in shard order, see [`crate::txn`]), waits like a plain write.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,11 +45,13 @@ pub(crate) enum Command {
     Batch(Vec<WriteOp>, BatchReply),
     /// Phase one of a cross-shard transaction: plan the ops against the shard as it is, persist
     /// the plan as an intent, lock its keys. `coordinator` is the shard that will hold the
-    /// decision.
+    /// decision. A key locked by another transaction answers [`Prepared::Conflict`], or with
+    /// `wait` defers the prepare until that transaction is resolved.
     Prepare {
         txid: u64,
         coordinator: u32,
         ops: Vec<WriteOp>,
+        wait: bool,
         reply: oneshot::Sender<StoreResult<Prepared>>,
     },
     /// Phase two, on the coordinator shard: persist the commit decision.
@@ -169,7 +172,7 @@ struct Writer<'a> {
     /// Keys of prepared parts, and the transaction holding each.
     locks: HashMap<Vec<u8>, u64>,
     prepared: HashMap<u64, Part>,
-    /// Plain writes waiting for a lock, in arrival order.
+    /// Plain writes and waiting prepares held back by a lock, in arrival order.
     deferred: VecDeque<Command>,
     /// Resolves applied but not yet persisted: answered after the next persist.
     unpersisted: Vec<oneshot::Sender<()>>,
@@ -292,11 +295,22 @@ impl Writer<'_> {
                 txid,
                 coordinator,
                 ops,
+                wait,
                 reply,
             } => {
                 self.flush_ops(g, watched);
                 if ops.iter().any(|op| self.locked(&op.key)) {
-                    let _ = reply.send(Ok(Prepared::Conflict));
+                    if wait {
+                        self.deferred.push_back(Command::Prepare {
+                            txid,
+                            coordinator,
+                            ops,
+                            wait,
+                            reply,
+                        });
+                    } else {
+                        let _ = reply.send(Ok(Prepared::Conflict));
+                    }
                     return;
                 }
                 g.writes += ops.len() as u64;
@@ -359,7 +373,7 @@ impl Writer<'_> {
                 if ok {
                     self.unpersisted.push(durable);
                 }
-                // Writes that waited for these keys go next, before anything newer.
+                // Commands that waited for these keys go next, before anything newer.
                 for cmd in std::mem::take(&mut self.deferred).into_iter().rev() {
                     queue.push_front(cmd);
                 }

@@ -1,23 +1,22 @@
 //! Transactions per second through the shards' commit paths, in one process (no HTTP): a
 //! transaction is two `addTo` writes (a transfer) on two accounts of the same shard (one batch of
 //! that shard's group commit) or of two different shards (the two-phase commit of
-//! `shards/src/txn.rs`). Accounts are many and picked at random, so conflicts are rare and the
-//! figure is the protocol's cost, not contention.
+//! `shards/src/txn.rs`). Accounts are picked at random; with the default 4,096 per shard conflicts
+//! are rare and the figure is the protocol's cost, with a handful it is the cost of contention.
 //!
-//! Usage: `txn_bench ROOT [SECONDS=10] [CLIENTS_PER_CORE=64] [THREADS=2]`. `ROOT` should be new
-//! (its shards are created with THREADS shards, durable mode). Prints one line per kind:
-//! transactions/s and latency p50/p99.
+//! Usage: `txn_bench ROOT [SECONDS=10] [CLIENTS_PER_CORE=64] [THREADS=2] [ACCOUNTS_PER_SHARD=4096]`.
+//! `ROOT` should be new (its shards are created with THREADS shards, durable mode). Prints one
+//! line per kind: transactions/s, latency p50/p99 and the transactions that failed.
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_shards::{ExecutorSettings, ShardSet, shard_of, start_executors};
 use tessera_storage::shard::{Durability, ShardOptions, WriteKind, WriteOp, record_key};
 use tessera_storage::{Catalog, Table, Value};
-
-const ACCOUNTS_PER_SHARD: usize = 4096;
 
 fn table() -> Arc<Table> {
     let mut c = Catalog::default();
@@ -48,11 +47,14 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(root) = args.get(1) else {
-        eprintln!("usage: txn_bench ROOT [SECONDS] [CLIENTS_PER_CORE] [THREADS]");
+        eprintln!(
+            "usage: txn_bench ROOT [SECONDS] [CLIENTS_PER_CORE] [THREADS] [ACCOUNTS_PER_SHARD]"
+        );
         std::process::exit(2);
     };
     let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (seconds, clients, threads) = (arg(2, 10), arg(3, 64) as usize, arg(4, 2) as usize);
+    let accounts = arg(5, 4096).max(2) as usize;
     let shards = threads.max(2);
     let set = Arc::new(
         ShardSet::open(
@@ -67,9 +69,9 @@ fn main() {
     // Account ids by shard.
     let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); shards];
     let mut id = 0i64;
-    while by_shard.iter().any(|v| v.len() < ACCOUNTS_PER_SHARD) {
+    while by_shard.iter().any(|v| v.len() < accounts) {
         let s = shard_of(&record_key(t.id, &Value::Int(id)).expect("key"), shards);
-        if by_shard[s].len() < ACCOUNTS_PER_SHARD {
+        if by_shard[s].len() < accounts {
             by_shard[s].push(id);
         }
         id += 1;
@@ -77,22 +79,33 @@ fn main() {
     let by_shard = Arc::new(by_shard);
     for cross in [false, true] {
         let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let failed = Arc::new(AtomicU64::new(0));
         let settings = ExecutorSettings {
             threads,
             preempt_timer: Duration::from_millis(5),
         };
         let started = Instant::now();
         let deadline = started + Duration::from_secs(seconds);
-        let (t2, ids, lat) = (t.clone(), by_shard.clone(), latencies.clone());
+        let (t2, ids, lat, failed2) = (
+            t.clone(),
+            by_shard.clone(),
+            latencies.clone(),
+            failed.clone(),
+        );
         let handles = start_executors(&settings, set.clone(), move |ctx| {
-            let (t, ids, lat) = (t2.clone(), ids.clone(), lat.clone());
+            let (t, ids, lat, failed) = (t2.clone(), ids.clone(), lat.clone(), failed2.clone());
             async move {
                 let router = Rc::new(ctx.router);
                 let mine: Rc<RefCell<Vec<u64>>> = Rc::default();
                 let mut tasks = Vec::new();
                 for c in 0..clients {
-                    let (router, t, ids, mine) =
-                        (router.clone(), t.clone(), ids.clone(), mine.clone());
+                    let (router, t, ids, mine, failed) = (
+                        router.clone(),
+                        t.clone(),
+                        ids.clone(),
+                        mine.clone(),
+                        failed.clone(),
+                    );
                     let mut x =
                         ((ctx.core * 7919 + c + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     tasks.push(glommio::spawn_local(async move {
@@ -107,18 +120,20 @@ fn main() {
                             } else {
                                 a
                             };
-                            let from = ids[a][(x >> 20) as usize % ACCOUNTS_PER_SHARD];
-                            let to = ids[b][(x >> 40) as usize % ACCOUNTS_PER_SHARD];
+                            let from = ids[a][(x >> 20) as usize % accounts];
+                            let to = ids[b][(x >> 40) as usize % accounts];
                             if from == to {
                                 continue;
                             }
                             let begin = Instant::now();
-                            if router
+                            match router
                                 .transact(vec![add(&t, from, -1), add(&t, to, 1)])
                                 .await
-                                .is_ok()
                             {
-                                mine.borrow_mut().push(begin.elapsed().as_micros() as u64);
+                                Ok(_) => mine.borrow_mut().push(begin.elapsed().as_micros() as u64),
+                                Err(_) => {
+                                    failed.fetch_add(1, Ordering::Relaxed);
+                                }
                             }
                         }
                     }));
@@ -135,16 +150,18 @@ fn main() {
         let mut l = latencies.lock().expect("latencies").clone();
         l.sort_unstable();
         println!(
-            "{}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms ({} in {:.1} s, {} clients on {} cores, {} shards)",
+            "{}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms, {} failed ({} in {:.1} s, {} clients on {} cores, {} shards, {} accounts each)",
             if cross { "two-shard" } else { "single-shard" },
             l.len() as f64 / elapsed,
             percentile(&l, 0.5),
             percentile(&l, 0.99),
+            failed.load(Ordering::Relaxed),
             l.len(),
             elapsed,
             clients * threads,
             threads,
-            shards
+            shards,
+            accounts
         );
     }
     set.close().expect("close");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tessera_shards::{ExecutorSettings, Router, ShardSet, start_executors};
+use tessera_shards::{ExecutorSettings, ShardSet, start_executors};
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{
     Durability, ShardOptions, View, WriteKind, WriteOp, record_key, table_prefix,
@@ -140,9 +140,8 @@ fn main() {
                         }
                         let amount = (x >> 40) as i64 % 50 + 1;
                         let ops = vec![add(&t, from, -amount), add(&t, to, amount)];
-                        if transact(&router, ops).await {
-                            transfers.fetch_add(1, Ordering::Relaxed);
-                        }
+                        router.transact(ops).await.expect("transfer");
+                        transfers.fetch_add(1, Ordering::Relaxed);
                     }
                 }));
             }
@@ -185,13 +184,4 @@ fn main() {
         transfers.load(Ordering::Relaxed)
     );
     set.close().expect("close");
-}
-
-/// Commits a transfer; a transaction that kept meeting locked keys is not an error here.
-async fn transact(router: &Router, ops: Vec<WriteOp>) -> bool {
-    match router.transact(ops).await {
-        Ok(_) => true,
-        Err(tessera_shards::ShardError::Contended) => false,
-        Err(e) => panic!("transfer failed: {e}"),
-    }
 }
