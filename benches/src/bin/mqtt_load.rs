@@ -12,7 +12,6 @@
 //! -count N -qos N -topic T -size N -username U -password P -action pub|sub`) are accepted too.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -152,7 +151,7 @@ struct Stats {
     received: u64,
     latencies_us: Vec<u32>,
     /// Messages still to be received by this many subscribers, by (publisher, sequence).
-    pending: HashMap<(u16, u64), usize>,
+    pending: hashbrown::HashMap<(u16, u64), usize>,
     connected: usize,
 }
 
@@ -169,12 +168,17 @@ fn connect_packet(a: &Args, id: &str) -> Packet {
     }))
 }
 
-/// A connected client: its stream and undecoded input.
+/// A connected client: its stream and undecoded input, `buf[start..end]`.
 struct Client {
     stream: TcpStream,
     buf: Vec<u8>,
+    start: usize,
+    end: usize,
     version: Version,
 }
+
+/// Largest packet a client accepts.
+const MAX_PACKET: usize = 1 << 24;
 
 impl Client {
     async fn connect(a: &Args, id: &str) -> std::io::Result<Client> {
@@ -182,7 +186,9 @@ impl Client {
         stream.set_nodelay(true)?;
         let mut c = Client {
             stream,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
             version: a.version,
         };
         c.send(&connect_packet(a, id)).await?;
@@ -198,50 +204,39 @@ impl Client {
         self.stream.write_all(&out).await
     }
 
-    /// Every packet already buffered, reading once first if there is none.
-    async fn batch(&mut self) -> std::io::Result<Vec<Packet>> {
-        let mut out = Vec::new();
-        loop {
-            let mut at = 0;
-            loop {
-                match mqtt::decode(&self.buf[at..], Some(self.version), 1 << 24) {
-                    Ok(Some((p, used))) => {
-                        at += used;
-                        out.push(p);
-                    }
-                    Ok(None) => break,
-                    Err(e) => return Err(std::io::Error::other(e.to_string())),
-                }
-            }
-            self.buf.drain(..at);
-            if !out.is_empty() {
-                return Ok(out);
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+    /// Reads once into the buffer, after the input not yet used (moved to the front, and the
+    /// buffer doubled if a packet needs more room).
+    async fn fill(&mut self) -> std::io::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
         }
+        if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = self.stream.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.end += n;
+        Ok(())
     }
 
     async fn next(&mut self) -> std::io::Result<Packet> {
         loop {
-            match mqtt::decode(&self.buf, Some(self.version), 1 << 24) {
+            match mqtt::decode(
+                &self.buf[self.start..self.end],
+                Some(self.version),
+                MAX_PACKET,
+            ) {
                 Ok(Some((p, used))) => {
-                    self.buf.drain(..used);
+                    self.start += used;
                     return Ok(p);
                 }
-                Ok(None) => {}
+                Ok(None) => self.fill().await?,
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
-            let mut chunk = [0u8; 32 * 1024];
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
@@ -290,18 +285,34 @@ async fn subscriber(
     }
     stats.borrow_mut().connected += 1;
     ready.signal(1);
+    // Every message buffered is counted where it lies (no copy, no decode into a `Packet`): at
+    // half of Tessera's peak this one thread receives about 450,000 messages a second, and its
+    // own delays would count as the broker's latency.
     let mut acks = Vec::new();
-    while let Ok(batch) = c.batch().await {
+    loop {
         acks.clear();
-        for p in batch {
-            let Packet::Publish(p) = p else { continue };
-            if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
-                mqtt::encode(&Packet::PubAck(Ack::new(id)), c.version, &mut acks);
+        loop {
+            let raw = match mqtt::split(&c.buf[c.start..c.end], MAX_PACKET) {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            if raw.first >> 4 == 3 {
+                let Ok(p) = mqtt::publish::read_ref(raw.first & 0x0f, raw.body, c.version) else {
+                    return;
+                };
+                if let (QoS::AtLeastOnce, Some(id)) = (p.qos, p.packet_id) {
+                    mqtt::encode(&Packet::PubAck(Ack::new(id)), c.version, &mut acks);
+                }
+                record(p.payload, &stats, &windows, start);
             }
-            record(&p.payload, &stats, &windows, start);
+            c.start += raw.len;
         }
         // One write for every acknowledgement of the batch.
         if !acks.is_empty() && c.stream.write_all(&acks).await.is_err() {
+            return;
+        }
+        if c.fill().await.is_err() {
             return;
         }
     }

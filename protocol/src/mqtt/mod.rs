@@ -190,6 +190,33 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, Error> {
     Err(Error::Malformed("remaining length longer than 4 bytes"))
 }
 
+/// A whole packet in a buffer, not decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPacket<'a> {
+    /// The fixed header's first byte: packet type (high nibble) and flags.
+    pub first: u8,
+    pub body: &'a [u8],
+    /// The bytes the packet takes, fixed header included.
+    pub len: usize,
+}
+
+/// The first packet in `buf`, undecoded. `Ok(None)` until a whole packet is buffered; a packet
+/// whose total size exceeds `max_size` is refused as soon as its header is read.
+pub fn split(buf: &[u8], max_size: usize) -> Result<Option<RawPacket<'_>>, Error> {
+    let Some((first, start, len)) = fixed_header(buf)? else {
+        return Ok(None);
+    };
+    let total = start + len;
+    if total > max_size {
+        return Err(Error::TooLarge(total));
+    }
+    Ok(buf.get(start..total).map(|body| RawPacket {
+        first,
+        body,
+        len: total,
+    }))
+}
+
 /// Decodes the first packet in `buf`. `version` is the connection's, `None` before CONNECT.
 /// Returns `Ok(None)` until a whole packet is buffered, else the packet and the bytes it used.
 /// A packet whose total size exceeds `max_size` is refused as soon as its header is read.
@@ -198,14 +225,12 @@ pub fn decode(
     version: Option<Version>,
     max_size: usize,
 ) -> Result<Option<(Packet, usize)>, Error> {
-    let Some((first, start, len)) = fixed_header(buf)? else {
-        return Ok(None);
-    };
-    let total = start + len;
-    if total > max_size {
-        return Err(Error::TooLarge(total));
-    }
-    let Some(body) = buf.get(start..total) else {
+    let Some(RawPacket {
+        first,
+        body,
+        len: total,
+    }) = split(buf, max_size)?
+    else {
         return Ok(None);
     };
     let (kind, flags) = (first >> 4, first & 0x0f);

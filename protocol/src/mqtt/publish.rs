@@ -54,6 +54,38 @@ pub fn read(flags: u8, body: &[u8], version: Version) -> Result<Publish, Error> 
     })
 }
 
+/// A PUBLISH read in place, for a receiver that counts messages rather than keeps them (a load
+/// generator): the topic and payload borrow the packet's bytes and the v5 properties are
+/// skipped, not parsed. Checks the framing only; [`read`] is the full decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    pub qos: QoS,
+    pub topic: &'a [u8],
+    pub packet_id: Option<u16>,
+    pub payload: &'a [u8],
+}
+
+/// Reads a PUBLISH body (`flags` from its fixed header) in place; see [`PublishRef`].
+pub fn read_ref(flags: u8, body: &[u8], version: Version) -> Result<PublishRef<'_>, Error> {
+    let qos = QoS::from_bits((flags >> 1) & 0x03)?;
+    let mut r = Reader::new(body);
+    let topic = r.binary()?;
+    let packet_id = match qos {
+        QoS::AtMostOnce => None,
+        _ => Some(super::packet_id(&mut r)?),
+    };
+    if version == Version::V5 {
+        let len = r.varint()? as usize;
+        r.take(len)?;
+    }
+    Ok(PublishRef {
+        qos,
+        topic,
+        packet_id,
+        payload: r.rest(),
+    })
+}
+
 /// The fixed-header flags of a PUBLISH.
 pub fn flags(p: &Publish) -> u8 {
     (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain)

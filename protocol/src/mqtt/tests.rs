@@ -67,29 +67,33 @@ fn version() -> impl Strategy<Value = Version> {
     prop_oneof![Just(Version::V311), Just(Version::V5)]
 }
 
-fn packet(v: Version) -> BoxedStrategy<Packet> {
-    let id = 1..u16::MAX;
-    let publish = (
+/// A PUBLISH valid for `v`, with properties.
+fn publish(v: Version) -> BoxedStrategy<Publish> {
+    (
         qos(),
         any::<bool>(),
         any::<bool>(),
         topic(),
-        id.clone(),
+        1..u16::MAX,
         props(v),
     )
         .prop_flat_map(move |(q, dup, retain, t, pid, p)| {
-            vec(any::<u8>(), 0..64).prop_map(move |payload| {
-                Packet::Publish(Publish {
-                    dup: dup && q != QoS::AtMostOnce,
-                    qos: q,
-                    retain,
-                    topic: t.clone(),
-                    packet_id: (q != QoS::AtMostOnce).then_some(pid),
-                    properties: p.clone(),
-                    payload,
-                })
+            vec(any::<u8>(), 0..64).prop_map(move |payload| Publish {
+                dup: dup && q != QoS::AtMostOnce,
+                qos: q,
+                retain,
+                topic: t.clone(),
+                packet_id: (q != QoS::AtMostOnce).then_some(pid),
+                properties: p.clone(),
+                payload,
             })
-        });
+        })
+        .boxed()
+}
+
+fn packet(v: Version) -> BoxedStrategy<Packet> {
+    let id = 1..u16::MAX;
+    let publish = publish(v).prop_map(Packet::Publish);
     let ack = (id.clone(), 0..4u8, common_props(v)).prop_map(move |(pid, kind, p)| {
         let mut a = Ack::new(pid);
         if v == Version::V5 {
@@ -231,6 +235,20 @@ proptest! {
         for cut in 0..bytes.len() {
             prop_assert_eq!(decode(&bytes[..cut], Some(v), MAX).unwrap(), None);
         }
+    }
+
+    /// A PUBLISH read in place has the topic, packet id and payload of its full decode.
+    #[test]
+    fn publish_read_in_place((v, p) in version().prop_flat_map(|v| (Just(v), publish(v)))) {
+        let mut bytes = Vec::new();
+        encode(&Packet::Publish(p.clone()), v, &mut bytes);
+        let raw = split(&bytes, MAX).unwrap().unwrap();
+        prop_assert_eq!((raw.first >> 4, raw.len), (3, bytes.len()));
+        let r = super::publish::read_ref(raw.first & 0x0f, raw.body, v).unwrap();
+        prop_assert_eq!(r.qos, p.qos);
+        prop_assert_eq!(r.topic, p.topic.as_bytes());
+        prop_assert_eq!(r.packet_id, p.packet_id);
+        prop_assert_eq!(r.payload, &p.payload[..]);
     }
 
     #[test]
