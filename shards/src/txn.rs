@@ -207,13 +207,12 @@ pub(crate) async fn commit(
         for shard in &p.prepared {
             let (visible, _) = oneshot::channel();
             let (durable, _) = oneshot::channel();
-            let commit = false;
             send(
                 &set,
                 *shard,
                 Command::Resolve {
                     txid,
-                    commit,
+                    commit: false,
                     visible,
                     durable,
                 },

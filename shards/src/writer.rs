@@ -267,6 +267,22 @@ impl Writer<'_> {
         !self.locks.is_empty() && self.locks.contains_key(key)
     }
 
+    /// Whether `cmd` must wait for a lock: a plain write, a batch or a prepare asked to wait that
+    /// touches a key a prepared transaction holds.
+    fn must_wait(&self, cmd: &Command) -> bool {
+        if self.locks.is_empty() {
+            return false;
+        }
+        match cmd {
+            Command::Write(op, _) => self.locked(&op.key),
+            Command::Batch(ops, _)
+            | Command::Prepare {
+                ops, wait: true, ..
+            } => ops.iter().any(|op| self.locked(&op.key)),
+            _ => false,
+        }
+    }
+
     fn handle(
         &mut self,
         cmd: Command,
@@ -274,43 +290,30 @@ impl Writer<'_> {
         queue: &mut VecDeque<Command>,
         watched: bool,
     ) {
+        if self.must_wait(&cmd) {
+            self.deferred.push_back(cmd);
+            return;
+        }
         match cmd {
             Command::Write(op, reply) => {
-                if self.locked(&op.key) {
-                    self.deferred.push_back(Command::Write(op, reply));
-                } else {
-                    g.ops.push(op);
-                    g.replies.push(Reply::One(reply));
-                }
+                g.ops.push(op);
+                g.replies.push(Reply::One(reply));
             }
             Command::Batch(ops, reply) => {
-                if ops.iter().any(|op| self.locked(&op.key)) {
-                    self.deferred.push_back(Command::Batch(ops, reply));
-                } else {
-                    g.replies.push(Reply::Batch(reply, ops.len()));
-                    g.ops.extend(ops);
-                }
+                g.replies.push(Reply::Batch(reply, ops.len()));
+                g.ops.extend(ops);
             }
             Command::Prepare {
                 txid,
                 coordinator,
                 ops,
-                wait,
                 reply,
+                ..
             } => {
                 self.flush_ops(g, watched);
+                // Only a prepare that may not wait gets here with a locked key.
                 if ops.iter().any(|op| self.locked(&op.key)) {
-                    if wait {
-                        self.deferred.push_back(Command::Prepare {
-                            txid,
-                            coordinator,
-                            ops,
-                            wait,
-                            reply,
-                        });
-                    } else {
-                        let _ = reply.send(Ok(Prepared::Conflict));
-                    }
+                    let _ = reply.send(Ok(Prepared::Conflict));
                     return;
                 }
                 g.writes += ops.len() as u64;

@@ -10,13 +10,19 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_shards::{ExecutorSettings, ShardSet, shard_of, start_executors};
 use tessera_storage::shard::{Durability, ShardOptions, WriteKind, WriteOp, record_key};
 use tessera_storage::{Catalog, Table, Value};
+
+/// What the clients of one run saw: latencies of committed transactions (us), and failures.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u64>,
+    failed: u64,
+}
 
 fn table() -> Arc<Table> {
     let mut c = Catalog::default();
@@ -78,34 +84,23 @@ fn main() {
     }
     let by_shard = Arc::new(by_shard);
     for cross in [false, true] {
-        let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
-        let failed = Arc::new(AtomicU64::new(0));
+        let tally: Arc<Mutex<Tally>> = Arc::default();
         let settings = ExecutorSettings {
             threads,
             preempt_timer: Duration::from_millis(5),
         };
         let started = Instant::now();
         let deadline = started + Duration::from_secs(seconds);
-        let (t2, ids, lat, failed2) = (
-            t.clone(),
-            by_shard.clone(),
-            latencies.clone(),
-            failed.clone(),
-        );
+        let (t2, ids, all) = (t.clone(), by_shard.clone(), tally.clone());
         let handles = start_executors(&settings, set.clone(), move |ctx| {
-            let (t, ids, lat, failed) = (t2.clone(), ids.clone(), lat.clone(), failed2.clone());
+            let (t, ids, all) = (t2.clone(), ids.clone(), all.clone());
             async move {
                 let router = Rc::new(ctx.router);
-                let mine: Rc<RefCell<Vec<u64>>> = Rc::default();
+                let mine: Rc<RefCell<Tally>> = Rc::default();
                 let mut tasks = Vec::new();
                 for c in 0..clients {
-                    let (router, t, ids, mine, failed) = (
-                        router.clone(),
-                        t.clone(),
-                        ids.clone(),
-                        mine.clone(),
-                        failed.clone(),
-                    );
+                    let (router, t, ids, mine) =
+                        (router.clone(), t.clone(), ids.clone(), mine.clone());
                     let mut x =
                         ((ctx.core * 7919 + c + 1) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                     tasks.push(glommio::spawn_local(async move {
@@ -126,20 +121,21 @@ fn main() {
                                 continue;
                             }
                             let begin = Instant::now();
-                            match router
+                            let done = router
                                 .transact(vec![add(&t, from, -1), add(&t, to, 1)])
-                                .await
-                            {
-                                Ok(_) => mine.borrow_mut().push(begin.elapsed().as_micros() as u64),
-                                Err(_) => {
-                                    failed.fetch_add(1, Ordering::Relaxed);
-                                }
+                                .await;
+                            let mut seen = mine.borrow_mut();
+                            match done {
+                                Ok(_) => seen.latencies.push(begin.elapsed().as_micros() as u64),
+                                Err(_) => seen.failed += 1,
                             }
                         }
                     }));
                 }
                 futures::future::join_all(tasks).await;
-                lat.lock().expect("latencies").extend(mine.borrow().iter());
+                let mut all = all.lock().expect("tally");
+                all.latencies.extend(&mine.borrow().latencies);
+                all.failed += mine.borrow().failed;
             }
         })
         .expect("executors");
@@ -147,7 +143,10 @@ fn main() {
             let _ = h.join();
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let mut l = latencies.lock().expect("latencies").clone();
+        let Tally {
+            latencies: mut l,
+            failed,
+        } = std::mem::take(&mut *tally.lock().expect("tally"));
         l.sort_unstable();
         println!(
             "{}: {:.0} transactions/s, p50 {:.2} ms, p99 {:.2} ms, {} failed ({} in {:.1} s, {} clients on {} cores, {} shards, {} accounts each)",
@@ -155,7 +154,7 @@ fn main() {
             l.len() as f64 / elapsed,
             percentile(&l, 0.5),
             percentile(&l, 0.99),
-            failed.load(Ordering::Relaxed),
+            failed,
             l.len(),
             elapsed,
             clients * threads,
