@@ -1,21 +1,22 @@
-//! Transactions whose writes span shards: two-phase commit over the shards' writer threads, with
-//! the decision in one participant's journal, redo of prepared parts on recovery, and a gate that
-//! gives multi-shard readers a consistent cut. `docs/adr/0001-cross-shard-transactions.md` says
-//! why this shape and what it costs.
+//! Transactions whose writes span shards: two-phase commit over the shards' writer threads with
+//! one persist round (the transaction commits when every part's intent is durable), redo of
+//! prepared parts on recovery, and a gate that gives multi-shard readers a consistent cut.
+//! `docs/adr/0001-cross-shard-transactions.md` says why this shape and what it costs.
 //!
 //! 1. **Prepare** (in parallel): each participant plans its ops against its current state,
-//!    persists the plan as an intent with its group commit, and locks the keys. A key already
-//!    locked by another transaction makes the prepare fail at once; the coordinator aborts every
-//!    part and prepares them again one at a time in shard order, each waiting for its keys (a
-//!    global lock order: no deadlock, no starvation).
-//! 2. **Decide**: the coordinator shard (the lowest participant) persists the commit decision.
-//!    This is the commit point.
-//! 3. **Resolve** (in parallel): each participant applies its plan and drops the intent in one
-//!    batch, unlocks, and answers as soon as readers see it. The caller is answered when every
-//!    participant has. The decision is dropped once every participant has persisted its resolve.
+//!    persists the plan as an intent naming every participant with its group commit, and locks
+//!    the keys. A key already locked by another transaction makes the prepare fail at once; the
+//!    parts are then dropped and prepared again one at a time in shard order, each waiting for
+//!    its keys (a global lock order: no deadlock, no starvation). Once every part is durable the
+//!    transaction is committed: that is the commit point, and nothing more is persisted first.
+//! 2. **Resolve** (in parallel): each participant applies its plan, drops the intent and leaves
+//!    a commit marker in one batch, unlocks, and answers as soon as readers see it. The caller is
+//!    answered when every participant has. The markers are dropped once every participant has
+//!    persisted its resolve.
 //!
-//! Recovery ([`recover`]): an intent whose coordinator holds the decision is applied, any other is
-//! dropped (presumed abort: nobody was answered before the decision was durable).
+//! Recovery ([`recover`]): an intent is applied if every participant it names still holds its
+//! intent or a marker (every part was durably prepared, so the transaction had committed), and
+//! dropped otherwise (a part was never prepared: nobody was answered).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -94,19 +95,18 @@ fn prepare(
     set: &ShardSet,
     shard: usize,
     txid: u64,
-    coordinator: usize,
+    participants: &Arc<[u32]>,
     ops: &[(usize, WriteOp)],
     wait: bool,
 ) -> Result<oneshot::Receiver<StoreResult<Prepared>>, ShardError> {
     let (reply, rx) = oneshot::channel();
     let ops = ops.iter().map(|(_, op)| op.clone()).collect();
-    let coordinator = coordinator as u32;
     send(
         set,
         shard,
         Command::Prepare {
             txid,
-            coordinator,
+            participants: participants.clone(),
             ops,
             wait,
             reply,
@@ -167,15 +167,17 @@ pub(crate) async fn commit(
     total: usize,
 ) -> Result<Vec<WriteOutcome>, ShardError> {
     parts.sort_unstable_by_key(|(shard, _)| *shard);
-    let coordinator = parts.first().map_or(0, |(shard, _)| *shard);
+    let participants: Arc<[u32]> = parts.iter().map(|(shard, _)| *shard as u32).collect();
     for ordered in [false, true] {
         let txid = set.gate.txid.fetch_add(1, Ordering::Relaxed) + 1;
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; total];
         let mut p = Preparation::default();
         // Phase 1: prepare everywhere.
+        let mut sent = Vec::with_capacity(parts.len());
         if ordered {
             for (shard, ops) in &parts {
-                let answer = prepare(&set, *shard, txid, coordinator, ops, true)?.await;
+                let answer = prepare(&set, *shard, txid, &participants, ops, true)?.await;
+                sent.push(*shard);
                 if !p.record(*shard, answer, ops, &mut outcomes) {
                     break;
                 }
@@ -183,28 +185,23 @@ pub(crate) async fn commit(
         } else {
             let mut waits = Vec::with_capacity(parts.len());
             for (shard, ops) in &parts {
-                waits.push(prepare(&set, *shard, txid, coordinator, ops, false)?);
+                waits.push(prepare(&set, *shard, txid, &participants, ops, false)?);
+                sent.push(*shard);
             }
             for (rx, (shard, ops)) in waits.into_iter().zip(&parts) {
                 p.record(*shard, rx.await, ops, &mut outcomes);
             }
         }
-        // Phase 2: the decision, unless a part could not be prepared.
+        // Every part durable: committed.
         if !p.conflict && p.failure.is_none() {
-            let (tx, rx) = oneshot::channel();
-            send(&set, coordinator, Command::Decide { txid, reply: tx })?;
-            match rx.await {
-                Ok(Ok(())) => {
-                    failpoint("decided");
-                    resolve_committed(&set, txid, coordinator, &p.prepared).await?;
-                    return Ok(outcomes.into_iter().flatten().collect());
-                }
-                Ok(Err(e)) => p.failure = Some(ShardError::Store(e)),
-                Err(_) => p.failure = Some(ShardError::Unavailable(coordinator)),
-            }
+            failpoint("decided");
+            resolve_committed(&set, txid, &p.prepared).await?;
+            return Ok(outcomes.into_iter().flatten().collect());
         }
-        // Abort: drop every prepared part (no persist needed: presumed abort).
-        for shard in &p.prepared {
+        // Abort: drop every part sent (no persist needed: a part that was never prepared makes
+        // recovery drop the others). A part whose persist failed is dropped too; a writer that
+        // holds no part of `txid` ignores it.
+        for shard in &sent {
             let (visible, _) = oneshot::channel();
             let (durable, _) = oneshot::channel();
             send(
@@ -226,12 +223,11 @@ pub(crate) async fn commit(
     Err(ShardError::Contended)
 }
 
-/// Phase 3: applies every prepared part inside the reader gate, then forgets the decision once
-/// every part is durable.
+/// Phase 2: applies every prepared part inside the reader gate, then drops the commit markers
+/// once every part is durable.
 async fn resolve_committed(
     set: &Arc<ShardSet>,
     txid: u64,
-    coordinator: usize,
     prepared: &[usize],
 ) -> Result<(), ShardError> {
     let gate = &set.gate;
@@ -271,36 +267,52 @@ async fn resolve_committed(
         }
     }
     gate.finished.fetch_add(1, Ordering::SeqCst);
-    // The decision goes once every part is durable; until then recovery would redo them.
+    // The markers go once every part is durable: until then an intent left on one shard needs
+    // the others' markers to be redone.
     let set2 = set.clone();
+    let shards = prepared.to_vec();
     glommio::spawn_local(async move {
         for rx in durable {
             if rx.await.is_err() {
                 return;
             }
         }
-        let _ = send(&set2, coordinator, Command::Forget(txid));
+        for shard in shards {
+            let _ = send(&set2, shard, Command::Forget(txid));
+        }
     })
     .detach();
     result
 }
 
-/// Resolves the prepared parts a crash left behind (before any writer starts): applies those whose
-/// coordinator holds the decision, drops the rest, then drops every decision.
+/// Resolves the prepared parts a crash left behind (before any writer starts): applies those of
+/// transactions whose every part was durably prepared (each participant still holds its intent
+/// or a commit marker), drops the rest, then drops every marker.
 pub(crate) fn recover(stores: &[Arc<ShardStore>]) -> Result<(usize, usize), StoreError> {
-    let (mut applied, mut dropped) = (0, 0);
-    for store in stores {
+    // Every intent is judged on the state the crash left, before any is resolved.
+    let mut found = Vec::new();
+    for (shard, store) in stores.iter().enumerate() {
         for intent in store.intents()? {
-            let coordinator = stores
-                .get(intent.coordinator as usize)
-                .ok_or(StoreError::CorruptIntent(intent.txid))?;
-            let commit = coordinator.decided(intent.txid)?;
-            store.resolve(intent.txid, commit.then_some(&intent.plan))?;
-            if commit {
-                applied += 1;
-            } else {
-                dropped += 1;
+            let mut commit = true;
+            for &p in &intent.participants {
+                let other = stores
+                    .get(p as usize)
+                    .ok_or(StoreError::CorruptIntent(intent.txid))?;
+                if !(other.has_intent(intent.txid)? || other.applied(intent.txid)?) {
+                    commit = false;
+                    break;
+                }
             }
+            found.push((shard, intent, commit));
+        }
+    }
+    let (mut applied, mut dropped) = (0, 0);
+    for (shard, intent, commit) in found {
+        stores[shard].resolve(intent.txid, commit.then_some(&intent.plan))?;
+        if commit {
+            applied += 1;
+        } else {
+            dropped += 1;
         }
     }
     for store in stores {
@@ -311,4 +323,80 @@ pub(crate) fn recover(stores: &[Arc<ShardStore>]) -> Result<(usize, usize), Stor
         store.persist(Durability::Durable)?;
     }
     Ok((applied, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_storage::schema::{Catalog, Table};
+    use tessera_storage::shard::{Clock, ShardOptions, WriteKind};
+    use tessera_storage::value::Value;
+
+    fn table() -> Arc<Table> {
+        let mut c = Catalog::default();
+        c.load_schema("s", "type T @table { id: ID @primaryKey n: Int }")
+            .unwrap();
+        Arc::new(c.tables.remove(0).numbered(1))
+    }
+
+    /// Prepares a put of `id` on `store` as its part of `txid` over `participants`.
+    fn prepare_put(store: &ShardStore, t: &Arc<Table>, txid: u64, participants: &[u32], id: &str) {
+        let key = tessera_storage::shard::record_key(t.id, &Value::String(id.into())).unwrap();
+        let op = WriteOp {
+            table: t.clone(),
+            key,
+            kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
+        };
+        let (plan, _) = store.plan(vec![op], &mut Clock::default(), None).unwrap();
+        store.prepare(txid, participants, &plan).unwrap();
+    }
+
+    fn has(store: &ShardStore, t: &Table, id: &str) -> bool {
+        let key = tessera_storage::shard::record_key(t.id, &Value::String(id.into())).unwrap();
+        store.get(&key).unwrap().is_some()
+    }
+
+    #[test]
+    fn recovery_applies_a_transaction_only_if_every_part_was_prepared() {
+        let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let open = || -> Vec<Arc<ShardStore>> {
+            dirs.iter()
+                .map(|d| Arc::new(ShardStore::open(d.path(), ShardOptions::default()).unwrap()))
+                .collect()
+        };
+        let t = table();
+        {
+            let s = open();
+            // 1: prepared on shards 0 and 1 (crash before any resolve): committed.
+            prepare_put(&s[0], &t, 1, &[0, 1], "a1");
+            prepare_put(&s[1], &t, 1, &[0, 1], "b1");
+            // 2: shard 0 resolved (a marker), shard 1 still prepared: committed.
+            prepare_put(&s[0], &t, 2, &[0, 1], "a2");
+            prepare_put(&s[1], &t, 2, &[0, 1], "b2");
+            let part = s[0].intents().unwrap().into_iter().find(|i| i.txid == 2);
+            s[0].resolve(2, Some(&part.unwrap().plan)).unwrap();
+            // 3: shard 2's part was never prepared: aborted.
+            prepare_put(&s[0], &t, 3, &[0, 1, 2], "a3");
+            prepare_put(&s[1], &t, 3, &[0, 1, 2], "b3");
+            for st in &s {
+                st.persist(Durability::Durable).unwrap();
+            }
+        }
+        let s = open();
+        assert_eq!(recover(&s).unwrap(), (3, 2));
+        for (shard, id, present) in [
+            (0, "a1", true),
+            (1, "b1", true),
+            (0, "a2", true),
+            (1, "b2", true),
+            (0, "a3", false),
+            (1, "b3", false),
+        ] {
+            assert_eq!(has(&s[shard], &t, id), present, "{id}");
+        }
+        for st in &s {
+            assert!(st.intents().unwrap().is_empty());
+            assert!(!st.applied(1).unwrap() && !st.applied(2).unwrap());
+        }
+    }
 }

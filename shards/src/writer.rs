@@ -6,8 +6,8 @@
 //! executor thread ever blocks in fjall or in fsync.
 //!
 //! The thread is also each shard's participant in cross-shard transactions (see [`crate::txn`]):
-//! it prepares a transaction's part (an intent, persisted with the group) and locks its keys,
-//! records commit decisions, and applies or drops prepared parts. Plain writes to a locked key
+//! it prepares a transaction's part (an intent, persisted with the group) and locks its keys, then
+//! applies or drops it. Plain writes to a locked key
 //! wait, in arrival order, until the transaction that holds it is resolved. A prepare that finds
 //! a key locked either fails at once with a conflict or, when it is asked to wait (a transaction
 //! preparing its parts one by one in shard order, see [`crate::txn`]), waits like a plain write.
@@ -44,32 +44,27 @@ pub(crate) enum Command {
     /// Writes committed together, in order (a single-shard transaction).
     Batch(Vec<WriteOp>, BatchReply),
     /// Phase one of a cross-shard transaction: plan the ops against the shard as it is, persist
-    /// the plan as an intent, lock its keys. `coordinator` is the shard that will hold the
-    /// decision. A key locked by another transaction answers [`Prepared::Conflict`], or with
-    /// `wait` defers the prepare until that transaction is resolved.
+    /// the plan as an intent naming every participant shard, lock its keys. A key locked by
+    /// another transaction answers [`Prepared::Conflict`], or with `wait` defers the prepare
+    /// until that transaction is resolved.
     Prepare {
         txid: u64,
-        coordinator: u32,
+        participants: Arc<[u32]>,
         ops: Vec<WriteOp>,
         wait: bool,
         reply: oneshot::Sender<StoreResult<Prepared>>,
     },
-    /// Phase two, on the coordinator shard: persist the commit decision.
-    Decide {
-        txid: u64,
-        reply: oneshot::Sender<StoreResult<()>>,
-    },
-    /// Applies (`commit`) or drops the prepared part of `txid` and unlocks its keys; answers
-    /// `visible` as soon as readers see it and `durable` once a later group's persist has
-    /// covered it. A resolve needs no fsync of its own: until it is persisted, the intent and the
-    /// decision redo it after a crash.
+    /// Applies (`commit`, leaving a commit marker) or drops the prepared part of `txid` and
+    /// unlocks its keys; answers `visible` as soon as readers see it and `durable` once a later
+    /// group's persist has covered it. A resolve needs no fsync of its own: until it is
+    /// persisted, the intents redo it after a crash.
     Resolve {
         txid: u64,
         commit: bool,
         visible: oneshot::Sender<StoreResult<()>>,
         durable: oneshot::Sender<()>,
     },
-    /// Drops the decision of a transaction every participant has durably resolved.
+    /// Drops the commit marker of a transaction every participant has durably resolved.
     Forget(u64),
     /// Persist everything queued before this and answer (used at shutdown).
     Flush(mpsc::Sender<StoreResult<()>>),
@@ -146,11 +141,8 @@ impl Answer {
     }
 }
 
-/// An answer sent once the group is persisted.
-enum AfterPersist {
-    Done(oneshot::Sender<StoreResult<()>>),
-    Prepared(oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>),
-}
+/// A prepare's answer, sent once the group is persisted: the outcome of each op.
+type PrepareAnswer = (oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>);
 
 /// One group in progress: plain writes collected since the last transaction command, and the
 /// answers that wait for the persist.
@@ -159,7 +151,7 @@ struct Group {
     ops: Vec<WriteOp>,
     replies: Vec<Reply>,
     answers: Vec<Answer>,
-    after_persist: Vec<AfterPersist>,
+    prepares: Vec<PrepareAnswer>,
     changes: Vec<Change>,
     /// Whether anything was stored (a group of messages only needs no fsync).
     stores: bool,
@@ -229,16 +221,9 @@ impl Writer<'_> {
                     }
                 }
             }
-            for a in g.after_persist {
-                match a {
-                    AfterPersist::Done(tx) => {
-                        let _ = tx.send(persisted.clone());
-                    }
-                    AfterPersist::Prepared(tx, outcomes) => {
-                        failpoint("prepared");
-                        let _ = tx.send(persisted.clone().map(|()| Prepared::Ready(outcomes)));
-                    }
-                }
+            for (tx, outcomes) in g.prepares {
+                failpoint("prepared");
+                let _ = tx.send(persisted.clone().map(|()| Prepared::Ready(outcomes)));
             }
             if g.stores && persisted.is_ok() {
                 for tx in self.unpersisted.drain(..) {
@@ -305,7 +290,7 @@ impl Writer<'_> {
             }
             Command::Prepare {
                 txid,
-                coordinator,
+                participants,
                 ops,
                 reply,
                 ..
@@ -322,7 +307,7 @@ impl Writer<'_> {
                     .store
                     .plan(ops, &mut self.clock, Some(&mut changes))
                     .and_then(|(plan, outcomes)| {
-                        self.store.prepare(txid, coordinator, &plan)?;
+                        self.store.prepare(txid, &participants, &plan)?;
                         Ok((plan, outcomes))
                     });
                 match planned {
@@ -332,23 +317,13 @@ impl Writer<'_> {
                         }
                         self.prepared.insert(txid, Part { plan, changes });
                         g.stores = true;
-                        g.after_persist
-                            .push(AfterPersist::Prepared(reply, outcomes));
+                        g.prepares.push((reply, outcomes));
                     }
                     Err(e) => {
                         let _ = reply.send(Err(Arc::new(e)));
                     }
                 }
             }
-            Command::Decide { txid, reply } => match self.store.decide(txid) {
-                Ok(()) => {
-                    g.stores = true;
-                    g.after_persist.push(AfterPersist::Done(reply));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(Arc::new(e)));
-                }
-            },
             Command::Resolve {
                 txid,
                 commit,

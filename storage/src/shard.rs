@@ -13,13 +13,15 @@
 //! [`ShardStore::persist`] makes committed groups durable; the caller (the shard's writer
 //! thread) decides when, which is what makes group commit possible.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fjall::config::HashRatioPolicy;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice};
+use fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Slice,
+};
+use hashbrown::HashMap;
 
 use crate::key::{self, KeyError};
 use crate::record::{self, RecordRef};
@@ -347,8 +349,9 @@ pub struct ShardStore {
     index: Keyspace,
     /// Prepared parts of cross-shard transactions: `txid (u64 BE)` -> [`Intent`] bytes.
     intents: Keyspace,
-    /// Commit decisions of cross-shard transactions this shard coordinates: `txid` -> empty.
-    decisions: Keyspace,
+    /// Commit markers: `txid` -> empty, written with the resolve that applies this shard's part
+    /// of a committed cross-shard transaction, kept until every part is durably resolved.
+    markers: Keyspace,
     /// Recent changes: `commit sequence (u64 BE)` -> the group's [`AuditEntry`].
     audit: Keyspace,
     /// The key of the next audit entry.
@@ -361,7 +364,7 @@ pub struct ShardStore {
 #[derive(Debug, Default)]
 pub struct Plan {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    index: BTreeMap<Vec<u8>, bool>,
+    index: HashMap<Vec<u8>, bool>,
     audit: AuditEntry,
 }
 
@@ -391,11 +394,12 @@ impl Plan {
         }
     }
 
-    /// `coordinator (u32 BE) ++ records ++ index`, each a count (u32 BE) of entries
+    /// `participant count (u32 BE) ++ participant shards (u32 BE each) ++ records ++ index`,
+    /// records and index each a count (u32 BE) of entries
     /// `key len (u32 BE) ++ key ++ tag (0 absent / 1 present) [++ value len ++ value]`.
     /// The audit entries are not kept: a part redone after a crash is audited from its records
     /// (see [`Self::decode_intent`]).
-    fn encode_intent(&self, coordinator: u32) -> Vec<u8> {
+    fn encode_intent(&self, participants: &[u32]) -> Vec<u8> {
         fn put(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
             out.extend_from_slice(b);
@@ -403,6 +407,7 @@ impl Plan {
         // Sized up front: a large batch's intent is hundreds of KB, and growing it by doubling
         // would copy it and fault fresh pages in several times.
         let size = 12
+            + 4 * participants.len()
             + self
                 .records
                 .iter()
@@ -410,7 +415,10 @@ impl Plan {
                 .sum::<usize>()
             + self.index.keys().map(|k| 5 + k.len()).sum::<usize>();
         let mut out = Vec::with_capacity(size);
-        out.extend_from_slice(&coordinator.to_be_bytes());
+        out.extend_from_slice(&(participants.len() as u32).to_be_bytes());
+        for p in participants {
+            out.extend_from_slice(&p.to_be_bytes());
+        }
         out.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
         for (k, v) in &self.records {
             put(&mut out, k);
@@ -430,7 +438,7 @@ impl Plan {
         out
     }
 
-    fn decode_intent(mut b: &[u8]) -> Option<(u32, Plan)> {
+    fn decode_intent(mut b: &[u8]) -> Option<(Vec<u32>, Plan)> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, rest) = (b.get(..n)?, b.get(n..)?);
             *b = rest;
@@ -443,7 +451,9 @@ impl Plan {
             let n = u32_of(b)? as usize;
             Some(take(b, n)?.to_vec())
         }
-        let coordinator = u32_of(&mut b)?;
+        let participants = (0..u32_of(&mut b)?)
+            .map(|_| u32_of(&mut b))
+            .collect::<Option<Vec<u32>>>()?;
         let mut plan = Plan::default();
         for _ in 0..u32_of(&mut b)? {
             let k = bytes(&mut b)?;
@@ -480,7 +490,7 @@ impl Plan {
             audit.push(version, table, key, Some(stored));
         }
         plan.audit = audit;
-        b.is_empty().then_some((coordinator, plan))
+        b.is_empty().then_some((participants, plan))
     }
 }
 
@@ -488,8 +498,8 @@ impl Plan {
 #[derive(Debug)]
 pub struct Intent {
     pub txid: u64,
-    /// The shard that holds the transaction's commit decision.
-    pub coordinator: u32,
+    /// Every shard with a part in the transaction (this one included).
+    pub participants: Vec<u32>,
     pub plan: Plan,
 }
 
@@ -538,6 +548,10 @@ impl ShardStore {
             .cache_size(opts.cache_bytes)
             .worker_threads(1)
             .manual_journal_persist(true)
+            // The journal would compress every value over 4 KiB: the intents and audit entries
+            // of large write groups. That was 6% of the CPU of a bulk load, to save writing
+            // bytes the page cache takes at memory speed.
+            .journal_compression(CompressionType::None)
             .open()?;
         let ks = || KeyspaceCreateOptions::default().max_memtable_size(opts.memtable_bytes);
         // Records are read by key on every GET: a hash index in each data block finds the key
@@ -547,7 +561,7 @@ impl ShardStore {
         })?;
         let index = db.keyspace("index", ks)?;
         let intents = db.keyspace("intents", KeyspaceCreateOptions::default)?;
-        let decisions = db.keyspace("decisions", KeyspaceCreateOptions::default)?;
+        let markers = db.keyspace("markers", KeyspaceCreateOptions::default)?;
         let audit = db.keyspace("audit", || {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(AUDIT_MEMTABLE)
@@ -565,7 +579,7 @@ impl ShardStore {
             records,
             index,
             intents,
-            decisions,
+            markers,
             audit,
             audit_seq: AtomicU64::new(next_seq),
         })
@@ -646,7 +660,7 @@ impl ShardStore {
         mut changes: Option<&mut Vec<Change>>,
     ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
         let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
-        let mut index_changes: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
+        let mut index_changes: HashMap<Vec<u8>, bool> = HashMap::with_capacity(ops.len() * 2);
         // Room for a small record's change per op (the entry grows for larger ones).
         let mut audit = AuditEntry::with_capacity(ops.len() * 128);
         let mut outcomes = Vec::with_capacity(ops.len());
@@ -733,9 +747,7 @@ impl ShardStore {
                 WriteKind::Patch(props) | WriteKind::Update(props) => {
                     let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
                     if let Value::Object(ps) = props {
-                        for (k, val) in ps {
-                            v.set(&k, val);
-                        }
+                        v.merge(ps);
                     }
                     stamp_times(&table, &mut v, old.created, stamp);
                     Some(v)
@@ -793,24 +805,31 @@ impl ShardStore {
         Ok((plan, outcomes))
     }
 
-    /// Records `plan` as the prepared part of cross-shard transaction `txid` (first phase of
-    /// the commit): nothing becomes visible; once persisted, [`Self::intents`] returns it after
-    /// a crash until [`Self::resolve`] commits or drops it.
-    pub fn prepare(&self, txid: u64, coordinator: u32, plan: &Plan) -> Result<(), StoreError> {
+    /// Records `plan` as this shard's prepared part of cross-shard transaction `txid`, whose
+    /// parts are on `participants`: nothing becomes visible; once persisted, [`Self::intents`]
+    /// returns it after a crash until [`Self::resolve`] commits or drops it.
+    pub fn prepare(&self, txid: u64, participants: &[u32], plan: &Plan) -> Result<(), StoreError> {
         Ok(self
             .intents
-            .insert(txid.to_be_bytes(), plan.encode_intent(coordinator))?)
+            .insert(txid.to_be_bytes(), plan.encode_intent(participants))?)
     }
 
-    /// Ends the prepared part of `txid`: with `plan`, applies it; either way forgets the intent,
-    /// in one atomic batch (so an intent still present after a crash was never applied).
+    /// Ends the prepared part of `txid`, in one atomic batch: with `plan`, applies it and leaves
+    /// a commit marker; either way drops the intent. So after a crash an intent still present
+    /// was never applied, and a marker says the part was applied.
     pub fn resolve(&self, txid: u64, plan: Option<&Plan>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         if let Some(plan) = plan {
             plan.add_to(&mut batch, self);
+            batch.insert(&self.markers, txid.to_be_bytes(), []);
         }
         batch.remove(&self.intents, txid.to_be_bytes());
         Ok(batch.commit()?)
+    }
+
+    /// Whether this shard still holds its prepared part of `txid`.
+    pub fn has_intent(&self, txid: u64) -> Result<bool, StoreError> {
+        Ok(self.intents.contains_key(txid.to_be_bytes())?)
     }
 
     /// The prepared transaction parts stored in this shard, in txid order.
@@ -823,39 +842,34 @@ impl ShardStore {
                     .try_into()
                     .map_err(|_| StoreError::Corrupt(format!("intent key {k:?}")))?,
             );
-            let (coordinator, plan) =
+            let (participants, plan) =
                 Plan::decode_intent(&v).ok_or(StoreError::CorruptIntent(txid))?;
             out.push(Intent {
                 txid,
-                coordinator,
+                participants,
                 plan,
             });
         }
         Ok(out)
     }
 
-    /// Records the commit decision of `txid`: once persisted, the transaction is committed.
-    pub fn decide(&self, txid: u64) -> Result<(), StoreError> {
-        Ok(self.decisions.insert(txid.to_be_bytes(), [])?)
+    /// Whether this shard applied its part of `txid` (and still keeps the marker).
+    pub fn applied(&self, txid: u64) -> Result<bool, StoreError> {
+        Ok(self.markers.contains_key(txid.to_be_bytes())?)
     }
 
-    /// Whether this shard holds a commit decision for `txid`.
-    pub fn decided(&self, txid: u64) -> Result<bool, StoreError> {
-        Ok(self.decisions.contains_key(txid.to_be_bytes())?)
-    }
-
-    /// Drops decisions no intent refers to any more (`None`: all of them).
+    /// Drops commit markers no intent can need any more (`None`: all of them).
     pub fn forget(&self, txids: Option<&[u64]>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         match txids {
             Some(ids) => {
                 for id in ids {
-                    batch.remove(&self.decisions, id.to_be_bytes());
+                    batch.remove(&self.markers, id.to_be_bytes());
                 }
             }
             None => {
-                for k in self.decisions.iter() {
-                    batch.remove(&self.decisions, k.key()?);
+                for k in self.markers.iter() {
+                    batch.remove(&self.markers, k.key()?);
                 }
             }
         }
@@ -1183,7 +1197,7 @@ mod tests {
         // in commit order: audit keys only grow, as FIFO compaction needs.
         let late = || op(WriteKind::Put(obj(&[("id", Value::String("a".into()))])));
         let (plan, planned) = store.plan(vec![late()], &mut clock, None).unwrap();
-        store.prepare(1, 0, &plan).unwrap();
+        store.prepare(1, &[0, 1], &plan).unwrap();
         let newer = store.apply(vec![late()], &mut clock, None).unwrap();
         store.resolve(1, Some(&plan)).unwrap();
         let tail: Vec<u64> = store
@@ -1269,7 +1283,7 @@ mod tests {
             store.apply(vec![add("a", 5)], &mut clock, None).unwrap();
             // Two prepared transactions: nothing is visible until resolved.
             let (p1, _) = store.plan(vec![add("a", 3)], &mut clock, None).unwrap();
-            store.prepare(11, 2, &p1).unwrap();
+            store.prepare(11, &[0, 2], &p1).unwrap();
             let (p2, _) = store
                 .plan(
                     vec![WriteOp {
@@ -1281,8 +1295,7 @@ mod tests {
                     None,
                 )
                 .unwrap();
-            store.prepare(12, 0, &p2).unwrap();
-            store.decide(11).unwrap();
+            store.prepare(12, &[0, 1], &p2).unwrap();
             store.persist(Durability::Durable).unwrap();
         }
         let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
@@ -1298,11 +1311,11 @@ mod tests {
         assert_eq!(
             intents
                 .iter()
-                .map(|i| (i.txid, i.coordinator))
+                .map(|i| (i.txid, i.participants.clone()))
                 .collect::<Vec<_>>(),
-            vec![(11, 2), (12, 0)]
+            vec![(11, vec![0, 2]), (12, vec![0, 1])]
         );
-        assert!(store.decided(11).unwrap() && !store.decided(12).unwrap());
+        assert!(store.has_intent(11).unwrap() && !store.applied(11).unwrap());
         let view = store.view();
         for i in &intents {
             store
@@ -1315,8 +1328,11 @@ mod tests {
         let old = value::from_msgpack(RecordRef::parse(&old).unwrap().body).unwrap();
         assert_eq!(old.get("n"), Some(&Value::Int(5)));
         assert!(store.intents().unwrap().is_empty());
+        assert!(!store.has_intent(11).unwrap());
+        // Only the applied part leaves a marker.
+        assert!(store.applied(11).unwrap() && !store.applied(12).unwrap());
         store.forget(None).unwrap();
-        assert!(!store.decided(11).unwrap());
+        assert!(!store.applied(11).unwrap());
         // The index follows the committed value.
         let n_index = index_prefix(t.id, t.attribute("n").unwrap().id);
         let entries: Vec<_> = store.scan_index(&n_index).map(|k| k.unwrap()).collect();

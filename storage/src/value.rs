@@ -55,6 +55,20 @@ impl Value {
         }
     }
 
+    /// Sets each of `props` on an object as [`Self::set`] does, moving the names in rather than
+    /// copying them. No-op on non-objects.
+    pub fn merge(&mut self, props: Vec<(String, Value)>) {
+        if let Value::Object(own) = self {
+            own.reserve(props.len());
+            for (k, v) in props {
+                match own.iter_mut().find(|(name, _)| *name == k) {
+                    Some((_, old)) => *old = v,
+                    None => own.push((k, v)),
+                }
+            }
+        }
+    }
+
     /// A short name of the kind of value, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
