@@ -8,13 +8,16 @@
 # ../shared/bench/harper/wrk REPEATS times each through the shared bench.sh (which samples server
 # CPU and RSS). Servers run one at a time. The summary gives medians and Tessera/Harper ratios.
 #
-# Both servers are loaded the same way: Operations API `upsert` in batches of 1,000 records, one
-# connection (the shared load_data.py); the summary gives the records/s.
+# Both servers are loaded the same way, into a fresh root, once per entry of LOAD_CONNECTIONS:
+# the records of the shared load_data.py, Operations API `upsert` in batches of 1,000, over that
+# many connections, timed by benches/ops_load.py (request bodies built before the clock starts:
+# the shared loader builds each batch in Python between two requests, 1.4 s for 100,000 records,
+# which caps any server near 73,000 records/s). The data of the last load stays for the rest.
 #
 # Usage: benches/side-by-side.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-side-by-side)
 # Environment: REPEATS [3]  WRK_DURATION [15s]  BENCH_MAX_ID [100000]
 #              SCENARIOS ["get_by_id query_breed put mixed"]  RANGE [1]  SKIP_HARPER [0]
-#              TESSERA_LOAD [ops]
+#              LOAD_CONNECTIONS ["1 8"]
 #              SHARED [../shared]
 # query_range (benches/wrk/query_range.lua, an indexed range with a sort) runs after the shared
 # scenarios when RANGE=1.
@@ -37,8 +40,8 @@ export SCENARIOS=${SCENARIOS-"get_by_id query_breed put mixed"}
 RANGE=${RANGE:-1}
 export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
 SKIP_HARPER=${SKIP_HARPER:-0}
-# How Tessera is loaded: ops (Operations API upsert, as Harper) or rest (PUT per record).
-TESSERA_LOAD=${TESSERA_LOAD:-ops}
+LOAD_CONNECTIONS=${LOAD_CONNECTIONS:-"1 8"}
+LAST_LOAD=${LOAD_CONNECTIONS##* }
 TESSERA_PORT=29926
 TESSERA_OPS_PORT=29925
 FLOOR_PORT=29980
@@ -78,14 +81,23 @@ export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base6
 
 rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
+# load_ops WHO PID OPS_URL REST_URL CONNECTIONS: one timed load, then records read back over REST.
+load_ops() {
+  mkdir -p "$OUT/$1-load"
+  SHARED_BENCH="$HB" python3 "$HERE/ops_load.py" --ops-url "$3" --base-url "$4" --server-pid "$2" \
+    --count "$BENCH_MAX_ID" --concurrency "$5" | tee -a "$OUT/$1-load/ops_load.jsonl"
+}
+
 # ---------------------------------------------------------------- Harper
 if [[ "$SKIP_HARPER" != 1 ]]; then
-  log "Harper: install and start (fresh root)"
-  RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-1.log"
-  HPID=$(cat "$WORK/harper/harper.pid")
-  log "Harper: load $BENCH_MAX_ID records (operations API upsert, batches of 1000)"
-  SERVER_PID=$HPID OUT_DIR="$OUT/harper-load" SCENARIOS="" LOAD=1 LOAD_MODE=ops OPS_URL=http://127.0.0.1:19925 \
-    "$HB/bench.sh" http://127.0.0.1:19926 127.0.0.1 11883 > /dev/null
+  for conns in $LOAD_CONNECTIONS; do
+    log "Harper: install and start (fresh root)"
+    RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-1.log"
+    HPID=$(cat "$WORK/harper/harper.pid")
+    log "Harper: load $BENCH_MAX_ID records (operations API upsert, batches of 1000, $conns connections)"
+    load_ops harper "$HPID" http://127.0.0.1:19925 http://127.0.0.1:19926 "$conns"
+    [[ "$conns" == "$LAST_LOAD" ]] || "$HB/stop.sh" "$WORK/harper" > /dev/null
+  done
   echo "harper_rss_after_load_mb $(rss_mb "$HPID")" | tee -a "$OUT/figures.txt"
   for i in 1 2 3; do
     "$HB/stop.sh" "$WORK/harper" > /dev/null
@@ -115,13 +127,14 @@ stop_pid() {
   while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
 }
 
-rm -rf "$WORK/tessera-root"
-log "Tessera: start (fresh root)"
-read -r _ TPID < <(start_tessera /Dog)
-log "Tessera: load $BENCH_MAX_ID records (mode $TESSERA_LOAD)"
-SERVER_PID=$TPID OUT_DIR="$OUT/tessera-load" SCENARIOS="" LOAD=1 LOAD_MODE=$TESSERA_LOAD \
-  OPS_URL=http://127.0.0.1:$TESSERA_OPS_PORT \
-  "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
+for conns in $LOAD_CONNECTIONS; do
+  rm -rf "$WORK/tessera-root"
+  log "Tessera: start (fresh root)"
+  read -r _ TPID < <(start_tessera /Dog)
+  log "Tessera: load $BENCH_MAX_ID records (operations API upsert, batches of 1000, $conns connections)"
+  load_ops tessera "$TPID" "http://127.0.0.1:$TESSERA_OPS_PORT" "http://127.0.0.1:$TESSERA_PORT" "$conns"
+  [[ "$conns" == "$LAST_LOAD" ]] || stop_pid "$TPID"
+done
 echo "tessera_rss_after_load_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
 for i in 1 2 3; do
   stop_pid "$TPID"

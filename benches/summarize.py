@@ -88,12 +88,15 @@ def main():
     print()
     print("| figure | Harper | Tessera |")
     print("|---|---|---|")
-    loads = {who: [r for r in rows(os.path.join(out, f"{who}-load", "results.jsonl")) if r.get("kind") == "load"]
-             for who in ("harper", "tessera")}
-    rate = {who: med([r.get("records_per_s") for r in rs]) for who, rs in loads.items()}
-    mode = {who: (rs[0].get("mode") if rs else "-") for who, rs in loads.items()}
-    print(f"| load {os.environ.get('BENCH_MAX_ID', '100000')} Dogs, records/s (H: {mode['harper']}, T: {mode['tessera']}) | "
-          f"{fmt(rate['harper'])} | {fmt(rate['tessera'])} ({ratio(rate['tessera'], rate['harper'])}) |")
+    loads = {who: rows(os.path.join(out, f"{who}-load", "ops_load.jsonl")) for who in ("harper", "tessera")}
+    for conns in sorted({r["concurrency"] for rs in loads.values() for r in rs}):
+        at = {who: [r for r in rs if r["concurrency"] == conns] for who, rs in loads.items()}
+        rate = {who: med([r["records_per_s"] for r in rs]) for who, rs in at.items()}
+        cpu = {who: med([r.get("server_cpu_s_per_1000") for r in rs]) for who, rs in at.items()}
+        print(f"| load {os.environ.get('BENCH_MAX_ID', '100000')} Dogs (ops upsert x1000, {conns} connections), records/s | "
+              f"{fmt(rate['harper'])} | {fmt(rate['tessera'])} ({ratio(rate['tessera'], rate['harper'])}) |")
+        print(f"| the same, server CPU ms per 1,000 records | {fmt(cpu['harper'] and cpu['harper'] * 1000, 1)} | "
+              f"{fmt(cpu['tessera'] and cpu['tessera'] * 1000, 1)} ({ratio(cpu['harper'], cpu['tessera'])} less) |")
     print(f"| RSS after loading {os.environ.get('BENCH_MAX_ID', '100000')} Dogs (MB) | {fmt(fig.get('harper_rss_after_load_mb'))} | {fmt(fig.get('tessera_rss_after_load_mb'))} |")
     print(f"| start-up to first answered GET, median of 3 (s) | {fmt(fig.get('harper_startup_s'), 2)} | {fmt(fig.get('tessera_startup_s'), 3)} |")
     print(f"| RSS after the wrk scenarios (MB) | - | {fmt(fig.get('tessera_rss_after_bench_mb'))} |")
