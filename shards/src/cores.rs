@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::txn::Part;
 use futures::SinkExt;
 use futures::channel::{mpsc, oneshot};
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
@@ -442,19 +443,25 @@ impl Router {
             return Err(ShardError::Closing);
         }
         let total = ops.len();
-        let mut parts: Vec<(usize, Vec<(usize, WriteOp)>)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         for (at, op) in ops.into_iter().enumerate() {
             let shard = self.shard_of(&op.key);
-            match parts.iter_mut().find(|(s, _)| *s == shard) {
-                Some((_, part)) => part.push((at, op)),
-                None => parts.push((shard, vec![(at, op)])),
+            match parts.iter_mut().find(|p| p.shard == shard) {
+                Some(part) => {
+                    part.positions.push(at);
+                    part.ops.push(op);
+                }
+                None => parts.push(Part {
+                    shard,
+                    positions: vec![at],
+                    ops: vec![op],
+                }),
             }
         }
         match parts.len() {
             0 => Ok(Vec::new()),
             1 => {
-                let (shard, part) = parts.remove(0);
-                let ops = part.into_iter().map(|(_, op)| op).collect();
+                let Part { shard, ops, .. } = parts.remove(0);
                 self.ask_writer(shard, |tx| Command::Batch(ops, tx)).await
             }
             _ => {

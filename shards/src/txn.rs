@@ -90,24 +90,31 @@ fn send(set: &ShardSet, shard: usize, cmd: Command) -> Result<(), ShardError> {
         .map_err(|_| ShardError::Unavailable(shard))
 }
 
-/// Asks `shard`'s writer to prepare its part of `txid`.
+/// One shard's part of a transaction: its ops, and where each one's outcome goes in the caller's
+/// list. The ops travel to the writer and back (after a conflict or an abort) rather than being
+/// copied: a bulk write's records are not duplicated on the coordinating core.
+pub(crate) struct Part {
+    pub(crate) shard: usize,
+    pub(crate) positions: Vec<usize>,
+    pub(crate) ops: Vec<WriteOp>,
+}
+
+/// Asks the part's writer to prepare it as its share of `txid`; the ops go with the command.
 fn prepare(
     set: &ShardSet,
-    shard: usize,
+    part: &mut Part,
     txid: u64,
     participants: &Arc<[u32]>,
-    ops: &[(usize, WriteOp)],
     wait: bool,
 ) -> Result<oneshot::Receiver<StoreResult<Prepared>>, ShardError> {
     let (reply, rx) = oneshot::channel();
-    let ops = ops.iter().map(|(_, op)| op.clone()).collect();
     send(
         set,
-        shard,
+        part.shard,
         Command::Prepare {
             txid,
             participants: participants.clone(),
-            ops,
+            ops: std::mem::take(&mut part.ops),
             wait,
             reply,
         },
@@ -118,42 +125,51 @@ fn prepare(
 /// How the prepare of every part went.
 #[derive(Default)]
 struct Preparation {
-    /// Shards whose part is prepared (durable, keys locked).
+    /// Parts (indexes into the transaction's list) that are prepared: durable, keys locked,
+    /// their ops held by the writer.
     prepared: Vec<usize>,
     /// A part met a key locked by another transaction.
     conflict: bool,
     failure: Option<ShardError>,
+    /// Parts whose writer answered an error: one that failed to persist still holds the part.
+    failed: Vec<usize>,
 }
 
 impl Preparation {
-    /// Records one participant's answer; a ready part's outcomes go to their places in the
-    /// caller's list. Returns whether the part is prepared.
+    /// Records part `i`'s answer: a ready part's outcomes go to their places in the caller's
+    /// list, a conflicting part gets its ops back. Returns whether the part is prepared.
     fn record(
         &mut self,
-        shard: usize,
+        i: usize,
+        part: &mut Part,
         answer: Result<StoreResult<Prepared>, oneshot::Canceled>,
-        ops: &[(usize, WriteOp)],
         outcomes: &mut [Option<WriteOutcome>],
     ) -> bool {
         match answer {
             Ok(Ok(Prepared::Ready(out))) => {
-                self.prepared.push(shard);
-                for ((at, _), o) in ops.iter().zip(out) {
+                self.prepared.push(i);
+                for (at, o) in part.positions.iter().zip(out) {
                     outcomes[*at] = Some(o);
                 }
                 return true;
             }
-            Ok(Ok(Prepared::Conflict)) => self.conflict = true,
-            Ok(Err(e)) => self.failure = Some(ShardError::Store(e)),
-            Err(_) => self.failure = Some(ShardError::Unavailable(shard)),
+            Ok(Ok(Prepared::Conflict(ops))) => {
+                part.ops = ops;
+                self.conflict = true;
+            }
+            Ok(Err(e)) => {
+                self.failed.push(i);
+                self.failure = Some(ShardError::Store(e));
+            }
+            Err(_) => self.failure = Some(ShardError::Unavailable(part.shard)),
         }
         false
     }
 }
 
-/// Commits `parts` (each shard's ops with their positions in the caller's list) atomically and
-/// returns the outcomes in the caller's order. Runs detached from the caller's future by
-/// [`crate::Router::transact`], so a dropped request never leaves keys locked.
+/// Commits `parts` atomically and returns the outcomes in the caller's order. Runs detached from
+/// the caller's future by [`crate::Router::transact`], so a dropped request never leaves keys
+/// locked.
 ///
 /// The first attempt prepares every part in parallel, and a part whose keys another transaction
 /// holds fails at once. If one did, the parts are dropped and the second attempt prepares them one
@@ -163,57 +179,55 @@ impl Preparation {
 /// contention answered "try again").
 pub(crate) async fn commit(
     set: Arc<ShardSet>,
-    mut parts: Vec<(usize, Vec<(usize, WriteOp)>)>,
+    mut parts: Vec<Part>,
     total: usize,
 ) -> Result<Vec<WriteOutcome>, ShardError> {
-    parts.sort_unstable_by_key(|(shard, _)| *shard);
-    let participants: Arc<[u32]> = parts.iter().map(|(shard, _)| *shard as u32).collect();
+    parts.sort_unstable_by_key(|p| p.shard);
+    let participants: Arc<[u32]> = parts.iter().map(|p| p.shard as u32).collect();
     for ordered in [false, true] {
         let txid = set.gate.txid.fetch_add(1, Ordering::Relaxed) + 1;
         let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; total];
         let mut p = Preparation::default();
         // Phase 1: prepare everywhere.
-        let mut sent = Vec::with_capacity(parts.len());
         if ordered {
-            for (shard, ops) in &parts {
-                let answer = prepare(&set, *shard, txid, &participants, ops, true)?.await;
-                sent.push(*shard);
-                if !p.record(*shard, answer, ops, &mut outcomes) {
+            for (i, part) in parts.iter_mut().enumerate() {
+                let answer = prepare(&set, part, txid, &participants, true)?.await;
+                if !p.record(i, part, answer, &mut outcomes) {
                     break;
                 }
             }
         } else {
             let mut waits = Vec::with_capacity(parts.len());
-            for (shard, ops) in &parts {
-                waits.push(prepare(&set, *shard, txid, &participants, ops, false)?);
-                sent.push(*shard);
+            for part in &mut parts {
+                waits.push(prepare(&set, part, txid, &participants, false)?);
             }
-            for (rx, (shard, ops)) in waits.into_iter().zip(&parts) {
-                p.record(*shard, rx.await, ops, &mut outcomes);
+            for (i, (rx, part)) in waits.into_iter().zip(&mut parts).enumerate() {
+                p.record(i, part, rx.await, &mut outcomes);
             }
         }
         // Every part durable: committed.
         if !p.conflict && p.failure.is_none() {
             failpoint("decided");
-            resolve_committed(&set, txid, &p.prepared).await?;
+            let shards: Vec<usize> = parts.iter().map(|part| part.shard).collect();
+            resolve_committed(&set, txid, &shards).await?;
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        // Abort: drop every part sent (no persist needed: a part that was never prepared makes
-        // recovery drop the others). A part whose persist failed is dropped too; a writer that
-        // holds no part of `txid` ignores it.
-        for shard in &sent {
-            let (visible, _) = oneshot::channel();
-            let (durable, _) = oneshot::channel();
-            send(
-                &set,
-                *shard,
-                Command::Resolve {
-                    txid,
-                    commit: false,
-                    visible,
-                    durable,
-                },
-            )?;
+        // Abort: drop every prepared part and take its ops back (no persist needed: a part that
+        // was never prepared makes recovery drop the others).
+        let mut back = Vec::with_capacity(p.prepared.len());
+        for &i in &p.prepared {
+            let (tx, rx) = oneshot::channel();
+            send(&set, parts[i].shard, Command::Abort { txid, ops: tx })?;
+            back.push((i, rx));
+        }
+        for &i in &p.failed {
+            let (tx, _) = oneshot::channel();
+            send(&set, parts[i].shard, Command::Abort { txid, ops: tx })?;
+        }
+        for (i, rx) in back {
+            parts[i].ops = rx
+                .await
+                .map_err(|_| ShardError::Unavailable(parts[i].shard))?;
         }
         if let Some(e) = p.failure {
             return Err(e);
@@ -245,9 +259,8 @@ async fn resolve_committed(
     for shard in prepared {
         let (vtx, vrx) = oneshot::channel();
         let (dtx, drx) = oneshot::channel();
-        let cmd = Command::Resolve {
+        let cmd = Command::Commit {
             txid,
-            commit: true,
             visible: vtx,
             durable: dtx,
         };
@@ -347,7 +360,7 @@ mod tests {
             key,
             kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
         };
-        let (plan, _) = store.plan(vec![op], &mut Clock::default(), None).unwrap();
+        let (plan, _) = store.plan(&[op], &mut Clock::default(), None).unwrap();
         store.prepare(txid, participants, &plan).unwrap();
     }
 

@@ -35,8 +35,9 @@ pub(crate) type BatchReply = oneshot::Sender<StoreResult<Vec<WriteOutcome>>>;
 pub(crate) enum Prepared {
     /// The part is durable and its keys are locked: one outcome per op.
     Ready(Vec<WriteOutcome>),
-    /// A key is locked by another transaction: nothing was written.
-    Conflict,
+    /// A key is locked by another transaction: nothing was written. The ops come back, to be
+    /// prepared again.
+    Conflict(Vec<WriteOp>),
 }
 
 pub(crate) enum Command {
@@ -54,15 +55,20 @@ pub(crate) enum Command {
         wait: bool,
         reply: oneshot::Sender<StoreResult<Prepared>>,
     },
-    /// Applies (`commit`, leaving a commit marker) or drops the prepared part of `txid` and
-    /// unlocks its keys; answers `visible` as soon as readers see it and `durable` once a later
-    /// group's persist has covered it. A resolve needs no fsync of its own: until it is
-    /// persisted, the intents redo it after a crash.
-    Resolve {
+    /// Applies the prepared part of `txid` (leaving a commit marker) and unlocks its keys;
+    /// answers `visible` as soon as readers see it and `durable` once a later group's persist
+    /// has covered it. It needs no fsync of its own: until it is persisted, the intents redo it
+    /// after a crash.
+    Commit {
         txid: u64,
-        commit: bool,
         visible: oneshot::Sender<StoreResult<()>>,
         durable: oneshot::Sender<()>,
+    },
+    /// Drops the prepared part of `txid` (if this shard holds one), unlocks its keys and gives
+    /// back its ops, to be prepared again.
+    Abort {
+        txid: u64,
+        ops: oneshot::Sender<Vec<WriteOp>>,
     },
     /// Drops the commit marker of a transaction every participant has durably resolved.
     Forget(u64),
@@ -114,8 +120,10 @@ pub(crate) fn spawn(
     Ok(WriterHandle { tx })
 }
 
-/// A prepared transaction part held in memory until it is resolved.
+/// A prepared transaction part held in memory until it is resolved: its ops too, so that they
+/// are dropped here, off the coordinating core, or given back if the transaction aborts.
 struct Part {
+    ops: Vec<WriteOp>,
     plan: Plan,
     changes: Vec<Change>,
 }
@@ -298,14 +306,14 @@ impl Writer<'_> {
                 self.flush_ops(g, watched);
                 // Only a prepare that may not wait gets here with a locked key.
                 if ops.iter().any(|op| self.locked(&op.key)) {
-                    let _ = reply.send(Ok(Prepared::Conflict));
+                    let _ = reply.send(Ok(Prepared::Conflict(ops)));
                     return;
                 }
                 g.writes += ops.len() as u64;
                 let mut changes = Vec::new();
                 let planned = self
                     .store
-                    .plan(ops, &mut self.clock, Some(&mut changes))
+                    .plan(&ops, &mut self.clock, Some(&mut changes))
                     .and_then(|(plan, outcomes)| {
                         self.store.prepare(txid, &participants, &plan)?;
                         Ok((plan, outcomes))
@@ -315,7 +323,7 @@ impl Writer<'_> {
                         for k in plan.keys() {
                             self.locks.insert(k.to_vec(), txid);
                         }
-                        self.prepared.insert(txid, Part { plan, changes });
+                        self.prepared.insert(txid, Part { ops, plan, changes });
                         g.stores = true;
                         g.prepares.push((reply, outcomes));
                     }
@@ -324,36 +332,29 @@ impl Writer<'_> {
                     }
                 }
             }
-            Command::Resolve {
+            Command::Commit {
                 txid,
-                commit,
                 visible,
                 durable,
-            } => {
-                self.flush_ops(g, watched);
-                let Some(part) = self.prepared.remove(&txid) else {
-                    let _ = visible.send(Ok(()));
-                    let _ = durable.send(());
-                    return;
-                };
-                let result = self.store.resolve(txid, commit.then_some(&part.plan));
-                if result.is_ok() {
+            } => match self.end(txid, true, g, queue, watched) {
+                Some((_, Ok(()))) => {
                     failpoint("resolved");
-                }
-                for k in part.plan.keys() {
-                    self.locks.remove(k);
-                }
-                if commit && watched {
-                    g.changes.extend(part.changes);
-                }
-                let ok = result.is_ok();
-                let _ = visible.send(result.map_err(Arc::new));
-                if ok {
+                    let _ = visible.send(Ok(()));
                     self.unpersisted.push(durable);
                 }
-                // Commands that waited for these keys go next, before anything newer.
-                for cmd in std::mem::take(&mut self.deferred).into_iter().rev() {
-                    queue.push_front(cmd);
+                Some((_, Err(e))) => {
+                    let _ = visible.send(Err(Arc::new(e)));
+                }
+                None => {
+                    let _ = visible.send(Ok(()));
+                    let _ = durable.send(());
+                }
+            },
+            Command::Abort { txid, ops } => {
+                // Dropping an intent needs no persist: recovery drops it anyway, since this
+                // part never committed.
+                if let Some((part, _)) = self.end(txid, false, g, queue, watched) {
+                    let _ = ops.send(part.ops);
                 }
             }
             Command::Forget(txid) => {
@@ -363,6 +364,32 @@ impl Writer<'_> {
             }
             Command::Flush(_) => unreachable!("handled by the group loop"),
         }
+    }
+
+    /// Ends the prepared part of `txid`, if this shard holds one: applies it (`commit`) or drops
+    /// it, unlocks its keys and lets the commands that waited for them go next, before anything
+    /// newer.
+    fn end(
+        &mut self,
+        txid: u64,
+        commit: bool,
+        g: &mut Group,
+        queue: &mut VecDeque<Command>,
+        watched: bool,
+    ) -> Option<(Part, Result<(), StoreError>)> {
+        self.flush_ops(g, watched);
+        let mut part = self.prepared.remove(&txid)?;
+        let result = self.store.resolve(txid, commit.then_some(&part.plan));
+        for k in part.plan.keys() {
+            self.locks.remove(k);
+        }
+        if commit && watched {
+            g.changes.append(&mut part.changes);
+        }
+        for cmd in std::mem::take(&mut self.deferred).into_iter().rev() {
+            queue.push_front(cmd);
+        }
+        Some((part, result))
     }
 
     /// Applies the plain writes collected so far as one batch; their answers wait for the persist.

@@ -13,6 +13,7 @@
 //! [`ShardStore::persist`] makes committed groups durable; the caller (the shard's writer
 //! thread) decides when, which is what makes group commit possible.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -645,17 +646,19 @@ impl ShardStore {
         clock: &mut Clock,
         changes: Option<&mut Vec<Change>>,
     ) -> Result<Vec<WriteOutcome>, StoreError> {
-        let (plan, outcomes) = self.plan(ops, clock, changes)?;
+        let (plan, outcomes) = self.plan(&ops, clock, changes)?;
         let mut batch = self.db.batch();
         plan.add_to(&mut batch, self);
         batch.commit()?;
         Ok(outcomes)
     }
 
-    /// Computes what a group of writes does to the shard as it is now, without writing.
+    /// Computes what a group of writes does to the shard as it is now, without writing. The ops
+    /// are only read (a cross-shard transaction keeps them to prepare again after a conflict):
+    /// a record written as sent is encoded from the op itself, without a copy.
     pub fn plan(
         &self,
-        ops: Vec<WriteOp>,
+        ops: &[WriteOp],
         clock: &mut Clock,
         mut changes: Option<&mut Vec<Change>>,
     ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
@@ -680,10 +683,10 @@ impl ShardStore {
                 if let Some(c) = changes.as_deref_mut() {
                     c.push(Change {
                         table: table.id,
-                        key,
+                        key: key.clone(),
                         event: Event::Message {
-                            payload,
-                            expires_at,
+                            payload: payload.clone(),
+                            expires_at: *expires_at,
                         },
                         version,
                     });
@@ -692,10 +695,10 @@ impl ShardStore {
             }
             let pk = key.get(4..).unwrap_or_default();
             let fetched;
-            let old_bytes = match latest.get(&key) {
+            let old_bytes = match latest.get(key) {
                 Some(v) => v.as_deref(),
                 None => {
-                    fetched = self.records.get(&key)?;
+                    fetched = self.records.get(key)?;
                     fetched.as_deref()
                 }
             };
@@ -709,7 +712,7 @@ impl ShardStore {
                 None => (None, false, None),
             };
             // Conditional writes that do not apply leave the record as it is.
-            let skip = match &kind {
+            let skip = match kind {
                 WriteKind::Insert(_) => live,
                 WriteKind::Update(_) => !live,
                 _ => false,
@@ -723,7 +726,7 @@ impl ShardStore {
             }
             let evicting = matches!(kind, WriteKind::Evict(_));
             if let WriteKind::Evict(deadline) = kind
-                && expires_at.is_none_or(|e| e > deadline)
+                && expires_at.is_none_or(|e| e > *deadline)
             {
                 // Rewritten (or gone) since it was found expired: nothing to evict.
                 outcomes.push(WriteOutcome {
@@ -736,34 +739,40 @@ impl ShardStore {
                 kind,
                 WriteKind::Patch(_) | WriteKind::Update(_) | WriteKind::Add(_)
             );
-            let old = OldRecord::read(&table, old_body, patch, pk, live)?;
+            let old = OldRecord::read(table, old_body, patch, pk, live)?;
             let stamp = version as f64 / 1000.0;
-            let new = match kind {
+            let new: Option<Cow<'_, Value>> = match kind {
                 WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
-                WriteKind::Put(mut v) | WriteKind::Insert(mut v) => {
-                    stamp_times(&table, &mut v, old.created.clone(), stamp);
-                    Some(v)
+                WriteKind::Put(v) | WriteKind::Insert(v) => {
+                    Some(stamped(table, Cow::Borrowed(v), old.created.clone(), stamp))
                 }
                 WriteKind::Patch(props) | WriteKind::Update(props) => {
-                    let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
-                    if let Value::Object(ps) = props {
-                        v.merge(ps);
-                    }
-                    stamp_times(&table, &mut v, old.created, stamp);
-                    Some(v)
+                    let merged = match (old.full, props) {
+                        // A new record made of the properties as sent: no merge to do.
+                        (None, Value::Object(ps)) if !has_repeated_names(ps) => {
+                            Cow::Borrowed(props)
+                        }
+                        (full, props) => {
+                            let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
+                            if let Value::Object(ps) = props {
+                                v.merge(ps.clone());
+                            }
+                            Cow::Owned(v)
+                        }
+                    };
+                    Some(stamped(table, merged, old.created, stamp))
                 }
                 WriteKind::Add(deltas) => {
                     let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
                     for (k, delta) in deltas {
-                        let sum = value::add_numbers(v.get(&k), &delta);
-                        v.set(&k, sum);
+                        let sum = value::add_numbers(v.get(k), delta);
+                        v.set(k, sum);
                     }
-                    stamp_times(&table, &mut v, old.created, stamp);
-                    Some(v)
+                    Some(stamped(table, Cow::Owned(v), old.created, stamp))
                 }
             };
             let new_entries = match &new {
-                Some(v) => index_entries(&table, |name| v.get(name), pk),
+                Some(v) => index_entries(table, |name| v.get(name), pk),
                 None => Vec::new(),
             };
             for e in &old.entries {
@@ -778,7 +787,7 @@ impl ShardStore {
             }
             let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
             let stored = new.map(|v| record::encode_value(version, expires, &v));
-            audit.push(version, table.id, &key, stored.as_deref());
+            audit.push(version, table.id, key, stored.as_deref());
             if let Some(c) = changes.as_deref_mut() {
                 c.push(Change {
                     table: table.id,
@@ -795,7 +804,7 @@ impl ShardStore {
                 // For an eviction: whether it removed the record.
                 existed: old.existed || evicting,
             });
-            latest.insert(key, stored);
+            latest.insert(key.clone(), stored);
         }
         let plan = Plan {
             records: latest,
@@ -1007,13 +1016,34 @@ impl ShardStore {
 }
 
 /// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
-fn stamp_times(table: &Table, v: &mut Value, old_created: Option<Value>, stamp: f64) {
-    if let Some(c) = table.created_time() {
+/// `v` with the table's `@createdTime` and `@updatedTime` attributes set (copied first only if
+/// the table has either).
+fn stamped<'v>(
+    table: &Table,
+    v: Cow<'v, Value>,
+    old_created: Option<Value>,
+    stamp: f64,
+) -> Cow<'v, Value> {
+    let (created, updated) = (table.created_time(), table.updated_time());
+    if created.is_none() && updated.is_none() {
+        return v;
+    }
+    let mut v = v.into_owned();
+    if let Some(c) = created {
         v.set(c, old_created.unwrap_or(Value::Float(stamp)));
     }
-    if let Some(u) = table.updated_time() {
+    if let Some(u) = updated {
         v.set(u, Value::Float(stamp));
     }
+    Cow::Owned(v)
+}
+
+/// Whether an object's properties name one attribute twice (JSON allows it; the last wins).
+fn has_repeated_names(props: &[(String, Value)]) -> bool {
+    props
+        .iter()
+        .enumerate()
+        .any(|(i, (k, _))| props[..i].iter().any(|(seen, _)| seen == k))
 }
 
 /// What a write needs of the record it replaces.
@@ -1196,7 +1226,7 @@ mod tests {
         // A part planned (and versioned) before a later write but committed after it is audited
         // in commit order: audit keys only grow, as FIFO compaction needs.
         let late = || op(WriteKind::Put(obj(&[("id", Value::String("a".into()))])));
-        let (plan, planned) = store.plan(vec![late()], &mut clock, None).unwrap();
+        let (plan, planned) = store.plan(&[late()], &mut clock, None).unwrap();
         store.prepare(1, &[0, 1], &plan).unwrap();
         let newer = store.apply(vec![late()], &mut clock, None).unwrap();
         store.resolve(1, Some(&plan)).unwrap();
@@ -1282,11 +1312,11 @@ mod tests {
             let mut clock = Clock::default();
             store.apply(vec![add("a", 5)], &mut clock, None).unwrap();
             // Two prepared transactions: nothing is visible until resolved.
-            let (p1, _) = store.plan(vec![add("a", 3)], &mut clock, None).unwrap();
+            let (p1, _) = store.plan(&[add("a", 3)], &mut clock, None).unwrap();
             store.prepare(11, &[0, 2], &p1).unwrap();
             let (p2, _) = store
                 .plan(
-                    vec![WriteOp {
+                    &[WriteOp {
                         table: t.clone(),
                         key: key("b"),
                         kind: WriteKind::Delete,
@@ -1337,6 +1367,40 @@ mod tests {
         let n_index = index_prefix(t.id, t.attribute("n").unwrap().id);
         let entries: Vec<_> = store.scan_index(&n_index).map(|k| k.unwrap()).collect();
         assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn a_patch_that_creates_a_record_keeps_the_last_of_repeated_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
+        let mut c = Catalog::default();
+        c.load_schema("s", "type P @table { id: ID @primaryKey n: Int @indexed }")
+            .unwrap();
+        let t = Arc::new(c.tables.remove(0).numbered(3));
+        let patch = |id: &str, props: &[(&str, Value)]| WriteOp {
+            table: t.clone(),
+            key: record_key(t.id, &Value::String(id.into())).unwrap(),
+            kind: WriteKind::Patch(obj(props)),
+        };
+        let id = |s: &str| ("id", Value::String(s.into()));
+        let ops = [
+            patch("a", &[id("a"), ("n", Value::Int(1)), ("n", Value::Int(2))]),
+            patch("b", &[id("b"), ("n", Value::Int(5))]),
+        ];
+        store
+            .apply(ops.to_vec(), &mut Clock::default(), None)
+            .unwrap();
+        let read = |id: &str| {
+            let b = store
+                .get(&record_key(t.id, &Value::String(id.into())).unwrap())
+                .unwrap()
+                .unwrap();
+            value::from_msgpack(RecordRef::parse(&b).unwrap().body).unwrap()
+        };
+        assert_eq!(read("a"), obj(&[id("a"), ("n", Value::Int(2))]));
+        assert_eq!(read("b"), obj(&[id("b"), ("n", Value::Int(5))]));
+        // One index entry per record: n = 2 for a, n = 5 for b.
+        assert_eq!(index_keys(&store).len(), 2);
     }
 
     #[test]
