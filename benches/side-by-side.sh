@@ -81,8 +81,13 @@ export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base6
 
 rss_mb() { awk '/VmRSS/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
+# Writes back what the previous step left dirty, so that it does not land in the next one's
+# fsyncs (Harper leaves hundreds of MB behind).
+settle() { sync; sleep 1; }
+
 # load_ops WHO PID OPS_URL REST_URL CONNECTIONS: one timed load, then records read back over REST.
 load_ops() {
+  settle
   mkdir -p "$OUT/$1-load"
   SHARED_BENCH="$HB" python3 "$HERE/ops_load.py" --ops-url "$3" --base-url "$4" --server-pid "$2" \
     --count "$BENCH_MAX_ID" --concurrency "$5" | tee -a "$OUT/$1-load/ops_load.jsonl"
@@ -105,6 +110,7 @@ if [[ "$SKIP_HARPER" != 1 ]]; then
     echo "harper_startup_s $(awk '/STARTUP_SECONDS/{print $2}' "$OUT/harper-restart-$i.log")" | tee -a "$OUT/figures.txt"
   done
   HPID=$(cat "$WORK/harper/harper.pid")
+  settle
   log "Harper: wrk scenarios"
   SERVER_PID=$HPID OUT_DIR="$OUT/harper" LOAD=0 "$HB/bench.sh" http://127.0.0.1:19926 127.0.0.1 11883 > /dev/null
   [[ "$RANGE" == 1 ]] && run_wrk harper query_range "$HERE/wrk/query_range.lua" http://127.0.0.1:19926 "$HPID" "$OUT/harper"
@@ -141,6 +147,7 @@ for i in 1 2 3; do
   read -r secs TPID < <(start_tessera /Dog/1)
   echo "tessera_startup_s $secs" | tee -a "$OUT/figures.txt"
 done
+settle
 log "Tessera: wrk scenarios"
 SERVER_PID=$TPID OUT_DIR="$OUT/tessera" LOAD=0 "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
 [[ "$RANGE" == 1 ]] && run_wrk tessera query_range "$HERE/wrk/query_range.lua" "http://127.0.0.1:$TESSERA_PORT" "$TPID" "$OUT/tessera"
