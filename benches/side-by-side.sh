@@ -41,13 +41,19 @@ RANGE=${RANGE:-1}
 export BENCH_USER=admin BENCH_PASSWORD=password MQTT=0
 SKIP_HARPER=${SKIP_HARPER:-0}
 LOAD_CONNECTIONS=${LOAD_CONNECTIONS:-"1 8"}
-LAST_LOAD=${LOAD_CONNECTIONS##* }
+LOADS=$(wc -w <<< "$LOAD_CONNECTIONS")
 TESSERA_PORT=29926
 TESSERA_OPS_PORT=29925
 FLOOR_PORT=29980
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/side-by-side.log"; }
 
+# Tessera listens with SO_REUSEPORT: a server left over from an earlier run would silently share
+# the ports, and the load, with the one measured.
+if ss -ltn | grep -qE ":($TESSERA_PORT|$TESSERA_OPS_PORT|$FLOOR_PORT) "; then
+  echo "a process already listens on port $TESSERA_PORT, $TESSERA_OPS_PORT or $FLOOR_PORT; stop it first" >&2
+  exit 1
+fi
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
@@ -95,13 +101,15 @@ load_ops() {
 
 # ---------------------------------------------------------------- Harper
 if [[ "$SKIP_HARPER" != 1 ]]; then
+  n=0
   for conns in $LOAD_CONNECTIONS; do
+    n=$((n + 1))
     log "Harper: install and start (fresh root)"
     RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-1.log"
     HPID=$(cat "$WORK/harper/harper.pid")
     log "Harper: load $BENCH_MAX_ID records (operations API upsert, batches of 1000, $conns connections)"
     load_ops harper "$HPID" http://127.0.0.1:19925 http://127.0.0.1:19926 "$conns"
-    [[ "$conns" == "$LAST_LOAD" ]] || "$HB/stop.sh" "$WORK/harper" > /dev/null
+    [[ $n == "$LOADS" ]] || "$HB/stop.sh" "$WORK/harper" > /dev/null
   done
   echo "harper_rss_after_load_mb $(rss_mb "$HPID")" | tee -a "$OUT/figures.txt"
   for i in 1 2 3; do
@@ -133,13 +141,15 @@ stop_pid() {
   while kill -0 "$1" 2>/dev/null; do sleep 0.05; done
 }
 
+n=0
 for conns in $LOAD_CONNECTIONS; do
+  n=$((n + 1))
   rm -rf "$WORK/tessera-root"
   log "Tessera: start (fresh root)"
   read -r _ TPID < <(start_tessera /Dog)
   log "Tessera: load $BENCH_MAX_ID records (operations API upsert, batches of 1000, $conns connections)"
   load_ops tessera "$TPID" "http://127.0.0.1:$TESSERA_OPS_PORT" "http://127.0.0.1:$TESSERA_PORT" "$conns"
-  [[ "$conns" == "$LAST_LOAD" ]] || stop_pid "$TPID"
+  [[ $n == "$LOADS" ]] || stop_pid "$TPID"
 done
 echo "tessera_rss_after_load_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
 for i in 1 2 3; do
