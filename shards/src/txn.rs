@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use tessera_storage::shard::{Durability, ShardStore, StoreError, View, WriteOp, WriteOutcome};
+use tessera_storage::shard::{
+    Durability, Intent, ShardStore, StoreError, View, WriteOp, WriteOutcome,
+};
 
 use crate::writer::{Command, Prepared, StoreResult};
 use crate::{ShardError, ShardSet, failpoint};
@@ -122,32 +124,26 @@ fn prepare(
     Ok(rx)
 }
 
-/// How the prepare of every part went.
+/// How the prepare of every part went. Which parts a writer holds needs no list: those whose
+/// ops did not come back.
 #[derive(Default)]
 struct Preparation {
-    /// Parts (indexes into the transaction's list) that are prepared: durable, keys locked,
-    /// their ops held by the writer.
-    prepared: Vec<usize>,
     /// A part met a key locked by another transaction.
     conflict: bool,
     failure: Option<ShardError>,
-    /// Parts whose writer answered an error: one that failed to persist still holds the part.
-    failed: Vec<usize>,
 }
 
 impl Preparation {
-    /// Records part `i`'s answer: a ready part's outcomes go to their places in the caller's
-    /// list, a conflicting part gets its ops back. Returns whether the part is prepared.
+    /// Records a part's answer: a ready part's outcomes go to their places in the caller's list,
+    /// a conflicting part gets its ops back. Returns whether the part is prepared.
     fn record(
         &mut self,
-        i: usize,
         part: &mut Part,
         answer: Result<StoreResult<Prepared>, oneshot::Canceled>,
         outcomes: &mut [Option<WriteOutcome>],
     ) -> bool {
         match answer {
             Ok(Ok(Prepared::Ready(out))) => {
-                self.prepared.push(i);
                 for (at, o) in part.positions.iter().zip(out) {
                     outcomes[*at] = Some(o);
                 }
@@ -157,10 +153,7 @@ impl Preparation {
                 part.ops = ops;
                 self.conflict = true;
             }
-            Ok(Err(e)) => {
-                self.failed.push(i);
-                self.failure = Some(ShardError::Store(e));
-            }
+            Ok(Err(e)) => self.failure = Some(ShardError::Store(e)),
             Err(_) => self.failure = Some(ShardError::Unavailable(part.shard)),
         }
         false
@@ -190,9 +183,9 @@ pub(crate) async fn commit(
         let mut p = Preparation::default();
         // Phase 1: prepare everywhere.
         if ordered {
-            for (i, part) in parts.iter_mut().enumerate() {
+            for part in &mut parts {
                 let answer = prepare(&set, part, txid, &participants, true)?.await;
-                if !p.record(i, part, answer, &mut outcomes) {
+                if !p.record(part, answer, &mut outcomes) {
                     break;
                 }
             }
@@ -201,36 +194,30 @@ pub(crate) async fn commit(
             for part in &mut parts {
                 waits.push(prepare(&set, part, txid, &participants, false)?);
             }
-            for (i, (rx, part)) in waits.into_iter().zip(&mut parts).enumerate() {
-                p.record(i, part, rx.await, &mut outcomes);
+            for (rx, part) in waits.into_iter().zip(&mut parts) {
+                p.record(part, rx.await, &mut outcomes);
             }
         }
         // Every part durable: committed.
         if !p.conflict && p.failure.is_none() {
             failpoint("decided");
-            let shards: Vec<usize> = parts.iter().map(|part| part.shard).collect();
-            resolve_committed(&set, txid, &shards).await?;
+            resolve_committed(&set, txid, &participants).await?;
             return Ok(outcomes.into_iter().flatten().collect());
         }
-        // Abort: drop every prepared part and take its ops back (no persist needed: a part that
-        // was never prepared makes recovery drop the others).
-        let mut back = Vec::with_capacity(p.prepared.len());
-        for &i in &p.prepared {
+        // Abort: every writer still holding a part's ops (prepared, or failed after storing it)
+        // drops the part and hands the ops back. No persist needed: a part that was never
+        // prepared makes recovery drop the others.
+        let mut back = Vec::new();
+        for part in parts.iter_mut().filter(|part| part.ops.is_empty()) {
             let (tx, rx) = oneshot::channel();
-            send(&set, parts[i].shard, Command::Abort { txid, ops: tx })?;
-            back.push((i, rx));
-        }
-        for &i in &p.failed {
-            let (tx, _) = oneshot::channel();
-            send(&set, parts[i].shard, Command::Abort { txid, ops: tx })?;
-        }
-        for (i, rx) in back {
-            parts[i].ops = rx
-                .await
-                .map_err(|_| ShardError::Unavailable(parts[i].shard))?;
+            send(&set, part.shard, Command::Abort { txid, ops: tx })?;
+            back.push((part, rx));
         }
         if let Some(e) = p.failure {
             return Err(e);
+        }
+        for (part, rx) in back {
+            part.ops = rx.await.map_err(|_| ShardError::Unavailable(part.shard))?;
         }
     }
     // A waiting prepare never answers a conflict.
@@ -242,7 +229,7 @@ pub(crate) async fn commit(
 async fn resolve_committed(
     set: &Arc<ShardSet>,
     txid: u64,
-    prepared: &[usize],
+    participants: &Arc<[u32]>,
 ) -> Result<(), ShardError> {
     let gate = &set.gate;
     // Let waiting multi-shard readers take their views first (briefly: they only need an
@@ -253,10 +240,10 @@ async fn resolve_committed(
         glommio::timer::sleep(Duration::from_micros(20)).await;
     }
     gate.started.fetch_add(1, Ordering::SeqCst);
-    let mut visible = Vec::with_capacity(prepared.len());
-    let mut durable = Vec::with_capacity(prepared.len());
+    let mut visible = Vec::with_capacity(participants.len());
+    let mut durable = Vec::with_capacity(participants.len());
     let mut sent = Ok(());
-    for shard in prepared {
+    for &shard in participants.iter() {
         let (vtx, vrx) = oneshot::channel();
         let (dtx, drx) = oneshot::channel();
         let cmd = Command::Commit {
@@ -264,7 +251,7 @@ async fn resolve_committed(
             visible: vtx,
             durable: dtx,
         };
-        if let Err(e) = send(set, *shard, cmd) {
+        if let Err(e) = send(set, shard as usize, cmd) {
             sent = Err(e);
             break;
         }
@@ -282,16 +269,15 @@ async fn resolve_committed(
     gate.finished.fetch_add(1, Ordering::SeqCst);
     // The markers go once every part is durable: until then an intent left on one shard needs
     // the others' markers to be redone.
-    let set2 = set.clone();
-    let shards = prepared.to_vec();
+    let (set2, shards) = (set.clone(), participants.clone());
     glommio::spawn_local(async move {
         for rx in durable {
             if rx.await.is_err() {
                 return;
             }
         }
-        for shard in shards {
-            let _ = send(&set2, shard, Command::Forget(txid));
+        for &shard in shards.iter() {
+            let _ = send(&set2, shard as usize, Command::Forget(txid));
         }
     })
     .detach();
@@ -306,16 +292,7 @@ pub(crate) fn recover(stores: &[Arc<ShardStore>]) -> Result<(usize, usize), Stor
     let mut found = Vec::new();
     for (shard, store) in stores.iter().enumerate() {
         for intent in store.intents()? {
-            let mut commit = true;
-            for &p in &intent.participants {
-                let other = stores
-                    .get(p as usize)
-                    .ok_or(StoreError::CorruptIntent(intent.txid))?;
-                if !(other.has_intent(intent.txid)? || other.applied(intent.txid)?) {
-                    commit = false;
-                    break;
-                }
-            }
+            let commit = every_part_prepared(stores, &intent)?;
             found.push((shard, intent, commit));
         }
     }
@@ -336,6 +313,19 @@ pub(crate) fn recover(stores: &[Arc<ShardStore>]) -> Result<(usize, usize), Stor
         store.persist(Durability::Durable)?;
     }
     Ok((applied, dropped))
+}
+
+/// Whether every participant `intent` names holds its own intent or a commit marker.
+fn every_part_prepared(stores: &[Arc<ShardStore>], intent: &Intent) -> Result<bool, StoreError> {
+    for &p in &intent.participants {
+        let store = stores
+            .get(p as usize)
+            .ok_or(StoreError::CorruptIntent(intent.txid))?;
+        if !(store.has_intent(intent.txid)? || store.applied(intent.txid)?) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

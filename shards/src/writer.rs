@@ -7,10 +7,10 @@
 //!
 //! The thread is also each shard's participant in cross-shard transactions (see [`crate::txn`]):
 //! it prepares a transaction's part (an intent, persisted with the group) and locks its keys, then
-//! applies or drops it. Plain writes to a locked key
-//! wait, in arrival order, until the transaction that holds it is resolved. A prepare that finds
-//! a key locked either fails at once with a conflict or, when it is asked to wait (a transaction
-//! preparing its parts one by one in shard order, see [`crate::txn`]), waits like a plain write.
+//! applies or drops it. Plain writes to a locked key wait, in arrival order, until the
+//! transaction that holds it is resolved. A prepare that finds a key locked either fails at once
+//! with a conflict (handing its ops back) or, when it is asked to wait (a transaction preparing
+//! its parts one by one in shard order, see [`crate::txn`]), waits like a plain write.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
