@@ -105,7 +105,7 @@ if [[ "$SKIP_HARPER" != 1 ]]; then
   for conns in $LOAD_CONNECTIONS; do
     n=$((n + 1))
     log "Harper: install and start (fresh root)"
-    RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-1.log"
+    RESET=1 "$HB/install-and-start.sh" "$WORK/harper" | tee "$OUT/harper-start-load-$n.log"
     HPID=$(cat "$WORK/harper/harper.pid")
     log "Harper: load $BENCH_MAX_ID records (operations API upsert, batches of 1000, $conns connections)"
     load_ops harper "$HPID" http://127.0.0.1:19925 http://127.0.0.1:19926 "$conns"
