@@ -721,7 +721,7 @@ async fn register(
 ) -> Option<Vec<Change>> {
     let (table, scope) = target(core, filter)?;
     let sub = subscriber(core, conn, sub, qos);
-    realtime::subscribe(&core.router, &table, scope, sub, held).await
+    realtime::subscribe(&core.router, &table, scope, None, sub, held).await
 }
 
 /// The exported table a filter names, and what it covers there.
@@ -765,7 +765,9 @@ async fn resubscribe(
             continue;
         };
         let s = subscriber(core, conn, sub, *qos);
-        let Some(found) = realtime::resubscribe(&core.router, &table, &scope, s, held, after).await
+        let since = realtime::Since::After(after);
+        let Some(found) =
+            realtime::subscribe_since(&core.router, &table, &scope, s, held, since).await
         else {
             continue;
         };

@@ -18,7 +18,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 // foldhash rather than SipHash: a fan-out looks up an inbox for each subscriber of each change.
 use hashbrown::HashMap;
 use tessera_protocol::mqtt::QoS;
-use tessera_shards::{Router, ShardSet};
+use tessera_shards::{Committed, Router, ShardSet};
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, now_micros, record_key};
 use tessera_storage::{Table, key};
@@ -51,24 +51,6 @@ pub fn since_of(query: Option<&str>) -> Option<Since> {
         }
     }
     None
-}
-
-/// The current records (or, with `since`, the logged changes) a new subscription starts with.
-pub async fn starting_point(
-    router: &Router,
-    table: &Table,
-    scope: &Scope,
-    since: Option<Since>,
-    current: Vec<Change>,
-) -> Vec<Change> {
-    match since {
-        None => current,
-        Some(since) => history(router, table, scope, since)
-            .await
-            .iter()
-            .map(|f| f.change.clone())
-            .collect(),
-    }
 }
 
 /// The changes of a table a subscription covers: one record's, or those of the ids a pattern
@@ -139,41 +121,18 @@ fn from_since(mut found: Vec<Arc<Fanned>>, since: Since) -> Vec<Arc<Fanned>> {
     }
 }
 
-/// The logged changes of `table` that `scope` covers, from `since` on, in commit order: from the
-/// owner core of a record's shard, or from every core for a pattern.
-pub async fn history(
-    router: &Router,
-    table: &Table,
-    scope: &Scope,
-    since: Since,
-) -> Vec<Arc<Fanned>> {
-    let Some((cores, covered)) = placement(router, table, scope) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for core in cores {
-        let (covered, tid) = (covered.clone(), table.id);
-        let shards = shards_of(router, core);
-        let part = router
-            .on_core(core, move |set| logged_here(set, &shards, tid, &covered))
-            .await;
-        found.extend(part.unwrap_or_default());
-    }
-    from_since(found, since)
-}
-
-/// Registers `sub` for `scope` like [`subscribe`], for a subscription that picks up where an
-/// earlier one stopped: instead of the current records, returns the logged changes it covers
-/// with a version above `after`, in commit order. Each core reads its log in the same step as it
-/// registers, so every change is either in the result or reaches the subscriber's inbox, never
-/// both and never neither.
-pub async fn resubscribe(
+/// Registers `sub` for `scope` like [`subscribe`], for a subscription that starts in the past
+/// (or picks up where an earlier one stopped): instead of the current records, returns the
+/// logged changes it covers from `since` on, in commit order. Each core reads its log in the same
+/// step as it registers, so every change is either in the result or reaches the subscriber's
+/// inbox, never both and never neither.
+pub async fn subscribe_since(
     router: &Router,
     table: &Table,
     scope: &Scope,
     sub: Subscriber,
     held: &mut Held,
-    after: u64,
+    since: Since,
 ) -> Option<Vec<Arc<Fanned>>> {
     let (cores, covered) = placement(router, table, scope)?;
     let mut found = Vec::new();
@@ -182,10 +141,16 @@ pub async fn resubscribe(
         let shards = shards_of(router, core);
         let part = router
             .on_core(core, move |set| {
+                // The log holds every change dispatched so far, and the subscription gets every
+                // change dispatched from now on: it skips none.
                 match &covered {
-                    Covered::Key(k) => add_exact(set, k.clone(), sub),
-                    Covered::Ids(p) => add_pattern(set, tid, p.clone(), sub),
+                    Covered::Key(k) => add_exact(k.clone(), sub, 0),
+                    Covered::Ids(p) => {
+                        let from = shards.iter().map(|&s| (s, 0)).collect();
+                        add_pattern(tid, p.clone(), sub, from)
+                    }
                 }
+                set.watchers().fetch_add(1, Ordering::Relaxed);
                 logged_here(set, &shards, tid, &covered)
             })
             .await
@@ -193,7 +158,7 @@ pub async fn resubscribe(
         found.extend(part);
     }
     held.subs.insert(sub.sub, cores);
-    Some(from_since(found, Since::After(after)))
+    Some(from_since(found, since))
 }
 
 /// One shard's audit log on its owner core.
@@ -315,12 +280,29 @@ impl std::ops::Deref for Fanned {
 /// One change as delivered to one subscriber.
 pub type Delivery = (Arc<Fanned>, QoS);
 
+/// A table subscription on one core.
+struct PatternSub {
+    table: u32,
+    pattern: Pattern,
+    sub: Subscriber,
+    /// For each shard of this core, the feed group it starts after.
+    from: Vec<(usize, u64)>,
+}
+
+impl PatternSub {
+    /// Whether a group of `shard`'s feed is one the subscription's starting read already saw.
+    fn saw(&self, shard: usize, group: u64) -> bool {
+        self.from.iter().any(|&(s, g)| s == shard && group <= g)
+    }
+}
+
 #[derive(Default)]
 struct Registry {
-    /// Subscriptions to single records of the shards this core owns, by record key.
-    exact: HashMap<Vec<u8>, Vec<Subscriber>>,
-    /// Table subscriptions, for the shards this core owns: table id, pattern, subscriber.
-    patterns: Vec<(u32, Pattern, Subscriber)>,
+    /// Subscriptions to single records of the shards this core owns, by record key, each with
+    /// the feed group of the record's shard it starts after.
+    exact: HashMap<Vec<u8>, Vec<(Subscriber, u64)>>,
+    /// Table subscriptions, for the shards this core owns.
+    patterns: Vec<PatternSub>,
     /// The inboxes of the connections on this core.
     inboxes: HashMap<u64, LocalSender<Delivery>>,
     /// Changes dropped because an inbox was full.
@@ -355,16 +337,23 @@ pub fn close_inbox(conn: u64) {
     REGISTRY.with(|r| r.borrow_mut().inboxes.remove(&conn));
 }
 
-/// Adds a subscription to one record; runs on the owner core of the record's shard.
-pub fn add_exact(set: &ShardSet, key: Vec<u8>, s: Subscriber) {
-    REGISTRY.with(|r| r.borrow_mut().exact.entry(key).or_default().push(s));
-    set.watchers().fetch_add(1, Ordering::Relaxed);
+/// Adds a subscription to one record, from the record's shard's feed group after `from` on;
+/// runs on the owner core of the record's shard. The caller counts it in the set's watchers.
+fn add_exact(key: Vec<u8>, s: Subscriber, from: u64) {
+    REGISTRY.with(|r| r.borrow_mut().exact.entry(key).or_default().push((s, from)));
 }
 
-/// Adds a table subscription for the shards of this core.
-pub fn add_pattern(set: &ShardSet, table: u32, pattern: Pattern, s: Subscriber) {
-    REGISTRY.with(|r| r.borrow_mut().patterns.push((table, pattern, s)));
-    set.watchers().fetch_add(1, Ordering::Relaxed);
+/// Adds a table subscription for the shards of this core, each from the feed group after the one
+/// `from` gives. The caller counts it in the set's watchers.
+fn add_pattern(table: u32, pattern: Pattern, sub: Subscriber, from: Vec<(usize, u64)>) {
+    REGISTRY.with(|r| {
+        r.borrow_mut().patterns.push(PatternSub {
+            table,
+            pattern,
+            sub,
+            from,
+        })
+    });
 }
 
 /// Removes a connection's subscriptions held on this core (`sub`: only that one).
@@ -375,12 +364,12 @@ pub fn remove(set: &ShardSet, conn: u64, sub: Option<u32>) {
         let mut removed = 0;
         r.exact.retain(|_, subs| {
             let before = subs.len();
-            subs.retain(|s| !hit(s));
+            subs.retain(|(s, _)| !hit(s));
             removed += before - subs.len();
             !subs.is_empty()
         });
         let before = r.patterns.len();
-        r.patterns.retain(|(_, _, s)| !hit(s));
+        r.patterns.retain(|p| !hit(&p.sub));
         removed + before - r.patterns.len()
     });
     set.watchers().fetch_sub(removed, Ordering::Relaxed);
@@ -426,16 +415,18 @@ pub fn follow(router: &Router) {
         };
         let router = router.clone();
         glommio::spawn_local(async move {
-            while let Some(changes) = feed.next().await {
-                dispatch(&router, shard, changes);
+            while let Some(committed) = feed.next().await {
+                dispatch(&router, shard, committed);
             }
         })
         .detach();
     }
 }
 
-/// Finds each change's subscribers and sends the changes to their cores, grouped per core.
-fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
+/// Finds each change's subscribers and sends the changes to their cores, grouped per core. A
+/// subscription whose starting read already saw the group gets none of it.
+fn dispatch(router: &Router, shard: usize, committed: Committed) {
+    let Committed { group, changes } = committed;
     // Sized at the first subscriber found: most groups (those nobody subscribed to) allocate none.
     let mut per_core: Vec<Vec<(u64, Delivery)>> = Vec::new();
     REGISTRY.with(|r| {
@@ -448,8 +439,12 @@ fn dispatch(router: &Router, shard: usize, changes: Vec<Change>) {
                 .then(|| id_text(&change.key))
                 .flatten();
             let exact = r.exact.get(&change.key).into_iter().flatten();
-            let by_pattern = r.patterns.iter().filter_map(|(t, p, s)| {
-                (*t == change.table && id.as_deref().is_some_and(|id| p.matches(id))).then_some(s)
+            let exact = exact.filter_map(|(s, from)| (group > *from).then_some(s));
+            let by_pattern = r.patterns.iter().filter_map(|p| {
+                (p.table == change.table
+                    && !p.saw(shard, group)
+                    && id.as_deref().is_some_and(|id| p.pattern.matches(id)))
+                .then_some(&p.sub)
             });
             for s in exact.chain(by_pattern) {
                 if per_core.is_empty() {
@@ -485,15 +480,26 @@ pub enum Scope {
 }
 
 /// Registers `sub` for `scope` in `table` where changes to it are dispatched (the owner core of
-/// a record's shard, or every core for a pattern), records that in `held`, and returns the
-/// current records it covers (in primary-key order). `None` when the id cannot be a key.
+/// a record's shard, or every core for a pattern), records that in `held`, and returns what the
+/// subscriber starts with: the current records it covers (in primary-key order), or with
+/// `since`, the logged changes from then on (see [`subscribe_since`]). `None` when the id cannot
+/// be a key.
+///
+/// A change committed before the current records are read is not sent again, even when it is
+/// still on its way through the feed: each registration notes the last feed group applied to its
+/// shards before the read starts, and the subscription skips the groups up to it.
 pub async fn subscribe(
     router: &Router,
     table: &Arc<Table>,
     scope: Scope,
+    since: Option<Since>,
     sub: Subscriber,
     held: &mut Held,
 ) -> Option<Vec<Change>> {
+    if let Some(since) = since {
+        let logged = subscribe_since(router, table, &scope, sub, held, since).await?;
+        return Some(logged.iter().map(|f| f.change.clone()).collect());
+    }
     let now_ms = now_micros() / 1000;
     let live = |stored: &[u8]| RecordRef::parse(stored).is_some_and(|r| !r.is_expired(now_ms));
     let pattern = match scope {
@@ -504,7 +510,8 @@ pub async fn subscribe(
             let k = key.clone();
             let current = router
                 .on_core(owner, move |set| {
-                    add_exact(set, k.clone(), sub);
+                    add_exact(k.clone(), sub, set.applied(shard));
+                    set.watchers().fetch_add(1, Ordering::Relaxed);
                     set.store(shard).and_then(|s| s.get(&k).ok().flatten())
                 })
                 .await
@@ -523,8 +530,13 @@ pub async fn subscribe(
     let cores: Vec<usize> = (0..router.cores()).collect();
     for &c in &cores {
         let (p, tid) = (pattern.clone(), table.id);
+        let shards = shards_of(router, c);
         router
-            .on_core(c, move |set| add_pattern(set, tid, p, sub))
+            .on_core(c, move |set| {
+                let from = shards.iter().map(|&s| (s, set.applied(s))).collect();
+                add_pattern(tid, p, sub, from);
+                set.watchers().fetch_add(1, Ordering::Relaxed);
+            })
             .await
             .ok()?;
     }

@@ -742,11 +742,9 @@ impl Core {
             qos: tessera_protocol::mqtt::QoS::AtMostOnce,
         };
         let result = async {
-            let current = realtime::subscribe(&self.router, table, scope.clone(), sub, &mut held)
+            let current = realtime::subscribe(&self.router, table, scope, since, sub, &mut held)
                 .await
                 .ok_or(RestError::NoSuchRecord)?;
-            let current =
-                realtime::starting_point(&self.router, table, &scope, since, current).await;
             let mut started = false;
             let mut buf = Vec::new();
             let mut send = |reply: &mut Reply<'_>, change: &Change, started: &mut bool| {

@@ -91,12 +91,8 @@ pub async fn serve(
         sub: 1,
         qos: QoS::AtMostOnce,
     };
-    let current = realtime::subscribe(router, &table, scope.clone(), sub, &mut held).await;
     let since = realtime::since_of(target.query);
-    let current = match current {
-        Some(c) => Some(realtime::starting_point(router, &table, &scope, since, c).await),
-        None => None,
-    };
+    let current = realtime::subscribe(router, &table, scope, since, sub, &mut held).await;
     let (mut tx, mut rx) = ws.split();
     let frame = |change: &tessera_storage::shard::Change| -> Option<Message> {
         let mut json = events::envelope_json(change)?;

@@ -11,13 +11,21 @@ mod watchdog;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::mpsc::{UnboundedReceiver, unbounded};
 use tessera_storage::shard::{Change, Durability, ShardOptions, ShardStore, StoreError};
 
 pub use cores::{CoreContext, ExecutorSettings, Router, start_executors};
+
+/// One group of changes a shard's writer committed, as its feed carries them.
+pub struct Committed {
+    /// The group's number: increasing, the order the writer applied the groups in (see
+    /// [`ShardSet::applied`]).
+    pub group: u64,
+    pub changes: Vec<Change>,
+}
 
 /// Seed of the key->shard hash. Changing it re-homes every key: never do that.
 const SHARD_SEED: u64 = 0x7e55_e4a0_5a4d_0001;
@@ -76,7 +84,9 @@ pub struct ShardSet {
     writers: Vec<writer::WriterHandle>,
     closing: AtomicBool,
     /// Each shard's change feed, taken once by the shard's owner core ([`Self::take_feed`]).
-    feeds: Vec<Mutex<Option<UnboundedReceiver<Vec<Change>>>>>,
+    feeds: Vec<Mutex<Option<UnboundedReceiver<Committed>>>>,
+    /// Each shard's last group applied to its store ([`Self::applied`]).
+    applied: Vec<Arc<AtomicU64>>,
     /// Subscriptions anywhere in the process; while there are none, writers record no changes.
     watchers: Arc<AtomicUsize>,
     /// Cross-shard transactions and the readers that must not see them half-applied.
@@ -123,15 +133,16 @@ impl ShardSet {
         let watchers = Arc::new(AtomicUsize::new(1));
         let mut writers = Vec::with_capacity(count);
         let mut feeds = Vec::with_capacity(count);
+        let mut applied = Vec::with_capacity(count);
         for (i, store) in stores.iter().enumerate() {
             let (tx, rx) = unbounded();
-            writers.push(writer::spawn(
-                i,
-                store.clone(),
-                durability,
+            let feed = writer::Feed {
                 tx,
-                watchers.clone(),
-            )?);
+                watchers: watchers.clone(),
+                applied: Arc::new(AtomicU64::new(0)),
+            };
+            applied.push(feed.applied.clone());
+            writers.push(writer::spawn(i, store.clone(), durability, feed)?);
             feeds.push(Mutex::new(Some(rx)));
         }
         Ok(ShardSet {
@@ -139,15 +150,26 @@ impl ShardSet {
             writers,
             closing: AtomicBool::new(false),
             feeds,
+            applied,
             watchers,
             gate: txn::Gate::new(),
         })
     }
 
-    /// The changes `shard` commits, in commit order, each batch sent once durable. Only while
+    /// The changes `shard` commits, in commit order, each group sent once durable. Only while
     /// [`Self::watchers`] is above zero. Taken once, by the owner core.
-    pub fn take_feed(&self, shard: usize) -> Option<UnboundedReceiver<Vec<Change>>> {
+    pub fn take_feed(&self, shard: usize) -> Option<UnboundedReceiver<Committed>> {
         self.feeds.get(shard)?.lock().ok()?.take()
+    }
+
+    /// The number of the last group `shard`'s writer applied to its store. A read of the store
+    /// that starts after this call sees every change of the feed's groups numbered up to it,
+    /// even those still on their way through the feed: a subscription that starts with such a
+    /// read skips them.
+    pub fn applied(&self, shard: usize) -> u64 {
+        self.applied
+            .get(shard)
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
 
     /// The number of live subscriptions, plus one for the audit log; writers record changes
@@ -203,5 +225,50 @@ mod tests {
             (0u32..100).map(|i| shard_of(&i.to_be_bytes(), 4)).collect();
         assert_eq!(spread.len(), 4);
         assert_eq!(shard_of(b"key", 7), shard_of(b"key", 7));
+    }
+
+    /// What a subscription relies on to skip the changes its starting read saw: once a write is
+    /// answered, `applied` covers the feed group that carries its change.
+    #[test]
+    fn an_answered_write_is_in_a_group_up_to_applied() {
+        use futures::StreamExt;
+        use futures::executor::block_on;
+        use tessera_storage::Value;
+        use tessera_storage::shard::{WriteKind, WriteOp, record_key};
+
+        let dir = tempfile::tempdir().unwrap();
+        let set =
+            ShardSet::open(dir.path(), 1, ShardOptions::default(), Durability::Durable).unwrap();
+        let mut catalog = tessera_storage::Catalog::default();
+        catalog
+            .load_schema("s", "type T @table { id: ID @primaryKey }")
+            .unwrap();
+        let table = Arc::new(catalog.tables.remove(0).numbered(1));
+        let mut feed = set.take_feed(0).unwrap();
+        for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let key = record_key(table.id, &Value::String(id.into())).unwrap();
+            let op = WriteOp {
+                table: table.clone(),
+                key: key.clone(),
+                kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
+            };
+            let (tx, rx) = futures::channel::oneshot::channel();
+            set.writers[0]
+                .tx
+                .send(writer::Command::Write(op, tx))
+                .unwrap();
+            block_on(rx).unwrap().unwrap();
+            let applied = set.applied(0);
+            let committed = block_on(feed.next()).unwrap();
+            assert_eq!(committed.changes.len(), 1);
+            assert_eq!(committed.changes[0].key, key);
+            assert!(
+                committed.group <= applied,
+                "write {n}: group {} after {applied}",
+                committed.group
+            );
+            assert!(committed.group > n as u64, "groups increase");
+        }
+        set.close().unwrap();
     }
 }

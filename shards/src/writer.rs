@@ -13,7 +13,7 @@
 //! its parts one by one in shard order, see [`crate::txn`]), waits like a plain write.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
 use futures::channel::mpsc::UnboundedSender;
@@ -22,7 +22,7 @@ use tessera_storage::shard::{
     Change, Clock, Durability, Plan, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
 };
 
-use crate::failpoint;
+use crate::{Committed, failpoint};
 
 /// Most commands committed in one group.
 pub const MAX_GROUP: usize = 2048;
@@ -82,10 +82,14 @@ pub(crate) struct WriterHandle {
     pub(crate) tx: mpsc::Sender<Command>,
 }
 
-/// Where a writer sends the changes it commits, and whether anyone listens.
-struct Feed {
-    tx: UnboundedSender<Vec<Change>>,
-    watchers: Arc<AtomicUsize>,
+/// Where a writer sends the changes it commits, whether anyone listens, and how far it has
+/// applied.
+pub(crate) struct Feed {
+    pub(crate) tx: UnboundedSender<Committed>,
+    pub(crate) watchers: Arc<AtomicUsize>,
+    /// The number of the last group applied to the store, set before the group is persisted
+    /// and sent.
+    pub(crate) applied: Arc<AtomicU64>,
 }
 
 /// Starts the writer thread of `shard`.
@@ -93,11 +97,9 @@ pub(crate) fn spawn(
     shard: usize,
     store: Arc<ShardStore>,
     durability: Durability,
-    feed: UnboundedSender<Vec<Change>>,
-    watchers: Arc<AtomicUsize>,
+    feed: Feed,
 ) -> std::io::Result<WriterHandle> {
     let (tx, rx) = mpsc::channel();
-    let feed = Feed { tx: feed, watchers };
     // Detached: it ends with the process; `ShardSet::close` is what makes its work durable.
     std::thread::Builder::new()
         .name(format!("tessera-writer-{shard}"))
@@ -207,6 +209,8 @@ impl Writer<'_> {
                 }
             }
             self.flush_ops(&mut g, watched);
+            let group = feed.applied.load(Ordering::Relaxed) + 1;
+            feed.applied.store(group, Ordering::Release);
             if g.writes > 0 {
                 writes += g.writes;
                 groups += 1;
@@ -217,7 +221,8 @@ impl Writer<'_> {
                 Ok(())
             };
             if !g.changes.is_empty() && watched {
-                let _ = feed.tx.unbounded_send(std::mem::take(&mut g.changes));
+                let changes = std::mem::take(&mut g.changes);
+                let _ = feed.tx.unbounded_send(Committed { group, changes });
             }
             for answer in g.answers {
                 match answer {

@@ -278,9 +278,7 @@ fn persistent_sessions_queue_qos1_changes_while_offline() {
     let mut rest = s.client();
     for v in [Version::V311, Version::V5] {
         let id = format!("durable-{v:?}");
-        // A record of its own per version: the previous round's delete of its record can still
-        // be on its way to the owner core's subscriptions when this round subscribes (a known
-        // race: a subscription made just after a write is answered can still get its change).
+        // A record of its own per version.
         let (topic, path) = (format!("Sensor/d-{v:?}"), format!("/Sensor/d-{v:?}"));
         let (mut c, ack) = connect_session(&s, v, &id, false, None);
         assert!(!ack.session_present);
@@ -309,6 +307,61 @@ fn persistent_sessions_queue_qos1_changes_while_offline() {
         assert!(!ack.session_present);
         assert_eq!(rest.delete(&path).status, 200);
     }
+}
+
+/// A write answered before a subscription starts is in the subscription's current record and
+/// is not sent again as a change, even while the write's change is still on its way to the
+/// subscriptions (other writes keep the owner cores busy dispatching meanwhile): for a
+/// subscription to the record and for a wildcard one.
+#[test]
+fn a_write_answered_before_a_subscription_is_not_sent_to_it_again() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut watcher = client(&s, Version::V311, "watcher");
+    assert_eq!(watcher.subscribe(&[("Sensor/#", QoS::AtMostOnce)]), vec![0]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let (stop, mut rest) = (stop.clone(), s.client());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let path = format!("/Sensor/busy-{}", n % 64);
+                assert_eq!(rest.put_json(&path, r#"{"temp":0}"#).status, 204);
+            }
+        })
+    };
+    let mut rest = s.client();
+    for i in 0..500 {
+        let topic = if i % 2 == 0 {
+            "Sensor/race/x"
+        } else {
+            "Sensor/race/+"
+        };
+        assert_eq!(
+            rest.put_json("/Sensor/race/x", &format!(r#"{{"temp":{i}}}"#))
+                .status,
+            204
+        );
+        let mut c = client(&s, Version::V311, "racer");
+        assert_eq!(c.subscribe(&[(topic, QoS::AtMostOnce)]), vec![0]);
+        let current = c.next_publish(WAIT).expect("the current record");
+        assert!(current.retain);
+        assert_eq!(
+            json_of(&current.payload)["temp"],
+            json!(i),
+            "round {i} ({topic}): current"
+        );
+        let next = format!(r#"{{"temp":{}}}"#, i + 1000);
+        assert_eq!(rest.put_json("/Sensor/race/x", &next).status, 204);
+        let change = c.next_publish(WAIT).expect("the next change");
+        assert_eq!(
+            json_of(&change.payload)["temp"],
+            json!(i + 1000),
+            "round {i} ({topic}): the change after the current record"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().unwrap();
 }
 
 #[test]
