@@ -270,7 +270,7 @@ async fn by_key(
             out.push(None);
             continue;
         };
-        let stored = ctx.router.get(k).await?;
+        let stored = ctx.router.get(&k)?;
         let rec = match &stored {
             Some(bytes) => live_value(bytes, now_ms)?,
             None => None,

@@ -635,7 +635,7 @@ impl Core {
     ) -> Result<(), RestError> {
         let key =
             record_key(table.id, &id_value(table, id)).map_err(|_| RestError::NoSuchRecord)?;
-        let stored = self.router.get(key).await?;
+        let stored = self.router.get(&key)?;
         let Some(stored) = stored else {
             // `/Product/p01.brand`: a property of a record (stored, computed or related).
             if let Some((rid, prop)) = id.rsplit_once('.')

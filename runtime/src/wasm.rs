@@ -564,18 +564,13 @@ impl HostState {
     /// The stored body (MessagePack) of the record at `key` as last committed; `None` when there
     /// is none or it has expired.
     async fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
-        // A key of this core's shard is read in place; another core's through a task here.
-        let here = ROUTER.with(|r| r.borrow().as_ref().and_then(|router| router.get_here(key)));
-        let found = match here {
-            Some(found) => found.map_err(RestError::from).and_then(live_body),
-            None => {
-                let key = key.to_vec();
-                on_core(move |router: Router| async move { live_body(router.get(key).await?) })
-                    .await
-                    .map_err(|_| error(503, "the core is shutting down"))?
-            }
-        };
-        found.map_err(types::Error::from)
+        // Read in place, whichever core owns the key's shard.
+        let found = ROUTER.with(|r| r.borrow().as_ref().map(|router| router.get(key)));
+        let found = found.ok_or_else(|| error(503, "the core is shutting down"))?;
+        found
+            .map_err(RestError::from)
+            .and_then(live_body)
+            .map_err(types::Error::from)
     }
 
     /// The record as this request sees it, or a new one holding just its primary key: what a

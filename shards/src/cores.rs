@@ -320,22 +320,16 @@ impl Router {
         })
     }
 
-    /// The stored record under `key`, read on its shard's owner core.
-    pub async fn get(&self, key: Vec<u8>) -> Result<Option<tessera_storage::Slice>, ShardError> {
-        let shard = self.shard_of(&key);
-        self.on_shard(shard, move |s| s.get(&key))
-            .await?
-            .map_err(|e| ShardError::Store(Arc::new(e)))
-    }
-
-    /// The stored record under `key` when this core owns its shard, read in place with no task
-    /// or channel in between; `None` when another core owns it (use [`Self::get`]).
-    pub fn get_here(
-        &self,
-        key: &[u8],
-    ) -> Option<Result<Option<tessera_storage::Slice>, ShardError>> {
-        let store = self.here(self.shard_of(key))?;
-        Some(store.and_then(|s| s.get(key).map_err(|e| ShardError::Store(Arc::new(e)))))
+    /// The stored record under `key`, read in place on this core whichever core owns its shard
+    /// (docs/adr/0002): a shard's store is safe to read from any thread, and sending a
+    /// single-key read to the owner core only added a round trip over the mesh.
+    pub fn get(&self, key: &[u8]) -> Result<Option<tessera_storage::Slice>, ShardError> {
+        let shard = self.shard_of(key);
+        let store = self
+            .shards
+            .store(shard)
+            .ok_or(ShardError::Unavailable(shard))?;
+        store.get(key).map_err(|e| ShardError::Store(Arc::new(e)))
     }
 
     /// Runs `f` on every shard (in parallel across cores); results in shard order.
