@@ -27,18 +27,12 @@ import time
 import urllib.parse
 
 
-def shared_loader(path):
-    spec = importlib.util.spec_from_file_location("load_data", path)
+def shared_module(directory, name):
+    """The shared bench's `name`.py (load_data for the records, measure for server CPU)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(directory, f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def cpu_seconds(pid):
-    """User plus system CPU seconds of process `pid` (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main():
@@ -56,7 +50,11 @@ def main():
     p.add_argument("--shared", default=os.environ.get("SHARED_BENCH", os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "bench", "harper")))
     args = p.parse_args()
-    ld = shared_loader(os.path.join(args.shared, "load_data.py"))
+    ld = shared_module(args.shared, "load_data")
+    measure = shared_module(args.shared, "measure")
+
+    def cpu_seconds(pid):
+        return measure.proc_ticks(pid) / measure.TCK
 
     def body(table, records):
         return json.dumps({"operation": "upsert", "database": args.database, "table": table,

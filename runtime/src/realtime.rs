@@ -144,13 +144,9 @@ pub async fn subscribe_since(
                 // The log holds every change dispatched so far, and the subscription gets every
                 // change dispatched from now on: it skips none.
                 match &covered {
-                    Covered::Key(k) => add_exact(k.clone(), sub, 0),
-                    Covered::Ids(p) => {
-                        let from = shards.iter().map(|&s| (s, 0)).collect();
-                        add_pattern(tid, p.clone(), sub, from)
-                    }
+                    Covered::Key(k) => add_exact(set, k.clone(), sub, 0),
+                    Covered::Ids(p) => add_pattern(set, tid, p.clone(), sub, Vec::new()),
                 }
-                set.watchers().fetch_add(1, Ordering::Relaxed);
                 logged_here(set, &shards, tid, &covered)
             })
             .await
@@ -285,7 +281,8 @@ struct PatternSub {
     table: u32,
     pattern: Pattern,
     sub: Subscriber,
-    /// For each shard of this core, the feed group it starts after.
+    /// Shards of this core with the feed group the subscription starts after (none: from the
+    /// next group of each).
     from: Vec<(usize, u64)>,
 }
 
@@ -337,15 +334,22 @@ pub fn close_inbox(conn: u64) {
     REGISTRY.with(|r| r.borrow_mut().inboxes.remove(&conn));
 }
 
-/// Adds a subscription to one record, from the record's shard's feed group after `from` on;
-/// runs on the owner core of the record's shard. The caller counts it in the set's watchers.
-fn add_exact(key: Vec<u8>, s: Subscriber, from: u64) {
+/// Adds a subscription to one record that gets the groups of its shard's feed after `from`;
+/// runs on the owner core of the record's shard.
+fn add_exact(set: &ShardSet, key: Vec<u8>, s: Subscriber, from: u64) {
     REGISTRY.with(|r| r.borrow_mut().exact.entry(key).or_default().push((s, from)));
+    set.watchers().fetch_add(1, Ordering::Relaxed);
 }
 
-/// Adds a table subscription for the shards of this core, each from the feed group after the one
-/// `from` gives. The caller counts it in the set's watchers.
-fn add_pattern(table: u32, pattern: Pattern, sub: Subscriber, from: Vec<(usize, u64)>) {
+/// Adds a table subscription for the shards of this core; `from` gives, for some of them, the
+/// feed group it starts after.
+fn add_pattern(
+    set: &ShardSet,
+    table: u32,
+    pattern: Pattern,
+    sub: Subscriber,
+    from: Vec<(usize, u64)>,
+) {
     REGISTRY.with(|r| {
         r.borrow_mut().patterns.push(PatternSub {
             table,
@@ -354,6 +358,7 @@ fn add_pattern(table: u32, pattern: Pattern, sub: Subscriber, from: Vec<(usize, 
             from,
         })
     });
+    set.watchers().fetch_add(1, Ordering::Relaxed);
 }
 
 /// Removes a connection's subscriptions held on this core (`sub`: only that one).
@@ -510,8 +515,7 @@ pub async fn subscribe(
             let k = key.clone();
             let current = router
                 .on_core(owner, move |set| {
-                    add_exact(k.clone(), sub, set.applied(shard));
-                    set.watchers().fetch_add(1, Ordering::Relaxed);
+                    add_exact(set, k.clone(), sub, set.applied(shard));
                     set.store(shard).and_then(|s| s.get(&k).ok().flatten())
                 })
                 .await
@@ -534,8 +538,7 @@ pub async fn subscribe(
         router
             .on_core(c, move |set| {
                 let from = shards.iter().map(|&s| (s, set.applied(s))).collect();
-                add_pattern(tid, p, sub, from);
-                set.watchers().fetch_add(1, Ordering::Relaxed);
+                add_pattern(set, tid, p, sub, from);
             })
             .await
             .ok()?;

@@ -550,12 +550,11 @@ impl HostState {
     }
 
     /// The record as this request sees it: its own write, else the stored one.
-    async fn current(&self, key: &[u8]) -> Result<Option<Value>, types::Error> {
+    fn current(&self, key: &[u8]) -> Result<Option<Value>, types::Error> {
         if let Some(seen) = self.txn.seen.get(key) {
             return Ok(seen.clone());
         }
-        self.committed(key)
-            .await?
+        self.committed(key)?
             .map(|body| output::body_value(&body))
             .transpose()
             .map_err(types::Error::from)
@@ -563,7 +562,7 @@ impl HostState {
 
     /// The stored body (MessagePack) of the record at `key` as last committed; `None` when there
     /// is none or it has expired.
-    async fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
+    fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
         // Read in place, whichever core owns the key's shard.
         let found = ROUTER.with(|r| r.borrow().as_ref().map(|router| router.get(key)));
         let found = found.ok_or_else(|| error(503, "the core is shutting down"))?;
@@ -575,15 +574,9 @@ impl HostState {
 
     /// The record as this request sees it, or a new one holding just its primary key: what a
     /// patch or an increment starts from.
-    async fn current_or_new(
-        &self,
-        table: &Table,
-        key: &[u8],
-        pk: Value,
-    ) -> Result<Value, types::Error> {
+    fn current_or_new(&self, table: &Table, key: &[u8], pk: Value) -> Result<Value, types::Error> {
         Ok(self
-            .current(key)
-            .await?
+            .current(key)?
             .unwrap_or_else(|| Value::Object(vec![(table.primary_key().name.clone(), pk)])))
     }
 
@@ -627,7 +620,7 @@ impl tables::Host for &mut HostState {
         // A committed record goes to the guest as stored, without decoding it.
         match self.txn.seen.get(&key) {
             Some(seen) => Ok(seen.as_ref().map(Value::to_msgpack)),
-            None => self.committed(&key).await,
+            None => self.committed(&key),
         }
     }
 
@@ -655,7 +648,7 @@ impl tables::Host for &mut HostState {
         changes.set(&table.primary_key().name, pk.clone());
         check_record(&table, &mut changes, WriteMode::Patch)
             .map_err(|e| error(400, e.to_string()))?;
-        let mut now = self.current_or_new(&table, &key, pk).await?;
+        let mut now = self.current_or_new(&table, &key, pk)?;
         if let Value::Object(props) = &changes {
             for (k, v) in props {
                 now.set(k, v.clone());
@@ -679,7 +672,7 @@ impl tables::Host for &mut HostState {
         if let Some((name, _)) = deltas.iter().find(|(_, v)| v.as_f64().is_none()) {
             return Err(error(400, format!("addTo: {name} is not a number")));
         }
-        let mut now = self.current_or_new(&table, &key, pk).await?;
+        let mut now = self.current_or_new(&table, &key, pk)?;
         for (name, d) in &deltas {
             let sum = value::add_numbers(now.get(name), d);
             now.set(name, sum);
@@ -703,7 +696,7 @@ impl tables::Host for &mut HostState {
     async fn delete(&mut self, table: String, id: Vec<u8>) -> Result<bool, types::Error> {
         let table = self.table(&table)?;
         let (_, key) = HostState::key(&table, &id)?;
-        let existed = self.current(&key).await?.is_some();
+        let existed = self.current(&key)?.is_some();
         self.stage(table, key, WriteKind::Delete, None);
         Ok(existed)
     }

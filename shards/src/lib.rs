@@ -233,25 +233,15 @@ mod tests {
     fn an_answered_write_is_in_a_group_up_to_applied() {
         use futures::StreamExt;
         use futures::executor::block_on;
-        use tessera_storage::Value;
-        use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 
         let dir = tempfile::tempdir().unwrap();
         let set =
             ShardSet::open(dir.path(), 1, ShardOptions::default(), Durability::Durable).unwrap();
-        let mut catalog = tessera_storage::Catalog::default();
-        catalog
-            .load_schema("s", "type T @table { id: ID @primaryKey }")
-            .unwrap();
-        let table = Arc::new(catalog.tables.remove(0).numbered(1));
+        let table = txn::tests::table();
         let mut feed = set.take_feed(0).unwrap();
         for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
-            let key = record_key(table.id, &Value::String(id.into())).unwrap();
-            let op = WriteOp {
-                table: table.clone(),
-                key: key.clone(),
-                kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
-            };
+            let op = txn::tests::put(&table, id);
+            let key = op.key.clone();
             let (tx, rx) = futures::channel::oneshot::channel();
             set.writers[0]
                 .tx

@@ -329,28 +329,35 @@ fn every_part_prepared(stores: &[Arc<ShardStore>], intent: &Intent) -> Result<bo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tessera_storage::schema::{Catalog, Table};
     use tessera_storage::shard::{Clock, ShardOptions, WriteKind};
     use tessera_storage::value::Value;
 
-    fn table() -> Arc<Table> {
+    /// A table `T` with an `ID` primary key and an `Int`.
+    pub(crate) fn table() -> Arc<Table> {
         let mut c = Catalog::default();
         c.load_schema("s", "type T @table { id: ID @primaryKey n: Int }")
             .unwrap();
         Arc::new(c.tables.remove(0).numbered(1))
     }
 
-    /// Prepares a put of `id` on `store` as its part of `txid` over `participants`.
-    fn prepare_put(store: &ShardStore, t: &Arc<Table>, txid: u64, participants: &[u32], id: &str) {
+    /// A put of the record `{"id": id}` in `t`.
+    pub(crate) fn put(t: &Arc<Table>, id: &str) -> WriteOp {
         let key = tessera_storage::shard::record_key(t.id, &Value::String(id.into())).unwrap();
-        let op = WriteOp {
+        WriteOp {
             table: t.clone(),
             key,
             kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
-        };
-        let (plan, _) = store.plan(&[op], &mut Clock::default(), None).unwrap();
+        }
+    }
+
+    /// Prepares a put of `id` on `store` as its part of `txid` over `participants`.
+    fn prepare_put(store: &ShardStore, t: &Arc<Table>, txid: u64, participants: &[u32], id: &str) {
+        let (plan, _) = store
+            .plan(&[put(t, id)], &mut Clock::default(), None)
+            .unwrap();
         store.prepare(txid, participants, &plan).unwrap();
     }
 

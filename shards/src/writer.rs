@@ -190,6 +190,8 @@ impl Writer<'_> {
     ) {
         // Writes and groups committed, reported at shutdown: their ratio is the group-commit factor.
         let (mut writes, mut groups) = (0u64, 0u64);
+        // Every group's number, stored groups or not (see `Feed::applied`).
+        let mut group = 0u64;
         let mut flushes = Vec::new();
         let mut queue: VecDeque<Command> = VecDeque::new();
         while let Ok(first) = rx.recv() {
@@ -209,7 +211,7 @@ impl Writer<'_> {
                 }
             }
             self.flush_ops(&mut g, watched);
-            let group = feed.applied.load(Ordering::Relaxed) + 1;
+            group += 1;
             feed.applied.store(group, Ordering::Release);
             if g.writes > 0 {
                 writes += g.writes;

@@ -1015,9 +1015,8 @@ impl ShardStore {
     }
 }
 
-/// Sets `@createdTime` (kept from the old record when there is one) and `@updatedTime`.
-/// `v` with the table's `@createdTime` and `@updatedTime` attributes set (copied first only if
-/// the table has either).
+/// `v` with the table's `@createdTime` (kept from the old record when there is one) and
+/// `@updatedTime` set; copied first only if the table has either.
 fn stamped<'v>(
     table: &Table,
     v: Cow<'v, Value>,
