@@ -44,9 +44,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const OUTBOX: usize = 64;
 
 /// Where the reader and the deliverer queue packets for the writer: encoded on the way in, so
-/// the queue holds compact frames (an idle connection keeps little memory).
+/// the queue holds compact frames (an idle connection keeps little memory). A frame is one
+/// packet, or several QoS 0 PUBLISH packets that were waiting together.
 struct Outbox {
-    tx: LocalSender<Frame>,
+    tx: LocalSender<Vec<u8>>,
     version: Version,
     /// The client's MQTT 5 maximum packet size: larger packets are not sent to it.
     max: usize,
@@ -56,31 +57,34 @@ impl Outbox {
     async fn send(&self, p: Packet) -> Result<(), ()> {
         let mut frame = Vec::with_capacity(64);
         mqtt::encode(&p, self.version, &mut frame);
-        self.send_frame(Frame::Own(frame)).await
-    }
-
-    /// Queues an encoded packet.
-    async fn send_frame(&self, frame: Frame) -> Result<(), ()> {
-        if frame.bytes().len() > self.max {
+        if frame.len() > self.max {
             return Ok(());
         }
         self.tx.send(frame).await.map_err(|_| ())
     }
+
+    /// Queues QoS 0 PUBLISH packets, each already checked against [`Outbox::max`].
+    async fn send_publishes(&self, frame: Vec<u8>) -> Result<(), ()> {
+        self.tx.send(frame).await.map_err(|_| ())
+    }
 }
 
-/// An encoded packet waiting in an outbox.
-enum Frame {
-    Own(Vec<u8>),
-    /// A change's QoS 0 PUBLISH, shared by every subscriber rather than copied for each.
-    Shared(Arc<[u8]>),
-}
+/// Most bytes of QoS 0 PUBLISH packets the deliverer gathers into one frame.
+const QOS0_BATCH: usize = 64 * 1024;
 
-impl Frame {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Frame::Own(f) => f,
-            Frame::Shared(f) => f,
-        }
+/// Appends the QoS 0 PUBLISH of `change` to `batch`, if it has a topic and fits the client's
+/// maximum packet size. The packet is encoded once per protocol version, by the first
+/// subscriber that needs it, and copied for the others.
+fn push_qos0(core: &Core, change: &realtime::Fanned, out: &Outbox, batch: &mut Vec<u8>) {
+    let slot = usize::from(out.version == Version::V5);
+    let frame = change.frames[slot].get_or_init(|| {
+        let p = publish_for(core, change, QoS::AtMostOnce, false, None)?;
+        let mut f = Vec::with_capacity(128);
+        mqtt::encode(&Packet::Publish(p), out.version, &mut f);
+        Some(f.into())
+    });
+    if let Some(f) = frame.as_deref().filter(|f| f.len() <= out.max) {
+        batch.extend_from_slice(f);
     }
 }
 
@@ -151,6 +155,8 @@ struct Session<'c> {
     filters: std::collections::HashMap<String, (u32, QoS)>,
     /// MQTT 5 topic aliases the client has set (alias -> topic).
     aliases: std::collections::HashMap<u16, String>,
+    /// Messages published on this connection that other cores may not have dispatched yet.
+    messages: realtime::InFlight,
 }
 
 async fn connection(core: Rc<Core>, stream: TcpStream) {
@@ -230,7 +236,7 @@ where
         }
         None => sessions::forget(&client_id),
     }
-    let (out_tx, out_rx) = local_channel::new_bounded::<Frame>(OUTBOX);
+    let (out_tx, out_rx) = local_channel::new_bounded::<Vec<u8>>(OUTBOX);
     let out_tx = Rc::new(Outbox {
         tx: out_tx,
         version,
@@ -260,12 +266,15 @@ where
     let writer = async move {
         let mut buf = Vec::new();
         while let Some(frame) = out_rx.recv().await {
+            // Let the other tasks this core has ready run first: deliveries of more changes
+            // join this write instead of each taking a send of its own.
+            futures_lite::future::yield_now().await;
             buf.clear();
-            buf.extend_from_slice(frame.bytes());
+            buf.extend_from_slice(&frame);
             // Write whatever else is queued with it.
             while buf.len() < 64 * 1024 {
                 match out_rx.recv().now_or_never() {
-                    Some(Some(f)) => buf.extend_from_slice(f.bytes()),
+                    Some(Some(f)) => buf.extend_from_slice(&f),
                     _ => break,
                 }
             }
@@ -294,6 +303,7 @@ where
         kept: kept.clone(),
         filters: std::collections::HashMap::new(),
         aliases: std::collections::HashMap::new(),
+        messages: realtime::InFlight::default(),
     };
     // A resumed session is subscribed again before anything is delivered: what it queued goes
     // first, then what was committed after its connection ended and never reached the queue.
@@ -337,17 +347,20 @@ where
                 let (change, qos) = d.clone();
                 let deliver = async {
                     if qos == QoS::AtMostOnce {
-                        // The same bytes for every QoS 0 subscriber: encoded once.
-                        let slot = usize::from(version == Version::V5);
-                        let frame = change.frames[slot].get_or_init(|| {
-                            let p = publish_for(core, &change, qos, false, None)?;
-                            let mut f = Vec::with_capacity(128);
-                            mqtt::encode(&Packet::Publish(p), version, &mut f);
-                            Some(f.into())
-                        });
-                        return match frame {
-                            Some(f) => out.send_frame(Frame::Shared(f.clone())).await,
-                            None => Ok(()),
+                        // This and the QoS 0 deliveries waiting behind it go to the writer as
+                        // one frame: one queue entry and one wake-up for all of them.
+                        let mut batch = Vec::new();
+                        push_qos0(core, &change, &out, &mut batch);
+                        while batch.len() < QOS0_BATCH && backlog.is_empty() {
+                            match inbox.recv().now_or_never().flatten() {
+                                Some((c, QoS::AtMostOnce)) => push_qos0(core, &c, &out, &mut batch),
+                                Some(other) => backlog.push_back((None, other)),
+                                None => break,
+                            }
+                        }
+                        return match batch.is_empty() {
+                            true => Ok(()),
+                            false => out.send_publishes(batch).await,
                         };
                     }
                     let (id, packet) = match again {
@@ -922,7 +935,7 @@ impl Session<'_> {
     }
 
     /// Carries out a publish (also a will). The error is an MQTT 5 reason code.
-    async fn apply_publish(&self, p: &Publish) -> Result<(), u8> {
+    async fn apply_publish(&mut self, p: &Publish) -> Result<(), u8> {
         if let Some(answered) = self.publish_to_resource(p).await {
             return answered;
         }
@@ -941,20 +954,21 @@ impl Session<'_> {
         let pk = id_value(table, id);
         let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
         if !p.retain {
-            let op = WriteOp {
-                table: table.clone(),
-                key,
-                kind: WriteKind::Message {
-                    payload: p.payload.clone(),
-                    // MQTT 5 message expiry.
-                    expires_at: p
-                        .properties
-                        .message_expiry_interval
-                        .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
-                },
-            };
-            return core.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
+            // MQTT 5 message expiry.
+            let expires_at = p
+                .properties
+                .message_expiry_interval
+                .map(|s| now_micros() / 1000 + u64::from(s) * 1000);
+            let (router, payload) = (&core.router, p.payload.clone());
+            let in_flight = &mut self.messages;
+            return realtime::publish_message(
+                router, table.id, key, payload, expires_at, in_flight,
+            )
+            .await
+            .map_err(|_| 0x80);
         }
+        // The write reaches subscribers after the messages published before it.
+        self.messages.settle().await;
         if p.payload.is_empty() {
             let op = WriteOp {
                 table: table.clone(),
@@ -973,7 +987,7 @@ impl Session<'_> {
     /// A publish to a wasm resource's topic goes to the resource: a message to its `publish`, a
     /// retained one to its `put` (an empty retained one to its `delete`). `None`: there is no
     /// resource, or it does not override that verb, and the table's own handling applies.
-    async fn publish_to_resource(&self, p: &Publish) -> Option<Result<(), u8>> {
+    async fn publish_to_resource(&mut self, p: &Publish) -> Option<Result<(), u8>> {
         let core = self.core;
         let (name, id) = p.topic.split_once('/')?;
         let res = core.shared.wasm.resource(name)?;
@@ -986,6 +1000,8 @@ impl Session<'_> {
         if res.falls_back(method) {
             return None;
         }
+        // What the resource writes reaches subscribers after the messages published before.
+        self.messages.settle().await;
         // As over REST: a resource extending a table is under the table's permissions; a
         // standalone one checks the user itself.
         if let Some(table) = &res.extends

@@ -2,18 +2,21 @@
 //!
 //! A subscription to one record lives on the core that owns the record's shard; a subscription to
 //! a whole table (or a wildcard inside it) lives on every core, for the shards each owns. Each
-//! shard's writer sends its committed changes to the owner core ([`follow`]), which finds the
-//! subscribers of each change and hands the changes to the subscribers' cores over the mesh,
-//! grouped per core. There, each connection has a bounded inbox; when it is full, changes are
-//! dropped for that connection and counted, so a slow subscriber never holds up its core or
-//! anyone else.
+//! shard's writer sends its committed changes to the owner core ([`follow`]; an MQTT message
+//! goes there directly, [`publish_message`]), which finds the subscribers of each change and
+//! hands the changes to the subscribers' cores over the mesh, grouped per core. There, each
+//! connection has a bounded inbox; when it is full, changes are dropped for that connection and
+//! counted, so a slow subscriber never holds up its core or anyone else.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 // foldhash rather than SipHash: a fan-out looks up an inbox for each subscriber of each change.
 use hashbrown::HashMap;
@@ -311,6 +314,13 @@ struct Registry {
 thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
     static NEXT_CONN: RefCell<u64> = const { RefCell::new(0) };
+    /// This core's router and the feeds of the shards it owns (see [`follow`]).
+    static FOLLOWING: RefCell<Option<Following>> = const { RefCell::new(None) };
+}
+
+struct Following {
+    router: Router,
+    feeds: HashMap<usize, UnboundedReceiver<Committed>>,
 }
 
 /// A new connection id, unique in the process (the core is in the top bits).
@@ -414,18 +424,137 @@ fn deliver(items: Vec<(u64, Delivery)>) {
 
 /// Follows the change feed of every shard this core owns, for as long as the process runs.
 pub fn follow(router: &Router) {
-    for shard in (0..router.shard_count()).filter(|s| router.owns(*s)) {
-        let Some(mut feed) = router.shard_set().take_feed(shard) else {
-            continue;
-        };
+    let set = router.shard_set();
+    let feeds: HashMap<usize, _> = (0..router.shard_count())
+        .filter(|s| router.owns(*s))
+        .filter_map(|s| Some((s, set.take_feed(s)?)))
+        .collect();
+    let shards: Vec<usize> = feeds.keys().copied().collect();
+    FOLLOWING.with(|f| {
+        *f.borrow_mut() = Some(Following {
+            router: router.clone(),
+            feeds,
+        })
+    });
+    for shard in shards {
         let router = router.clone();
         glommio::spawn_local(async move {
-            while let Some(committed) = feed.next().await {
+            // The feed stays in `FOLLOWING`, where a message also drains it (see `pump`).
+            let next = || {
+                futures::future::poll_fn(|cx| {
+                    FOLLOWING.with(|f| match f.borrow_mut().as_mut() {
+                        Some(f) => f
+                            .feeds
+                            .get_mut(&shard)
+                            .map_or(Poll::Ready(None), |feed| feed.poll_next_unpin(cx)),
+                        None => Poll::Ready(None),
+                    })
+                })
+            };
+            while let Some(committed) = next().await {
                 dispatch(&router, shard, committed);
             }
         })
         .detach();
     }
+}
+
+/// Dispatches the groups `shard`'s feed already holds.
+fn pump(router: &Router, shard: usize) {
+    loop {
+        let next = FOLLOWING.with(|f| {
+            let mut f = f.borrow_mut();
+            let feed = f.as_mut()?.feeds.get_mut(&shard)?;
+            feed.try_recv().ok()
+        });
+        match next {
+            Some(committed) => dispatch(router, shard, committed),
+            None => return,
+        }
+    }
+}
+
+/// The feed group a message is dispatched as: after every group, so that no subscription skips
+/// it (a subscription's starting read never sees a message).
+const MESSAGE_GROUP: u64 = u64::MAX;
+
+/// The messages a publisher has sent to other cores that may not be dispatched yet: for each
+/// core, the newest one's signal (a core dispatches what one core posts to it in order).
+#[derive(Default)]
+pub struct InFlight(Vec<Option<oneshot::Receiver<()>>>);
+
+impl InFlight {
+    /// Waits until every message sent so far is dispatched: a write made after that reaches its
+    /// subscribers after them.
+    pub async fn settle(&mut self) {
+        for dispatched in self.0.iter_mut().filter_map(Option::take) {
+            let _ = dispatched.await;
+        }
+    }
+}
+
+/// Sends a message (it stores nothing) to the subscribers of record `key` of `table`. It skips
+/// the shard's writer thread: the owner core of the record's shard dispatches it, after the
+/// groups the shard's feed already holds, so it never overtakes a write its publisher was
+/// answered for before publishing it. Returns once the owner core has it queued (a publisher's
+/// messages are dispatched in publishing order); `in_flight` then tells when it is dispatched,
+/// which the publisher's next write waits for.
+pub async fn publish_message(
+    router: &Router,
+    table: u32,
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    expires_at: Option<u64>,
+    in_flight: &mut InFlight,
+) -> Result<(), tessera_shards::ShardError> {
+    let shard = router.shard_of(&key);
+    let owner = router.owner(shard);
+    let (done, dispatched) = oneshot::channel();
+    let message = move |_: &ShardSet| {
+        FOLLOWING.with(|f| {
+            let router = f.borrow().as_ref().map(|f| f.router.clone());
+            let Some(router) = router else { return };
+            pump(&router, shard);
+            let change = Change {
+                table,
+                key,
+                event: Event::Message {
+                    payload,
+                    expires_at,
+                },
+                version: next_version(shard),
+            };
+            let changes = vec![change];
+            dispatch(
+                &router,
+                shard,
+                Committed {
+                    group: MESSAGE_GROUP,
+                    changes,
+                },
+            );
+        });
+        let _ = done.send(());
+    };
+    router.post(owner, message).await?;
+    if owner != router.core() {
+        if in_flight.0.len() <= owner {
+            in_flight.0.resize_with(owner + 1, || None);
+        }
+        in_flight.0[owner] = Some(dispatched);
+    }
+    Ok(())
+}
+
+/// A version for a change `shard`'s writer did not number: the time, after every change its
+/// audit log holds.
+fn next_version(shard: usize) -> u64 {
+    let last = REGISTRY.with(|r| {
+        let r = r.borrow();
+        let log = r.audit.get(&shard)?;
+        log.changes.back().map(|c| c.version)
+    });
+    now_micros().max(last.unwrap_or(0) + 1)
 }
 
 /// Finds each change's subscribers and sends the changes to their cores, grouped per core. A
@@ -468,7 +597,7 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
         } else {
             let router = router.clone();
             glommio::spawn_local(async move {
-                let _ = router.on_core(core, move |_| deliver(items)).await;
+                let _ = router.post(core, move |_| deliver(items)).await;
             })
             .detach();
         }

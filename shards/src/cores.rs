@@ -274,6 +274,24 @@ impl Router {
         }
     }
 
+    /// Runs `f` on core `core` (inline when it is this one) without waiting for it to run
+    /// there: returns once it is queued. What one core posts to another runs in posting order.
+    pub async fn post<F>(&self, core: usize, f: F) -> Result<(), ShardError>
+    where
+        F: FnOnce(&ShardSet) + Send + 'static,
+    {
+        match &self.mesh {
+            Some(mesh) if core != self.core => mesh
+                .send_to(core, Box::new(f))
+                .await
+                .map_err(|_| ShardError::Unavailable(core)),
+            _ => {
+                f(&self.shards);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether this core owns `shard`.
     pub fn owns(&self, shard: usize) -> bool {
         self.owner(shard) == self.core

@@ -365,6 +365,45 @@ fn a_write_answered_before_a_subscription_is_not_sent_to_it_again() {
 }
 
 #[test]
+fn a_publishers_writes_and_messages_reach_subscribers_in_publish_order() {
+    // Messages skip the shard's writer thread; each must still come after the write its
+    // publisher made just before it, on a record and on a wildcard subscription.
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut exact = client(&s, Version::V311, "exact");
+    assert_eq!(
+        exact.subscribe(&[("Sensor/order", QoS::AtMostOnce)]),
+        vec![0]
+    );
+    let mut wild = client(&s, Version::V5, "wild");
+    assert_eq!(wild.subscribe(&[("Sensor/+", QoS::AtMostOnce)]), vec![0]);
+    let mut publisher = client(&s, Version::V311, "publisher");
+    const ROUNDS: u64 = 1000;
+    for i in 0..ROUNDS {
+        let record = format!(r#"{{"temp":{i}}}"#);
+        publisher.publish("Sensor/order", record.as_bytes(), QoS::AtMostOnce, true);
+        let message = format!("message {i}");
+        publisher.publish("Sensor/order", message.as_bytes(), QoS::AtMostOnce, false);
+    }
+    for (name, c) in [("exact", &mut exact), ("wildcard", &mut wild)] {
+        for i in 0..ROUNDS {
+            let put = c.next_publish(WAIT).expect("the write");
+            assert!(
+                !put.payload.starts_with(b"message"),
+                "{name}: {} came before write {i}",
+                String::from_utf8_lossy(&put.payload)
+            );
+            assert_eq!(json_of(&put.payload)["temp"], json!(i), "{name}: write {i}");
+            let message = c.next_publish(WAIT).expect("the message");
+            assert_eq!(
+                String::from_utf8_lossy(&message.payload),
+                format!("message {i}"),
+                "{name}: the message after write {i}"
+            );
+        }
+    }
+}
+
+#[test]
 fn client_id_takeover_and_will_messages() {
     let (s, _a, _r) = Server::with_schema(SCHEMA);
     let (mut first, _) = connect_session(&s, Version::V5, "same", true, None);
