@@ -266,9 +266,6 @@ where
     let writer = async move {
         let mut buf = Vec::new();
         while let Some(frame) = out_rx.recv().await {
-            // Let the other tasks this core has ready run first: deliveries of more changes
-            // join this write instead of each taking a send of its own.
-            futures_lite::future::yield_now().await;
             buf.clear();
             buf.extend_from_slice(&frame);
             // Write whatever else is queued with it.
