@@ -60,11 +60,11 @@ impl Outbox {
         if frame.len() > self.max {
             return Ok(());
         }
-        self.tx.send(frame).await.map_err(|_| ())
+        self.queue(frame).await
     }
 
-    /// Queues QoS 0 PUBLISH packets, each already checked against [`Outbox::max`].
-    async fn send_publishes(&self, frame: Vec<u8>) -> Result<(), ()> {
+    /// Queues encoded packets, each already checked against [`Outbox::max`].
+    async fn queue(&self, frame: Vec<u8>) -> Result<(), ()> {
         self.tx.send(frame).await.map_err(|_| ())
     }
 }
@@ -264,11 +264,9 @@ where
     // The writer: the only one that writes to the transport. It ends when every sender of the
     // outbox is gone.
     let writer = async move {
-        let mut buf = Vec::new();
-        while let Some(frame) = out_rx.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&frame);
-            // Write whatever else is queued with it.
+        // The first frame is the buffer (a QoS 0 batch is sent without another copy); whatever
+        // else is queued is written with it.
+        while let Some(mut buf) = out_rx.recv().await {
             while buf.len() < 64 * 1024 {
                 match out_rx.recv().now_or_never() {
                     Some(Some(f)) => buf.extend_from_slice(&f),
@@ -277,9 +275,6 @@ where
             }
             if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
                 break;
-            }
-            if buf.capacity() > 64 * 1024 {
-                buf = Vec::new();
             }
         }
         let _ = wr.close().await;
@@ -357,7 +352,7 @@ where
                         }
                         return match batch.is_empty() {
                             true => Ok(()),
-                            false => out.send_publishes(batch).await,
+                            false => out.queue(batch).await,
                         };
                     }
                     let (id, packet) = match again {
@@ -951,18 +946,22 @@ impl Session<'_> {
         let pk = id_value(table, id);
         let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
         if !p.retain {
-            // MQTT 5 message expiry.
-            let expires_at = p
-                .properties
-                .message_expiry_interval
-                .map(|s| now_micros() / 1000 + u64::from(s) * 1000);
-            let (router, payload) = (&core.router, p.payload.clone());
-            let in_flight = &mut self.messages;
-            return realtime::publish_message(
-                router, table.id, key, payload, expires_at, in_flight,
-            )
-            .await
-            .map_err(|_| 0x80);
+            let message = Change {
+                table: table.id,
+                key,
+                event: Event::Message {
+                    payload: p.payload.clone(),
+                    // MQTT 5 message expiry.
+                    expires_at: p
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
+                },
+                version: 0, // numbered where it is dispatched
+            };
+            return realtime::publish_message(&core.router, message, &mut self.messages)
+                .await
+                .map_err(|_| 0x80);
         }
         // The write reaches subscribers after the messages published before it.
         self.messages.settle().await;

@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 use tessera_protocol::mqtt::QoS;
 use tessera_shards::{Committed, Router, ShardSet};
 use tessera_storage::record::RecordRef;
-use tessera_storage::shard::{Change, Event, now_micros, record_key};
+use tessera_storage::shard::{Change, Clock, Event, now_micros, record_key};
 use tessera_storage::{Table, key};
 
 use crate::query;
@@ -314,13 +314,8 @@ struct Registry {
 thread_local! {
     static REGISTRY: RefCell<Registry> = RefCell::new(Registry::default());
     static NEXT_CONN: RefCell<u64> = const { RefCell::new(0) };
-    /// This core's router and the feeds of the shards it owns (see [`follow`]).
-    static FOLLOWING: RefCell<Option<Following>> = const { RefCell::new(None) };
-}
-
-struct Following {
-    router: Router,
-    feeds: HashMap<usize, UnboundedReceiver<Committed>>,
+    /// The feeds of the shards this core owns (see [`follow`]).
+    static FEEDS: RefCell<HashMap<usize, UnboundedReceiver<Committed>>> = RefCell::default();
 }
 
 /// A new connection id, unique in the process (the core is in the top bits).
@@ -424,31 +419,17 @@ fn deliver(items: Vec<(u64, Delivery)>) {
 
 /// Follows the change feed of every shard this core owns, for as long as the process runs.
 pub fn follow(router: &Router) {
-    let set = router.shard_set();
-    let feeds: HashMap<usize, _> = (0..router.shard_count())
-        .filter(|s| router.owns(*s))
-        .filter_map(|s| Some((s, set.take_feed(s)?)))
-        .collect();
-    let shards: Vec<usize> = feeds.keys().copied().collect();
-    FOLLOWING.with(|f| {
-        *f.borrow_mut() = Some(Following {
-            router: router.clone(),
-            feeds,
-        })
-    });
-    for shard in shards {
+    for shard in (0..router.shard_count()).filter(|s| router.owns(*s)) {
+        let Some(feed) = router.shard_set().take_feed(shard) else {
+            continue;
+        };
+        FEEDS.with(|f| f.borrow_mut().insert(shard, feed));
         let router = router.clone();
         glommio::spawn_local(async move {
-            // The feed stays in `FOLLOWING`, where a message also drains it (see `pump`).
+            // The feed stays in `FEEDS`, where a message also drains it (see `pump`).
             let next = || {
                 futures::future::poll_fn(|cx| {
-                    FOLLOWING.with(|f| match f.borrow_mut().as_mut() {
-                        Some(f) => f
-                            .feeds
-                            .get_mut(&shard)
-                            .map_or(Poll::Ready(None), |feed| feed.poll_next_unpin(cx)),
-                        None => Poll::Ready(None),
-                    })
+                    with_feed(shard, |feed| feed.poll_next_unpin(cx)).unwrap_or(Poll::Ready(None))
                 })
             };
             while let Some(committed) = next().await {
@@ -459,18 +440,15 @@ pub fn follow(router: &Router) {
     }
 }
 
+/// Runs `f` on `shard`'s feed, if this core follows it.
+fn with_feed<T>(shard: usize, f: impl FnOnce(&mut UnboundedReceiver<Committed>) -> T) -> Option<T> {
+    FEEDS.with(|feeds| feeds.borrow_mut().get_mut(&shard).map(f))
+}
+
 /// Dispatches the groups `shard`'s feed already holds.
 fn pump(router: &Router, shard: usize) {
-    loop {
-        let next = FOLLOWING.with(|f| {
-            let mut f = f.borrow_mut();
-            let feed = f.as_mut()?.feeds.get_mut(&shard)?;
-            feed.try_recv().ok()
-        });
-        match next {
-            Some(committed) => dispatch(router, shard, committed),
-            None => return,
-        }
+    while let Some(committed) = with_feed(shard, |feed| feed.try_recv().ok()).flatten() {
+        dispatch(router, shard, committed);
     }
 }
 
@@ -491,70 +469,62 @@ impl InFlight {
             let _ = dispatched.await;
         }
     }
+
+    /// Notes the newest message sent to `core`.
+    fn sent(&mut self, core: usize, dispatched: oneshot::Receiver<()>) {
+        if self.0.len() <= core {
+            self.0.resize_with(core + 1, || None);
+        }
+        self.0[core] = Some(dispatched);
+    }
 }
 
-/// Sends a message (it stores nothing) to the subscribers of record `key` of `table`. It skips
-/// the shard's writer thread: the owner core of the record's shard dispatches it, after the
-/// groups the shard's feed already holds, so it never overtakes a write its publisher was
-/// answered for before publishing it. Returns once the owner core has it queued (a publisher's
-/// messages are dispatched in publishing order); `in_flight` then tells when it is dispatched,
-/// which the publisher's next write waits for.
+/// Sends `message` (a change of the `Event::Message` kind: it stores nothing) to the subscribers
+/// of its record. It skips the shard's writer thread: the owner core of the record's shard
+/// dispatches it, after the groups the shard's feed already holds, so it never overtakes a write
+/// its publisher was answered for before publishing it. Returns once the owner core has it
+/// queued (a publisher's messages are dispatched in publishing order); `in_flight` then tells
+/// when it is dispatched, which the publisher's next write waits for.
 pub async fn publish_message(
     router: &Router,
-    table: u32,
-    key: Vec<u8>,
-    payload: Vec<u8>,
-    expires_at: Option<u64>,
+    message: Change,
     in_flight: &mut InFlight,
 ) -> Result<(), tessera_shards::ShardError> {
-    let shard = router.shard_of(&key);
+    let shard = router.shard_of(&message.key);
     let owner = router.owner(shard);
-    let (done, dispatched) = oneshot::channel();
-    let message = move |_: &ShardSet| {
-        FOLLOWING.with(|f| {
-            let router = f.borrow().as_ref().map(|f| f.router.clone());
-            let Some(router) = router else { return };
-            pump(&router, shard);
-            let change = Change {
-                table,
-                key,
-                event: Event::Message {
-                    payload,
-                    expires_at,
-                },
-                version: next_version(shard),
-            };
-            let changes = vec![change];
-            dispatch(
-                &router,
-                shard,
-                Committed {
-                    group: MESSAGE_GROUP,
-                    changes,
-                },
-            );
-        });
-        let _ = done.send(());
-    };
-    router.post(owner, message).await?;
-    if owner != router.core() {
-        if in_flight.0.len() <= owner {
-            in_flight.0.resize_with(owner + 1, || None);
-        }
-        in_flight.0[owner] = Some(dispatched);
+    if owner == router.core() {
+        dispatch_message(router, shard, message);
+        return Ok(());
     }
+    let (done, dispatched) = oneshot::channel();
+    router
+        .post(owner, move |_| {
+            Router::with_local(|router| dispatch_message(router, shard, message));
+            let _ = done.send(());
+        })
+        .await?;
+    in_flight.sent(owner, dispatched);
     Ok(())
 }
 
-/// A version for a change `shard`'s writer did not number: the time, after every change its
-/// audit log holds.
-fn next_version(shard: usize) -> u64 {
+/// Dispatches a message on the owner core of its shard, after what the shard's feed holds,
+/// numbered after every change of the shard's audit log.
+fn dispatch_message(router: &Router, shard: usize, mut message: Change) {
+    pump(router, shard);
     let last = REGISTRY.with(|r| {
         let r = r.borrow();
-        let log = r.audit.get(&shard)?;
-        log.changes.back().map(|c| c.version)
+        r.audit.get(&shard)?.changes.back().map(|c| c.version)
     });
-    now_micros().max(last.unwrap_or(0) + 1)
+    message.version = Clock::after(last.unwrap_or(0)).tick();
+    let changes = vec![message];
+    dispatch(
+        router,
+        shard,
+        Committed {
+            group: MESSAGE_GROUP,
+            changes,
+        },
+    );
 }
 
 /// Finds each change's subscribers and sends the changes to their cores, grouped per core. A

@@ -298,7 +298,6 @@ impl Shared {
 
 impl Core {
     pub fn new(shared: Arc<Shared>, router: Router, auth: Authenticator) -> Core {
-        crate::wasm::bind_core(&router);
         Core {
             shared,
             router,

@@ -387,8 +387,6 @@ fn new_store(engine: &Engine, state: HostState, limits: Limits) -> Store<HostSta
 }
 
 thread_local! {
-    /// The executor's router, for host calls made by guests running on this core.
-    static ROUTER: RefCell<Option<Router>> = const { RefCell::new(None) };
     /// Kept instances of resources that opted into reuse, by module.
     static KEPT: RefCell<HashMap<usize, Vec<Kept>>> = RefCell::new(HashMap::new());
 }
@@ -397,11 +395,6 @@ thread_local! {
 struct Kept {
     store: Store<HostState>,
     handle: Func,
-}
-
-/// Makes `router` the one host calls on this thread use (called as each core starts).
-pub fn bind_core(router: &Router) {
-    ROUTER.with(|r| *r.borrow_mut() = Some(router.clone()));
 }
 
 /// Runs `f` with the core's router as a task on this core; the answer arrives over a `Send`
@@ -413,7 +406,7 @@ where
     Fut: Future<Output = T> + 'static,
 {
     let (tx, rx) = oneshot::channel();
-    if let Some(router) = ROUTER.with(|r| r.borrow().clone()) {
+    if let Some(router) = Router::with_local(Router::clone) {
         glommio::spawn_local(async move {
             let _ = tx.send(f(router).await);
         })
@@ -564,9 +557,9 @@ impl HostState {
     /// is none or it has expired.
     fn committed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, types::Error> {
         // Read in place, whichever core owns the key's shard.
-        let found = ROUTER.with(|r| r.borrow().as_ref().map(|router| router.get(key)));
-        let found = found.ok_or_else(|| error(503, "the core is shutting down"))?;
+        let found = Router::with_local(|router| router.get(key));
         found
+            .ok_or_else(|| error(503, "the core is shutting down"))?
             .map_err(RestError::from)
             .and_then(live_body)
             .map_err(types::Error::from)

@@ -136,6 +136,7 @@ where
                     shards,
                     mesh: senders,
                 };
+                LOCAL.with(|l| *l.borrow_mut() = Some(router.clone()));
                 init(CoreContext {
                     core,
                     cores: threads,
@@ -178,6 +179,8 @@ const WALK_SLICE: Duration = Duration::from_micros(500);
 thread_local! {
     /// This core's task queue for shard walks (see [`walk_queue`]).
     static WALK_QUEUE: std::cell::Cell<Option<TaskQueueHandle>> = const { std::cell::Cell::new(None) };
+    /// This executor's router (see [`Router::local`]).
+    static LOCAL: std::cell::RefCell<Option<Router>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The task queue shard walks run in: fewer shares than request handling, and a latency
@@ -253,25 +256,26 @@ impl Router {
         &self.shards
     }
 
+    /// Runs `f` with the router of the executor this runs on; `None` on any other thread.
+    pub fn with_local<T>(f: impl FnOnce(&Router) -> T) -> Option<T> {
+        LOCAL.with(|l| l.borrow().as_ref().map(f))
+    }
+
     /// Runs `f` on core `core` (inline when it is this one) and returns its result.
     pub async fn on_core<R, F>(&self, core: usize, f: F) -> Result<R, ShardError>
     where
         R: Send + 'static,
         F: FnOnce(&ShardSet) -> R + Send + 'static,
     {
-        match &self.mesh {
-            Some(mesh) if core != self.core => {
-                let (tx, rx) = oneshot::channel();
-                let job: Job = Box::new(move |set: &ShardSet| {
-                    let _ = tx.send(f(set));
-                });
-                mesh.send_to(core, job)
-                    .await
-                    .map_err(|_| ShardError::Unavailable(core))?;
-                rx.await.map_err(|_| ShardError::Unavailable(core))
-            }
-            _ => Ok(f(&self.shards)),
+        if self.mesh.is_none() || core == self.core {
+            return Ok(f(&self.shards));
         }
+        let (tx, rx) = oneshot::channel();
+        self.post(core, move |set| {
+            let _ = tx.send(f(set));
+        })
+        .await?;
+        rx.await.map_err(|_| ShardError::Unavailable(core))
     }
 
     /// Runs `f` on core `core` (inline when it is this one) without waiting for it to run
