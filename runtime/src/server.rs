@@ -22,6 +22,8 @@ use crate::{component, eviction, http, mqtt, realtime, sessions};
 
 /// Total block cache for all shards together.
 const CACHE_BUDGET: u64 = 64 << 20;
+/// Total cache of recently read records for all shards together (`ReadCache`).
+const READ_CACHE_BUDGET: u64 = 32 << 20;
 
 /// Reserves `addr` with an `SO_REUSEPORT` socket that is bound but never listens: it holds the
 /// port (and turns port 0 into a concrete one) until every executor has bound its own listener,
@@ -94,6 +96,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let shard_count = layout.shard_count();
     let opts = ShardOptions {
         cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
+        read_cache_bytes: (READ_CACHE_BUDGET / shard_count as u64).max(2 << 20),
         ..ShardOptions::default()
     };
     let opening = std::time::Instant::now();

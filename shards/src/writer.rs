@@ -72,7 +72,8 @@ pub(crate) enum Command {
     },
     /// Drops the commit marker of a transaction every participant has durably resolved.
     Forget(u64),
-    /// Persist everything queued before this and answer (used at shutdown).
+    /// Persist everything queued before this, write the memtables out as disk tables (so that
+    /// the next start has no journal to replay) and answer (used at shutdown).
     Flush(mpsc::Sender<StoreResult<()>>),
 }
 
@@ -252,7 +253,7 @@ impl Writer<'_> {
                 );
             }
             for done in flushes.drain(..) {
-                let persisted = self.store.persist(Durability::Durable).map_err(Arc::new);
+                let persisted = self.store.checkpoint().map_err(Arc::new);
                 if persisted.is_ok() {
                     for tx in self.unpersisted.drain(..) {
                         let _ = tx.send(());

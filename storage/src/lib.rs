@@ -10,6 +10,7 @@ pub mod computed;
 pub mod key;
 pub mod layout;
 pub mod query;
+pub mod read_cache;
 pub mod record;
 pub mod schema;
 pub mod shard;

@@ -25,6 +25,7 @@ use fjall::{
 use hashbrown::HashMap;
 
 use crate::key::{self, KeyError};
+use crate::read_cache::ReadCache;
 use crate::record::{self, RecordRef};
 use crate::schema::Table;
 use crate::value::{self, DecodeError, Value};
@@ -43,11 +44,14 @@ const AUDIT_MEMTABLE: u64 = 2 << 20;
 /// `data_block_hash_ratio_policy`; 0 builds none).
 const RECORDS_HASH_RATIO: f32 = 0.75;
 
-/// Size budget of one shard's fjall database.
+/// Size budget of one shard's store.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardOptions {
+    /// fjall's block cache.
     pub cache_bytes: u64,
     pub memtable_bytes: u64,
+    /// Recently read records ([`ReadCache`]).
+    pub read_cache_bytes: u64,
 }
 
 impl Default for ShardOptions {
@@ -55,6 +59,7 @@ impl Default for ShardOptions {
         ShardOptions {
             cache_bytes: 16 << 20,
             memtable_bytes: 8 << 20,
+            read_cache_bytes: 16 << 20,
         }
     }
 }
@@ -357,6 +362,8 @@ pub struct ShardStore {
     audit: Keyspace,
     /// The key of the next audit entry.
     audit_seq: AtomicU64,
+    /// Point reads of `records`; every batch that writes records takes its keys out.
+    cache: ReadCache,
 }
 
 /// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
@@ -583,6 +590,7 @@ impl ShardStore {
             markers,
             audit,
             audit_seq: AtomicU64::new(next_seq),
+            cache: ReadCache::new(opts.read_cache_bytes),
         })
     }
 
@@ -595,9 +603,18 @@ impl ShardStore {
         }
     }
 
-    /// The stored bytes of a record (header + MessagePack), expired or not.
+    /// The stored bytes of a record (header + MessagePack), expired or not: from the read
+    /// cache, else from fjall (and then cached).
     pub fn get(&self, key: &[u8]) -> Result<Option<Slice>, StoreError> {
-        Ok(self.records.get(key)?)
+        let miss = match self.cache.get(key) {
+            Ok(hit) => return Ok(Some(hit)),
+            Err(miss) => miss,
+        };
+        let stored = self.records.get(key)?;
+        if let Some(bytes) = &stored {
+            self.cache.fill(miss, key, bytes);
+        }
+        Ok(stored)
     }
 
     /// Records whose key starts with `prefix`, in key order.
@@ -650,6 +667,7 @@ impl ShardStore {
         let mut batch = self.db.batch();
         plan.add_to(&mut batch, self);
         batch.commit()?;
+        self.cache.written(plan.keys());
         Ok(outcomes)
     }
 
@@ -833,7 +851,11 @@ impl ShardStore {
             batch.insert(&self.markers, txid.to_be_bytes(), []);
         }
         batch.remove(&self.intents, txid.to_be_bytes());
-        Ok(batch.commit()?)
+        batch.commit()?;
+        if let Some(plan) = plan {
+            self.cache.written(plan.keys());
+        }
+        Ok(())
     }
 
     /// Whether this shard still holds its prepared part of `txid`.
@@ -973,6 +995,7 @@ impl ShardStore {
             batch.remove(&self.index, kv.key()?);
         }
         batch.commit()?;
+        self.cache.written_any();
         self.persist(Durability::Durable)?;
         Ok(n)
     }
@@ -1010,6 +1033,7 @@ impl ShardStore {
             }
         }
         batch.commit()?;
+        self.cache.written_any();
         self.persist(Durability::Durable)?;
         Ok(n)
     }
@@ -1239,6 +1263,70 @@ mod tests {
         assert_eq!(store.last_version().unwrap(), newer[0].version);
         // A clock that starts after it never goes back, whatever the system clock says.
         assert_eq!(Clock::after(u64::MAX - 1).tick(), u64::MAX);
+    }
+
+    #[test]
+    fn a_read_never_returns_a_record_older_than_the_last_answered_write() {
+        // Two threads read through the read cache while a third rewrites the same records;
+        // a read must see at least the round the writer had finished when the read began.
+        let (_d, store, t) = setup();
+        let store = Arc::new(store);
+        let keys: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..4)
+                .map(|i| record_key(t.id, &Value::String(format!("k{i}"))).unwrap())
+                .collect(),
+        );
+        let finished = Arc::new(AtomicU64::new(0));
+        const ROUNDS: i64 = 3000;
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, keys, finished) = (store.clone(), keys.clone(), finished.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    loop {
+                        let round = finished.load(Ordering::Acquire) as i64;
+                        for k in keys.iter() {
+                            let Some(bytes) = store.get(k).unwrap() else {
+                                continue;
+                            };
+                            let body = RecordRef::parse(&bytes).unwrap().body;
+                            let n = match value::from_msgpack(body).unwrap().get("n") {
+                                Some(Value::Int(n)) => *n,
+                                other => panic!("n is {other:?}"),
+                            };
+                            assert!(
+                                n >= round,
+                                "read round {n} after round {round} was answered"
+                            );
+                            reads += 1;
+                        }
+                        if round == ROUNDS {
+                            return reads;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut clock = Clock::default();
+        for round in 1..=ROUNDS {
+            let ops = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| WriteOp {
+                    table: t.clone(),
+                    key: k.clone(),
+                    kind: WriteKind::Put(obj(&[
+                        ("id", Value::String(format!("k{i}"))),
+                        ("n", Value::Int(round)),
+                    ])),
+                })
+                .collect();
+            store.apply(ops, &mut clock, None).unwrap();
+            finished.store(round as u64, Ordering::Release);
+        }
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
     }
 
     #[test]
