@@ -44,7 +44,7 @@ pub struct ReadCache {
 pub struct Miss(u64);
 
 impl ReadCache {
-    /// A cache of about `bytes` (0: none).
+    /// A cache of about `bytes`.
     pub fn new(bytes: u64) -> ReadCache {
         let items = (bytes / 256).max(1) as usize;
         ReadCache {
