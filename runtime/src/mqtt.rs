@@ -69,8 +69,9 @@ impl Outbox {
     }
 }
 
-/// Most bytes of QoS 0 PUBLISH packets the deliverer gathers into one frame.
-const QOS0_BATCH: usize = 64 * 1024;
+/// Most bytes gathered into one frame (the deliverer's QoS 0 PUBLISH packets) or one send (the
+/// writer's queued frames).
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// Appends the QoS 0 PUBLISH of `change` to `batch`, if it has a topic and fits the client's
 /// maximum packet size. The packet is encoded once per protocol version, by the first
@@ -267,7 +268,7 @@ where
         // The first frame is the buffer (a QoS 0 batch is sent without another copy); whatever
         // else is queued is written with it.
         while let Some(mut buf) = out_rx.recv().await {
-            while buf.len() < 64 * 1024 {
+            while buf.len() < BATCH_BYTES {
                 match out_rx.recv().now_or_never() {
                     Some(Some(f)) => buf.extend_from_slice(&f),
                     _ => break,
@@ -343,7 +344,7 @@ where
                         // one frame: one queue entry and one wake-up for all of them.
                         let mut batch = Vec::new();
                         push_qos0(core, &change, &out, &mut batch);
-                        while batch.len() < QOS0_BATCH && backlog.is_empty() {
+                        while batch.len() < BATCH_BYTES && backlog.is_empty() {
                             match inbox.recv().now_or_never().flatten() {
                                 Some((c, QoS::AtMostOnce)) => push_qos0(core, &c, &out, &mut batch),
                                 Some(other) => backlog.push_back((None, other)),

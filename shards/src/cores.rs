@@ -179,7 +179,7 @@ const WALK_SLICE: Duration = Duration::from_micros(500);
 thread_local! {
     /// This core's task queue for shard walks (see [`walk_queue`]).
     static WALK_QUEUE: std::cell::Cell<Option<TaskQueueHandle>> = const { std::cell::Cell::new(None) };
-    /// This executor's router (see [`Router::local`]).
+    /// This executor's router (see [`Router::with_local`]).
     static LOCAL: std::cell::RefCell<Option<Router>> = const { std::cell::RefCell::new(None) };
 }
 

@@ -11,7 +11,8 @@
 //! its index entries and its audit entry are never seen apart. The audit keyspace keeps only
 //! recent changes: FIFO compaction drops its oldest tables beyond [`AUDIT_BYTES`].
 //! [`ShardStore::persist`] makes committed groups durable; the caller (the shard's writer
-//! thread) decides when, which is what makes group commit possible.
+//! thread) decides when, which is what makes group commit possible. Point reads of records go
+//! through the shard's [`ReadCache`]; a commit that writes records takes their keys out of it.
 
 use std::borrow::Cow;
 use std::path::Path;
