@@ -42,6 +42,9 @@
 //! out of time. Reads see the request's own writes. Records cross the boundary as MessagePack,
 //! typed on this side through serde.
 
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+mod heap;
+
 use std::marker::PhantomData;
 
 use serde::Serialize;
@@ -52,7 +55,7 @@ use serde::de::DeserializeOwned;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "resource-module",
+        world: "guest",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "tessera_wasm_sdk::bindings",
@@ -1166,6 +1169,7 @@ pub trait Resource: Default + 'static {
 pub mod __private {
     use super::*;
     pub use bindings::exports::tessera::wasm::handler::Guest;
+    pub use bindings::exports::tessera::wasm::rewind::Guest as Rewind;
     use types::{Method, Outcome, Request, ResourceInfo};
 
     pub fn info<R: Resource>() -> ResourceInfo {
@@ -1265,6 +1269,14 @@ macro_rules! export {
                     index += 1;
                 )+
                 $crate::__private::unknown(index)
+            }
+        }
+
+        impl $crate::__private::Rewind for __TesseraModule {
+            // The host replaces this body with the instance's own rewind (see the WIT). Run
+            // as it is, it claims a memory too large to keep, so the instance is dropped.
+            fn rewind() -> u32 {
+                u32::MAX
             }
         }
 

@@ -4,7 +4,8 @@
 //! messages through publish, the rest the table's); `Transfer` is a standalone action writing
 //! several records in one transaction; `Echo` returns what the host told it; `Edit` puts,
 //! patches, sets and deletes, then reads and searches its own writes; `Pass` and `Fresh` are the
-//! benchmark's pass-through GET; `Hostile` misbehaves, in each way it can.
+//! benchmark's pass-through GET; `Hostile` misbehaves, in each way it can; `Residue` and
+//! `Keeper` look for what an earlier request left in their instance.
 
 use std::collections::BTreeMap;
 
@@ -342,4 +343,98 @@ impl Resource for Hostile {
     }
 }
 
-tessera_wasm_sdk::export!(Widgets, Transfer, Echo, Edit, Pass, Fresh, Hostile);
+/// `POST /Residue/` with `{"secret": ...}` keeps the secret in a static and on the heap, and
+/// grows memory by 2 MiB; `GET /Residue/<the secret reversed>` then reports what the instance
+/// still holds of it. A fresh instance per request (the default): it must hold nothing.
+#[derive(Default)]
+struct Residue;
+
+impl Resource for Residue {
+    const NAME: &'static str = "Residue";
+
+    fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+        recall(target)
+    }
+
+    fn post(&mut self, _cx: &Context, _target: &Target, data: Data) -> Result<Response> {
+        remember(data)
+    }
+}
+
+/// The same with its instance kept: it holds the secret (the control that shows the scan finds
+/// what is there).
+#[derive(Default)]
+struct Keeper;
+
+impl Resource for Keeper {
+    const NAME: &'static str = "Keeper";
+    const REUSE: bool = true;
+
+    fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+        recall(target)
+    }
+
+    fn post(&mut self, _cx: &Context, _target: &Target, data: Data) -> Result<Response> {
+        remember(data)
+    }
+}
+
+static SECRET: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn remember(data: Data) -> Result<Response> {
+    #[derive(Deserialize)]
+    struct Body {
+        secret: String,
+    }
+    let body: Body = data.parse()?;
+    *SECRET.lock().unwrap() = body.secret.clone();
+    std::hint::black_box(Box::leak(body.secret.into_boxed_str()));
+    drop(std::hint::black_box(vec![7u8; 2 << 20]));
+    Ok(Response::status(204))
+}
+
+/// What an instance holds of an earlier request's secret.
+#[derive(Serialize)]
+struct Recalled {
+    /// The secret in the static.
+    kept: String,
+    /// Copies of the secret anywhere in linear memory, besides the one this request made.
+    copies: usize,
+    /// The memory's size in 64 KiB pages: past its initial size only on a used instance.
+    pages: usize,
+}
+
+fn recall(target: &Target) -> Result<Response> {
+    let needle: Vec<u8> = target.id()?.bytes().rev().collect();
+    let end = memory_pages() * 65536;
+    let byte = |addr: usize| {
+        // SAFETY: every address below the memory's size is linear memory the guest may read;
+        // volatile, as the compiler may assume nothing of bytes the host or an earlier request
+        // wrote.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::ptr::read_volatile(std::ptr::with_exposed_provenance::<u8>(addr))
+        }
+    };
+    let copies = (1..end - needle.len())
+        .filter(|&at| at != needle.as_ptr() as usize)
+        .filter(|&at| needle.iter().enumerate().all(|(i, b)| byte(at + i) == *b))
+        .count();
+    Response::ok(&Recalled {
+        kept: SECRET.lock().unwrap().clone(),
+        copies,
+        pages: memory_pages(),
+    })
+}
+
+/// The linear memory's size in 64 KiB pages (none where this is not built for wasm).
+fn memory_pages() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    return core::arch::wasm32::memory_size(0);
+    #[cfg(not(target_arch = "wasm32"))]
+    return 0;
+}
+
+tessera_wasm_sdk::export!(
+    Widgets, Transfer, Echo, Edit, Pass, Fresh, Hostile, Residue, Keeper
+);

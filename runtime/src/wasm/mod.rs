@@ -47,6 +47,8 @@ use crate::query;
 use crate::related::Joins;
 use crate::rest::{Shared, id_value, set_primary_key};
 
+mod rewind;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wasm-sdk/wit",
@@ -65,6 +67,9 @@ use bindings::tessera::wasm::{context, tables};
 const TICK: Duration = Duration::from_millis(5);
 /// Instances that may exist at once in the whole process (the pooling allocator's size).
 const POOL_INSTANCES: u32 = 512;
+/// The memory (in 64 KiB pages) past which a used instance is dropped rather than rewound, so
+/// that one request's growth does not stay resident.
+const RESTING_PAGES: u32 = 64;
 /// Bytes of a released instance's memory (and table, and fiber stack) reset in place.
 const KEEP_RESIDENT: usize = 256 << 10;
 
@@ -92,6 +97,8 @@ struct Module {
     pre: ResourceModulePre<HostState>,
     /// Where the component exports `handler.handle`, whose type [`list_resources`] checked.
     handle: ComponentExportIndex,
+    /// Where it exports `rewind.rewind`, when the host instrumented it ([`rewind`]).
+    rewind: Option<ComponentExportIndex>,
 }
 
 /// The interface every resource module exports (the `resource-module` world's export).
@@ -102,6 +109,8 @@ type HandleParams<'a> = (&'a Request,);
 type HandleResults = (Result<Outcome, types::Error>,);
 /// `handler.handle` as the host calls it.
 type Handle<'a> = TypedFunc<HandleParams<'a>, HandleResults>;
+/// `rewind.rewind` as the host calls it: the memory's size in 64 KiB pages after.
+type Rewind = TypedFunc<(), (u32,)>;
 
 impl Module {
     /// The `handle` export of an instance of this module, without checking its type again:
@@ -113,6 +122,13 @@ impl Module {
         // `list_resources` checked (`get_typed_func`) that this export has exactly the type
         // `Handle` when the module was loaded; a component's export types do not change.
         unsafe { Handle::new_unchecked(func) }
+    }
+
+    /// The `rewind` export of an instance of this module (see [`Module::handle`]).
+    #[allow(unsafe_code)]
+    fn rewind(&self, func: Func) -> Rewind {
+        // SAFETY: as for `handle`: `list_resources` checked this export's type.
+        unsafe { Rewind::new_unchecked(func) }
     }
 }
 
@@ -180,7 +196,7 @@ pub fn load(
     context::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
     let mut resources = HashMap::new();
     for file in files {
-        let component = compile(&engine, file, cache)?;
+        let (component, rewindable) = compile(&engine, file, cache)?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(ResourceModulePre::new)
@@ -195,7 +211,12 @@ pub fn load(
             .get_export_index(None, HANDLER)
             .and_then(|i| component.get_export_index(Some(&i), "handle"))
             .with_context(|| format!("{}: exports no {HANDLER}.handle", file.display()))?;
-        let infos = futures::executor::block_on(list_resources(&engine, &pre, &handle, limits))
+        let rewind = component
+            .get_export_index(None, rewind::INTERFACE)
+            .and_then(|i| component.get_export_index(Some(&i), "rewind"))
+            .filter(|_| rewindable);
+        let infos = list_resources(&engine, &pre, &handle, rewind.as_ref(), limits);
+        let infos = futures::executor::block_on(infos)
             .with_context(|| format!("{}: listing its resources", file.display()))?;
         if infos.is_empty() {
             bail!("{}: exports no resource", file.display());
@@ -204,6 +225,7 @@ pub fn load(
             file: file.clone(),
             pre,
             handle,
+            rewind,
         });
         for (index, info) in infos.into_iter().enumerate() {
             let extends = match &info.extends {
@@ -261,6 +283,8 @@ fn engine(limits: Limits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
+    // The dirty map of an instrumented module is its second memory ([`rewind`]).
+    config.wasm_multi_memory(true);
     // Data segments are copied in (a few KiB for a Rust guest) rather than mapped copy-on-write:
     // with the first pages kept resident, a fresh instance then takes no page faults at all.
     config.memory_init_cow(false);
@@ -276,7 +300,8 @@ fn engine(limits: Limits) -> anyhow::Result<Engine> {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(POOL_INSTANCES)
-        .total_memories(POOL_INSTANCES)
+        .total_memories(2 * POOL_INSTANCES)
+        .max_memories_per_module(2)
         .total_tables(POOL_INSTANCES)
         .total_stacks(POOL_INSTANCES)
         .max_memory_size(limits.memory)
@@ -293,25 +318,45 @@ fn engine(limits: Limits) -> anyhow::Result<Engine> {
 }
 
 /// The compiled component of `file`, from the cache when the same bytes were compiled by a
-/// compatible engine before.
-fn compile(engine: &Engine, file: &Path, cache: &Path) -> anyhow::Result<Component> {
+/// compatible engine before, and whether its instances can be rewound ([`rewind`]).
+fn compile(engine: &Engine, file: &Path, cache: &Path) -> anyhow::Result<(Component, bool)> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let mut compat = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut compat);
     let key = format!(
-        "{:016x}-{:016x}.cwasm",
+        "{:016x}-{:016x}",
         xxhash_rust::xxh3::xxh3_64(&bytes),
         compat.finish()
     );
-    let cached = cache.join(key);
-    if cached.is_file()
-        && let Ok(c) = deserialize(engine, &cached)
-    {
-        return Ok(c);
+    // The same bytes are always instrumented, or always not: the name says which.
+    let name = |rewound: bool| {
+        let how = if rewound { "rewound" } else { "fresh" };
+        cache.join(format!("{key}-{how}{}.cwasm", rewind::VERSION))
+    };
+    for rewound in [true, false] {
+        if name(rewound).is_file()
+            && let Ok(c) = deserialize(engine, &name(rewound))
+        {
+            return Ok((c, rewound));
+        }
     }
+    let mut rewound = false;
     let component = if is_core_module(&bytes) {
+        let module = match rewind::instrument(&bytes) {
+            Ok(module) => {
+                rewound = true;
+                module
+            }
+            Err(why) => {
+                eprintln!(
+                    "wasm: {}: a fresh instance for every request, as it cannot be rewound: {why:#}",
+                    file.display()
+                );
+                bytes
+            }
+        };
         wit_component::ComponentEncoder::default()
-            .module(&bytes)
+            .module(&module)
             .and_then(|e| e.validate(true).encode())
             .with_context(|| {
                 format!(
@@ -327,9 +372,10 @@ fn compile(engine: &Engine, file: &Path, cache: &Path) -> anyhow::Result<Compone
         .map_err(anyhow::Error::from)
         .with_context(|| format!("{}: not a valid WebAssembly component", file.display()))?;
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let cached = name(rewound);
     let tmp = cached.with_extension("tmp");
     std::fs::write(&tmp, &compiled).and_then(|_| std::fs::rename(&tmp, &cached))?;
-    deserialize(engine, &cached)
+    Ok((deserialize(engine, &cached)?, rewound))
 }
 
 /// Loads a compiled artifact this process's engine wrote.
@@ -347,16 +393,20 @@ fn is_core_module(bytes: &[u8]) -> bool {
 }
 
 /// The resources a module exports, after checking that its `handle` export (at `handle`) has
-/// the type [`Handle`] (see [`Module::handle`]).
+/// the type [`Handle`], and its `rewind` export the type [`Rewind`] (see [`Module::handle`]).
 async fn list_resources(
     engine: &Engine,
     pre: &ResourceModulePre<HostState>,
     handle: &ComponentExportIndex,
+    rewind: Option<&ComponentExportIndex>,
     limits: Limits,
 ) -> anyhow::Result<Vec<types::ResourceInfo>> {
     let mut store = new_store(engine, HostState::new(None, None, Vec::new()), limits);
     let instance = pre.instance_pre().instantiate_async(&mut store).await?;
     instance.get_typed_func::<HandleParams, HandleResults>(&mut store, handle)?;
+    if let Some(rewind) = rewind {
+        instance.get_typed_func::<(), (u32,)>(&mut store, rewind)?;
+    }
     let module = bindings::ResourceModule::new(&mut store, &instance)?;
     Ok(module
         .tessera_wasm_handler()
@@ -387,14 +437,17 @@ fn new_store(engine: &Engine, state: HostState, limits: Limits) -> Store<HostSta
 }
 
 thread_local! {
-    /// Kept instances of resources that opted into reuse, by module.
-    static KEPT: RefCell<HashMap<usize, Vec<Kept>>> = RefCell::new(HashMap::new());
+    /// Instances waiting on this core for their next request, by module and by whether they
+    /// were kept as they are (resources that opted into reuse) or rewound (the others).
+    static RESTING: RefCell<HashMap<(usize, bool), Vec<Resting>>> = RefCell::new(HashMap::new());
 }
 
 /// An instance kept for the next request.
-struct Kept {
+struct Resting {
     store: Store<HostState>,
     handle: Func,
+    /// Its `rewind` export, for instances a request does not keep as they are.
+    rewind: Option<Func>,
 }
 
 /// Runs `f` with the core's router as a task on this core; the answer arrives over a `Send`
@@ -919,56 +972,71 @@ pub async fn call(
         data: call.data,
     };
     let state = HostState::new(Some(shared.clone()), call.user, call.head);
-    let module_key = Arc::as_ptr(&resource.module) as usize;
-    let kept = if resource.reuse {
-        KEPT.with(|k| k.borrow_mut().get_mut(&module_key).and_then(Vec::pop))
+    let module = &resource.module;
+    let rewinds = !resource.reuse && module.rewind.is_some();
+    let pool = (Arc::as_ptr(module) as usize, resource.reuse);
+    let resting = if resource.reuse || rewinds {
+        RESTING.with(|r| r.borrow_mut().get_mut(&pool).and_then(Vec::pop))
     } else {
         None
     };
-    let (mut store, handle) = match kept {
-        Some(mut k) => {
-            let limits = std::mem::take(&mut k.store.data_mut().limits);
-            *k.store.data_mut() = state;
-            k.store.data_mut().limits = limits;
-            k.store.set_epoch_deadline(1);
-            (k.store, k.handle)
+    let (mut store, handle, rewind) = match resting {
+        Some(mut r) => {
+            let limits = std::mem::take(&mut r.store.data_mut().limits);
+            *r.store.data_mut() = state;
+            r.store.data_mut().limits = limits;
+            r.store.set_epoch_deadline(1);
+            (r.store, r.handle, r.rewind)
         }
         None => {
             let mut store = new_store(&shared.wasm.engine, state, shared.wasm.limits);
-            let instance = resource
-                .module
+            let instance = module
                 .pre
                 .instance_pre()
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| trapped(resource, &e))?;
             let handle = instance
-                .get_func(&mut store, &resource.module.handle)
+                .get_func(&mut store, module.handle)
                 .expect("checked when the module was loaded");
-            (store, handle)
+            let rewind = match &module.rewind {
+                Some(export) if rewinds => instance.get_func(&mut store, export),
+                _ => None,
+            };
+            (store, handle, rewind)
         }
     };
-    let (result,) = resource
-        .module
+    let (result,) = module
         .handle(handle)
         .call_async(&mut store, (&req,))
         .await
         .map_err(|e| trapped(resource, &e))?;
-    let outcome = match result {
-        Ok(o) => o,
-        Err(e) => {
-            return Err(RestError::Resource(e.status, e.message));
-        }
-    };
     let txn = std::mem::take(&mut store.data_mut().txn);
-    if resource.reuse {
-        KEPT.with(|k| {
-            k.borrow_mut()
-                .entry(module_key)
-                .or_default()
-                .push(Kept { store, handle })
+    // The instance waits for the next request: as it is, or rewound to its fresh state. One
+    // whose memory grew past `RESTING_PAGES` is dropped instead: a fresh one replaces it.
+    let rested = match rewind {
+        None => resource.reuse,
+        Some(f) => match module.rewind(f).call_async(&mut store, ()).await {
+            Ok((pages,)) => pages <= RESTING_PAGES,
+            Err(e) => {
+                eprintln!(
+                    "wasm resource {}: rewind failed: {e:#}",
+                    resource.describe()
+                );
+                false
+            }
+        },
+    };
+    if rested {
+        RESTING.with(|r| {
+            r.borrow_mut().entry(pool).or_default().push(Resting {
+                store,
+                handle,
+                rewind,
+            })
         });
     }
+    let outcome = result.map_err(|e| RestError::Resource(e.status, e.message))?;
     match outcome {
         Outcome::Fallback => {
             resource.fallback[req.method as usize].store(true, Ordering::Relaxed);
