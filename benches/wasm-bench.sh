@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # GET through a pass-through wasm resource against the same native table GET, in one run on one
 # server: `GET /Plain/<id>` (the table's own handler), `GET /Pass/<id>` (a Rust resource compiled
-# to wasm that reads the record through the host and returns it; its instance is kept between
-# requests) and `GET /Fresh/<id>` (the same resource with a fresh instance per request, the
-# default). Rounds are interleaved; prints req/s, p99 and server CPU per request for each, and the
-# medians' ratios to native.
+# to wasm that reads the record through the host and hands it on as stored; its instance is kept
+# between requests), `GET /Fresh/<id>` (the same resource with the default isolation: each
+# request on an instance in its just-instantiated state) and `GET /Typed/<id>` (like Fresh, but
+# decoding the record into a Value and encoding it again). Rounds are interleaved; prints req/s,
+# p99 and server CPU per request for each, and the medians' ratios to native.
 #
 # Usage: benches/wasm-bench.sh [WORKDIR]
 # Environment: SHARED [../shared]  N [10000] records, REPEATS [3], WRK_DURATION [10s], CONNECTIONS [16],
-# PATHS ["Plain Pass Fresh"], TESSERA_BIN [the release build] (another binary, for an A/B)
+# PATHS ["Plain Pass Fresh Typed"], TESSERA_BIN [the release build] (another binary, for an A/B)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -55,14 +56,14 @@ print(json.dumps({"operation": "upsert", "table": "Plain", "records": [
     for i in range(1, n + 1)]}))
 PY
 curl -s -o /dev/null -u admin:password -H 'Content-Type: application/json' --data-binary @"$WORK/load.json" "http://127.0.0.1:$OPS/"
-for path in Plain Pass Fresh; do
+for path in Plain Pass Fresh Typed; do
   [[ $(curl -s -u admin:password "http://127.0.0.1:$PORT/$path/7") == *'"Dog-7"'* ]] || { echo "$path/7 is wrong"; exit 1; }
 done
 export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)" BENCH_MAX_ID=$N
 cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 : > "$WORK/results.txt"
 for round in $(seq "$REPEATS"); do
-  for path in ${PATHS:-Plain Pass Fresh}; do
+  for path in ${PATHS:-Plain Pass Fresh Typed}; do
     before=$(cpu)
     line=$(BENCH_TABLE=$path BENCH_LABEL=$path wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" --latency \
       -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$PORT" | grep WRK_JSON)

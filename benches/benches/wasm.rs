@@ -1,7 +1,9 @@
 //! What a wasm resource costs before it does anything: instantiating the test guests' module
-//! from its pre-linked component (the pooling allocator, as the server configures it) and one
-//! call of its `handle` export (a request crossing the boundary both ways, answered by the guest
-//! without host calls). The module is `tests/guests` built for `wasm32-unknown-unknown`:
+//! from its pre-linked component (the pooling allocator, as the server configures it), one call
+//! of its `handle` export (a request crossing the boundary both ways, answered by the guest
+//! without host calls), and the server's default: a call, then the rewind that returns the
+//! instance to its fresh state for the next request. The module is `tests/guests` built for
+//! `wasm32-unknown-unknown`, instrumented as the server instruments it:
 //!
 //! ```sh
 //! cargo build --release --target wasm32-unknown-unknown -p tessera-test-guests
@@ -23,6 +25,11 @@ wasmtime::component::bindgen!({
 
 use tessera::wasm::types::{Method, Request, Target};
 
+/// The server's instrumentation, measured as it is (its unit tests are not built here).
+#[allow(dead_code, unused_imports)]
+#[path = "../../runtime/src/wasm/rewind.rs"]
+mod rewind;
+
 fn module() -> Vec<u8> {
     let path = std::env::var("GUEST_WASM")
         .map(PathBuf::from)
@@ -36,6 +43,7 @@ fn module() -> Vec<u8> {
             path.display()
         )
     });
+    let bytes = rewind::instrument(&bytes).expect("a module the rewind follows");
     wit_component::ComponentEncoder::default()
         .module(&bytes)
         .and_then(|e| e.validate(true).encode())
@@ -45,14 +53,16 @@ fn module() -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    // The settings of `engine()` in runtime/src/wasm.rs, which is what these figures are for.
+    // The settings of `engine()` in runtime/src/wasm/mod.rs, which is what these figures are for.
+    config.wasm_multi_memory(true);
     config.memory_init_cow(false);
     config.signals_based_traps(false);
     config.memory_guard_size(0);
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(512)
         .total_core_instances(512)
-        .total_memories(512)
+        .total_memories(1024)
+        .max_memories_per_module(2)
         .total_tables(512)
         .total_stacks(512)
         .max_memory_size(64 << 20)
@@ -109,6 +119,33 @@ fn bench(c: &mut Criterion) {
                 .call_handle(&mut store, &request)
                 .expect("call");
             assert!(out.is_err(), "the guest answers 400");
+        })
+    });
+    let rewind = {
+        let i = component
+            .get_export_index(None, rewind::INTERFACE)
+            .expect("the rewind interface");
+        component
+            .get_export_index(Some(&i), "rewind")
+            .expect("rewind")
+    };
+    let mut store = Store::new(&engine, ());
+    let instance = pre
+        .instance_pre()
+        .instantiate(&mut store)
+        .expect("instantiate");
+    let used = ResourceModule::new(&mut store, &instance).expect("bindings");
+    let rewind = instance
+        .get_typed_func::<(), (u32,)>(&mut store, rewind)
+        .expect("rewind: func() -> u32");
+    c.bench_function("call handle + rewind (the default)", |b| {
+        b.iter(|| {
+            let out = used
+                .tessera_wasm_handler()
+                .call_handle(&mut store, &request)
+                .expect("call");
+            assert!(out.is_err(), "the guest answers 400");
+            rewind.call(&mut store, ()).expect("rewind")
         })
     });
     c.bench_function("instantiate + call handle", |b| {

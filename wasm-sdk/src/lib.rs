@@ -41,6 +41,11 @@
 //! (atomically, even across shards) and is dropped when it returns `Err`, panics, traps or runs
 //! out of time. Reads see the request's own writes. Records cross the boundary as MessagePack,
 //! typed on this side through serde.
+//!
+//! The crate's feature `allocator` (on by default) makes dlmalloc, given the memory the instance
+//! already has before any it grows, the global allocator: an instance the host rewinds after
+//! each request then reuses its pages rather than growing its memory on every request. Turn it
+//! off (`default-features = false`) to use an allocator of your own.
 
 #[cfg(all(target_arch = "wasm32", feature = "allocator"))]
 mod heap;
@@ -432,6 +437,21 @@ impl Response {
         Ok(r)
     }
 
+    /// A response with this status whose data is MessagePack already (a record from
+    /// [`Table::get_data`], say): handed on without decoding or encoding it, and serialised in
+    /// the format the client asked for.
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::{Data, Response};
+    /// let r = Response::with_raw(200, Data::from_value(&"as stored").unwrap());
+    /// assert_eq!(r.status, 200);
+    /// ```
+    pub fn with_raw(status: u16, data: Data) -> Response {
+        let mut r = Response::status(status);
+        r.data = Some(data.0);
+        r
+    }
+
     /// A 200 whose body is sent as it is, with this content type.
     ///
     /// ```
@@ -509,6 +529,23 @@ impl Table {
             Some(bytes) => Ok(Some(rmp_serde::from_slice(bytes.as_slice())?)),
             None => Ok(None),
         }
+    }
+
+    /// The record with this id as the table stores it (MessagePack), not decoded: for a
+    /// resource that hands records on unchanged ([`Response::with_raw`]), or decodes them only
+    /// sometimes ([`Data::parse`]).
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<tessera_wasm_sdk::Response> {
+    /// use tessera_wasm_sdk::{Error, Response};
+    /// match cx.table("Dog").get_data(1)? {
+    ///     Some(dog) => Ok(Response::with_raw(200, dog)),
+    ///     None => Err(Error::not_found("no such dog")),
+    /// }
+    /// # }
+    /// ```
+    pub fn get_data(&self, id: impl Into<Id>) -> Result<Option<Data>> {
+        Ok(tables::get(&self.name, &id.into().bytes())?.map(Data))
     }
 
     /// Creates or replaces the record (validated against the table's schema).
@@ -998,8 +1035,9 @@ impl Context {
 /// A custom resource (the seed's Resource API). Override only the verbs you change; the others
 /// do the extended table's own behaviour (or answer 405 for a standalone resource).
 ///
-/// A fresh value (`Default`) serves each request, in a fresh wasm instance unless
-/// [`Resource::REUSE`] is set.
+/// A fresh value (`Default`) serves each request, on an instance in its just-instantiated state
+/// unless [`Resource::REUSE`] is set: a fresh one, or one the host used before and rewound, every
+/// byte of its memory and every global back to what a fresh instance has (the WIT's `rewind`).
 ///
 /// ```
 /// use tessera_wasm_sdk::{Context, Data, Error, Resource, Response, Result, Target};
@@ -1024,8 +1062,8 @@ pub trait Resource: Default + 'static {
     const NAME: &'static str;
     /// The table it extends (replacing that table's `@export` when `NAME` is its export name).
     const EXTENDS: Option<&'static str> = None;
-    /// Whether one instance may serve many requests (only for resources that keep no state
-    /// between requests: a trap or an error still discards the instance).
+    /// Whether one instance may serve many requests as it is, keeping what earlier requests left
+    /// in its memory (a trap still discards the instance). Rarely faster than the default.
     const REUSE: bool = false;
 
     /// `GET /NAME/id`.

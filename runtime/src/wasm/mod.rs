@@ -1028,6 +1028,11 @@ pub async fn call(
         },
     };
     if rested {
+        // Nothing of this request stays with the resting instance on the host's side either.
+        let state = store.data_mut();
+        state.shared = None;
+        state.user = None;
+        state.head = Vec::new();
         RESTING.with(|r| {
             r.borrow_mut().entry(pool).or_default().push(Resting {
                 store,

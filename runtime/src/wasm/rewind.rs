@@ -61,6 +61,9 @@ const MAP_LAST: i64 = (1 << 20) - 1;
 /// The linear memory the guest's code uses, and the dirty map the instrumentation adds.
 const GUEST_MEMORY: u32 = 0;
 const MAP_MEMORY: u32 = 1;
+/// The most of a module's initial memory image the instrumented module keeps (a copy of the data
+/// segments and the gaps between them).
+const MAX_IMAGE: u32 = 16 << 20;
 /// Bytes marked after a call to an imported function, from its last argument: the canonical
 /// ABI's return area of Tessera's imports is at most 16 bytes.
 const RETURN_AREA: i32 = 64;
@@ -82,7 +85,6 @@ struct Facts<'a> {
     rewind: Option<u32>,
     /// Exported allocators the canonical ABI calls (`cabi_realloc`), by export name.
     reallocs: HashMap<&'a str, u32>,
-    has_data_count: bool,
 }
 
 /// The module rewritten so that its instances can be rewound, or why it cannot be.
@@ -168,7 +170,6 @@ impl<'a> Facts<'a> {
                         }
                     }
                 }
-                Payload::DataCountSection { .. } => f.has_data_count = true,
                 Payload::DataSection(s) => {
                     for d in s {
                         let d = d?;
@@ -184,7 +185,11 @@ impl<'a> Facts<'a> {
                         let Ok(Operator::I32Const { value }) = ops.read() else {
                             bail!("has data at an offset that is not a constant");
                         };
-                        f.data.push((value as u32, d.data));
+                        let offset = value as u32;
+                        if u64::from(offset) + d.data.len() as u64 > u64::from(u32::MAX) {
+                            bail!("has data past 4 GiB");
+                        }
+                        f.data.push((offset, d.data));
                     }
                 }
                 _ => {}
@@ -192,6 +197,16 @@ impl<'a> Facts<'a> {
         }
         if memories != 1 {
             bail!("defines {memories} memories, not one");
+        }
+        let span = f
+            .data
+            .iter()
+            .map(|(o, d)| o + d.len() as u32)
+            .max()
+            .unwrap_or(0)
+            - f.data.iter().map(|(o, _)| *o).min().unwrap_or(0);
+        if span > MAX_IMAGE {
+            bail!("has data spread over {span} bytes, more than the {MAX_IMAGE} kept to rewind");
         }
         for (name, index) in exports {
             let ty = f.func_type(index);
@@ -249,7 +264,8 @@ struct Rewriter<'f, 'a> {
     mark: u32,
     wrappers: Vec<(u32, u32)>,
     mark_type: u32,
-    /// The passive segment holding the initial image.
+    /// The initial memory image (where it starts, its bytes) and the passive segment holding it.
+    image: (u32, Vec<u8>),
     image_segment: u32,
 }
 
@@ -286,6 +302,7 @@ impl<'f, 'a> Rewriter<'f, 'a> {
             mark,
             wrappers,
             mark_type: facts.types.len() as u32,
+            image: facts.image(),
             image_segment: facts.segments,
         }
     }
@@ -392,7 +409,7 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                 Payload::DataSection(s) => {
                     let mut data = DataSection::new();
                     re.parse_data_section(&mut data, s)?;
-                    data.passive(self.facts.image().1);
+                    data.passive(self.image.1.iter().copied());
                     module.section(&data);
                     data_written = true;
                 }
@@ -564,7 +581,7 @@ impl<'f, 'a> Rewriter<'f, 'a> {
     /// The replacement body of the exported `rewind`: globals, then every marked page.
     fn rewind_body(&self) -> Function {
         use Instruction as I;
-        let (start, image) = self.facts.image();
+        let (start, image) = (self.image.0, &self.image.1);
         let end = start + image.len() as u32;
         let (i, n, p, len) = (0, 1, 2, 3);
         let mut f = Function::new([(4, ValType::I32)]);
@@ -851,6 +868,34 @@ mod tests {
                 .collect();
             assert!(wrong.is_empty(), "bytes not rewound at {wrong:?}");
         }
+    }
+
+    #[test]
+    fn the_marked_return_area_covers_the_results_of_every_import() {
+        let wit = concat!(env!("CARGO_MANIFEST_DIR"), "/../wasm-sdk/wit");
+        let mut resolve = wit_parser::Resolve::default();
+        resolve.push_dir(wit).unwrap();
+        let mut sizes = wit_parser::SizeAlign::default();
+        sizes.fill(&resolve);
+        let (_, world) = resolve
+            .worlds
+            .iter()
+            .find(|(_, w)| w.name == "resource-module")
+            .unwrap();
+        let mut results = 0;
+        for item in world.imports.values() {
+            let wit_parser::WorldItem::Interface { id, .. } = item else {
+                continue;
+            };
+            for f in resolve.interfaces[*id].functions.values() {
+                if let Some(ty) = &f.result {
+                    let size = sizes.size(ty).size_wasm32();
+                    assert!(size <= RETURN_AREA as usize, "{}: {size} bytes", f.name);
+                    results += 1;
+                }
+            }
+        }
+        assert!(results >= 9, "{results} imports with results");
     }
 
     #[test]

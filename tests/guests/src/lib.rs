@@ -3,8 +3,8 @@
 //! `Widget` extends the `Widget` table (validation on put, a computed field on get, MQTT
 //! messages through publish, the rest the table's); `Transfer` is a standalone action writing
 //! several records in one transaction; `Echo` returns what the host told it; `Edit` puts,
-//! patches, sets and deletes, then reads and searches its own writes; `Pass` and `Fresh` are the
-//! benchmark's pass-through GET; `Hostile` misbehaves, in each way it can; `Residue` and
+//! patches, sets and deletes, then reads and searches its own writes; `Pass`, `Fresh` and
+//! `Typed` are the benchmark's pass-through GETs; `Hostile` misbehaves, in each way it can; `Residue` and
 //! `Keeper` look for what an earlier request left in their instance.
 
 use std::collections::BTreeMap;
@@ -239,9 +239,26 @@ impl Resource for Fresh {
     }
 }
 
+/// `GET /Typed/id`: the `Plain` record decoded into a [`Value`] and encoded again (a fresh
+/// instance per request): what a resource that looks at the record before returning it pays.
+#[derive(Default)]
+struct Typed;
+
+impl Resource for Typed {
+    const NAME: &'static str = "Typed";
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        match cx.table("Plain").get::<Value>(target.id()?)? {
+            Some(w) => Response::ok(&w),
+            None => Err(Error::not_found("no such record")),
+        }
+    }
+}
+
+/// The record handed on as the table stores it: no decoding, no encoding.
 fn pass_through(cx: &Context, target: &Target) -> Result<Response> {
-    match cx.table("Plain").get::<Value>(target.id()?)? {
-        Some(w) => Response::ok(&w),
+    match cx.table("Plain").get_data(target.id()?)? {
+        Some(record) => Ok(Response::with_raw(200, record)),
         None => Err(Error::not_found("no such record")),
     }
 }
@@ -436,5 +453,5 @@ fn memory_pages() -> usize {
 }
 
 tessera_wasm_sdk::export!(
-    Widgets, Transfer, Echo, Edit, Pass, Fresh, Hostile, Residue, Keeper
+    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper
 );
