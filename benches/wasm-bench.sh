@@ -19,6 +19,7 @@ N=${N:-10000}
 REPEATS=${REPEATS:-3}
 WRK_DURATION=${WRK_DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
+PATHS=${PATHS:-Plain Pass Fresh Typed}
 PORT=29928
 OPS=29929
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
@@ -56,14 +57,14 @@ print(json.dumps({"operation": "upsert", "table": "Plain", "records": [
     for i in range(1, n + 1)]}))
 PY
 curl -s -o /dev/null -u admin:password -H 'Content-Type: application/json' --data-binary @"$WORK/load.json" "http://127.0.0.1:$OPS/"
-for path in Plain Pass Fresh Typed; do
+for path in $PATHS; do
   [[ $(curl -s -u admin:password "http://127.0.0.1:$PORT/$path/7") == *'"Dog-7"'* ]] || { echo "$path/7 is wrong"; exit 1; }
 done
 export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)" BENCH_MAX_ID=$N
 cpu() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 : > "$WORK/results.txt"
 for round in $(seq "$REPEATS"); do
-  for path in ${PATHS:-Plain Pass Fresh Typed}; do
+  for path in $PATHS; do
     before=$(cpu)
     line=$(BENCH_TABLE=$path BENCH_LABEL=$path wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" --latency \
       -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$PORT" | grep WRK_JSON)

@@ -27,7 +27,11 @@ fn start_with_budget(app: &App, root: &Path, ms: u64) -> Server {
         format!("wasm:\n  timeout: {ms}\n"),
     )
     .unwrap();
-    Start::new(app.dir.path(), root).start()
+    // Each test's root compiles the guests' module afresh (cranelift, in the debug build) while
+    // the other tests do the same: on a busy 2-core machine that can take over a minute.
+    let mut start = Start::new(app.dir.path(), root);
+    start.timeout = Duration::from_secs(240);
+    start.start()
 }
 
 fn put(s: &Server, path: &str, body: serde_json::Value) -> u16 {

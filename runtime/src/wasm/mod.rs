@@ -4,9 +4,10 @@
 //!
 //! One [`Engine`] and one pre-linked component per module, shared by every core; compiled
 //! artifacts are cached under `<root>/wasm-cache/`, keyed by the module's bytes and the engine.
-//! Each request gets a fresh instance from the pooling allocator (or a kept one, for resources
-//! that opt in), its own memory limit and a time budget enforced by epoch interruption: the guest
-//! yields to the core's other work every tick and traps past its budget.
+//! Each request runs on an instance in its just-instantiated state: one from the pooling
+//! allocator, or one an earlier request used and [`rewind`] put back (a kept one, as it is, for
+//! resources that opt in). It has its own memory limit and a time budget enforced by epoch
+//! interruption: the guest yields to the core's other work every tick and traps past its budget.
 //!
 //! The guest's table calls go through the request's transaction ([`Txn`]): writes are staged
 //! (validated as they come) and read back by later reads of the same request, and are committed

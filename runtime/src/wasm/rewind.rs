@@ -24,8 +24,6 @@
 //! memories or globals that change, threads, SIMD, several memories, imported functions in
 //! tables, and data at offsets that are not constants.
 
-use std::collections::HashMap;
-
 use anyhow::{Result, bail};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
@@ -83,8 +81,14 @@ struct Facts<'a> {
     segments: u32,
     /// The exported function whose body becomes the rewind.
     rewind: Option<u32>,
-    /// Exported allocators the canonical ABI calls (`cabi_realloc`), by export name.
-    reallocs: HashMap<&'a str, u32>,
+    /// The functions exported as allocators the canonical ABI calls (`cabi_realloc`), sorted:
+    /// the instrumented module wraps each, in this order.
+    reallocs: Vec<u32>,
+}
+
+/// Whether an export is an allocator the canonical ABI calls to write into guest memory.
+fn is_realloc(name: &str) -> bool {
+    name.starts_with("cabi_") && name.ends_with("realloc")
 }
 
 /// The module rewritten so that its instances can be rewound, or why it cannot be.
@@ -93,7 +97,7 @@ pub fn instrument(wasm: &[u8]) -> Result<Vec<u8>> {
         bail!("uses WebAssembly the rewind does not follow: {e}");
     }
     let facts = Facts::read(wasm)?;
-    Rewriter::new(&facts).write(wasm)
+    Rewriter::new(&facts)?.write(wasm)
 }
 
 impl<'a> Facts<'a> {
@@ -198,16 +202,6 @@ impl<'a> Facts<'a> {
         if memories != 1 {
             bail!("defines {memories} memories, not one");
         }
-        let span = f
-            .data
-            .iter()
-            .map(|(o, d)| o + d.len() as u32)
-            .max()
-            .unwrap_or(0)
-            - f.data.iter().map(|(o, _)| *o).min().unwrap_or(0);
-        if span > MAX_IMAGE {
-            bail!("has data spread over {span} bytes, more than the {MAX_IMAGE} kept to rewind");
-        }
         for (name, index) in exports {
             let ty = f.func_type(index);
             if name == EXPORT {
@@ -218,14 +212,16 @@ impl<'a> Facts<'a> {
                     bail!("exports an import as {EXPORT}");
                 }
                 f.rewind = Some(index);
-            } else if name.starts_with("cabi_") && name.ends_with("realloc") {
+            } else if is_realloc(name) {
                 let i32 = wasmparser::ValType::I32;
                 if ty.params() != [i32; 4] || ty.results() != [i32] {
                     bail!("exports {name} with the wrong type");
                 }
-                f.reallocs.insert(name, index);
+                f.reallocs.push(index);
             }
         }
+        f.reallocs.sort_unstable();
+        f.reallocs.dedup();
         if f.rewind.is_none() {
             bail!("exports no {EXPORT} (built with an older SDK?)");
         }
@@ -238,31 +234,30 @@ impl<'a> Facts<'a> {
 
     /// The module's initial memory from its first written 4 KiB page: where it starts and its
     /// bytes (the data segments applied in order, zero between them).
-    fn image(&self) -> (u32, Vec<u8>) {
+    fn image(&self) -> Result<(u32, Vec<u8>)> {
         let Some(start) = self.data.iter().map(|(o, _)| o & !(PAGE as u32 - 1)).min() else {
-            return (0, Vec::new());
+            return Ok((0, Vec::new()));
         };
-        let end = self
-            .data
-            .iter()
-            .map(|(o, d)| o + d.len() as u32)
-            .max()
-            .unwrap_or(start);
-        let mut image = vec![0; (end - start) as usize];
+        let end = self.data.iter().map(|(o, d)| o + d.len() as u32).max();
+        let span = end.unwrap_or(start) - start;
+        if span > MAX_IMAGE {
+            bail!("has data spread over {span} bytes, more than the {MAX_IMAGE} kept to rewind");
+        }
+        let mut image = vec![0; span as usize];
         for (offset, bytes) in &self.data {
             let at = (offset - start) as usize;
             image[at..at + bytes.len()].copy_from_slice(bytes);
         }
-        (start, image)
+        Ok((start, image))
     }
 }
 
 /// Writes the instrumented module.
 struct Rewriter<'f, 'a> {
     facts: &'f Facts<'a>,
-    /// The functions the instrumentation adds: `mark(ptr, len)`, then one wrapper per realloc.
+    /// The functions the instrumentation adds: `mark(ptr, len)`, then one wrapper per realloc
+    /// (`Facts::reallocs`, in order).
     mark: u32,
-    wrappers: Vec<(u32, u32)>,
     mark_type: u32,
     /// The initial memory image (where it starts, its bytes) and the passive segment holding it.
     image: (u32, Vec<u8>),
@@ -289,22 +284,14 @@ fn map_arg() -> MemArg {
 }
 
 impl<'f, 'a> Rewriter<'f, 'a> {
-    fn new(facts: &'f Facts<'a>) -> Self {
-        let mark = facts.funcs.len() as u32;
-        let mut wrappers: Vec<(u32, u32)> = facts.reallocs.values().map(|&f| (f, 0)).collect();
-        wrappers.sort_unstable();
-        wrappers.dedup();
-        for (i, w) in wrappers.iter_mut().enumerate() {
-            w.1 = mark + 1 + i as u32;
-        }
-        Rewriter {
+    fn new(facts: &'f Facts<'a>) -> Result<Self> {
+        Ok(Rewriter {
             facts,
-            mark,
-            wrappers,
+            mark: facts.funcs.len() as u32,
             mark_type: facts.types.len() as u32,
-            image: facts.image(),
+            image: facts.image()?,
             image_segment: facts.segments,
-        }
+        })
     }
 
     fn write(&self, wasm: &[u8]) -> Result<Vec<u8>> {
@@ -332,7 +319,7 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                     let mut funcs = FunctionSection::new();
                     re.parse_function_section(&mut funcs, s)?;
                     funcs.function(self.mark_type);
-                    for (realloc, _) in &self.wrappers {
+                    for realloc in &self.facts.reallocs {
                         funcs.function(self.facts.funcs[*realloc as usize]);
                     }
                     module.section(&funcs);
@@ -364,9 +351,7 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                     for e in s {
                         let e = e?;
                         let mut index = e.index;
-                        if e.kind == ExternalKind::Func
-                            && self.facts.reallocs.get(e.name) == Some(&e.index)
-                        {
+                        if e.kind == ExternalKind::Func && is_realloc(e.name) {
                             index = self.wrapper_of(e.index);
                         }
                         exports.export(e.name, re.export_kind(e.kind)?, index);
@@ -440,17 +425,14 @@ impl<'f, 'a> Rewriter<'f, 'a> {
     }
 
     fn wrapper_of(&self, realloc: u32) -> u32 {
-        self.wrappers
-            .iter()
-            .find(|(r, _)| *r == realloc)
-            .map(|(_, w)| *w)
-            .expect("every realloc export has a wrapper")
+        let at = self.facts.reallocs.binary_search(&realloc);
+        self.mark + 1 + at.expect("every realloc export has a wrapper") as u32
     }
 
     /// Appends the added functions' bodies and writes the code section.
     fn finish_code(&self, code: &mut CodeSection, module: &mut wasm_encoder::Module) {
         code.function(&mark_body());
-        for (realloc, _) in &self.wrappers {
+        for realloc in &self.facts.reallocs {
             code.function(&self.realloc_wrapper(*realloc));
         }
         module.section(code);
