@@ -11,7 +11,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::wasm32;
-use core::cell::UnsafeCell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 
 const PAGE: usize = 64 << 10;
@@ -24,25 +24,19 @@ unsafe extern "C" {
 /// Where dlmalloc gets its memory from.
 struct Memory {
     /// Whether the memory between `__heap_base` and the memory's end was handed out.
-    claimed: UnsafeCell<bool>,
+    claimed: Cell<bool>,
 }
-
-// SAFETY: `wasm32-unknown-unknown` without the atomics feature has one thread.
-unsafe impl Send for Memory {}
 
 // SAFETY: the regions handed out are disjoint: the memory already there once, then only what
 // `memory.grow` adds, each region to dlmalloc alone.
 unsafe impl dlmalloc::Allocator for Memory {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
-        // SAFETY: one thread (see `Send`); `__heap_base` is a linker symbol, never read.
-        unsafe {
-            if !*self.claimed.get() {
-                *self.claimed.get() = true;
-                let base = &raw const __heap_base as usize;
-                let end = wasm32::memory_size(0) * PAGE;
-                if end > base && end - base >= size {
-                    return (base as *mut u8, end - base, 0);
-                }
+        if !self.claimed.replace(true) {
+            // `__heap_base` is a linker symbol: only its address is taken, never read.
+            let base = &raw const __heap_base as usize;
+            let end = wasm32::memory_size(0) * PAGE;
+            if end > base && end - base >= size {
+                return (base as *mut u8, end - base, 0);
             }
         }
         let pages = size.div_ceil(PAGE);
@@ -83,13 +77,13 @@ unsafe impl dlmalloc::Allocator for Memory {
 /// dlmalloc over [`Memory`], as the global allocator.
 pub struct Heap(UnsafeCell<dlmalloc::Dlmalloc<Memory>>);
 
-// SAFETY: one thread (see `Memory`).
+// SAFETY: `wasm32-unknown-unknown` without the atomics feature has one thread.
 unsafe impl Sync for Heap {}
 
 #[global_allocator]
 static HEAP: Heap = Heap(UnsafeCell::new(dlmalloc::Dlmalloc::new_with_allocator(
     Memory {
-        claimed: UnsafeCell::new(false),
+        claimed: Cell::new(false),
     },
 )));
 

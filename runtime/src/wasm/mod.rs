@@ -402,7 +402,7 @@ async fn list_resources(
     rewind: Option<&ComponentExportIndex>,
     limits: Limits,
 ) -> anyhow::Result<Vec<types::ResourceInfo>> {
-    let mut store = new_store(engine, HostState::new(None, None, Vec::new()), limits);
+    let mut store = new_store(engine, HostState::new(), limits);
     let instance = pre.instance_pre().instantiate_async(&mut store).await?;
     instance.get_typed_func::<HandleParams, HandleResults>(&mut store, handle)?;
     if let Some(rewind) = rewind {
@@ -484,20 +484,40 @@ pub struct HostState {
     user: Option<String>,
     /// The request's head as received, parsed only if the guest asks for the headers.
     head: Vec<u8>,
+    /// When the request entered the guest: its time budget runs from here.
     started: Instant,
     txn: Txn,
 }
 
 impl HostState {
-    fn new(shared: Option<Arc<Shared>>, user: Option<String>, head: Vec<u8>) -> Self {
+    /// A state with no request yet (the store that lists a module's resources at load has only
+    /// this one).
+    fn new() -> Self {
         HostState {
             limits: StoreLimits::default(),
-            shared,
-            user,
-            head,
+            shared: None,
+            user: None,
+            head: Vec::new(),
             started: Instant::now(),
             txn: Txn::default(),
         }
+    }
+
+    /// Starts a request on this state: a new instance's, or a resting one's.
+    fn begin(&mut self, shared: &Arc<Shared>, user: Option<String>, head: Vec<u8>) {
+        self.shared = Some(shared.clone());
+        self.user = user;
+        self.head = head;
+        self.started = Instant::now();
+        self.txn = Txn::default();
+    }
+
+    /// Ends the request on a state whose instance rests: nothing of the request stays with it
+    /// on the host's side.
+    fn end(&mut self) {
+        self.shared = None;
+        self.user = None;
+        self.head = Vec::new();
     }
 }
 
@@ -972,7 +992,6 @@ pub async fn call(
         },
         data: call.data,
     };
-    let state = HostState::new(Some(shared.clone()), call.user, call.head);
     let module = &resource.module;
     let rewinds = !resource.reuse && module.rewind.is_some();
     let pool = (Arc::as_ptr(module) as usize, resource.reuse);
@@ -983,13 +1002,13 @@ pub async fn call(
     };
     let (mut store, handle, rewind) = match resting {
         Some(mut r) => {
-            let limits = std::mem::take(&mut r.store.data_mut().limits);
-            *r.store.data_mut() = state;
-            r.store.data_mut().limits = limits;
+            r.store.data_mut().begin(shared, call.user, call.head);
             r.store.set_epoch_deadline(1);
             (r.store, r.handle, r.rewind)
         }
         None => {
+            let mut state = HostState::new();
+            state.begin(shared, call.user, call.head);
             let mut store = new_store(&shared.wasm.engine, state, shared.wasm.limits);
             let instance = module
                 .pre
@@ -1029,11 +1048,7 @@ pub async fn call(
         },
     };
     if rested {
-        // Nothing of this request stays with the resting instance on the host's side either.
-        let state = store.data_mut();
-        state.shared = None;
-        state.user = None;
-        state.head = Vec::new();
+        store.data_mut().end();
         RESTING.with(|r| {
             r.borrow_mut().entry(pool).or_default().push(Resting {
                 store,

@@ -27,9 +27,9 @@
 use anyhow::{Result, bail};
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{
-    BlockType, CodeSection, ConstExpr, CustomSection, DataCountSection, DataSection,
-    ElementSection, Encode, ExportSection, Function, FunctionSection, GlobalSection, ImportSection,
-    Instruction, MemArg, MemorySection, MemoryType, TableSection, TypeSection, ValType,
+    BlockType, CodeSection, ConstExpr, DataCountSection, DataSection, Encode, ExportSection,
+    Function, FunctionSection, Instruction, MemArg, MemorySection, MemoryType, TypeSection,
+    ValType,
 };
 use wasmparser::{
     DataKind, ElementItems, ExternalKind, FuncType, Operator, Parser, Payload, TypeRef, Validator,
@@ -310,11 +310,6 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                     types.ty().function([ValType::I32, ValType::I32], []);
                     module.section(&types);
                 }
-                Payload::ImportSection(s) => {
-                    let mut imports = ImportSection::new();
-                    re.parse_import_section(&mut imports, s)?;
-                    module.section(&imports);
-                }
                 Payload::FunctionSection(s) => {
                     let mut funcs = FunctionSection::new();
                     re.parse_function_section(&mut funcs, s)?;
@@ -323,11 +318,6 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                         funcs.function(self.facts.funcs[*realloc as usize]);
                     }
                     module.section(&funcs);
-                }
-                Payload::TableSection(s) => {
-                    let mut tables = TableSection::new();
-                    re.parse_table_section(&mut tables, s)?;
-                    module.section(&tables);
                 }
                 Payload::MemorySection(s) => {
                     let mut memories = MemorySection::new();
@@ -341,11 +331,6 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                     });
                     module.section(&memories);
                 }
-                Payload::GlobalSection(s) => {
-                    let mut globals = GlobalSection::new();
-                    re.parse_global_section(&mut globals, s)?;
-                    module.section(&globals);
-                }
                 Payload::ExportSection(s) => {
                     let mut exports = ExportSection::new();
                     for e in s {
@@ -357,11 +342,6 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                         exports.export(e.name, re.export_kind(e.kind)?, index);
                     }
                     module.section(&exports);
-                }
-                Payload::ElementSection(s) => {
-                    let mut elements = ElementSection::new();
-                    re.parse_element_section(&mut elements, s)?;
-                    module.section(&elements);
                 }
                 Payload::DataCountSection { count, .. } => {
                     module.section(&DataCountSection { count: count + 1 });
@@ -398,9 +378,6 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                     module.section(&data);
                     data_written = true;
                 }
-                Payload::CustomSection(s) => {
-                    module.section(&CustomSection::from(s));
-                }
                 Payload::End(_) => {
                     if !data_written {
                         let mut data = DataSection::new();
@@ -410,8 +387,10 @@ impl<'f, 'a> Rewriter<'f, 'a> {
                 }
                 Payload::Version { .. } => {}
                 other => {
-                    // Validation admits nothing else with contents (tags, components...), but
-                    // a section this rewrite does not know must never be dropped silently.
+                    // Sections the rewrite leaves as they are (imports, tables, globals,
+                    // elements, custom ones) are copied as they are: the added functions, types,
+                    // memory and data segment come after the module's own, so no index in them
+                    // changes.
                     if let Some((id, range)) = other.as_section() {
                         module.section(&wasm_encoder::RawSection {
                             id,

@@ -4,8 +4,8 @@
 //! messages through publish, the rest the table's); `Transfer` is a standalone action writing
 //! several records in one transaction; `Echo` returns what the host told it; `Edit` puts,
 //! patches, sets and deletes, then reads and searches its own writes; `Pass`, `Fresh` and
-//! `Typed` are the benchmark's pass-through GETs; `Hostile` misbehaves, in each way it can; `Residue` and
-//! `Keeper` look for what an earlier request left in their instance.
+//! `Typed` are the benchmark's pass-through GETs; `Hostile` misbehaves, in each way it can;
+//! `Residue` and `Keeper` look for what an earlier request left in their instance.
 
 use std::collections::BTreeMap;
 
@@ -227,7 +227,8 @@ impl Resource for Pass {
     }
 }
 
-/// `GET /Fresh/id`: the same with a fresh instance per request (the default).
+/// `GET /Fresh/id`: the same with the default isolation (each request on an instance in its
+/// just-instantiated state: a fresh one, or one rewound).
 #[derive(Default)]
 struct Fresh;
 
@@ -239,8 +240,8 @@ impl Resource for Fresh {
     }
 }
 
-/// `GET /Typed/id`: the `Plain` record decoded into a [`Value`] and encoded again (a fresh
-/// instance per request): what a resource that looks at the record before returning it pays.
+/// `GET /Typed/id`: the `Plain` record decoded into a [`Value`] and encoded again (the default
+/// isolation): what a resource that looks at the record before returning it pays.
 #[derive(Default)]
 struct Typed;
 
@@ -362,7 +363,7 @@ impl Resource for Hostile {
 
 /// `POST /Residue/` with `{"secret": ...}` keeps the secret in a static and on the heap, and
 /// grows memory by 2 MiB; `GET /Residue/<the secret reversed>` then reports what the instance
-/// still holds of it. A fresh instance per request (the default): it must hold nothing.
+/// still holds of it. The default isolation (a fresh or rewound instance): it must hold nothing.
 #[derive(Default)]
 struct Residue;
 
