@@ -1,33 +1,34 @@
-//! The `tessera` binary: the process that is database, cache, REST server and (soon) broker.
+//! The `tessera` binary: the process that is database, cache, REST and WebSocket server, MQTT
+//! broker, Operations API and wasm application host at once.
 //!
-//! This crate owns the process: command line and configuration, application components, users
-//! and authentication, the HTTP connection loop and tables as REST resources. It must not encode
-//! stored bytes itself (that is `tessera-storage`) nor move work between threads by hand (that is
+//! This crate owns the process: the application kernel (`app`), authentication, queries,
+//! real-time fan-out, the wasm host, and the protocol fronts on top. It must not encode stored
+//! bytes itself (that is `tessera-storage`) nor move work between threads by hand (that is
 //! `tessera-shards`).
 
+// The layers, bottom up; ARCHITECTURE.md states which may import which, and the test
+// `tests/tests/layers.rs` checks it.
+
+// The kernel: the application, its tables, records, users and permissions.
+mod app;
+
+// Built on the kernel.
 mod auth;
-mod body;
-mod catalog;
-mod component;
-mod config;
-mod error;
-mod events;
-mod eviction;
+mod data;
+mod realtime;
+mod wasm;
+
+// One core's worker: what the fronts serve with.
+mod worker;
+
+// The protocol fronts, and the transport they share.
 mod http;
 mod mqtt;
-mod openapi;
+mod net;
 mod ops;
-mod output;
-mod query;
-mod realtime;
-mod related;
-mod rest;
-mod roles;
+
+// Start-up and shutdown: the one place that wires everything together.
 mod server;
-mod sessions;
-mod tokens;
-mod wasm;
-mod websocket;
 
 use clap::Parser;
 
@@ -46,10 +47,10 @@ fn main() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
-    let cli = config::Cli::parse();
+    let cli = app::settings::Cli::parse();
     let result = match cli.command {
-        config::Command::Run(args) => config::Settings::resolve(args).and_then(server::run),
-        config::Command::Build(args) => server::build(args),
+        app::settings::Command::Run(args) => app::Settings::resolve(args).and_then(server::run),
+        app::settings::Command::Build(args) => server::build(args),
     };
     match result {
         // Executors never return on their own: leave without waiting for them.

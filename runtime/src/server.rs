@@ -1,24 +1,34 @@
-//! Start-up and shutdown of `tessera run`: components and layout, shards and their writers, users,
-//! executors with one `SO_REUSEPORT` HTTP listener each, and the signal handler that flushes every
-//! shard before the process exits.
+//! Start-up and shutdown of `tessera run`, the one place that wires the layers together:
+//! components and layout, shards and their writers, users, the application, the listeners (one
+//! `SO_REUSEPORT` listener per executor and port), each core's worker and fronts, and the signal
+//! handler that flushes every shard before the process exits.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tessera_shards::{ExecutorSettings, ShardSet, start_executors};
-use tessera_storage::Table;
-use tessera_storage::layout::Layout;
+use tessera_shards::{CoreContext, ExecutorSettings, ShardSet, start_executors};
+use tessera_storage::layout::{Layout, MissingIndex};
 use tessera_storage::shard::{Durability, ShardOptions};
+use tessera_storage::{Catalog, Table};
 
-use crate::auth::{Authenticator, Users};
-use crate::config::Settings;
-use crate::rest::{Core, Shared, initial_counters, next_key};
-use crate::{component, eviction, http, mqtt, realtime, sessions};
+use crate::app::settings::{self, BuildArgs};
+use crate::app::{App, Settings, Tables, component};
+use crate::auth::tokens::Tokens;
+use crate::auth::{Authenticator, users::Users};
+use crate::data::expiry;
+use crate::http::Rest;
+use crate::mqtt::{self, sessions};
+use crate::net;
+use crate::ops::Operations;
+use crate::realtime;
+use crate::wasm::WasmHost;
+use crate::worker::Worker;
 
 /// Total block cache for all shards together.
 const CACHE_BUDGET: u64 = 64 << 20;
@@ -61,18 +71,17 @@ fn admin_from_env() -> Option<(String, String)> {
 
 /// `tessera build`: builds the components' resource crates and compiles their modules into the
 /// root's cache (so the next `run` starts without compiling), listing the resources found.
-pub fn build(args: crate::config::BuildArgs) -> anyhow::Result<()> {
-    let root = args.root.unwrap_or_else(crate::config::default_root);
-    let limits =
-        crate::config::wasm_limits(&crate::config::read_yaml(&root.join("tessera.yaml"))?)?;
-    let app = component::load(&args.apps)?;
-    let types: HashMap<String, Arc<Table>> = app
+pub fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let root = args.root.unwrap_or_else(settings::default_root);
+    let limits = settings::wasm_limits(&settings::read_yaml(&root.join("tessera.yaml"))?)?;
+    let components = component::load(&args.apps)?;
+    let types: HashMap<String, Arc<Table>> = components
         .catalog
         .tables
         .into_iter()
         .map(|t| (t.type_name.clone(), Arc::new(t)))
         .collect();
-    let host = crate::wasm::load(&app.wasm, &types, &root.join("wasm-cache"), limits)?;
+    let host = crate::wasm::load(&components.wasm, &types, &root.join("wasm-cache"), limits)?;
     for res in host.resources() {
         let kind = match &res.extends {
             Some(t) => format!("extends {}", t.type_name),
@@ -89,193 +98,44 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let data = settings.root.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
-    let app = component::load(&settings.apps)?;
-    let mut catalog = app.catalog;
-    let mut layout = Layout::open_or_create(&data, settings.threads)?;
-    let missing = layout.assign(&mut catalog)?;
-    let shard_count = layout.shard_count();
-    let opts = ShardOptions {
-        cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
-        read_cache_bytes: (READ_CACHE_BUDGET / shard_count as u64).max(2 << 20),
-        ..ShardOptions::default()
-    };
-    let opening = std::time::Instant::now();
-    let shards = Arc::new(
-        ShardSet::open(&data, shard_count, opts, settings.durability).context("opening shards")?,
-    );
-    eprintln!(
-        "opened {shard_count} shards in {} ms",
-        opening.elapsed().as_millis()
-    );
-
-    let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
-    for m in &missing {
-        let Some(table) = tables.iter().find(|t| t.id == m.table_id) else {
-            continue;
-        };
-        eprintln!(
-            "building index {}.{} on {shard_count} shards",
-            m.table, m.attribute
-        );
-        std::thread::scope(|s| {
-            let runs: Vec<_> = (0..shard_count)
-                .filter_map(|i| shards.store(i).cloned())
-                .map(|store| s.spawn(move || store.build_index(table, &m.attribute)))
-                .collect();
-            runs.into_iter().try_for_each(|r| match r.join() {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::anyhow!(
-                    "building index {}.{}: {e}",
-                    m.table,
-                    m.attribute
-                )),
-                Err(_) => Err(anyhow::anyhow!(
-                    "building index {}.{} panicked",
-                    m.table,
-                    m.attribute
-                )),
-            })
-        })?;
-        layout.mark_indexed(m)?;
-    }
-
-    let users = Users::open(&data)?;
-    let admin = admin_from_env();
-    if let Some((u, p)) = &admin
-        && users.ensure_super_user(u, p)?
-    {
-        eprintln!("created super user {u:?}");
-    }
-    if users.is_empty() {
-        eprintln!(
-            "warning: no users exist, so every request will be refused; set TESSERA_ADMIN_USERNAME and TESSERA_ADMIN_PASSWORD"
-        );
-    }
-    let users = Arc::new(users);
-    let tokens = Arc::new(crate::tokens::Tokens::open(
-        &data,
-        settings.operation_token_ttl,
-        settings.refresh_token_ttl,
-    )?);
-
-    let max_key = |table_id: u32| {
-        (0..shard_count)
-            .filter_map(|i| {
-                shards
-                    .store(i)
-                    .and_then(|s| s.max_number_key(table_id).ok().flatten())
-            })
-            .reduce(f64::max)
-    };
-    let counters = initial_counters(&tables, max_key);
-    let catalog = crate::catalog::Catalog::new(layout, &tables, |t| next_key(max_key(t.id)));
-    let exports: HashMap<String, Arc<Table>> = tables
-        .iter()
-        .filter_map(|t| Some((t.export.clone()?, t.clone())))
-        .collect();
-
-    let addr: SocketAddr = format!("{}:{}", settings.host, settings.http_port)
-        .parse()
-        .with_context(|| {
-            format!(
-                "bad listen address {}:{}",
-                settings.host, settings.http_port
-            )
-        })?;
-    let (reservation, http_port) = reserve_port(addr)?;
-    let bind_addr = SocketAddr::new(addr.ip(), http_port);
-    let (mqtt_reservation, mqtt_port) =
-        reserve_port(SocketAddr::new(addr.ip(), settings.mqtt_port))?;
-    let mqtt_addr = SocketAddr::new(addr.ip(), mqtt_port);
-    let (ops_reservation, ops_port) = reserve_port(SocketAddr::new(addr.ip(), settings.ops_port))?;
-    let ops_addr = SocketAddr::new(addr.ip(), ops_port);
+    let components = component::load(&settings.apps)?;
+    let (shards, tables) = open_storage(&settings, &data, components.catalog)?;
+    let shard_count = shards.count();
+    let (users, tokens) = open_users(&settings, &data)?;
     let types: HashMap<String, Arc<Table>> = tables
+        .types()
         .iter()
-        .map(|t| (t.type_name.clone(), t.clone()))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let wasm = crate::wasm::load(
-        &app.wasm,
+    let wasm = Arc::new(crate::wasm::load(
+        &components.wasm,
         &types,
         &settings.root.join("wasm-cache"),
         settings.wasm,
-    )?;
-    let shared = Arc::new(Shared {
+    )?);
+    let app = Arc::new(App {
         settings: settings.clone(),
-        tables: exports,
-        types,
-        counters,
-        wasm,
-        catalog,
+        tables,
     });
-    // Kept MQTT sessions come back parked, each on a core picked by its client id.
-    let saved = sessions::open(&settings.root.join("mqtt-sessions"))
-        .context("opening the MQTT sessions")?;
-    if !saved.is_empty() {
-        eprintln!("restoring {} kept MQTT sessions", saved.len());
-    }
-    let mut per_core: Vec<Vec<(sessions::Saved, sessions::Asked)>> =
-        (0..settings.threads).map(|_| Vec::new()).collect();
-    for s in saved {
-        let asked = sessions::park(
-            &s.owner.client_id,
-            0,
-            &s.owner.user,
-            s.filters(),
-            s.parked_at,
-        );
-        let core =
-            xxhash_rust::xxh3::xxh3_64(s.owner.client_id.as_bytes()) as usize % settings.threads;
-        per_core[core].push((s, asked));
-    }
-    let restored: Arc<Vec<std::sync::Mutex<Vec<_>>>> =
-        Arc::new(per_core.into_iter().map(std::sync::Mutex::new).collect());
+    let ports = Ports::reserve(&settings)?;
+    let restored = restore_sessions(&settings)?;
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let exec = ExecutorSettings {
         threads: settings.threads,
         preempt_timer: std::time::Duration::from_millis(5),
     };
+    let addrs = ports.addrs;
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
-        let (shared, users, tokens, bound_tx, restored) = (
-            shared.clone(),
-            users.clone(),
-            tokens.clone(),
-            bound_tx.clone(),
-            restored.clone(),
-        );
-        async move {
-            let listen = |addr: SocketAddr| {
-                glommio::net::TcpListener::bind(addr)
-                    .map_err(|e| format!("core {}: cannot listen on {addr}: {e}", ctx.core))
-            };
-            let (listener, mqtt_listener, ops_listener) =
-                match (listen(bind_addr), listen(mqtt_addr), listen(ops_addr)) {
-                    (Ok(h), Ok(m), Ok(o)) => (h, m, o),
-                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                        let _ = bound_tx.send(Err(e));
-                        return;
-                    }
-                };
-            let _ = bound_tx.send(Ok(()));
-            realtime::follow(&ctx.router);
-            let expiring: Vec<_> = shared.types.values().cloned().collect();
-            eviction::run(ctx.router.clone(), expiring).await;
-            let auth = Authenticator::new(users, tokens);
-            let core = Rc::new(Core::new(shared, ctx.router, auth));
-            let mine = restored
+        let core = Core {
+            app: app.clone(),
+            wasm: wasm.clone(),
+            auth: Authenticator::new(users.clone(), tokens.clone()),
+            restored: restored
                 .get(ctx.core)
-                .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())));
-            for (saved, asked) in mine.into_iter().flatten() {
-                glommio::spawn_local(mqtt::restore(core.clone(), saved, asked)).detach();
-            }
-            glommio::spawn_local(mqtt::serve(mqtt_listener, core.clone())).detach();
-            glommio::spawn_local(http::serve(
-                ops_listener,
-                core.clone(),
-                http::Api::Operations,
-            ))
-            .detach();
-            http::serve(listener, core, http::Api::Rest).await;
-        }
+                .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())))
+                .unwrap_or_default(),
+        };
+        serve_core(ctx, core, addrs, bound_tx.clone())
     })?;
     for _ in 0..settings.threads {
         match bound_rx.recv() {
@@ -284,11 +144,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             Err(_) => bail!("an executor stopped during start-up"),
         }
     }
-    drop(reservation);
-    drop(mqtt_reservation);
-    drop(ops_reservation);
+    drop(ports.reservations);
+    let [http_addr, mqtt_addr, ops_addr] = addrs;
     println!(
-        "tessera: HTTP (REST) listening on {bind_addr} ({} threads, {shard_count} shards, {:?})",
+        "tessera: HTTP (REST) listening on {http_addr} ({} threads, {shard_count} shards, {:?})",
         settings.threads, settings.durability
     );
     println!("tessera: MQTT listening on {mqtt_addr}");
@@ -306,4 +165,187 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         eprintln!("shutdown complete");
     }
     Ok(())
+}
+
+/// Gives tables and attributes their persisted ids, opens the shards in parallel, builds the
+/// indexes declared since the last run, and makes the table registry.
+fn open_storage(
+    settings: &Settings,
+    data: &Path,
+    mut catalog: Catalog,
+) -> anyhow::Result<(Arc<ShardSet>, Tables)> {
+    let mut layout = Layout::open_or_create(data, settings.threads)?;
+    let missing = layout.assign(&mut catalog)?;
+    let shard_count = layout.shard_count();
+    let opts = ShardOptions {
+        cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
+        read_cache_bytes: (READ_CACHE_BUDGET / shard_count as u64).max(2 << 20),
+        ..ShardOptions::default()
+    };
+    let opening = std::time::Instant::now();
+    let shards = Arc::new(
+        ShardSet::open(data, shard_count, opts, settings.durability).context("opening shards")?,
+    );
+    eprintln!(
+        "opened {shard_count} shards in {} ms",
+        opening.elapsed().as_millis()
+    );
+    let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
+    for m in &missing {
+        let Some(table) = tables.iter().find(|t| t.id == m.table_id) else {
+            continue;
+        };
+        build_index(&shards, table, m)?;
+        layout.mark_indexed(m)?;
+    }
+    let max_key = |table_id: u32| {
+        (0..shard_count)
+            .filter_map(|i| {
+                shards
+                    .store(i)
+                    .and_then(|s| s.max_number_key(table_id).ok().flatten())
+            })
+            .reduce(f64::max)
+    };
+    let registry = Tables::new(layout, &tables, max_key);
+    Ok((shards, registry))
+}
+
+/// Builds a newly declared index on every shard, one thread per shard.
+fn build_index(shards: &ShardSet, table: &Table, m: &MissingIndex) -> anyhow::Result<()> {
+    let shard_count = shards.count();
+    eprintln!(
+        "building index {}.{} on {shard_count} shards",
+        m.table, m.attribute
+    );
+    let failed = |why: String| anyhow::anyhow!("building index {}.{}: {why}", m.table, m.attribute);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..shard_count)
+            .filter_map(|i| shards.store(i).cloned())
+            .map(|store| s.spawn(move || store.build_index(table, &m.attribute)))
+            .collect();
+        runs.into_iter().try_for_each(|r| match r.join() {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("panicked".into())),
+        })
+    })
+}
+
+/// Opens the user store (creating the super user from the environment the first time) and the
+/// token signer.
+fn open_users(settings: &Settings, data: &Path) -> anyhow::Result<(Arc<Users>, Arc<Tokens>)> {
+    let users = Users::open(data)?;
+    if let Some((u, p)) = &admin_from_env()
+        && users.ensure_super_user(u, p)?
+    {
+        eprintln!("created super user {u:?}");
+    }
+    if users.is_empty() {
+        eprintln!(
+            "warning: no users exist, so every request will be refused; set TESSERA_ADMIN_USERNAME and TESSERA_ADMIN_PASSWORD"
+        );
+    }
+    let tokens = Tokens::open(
+        data,
+        settings.operation_token_ttl,
+        settings.refresh_token_ttl,
+    )?;
+    Ok((Arc::new(users), Arc::new(tokens)))
+}
+
+/// The listening addresses (HTTP, MQTT, Operations API), held by sockets that do not listen
+/// until every executor has bound its own.
+struct Ports {
+    addrs: [SocketAddr; 3],
+    reservations: [socket2::Socket; 3],
+}
+
+impl Ports {
+    fn reserve(settings: &Settings) -> anyhow::Result<Ports> {
+        let addr: SocketAddr = format!("{}:{}", settings.host, settings.http_port)
+            .parse()
+            .with_context(|| {
+                format!(
+                    "bad listen address {}:{}",
+                    settings.host, settings.http_port
+                )
+            })?;
+        let ip = addr.ip();
+        let (http, http_port) = reserve_port(addr)?;
+        let (mqtt, mqtt_port) = reserve_port(SocketAddr::new(ip, settings.mqtt_port))?;
+        let (ops, ops_port) = reserve_port(SocketAddr::new(ip, settings.ops_port))?;
+        Ok(Ports {
+            addrs: [http_port, mqtt_port, ops_port].map(|p| SocketAddr::new(ip, p)),
+            reservations: [http, mqtt, ops],
+        })
+    }
+}
+
+/// Kept MQTT sessions, to come back parked, each on a core picked by its client id.
+type Restored = Vec<(sessions::Saved, sessions::Handover)>;
+
+/// Opens the kept MQTT sessions and assigns each to a core.
+fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restored>>>> {
+    let saved = sessions::open(&settings.root.join("mqtt-sessions"))
+        .context("opening the MQTT sessions")?;
+    if !saved.is_empty() {
+        eprintln!("restoring {} kept MQTT sessions", saved.len());
+    }
+    let mut per_core: Vec<Restored> = (0..settings.threads).map(|_| Vec::new()).collect();
+    for s in saved {
+        let handover = sessions::park(
+            &s.owner.client_id,
+            0,
+            &s.owner.user,
+            s.filters(),
+            s.parked_at,
+        );
+        let core =
+            xxhash_rust::xxh3::xxh3_64(s.owner.client_id.as_bytes()) as usize % settings.threads;
+        per_core[core].push((s, handover));
+    }
+    Ok(Arc::new(per_core.into_iter().map(Mutex::new).collect()))
+}
+
+/// What one executor starts with.
+struct Core {
+    app: Arc<App>,
+    wasm: Arc<WasmHost>,
+    auth: Authenticator,
+    restored: Restored,
+}
+
+/// One executor: binds its listeners (reporting on `bound`), follows the feeds of its shards,
+/// sweeps expiring tables, parks its restored sessions, and serves the three fronts.
+async fn serve_core(
+    ctx: CoreContext,
+    core: Core,
+    [http_addr, mqtt_addr, ops_addr]: [SocketAddr; 3],
+    bound: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let listen = |addr: SocketAddr| {
+        glommio::net::TcpListener::bind(addr)
+            .map_err(|e| format!("core {}: cannot listen on {addr}: {e}", ctx.core))
+    };
+    let (http_listener, mqtt_listener, ops_listener) =
+        match (listen(http_addr), listen(mqtt_addr), listen(ops_addr)) {
+            (Ok(h), Ok(m), Ok(o)) => (h, m, o),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+    let _ = bound.send(Ok(()));
+    realtime::follow(&ctx.router);
+    let expiring: Vec<_> = core.app.tables.types().values().cloned().collect();
+    expiry::run(ctx.router.clone(), expiring).await;
+    let worker = Rc::new(Worker::new(core.app, ctx.router, core.auth, core.wasm));
+    for (saved, handover) in core.restored {
+        glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
+    }
+    glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone())).detach();
+    let ops = Rc::new(Operations::new(worker.clone()));
+    glommio::spawn_local(net::http::serve(ops_listener, ops, "Operations API")).detach();
+    net::http::serve(http_listener, Rc::new(Rest::new(worker)), "HTTP").await;
 }

@@ -22,13 +22,13 @@ use tessera_protocol::query::{Filter, Limit, Op, Operand, Query, SortKey};
 use tessera_storage::query::sort_key;
 use tessera_storage::{Table, Value};
 
-use super::{OpsError, Write, bad, check_readable, condition, fail, operand, wildcard};
-use crate::auth::User;
-use crate::output;
-use crate::query;
-use crate::related::Joins;
-use crate::rest::Core;
-use crate::roles::{Action, TablePermission};
+use super::data::{Write, check_readable};
+use super::{Operations, OpsError, bad, fail};
+use crate::app::output;
+use crate::app::permissions::{Action, TablePermission, User};
+use crate::data::conditions::{condition, operand, wildcard};
+use crate::data::query;
+use crate::data::query::Joins;
 
 /// Most values of an indexed join lookup; with more, the joined table is read whole.
 const JOIN_LOOKUP_MAX: usize = 1000;
@@ -125,7 +125,10 @@ fn table_name(name: &ObjectName) -> Result<(String, String), OpsError> {
         .collect::<Option<_>>()
         .ok_or_else(|| unsupported(name))?;
     match parts.as_slice() {
-        [t] => Ok((crate::catalog::DEFAULT_DATABASE.to_owned(), (*t).to_owned())),
+        [t] => Ok((
+            crate::app::tables::DEFAULT_DATABASE.to_owned(),
+            (*t).to_owned(),
+        )),
         [d, t] => Ok(((*d).to_owned(), (*t).to_owned())),
         _ => Err(unsupported(format!("table name {name}"))),
     }
@@ -601,7 +604,7 @@ impl Aggregate {
     }
 }
 
-impl Core {
+impl Operations {
     /// Runs one SQL statement.
     pub(super) async fn sql(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let Some(Value::String(text)) = env.get("sql") else {
@@ -638,7 +641,12 @@ impl Core {
         let (database, table_name) = table_name(name)?;
         let (table, restricted) = self
             .table_for(&database, &table_name, user, actions)
-            .map_err(|OpsError(s, b)| OpsError(if s == 400 { 404 } else { s }, b))?;
+            .map_err(|mut e| {
+                if e.status == 400 {
+                    e.status = 404;
+                }
+                e
+            })?;
         Ok(Source {
             alias: alias
                 .as_ref()

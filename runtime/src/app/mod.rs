@@ -1,0 +1,27 @@
+//! The kernel: the application that every protocol front serves. It knows tables, records, users
+//! and permissions, and imports no front (see ARCHITECTURE.md for the layers).
+//!
+//! [`App`] is shared by every core: the resolved settings and the table registry. What is per
+//! core (the router to the shards, the authenticator, the wasm host) is held by
+//! the per-core worker (`worker.rs`), one layer up.
+
+pub mod body;
+pub mod component;
+pub mod error;
+pub mod events;
+pub mod keys;
+pub mod output;
+pub mod permissions;
+pub mod records;
+pub mod settings;
+pub mod tables;
+
+pub use error::AppError;
+pub use settings::Settings;
+pub use tables::Tables;
+
+/// The application, shared by every core.
+pub struct App {
+    pub settings: Settings,
+    pub tables: Tables,
+}

@@ -1,0 +1,319 @@
+//! Settings: command-line flags over environment variables over `<root>/tessera.yaml` over
+//! defaults. Keys in `tessera.yaml` follow Harper's configuration names where Harper has one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use tessera_storage::shard::Durability;
+
+/// Tessera: a Harper-compatible database, cache, REST server and broker in one process.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the server with the given application components (directories holding
+    /// `config.yaml` and `schema.graphql`).
+    Run(RunArgs),
+    /// Build the components' wasm resource crates (`wasmResource.crate`) and compile every wasm
+    /// module into `<root>/wasm-cache/`, checking schemas and modules as `run` does; serves
+    /// nothing.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Application component directories.
+    #[arg(value_name = "APP_DIR")]
+    pub apps: Vec<PathBuf>,
+
+    /// Root directory whose `wasm-cache/` receives the compiled modules [default:
+    /// ./tessera-data].
+    #[arg(long, env = "TESSERA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Application component directories.
+    #[arg(value_name = "APP_DIR")]
+    pub apps: Vec<PathBuf>,
+
+    /// Root directory for data, `tessera.yaml` and caches [default: ./tessera-data].
+    #[arg(long, env = "TESSERA_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Executor threads, one pinned per CPU [default: the CPUs this process may use]
+    /// (tessera.yaml: threads.count).
+    #[arg(long, env = "TESSERA_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// HTTP (REST) port; 0 picks a free one [default: 9926] (tessera.yaml: http.port).
+    #[arg(long, env = "TESSERA_HTTP_PORT", value_name = "PORT")]
+    pub http_port: Option<u16>,
+
+    /// MQTT port [default: 1883] (tessera.yaml: mqtt.network.port).
+    #[arg(long, env = "TESSERA_MQTT_PORT", value_name = "PORT")]
+    pub mqtt_port: Option<u16>,
+
+    /// Operations API port [default: 9925] (tessera.yaml: operationsApi.network.port).
+    #[arg(long, env = "TESSERA_OPS_PORT", value_name = "PORT")]
+    pub ops_port: Option<u16>,
+
+    /// Address the listeners bind to [default: 0.0.0.0] (tessera.yaml: http.host).
+    #[arg(long, env = "TESSERA_HOST", value_name = "ADDR")]
+    pub host: Option<String>,
+
+    /// When a write is acknowledged: `durable` (after fsync, the default) or `buffered` (after
+    /// the journal write) (tessera.yaml: storage.durability).
+    #[arg(long, env = "TESSERA_DURABILITY", value_name = "MODE")]
+    pub durability: Option<String>,
+}
+
+/// The resolved settings of a run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub apps: Vec<PathBuf>,
+    pub root: PathBuf,
+    pub threads: usize,
+    pub host: String,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    pub ops_port: u16,
+    pub durability: Durability,
+    /// `http.maxRequestBodySize`.
+    pub max_body: usize,
+    /// `authentication.authorizeLocal`: treat loopback requests as the super user (Harper's
+    /// development default; off in Tessera unless configured).
+    pub authorize_local: bool,
+    /// `authentication.operationTokenTimeout` (seconds; `1d` by default).
+    pub operation_token_ttl: u64,
+    /// `authentication.refreshTokenTimeout` (seconds; `30d` by default).
+    pub refresh_token_ttl: u64,
+    /// `wasm.timeout` (ms, 1000 by default) and `wasm.memory` (bytes, 64 MiB by default): what
+    /// one request of a wasm resource may take.
+    pub wasm: WasmLimits,
+}
+
+/// What one request of a wasm resource may take (`wasm.timeout`, `wasm.memory`).
+#[derive(Debug, Clone, Copy)]
+pub struct WasmLimits {
+    /// Wall time one request may spend in the guest.
+    pub budget: Duration,
+    /// Linear memory one instance may grow to.
+    pub memory: usize,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        WasmLimits {
+            budget: Duration::from_secs(1),
+            memory: 64 << 20,
+        }
+    }
+}
+
+/// A duration setting: seconds, or a number with `s`, `m`, `h` or `d` (`1d`, `30d`, `90m`).
+pub fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = match s.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = n.trim().parse().ok()?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// A duration setting (`1d`, `90m`, `3600`), or `default` when absent.
+fn yaml_duration(root: &serde_norway::Value, key: &str, default: u64) -> anyhow::Result<u64> {
+    match yaml_get(root, key) {
+        None | Some(serde_norway::Value::Null) => Ok(default),
+        Some(serde_norway::Value::Number(n)) => n
+            .as_u64()
+            .with_context(|| format!("tessera.yaml: {key} must be a non-negative duration")),
+        Some(serde_norway::Value::String(s)) => parse_duration(s)
+            .with_context(|| format!("tessera.yaml: {key} must be a duration such as 1d or 90m")),
+        Some(_) => anyhow::bail!("tessera.yaml: {key} must be a duration such as 1d or 90m"),
+    }
+}
+
+/// Looks up a dotted key (`http.port`) in the YAML tree.
+fn yaml_get<'a>(root: &'a serde_norway::Value, dotted: &str) -> Option<&'a serde_norway::Value> {
+    dotted.split('.').try_fold(root, |v, k| v.get(k))
+}
+
+fn yaml_u64(root: &serde_norway::Value, key: &str) -> anyhow::Result<Option<u64>> {
+    match yaml_get(root, key) {
+        None | Some(serde_norway::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .with_context(|| format!("tessera.yaml: {key} must be a non-negative integer")),
+    }
+}
+
+fn port(
+    cli: Option<u16>,
+    yaml: &serde_norway::Value,
+    key: &str,
+    default: u16,
+) -> anyhow::Result<u16> {
+    Ok(match cli {
+        Some(p) => p,
+        None => match yaml_u64(yaml, key)? {
+            Some(p) => {
+                u16::try_from(p).with_context(|| format!("tessera.yaml: {key} is not a port"))?
+            }
+            None => default,
+        },
+    })
+}
+
+impl Settings {
+    /// Resolves the settings of `tessera run`.
+    pub fn resolve(args: RunArgs) -> anyhow::Result<Settings> {
+        let root = args.root.unwrap_or_else(default_root);
+        let yaml = read_yaml(&root.join("tessera.yaml"))?;
+        let threads = match args.threads {
+            Some(n) => n,
+            None => match yaml_u64(&yaml, "threads.count")? {
+                Some(n) => n as usize,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+        };
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        let durability = match args
+            .durability
+            .or_else(|| {
+                yaml_get(&yaml, "storage.durability")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
+            .as_deref()
+        {
+            None | Some("durable") => Durability::Durable,
+            Some("buffered") => Durability::Buffered,
+            Some(other) => bail!("durability must be durable or buffered, not {other:?}"),
+        };
+        let host = args
+            .host
+            .or_else(|| {
+                yaml_get(&yaml, "http.host")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "0.0.0.0".to_owned());
+        Ok(Settings {
+            apps: args.apps,
+            threads,
+            host,
+            http_port: port(args.http_port, &yaml, "http.port", 9926)?,
+            mqtt_port: port(args.mqtt_port, &yaml, "mqtt.network.port", 1883)?,
+            ops_port: port(args.ops_port, &yaml, "operationsApi.network.port", 9925)?,
+            durability,
+            max_body: yaml_u64(&yaml, "http.maxRequestBodySize")?
+                .map_or(10_000_000, |n| n as usize),
+            authorize_local: yaml_get(&yaml, "authentication.authorizeLocal")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            operation_token_ttl: yaml_duration(
+                &yaml,
+                "authentication.operationTokenTimeout",
+                86_400,
+            )?,
+            refresh_token_ttl: yaml_duration(
+                &yaml,
+                "authentication.refreshTokenTimeout",
+                30 * 86_400,
+            )?,
+            wasm: wasm_limits(&yaml)?,
+            root,
+        })
+    }
+}
+
+/// `wasm.timeout` and `wasm.memory` of `tessera.yaml`.
+pub fn wasm_limits(yaml: &serde_norway::Value) -> anyhow::Result<WasmLimits> {
+    let default = WasmLimits::default();
+    Ok(WasmLimits {
+        budget: yaml_u64(yaml, "wasm.timeout")?.map_or(default.budget, Duration::from_millis),
+        memory: yaml_u64(yaml, "wasm.memory")?.map_or(default.memory, |n| n as usize),
+    })
+}
+
+/// `--root` when it is not given.
+pub fn default_root() -> PathBuf {
+    PathBuf::from("tessera-data")
+}
+
+/// Reads a YAML file; a missing file is an empty mapping.
+pub fn read_yaml(path: &Path) -> anyhow::Result<serde_norway::Value> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().is_empty() => Ok(serde_norway::Value::Null),
+        Ok(s) => serde_norway::from_str(&s)
+            .with_context(|| format!("{} is not valid YAML", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_norway::Value::Null),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(root: &Path) -> RunArgs {
+        RunArgs {
+            apps: vec![],
+            root: Some(root.to_owned()),
+            threads: None,
+            http_port: None,
+            mqtt_port: None,
+            ops_port: None,
+            host: None,
+            durability: None,
+        }
+    }
+
+    #[test]
+    fn flags_over_yaml_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("tessera.yaml"),
+            "http:\n  port: 8080\nthreads:\n  count: 3\nstorage:\n  durability: buffered\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(args(dir.path())).unwrap();
+        assert_eq!(
+            (s.http_port, s.threads, s.ops_port, s.durability),
+            (8080, 3, 9925, Durability::Buffered)
+        );
+        let mut a = args(dir.path());
+        a.http_port = Some(1);
+        assert_eq!(Settings::resolve(a).unwrap().http_port, 1);
+        std::fs::write(dir.path().join("tessera.yaml"), "http:\n  port: x\n").unwrap();
+        assert!(Settings::resolve(args(dir.path())).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1d"), Some(86_400));
+        assert_eq!(parse_duration("90m"), Some(5400));
+        assert_eq!(parse_duration("15"), Some(15));
+        assert_eq!(parse_duration("x"), None);
+    }
+}

@@ -1,0 +1,413 @@
+//! The table registry, shared by all cores: every database and table there is, the application's
+//! `schema.graphql` tables (exported ones by URL segment, every one by type name) and the dynamic
+//! ones made by the Operations API's `create_table`, with each table's auto-increment counter.
+//!
+//! Schema tables never change while the process runs, so looking one up takes no lock. A dynamic
+//! table is persisted in the root's layout. Its attributes grow as records arrive: before a
+//! write stores a property the table does not have, [`Tables::add_attributes`] adds it (indexed)
+//! and the write carries the new table. Schema changes are serialized by the layout's lock and
+//! block on fsync, so callers run them off the executor.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tessera_storage::layout::{Layout, LayoutError};
+use tessera_storage::{Scalar, Table, Value};
+
+use super::error::AppError;
+use super::keys::next_key;
+
+/// The application's default database.
+pub const DEFAULT_DATABASE: &str = "data";
+
+/// Why a schema change was refused: its status and message.
+#[derive(Debug)]
+pub struct SchemaError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl SchemaError {
+    fn new(status: u16, message: impl Into<String>) -> SchemaError {
+        SchemaError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<LayoutError> for SchemaError {
+    fn from(e: LayoutError) -> Self {
+        SchemaError::new(500, e.to_string())
+    }
+}
+
+fn missing_table(database: &str, table: &str) -> SchemaError {
+    SchemaError::new(404, format!("Table '{database}.{table}' does not exist"))
+}
+
+#[derive(Default)]
+struct State {
+    /// Databases that exist without tables (made by `create_database`), and `data`.
+    databases: BTreeSet<String>,
+    /// Every table by (database, name).
+    tables: BTreeMap<(String, String), Arc<Table>>,
+    /// The next auto-increment primary key of each dynamic table.
+    counters: HashMap<u32, Arc<AtomicI64>>,
+}
+
+impl State {
+    fn table(&self, database: &str, name: &str) -> Option<&Arc<Table>> {
+        self.tables.get(&(database.to_owned(), name.to_owned()))
+    }
+
+    fn dynamic(&self, database: &str, name: &str) -> Result<&Arc<Table>, SchemaError> {
+        let t = self
+            .table(database, name)
+            .ok_or_else(|| missing_table(database, name))?;
+        if t.schema_defined {
+            return Err(SchemaError::new(
+                400,
+                format!("Table '{database}.{name}' is defined by schema.graphql; change it there"),
+            ));
+        }
+        Ok(t)
+    }
+
+    /// Forgets a dropped table and its key counter.
+    fn forget(&mut self, table: &Table) {
+        self.tables
+            .remove(&(table.database.clone(), table.name.clone()));
+        self.counters.remove(&table.id);
+    }
+
+    fn put(&mut self, table: Table) -> Arc<Table> {
+        let t = Arc::new(table);
+        self.tables
+            .insert((t.database.clone(), t.name.clone()), t.clone());
+        t
+    }
+}
+
+/// The registry.
+pub struct Tables {
+    /// Exported schema tables by URL segment.
+    exports: HashMap<String, Arc<Table>>,
+    /// Exported schema tables by table id (the topic of a change).
+    exports_by_id: HashMap<u32, Arc<Table>>,
+    /// Every schema table by its type name (relationship targets, expiry sweeps).
+    types: HashMap<String, Arc<Table>>,
+    /// The next auto-increment key of each schema table with a numeric key.
+    counters: HashMap<u32, AtomicI64>,
+    /// Subscriptions for the whole of a schema change: changes are serialized and persisted in order.
+    layout: Mutex<Layout>,
+    /// Every table, dynamic ones included.
+    state: RwLock<State>,
+}
+
+impl Tables {
+    /// The registry of `schema` tables and the layout's dynamic ones; `max_key(table id)` gives
+    /// the largest numeric primary key stored in a table, for its auto-increment counter.
+    pub fn new(
+        layout: Layout,
+        schema: &[Arc<Table>],
+        max_key: impl Fn(u32) -> Option<f64>,
+    ) -> Tables {
+        let exports: HashMap<String, Arc<Table>> = schema
+            .iter()
+            .filter_map(|t| Some((t.export.clone()?, t.clone())))
+            .collect();
+        let exports_by_id = exports.values().map(|t| (t.id, t.clone())).collect();
+        let types = schema
+            .iter()
+            .map(|t| (t.type_name.clone(), t.clone()))
+            .collect();
+        let counters = schema
+            .iter()
+            .filter(|t| t.key_type().is_numeric_key())
+            .map(|t| (t.id, AtomicI64::new(next_key(max_key(t.id)))))
+            .collect();
+        let mut state = State::default();
+        state.databases.insert(DEFAULT_DATABASE.to_owned());
+        state.databases.extend(layout.databases().iter().cloned());
+        for t in schema {
+            state
+                .tables
+                .insert((t.database.clone(), t.name.clone()), t.clone());
+        }
+        for t in layout.dynamic_tables() {
+            let next = next_key(max_key(t.id));
+            state.counters.insert(t.id, Arc::new(AtomicI64::new(next)));
+            state.put(t);
+        }
+        Tables {
+            exports,
+            exports_by_id,
+            types,
+            counters,
+            layout: Mutex::new(layout),
+            state: RwLock::new(state),
+        }
+    }
+
+    /// The exported table at URL segment `name`.
+    pub fn export(&self, name: &str) -> Option<&Arc<Table>> {
+        self.exports.get(name)
+    }
+
+    /// The exported tables by URL segment.
+    pub fn exports(&self) -> &HashMap<String, Arc<Table>> {
+        &self.exports
+    }
+
+    /// The exported table with this id.
+    pub fn export_by_id(&self, id: u32) -> Option<&Arc<Table>> {
+        self.exports_by_id.get(&id)
+    }
+
+    /// Every schema table by type name.
+    pub fn types(&self) -> &HashMap<String, Arc<Table>> {
+        &self.types
+    }
+
+    /// The exported table a topic (`Table/id`) addresses, and the id.
+    pub fn topic<'t>(&self, topic: &'t str) -> Option<(&Arc<Table>, &'t str)> {
+        let (name, id) = topic.split_once('/')?;
+        Some((self.exports.get(name)?, id))
+    }
+
+    /// A new primary key for a record written without one: a UUID for string keys, the next
+    /// integer for numeric ones.
+    pub fn new_key(&self, table: &Table) -> Result<Value, AppError> {
+        match table.key_type() {
+            Scalar::String | Scalar::Id => Ok(Value::String(uuid::Uuid::new_v4().to_string())),
+            _ => {
+                let next = match self.counters.get(&table.id) {
+                    Some(counter) => counter.fetch_add(1, Ordering::Relaxed),
+                    None => self
+                        .counter(table.id)
+                        .ok_or_else(|| AppError::Internal("no key counter".into()))?
+                        .fetch_add(1, Ordering::Relaxed),
+                };
+                if table.key_type() == Scalar::Int && next > i32::MAX as i64 {
+                    return Err(AppError::BadRequest(
+                        "Auto-incremented Int primary keys are exhausted".into(),
+                    ));
+                }
+                Ok(Value::Int(next))
+            }
+        }
+    }
+
+    /// Notes a numeric primary key written with an explicit value, so that [`Self::new_key`]
+    /// never hands it out again.
+    pub fn saw_key(&self, table: &Table, pk: &Value) {
+        let Value::Int(i) = pk else { return };
+        let next = i.saturating_add(1);
+        match self.counters.get(&table.id) {
+            Some(counter) => counter.fetch_max(next, Ordering::Relaxed),
+            None => match self.counter(table.id) {
+                Some(counter) => counter.fetch_max(next, Ordering::Relaxed),
+                None => return,
+            },
+        };
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn layout(&self) -> std::sync::MutexGuard<'_, Layout> {
+        self.layout.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The table `database.name`.
+    pub fn table(&self, database: &str, name: &str) -> Option<Arc<Table>> {
+        self.read().table(database, name).cloned()
+    }
+
+    /// The tables of `database` (or all), in (database, name) order.
+    pub fn tables(&self, database: Option<&str>) -> Vec<Arc<Table>> {
+        self.read()
+            .tables
+            .values()
+            .filter(|t| database.is_none_or(|d| t.database == d))
+            .cloned()
+            .collect()
+    }
+
+    /// Every database: those with tables and the empty ones.
+    pub fn databases(&self) -> BTreeSet<String> {
+        let s = self.read();
+        let mut all = s.databases.clone();
+        all.extend(s.tables.keys().map(|(d, _)| d.clone()));
+        all
+    }
+
+    /// The auto-increment counter of a dynamic table.
+    fn counter(&self, table_id: u32) -> Option<Arc<AtomicI64>> {
+        self.read().counters.get(&table_id).cloned()
+    }
+
+    /// `create_database`.
+    pub fn create_database(&self, name: &str) -> Result<(), SchemaError> {
+        let mut layout = self.layout();
+        if self.databases().contains(name) {
+            return Err(SchemaError::new(
+                400,
+                format!("database '{name}' already exists"),
+            ));
+        }
+        layout.create_database(name)?;
+        self.write().databases.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// `drop_database`: forgets the database and its tables, which it returns so that their
+    /// records can be removed. A database with `schema.graphql` tables is refused.
+    pub fn drop_database(&self, name: &str) -> Result<Vec<Arc<Table>>, SchemaError> {
+        let mut layout = self.layout();
+        if !self.databases().contains(name) {
+            return Err(SchemaError::new(
+                404,
+                format!("database '{name}' does not exist"),
+            ));
+        }
+        let tables = self.tables(Some(name));
+        if let Some(t) = tables.iter().find(|t| t.schema_defined) {
+            return Err(SchemaError::new(
+                400,
+                format!(
+                    "database '{name}' holds table '{}' defined by schema.graphql; remove it there",
+                    t.name
+                ),
+            ));
+        }
+        for t in &tables {
+            layout.drop_table(&t.full_name())?;
+        }
+        layout.drop_database(name)?;
+        let mut s = self.write();
+        s.databases.remove(name);
+        for t in &tables {
+            s.forget(t);
+        }
+        Ok(tables)
+    }
+
+    /// `create_table`, in a database that is made when missing.
+    pub fn create_table(
+        &self,
+        database: &str,
+        name: &str,
+        primary_key: &str,
+        attributes: &[String],
+    ) -> Result<Arc<Table>, SchemaError> {
+        let mut layout = self.layout();
+        if self.table(database, name).is_some() {
+            return Err(SchemaError::new(
+                400,
+                format!("Table '{name}' already exists in '{database}'"),
+            ));
+        }
+        let mut table = Table::dynamic(database, name, primary_key, attributes);
+        layout.save_dynamic(&mut table)?;
+        let mut s = self.write();
+        s.databases.insert(database.to_owned());
+        s.counters.insert(table.id, Arc::new(AtomicI64::new(1)));
+        Ok(s.put(table))
+    }
+
+    /// `drop_table`: forgets the table, which it returns so that its records can be removed.
+    pub fn drop_table(&self, database: &str, name: &str) -> Result<Arc<Table>, SchemaError> {
+        let mut layout = self.layout();
+        let table = self.read().dynamic(database, name)?.clone();
+        layout.drop_table(&table.full_name())?;
+        self.write().forget(&table);
+        Ok(table)
+    }
+
+    /// Adds the attributes in `names` that the dynamic table `database.name` does not have yet
+    /// (all indexed), and returns the table as it is now.
+    pub fn add_attributes(
+        &self,
+        database: &str,
+        name: &str,
+        names: &[String],
+    ) -> Result<Arc<Table>, SchemaError> {
+        let mut layout = self.layout();
+        let current = self.read().dynamic(database, name)?.clone();
+        let new: Vec<&String> = names
+            .iter()
+            .filter(|n| current.attribute(n).is_none())
+            .collect();
+        if new.is_empty() {
+            return Ok(current);
+        }
+        let mut table = (*current).clone();
+        for n in new {
+            table
+                .attributes
+                .push(tessera_storage::schema::Attribute::dynamic(n));
+        }
+        layout.save_dynamic(&mut table)?;
+        Ok(self.write().put(table))
+    }
+
+    /// `create_attribute`.
+    pub fn create_attribute(
+        &self,
+        database: &str,
+        name: &str,
+        attribute: &str,
+    ) -> Result<(), SchemaError> {
+        if self
+            .table(database, name)
+            .is_some_and(|t| t.attribute(attribute).is_some())
+        {
+            return Err(SchemaError::new(
+                400,
+                format!("attribute '{attribute}' already exists in {database}.{name}"),
+            ));
+        }
+        self.add_attributes(database, name, &[attribute.to_owned()])
+            .map(drop)
+    }
+
+    /// `drop_attribute` (never the primary key): returns the table as it was, and the dropped
+    /// attribute's id, so that its values and index entries can be removed.
+    pub fn drop_attribute(
+        &self,
+        database: &str,
+        name: &str,
+        attribute: &str,
+    ) -> Result<(Arc<Table>, u16), SchemaError> {
+        let mut layout = self.layout();
+        let current = self.read().dynamic(database, name)?.clone();
+        let Some(a) = current.attribute(attribute) else {
+            return Err(SchemaError::new(
+                404,
+                format!("attribute '{attribute}' does not exist in {database}.{name}"),
+            ));
+        };
+        if a.primary_key || a.created_time || a.updated_time {
+            return Err(SchemaError::new(
+                400,
+                format!(
+                    "attribute '{attribute}' is the primary key or a timestamp and cannot be dropped"
+                ),
+            ));
+        }
+        let id = a.id;
+        let mut table = (*current).clone();
+        table.attributes.retain(|a| a.name != attribute);
+        layout.save_dynamic(&mut table)?;
+        self.write().put(table);
+        Ok((current, id))
+    }
+}

@@ -1,0 +1,455 @@
+//! The user and role store: `<root>/data/users.json` (mode 0600, replaced atomically) with
+//! argon2id password hashes. The super user is created on first start from
+//! `TESSERA_ADMIN_USERNAME`/`TESSERA_ADMIN_PASSWORD` (or Harper's
+//! `HDB_ADMIN_USERNAME`/`HDB_ADMIN_PASSWORD`).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context;
+use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use tessera_storage::layout::write_atomically;
+
+use crate::app::permissions::{self, Permission, SUPER_USER, User};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredUser {
+    username: String,
+    /// PHC string of an argon2id hash.
+    password: String,
+    role: String,
+    active: bool,
+    #[serde(default)]
+    created: f64,
+    #[serde(default)]
+    updated: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRole {
+    name: String,
+    /// The `permission` object as it was sent.
+    permission: Json,
+    created: f64,
+    updated: f64,
+    /// `permission` parsed, once (on load and on every change), for every login to share.
+    #[serde(skip)]
+    parsed: Arc<Permission>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct UsersFile {
+    users: Vec<StoredUser>,
+    #[serde(default)]
+    roles: Vec<StoredRole>,
+}
+
+/// An operation on users or roles that failed: its status and JSON body.
+pub type Refusal = (u16, Json);
+
+fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    (status, json!({ "error": message.into() }))
+}
+
+fn now_ms() -> f64 {
+    tessera_storage::shard::now_micros() as f64 / 1000.0
+}
+
+fn hash_password(password: &str) -> Result<String, Refusal> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| refuse(500, format!("hashing the password: {e}")))
+}
+
+/// The users and roles of the server, durable in `<root>/data/users.json` (mode 0600, replaced
+/// atomically on every change). Shared by every core; changes take effect on the next request
+/// (the [`Authenticator`]s see the generation move).
+#[derive(Debug)]
+pub struct Users {
+    path: PathBuf,
+    file: RwLock<UsersFile>,
+    generation: AtomicU64,
+}
+
+impl Users {
+    /// Opens `<data_dir>/users.json` (empty if it does not exist yet).
+    pub fn open(data_dir: &Path) -> anyhow::Result<Users> {
+        let path = data_dir.join("users.json");
+        let mut file: UsersFile = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{} is corrupt", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => UsersFile::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        for role in &mut file.roles {
+            // Stored roles were validated when added; tables dropped since are simply absent.
+            role.parsed = Arc::new(
+                permissions::parse(Some(&role.permission), |_, _| true).unwrap_or_default(),
+            );
+        }
+        Ok(Users {
+            path,
+            file: RwLock::new(file),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, UsersFile> {
+        self.file.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the users file with `f`, saves it, and moves the generation on success.
+    /// Blocking (file write and fsync): call it off the executor.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut UsersFile) -> Result<T, Refusal>,
+    ) -> Result<T, Refusal> {
+        let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut file)?;
+        let bytes = serde_json::to_vec_pretty(&*file).map_err(|e| refuse(500, e.to_string()))?;
+        write_atomically(&self.path, &bytes, 0o600)
+            .map_err(|e| refuse(500, format!("writing {}: {e}", self.path.display())))?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(out)
+    }
+
+    /// Changes so far: cached credentials of an older generation are checked again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().users.is_empty()
+    }
+
+    /// Adds a super user unless a user of that name exists. Returns whether it was added.
+    pub fn ensure_super_user(&self, username: &str, password: &str) -> anyhow::Result<bool> {
+        if self.read().users.iter().any(|u| u.username == username) {
+            return Ok(false);
+        }
+        let hash = hash_password(password).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+        self.change(|f| {
+            let now = now_ms();
+            f.users.push(StoredUser {
+                username: username.to_owned(),
+                password: hash,
+                role: SUPER_USER.to_owned(),
+                active: true,
+                created: now,
+                updated: now,
+            });
+            Ok(())
+        })
+        .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+        Ok(true)
+    }
+
+    /// The permissions of role `name`.
+    fn permission_of(file: &UsersFile, name: &str) -> Option<Arc<Permission>> {
+        if name == SUPER_USER {
+            return Some(Arc::new(Permission::super_user()));
+        }
+        Some(file.roles.iter().find(|r| r.name == name)?.parsed.clone())
+    }
+
+    fn user_of(file: &UsersFile, u: &StoredUser) -> User {
+        let permission = Self::permission_of(file, &u.role).unwrap_or_default();
+        User {
+            username: u.username.clone(),
+            super_user: permission.super_user,
+            role: u.role.clone(),
+            permission,
+        }
+    }
+
+    /// Checks a password (slow by design: run it off the executor). Inactive users fail.
+    pub fn verify(&self, username: &str, password: &str) -> Option<User> {
+        let file = self.read();
+        let u = file
+            .users
+            .iter()
+            .find(|u| u.username == username && u.active)?;
+        let hash = PasswordHash::new(&u.password).ok()?;
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .ok()?;
+        Some(Self::user_of(&file, u))
+    }
+
+    /// Whether `username` exists, is deactivated and `password` is its password (so that
+    /// "inactive" is only ever said to someone who knows the password). Slow: off the executor.
+    pub fn is_inactive(&self, username: &str, password: &str) -> bool {
+        let file = self.read();
+        let Some(u) = file
+            .users
+            .iter()
+            .find(|u| u.username == username && !u.active)
+        else {
+            return false;
+        };
+        PasswordHash::new(&u.password).is_ok_and(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+    }
+
+    /// An active user by name (for tokens, whose signature stands for the password).
+    pub fn active_user(&self, username: &str) -> Option<User> {
+        let file = self.read();
+        let u = file
+            .users
+            .iter()
+            .find(|u| u.username == username && u.active)?;
+        Some(Self::user_of(&file, u))
+    }
+
+    fn role_json(r: &StoredRole) -> Json {
+        json!({"role": r.name, "permission": r.permission, "id": r.name,
+               "__createdtime__": r.created, "__updatedtime__": r.updated})
+    }
+
+    fn super_role_json() -> Json {
+        json!({"role": SUPER_USER, "permission": {"super_user": true}, "id": SUPER_USER})
+    }
+
+    /// `add_role`. `table_exists` validates the tables the permission names.
+    pub fn add_role(
+        &self,
+        name: &str,
+        permission: Option<&Json>,
+        table_exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Json, Refusal> {
+        let (permission, parsed) = validated(permission, table_exists)?;
+        self.change(|f| {
+            if name == SUPER_USER || f.roles.iter().any(|r| r.name == name) {
+                return Err(refuse(
+                    409,
+                    format!("A role with name '{name}' already exists"),
+                ));
+            }
+            let now = now_ms();
+            let role = StoredRole {
+                name: name.to_owned(),
+                permission,
+                created: now,
+                updated: now,
+                parsed,
+            };
+            let out = Self::role_json(&role);
+            f.roles.push(role);
+            Ok(out)
+        })
+    }
+
+    /// `alter_role`: a new permission for role `id`.
+    pub fn alter_role(
+        &self,
+        id: &str,
+        permission: Option<&Json>,
+        table_exists: impl Fn(&str, &str) -> bool,
+    ) -> Result<Json, Refusal> {
+        let (permission, parsed) = validated(permission, table_exists)?;
+        self.change(|f| {
+            let Some(role) = f.roles.iter_mut().find(|r| r.name == id) else {
+                return Err(refuse(400, "Invalid role id"));
+            };
+            role.permission = permission;
+            role.parsed = parsed;
+            role.updated = now_ms();
+            Ok(Self::role_json(role))
+        })
+    }
+
+    /// `drop_role`.
+    pub fn drop_role(&self, id: &str) -> Result<Json, Refusal> {
+        self.change(|f| {
+            let Some(at) = f.roles.iter().position(|r| r.name == id) else {
+                return Err(refuse(404, "Role not found"));
+            };
+            if f.users.iter().any(|u| u.role == id) {
+                return Err(refuse(
+                    409,
+                    format!("Cannot drop role {id} as it has active user(s) tied to this role"),
+                ));
+            }
+            f.roles.remove(at);
+            Ok(json!({ "message": format!("{id} successfully deleted") }))
+        })
+    }
+
+    /// `list_roles`.
+    pub fn list_roles(&self) -> Json {
+        let file = self.read();
+        let mut out = vec![Self::super_role_json()];
+        out.extend(file.roles.iter().map(Self::role_json));
+        Json::Array(out)
+    }
+
+    fn user_json(file: &UsersFile, u: &StoredUser) -> Json {
+        let role = if u.role == SUPER_USER {
+            Self::super_role_json()
+        } else {
+            file.roles
+                .iter()
+                .find(|r| r.name == u.role)
+                .map_or(Json::Null, Self::role_json)
+        };
+        json!({"username": u.username, "active": u.active, "role": role,
+               "__createdtime__": u.created, "__updatedtime__": u.updated})
+    }
+
+    /// `add_user`. Blocking (hashes the password).
+    pub fn add_user(
+        &self,
+        username: &str,
+        password: Option<&str>,
+        role: &str,
+        active: bool,
+    ) -> Result<Json, Refusal> {
+        let Some(password) = password.filter(|p| !p.is_empty()) else {
+            return Err(refuse(400, "Password can't be blank"));
+        };
+        if self.read().users.iter().any(|u| u.username == username) {
+            return Err(refuse(409, format!("User {username} already exists")));
+        }
+        let hash = hash_password(password)?;
+        self.change(|f| {
+            if f.users.iter().any(|u| u.username == username) {
+                return Err(refuse(409, format!("User {username} already exists")));
+            }
+            if role != SUPER_USER && !f.roles.iter().any(|r| r.name == role) {
+                return Err(refuse(404, format!("{role} role not found")));
+            }
+            let now = now_ms();
+            f.users.push(StoredUser {
+                username: username.to_owned(),
+                password: hash,
+                role: role.to_owned(),
+                active,
+                created: now,
+                updated: now,
+            });
+            Ok(json!({ "message": format!("{username} successfully added") }))
+        })
+    }
+
+    /// `alter_user`: any of a new password, role and active flag. Blocking (hashing).
+    pub fn alter_user(
+        &self,
+        username: &str,
+        password: Option<&str>,
+        role: Option<&str>,
+        active: Option<bool>,
+    ) -> Result<Json, Refusal> {
+        let hash = password.map(hash_password).transpose()?;
+        self.change(|f| {
+            if let Some(r) = role
+                && r != SUPER_USER
+                && !f.roles.iter().any(|x| x.name == r)
+            {
+                return Err(refuse(
+                    404,
+                    format!("Update failed.  Requested '{r}' role not found."),
+                ));
+            }
+            let Some(u) = f.users.iter_mut().find(|u| u.username == username) else {
+                return Ok(json!({"message": "updated 0 of 1 records", "txn_time": 0,
+                                 "update_hashes": [], "skipped_hashes": [username]}));
+            };
+            if let Some(h) = hash {
+                u.password = h;
+            }
+            if let Some(r) = role {
+                u.role = r.to_owned();
+            }
+            if let Some(a) = active {
+                u.active = a;
+            }
+            u.updated = now_ms();
+            Ok(json!({"message": "updated 1 of 1 records", "txn_time": 0,
+                      "update_hashes": [username], "skipped_hashes": []}))
+        })
+    }
+
+    /// `drop_user`.
+    pub fn drop_user(&self, username: &str) -> Result<Json, Refusal> {
+        self.change(|f| {
+            let Some(at) = f.users.iter().position(|u| u.username == username) else {
+                return Err(refuse(404, format!("User {username} does not exist")));
+            };
+            f.users.remove(at);
+            Ok(json!({ "message": format!("{username} successfully deleted") }))
+        })
+    }
+
+    /// `list_users` (never a password).
+    pub fn list_users(&self) -> Json {
+        let file = self.read();
+        Json::Array(
+            file.users
+                .iter()
+                .map(|u| Self::user_json(&file, u))
+                .collect(),
+        )
+    }
+
+    /// `user_info` of `username`.
+    pub fn user_info(&self, username: &str) -> Json {
+        let file = self.read();
+        match file.users.iter().find(|u| u.username == username) {
+            Some(u) => Self::user_json(&file, u),
+            None => json!({"username": username, "role": Self::super_role_json()}),
+        }
+    }
+}
+
+/// A `permission` object as sent and parsed, or its refusal.
+fn validated(
+    permission: Option<&Json>,
+    table_exists: impl Fn(&str, &str) -> bool,
+) -> Result<(Json, Arc<Permission>), Refusal> {
+    let parsed = permissions::parse(permission, table_exists).map_err(permission_refusal)?;
+    Ok((permission.cloned().unwrap_or(Json::Null), Arc::new(parsed)))
+}
+
+/// A refused `permission` object, in HARPER-OPS.md's shape.
+fn permission_refusal(e: permissions::PermissionErrors) -> Refusal {
+    let schema: serde_json::Map<String, Json> =
+        e.schema.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    (
+        400,
+        json!({"error": "Errors in the role permissions JSON provided",
+               "main_permissions": e.main, "schema_permissions": schema}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::open(dir.path()).unwrap();
+        assert!(users.ensure_super_user("admin", "s3cret").unwrap());
+        assert!(!users.ensure_super_user("admin", "other").unwrap());
+        let stored = std::fs::read_to_string(dir.path().join("users.json")).unwrap();
+        assert!(!stored.contains("s3cret") && stored.contains("$argon2id$"));
+        let users = Users::open(dir.path()).unwrap();
+        assert_eq!(
+            users.verify("admin", "s3cret").map(|u| u.super_user),
+            Some(true)
+        );
+        assert!(users.verify("admin", "wrong").is_none());
+        assert!(users.verify("nobody", "s3cret").is_none());
+    }
+}

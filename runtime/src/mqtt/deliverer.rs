@@ -1,0 +1,146 @@
+//! The deliverer of a connection: changes for its subscriptions become PUBLISH packets, first
+//! those a resumed session queued, then the inbox's. A QoS 0 PUBLISH is encoded once per change
+//! and shared by every subscriber; QoS 1 and 2 ones are numbered, limited by the client's Receive
+//! Maximum and remembered until completed.
+
+use std::collections::VecDeque;
+
+use futures::FutureExt;
+use futures::channel::oneshot;
+use glommio::channels::local_channel::LocalReceiver;
+use tessera_protocol::mqtt::{Ack, Packet};
+
+use super::inflight::next_packet_id;
+use super::publish::publish_for;
+use super::sessions::{Pending, Redelivery};
+use super::writer::{BATCH_BYTES, Outbox};
+use super::{Flow, qos_of};
+use crate::realtime::{Delivery, Guarantee};
+use crate::worker::Worker;
+
+/// The inbox and what was not delivered, handed back when the session parks.
+pub type HandedBack = Option<(LocalReceiver<Delivery>, VecDeque<Pending>)>;
+
+/// Delivers until the inbox closes (`None`), or hands the inbox and what it has not sent back
+/// when `park` fires.
+pub async fn run(
+    worker: &Worker,
+    out: &Outbox,
+    inbox: LocalReceiver<Delivery>,
+    mut backlog: VecDeque<Pending>,
+    park: oneshot::Receiver<()>,
+    flow: &Flow,
+) -> HandedBack {
+    // New packet ids follow those of the deliveries that go again.
+    let mut next_id: u16 = backlog
+        .iter()
+        .filter_map(|p| p.redelivery.map(|r| r.id))
+        .max()
+        .unwrap_or(0);
+    let mut park = park.fuse();
+    loop {
+        let pending = match backlog.pop_front() {
+            Some(p) => p,
+            None => futures::select_biased! {
+                _ = park => return Some((inbox, backlog)),
+                d = inbox.recv().fuse() => Pending::new(d?),
+            },
+        };
+        let deliver = async {
+            if pending.delivery.guarantee == Guarantee::AtMostOnce {
+                send_qos0(worker, out, &pending.delivery, &inbox, &mut backlog).await
+            } else {
+                send_acknowledged(worker, out, &pending, &mut next_id, flow).await
+            }
+        };
+        // A session that parks keeps what this was delivering.
+        let sent = futures::select_biased! {
+            _ = park => None,
+            r = deliver.fuse() => Some(r),
+        };
+        match sent {
+            Some(Ok(())) => {}
+            None => {
+                backlog.push_front(pending);
+                return Some((inbox, backlog));
+            }
+            // The connection is gone: park if the session is kept.
+            Some(Err(())) => {
+                backlog.push_front(pending);
+                return match park.await {
+                    Ok(()) => Some((inbox, backlog)),
+                    Err(_) => None,
+                };
+            }
+        }
+    }
+}
+
+/// Sends a QoS 0 delivery and the QoS 0 deliveries waiting behind it to the writer as one
+/// frame: one queue entry and one wake-up for all of them. Others met on the way go to
+/// `backlog`.
+async fn send_qos0(
+    worker: &Worker,
+    out: &Outbox,
+    first: &Delivery,
+    inbox: &LocalReceiver<Delivery>,
+    backlog: &mut VecDeque<Pending>,
+) -> Result<(), ()> {
+    let mut batch = Vec::new();
+    out.push_qos0(worker, &first.change, &mut batch);
+    while batch.len() < BATCH_BYTES && backlog.is_empty() {
+        match inbox.recv().now_or_never().flatten() {
+            Some(d) if d.guarantee == Guarantee::AtMostOnce => {
+                out.push_qos0(worker, &d.change, &mut batch)
+            }
+            Some(other) => backlog.push_back(Pending::new(other)),
+            None => break,
+        }
+    }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    out.queue(batch).await
+}
+
+/// Sends a QoS 1 or 2 delivery (again, for one never completed) once the client's Receive
+/// Maximum allows, and remembers it until the client completes it.
+async fn send_acknowledged(
+    worker: &Worker,
+    out: &Outbox,
+    pending: &Pending,
+    next_id: &mut u16,
+    flow: &Flow,
+) -> Result<(), ()> {
+    let qos = qos_of(pending.delivery.guarantee);
+    let change = &pending.delivery.change;
+    let (id, packet) = match pending.redelivery {
+        // The client has the message: only the release goes again.
+        Some(Redelivery { id, received: true }) => (id, Packet::PubRel(Ack::new(id))),
+        // Sent before and never completed: its original id, with DUP.
+        Some(Redelivery { id, .. }) => {
+            let Some(mut p) = publish_for(worker, change, qos, false, Some(id)) else {
+                return Ok(());
+            };
+            p.dup = true;
+            (id, Packet::Publish(p))
+        }
+        None => {
+            let id = next_packet_id(*next_id);
+            let Some(p) = publish_for(worker, change, qos, false, Some(id)) else {
+                return Ok(());
+            };
+            *next_id = id;
+            (id, Packet::Publish(p))
+        }
+    };
+    flow.inflight.acquire(1).await.map_err(drop)?;
+    out.send(packet).await?;
+    // Recorded once queued for the writer (no await in between), so that a delivery cut short
+    // by parking is kept once: in the backlog, not here.
+    let received = pending.redelivery.is_some_and(|r| r.received);
+    flow.unacked
+        .borrow_mut()
+        .sent(id, pending.delivery.clone(), received);
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! PUBLISH from a client: RETAIN=1 writes the topic's record (an empty payload deletes it),
+//! RETAIN=0 is a message to the record's subscribers, and a topic of a wasm resource goes to the
+//! resource. And the PUBLISH that tells a subscriber about a change.
+
+use tessera_protocol::mqtt::{Ack, Packet, Properties, Publish, QoS, Version};
+use tessera_storage::Value;
+use tessera_storage::record::RecordRef;
+use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, now_micros, record_key};
+use tessera_storage::validate::WriteMode;
+use tessera_storage::value::msgpack_to_json;
+
+use super::{Connection, TOPIC_ALIAS_MAXIMUM};
+use crate::app::keys::{id_value, set_primary_key};
+use crate::app::permissions::Action;
+use crate::realtime;
+use crate::wasm;
+use crate::worker::Worker;
+
+/// The topic of a change's record: its table's export and the record id (`Dog/42`).
+fn topic_of(worker: &Worker, change: &Change) -> Option<String> {
+    let table = worker.app.tables.export_by_id(change.table)?;
+    let export = table.export.as_deref()?;
+    Some(format!("{export}/{}", realtime::id_text(&change.key)?))
+}
+
+/// What a PUBLISH does to its topic's record: a message (an insert, for permissions), a put
+/// (retained), or a delete (retained and empty).
+fn publish_action(p: &Publish) -> Action {
+    match (p.retain, p.payload.is_empty()) {
+        (false, _) => Action::Insert,
+        (true, true) => Action::Delete,
+        (true, false) => Action::Update,
+    }
+}
+
+/// A PUBLISH payload read as JSON.
+fn payload_value(p: &Publish) -> Result<Value, crate::app::body::BodyError> {
+    let mut body = p.payload.clone();
+    crate::app::body::decode(
+        Some("application/json"),
+        &mut body,
+        &mut simd_json::Buffers::default(),
+    )
+}
+
+/// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
+/// a message's payload as published (`None` once the message has expired; MQTT 5 subscribers get
+/// the time it has left).
+pub fn publish_for(
+    worker: &Worker,
+    change: &Change,
+    qos: QoS,
+    retain: bool,
+    packet_id: Option<u16>,
+) -> Option<Publish> {
+    let mut properties = Properties::default();
+    let payload = match &change.event {
+        Event::Put(stored) => {
+            let rec = RecordRef::parse(stored)?;
+            let mut json = Vec::with_capacity(rec.body.len() + 16);
+            msgpack_to_json(rec.body, &mut json).ok()?;
+            json
+        }
+        Event::Delete => b"null".to_vec(),
+        Event::Message {
+            payload,
+            expires_at,
+        } => {
+            if let Some(at) = expires_at {
+                let left_ms = at.checked_sub(now_micros() / 1000).filter(|l| *l > 0)?;
+                properties.message_expiry_interval = Some(left_ms.div_ceil(1000) as u32);
+            }
+            payload.clone()
+        }
+    };
+    Some(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic_of(worker, change)?,
+        packet_id,
+        properties,
+        payload,
+    })
+}
+
+impl Connection<'_> {
+    /// PUBLISH from the client: RETAIN=1 writes the record (empty payload: deletes it), RETAIN=0
+    /// is a message to the record's subscribers. Acknowledged once the write has committed.
+    pub async fn publish(&mut self, mut p: Publish) {
+        // MQTT 5 topic aliases: a topic with an alias sets it; an empty topic uses it.
+        let aliased = match p.properties.topic_alias {
+            Some(alias) if alias > TOPIC_ALIAS_MAXIMUM => Err(0x94),
+            Some(alias) if p.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(t) => {
+                    p.topic = t.clone();
+                    Ok(())
+                }
+                None => Err(0x82),
+            },
+            Some(alias) => {
+                self.aliases.insert(alias, p.topic.clone());
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let result = match aliased {
+            Ok(()) => self.apply_publish(&p).await,
+            Err(code) => Err(code),
+        };
+        let reason = match result {
+            Ok(()) => 0,
+            Err(code) => code,
+        };
+        let ack = |id| Ack {
+            packet_id: id,
+            reason: if self.version == Version::V5 {
+                reason
+            } else {
+                0
+            },
+            properties: Properties::default(),
+        };
+        let reply = match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(ack(id))),
+            (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(ack(id))),
+            _ => None,
+        };
+        if let Some(r) = reply {
+            let _ = self.outbox.send(r).await;
+        }
+    }
+
+    /// Carries out a publish (also a will). The error is an MQTT 5 reason code.
+    pub async fn apply_publish(&mut self, p: &Publish) -> Result<(), u8> {
+        if let Some(answered) = self.publish_to_resource(p).await {
+            return answered;
+        }
+        let worker = self.worker;
+        // 0x90: topic name invalid (not an exported table).
+        let (table, id) = worker.app.tables.topic(&p.topic).ok_or(0x90u8)?;
+        // 0x87: not authorized (the role's table permission for what the publish does).
+        let action = publish_action(p);
+        if !self
+            .user
+            .permission
+            .allows(&table.database, &table.name, action)
+        {
+            return Err(0x87);
+        }
+        let pk = id_value(table, id);
+        let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
+        if !p.retain {
+            let message = Change {
+                table: table.id,
+                key,
+                event: Event::Message {
+                    payload: p.payload.clone(),
+                    // MQTT 5 message expiry.
+                    expires_at: p
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
+                },
+                version: 0, // numbered where it is dispatched
+            };
+            return realtime::publish_message(&worker.router, message, &mut self.messages)
+                .await
+                .map_err(|_| 0x80);
+        }
+        // The write reaches subscribers after the messages published before it.
+        self.messages.settle().await;
+        if p.payload.is_empty() {
+            let op = WriteOp {
+                table: table.clone(),
+                key,
+                kind: WriteKind::Delete,
+            };
+            return worker.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
+        }
+        let rec = payload_value(p).map_err(|_| 0x99u8)?; // payload format invalid
+        worker
+            .write_record(table, rec, pk, WriteMode::Replace)
+            .await
+            .map(|_| ())
+            .map_err(|_| 0x99)
+    }
+
+    /// A publish to a wasm resource's topic goes to the resource: a message to its `publish`, a
+    /// retained one to its `put` (an empty retained one to its `delete`). `None`: there is no
+    /// resource, or it does not override that verb, and the table's own handling applies.
+    pub(super) async fn publish_to_resource(&mut self, p: &Publish) -> Option<Result<(), u8>> {
+        let worker = self.worker;
+        let (name, id) = p.topic.split_once('/')?;
+        let res = worker.wasm.resource(name)?;
+        let action = publish_action(p);
+        let method = match action {
+            Action::Delete => wasm::Method::Delete,
+            Action::Update => wasm::Method::Put,
+            _ => wasm::Method::Publish,
+        };
+        if res.falls_back(method) {
+            return None;
+        }
+        // What the resource writes reaches subscribers after the messages published before.
+        self.messages.settle().await;
+        // As over REST: a resource extending a table is under the table's permissions; a
+        // standalone one checks the user itself.
+        if let Some(table) = &res.extends
+            && !self
+                .user
+                .permission
+                .allows(&table.database, &table.name, action)
+        {
+            return Some(Err(0x87));
+        }
+        let data = if p.payload.is_empty() {
+            None
+        } else {
+            let mut value = match (payload_value(p), method) {
+                (Ok(v), _) => v,
+                // A message need not be JSON: the guest gets its bytes.
+                (Err(_), wasm::Method::Publish) => Value::Bytes(p.payload.clone()),
+                (Err(_), _) => return Some(Err(0x99)), // payload format invalid
+            };
+            if let (Some(table), wasm::Method::Put) = (&res.extends, method) {
+                let pk = &table.primary_key().name;
+                set_primary_key(&mut value, pk, id_value(table, id));
+            }
+            Some(value.to_msgpack())
+        };
+        let call = wasm::Call {
+            method,
+            id: Some(id),
+            pathname: id,
+            search: "",
+            is_collection: id.is_empty(),
+            data,
+            user: Some(self.user.username.clone()),
+            head: Vec::new(),
+        };
+        match wasm::call(&worker.wasm, &worker.app, &worker.router, res, call).await {
+            Ok(wasm::Handled::Fallback) => None,
+            Ok(wasm::Handled::Respond(_)) => Some(Ok(())),
+            Err(e) => Some(Err(match e.status() {
+                400 | 413 | 422 => 0x99, // payload format invalid
+                401 | 403 => 0x87,       // not authorized
+                404 => 0x90,             // topic name invalid
+                _ => 0x80,               // unspecified error
+            })),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! SUBSCRIBE and UNSUBSCRIBE: a filter `Table/id` or `Table/<levels with + and #>` becomes a
+//! subscription to one record or to the ids its pattern matches; the current records answer as
+//! retained PUBLISH packets. A resumed session subscribes its filters again.
+
+use std::sync::Arc;
+
+use tessera_protocol::mqtt::{
+    Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+};
+use tessera_storage::Table;
+use tessera_storage::shard::Change;
+
+use super::inflight::next_packet_id;
+use super::publish::publish_for;
+use super::sessions::{self, Saved};
+use super::{Connection, guarantee_of};
+use crate::app::permissions::Action;
+use crate::realtime::{self, Delivery, Pattern, Scope, Subscriber, Subscriptions};
+use crate::worker::Worker;
+
+/// Registers subscription `sub` of connection `conn` to `filter`. Returns the table and what the
+/// subscription covers, and the current records; `None` when the filter names no exported
+/// table or no possible id.
+async fn register(
+    worker: &Worker,
+    conn: u64,
+    sub: u32,
+    filter: &str,
+    qos: QoS,
+    subscriptions: &mut Subscriptions,
+) -> Option<Vec<Change>> {
+    let (table, scope) = target(worker, filter)?;
+    let sub = subscriber(worker, conn, sub, qos);
+    realtime::subscribe(&worker.router, &table, scope, None, sub, subscriptions).await
+}
+
+/// The exported table a filter names, and what it covers there.
+fn target(worker: &Worker, filter: &str) -> Option<(Arc<Table>, Scope)> {
+    let (table, rest) = filter.split_once('/')?;
+    let table = worker.app.tables.export(table)?.clone();
+    let scope = if rest.contains(['+', '#']) {
+        Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
+    } else {
+        Scope::Record(rest.to_owned())
+    };
+    Some((table, scope))
+}
+
+fn subscriber(worker: &Worker, conn: u64, sub: u32, qos: QoS) -> Subscriber {
+    Subscriber {
+        core: worker.router.core(),
+        conn,
+        sub,
+        guarantee: guarantee_of(qos),
+    }
+}
+
+/// Subscribes `conn` again to the filters of a session whose connection ended at `parked_at`,
+/// numbering them from `first`. Returns the filters subscribed with their numbers, and the
+/// changes their QoS 1 and 2 filters cover that were committed after `parked_at` (none when it
+/// is unknown), in commit order: read in the same step as each registration, so that none falls
+/// between the old subscriptions and the new ones.
+pub async fn resubscribe(
+    worker: &Worker,
+    conn: u64,
+    first: u32,
+    filters: &[(String, QoS)],
+    parked_at: Option<u64>,
+    subscriptions: &mut Subscriptions,
+) -> (Vec<(String, u32, QoS)>, Vec<Delivery>) {
+    let after = parked_at.unwrap_or(u64::MAX);
+    let (mut subscribed, mut logged) = (Vec::new(), Vec::new());
+    for (sub, (filter, qos)) in (first..).zip(filters) {
+        let Some((table, scope)) = target(worker, filter) else {
+            continue;
+        };
+        let s = subscriber(worker, conn, sub, *qos);
+        let since = realtime::Since::After(after);
+        let Some(found) =
+            realtime::subscribe_since(&worker.router, &table, &scope, s, subscriptions, since)
+                .await
+        else {
+            continue;
+        };
+        subscribed.push((filter.clone(), sub, *qos));
+        if *qos != QoS::AtMostOnce {
+            logged.extend(found.into_iter().map(|change| Delivery {
+                change,
+                guarantee: guarantee_of(*qos),
+            }));
+        }
+    }
+    logged.sort_by_key(|d| d.change.version);
+    (subscribed, logged)
+}
+
+impl Connection<'_> {
+    pub async fn subscribe(&mut self, s: Subscribe) {
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in &s.filters {
+            let qos = options.qos;
+            // Subscribing again to a filter replaces the subscription.
+            if let Some((old, _)) = self.filters.remove(filter) {
+                self.subscriptions
+                    .release(&self.worker.router, self.conn, Some(old))
+                    .await;
+            }
+            let readable = filter.split_once('/').and_then(|(t, _)| {
+                let table = self.worker.app.tables.export(t)?;
+                Some(
+                    self.user
+                        .permission
+                        .allows(&table.database, &table.name, Action::Read),
+                )
+            });
+            if readable == Some(false) {
+                codes.push(match self.version {
+                    Version::V311 => 0x80,
+                    Version::V5 => 0x87, // not authorized
+                });
+                continue;
+            }
+            match self.add_subscription(filter, qos, &mut retained).await {
+                Some(()) => codes.push(qos as u8),
+                None => codes.push(match self.version {
+                    Version::V311 => 0x80,
+                    Version::V5 => 0x8F,
+                }),
+            }
+        }
+        self.save();
+        let _ = self
+            .outbox
+            .send(Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: Properties::default(),
+                codes,
+            }))
+            .await;
+        let mut next_id = 0x8000;
+        for (change, qos) in retained {
+            let packet_id = (qos != QoS::AtMostOnce).then(|| {
+                next_id = next_packet_id(next_id);
+                next_id
+            });
+            if let Some(p) = publish_for(self.worker, &change, qos, true, packet_id) {
+                let _ = self.outbox.send(Packet::Publish(p)).await;
+            }
+        }
+    }
+
+    /// Registers one filter and collects the current records it covers. `None`: refused.
+    pub(super) async fn add_subscription(
+        &mut self,
+        filter: &str,
+        qos: QoS,
+        retained: &mut Vec<(Change, QoS)>,
+    ) -> Option<()> {
+        self.next_sub += 1;
+        let (sub, conn) = (self.next_sub, self.conn);
+        let current =
+            register(self.worker, conn, sub, filter, qos, &mut self.subscriptions).await?;
+        self.filters.insert(filter.to_owned(), (sub, qos));
+        retained.extend(current.into_iter().map(|c| (c, qos)));
+        Some(())
+    }
+
+    /// Saves a kept session's filters as they are now.
+    pub(super) fn save(&self) {
+        if let Some(owner) = &self.kept {
+            let filters = self.filters.iter().map(|(f, (_, q))| (f.clone(), *q));
+            sessions::save(Saved::live(owner, filters));
+        }
+    }
+
+    /// Picks up a parked session: its filters are subscribed again, without the current
+    /// records (the deliverer sends what the session queued while the client was away). Returns
+    /// the changes committed after `parked_at` that the session's filters cover.
+    pub async fn resume(
+        &mut self,
+        filters: &[(String, QoS)],
+        parked_at: Option<u64>,
+    ) -> Vec<Delivery> {
+        let first = self.next_sub + 1;
+        let (subscribed, logged) = resubscribe(
+            self.worker,
+            self.conn,
+            first,
+            filters,
+            parked_at,
+            &mut self.subscriptions,
+        )
+        .await;
+        for (filter, sub, qos) in subscribed {
+            self.next_sub = self.next_sub.max(sub);
+            self.filters.insert(filter, (sub, qos));
+        }
+        logged
+    }
+
+    pub async fn unsubscribe(&mut self, u: Unsubscribe) {
+        for f in &u.filters {
+            if let Some((n, _)) = self.filters.remove(f) {
+                self.subscriptions
+                    .release(&self.worker.router, self.conn, Some(n))
+                    .await;
+            }
+        }
+        self.save();
+        let codes = if self.version == Version::V5 {
+            vec![0; u.filters.len()]
+        } else {
+            Vec::new()
+        };
+        let _ = self
+            .outbox
+            .send(Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                codes,
+            }))
+            .await;
+    }
+}

@@ -1,0 +1,219 @@
+//! The HTTP/1.1 connection loop: reads requests (pipelined ones included), frames their bodies,
+//! hands each to the listener's [`Handler`] (the REST front or the Operations API), and writes
+//! responses in order, flushing whenever no further complete request is waiting in the buffer.
+
+use std::rc::Rc;
+
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+use tessera_protocol::http::{
+    BodyFraming, ChunkedDecoder, FramingError, Request, parse_head_info, parse_request, write_head,
+};
+
+use super::reply::Reply;
+use super::{FLUSH_AT, accept, flush};
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What serves the requests of one listener on one core.
+// The futures stay on their core (glommio), so they need not be `Send`.
+#[allow(async_fn_in_trait)]
+pub trait Handler: 'static {
+    /// The largest request body accepted.
+    fn max_body(&self) -> usize;
+
+    /// Handles one request, writing the whole response (or its chunks) through `reply`.
+    async fn handle(
+        &self,
+        req: &Request<'_>,
+        body: &mut [u8],
+        from_loopback: bool,
+        reply: &mut Reply<'_>,
+    );
+}
+
+/// Serves HTTP connections from `listener` forever, each request handled by `handler`. `what`
+/// names the listener in the log.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, what: &'static str) {
+    accept(listener, what, move |stream| {
+        connection(handler.clone(), stream)
+    })
+    .await;
+}
+
+/// Bytes received and not yet consumed: `buf[start..end]`.
+struct Received {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Received {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more bytes, making room for at least `want` pending bytes. `false` on EOF or error.
+    async fn fill(&mut self, stream: &mut TcpStream, want: usize) -> bool {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < READ_CHUNK) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let need = (self.start + want).max(self.end + READ_CHUNK);
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        match stream.read(&mut self.buf[self.end..]).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.end += n;
+                true
+            }
+        }
+    }
+
+    /// Gives back memory held for a large body once it is consumed.
+    fn shrink(&mut self) {
+        if self.start == self.end && self.buf.len() > 4 * READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// After an error answer, stops writing and drains what the client is still sending for a moment,
+/// so that closing does not reset the connection before the client has read the answer.
+async fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut sink = [0u8; 8192];
+    let mut budget: usize = 64 << 20;
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 || n >= budget {
+            break;
+        }
+        budget -= n;
+    }
+}
+
+/// Answers a framing error and tells the caller to close.
+fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
+    // Harper words the body-limit answer without an error class.
+    let body = match e {
+        FramingError::BodyTooLarge(_) => format!("\"{e}\""),
+        _ => format!("\"ClientError: {e}\""),
+    };
+    write_head(
+        out,
+        e.status(),
+        &[("Content-Type", b"application/json; charset=utf-8")],
+        Some(body.len()),
+        false,
+    );
+    out.extend_from_slice(body.as_bytes());
+}
+
+async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    let max_body = handler.max_body();
+    let mut input = Received {
+        buf: vec![0; READ_CHUNK],
+        start: 0,
+        end: 0,
+    };
+    let mut out = Vec::with_capacity(READ_CHUNK);
+    let mut chunked = Vec::new();
+    loop {
+        let info = match parse_head_info(input.pending(), max_body) {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                if !flush(&mut stream, &mut out).await || !input.fill(&mut stream, 0).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                framing_error(&mut out, &e);
+                flush(&mut stream, &mut out).await;
+                linger_close(&mut stream).await;
+                return;
+            }
+        };
+        // The body: wait for all of it (Content-Length) or decode it (chunked).
+        if info.expect_continue && input.pending().len() == info.len {
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !flush(&mut stream, &mut out).await {
+                return;
+            }
+        }
+        let consumed = match info.body {
+            BodyFraming::Length(n) => {
+                let total = info.len + n;
+                while input.pending().len() < total {
+                    if !input.fill(&mut stream, total).await {
+                        return;
+                    }
+                }
+                total
+            }
+            BodyFraming::Chunked => {
+                chunked.clear();
+                let mut decoder = ChunkedDecoder::default();
+                let mut at = info.len;
+                loop {
+                    match decoder.feed(&input.pending()[at..], &mut chunked, max_body) {
+                        Ok((n, true)) => break at + n,
+                        Ok((n, false)) => {
+                            at += n;
+                            // Keep the head; drop decoded chunk bytes as they are consumed.
+                            let head_end = input.start + info.len;
+                            let drop = at - info.len;
+                            input.buf.copy_within(head_end + drop..input.end, head_end);
+                            input.end -= drop;
+                            at = info.len;
+                            if !input.fill(&mut stream, info.len + READ_CHUNK).await {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            framing_error(&mut out, &e);
+                            flush(&mut stream, &mut out).await;
+                            linger_close(&mut stream).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let keep_alive = {
+            let (head, rest) = input.buf[input.start..input.end].split_at_mut(info.len);
+            let req = match parse_request(head) {
+                Ok(r) => r,
+                Err(e) => {
+                    framing_error(&mut out, &e);
+                    flush(&mut stream, &mut out).await;
+                    return;
+                }
+            };
+            let body: &mut [u8] = match info.body {
+                BodyFraming::Length(n) => &mut rest[..n],
+                BodyFraming::Chunked => &mut chunked,
+            };
+            let mut reply = Reply::new(&req, &mut out, &mut stream);
+            handler.handle(&req, body, from_loopback, &mut reply).await;
+            reply.keep_alive
+        };
+        input.start += consumed;
+        input.shrink();
+        if !keep_alive {
+            flush(&mut stream, &mut out).await;
+            return;
+        }
+        if out.len() >= FLUSH_AT && !flush(&mut stream, &mut out).await {
+            return;
+        }
+    }
+}

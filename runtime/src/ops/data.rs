@@ -1,0 +1,476 @@
+//! The NoSQL data operations: `insert`, `update`, `upsert`, `delete`, `search_by_id`,
+//! `search_by_value` and `search_by_conditions`.
+
+use std::sync::Arc;
+
+use serde_json::{Value as Json, json};
+use tessera_protocol::query::{Filter, Op, Operand, Query};
+use tessera_storage::shard::{WriteKind, WriteOp, record_key};
+use tessera_storage::validate::{WriteMode, check_record};
+use tessera_storage::{Table, Value};
+
+use super::schema::check_name;
+use super::{MAX_RECORDS, Operations, OpsError, bad, database_of, fail, forbidden, take_property};
+use crate::app::AppError;
+use crate::app::output::{self, pick};
+use crate::app::permissions::{Action, TablePermission, User};
+use crate::data::conditions::{condition, conditions_query, operand, wildcard};
+use crate::data::query;
+use crate::data::query::Joins;
+
+/// The data operations, each a function of the request body.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Write {
+    Insert,
+    Update,
+    Upsert,
+}
+
+impl Write {
+    /// The table permissions a write needs.
+    pub(super) fn actions(self) -> &'static [Action] {
+        match self {
+            Write::Insert => &[Action::Insert],
+            Write::Update => &[Action::Update],
+            Write::Upsert => &[Action::Insert, Action::Update],
+        }
+    }
+}
+
+/// Refuses (403, reported as missing) any of `names` the role may not read.
+pub(super) fn check_readable<'n>(
+    table: &Table,
+    restricted: Option<&TablePermission>,
+    names: impl IntoIterator<Item = &'n String>,
+) -> Result<(), OpsError> {
+    let Some(p) = restricted else { return Ok(()) };
+    let pk = &table.primary_key().name;
+    let hidden: Vec<String> = names
+        .into_iter()
+        .filter(|n| !p.reads_attribute(n, *n == pk))
+        .map(|n| format!("Attribute '{n}' does not exist on '{}'", table.full_name()))
+        .collect();
+    if hidden.is_empty() {
+        Ok(())
+    } else {
+        Err(forbidden(json!([]), json!(hidden)))
+    }
+}
+
+/// The attributes a condition tree names.
+fn filter_attributes(f: &Filter, out: &mut Vec<String>) {
+    match f {
+        Filter::And(parts) | Filter::Or(parts) => {
+            for p in parts {
+                filter_attributes(p, out);
+            }
+        }
+        Filter::Cond(c) => out.extend(c.path.first().cloned()),
+    }
+}
+
+/// `get_attributes`: `None` for every attribute (`["*"]`), else the names asked for.
+fn get_attributes(env: &Value) -> Result<Option<Vec<String>>, OpsError> {
+    let Some(Value::Array(a)) = env.get("get_attributes") else {
+        return Err(bad("'get_attributes' is required"));
+    };
+    let mut names = Vec::with_capacity(a.len());
+    for v in a {
+        match v {
+            Value::String(s) if s == "*" => return Ok(None),
+            Value::String(s) => names.push(s.clone()),
+            _ => return Err(bad("'get_attributes' must be an array of attribute names")),
+        }
+    }
+    Ok(Some(names))
+}
+
+/// A stored record as an object with `attrs`, absent ones as null; for `None` (`*`), the whole
+/// record with every declared attribute it lacks as null.
+fn project(
+    table: &Table,
+    body: &[u8],
+    attrs: &Option<Vec<String>>,
+    restricted: Option<&TablePermission>,
+) -> Result<Value, OpsError> {
+    let mut full = output::body_value(body)?;
+    let pk = &table.primary_key().name;
+    Ok(match attrs {
+        None => {
+            for a in &table.attributes {
+                if a.expr.is_none() && a.relationship.is_none() && full.get(&a.name).is_none() {
+                    full.set(&a.name, Value::Null);
+                }
+            }
+            // Attributes the role may not read are left out.
+            if let (Some(p), Value::Object(props)) = (restricted, &mut full) {
+                props.retain(|(k, _)| p.reads_attribute(k, k == pk));
+            }
+            full
+        }
+        Some(names) => pick(&full, names),
+    })
+}
+
+impl Operations {
+    /// The table an operation names (`database` or its old name `schema`, default `data`),
+    /// once `user`'s role allows every one of `actions` on it. A table the role has no
+    /// permissions on is reported as missing, like one that does not exist.
+    pub(super) fn op_table<'u>(
+        &self,
+        env: &Value,
+        user: &'u User,
+        actions: &[Action],
+    ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
+        let Some(Value::String(name)) = env.get("table") else {
+            return Err(bad("'table' is required"));
+        };
+        self.table_for(database_of(env), name, user, actions)
+    }
+
+    /// [`Self::op_table`] of a table named by its database and name.
+    pub(super) fn table_for<'u>(
+        &self,
+        database: &str,
+        name: &str,
+        user: &'u User,
+        actions: &[Action],
+    ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
+        let missing = format!("Table '{database}.{name}' does not exist");
+        let table = self
+            .app
+            .tables
+            .table(database, name)
+            .ok_or_else(|| bad(missing.clone()))?;
+        let Some(perm) = user.permission.table(database, name) else {
+            return Err(forbidden(json!([]), json!([missing])));
+        };
+        let refused: Vec<&str> = actions
+            .iter()
+            .filter(|a| !perm.allows(**a))
+            .map(|a| a.name())
+            .collect();
+        if !refused.is_empty() {
+            return Err(forbidden(
+                json!([{"schema": database, "table": name,
+                        "required_table_permissions": refused,
+                        "required_attribute_permissions": []}]),
+                json!([]),
+            ));
+        }
+        Ok((table, user.permission.attribute_limits(database, name)))
+    }
+
+    pub(super) async fn write(
+        &self,
+        env: &mut Value,
+        kind: Write,
+        user: &User,
+    ) -> Result<Value, OpsError> {
+        let actions = kind.actions();
+        let (table, restricted) = self.op_table(env, user, actions)?;
+        // The records are moved out of the envelope, not copied.
+        let records = match take_property(env, "records") {
+            None => return Err(bad("'records' is required")),
+            Some(Value::Array(r)) => r,
+            Some(_) => return Err(bad("'records' must be an array")),
+        };
+        self.write_records(table, restricted, records, kind).await
+    }
+
+    /// Writes `records` to `table` as one transaction, as `kind` says, and reports what it did.
+    pub(super) async fn write_records(
+        &self,
+        table: Arc<Table>,
+        restricted: Option<&TablePermission>,
+        records: Vec<Value>,
+        kind: Write,
+    ) -> Result<Value, OpsError> {
+        let actions = kind.actions();
+        if records.len() > MAX_RECORDS {
+            return Err(bad(format!("at most {MAX_RECORDS} records per operation")));
+        }
+        let pk_name = table.primary_key().name.clone();
+        let mut ops = Vec::with_capacity(records.len());
+        let mut keys = Vec::with_capacity(records.len());
+        for (i, mut rec) in records.into_iter().enumerate() {
+            if !matches!(rec, Value::Object(_)) {
+                return Err(bad(format!("record {i} is not an object")));
+            }
+            let pk = match rec.get(&pk_name) {
+                Some(v) if *v != Value::Null => v.clone(),
+                _ if kind == Write::Update => {
+                    return Err(bad(
+                        "a valid hash attribute must be provided with update record, check log for more info",
+                    ));
+                }
+                _ => self.app.tables.new_key(&table)?,
+            };
+            if let (Some(p), Value::Object(props)) = (&restricted, &rec) {
+                let mut refused: Vec<Json> = Vec::new();
+                for (k, _) in props {
+                    let missing: Vec<&str> = actions
+                        .iter()
+                        .filter(|a| !p.writes_attribute(k, **a))
+                        .map(|a| a.name())
+                        .collect();
+                    if !missing.is_empty() {
+                        refused.push(json!({"attribute_name": k, "required_permissions": missing}));
+                    }
+                }
+                if !refused.is_empty() {
+                    return Err(forbidden(
+                        json!([{"schema": table.database, "table": table.name,
+                                "required_table_permissions": [],
+                                "required_attribute_permissions": refused}]),
+                        json!([]),
+                    ));
+                }
+            }
+            rec.set(&pk_name, pk.clone());
+            let mode = match kind {
+                Write::Insert => WriteMode::Replace,
+                Write::Update | Write::Upsert => WriteMode::Patch,
+            };
+            check_record(&table, &mut rec, mode).map_err(|e| bad(e.to_string()))?;
+            let key =
+                record_key(table.id, &pk).map_err(|e| bad(format!("Invalid primary key: {e}")))?;
+            self.app.tables.saw_key(&table, &pk);
+            ops.push(WriteOp {
+                table: table.clone(),
+                key,
+                kind: match kind {
+                    Write::Insert => WriteKind::Insert(rec),
+                    Write::Update => WriteKind::Update(rec),
+                    Write::Upsert => WriteKind::Patch(rec),
+                },
+            });
+            keys.push(pk);
+        }
+        // Only a write that passed every check adds attributes to a dynamic table.
+        if !table.schema_defined {
+            let grown = self.with_attributes_of(table.clone(), &ops).await?;
+            if !Arc::ptr_eq(&grown, &table) {
+                for op in &mut ops {
+                    op.table = grown.clone();
+                }
+            }
+        }
+        let n = ops.len();
+        let outcomes = self.router.transact(ops).await.map_err(AppError::from)?;
+        let (mut done, mut skipped) = (Vec::new(), Vec::new());
+        for (pk, o) in keys.into_iter().zip(outcomes) {
+            let applied = match kind {
+                Write::Insert => !o.existed,
+                Write::Update => o.existed,
+                Write::Upsert => true,
+            };
+            if applied {
+                done.push(pk);
+            } else {
+                skipped.push(pk);
+            }
+        }
+        let s = |k: &str, v: Value| (k.to_owned(), v);
+        let count = done.len();
+        Ok(Value::Object(match kind {
+            Write::Insert => vec![
+                s(
+                    "message",
+                    Value::String(format!("inserted {count} of {n} records")),
+                ),
+                s("inserted_hashes", Value::Array(done)),
+                s("skipped_hashes", Value::Array(skipped)),
+            ],
+            Write::Update => vec![
+                s(
+                    "message",
+                    Value::String(format!("updated {count} of {n} records")),
+                ),
+                s("update_hashes", Value::Array(done)),
+                s("skipped_hashes", Value::Array(skipped)),
+            ],
+            Write::Upsert => vec![
+                s(
+                    "message",
+                    Value::String(format!("upserted {count} of {n} records")),
+                ),
+                s("upserted_hashes", Value::Array(done)),
+            ],
+        }))
+    }
+
+    /// A dynamic table with an attribute for every top-level property the records of `ops`
+    /// write (added, indexed, before any record holding it is written).
+    pub(super) async fn with_attributes_of(
+        &self,
+        table: Arc<Table>,
+        ops: &[WriteOp],
+    ) -> Result<Arc<Table>, OpsError> {
+        let mut new: Vec<String> = Vec::new();
+        for op in ops {
+            if let WriteKind::Insert(Value::Object(props))
+            | WriteKind::Update(Value::Object(props))
+            | WriteKind::Patch(Value::Object(props)) = &op.kind
+            {
+                for (k, _) in props {
+                    if table.attribute(k).is_none() && !new.contains(k) {
+                        check_name("attribute", k)?;
+                        new.push(k.clone());
+                    }
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(table);
+        }
+        self.in_registry(move |c| c.add_attributes(&table.database, &table.name, &new))
+            .await
+    }
+
+    /// The ids of a `delete` or `search_by_id` (`ids`, old name `hash_values`).
+    pub(super) fn op_ids(env: &Value) -> Result<Vec<Value>, OpsError> {
+        match env.get("ids").or_else(|| env.get("hash_values")) {
+            Some(Value::Array(ids)) if ids.len() <= MAX_RECORDS => Ok(ids.clone()),
+            Some(Value::Array(_)) => Err(bad(format!("at most {MAX_RECORDS} ids per operation"))),
+            Some(_) => Err(bad("'ids' must be an array")),
+            None => Err(bad("'ids' is required")),
+        }
+    }
+
+    pub(super) async fn delete(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, _) = self.op_table(env, user, &[Action::Delete])?;
+        self.delete_ids(&table, Self::op_ids(env)?).await
+    }
+
+    /// Deletes the records of `ids` as one transaction (ids that do not exist count as deleted).
+    pub(super) async fn delete_ids(
+        &self,
+        table: &Arc<Table>,
+        ids: Vec<Value>,
+    ) -> Result<Value, OpsError> {
+        let mut ops = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let key = record_key(table.id, id).map_err(|e| bad(format!("Invalid id: {e}")))?;
+            ops.push(WriteOp {
+                table: table.clone(),
+                key,
+                kind: WriteKind::Delete,
+            });
+        }
+        self.router.transact(ops).await.map_err(AppError::from)?;
+        let n = ids.len();
+        let message = if n == 1 {
+            "1 of 1 record successfully deleted".to_owned()
+        } else {
+            format!("{n} of {n} records successfully deleted")
+        };
+        Ok(Value::Object(vec![
+            ("message".to_owned(), Value::String(message)),
+            ("deleted_hashes".to_owned(), Value::Array(ids)),
+            ("skipped_hashes".to_owned(), Value::Array(Vec::new())),
+        ]))
+    }
+
+    pub(super) async fn search_by_id(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
+        let ids = Self::op_ids(env)?;
+        let attrs = get_attributes(env)?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
+        // One consistent cut of every shard for the whole batch.
+        let views = self.router.views().await;
+        let now_ms = tessera_storage::shard::now_micros() / 1000;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let Ok(key) = record_key(table.id, id) else {
+                continue;
+            };
+            let Some(view) = views.get(self.router.shard_of(&key)) else {
+                continue;
+            };
+            let Some(stored) = view.get(&key).map_err(AppError::from)? else {
+                continue;
+            };
+            let rec = output::stored_record(&stored)?;
+            if rec.is_expired(now_ms) {
+                continue;
+            }
+            out.push(project(&table, rec.body, &attrs, restricted)?);
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// `search_by_value`: one attribute equal to a value, or matching `*` wildcards in a string.
+    pub(super) async fn search_by_value(
+        &self,
+        env: &Value,
+        user: &User,
+    ) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
+        let attrs = get_attributes(env)?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
+        let Some(Value::String(attr)) =
+            env.get("search_attribute").or_else(|| env.get("attribute"))
+        else {
+            return Err(bad("'search_attribute' is required"));
+        };
+        check_readable(&table, restricted, [attr])?;
+        let filter = match env.get("search_value").or_else(|| env.get("value")) {
+            None | Some(Value::Null) => return Err(bad("'search_value' is required")),
+            Some(Value::String(v)) if v == "*" => None,
+            Some(Value::String(v)) => {
+                let (op, inner) = wildcard(v, '*');
+                Some(condition(attr, op, Operand::Text(inner.to_owned())))
+            }
+            Some(v) => Some(condition(attr, Op::Eq, operand(v))),
+        };
+        // `*` alone still names an attribute that must exist.
+        if filter.is_none() && table.attribute(attr).is_none() {
+            return Err(fail(404, format!("unknown attribute '{attr}'")));
+        }
+        let parsed = Query {
+            filter,
+            select: None,
+            limit: None,
+            sort: Vec::new(),
+        };
+        self.search(&table, parsed, &attrs, restricted).await
+    }
+
+    /// `search_by_conditions`: conditions and nested groups, sort, limit and offset.
+    pub(super) async fn search_by_conditions(
+        &self,
+        env: &Value,
+        user: &User,
+    ) -> Result<Value, OpsError> {
+        let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
+        let attrs = get_attributes(env)?;
+        check_readable(&table, restricted, attrs.iter().flatten())?;
+        let parsed = conditions_query(env, true)?;
+        let mut named = Vec::new();
+        if let Some(f) = &parsed.filter {
+            filter_attributes(f, &mut named);
+        }
+        named.extend(parsed.sort.iter().filter_map(|k| k.path.first().cloned()));
+        check_readable(&table, restricted, &named)?;
+        self.search(&table, parsed, &attrs, restricted).await
+    }
+
+    /// Plans `parsed` like a REST query and returns the matching records, projected.
+    pub(super) async fn search(
+        &self,
+        table: &Arc<Table>,
+        parsed: Query,
+        attrs: &Option<Vec<String>>,
+        restricted: Option<&TablePermission>,
+    ) -> Result<Value, OpsError> {
+        let plan = query::plan(table, "", parsed, Joins::default())?;
+        let rows = query::collect(&self.router, &plan).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let rec = output::stored_record(&row.stored)?;
+            out.push(project(table, rec.body, attrs, restricted)?);
+        }
+        Ok(Value::Array(out))
+    }
+}

@@ -1,0 +1,291 @@
+//! The schema operations: `create_*`/`drop_*` of databases, tables and attributes (super users
+//! only), and `describe_*`.
+
+use std::sync::Arc;
+
+use serde_json::{Value as Json, json};
+use tessera_storage::{Table, Value};
+
+use super::{Operations, OpsError, bad, database_of, fail};
+use tessera_storage::record::RecordRef;
+
+use crate::app::permissions::{Action, User};
+use crate::app::tables::SchemaError;
+use crate::app::{AppError, Tables};
+use crate::data::query;
+
+/// What a schema change dropped, whose data must then be removed from the shards.
+enum Dropped {
+    None,
+    Tables(Vec<Arc<Table>>),
+    /// The table as it was, the attribute and its id.
+    Attribute(Arc<Table>, String, u16),
+}
+
+/// Whether `op` changes databases, tables or attributes.
+pub(super) fn is_schema_change(op: &str) -> bool {
+    matches!(
+        op,
+        "create_database"
+            | "drop_database"
+            | "create_table"
+            | "drop_table"
+            | "create_attribute"
+            | "drop_attribute"
+    )
+}
+
+/// Refuses a database, table or attribute name that could not be told apart in the layout, in
+/// SQL's `database.table` or in a URL: empty, too long, or with `.`, `/` or control characters.
+pub(super) fn check_name(what: &str, name: &str) -> Result<(), OpsError> {
+    if name.is_empty()
+        || name.len() > 250
+        || name.chars().any(|c| c == '.' || c == '/' || c.is_control())
+    {
+        return Err(bad(format!(
+            "'{what}' must be 1 to 250 characters without '.', '/' or control characters: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+impl Operations {
+    /// `describe_table`, `describe_database`, `describe_all`: what `user` may see.
+    pub(super) async fn describe_op(
+        &self,
+        op: &str,
+        envelope: &Value,
+        user: &User,
+    ) -> Result<Value, OpsError> {
+        Ok(match op {
+            "describe_table" => {
+                let (table, _) =
+                    self.op_table(envelope, user, &[Action::Read])
+                        .map_err(|mut e| {
+                            if e.status == 400 {
+                                e.status = 404;
+                            }
+                            e
+                        })?;
+                self.describe(&table).await?
+            }
+            "describe_database" => {
+                let database = database_of(envelope);
+                let tables = self.tables_of(Some(database), user);
+                let visible = !tables.is_empty()
+                    || (user.super_user && self.app.tables.databases().contains(database));
+                if !visible {
+                    return Err(fail(404, format!("database '{database}' does not exist")));
+                }
+                self.describe_all(tables).await?
+            }
+            "describe_all" => {
+                let mut by_db: Vec<(String, Value)> = Vec::new();
+                if user.super_user {
+                    // Empty databases too.
+                    for db in self.app.tables.databases() {
+                        by_db.push((db, Value::Object(Vec::new())));
+                    }
+                }
+                for table in self.tables_of(None, user) {
+                    let d = self.describe(&table).await?;
+                    match by_db.iter_mut().find(|(db, _)| *db == table.database) {
+                        Some((_, Value::Object(o))) => o.push((table.name.clone(), d)),
+                        _ => by_db.push((
+                            table.database.clone(),
+                            Value::Object(vec![(table.name.clone(), d)]),
+                        )),
+                    }
+                }
+                Value::Object(by_db)
+            }
+            _ => return Err(bad(format!("Operation '{op}' not found"))),
+        })
+    }
+
+    /// The tables of `database` (or all) that `user` may see, in name order.
+    pub(super) fn tables_of(&self, database: Option<&str>, user: &User) -> Vec<Arc<Table>> {
+        let mut tables = self.app.tables.tables(database);
+        tables.retain(|t| user.permission.table(&t.database, &t.name).is_some());
+        tables
+    }
+
+    /// `describe_table` of one table: its attributes and how many records it holds now.
+    pub(super) async fn describe(&self, table: &Arc<Table>) -> Result<Value, OpsError> {
+        let mut rows = query::matching(&self.router, table, None);
+        let now_ms = tessera_storage::shard::now_micros() / 1000;
+        let mut count = 0u64;
+        while let Some(row) = rows.next().await? {
+            if RecordRef::parse(&row.stored).is_some_and(|r| !r.is_expired(now_ms)) {
+                count += 1;
+            }
+        }
+        Ok(table.describe_operation(count))
+    }
+
+    /// `{"<table>": describe_table, ...}`.
+    pub(super) async fn describe_all(&self, tables: Vec<Arc<Table>>) -> Result<Value, OpsError> {
+        let mut out = Vec::with_capacity(tables.len());
+        for t in tables {
+            out.push((t.name.clone(), self.describe(&t).await?));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// Runs a schema change off the executor (it waits for the layout's lock and fsync).
+    pub(super) async fn in_registry<R: Send + 'static>(
+        &self,
+        change: impl FnOnce(&Tables) -> Result<R, SchemaError> + Send + 'static,
+    ) -> Result<R, OpsError> {
+        let app = self.app.clone();
+        glommio::executor()
+            .spawn_blocking(move || change(&app.tables))
+            .await
+            .map_err(|e| fail(e.status, e.message))
+    }
+
+    /// The schema operations (super users only): `create_database`, `drop_database`,
+    /// `create_table`, `drop_table`, `create_attribute` and `drop_attribute`. Dropping removes
+    /// the records (or the attribute's values) from every shard before it answers.
+    pub(super) async fn change_schema(&self, op: &str, env: &Value) -> Result<Json, OpsError> {
+        let database = database_of(env).to_owned();
+        let name = |key: &str| -> Result<String, OpsError> {
+            match env.get(key) {
+                Some(Value::String(s)) => {
+                    check_name(key, s)?;
+                    Ok(s.clone())
+                }
+                Some(_) => Err(bad(format!("'{key}' must be a string"))),
+                None => Err(bad(format!("'{key}' is required"))),
+            }
+        };
+        check_name("database", &database)?;
+        if database == "system" {
+            return Err(bad("database 'system' is reserved"));
+        }
+        let (message, dropped) = match op {
+            "create_database" => {
+                let db = database.clone();
+                self.in_registry(move |c| c.create_database(&db).map(|_| Dropped::None))
+                    .await?;
+                (
+                    format!("database '{database}' successfully created"),
+                    Dropped::None,
+                )
+            }
+            "drop_database" => {
+                let db = database.clone();
+                let dropped = self
+                    .in_registry(move |c| c.drop_database(&db).map(Dropped::Tables))
+                    .await?;
+                (format!("successfully deleted '{database}'"), dropped)
+            }
+            "create_table" => {
+                let table = name("table")?;
+                let pk = name("primary_key").or_else(|e| match env.get("hash_attribute") {
+                    Some(_) => name("hash_attribute"),
+                    None => Err(e),
+                })?;
+                let attributes = match env.get("attributes") {
+                    None | Some(Value::Null) => Vec::new(),
+                    Some(Value::Array(list)) => list
+                        .iter()
+                        .map(|a| match a {
+                            Value::String(s) => Some(s.clone()),
+                            a => match a.get("name").or_else(|| a.get("attribute")) {
+                                Some(Value::String(s)) => Some(s.clone()),
+                                _ => None,
+                            },
+                        })
+                        .collect::<Option<Vec<String>>>()
+                        .ok_or_else(|| bad("'attributes' must list attribute names"))?,
+                    Some(_) => return Err(bad("'attributes' must be an array")),
+                };
+                for a in &attributes {
+                    check_name("attribute", a)?;
+                }
+                let (db, t) = (database.clone(), table.clone());
+                self.in_registry(move |c| {
+                    c.create_table(&db, &t, &pk, &attributes)
+                        .map(|_| Dropped::None)
+                })
+                .await?;
+                (
+                    format!("table '{database}.{table}' successfully created."),
+                    Dropped::None,
+                )
+            }
+            "drop_table" => {
+                let table = name("table")?;
+                let (db, t) = (database.clone(), table.clone());
+                let dropped = self
+                    .in_registry(move |c| c.drop_table(&db, &t).map(|t| Dropped::Tables(vec![t])))
+                    .await?;
+                (
+                    format!("successfully deleted table '{database}.{table}'"),
+                    dropped,
+                )
+            }
+            "create_attribute" => {
+                let (table, attribute) = (name("table")?, name("attribute")?);
+                let (db, t, a) = (database.clone(), table.clone(), attribute.clone());
+                self.in_registry(move |c| c.create_attribute(&db, &t, &a).map(|_| Dropped::None))
+                    .await?;
+                (
+                    format!("attribute '{database}.{table}.{attribute}' successfully created."),
+                    Dropped::None,
+                )
+            }
+            "drop_attribute" => {
+                let (table, attribute) = (name("table")?, name("attribute")?);
+                let (db, t, a) = (database.clone(), table.clone(), attribute.clone());
+                let dropped = self
+                    .in_registry(move |c| {
+                        c.drop_attribute(&db, &t, &a)
+                            .map(|(table, id)| Dropped::Attribute(table, a, id))
+                    })
+                    .await?;
+                (
+                    format!("successfully deleted attribute '{attribute}'"),
+                    dropped,
+                )
+            }
+            other => return Err(bad(format!("Operation '{other}' not found"))),
+        };
+        // The catalog no longer names what was dropped; now its data goes.
+        match dropped {
+            Dropped::None => {}
+            Dropped::Tables(tables) => {
+                // No write can reach a table the catalog has forgotten, so its records are
+                // removed off the executor, shard by shard.
+                let shards = self.router.shard_set().clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        for t in &tables {
+                            for i in 0..shards.count() {
+                                if let Some(store) = shards.store(i) {
+                                    store.drop_table(t.id)?;
+                                }
+                            }
+                        }
+                        Ok::<_, tessera_storage::shard::StoreError>(())
+                    })
+                    .await
+                    .map_err(AppError::from)?;
+            }
+            Dropped::Attribute(table, attribute, id) => {
+                // On each shard's own core, so that a single-shard write still in flight with
+                // the old table is applied wholly before or after the rewrite.
+                let runs = self
+                    .router
+                    .on_all_shards(move |s| s.drop_attribute(&table, &attribute, id))
+                    .await
+                    .map_err(AppError::from)?;
+                for r in runs {
+                    r.map_err(AppError::from)?;
+                }
+            }
+        }
+        Ok(json!({ "message": message }))
+    }
+}

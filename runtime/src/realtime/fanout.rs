@@ -1,0 +1,177 @@
+//! The fan-out: each owner core follows its shards' change feeds, finds the subscribers of each
+//! change and hands the changes to the subscribers' cores over the mesh, grouped per core.
+
+use std::task::Poll;
+
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use futures::channel::oneshot;
+use tessera_shards::{Committed, Router};
+use tessera_storage::shard::{Change, Clock};
+
+use super::audit::AuditLog;
+use super::registry::{FEEDS, REGISTRY, deliver, id_text};
+use super::{Broadcast, Delivery};
+
+/// Follows the change feed of every shard this core owns, for as long as the process runs.
+pub fn follow(router: &Router) {
+    for shard in (0..router.shard_count()).filter(|s| router.owns(*s)) {
+        let Some(feed) = router.shard_set().take_feed(shard) else {
+            continue;
+        };
+        FEEDS.with(|f| f.borrow_mut().insert(shard, feed));
+        let router = router.clone();
+        glommio::spawn_local(async move {
+            // The feed stays in `FEEDS`, where a message also drains it (see `pump`).
+            let next = || {
+                futures::future::poll_fn(|cx| {
+                    with_feed(shard, |feed| feed.poll_next_unpin(cx)).unwrap_or(Poll::Ready(None))
+                })
+            };
+            while let Some(committed) = next().await {
+                dispatch(&router, shard, committed);
+            }
+        })
+        .detach();
+    }
+}
+
+/// Runs `f` on `shard`'s feed, if this core follows it.
+fn with_feed<T>(shard: usize, f: impl FnOnce(&mut UnboundedReceiver<Committed>) -> T) -> Option<T> {
+    FEEDS.with(|feeds| feeds.borrow_mut().get_mut(&shard).map(f))
+}
+
+/// Dispatches the groups `shard`'s feed already holds.
+fn pump(router: &Router, shard: usize) {
+    while let Some(committed) = with_feed(shard, |feed| feed.try_recv().ok()).flatten() {
+        dispatch(router, shard, committed);
+    }
+}
+
+/// The feed group a message is dispatched as: after every group, so that no subscription skips
+/// it (a subscription's starting read never sees a message).
+const MESSAGE_GROUP: u64 = u64::MAX;
+
+/// The messages a publisher has sent to other cores that may not be dispatched yet: for each
+/// core, the newest one's signal (a core dispatches what one core posts to it in order).
+#[derive(Default)]
+pub struct InFlight(Vec<Option<oneshot::Receiver<()>>>);
+
+impl InFlight {
+    /// Waits until every message sent so far is dispatched: a write made after that reaches its
+    /// subscribers after them.
+    pub async fn settle(&mut self) {
+        for dispatched in self.0.iter_mut().filter_map(Option::take) {
+            let _ = dispatched.await;
+        }
+    }
+
+    /// Notes the newest message sent to `core`.
+    fn sent(&mut self, core: usize, dispatched: oneshot::Receiver<()>) {
+        if self.0.len() <= core {
+            self.0.resize_with(core + 1, || None);
+        }
+        self.0[core] = Some(dispatched);
+    }
+}
+
+/// Sends `message` (a change of the `Event::Message` kind: it stores nothing) to the subscribers
+/// of its record. It skips the shard's writer thread: the owner core of the record's shard
+/// dispatches it, after the groups the shard's feed already holds, so it never overtakes a write
+/// its publisher was answered for before publishing it. Returns once the owner core has it
+/// queued (a publisher's messages are dispatched in publishing order); `in_flight` then tells
+/// when it is dispatched, which the publisher's next write waits for.
+pub async fn publish_message(
+    router: &Router,
+    message: Change,
+    in_flight: &mut InFlight,
+) -> Result<(), tessera_shards::ShardError> {
+    let shard = router.shard_of(&message.key);
+    let owner = router.owner(shard);
+    if owner == router.core() {
+        dispatch_message(router, shard, message);
+        return Ok(());
+    }
+    let (done, dispatched) = oneshot::channel();
+    router
+        .post(owner, move |_| {
+            Router::with_local(|router| dispatch_message(router, shard, message));
+            let _ = done.send(());
+        })
+        .await?;
+    in_flight.sent(owner, dispatched);
+    Ok(())
+}
+
+/// Dispatches a message on the owner core of its shard, after what the shard's feed holds,
+/// numbered after every change of the shard's audit log.
+fn dispatch_message(router: &Router, shard: usize, mut message: Change) {
+    pump(router, shard);
+    let last = REGISTRY.with(|r| {
+        let r = r.borrow();
+        r.audit.get(&shard)?.changes.back().map(|c| c.version)
+    });
+    message.version = Clock::after(last.unwrap_or(0)).tick();
+    let changes = vec![message];
+    dispatch(
+        router,
+        shard,
+        Committed {
+            group: MESSAGE_GROUP,
+            changes,
+        },
+    );
+}
+
+/// Finds each change's subscribers and sends the changes to their cores, grouped per core. A
+/// subscription whose starting read already saw the group gets none of it.
+fn dispatch(router: &Router, shard: usize, committed: Committed) {
+    let Committed { group, changes } = committed;
+    // Sized at the first subscriber found: most groups (those nobody subscribed to) allocate none.
+    let mut per_core: Vec<Vec<(u64, Delivery)>> = Vec::new();
+    REGISTRY.with(|r| {
+        let r = &mut *r.borrow_mut();
+        let log = AuditLog::of(&mut r.audit, router.shard_set(), shard);
+        for change in changes {
+            let change = Broadcast::new(change);
+            log.push(&change);
+            let id = (!r.patterns.is_empty())
+                .then(|| id_text(&change.key))
+                .flatten();
+            let exact = r.exact.get(&change.key).into_iter().flatten();
+            let exact = exact.filter_map(|(s, from)| (group > *from).then_some(s));
+            let by_pattern = r.patterns.iter().filter_map(|p| {
+                (p.table == change.table
+                    && !p.saw(shard, group)
+                    && id.as_deref().is_some_and(|id| p.pattern.matches(id)))
+                .then_some(&p.sub)
+            });
+            for s in exact.chain(by_pattern) {
+                if per_core.is_empty() {
+                    per_core.resize_with(router.cores(), Vec::new);
+                }
+                per_core[s.core].push((
+                    s.conn,
+                    Delivery {
+                        change: change.clone(),
+                        guarantee: s.guarantee,
+                    },
+                ));
+            }
+        }
+    });
+    for (core, items) in per_core.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        if core == router.core() {
+            deliver(items);
+        } else {
+            let router = router.clone();
+            glommio::spawn_local(async move {
+                let _ = router.post(core, move |_| deliver(items)).await;
+            })
+            .detach();
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! A request's transaction: its writes staged in order and read back by its later reads, and
+//! the overlay of those writes on a search's stored results (read-your-writes).
+
+use std::collections::{BTreeMap, HashMap};
+
+use tessera_protocol::query::{Limit, Query};
+use tessera_storage::query::{Pred, sort_key};
+use tessera_storage::shard::{WriteKind, WriteOp, table_prefix};
+use tessera_storage::{Table, Value, value};
+
+use super::types;
+use crate::data::query;
+use crate::data::query::Joins;
+
+/// The request's transaction: writes staged in order, and each written record as this request
+/// sees it now (`None`: deleted).
+#[derive(Default)]
+pub(super) struct Txn {
+    pub(super) writes: Vec<WriteOp>,
+    pub(super) seen: HashMap<Vec<u8>, Option<Value>>,
+    /// Messages to publish once the writes commit.
+    pub(super) messages: Vec<WriteOp>,
+}
+
+impl Txn {
+    /// The writes to commit: one per record. Increments alone stay increments (they must not
+    /// lose concurrent ones); plain patches stay patches; anything else becomes the record as
+    /// this request last saw it.
+    pub(super) fn into_ops(self) -> (Vec<WriteOp>, Vec<WriteOp>) {
+        let mut merged: HashMap<Vec<u8>, WriteOp> = HashMap::with_capacity(self.writes.len());
+        for op in self.writes {
+            let Some(earlier) = merged.get_mut(&op.key) else {
+                merged.insert(op.key.clone(), op);
+                continue;
+            };
+            match (&mut earlier.kind, op.kind) {
+                (WriteKind::Add(sum), WriteKind::Add(deltas)) => {
+                    for (name, d) in deltas {
+                        match sum.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, total)) => *total = value::add_numbers(Some(total), &d),
+                            None => sum.push((name, d)),
+                        }
+                    }
+                }
+                (kind, _) => {
+                    *kind = match self.seen.get(&op.key) {
+                        Some(Some(rec)) => WriteKind::Put(rec.clone()),
+                        _ => WriteKind::Delete,
+                    }
+                }
+            }
+        }
+        (merged.into_values().collect(), self.messages)
+    }
+}
+
+/// What a search must change in the stored result so that it sees the request's own writes to
+/// the table: written records replace, and deleted ones leave, the stored ones; new ones that
+/// match join at the end (primary-key order among them); then the sort and the window apply.
+pub(super) struct Overlay {
+    /// The request's records of the table as it sees them (`None`: deleted).
+    staged: BTreeMap<Vec<u8>, Option<Value>>,
+    /// Every condition of the query (the store's plan leaves out what its access path ensures).
+    pred: Option<Pred>,
+    sort: Vec<(String, bool)>,
+    window: Limit,
+}
+
+impl Overlay {
+    /// `None` when the request wrote nothing to `table`; otherwise the overlay, with `parsed`'s
+    /// window widened so the store returns enough rows to fill it after the overlay.
+    pub(super) fn new(
+        txn: &Txn,
+        table: &Table,
+        parsed: &mut Query,
+    ) -> Result<Option<Self>, types::Error> {
+        let prefix = table_prefix(table.id);
+        let staged: BTreeMap<Vec<u8>, Option<Value>> = txn
+            .seen
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if staged.is_empty() {
+            return Ok(None);
+        }
+        let pred = parsed
+            .filter
+            .clone()
+            .map(|f| query::resolve(table, f, &Joins::default()))
+            .transpose()?;
+        let sort = parsed
+            .sort
+            .iter()
+            .map(|k| (k.path.join("."), k.descending))
+            .collect();
+        let window = parsed.limit.take().unwrap_or(Limit {
+            start: 0,
+            end: usize::MAX,
+        });
+        if window.end != usize::MAX {
+            parsed.limit = Some(Limit {
+                start: 0,
+                end: window.end.saturating_add(staged.len()),
+            });
+        }
+        Ok(Some(Overlay {
+            staged,
+            pred,
+            sort,
+            window,
+        }))
+    }
+
+    pub(super) fn matches(&self, rec: &Value) -> bool {
+        self.pred
+            .as_ref()
+            .is_none_or(|p| p.eval(&|name| rec.get(name)))
+    }
+
+    pub(super) fn apply(mut self, stored: Vec<(Vec<u8>, Value)>) -> Vec<(Vec<u8>, Value)> {
+        let mut staged = std::mem::take(&mut self.staged);
+        let mut out = Vec::with_capacity(stored.len() + staged.len());
+        for (key, rec) in stored {
+            match staged.remove(&key) {
+                None => out.push((key, rec)),
+                Some(Some(now)) if self.matches(&now) => out.push((key, now)),
+                Some(_) => {}
+            }
+        }
+        // What is left was not in the store's result: new records, in key order.
+        out.extend(
+            staged
+                .into_iter()
+                .filter_map(|(key, now)| now.filter(|now| self.matches(now)).map(|now| (key, now))),
+        );
+        if !self.sort.is_empty() {
+            // Stable: ties keep the store's order, and new records after stored ones.
+            let sort_keys = |rec: &Value| -> Vec<Vec<u8>> {
+                self.sort
+                    .iter()
+                    .map(|(attr, _)| sort_key(rec.get(attr)))
+                    .collect()
+            };
+            let mut keyed: Vec<_> = out.into_iter().map(|r| (sort_keys(&r.1), r)).collect();
+            keyed.sort_by(|(a, _), (b, _)| {
+                a.iter()
+                    .zip(b)
+                    .zip(&self.sort)
+                    .map(
+                        |((a, b), (_, descending))| {
+                            if *descending { b.cmp(a) } else { a.cmp(b) }
+                        },
+                    )
+                    .find(|ord| ord.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            out = keyed.into_iter().map(|(_, r)| r).collect();
+        }
+        out.into_iter()
+            .skip(self.window.start)
+            .take(self.window.end.saturating_sub(self.window.start))
+            .collect()
+    }
+}
