@@ -19,7 +19,7 @@ use std::sync::{Arc, mpsc};
 use futures::channel::mpsc::UnboundedSender;
 use futures::channel::oneshot;
 use tessera_storage::shard::{
-    Change, Clock, Durability, Plan, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
+    Change, Clock, Durability, Mutations, ShardStore, StoreError, WriteKind, WriteOp, WriteOutcome,
 };
 
 use crate::{Committed, failpoint};
@@ -127,7 +127,7 @@ pub(crate) fn spawn(
 /// are dropped here, off the coordinating core, or given back if the transaction aborts.
 struct Part {
     ops: Vec<WriteOp>,
-    plan: Plan,
+    plan: Mutations,
     changes: Vec<Change>,
 }
 

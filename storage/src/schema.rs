@@ -433,259 +433,311 @@ pub struct Catalog {
     pub tables: Vec<Table>,
 }
 
-impl Catalog {
-    /// Parses one schema file and adds its tables. `file` names the file in errors.
-    pub fn load_schema(&mut self, file: &str, source: &str) -> Result<(), SchemaError> {
-        let doc =
-            graphql_parser::parse_schema::<String>(source).map_err(|e| SchemaError::Syntax {
-                file: file.to_owned(),
-                message: e.to_string().trim().to_owned(),
-            })?;
-        let err = |pos: graphql_parser::Pos, message: String| SchemaError::At {
-            file: file.to_owned(),
+/// Where schema errors point: the file, and a position in it.
+struct Source<'f> {
+    file: &'f str,
+}
+
+impl Source<'_> {
+    fn at(&self, pos: graphql_parser::Pos, message: String) -> SchemaError {
+        SchemaError::At {
+            file: self.file.to_owned(),
             line: pos.line,
             column: pos.column,
             message,
+        }
+    }
+
+    fn syntax(&self, message: String) -> SchemaError {
+        SchemaError::Syntax {
+            file: self.file.to_owned(),
+            message,
+        }
+    }
+}
+
+type ObjectDef<'a> = graphql_parser::schema::ObjectType<'a, String>;
+type DirectiveDef<'a> = Directive<'a, String>;
+
+/// The object types of a schema document; anything else in it is refused.
+fn object_types<'d>(
+    src: &Source<'_>,
+    doc: &'d graphql_parser::schema::Document<'d, String>,
+) -> Result<Vec<&'d ObjectDef<'d>>, SchemaError> {
+    let mut objects = Vec::new();
+    for def in &doc.definitions {
+        let (pos, refused) = match def {
+            Definition::TypeDefinition(TypeDefinition::Object(o)) => {
+                objects.push(o);
+                continue;
+            }
+            Definition::TypeDefinition(TypeDefinition::Scalar(s)) => {
+                (s.position, format!("custom scalar {}", s.name))
+            }
+            Definition::TypeDefinition(TypeDefinition::Enum(e)) => {
+                (e.position, format!("enum {}", e.name))
+            }
+            Definition::TypeDefinition(TypeDefinition::Interface(i)) => {
+                (i.position, format!("interface {}", i.name))
+            }
+            Definition::TypeDefinition(TypeDefinition::Union(u)) => {
+                (u.position, format!("union {}", u.name))
+            }
+            Definition::TypeDefinition(TypeDefinition::InputObject(i)) => {
+                (i.position, format!("input {}", i.name))
+            }
+            Definition::DirectiveDefinition(d) => {
+                (d.position, format!("directive definition @{}", d.name))
+            }
+            Definition::SchemaDefinition(s) => {
+                let message = "schema definitions are not supported".to_owned();
+                return Err(src.at(s.position, message));
+            }
+            Definition::TypeExtension(_) => {
+                return Err(src.syntax("type extensions are not supported".to_owned()));
+            }
         };
-        let mut objects = Vec::new();
-        for def in &doc.definitions {
-            match def {
-                Definition::TypeDefinition(TypeDefinition::Object(o)) => objects.push(o),
-                Definition::TypeDefinition(TypeDefinition::Scalar(s)) => {
-                    return Err(err(
-                        s.position,
-                        format!("custom scalar {} is not supported", s.name),
-                    ));
-                }
-                Definition::TypeDefinition(TypeDefinition::Enum(e)) => {
-                    return Err(err(e.position, format!("enum {} is not supported", e.name)));
-                }
-                Definition::TypeDefinition(TypeDefinition::Interface(i)) => {
-                    return Err(err(
-                        i.position,
-                        format!("interface {} is not supported", i.name),
-                    ));
-                }
-                Definition::TypeDefinition(TypeDefinition::Union(u)) => {
-                    return Err(err(
-                        u.position,
-                        format!("union {} is not supported", u.name),
-                    ));
-                }
-                Definition::TypeDefinition(TypeDefinition::InputObject(i)) => {
-                    return Err(err(
-                        i.position,
-                        format!("input {} is not supported", i.name),
-                    ));
-                }
-                Definition::SchemaDefinition(s) => {
-                    return Err(err(
-                        s.position,
-                        "schema definitions are not supported".to_owned(),
-                    ));
-                }
-                Definition::TypeExtension(_) => {
-                    return Err(SchemaError::Syntax {
-                        file: file.to_owned(),
-                        message: "type extensions are not supported".to_owned(),
-                    });
-                }
-                Definition::DirectiveDefinition(d) => {
-                    return Err(err(
+        return Err(src.at(pos, format!("{refused} is not supported")));
+    }
+    Ok(objects)
+}
+
+/// The nested (non-table) object types, by name, so that tables can refer to them.
+fn nested_types(
+    src: &Source<'_>,
+    objects: &[&ObjectDef<'_>],
+    type_names: &[&str],
+) -> Result<HashMap<String, ObjectType>, SchemaError> {
+    let mut nested = HashMap::new();
+    for o in objects {
+        let mut is_table = false;
+        let mut sealed = false;
+        for d in &o.directives {
+            match d.name.as_str() {
+                "table" => is_table = true,
+                "sealed" => sealed = true,
+                "export" | "hidden" => {}
+                other => {
+                    return Err(src.at(
                         d.position,
-                        format!("directive definition @{} is not supported", d.name),
+                        format!("unknown directive @{other} on type {}", o.name),
                     ));
                 }
             }
         }
-        let type_names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+        if !is_table {
+            let attributes = o
+                .fields
+                .iter()
+                .map(|f| attribute(f, type_names).map_err(|(p, m)| src.at(p, m)))
+                .collect::<Result<Vec<_>, _>>()?;
+            nested.insert(
+                o.name.clone(),
+                ObjectType {
+                    name: o.name.clone(),
+                    attributes,
+                    sealed,
+                },
+            );
+        }
+    }
+    Ok(nested)
+}
 
-        // Nested (non-table) types first, so that tables can refer to them.
-        let mut nested = HashMap::new();
-        for o in &objects {
-            let mut is_table = false;
-            let mut sealed = false;
-            for d in &o.directives {
-                match d.name.as_str() {
-                    "table" => is_table = true,
-                    "sealed" => sealed = true,
-                    "export" | "hidden" => {}
-                    other => {
-                        return Err(err(
-                            d.position,
-                            format!("unknown directive @{other} on type {}", o.name),
-                        ));
-                    }
+/// Applies `@table(...)`'s arguments to `table`.
+fn table_directive(
+    src: &Source<'_>,
+    d: &DirectiveDef<'_>,
+    table: &mut Table,
+) -> Result<(), SchemaError> {
+    for (k, v) in &d.arguments {
+        match (k.as_str(), v) {
+            ("table", graphql_parser::query::Value::String(s)) => table.name = s.clone(),
+            ("database", graphql_parser::query::Value::String(s)) => table.database = s.clone(),
+            ("expiration", v) => {
+                table.expiration = Some(number_arg(v).ok_or_else(|| {
+                    src.at(
+                        d.position,
+                        "@table(expiration:) must be a number of seconds".to_owned(),
+                    )
+                })?)
+            }
+            ("eviction" | "scanInterval", v) => {
+                let secs = number_arg(v).filter(|s| *s >= 0.0).ok_or_else(|| {
+                    src.at(
+                        d.position,
+                        format!("@table({k}:) must be a number of seconds"),
+                    )
+                })?;
+                if k == "eviction" {
+                    table.eviction = secs;
+                } else {
+                    table.scan_interval = Some(secs);
                 }
             }
-            if !is_table {
-                let attributes = o
-                    .fields
-                    .iter()
-                    .map(|f| attribute(f, &type_names).map_err(|(p, m)| err(p, m)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                nested.insert(
-                    o.name.clone(),
-                    ObjectType {
-                        name: o.name.clone(),
-                        attributes,
-                        sealed,
-                    },
-                );
+            ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
+            (k, _) => {
+                return Err(src.at(
+                    d.position,
+                    format!("unknown or mistyped argument {k} of @table"),
+                ));
             }
         }
-        let nested = Arc::new(nested);
+    }
+    Ok(())
+}
 
+/// The URL segment `@export(...)` gives a table of type `type_name`.
+fn export_name(
+    src: &Source<'_>,
+    d: &DirectiveDef<'_>,
+    type_name: &str,
+) -> Result<String, SchemaError> {
+    let mut name = type_name.to_owned();
+    for (k, v) in &d.arguments {
+        match (k.as_str(), v) {
+            ("name", graphql_parser::query::Value::String(s)) => name = s.clone(),
+            (k, _) => {
+                return Err(src.at(
+                    d.position,
+                    format!("unknown or mistyped argument {k} of @export"),
+                ));
+            }
+        }
+    }
+    Ok(name)
+}
+
+/// The table an object type with `@table` declares.
+fn table_of(
+    src: &Source<'_>,
+    o: &ObjectDef<'_>,
+    type_names: &[&str],
+    nested: &Arc<HashMap<String, ObjectType>>,
+) -> Result<Table, SchemaError> {
+    let mut table = Table {
+        id: 0,
+        type_name: o.name.clone(),
+        name: o.name.clone(),
+        database: "data".to_owned(),
+        export: None,
+        sealed: false,
+        schema_defined: true,
+        expiration: None,
+        eviction: 0.0,
+        scan_interval: None,
+        attributes: Vec::new(),
+        primary_key: 0,
+        types: nested.clone(),
+    };
+    for d in &o.directives {
+        match d.name.as_str() {
+            "table" => table_directive(src, d, &mut table)?,
+            "export" => table.export = Some(export_name(src, d, &o.name)?),
+            "sealed" => table.sealed = true,
+            _ => {}
+        }
+    }
+    for f in &o.fields {
+        table
+            .attributes
+            .push(attribute(f, type_names).map_err(|(p, m)| src.at(p, m))?);
+    }
+    table.primary_key = primary_key(src, o, &mut table.attributes)?;
+    Ok(table)
+}
+
+/// The index of the primary key among a table's attributes: the one `@primaryKey` attribute,
+/// else `id` (then marked as the key). It must be a scalar.
+fn primary_key(
+    src: &Source<'_>,
+    o: &ObjectDef<'_>,
+    attributes: &mut [Attribute],
+) -> Result<usize, SchemaError> {
+    let keys: Vec<usize> = (0..attributes.len())
+        .filter(|&i| attributes[i].primary_key)
+        .collect();
+    let key = match keys.as_slice() {
+        [k] => *k,
+        [] => match attributes.iter().position(|a| a.name == "id") {
+            Some(k) => {
+                attributes[k].primary_key = true;
+                k
+            }
+            None => {
+                return Err(src.at(
+                    o.position,
+                    format!("table {} has no @primaryKey attribute", o.name),
+                ));
+            }
+        },
+        _ => {
+            return Err(src.at(
+                o.position,
+                format!("table {} has more than one @primaryKey", o.name),
+            ));
+        }
+    };
+    if !matches!(attributes[key].ty, FieldType::Scalar(_)) {
+        return Err(src.at(
+            o.position,
+            format!(
+                "primary key {} of {} must be a scalar type",
+                attributes[key].name, o.name
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+impl Catalog {
+    /// Parses one schema file and adds its tables. `file` names the file in errors.
+    pub fn load_schema(&mut self, file: &str, source: &str) -> Result<(), SchemaError> {
+        let src = Source { file };
+        let doc = graphql_parser::parse_schema::<String>(source)
+            .map_err(|e| src.syntax(e.to_string().trim().to_owned()))?;
+        let objects = object_types(&src, &doc)?;
+        let type_names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
+        let nested = Arc::new(nested_types(&src, &objects, &type_names)?);
         for o in &objects {
             if !o.directives.iter().any(|d| d.name == "table") {
                 continue;
             }
-            let mut table = Table {
-                id: 0,
-                type_name: o.name.clone(),
-                name: o.name.clone(),
-                database: "data".to_owned(),
-                export: None,
-                sealed: false,
-                schema_defined: true,
-                expiration: None,
-                eviction: 0.0,
-                scan_interval: None,
-                attributes: Vec::new(),
-                primary_key: 0,
-                types: nested.clone(),
-            };
-            for d in &o.directives {
-                match d.name.as_str() {
-                    "table" => {
-                        for (k, v) in &d.arguments {
-                            match (k.as_str(), v) {
-                                ("table", graphql_parser::query::Value::String(s)) => {
-                                    table.name = s.clone()
-                                }
-                                ("database", graphql_parser::query::Value::String(s)) => {
-                                    table.database = s.clone()
-                                }
-                                ("expiration", v) => {
-                                    table.expiration = Some(number_arg(v).ok_or_else(|| {
-                                        err(
-                                            d.position,
-                                            "@table(expiration:) must be a number of seconds"
-                                                .to_owned(),
-                                        )
-                                    })?)
-                                }
-                                ("eviction" | "scanInterval", v) => {
-                                    let secs =
-                                        number_arg(v).filter(|s| *s >= 0.0).ok_or_else(|| {
-                                            err(
-                                                d.position,
-                                                format!("@table({k}:) must be a number of seconds"),
-                                            )
-                                        })?;
-                                    if k == "eviction" {
-                                        table.eviction = secs;
-                                    } else {
-                                        table.scan_interval = Some(secs);
-                                    }
-                                }
-                                ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
-                                (k, _) => {
-                                    return Err(err(
-                                        d.position,
-                                        format!("unknown or mistyped argument {k} of @table"),
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                    "export" => {
-                        let mut name = o.name.clone();
-                        for (k, v) in &d.arguments {
-                            match (k.as_str(), v) {
-                                ("name", graphql_parser::query::Value::String(s)) => {
-                                    name = s.clone()
-                                }
-                                (k, _) => {
-                                    return Err(err(
-                                        d.position,
-                                        format!("unknown or mistyped argument {k} of @export"),
-                                    ));
-                                }
-                            }
-                        }
-                        table.export = Some(name);
-                    }
-                    "sealed" => table.sealed = true,
-                    _ => {}
-                }
-            }
-            for f in &o.fields {
-                table
-                    .attributes
-                    .push(attribute(f, &type_names).map_err(|(p, m)| err(p, m))?);
-            }
-            let keys: Vec<usize> = (0..table.attributes.len())
-                .filter(|&i| table.attributes[i].primary_key)
-                .collect();
-            table.primary_key = match keys.as_slice() {
-                [k] => *k,
-                [] => match table.attributes.iter().position(|a| a.name == "id") {
-                    Some(k) => {
-                        table.attributes[k].primary_key = true;
-                        k
-                    }
-                    None => {
-                        return Err(err(
-                            o.position,
-                            format!("table {} has no @primaryKey attribute", o.name),
-                        ));
-                    }
-                },
-                _ => {
-                    return Err(err(
-                        o.position,
-                        format!("table {} has more than one @primaryKey", o.name),
-                    ));
-                }
-            };
-            if let Some(pk) = table.attributes.get(table.primary_key)
-                && !matches!(pk.ty, FieldType::Scalar(_))
-            {
-                return Err(err(
-                    o.position,
-                    format!(
-                        "primary key {} of {} must be a scalar type",
-                        pk.name, o.name
-                    ),
-                ));
-            }
-            if let Some(dup) = self
+            let table = table_of(&src, o, &type_names, &nested)?;
+            self.check_new(&src, o, &table)?;
+            self.tables.push(table);
+        }
+        Ok(())
+    }
+
+    /// Refuses a table declared twice, or exported under a name another table has.
+    fn check_new(
+        &self,
+        src: &Source<'_>,
+        o: &ObjectDef<'_>,
+        table: &Table,
+    ) -> Result<(), SchemaError> {
+        if let Some(dup) = self
+            .tables
+            .iter()
+            .find(|t| t.full_name() == table.full_name())
+        {
+            return Err(src.at(
+                o.position,
+                format!(
+                    "table {} is declared twice (also as type {})",
+                    table.full_name(),
+                    dup.type_name
+                ),
+            ));
+        }
+        if let Some(export) = &table.export
+            && self
                 .tables
                 .iter()
-                .find(|t| t.full_name() == table.full_name())
-            {
-                return Err(err(
-                    o.position,
-                    format!(
-                        "table {} is declared twice (also as type {})",
-                        table.full_name(),
-                        dup.type_name
-                    ),
-                ));
-            }
-            if let Some(export) = &table.export
-                && self
-                    .tables
-                    .iter()
-                    .any(|t| t.export.as_ref() == Some(export))
-            {
-                return Err(err(
-                    o.position,
-                    format!("two tables are exported as {export}"),
-                ));
-            }
-            self.tables.push(table);
+                .any(|t| t.export.as_ref() == Some(export))
+        {
+            return Err(src.at(o.position, format!("two tables are exported as {export}")));
         }
         Ok(())
     }

@@ -367,17 +367,71 @@ pub struct ShardStore {
     cache: ReadCache,
 }
 
+/// The record a write leaves (`None`: removed), from the old one as `full` (read when the write
+/// merges into it) and its creation time, stamped at `stamp` (ms).
+fn new_record<'v>(
+    table: &Table,
+    kind: &'v WriteKind,
+    full: Option<Value>,
+    created: Option<Value>,
+    stamp: f64,
+) -> Option<Cow<'v, Value>> {
+    match kind {
+        WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
+        WriteKind::Put(v) | WriteKind::Insert(v) => {
+            Some(stamped(table, Cow::Borrowed(v), created, stamp))
+        }
+        WriteKind::Patch(props) | WriteKind::Update(props) => {
+            let merged = match (full, props) {
+                // A new record made of the properties as sent: no merge to do.
+                (None, Value::Object(ps)) if !has_repeated_names(ps) => Cow::Borrowed(props),
+                (full, props) => {
+                    let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
+                    if let Value::Object(ps) = props {
+                        v.merge(ps.clone());
+                    }
+                    Cow::Owned(v)
+                }
+            };
+            Some(stamped(table, merged, created, stamp))
+        }
+        WriteKind::Add(deltas) => {
+            let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
+            for (k, delta) in deltas {
+                let sum = value::add_numbers(v.get(k), delta);
+                v.set(k, sum);
+            }
+            Some(stamped(table, Cow::Owned(v), created, stamp))
+        }
+    }
+}
+
+/// Notes in `changes` the index entries a write removes (`false`) and adds (`true`); both lists
+/// are sorted.
+fn diff_index(old: &[Vec<u8>], new: Vec<Vec<u8>>, changes: &mut HashMap<Vec<u8>, bool>) {
+    for e in old {
+        if new.binary_search(e).is_err() {
+            changes.insert(e.clone(), false);
+        }
+    }
+    for e in new {
+        if old.binary_search(&e).is_err() {
+            changes.insert(e, true);
+        }
+    }
+}
+
 /// The fjall mutations of a write group, computed but not yet committed: the new bytes of each
 /// record (`None`: removed), each index entry to insert (`true`) or remove, and the group's
 /// audit entry.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub struct Mutations {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: HashMap<Vec<u8>, bool>,
     audit: AuditEntry,
 }
 
-impl Plan {
+impl Mutations {
     /// The record keys the plan writes.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.records.keys().map(Vec::as_slice)
@@ -447,7 +501,7 @@ impl Plan {
         out
     }
 
-    fn decode_intent(mut b: &[u8]) -> Option<(Vec<u32>, Plan)> {
+    fn decode_intent(mut b: &[u8]) -> Option<(Vec<u32>, Mutations)> {
         fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, rest) = (b.get(..n)?, b.get(n..)?);
             *b = rest;
@@ -463,7 +517,7 @@ impl Plan {
         let participants = (0..u32_of(&mut b)?)
             .map(|_| u32_of(&mut b))
             .collect::<Option<Vec<u32>>>()?;
-        let mut plan = Plan::default();
+        let mut plan = Mutations::default();
         for _ in 0..u32_of(&mut b)? {
             let k = bytes(&mut b)?;
             let v = match take(&mut b, 1)?[0] {
@@ -509,7 +563,7 @@ pub struct Intent {
     pub txid: u64,
     /// Every shard with a part in the transaction (this one included).
     pub participants: Vec<u32>,
-    pub plan: Plan,
+    pub plan: Mutations,
 }
 
 /// A consistent read view of one shard (a fjall snapshot): every read through it sees the
@@ -680,163 +734,122 @@ impl ShardStore {
         ops: &[WriteOp],
         clock: &mut Clock,
         mut changes: Option<&mut Vec<Change>>,
-    ) -> Result<(Plan, Vec<WriteOutcome>), StoreError> {
-        let mut latest: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::with_capacity(ops.len());
-        let mut index_changes: HashMap<Vec<u8>, bool> = HashMap::with_capacity(ops.len() * 2);
-        // Room for a small record's change per op (the entry grows for larger ones).
-        let mut audit = AuditEntry::with_capacity(ops.len() * 128);
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for WriteOp { table, key, kind } in ops {
-            let version = clock.tick();
-            let now_ms = version / 1000;
-            // A message stores nothing: it needs neither the record nor its index entries.
-            if let WriteKind::Message {
-                payload,
-                expires_at,
-            } = kind
-            {
-                outcomes.push(WriteOutcome {
-                    version,
-                    existed: false,
-                });
-                if let Some(c) = changes.as_deref_mut() {
-                    c.push(Change {
-                        table: table.id,
-                        key: key.clone(),
-                        event: Event::Message {
-                            payload: payload.clone(),
-                            expires_at: *expires_at,
-                        },
-                        version,
-                    });
-                }
-                continue;
-            }
-            let pk = key.get(4..).unwrap_or_default();
-            let fetched;
-            let old_bytes = match latest.get(key) {
-                Some(v) => v.as_deref(),
-                None => {
-                    fetched = self.records.get(key)?;
-                    fetched.as_deref()
-                }
-            };
-            // An expired record counts as absent, but its index entries still go.
-            let (old_body, live, expires_at) = match old_bytes {
-                Some(b) => {
-                    let r = RecordRef::parse(b)
-                        .ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
-                    (Some(r.body), !r.is_expired(now_ms), r.expires_at)
-                }
-                None => (None, false, None),
-            };
-            // Conditional writes that do not apply leave the record as it is.
-            let skip = match kind {
-                WriteKind::Insert(_) => live,
-                WriteKind::Update(_) => !live,
-                _ => false,
-            };
-            if skip {
-                outcomes.push(WriteOutcome {
-                    version,
-                    existed: live,
-                });
-                continue;
-            }
-            let evicting = matches!(kind, WriteKind::Evict(_));
-            if let WriteKind::Evict(deadline) = kind
-                && expires_at.is_none_or(|e| e > *deadline)
-            {
-                // Rewritten (or gone) since it was found expired: nothing to evict.
-                outcomes.push(WriteOutcome {
-                    version,
-                    existed: false,
-                });
-                continue;
-            }
-            let patch = matches!(
-                kind,
-                WriteKind::Patch(_) | WriteKind::Update(_) | WriteKind::Add(_)
-            );
-            let old = OldRecord::read(table, old_body, patch, pk, live)?;
-            let stamp = version as f64 / 1000.0;
-            let new: Option<Cow<'_, Value>> = match kind {
-                WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
-                WriteKind::Put(v) | WriteKind::Insert(v) => {
-                    Some(stamped(table, Cow::Borrowed(v), old.created.clone(), stamp))
-                }
-                WriteKind::Patch(props) | WriteKind::Update(props) => {
-                    let merged = match (old.full, props) {
-                        // A new record made of the properties as sent: no merge to do.
-                        (None, Value::Object(ps)) if !has_repeated_names(ps) => {
-                            Cow::Borrowed(props)
-                        }
-                        (full, props) => {
-                            let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
-                            if let Value::Object(ps) = props {
-                                v.merge(ps.clone());
-                            }
-                            Cow::Owned(v)
-                        }
-                    };
-                    Some(stamped(table, merged, old.created, stamp))
-                }
-                WriteKind::Add(deltas) => {
-                    let mut v = old.full.unwrap_or_else(|| Value::Object(Vec::new()));
-                    for (k, delta) in deltas {
-                        let sum = value::add_numbers(v.get(k), delta);
-                        v.set(k, sum);
-                    }
-                    Some(stamped(table, Cow::Owned(v), old.created, stamp))
-                }
-            };
-            let new_entries = match &new {
-                Some(v) => index_entries(table, |name| v.get(name), pk),
-                None => Vec::new(),
-            };
-            for e in &old.entries {
-                if new_entries.binary_search(e).is_err() {
-                    index_changes.insert(e.clone(), false);
-                }
-            }
-            for e in new_entries {
-                if old.entries.binary_search(&e).is_err() {
-                    index_changes.insert(e, true);
-                }
-            }
-            let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
-            let stored = new.map(|v| record::encode_value(version, expires, &v));
-            audit.push(version, table.id, key, stored.as_deref());
-            if let Some(c) = changes.as_deref_mut() {
-                c.push(Change {
-                    table: table.id,
-                    key: key.clone(),
-                    event: match &stored {
-                        Some(s) => Event::Put(s.clone()),
-                        None => Event::Delete,
-                    },
-                    version,
-                });
-            }
-            outcomes.push(WriteOutcome {
-                version,
-                // For an eviction: whether it removed the record.
-                existed: old.existed || evicting,
-            });
-            latest.insert(key.clone(), stored);
-        }
-        let plan = Plan {
-            records: latest,
-            index: index_changes,
-            audit,
+    ) -> Result<(Mutations, Vec<WriteOutcome>), StoreError> {
+        let mut m = Mutations {
+            records: HashMap::with_capacity(ops.len()),
+            index: HashMap::with_capacity(ops.len() * 2),
+            // Room for a small record's change per op (the entry grows for larger ones).
+            audit: AuditEntry::with_capacity(ops.len() * 128),
         };
-        Ok((plan, outcomes))
+        let mut outcomes = Vec::with_capacity(ops.len());
+        for op in ops {
+            let version = clock.tick();
+            let (outcome, event) = match &op.kind {
+                // A message stores nothing: it needs neither the record nor its index entries.
+                WriteKind::Message {
+                    payload,
+                    expires_at,
+                } => {
+                    let event = Event::Message {
+                        payload: payload.clone(),
+                        expires_at: *expires_at,
+                    };
+                    let outcome = WriteOutcome {
+                        version,
+                        existed: false,
+                    };
+                    (outcome, Some(event))
+                }
+                _ => self.plan_write(op, version, &mut m, changes.is_some())?,
+            };
+            if let (Some(c), Some(event)) = (changes.as_deref_mut(), event) {
+                c.push(Change {
+                    table: op.table.id,
+                    key: op.key.clone(),
+                    event,
+                    version,
+                });
+            }
+            outcomes.push(outcome);
+        }
+        Ok((m, outcomes))
+    }
+
+    /// Adds one record write at `version` to `m`: the record as stored before (as `m` already
+    /// changes it), whether the write applies, the new record, its index entries and its audit
+    /// entry. Returns the outcome and, when `want_event` and the record changed, its change.
+    fn plan_write(
+        &self,
+        op: &WriteOp,
+        version: u64,
+        m: &mut Mutations,
+        want_event: bool,
+    ) -> Result<(WriteOutcome, Option<Event>), StoreError> {
+        let WriteOp { table, key, kind } = op;
+        let now_ms = version / 1000;
+        let pk = key.get(4..).unwrap_or_default();
+        let fetched;
+        let old_bytes = match m.records.get(key) {
+            Some(v) => v.as_deref(),
+            None => {
+                fetched = self.records.get(key)?;
+                fetched.as_deref()
+            }
+        };
+        // An expired record counts as absent, but its index entries still go.
+        let (old_body, live, expires_at) = match old_bytes {
+            Some(b) => {
+                let r =
+                    RecordRef::parse(b).ok_or_else(|| StoreError::Corrupt(format!("{key:?}")))?;
+                (Some(r.body), !r.is_expired(now_ms), r.expires_at)
+            }
+            None => (None, false, None),
+        };
+        let unchanged = |existed| Ok((WriteOutcome { version, existed }, None));
+        // Conditional writes that do not apply leave the record as it is.
+        match kind {
+            WriteKind::Insert(_) if live => return unchanged(true),
+            WriteKind::Update(_) if !live => return unchanged(false),
+            // Rewritten (or gone) since it was found expired: nothing to evict.
+            WriteKind::Evict(deadline) if expires_at.is_none_or(|e| e > *deadline) => {
+                return unchanged(false);
+            }
+            _ => {}
+        }
+        let patch = matches!(
+            kind,
+            WriteKind::Patch(_) | WriteKind::Update(_) | WriteKind::Add(_)
+        );
+        let old = OldRecord::read(table, old_body, patch, pk, live)?;
+        let existed = old.existed;
+        let new = new_record(table, kind, old.full, old.created, version as f64 / 1000.0);
+        let new_entries = match &new {
+            Some(v) => index_entries(table, |name| v.get(name), pk),
+            None => Vec::new(),
+        };
+        diff_index(&old.entries, new_entries, &mut m.index);
+        let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
+        let stored = new.map(|v| record::encode_value(version, expires, &v));
+        m.audit.push(version, table.id, key, stored.as_deref());
+        let event = want_event.then(|| match &stored {
+            Some(s) => Event::Put(s.clone()),
+            None => Event::Delete,
+        });
+        m.records.insert(key.clone(), stored);
+        // For an eviction: whether it removed the record.
+        let existed = existed || matches!(kind, WriteKind::Evict(_));
+        Ok((WriteOutcome { version, existed }, event))
     }
 
     /// Records `plan` as this shard's prepared part of cross-shard transaction `txid`, whose
     /// parts are on `participants`: nothing becomes visible; once persisted, [`Self::intents`]
     /// returns it after a crash until [`Self::resolve`] commits or drops it.
-    pub fn prepare(&self, txid: u64, participants: &[u32], plan: &Plan) -> Result<(), StoreError> {
+    pub fn prepare(
+        &self,
+        txid: u64,
+        participants: &[u32],
+        plan: &Mutations,
+    ) -> Result<(), StoreError> {
         Ok(self
             .intents
             .insert(txid.to_be_bytes(), plan.encode_intent(participants))?)
@@ -845,7 +858,7 @@ impl ShardStore {
     /// Ends the prepared part of `txid`, in one atomic batch: with `plan`, applies it and leaves
     /// a commit marker; either way drops the intent. So after a crash an intent still present
     /// was never applied, and a marker says the part was applied.
-    pub fn resolve(&self, txid: u64, plan: Option<&Plan>) -> Result<(), StoreError> {
+    pub fn resolve(&self, txid: u64, plan: Option<&Mutations>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         if let Some(plan) = plan {
             plan.add_to(&mut batch, self);
@@ -875,7 +888,7 @@ impl ShardStore {
                     .map_err(|_| StoreError::Corrupt(format!("intent key {k:?}")))?,
             );
             let (participants, plan) =
-                Plan::decode_intent(&v).ok_or(StoreError::CorruptIntent(txid))?;
+                Mutations::decode_intent(&v).ok_or(StoreError::CorruptIntent(txid))?;
             out.push(Intent {
                 txid,
                 participants,

@@ -33,9 +33,9 @@ use tessera_storage::shard::{Change, Event, now_micros, record_key};
 use crate::app::keys::id_value;
 use crate::data::query;
 
-pub use past::subscribe_since;
 pub use fanout::{InFlight, follow, publish_message};
 use past::shards_of;
+pub use past::subscribe_since;
 use registry::{add_exact, add_pattern, remove};
 pub use registry::{close_inbox, id_text, new_conn, open_inbox};
 
