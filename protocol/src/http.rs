@@ -130,7 +130,7 @@ fn has_token(v: &[u8], token: &str) -> bool {
 }
 
 /// First parse of a head: its length and body framing. `Ok(None)` means the head is incomplete.
-/// `max_body` is the body limit (HARPER.md: `http.maxRequestBodySize`).
+/// `max_body` is the body limit (`http.maxRequestBodySize`).
 pub fn parse_head_info(buf: &[u8], max_body: usize) -> Result<Option<HeadInfo>, FramingError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);

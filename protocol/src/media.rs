@@ -1,4 +1,4 @@
-//! Media types and `Accept` negotiation (HARPER.md section 6).
+//! Media types and `Accept` negotiation (docs/rest.md).
 //!
 //! The response type maximises client q × server q, where the server's preferences are Harper's:
 //! CBOR 1, MessagePack 0.9, JSON 0.8, event stream 0.8, YAML 0.7, `*/*` (as JSON) 0.5, plain text

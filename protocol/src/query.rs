@@ -1,4 +1,4 @@
-//! Harper's REST query grammar (HARPER.md section 4), sans-I/O.
+//! Harper's REST query grammar (docs/rest.md), sans-I/O.
 //!
 //! The query string is parsed before percent-decoding, so that `& | ( ) [ ]` sent percent-encoded
 //! stay literal characters of a name or value. Names and values are percent-decoded afterwards.

@@ -1,4 +1,4 @@
-//! REST request targets (HARPER.md section 1): `/Table`, `/Table/`, `/Table/<id>` with multi-segment
+//! REST request targets (docs/rest.md): `/Table`, `/Table/`, `/Table/<id>` with multi-segment
 //! ids, percent-decoding, and the `.json`/`.cbor`/`.msgpack`/`.csv` suffixes that choose the
 //! response type.
 

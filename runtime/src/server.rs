@@ -126,7 +126,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let addrs = ports.addrs;
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
-        let core = Core {
+        let setup = CoreSetup {
             app: app.clone(),
             wasm: wasm.clone(),
             auth: Authenticator::new(users.clone(), tokens.clone()),
@@ -135,7 +135,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
                 .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())))
                 .unwrap_or_default(),
         };
-        serve_core(ctx, core, addrs, bound_tx.clone())
+        serve_core(ctx, setup, addrs, bound_tx.clone())
     })?;
     for _ in 0..settings.threads {
         match bound_rx.recv() {
@@ -309,7 +309,7 @@ fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restore
 }
 
 /// What one executor starts with.
-struct Core {
+struct CoreSetup {
     app: Arc<App>,
     wasm: Arc<WasmHost>,
     auth: Authenticator,
@@ -320,7 +320,7 @@ struct Core {
 /// sweeps expiring tables, parks its restored sessions, and serves the three fronts.
 async fn serve_core(
     ctx: CoreContext,
-    core: Core,
+    setup: CoreSetup,
     [http_addr, mqtt_addr, ops_addr]: [SocketAddr; 3],
     bound: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -338,10 +338,10 @@ async fn serve_core(
         };
     let _ = bound.send(Ok(()));
     realtime::follow(&ctx.router);
-    let expiring: Vec<_> = core.app.tables.types().values().cloned().collect();
+    let expiring: Vec<_> = setup.app.tables.types().values().cloned().collect();
     expiry::run(ctx.router.clone(), expiring).await;
-    let worker = Rc::new(Worker::new(core.app, ctx.router, core.auth, core.wasm));
-    for (saved, handover) in core.restored {
+    let worker = Rc::new(Worker::new(setup.app, ctx.router, setup.auth, setup.wasm));
+    for (saved, handover) in setup.restored {
         glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
     }
     glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone())).detach();

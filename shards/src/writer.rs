@@ -125,29 +125,29 @@ pub(crate) fn spawn(
 
 /// A prepared transaction part held in memory until it is resolved: its ops too, so that they
 /// are dropped here, off the coordinating core, or given back if the transaction aborts.
-struct Part {
+struct PreparedPart {
     ops: Vec<WriteOp>,
     plan: Mutations,
     changes: Vec<Change>,
 }
 
-/// How a plain write waiting in a group is answered.
-enum Reply {
+/// A plain write waiting in a group for its answer.
+enum Waiter {
     One(WriteReply),
     Batch(BatchReply, usize),
 }
 
-/// A plain write's result, sent once the group is persisted.
-enum Answer {
+/// A waiting plain write with its result, sent once the group is persisted.
+enum WaiterResult {
     One(WriteReply, StoreResult<WriteOutcome>),
     Batch(BatchReply, StoreResult<Vec<WriteOutcome>>),
 }
 
-impl Answer {
-    fn failed(reply: Reply, e: &Arc<StoreError>) -> Answer {
+impl WaiterResult {
+    fn failed(reply: Waiter, e: &Arc<StoreError>) -> WaiterResult {
         match reply {
-            Reply::One(tx) => Answer::One(tx, Err(e.clone())),
-            Reply::Batch(tx, _) => Answer::Batch(tx, Err(e.clone())),
+            Waiter::One(tx) => WaiterResult::One(tx, Err(e.clone())),
+            Waiter::Batch(tx, _) => WaiterResult::Batch(tx, Err(e.clone())),
         }
     }
 }
@@ -160,8 +160,8 @@ type PrepareAnswer = (oneshot::Sender<StoreResult<Prepared>>, Vec<WriteOutcome>)
 #[derive(Default)]
 struct Group {
     ops: Vec<WriteOp>,
-    replies: Vec<Reply>,
-    answers: Vec<Answer>,
+    replies: Vec<Waiter>,
+    answers: Vec<WaiterResult>,
     prepares: Vec<PrepareAnswer>,
     changes: Vec<Change>,
     /// Whether anything was stored (a group of messages only needs no fsync).
@@ -174,7 +174,7 @@ struct Writer<'a> {
     clock: Clock,
     /// Keys of prepared parts, and the transaction holding each.
     locks: HashMap<Vec<u8>, u64>,
-    prepared: HashMap<u64, Part>,
+    prepared: HashMap<u64, PreparedPart>,
     /// Plain writes and waiting prepares held back by a lock, in arrival order.
     deferred: VecDeque<Command>,
     /// Resolves applied but not yet persisted: answered after the next persist.
@@ -229,10 +229,10 @@ impl Writer<'_> {
             }
             for answer in g.answers {
                 match answer {
-                    Answer::One(tx, result) => {
+                    WaiterResult::One(tx, result) => {
                         let _ = tx.send(persisted.clone().and(result));
                     }
-                    Answer::Batch(tx, result) => {
+                    WaiterResult::Batch(tx, result) => {
                         let _ = tx.send(persisted.clone().and(result));
                     }
                 }
@@ -298,10 +298,10 @@ impl Writer<'_> {
         match cmd {
             Command::Write(op, reply) => {
                 g.ops.push(op);
-                g.replies.push(Reply::One(reply));
+                g.replies.push(Waiter::One(reply));
             }
             Command::Batch(ops, reply) => {
-                g.replies.push(Reply::Batch(reply, ops.len()));
+                g.replies.push(Waiter::Batch(reply, ops.len()));
                 g.ops.extend(ops);
             }
             Command::Prepare {
@@ -331,7 +331,8 @@ impl Writer<'_> {
                         for k in plan.keys() {
                             self.locks.insert(k.to_vec(), txid);
                         }
-                        self.prepared.insert(txid, Part { ops, plan, changes });
+                        self.prepared
+                            .insert(txid, PreparedPart { ops, plan, changes });
                         g.stores = true;
                         g.prepares.push((reply, outcomes));
                     }
@@ -384,7 +385,7 @@ impl Writer<'_> {
         g: &mut Group,
         queue: &mut VecDeque<Command>,
         watched: bool,
-    ) -> Option<(Part, Result<(), StoreError>)> {
+    ) -> Option<(PreparedPart, Result<(), StoreError>)> {
         self.flush_ops(g, watched);
         let mut part = self.prepared.remove(&txid)?;
         let result = self.store.resolve(txid, commit.then_some(&part.plan));
@@ -421,21 +422,23 @@ impl Writer<'_> {
             Ok(o) => o.into_iter(),
             Err(e) => {
                 for r in g.replies.drain(..) {
-                    g.answers.push(Answer::failed(r, &e));
+                    g.answers.push(WaiterResult::failed(r, &e));
                 }
                 return;
             }
         };
         for r in g.replies.drain(..) {
             g.answers.push(match r {
-                Reply::One(tx) => match outcomes.next() {
-                    Some(o) => Answer::One(tx, Ok(o)),
-                    None => Answer::One(
+                Waiter::One(tx) => match outcomes.next() {
+                    Some(o) => WaiterResult::One(tx, Ok(o)),
+                    None => WaiterResult::One(
                         tx,
                         Err(Arc::new(StoreError::Corrupt("lost outcome".into()))),
                     ),
                 },
-                Reply::Batch(tx, n) => Answer::Batch(tx, Ok(outcomes.by_ref().take(n).collect())),
+                Waiter::Batch(tx, n) => {
+                    WaiterResult::Batch(tx, Ok(outcomes.by_ref().take(n).collect()))
+                }
             });
         }
     }

@@ -1,5 +1,5 @@
 //! CBOR (RFC 8949) for [`Value`]s, through the ciborium crate: a record is a map, a collection an
-//! indefinite-length array (HARPER.md section 6). Dates are tag 1 (epoch seconds), bytes are byte
+//! indefinite-length array (docs/rest.md). Dates are tag 1 (epoch seconds), bytes are byte
 //! strings.
 
 use ciborium::value::{Integer, Value as Cbor};

@@ -523,18 +523,18 @@ mod tests {
     }
 
     #[derive(Debug, Clone)]
-    enum Op {
+    enum Step {
         Put(i64, Option<Value>, Option<Value>, Option<bool>),
         Patch(i64, Option<Value>),
         Delete(i64),
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    fn op() -> impl Strategy<Value = Step> {
         prop_oneof![
             4 => (0i64..12, value(), tags(), proptest::option::of(any::<bool>()))
-                .prop_map(|(id, n, t, b)| Op::Put(id, n, t, b)),
-            2 => (0i64..12, value()).prop_map(|(id, n)| Op::Patch(id, n)),
-            1 => (0i64..12).prop_map(Op::Delete),
+                .prop_map(|(id, n, t, b)| Step::Put(id, n, t, b)),
+            2 => (0i64..12, value()).prop_map(|(id, n)| Step::Patch(id, n)),
+            1 => (0i64..12).prop_map(Step::Delete),
         ]
     }
 
@@ -583,15 +583,15 @@ mod tests {
             let mut clock = Clock::default();
             for o in ops {
                 let (id, kind) = match o {
-                    Op::Put(id, n, tag, b) => {
+                    Step::Put(id, n, tag, b) => {
                         let mut props = vec![("id".to_owned(), Value::Int(id))];
                         props.extend(n.map(|v| ("n".to_owned(), v)));
                         props.extend(tag.map(|v| ("tag".to_owned(), v)));
                         props.extend(b.map(|v| ("b".to_owned(), Value::Bool(v))));
                         (id, WriteKind::Put(Value::Object(props)))
                     }
-                    Op::Patch(id, n) => (id, WriteKind::Patch(Value::Object(n.map(|v| ("n".to_owned(), v)).into_iter().collect()))),
-                    Op::Delete(id) => (id, WriteKind::Delete),
+                    Step::Patch(id, n) => (id, WriteKind::Patch(Value::Object(n.map(|v| ("n".to_owned(), v)).into_iter().collect()))),
+                    Step::Delete(id) => (id, WriteKind::Delete),
                 };
                 let key = record_key(t.id, &Value::Int(id)).unwrap();
                 store.apply(vec![WriteOp { table: t.clone(), key, kind }], &mut clock, None).unwrap();

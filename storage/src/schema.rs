@@ -1,5 +1,5 @@
 //! The schema catalog: tables, attributes and nested types read from a component's
-//! `schema.graphql` with Harper's directives (seed `002`, HARPER.md section 3).
+//! `schema.graphql` with Harper's directives (docs/rest.md).
 //!
 //! This is the only module that sees graphql-parser. Every directive Tessera does not know is a
 //! load error that names the file, line and column, so a typo never silently drops an index.
@@ -176,7 +176,7 @@ pub struct Table {
     pub export: Option<String>,
     pub sealed: bool,
     /// Declared in `schema.graphql`; false for a table made by `create_table`, whose attributes
-    /// grow as records arrive (HARPER-OPS.md section 2).
+    /// grow as records arrive (docs/operations.md).
     pub schema_defined: bool,
     /// `@table(expiration:)` in seconds.
     pub expiration: Option<f64>,
@@ -197,7 +197,7 @@ pub const CREATED_TIME: &str = "__createdtime__";
 pub const UPDATED_TIME: &str = "__updatedtime__";
 
 impl Table {
-    /// A table made by the Operations API's `create_table` (HARPER-OPS.md section 2): an
+    /// A table made by the Operations API's `create_table` (docs/operations.md): an
     /// untyped primary key, `__createdtime__` and `__updatedtime__`, and `attributes`, every one
     /// untyped and indexed. Ids are 0 until the layout assigns them.
     pub fn dynamic(database: &str, name: &str, primary_key: &str, attributes: &[String]) -> Table {
@@ -303,7 +303,7 @@ impl Table {
         })
     }
 
-    /// The description object of `GET /Table` (HARPER.md section 1).
+    /// The description object of `GET /Table` (docs/rest.md).
     pub fn describe(&self, audit_size: u64) -> Value {
         let attrs = self
             .attributes
@@ -361,7 +361,7 @@ impl Table {
 }
 
 impl Table {
-    /// The Operations API's `describe_table` object (HARPER-OPS.md section 2) of a table holding
+    /// The Operations API's `describe_table` object (docs/operations.md) of a table holding
     /// `record_count` records.
     pub fn describe_operation(&self, record_count: u64) -> Value {
         let s = |k: &str, v: Value| (k.to_owned(), v);

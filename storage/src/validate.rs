@@ -1,4 +1,4 @@
-//! Type enforcement of incoming records against a table's schema (HARPER.md section 3).
+//! Type enforcement of incoming records against a table's schema (docs/rest.md).
 //!
 //! Checks run on PUT, PATCH and POST for every body format, before anything is written. Values are
 //! coerced where Harper coerces (`Date` from a string or number, an integral double to an

@@ -1,4 +1,4 @@
-//! Authentication (HARPER.md section 8): anonymous access is refused unless configured.
+//! Authentication (docs/operations.md): anonymous access is refused unless configured.
 
 use serde_json::json;
 use tessera_tests::{ADMIN, App, Server, Start, basic};

@@ -1,4 +1,4 @@
-//! Content types (HARPER.md section 6) decoded by independent decoders: JSON (serde_json),
+//! Content types (docs/rest.md) decoded by independent decoders: JSON (serde_json),
 //! MessagePack (rmp-serde), CBOR (cbor4ii) and CSV (the csv crate); request bodies in JSON,
 //! MessagePack, CBOR and form-urlencoded.
 

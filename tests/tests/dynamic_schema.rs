@@ -1,4 +1,4 @@
-//! Databases, tables and attributes made through the Operations API (HARPER-OPS.md section 2),
+//! Databases, tables and attributes made through the Operations API (docs/operations.md),
 //! through the real binary: their messages and errors, attributes that appear and are indexed as
 //! records arrive, `__createdtime__`/`__updatedtime__`, drops that take the data with them, and a
 //! catalog that survives a restart.

@@ -1,4 +1,4 @@
-//! The MQTT broker through the real binary (HARPER.md section 9), with Tessera's test client for
+//! The MQTT broker through the real binary (docs/mqtt.md), with Tessera's test client for
 //! exact packet-level checks and with mosquitto_pub/mosquitto_sub (Debian's mosquitto-clients,
 //! installed by tests/run.sh) as independent real clients, both protocol versions.
 

@@ -1,4 +1,4 @@
-//! `GET /openapi` (HARPER.md section 12), checked by a strict validator: openapi-spec-validator
+//! `GET /openapi` (docs/rest.md), checked by a strict validator: openapi-spec-validator
 //! from PyPI (installed by tests/run.sh), which Harper's own document fails.
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The Operations API's data operations through the real binary (HARPER-OPS.md sections 1 and 3):
+//! The Operations API's data operations through the real binary (docs/operations.md):
 //! envelopes, status codes, response shapes, and batches that commit as one transaction across
 //! shards.
 

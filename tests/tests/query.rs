@@ -1,4 +1,4 @@
-//! Collection queries through the real binary (HARPER.md section 4): every operator, groups,
+//! Collection queries through the real binary (docs/rest.md): every operator, groups,
 //! select/limit/sort, ordering, arrays, nulls and booleans, errors, DELETE with a query, and a
 //! result large enough to be streamed.
 
@@ -19,7 +19,7 @@ type Product @table @export {
 }
 "#;
 
-/// The dataset: prices chosen so that `price=gt=40` lists p01, p04, p05, p03 (HARPER.md).
+/// The dataset: prices chosen so that `price=gt=40` lists p01, p04, p05, p03 .
 const PRODUCTS: &[&str] = &[
     r#"{"id":"p01","name":"Mouse","category":"accessories","price":49.99,"tags":["usb","input"],"inStock":true,"discount":null,"rating":5}"#,
     r#"{"id":"p02","name":"Cable","category":"cables","price":9.5,"tags":["usb"],"inStock":false,"discount":0.1,"rating":3}"#,

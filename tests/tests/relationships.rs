@@ -1,4 +1,4 @@
-//! Relationships and computed properties through the real binary (HARPER.md sections 3 and 5).
+//! Relationships and computed properties through the real binary (docs/rest.md).
 
 use serde_json::{Value, json};
 use tessera_tests::{Client, Server, Start};

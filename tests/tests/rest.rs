@@ -1,4 +1,4 @@
-//! REST behaviour of tables through the real binary (HARPER.md sections 1, 2, 6, 7).
+//! REST behaviour of tables through the real binary (docs/rest.md).
 
 use serde_json::json;
 use tessera_tests::{Server, from_msgpack, to_msgpack};
@@ -279,7 +279,7 @@ fn msgpack_bodies_and_accept_negotiation() {
         from_msgpack(&r.body),
         json!({"id":"m1","name":"Packed","price":12.5,"tags":["a"]})
     );
-    // Equal preference: MessagePack over JSON (HARPER.md section 6).
+    // Equal preference: MessagePack over JSON (docs/rest.md).
     let r = c.request(
         "GET",
         "/Product/m1",

@@ -1,4 +1,4 @@
-//! Users, roles and their permissions through the real binary (HARPER-OPS.md sections 5-7): the
+//! Users, roles and their permissions through the real binary (docs/operations.md): the
 //! Operations API's user and role operations, and the same table permissions enforced on REST,
 //! the Operations API, MQTT, WebSocket and SSE.
 

@@ -1,4 +1,4 @@
-//! Schema enforcement through the real binary (HARPER.md section 3).
+//! Schema enforcement through the real binary (docs/rest.md).
 
 use serde_json::json;
 use tessera_tests::{App, Server, Start, to_msgpack};

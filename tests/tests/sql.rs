@@ -1,4 +1,4 @@
-//! `{"operation":"sql"}` through the real binary (HARPER-OPS.md section 4): SELECT with WHERE,
+//! `{"operation":"sql"}` through the real binary (docs/operations.md): SELECT with WHERE,
 //! ORDER BY, LIMIT/OFFSET, aggregates, GROUP BY and joins; INSERT, UPDATE and DELETE with the
 //! data operations' messages; 400 with the position for bad SQL; role checks.
 

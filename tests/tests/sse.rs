@@ -1,4 +1,4 @@
-//! Server-Sent Events (HARPER.md section 11) through the real binary, read from a raw socket.
+//! Server-Sent Events (docs/realtime.md) through the real binary, read from a raw socket.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;

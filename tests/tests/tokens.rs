@@ -1,4 +1,4 @@
-//! Authentication tokens through the real binary (HARPER-OPS.md section 8): JWTs from
+//! Authentication tokens through the real binary (docs/operations.md): JWTs from
 //! `create_authentication_tokens`, Bearer on REST and the Operations API with the user's role,
 //! `refresh_operation_token`, expiry, and refresh tokens refused as credentials.
 

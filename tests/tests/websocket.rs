@@ -1,4 +1,4 @@
-//! WebSocket subscriptions (HARPER.md section 10) with tungstenite as the client.
+//! WebSocket subscriptions (docs/realtime.md) with tungstenite as the client.
 
 use std::net::TcpStream;
 use std::time::Duration;

@@ -49,7 +49,7 @@ pub fn decode(
                 .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
                 .collect(),
         )),
-        // Any other type is stored opaquely (HARPER.md section 6).
+        // Any other type is stored opaquely (docs/rest.md).
         Some((ct, _)) => Ok(Value::Object(vec![
             (
                 "contentType".to_owned(),

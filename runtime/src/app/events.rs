@@ -1,4 +1,4 @@
-//! Harper's event envelope for WebSocket and SSE (HARPER.md sections 10 and 11):
+//! Harper's event envelope for WebSocket and SSE (docs/realtime.md):
 //! `{"id","type":"put"|"delete"|"message","value","version","localTime"}`.
 
 use tessera_storage::record::RecordRef;

@@ -1,4 +1,4 @@
-//! Response bodies in every content type (HARPER.md section 6): records and collection rows from
+//! Response bodies in every content type (docs/rest.md): records and collection rows from
 //! their stored MessagePack, with or without `select()`.
 //!
 //! MessagePack records go out as stored; JSON is transcoded without building a tree; CBOR and CSV
@@ -108,7 +108,7 @@ fn selected(body: &[u8], select: &Select) -> Result<Vec<Value>, AppError> {
         .collect())
 }
 
-/// The selected properties of a stored record, shaped as `select()` asks (HARPER.md section 4).
+/// The selected properties of a stored record, shaped as `select()` asks (docs/rest.md).
 fn project(body: &[u8], select: &Select) -> Result<Value, AppError> {
     Ok(shape(select, selected_fields(body, select)?))
 }

@@ -1,6 +1,6 @@
 //! Users and role permissions: who makes a request, and what a role may do per database, table
 //! and attribute. Parsed from the `permission` object of `add_role`/`alter_role` and checked on
-//! every request by REST, the Operations API, MQTT, WebSocket and SSE (see docs/permissions.md).
+//! every request by REST, the Operations API, MQTT, WebSocket and SSE (see docs/operations.md, "Users, roles and permissions").
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
@@ -132,7 +132,7 @@ impl Permission {
     }
 }
 
-/// Why a `permission` object was refused: HARPER-OPS.md's `main_permissions` and
+/// Why a `permission` object was refused: the `main_permissions` and
 /// `schema_permissions` lists.
 #[derive(Debug, Default, PartialEq)]
 pub struct PermissionErrors {

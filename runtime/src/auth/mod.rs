@@ -47,7 +47,7 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// The Operations API's message for it (HARPER-OPS.md section 1).
+    /// The Operations API's message for it.
     pub fn message(self) -> &'static str {
         match self {
             Denied::Missing => "Must login",

@@ -1,4 +1,4 @@
-//! Authentication tokens (HARPER-OPS.md section 8): an operation token and a refresh token, both
+//! Authentication tokens (docs/operations.md): an operation token and a refresh token, both
 //! JWTs naming the user, signed (HS256) with a key generated on first start and kept in
 //! `<root>/data/token.key` (mode 0600). An operation token is a credential on REST and the
 //! Operations API (`Authorization: Bearer`); a refresh token only buys a new operation token.

@@ -51,10 +51,18 @@ struct UsersFile {
 }
 
 /// An operation on users or roles that failed: its status and JSON body.
-pub type Refusal = (u16, Json);
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub body: Json,
+}
 
-fn refuse(status: u16, message: impl Into<String>) -> Refusal {
-    (status, json!({ "error": message.into() }))
+/// A refusal with `{"error": message}`.
+pub fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        body: json!({ "error": message.into() }),
+    }
 }
 
 fn now_ms() -> f64 {
@@ -135,7 +143,7 @@ impl Users {
         if self.read().users.iter().any(|u| u.username == username) {
             return Ok(false);
         }
-        let hash = hash_password(password).map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+        let hash = hash_password(password).map_err(|r| anyhow::anyhow!("{}", r.body))?;
         self.change(|f| {
             let now = now_ms();
             f.users.push(StoredUser {
@@ -148,7 +156,7 @@ impl Users {
             });
             Ok(())
         })
-        .map_err(|(_, e)| anyhow::anyhow!("{e}"))?;
+        .map_err(|r| anyhow::anyhow!("{}", r.body))?;
         Ok(true)
     }
 
@@ -421,15 +429,15 @@ fn validated(
     Ok((permission.cloned().unwrap_or(Json::Null), Arc::new(parsed)))
 }
 
-/// A refused `permission` object, in HARPER-OPS.md's shape.
+/// A refused `permission` object, in the shape Harper answers with.
 fn permission_refusal(e: permissions::PermissionErrors) -> Refusal {
     let schema: serde_json::Map<String, Json> =
         e.schema.into_iter().map(|(k, v)| (k, json!(v))).collect();
-    (
-        400,
-        json!({"error": "Errors in the role permissions JSON provided",
+    Refusal {
+        status: 400,
+        body: json!({"error": "Errors in the role permissions JSON provided",
                "main_permissions": e.main, "schema_permissions": schema}),
-    )
+    }
 }
 
 #[cfg(test)]

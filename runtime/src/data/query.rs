@@ -1,4 +1,4 @@
-//! Collection queries (HARPER.md section 4): planned once on the connection's core, run on every
+//! Collection queries (docs/rest.md): planned once on the connection's core, run on every
 //! shard in parallel over the mesh, merged here in result order.
 //!
 //! Planning resolves each condition against the schema (404 for undeclared attributes), converts
@@ -34,7 +34,7 @@ pub struct Plan {
     pub select: Option<Select>,
     /// Whether the selection includes related records or computed values (rows are decoded).
     pub related: bool,
-    /// Conditions that narrow selected to-many related records (HARPER.md section 5).
+    /// Conditions that narrow selected to-many related records (docs/rest.md).
     pub narrowing: HashMap<String, Pred>,
 }
 

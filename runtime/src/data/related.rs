@@ -1,4 +1,4 @@
-//! Relationships (HARPER.md section 5): conditions through `@relationship` attributes and nested
+//! Relationships (docs/rest.md): conditions through `@relationship` attributes and nested
 //! selections of related records.
 //!
 //! A relationship joins a local attribute of its table with a remote attribute of the target

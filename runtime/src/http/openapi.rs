@@ -1,4 +1,4 @@
-//! `GET /openapi` (HARPER.md section 12): an OpenAPI 3.0.3 document of the exported tables, valid
+//! `GET /openapi` (docs/rest.md): an OpenAPI 3.0.3 document of the exported tables, valid
 //! under a strict validator (Harper's own is not: it writes `required: []` and OPTIONS operations
 //! without their path parameter).
 

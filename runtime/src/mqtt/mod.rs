@@ -17,6 +17,8 @@ mod publish;
 mod reader;
 pub mod sessions;
 mod subscribe;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::cell::RefCell;
@@ -178,13 +180,13 @@ where
     // Each of the three is polled only when it was woken (`futures::join!` polls all of them on
     // every wake: each delivery to a subscriber would poll its reader's keep-alive timer and
     // socket again, about a tenth of the broker's CPU in a fan-out).
-    let ((subscriptions, filters), (), parked_inbox) = (reader, writer, deliverer).join().await;
+    let (left, (), parked_inbox) = (reader, writer, deliverer).join().await;
     let ended = parked::Ended {
         client_id,
         conn,
         kept,
-        subscriptions,
-        filters,
+        subscriptions: left.subscriptions,
+        filters: left.filters,
         unacked: flow.unacked.take(),
         parked_inbox,
     };

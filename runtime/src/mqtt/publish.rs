@@ -10,6 +10,7 @@ use tessera_storage::validate::WriteMode;
 use tessera_storage::value::msgpack_to_json;
 
 use super::{Connection, TOPIC_ALIAS_MAXIMUM};
+use crate::app::AppError;
 use crate::app::keys::{id_value, set_primary_key};
 use crate::app::permissions::Action;
 use crate::realtime;
@@ -183,7 +184,12 @@ impl Connection<'_> {
             .write_record(table, rec, pk, WriteMode::Replace)
             .await
             .map(|_| ())
-            .map_err(|_| 0x99)
+            .map_err(|e| {
+                if let AppError::Internal(message) = e {
+                    eprintln!("error: {message}");
+                }
+                0x99 // payload format invalid
+            })
     }
 
     /// A publish to a wasm resource's topic goes to the resource: a message to its `publish`, a

@@ -61,7 +61,10 @@ impl PacketReader {
 }
 
 /// What a connection's reader leaves: its subscriptions and filters.
-pub type Left = (Subscriptions, Vec<(String, QoS)>);
+pub struct ReaderEnd {
+    pub subscriptions: Subscriptions,
+    pub filters: Vec<(String, QoS)>,
+}
 
 /// Reads and handles packets until the connection ends. When the session outlives the
 /// connection (`keep`), `park` tells the deliverer to hand back its inbox; it is dropped when
@@ -76,7 +79,7 @@ pub async fn run<R: AsyncRead + Unpin>(
     keep: bool,
     park: oneshot::Sender<()>,
     flow: &Flow,
-) -> Left {
+) -> ReaderEnd {
     let version = connect.version;
     let keep_alive = match connect.keep_alive {
         0 => Duration::from_secs(24 * 3600),
@@ -138,7 +141,10 @@ pub async fn run<R: AsyncRead + Unpin>(
         .iter()
         .map(|(f, (_, q))| (f.clone(), *q))
         .collect();
-    (std::mem::take(&mut connection.subscriptions), filters)
+    ReaderEnd {
+        subscriptions: std::mem::take(&mut connection.subscriptions),
+        filters,
+    }
 }
 
 /// What the reader does after a packet.

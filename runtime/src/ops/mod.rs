@@ -115,23 +115,37 @@ impl Handler for Operations {
         from_loopback: bool,
         reply: &mut Reply<'_>,
     ) {
-        let result = self.operation(req, body, from_loopback, reply).await;
-        if let Err(OpsError { status, body }) = result {
-            let out = serde_json::to_vec(&body).unwrap_or_default();
-            let extra: &[(&str, &[u8])] = if status == 401 {
-                &[("WWW-Authenticate", b"Basic")]
-            } else {
-                &[]
-            };
-            reply.send(status, Some(MediaType::Json), extra, &out);
+        match self.answer(req, body, from_loopback).await {
+            Ok(Answer::Page(page)) => {
+                reply.send(200, None, &[("Content-Type", b"text/html")], page);
+            }
+            Ok(Answer::Json(out)) => reply.send(200, Some(MediaType::Json), &[], &out),
+            Err(OpsError { status, body }) => {
+                let out = serde_json::to_vec(&body).unwrap_or_default();
+                let extra: &[(&str, &[u8])] = if status == 401 {
+                    &[("WWW-Authenticate", b"Basic")]
+                } else {
+                    &[]
+                };
+                reply.send(status, Some(MediaType::Json), extra, &out);
+            }
         }
     }
 }
 
-/// Sends a JSON answer.
-fn send_json(reply: &mut Reply<'_>, out: &Json) {
-    let buf = serde_json::to_vec(out).unwrap_or_default();
-    reply.send(200, Some(MediaType::Json), &[], &buf);
+/// A successful operation's answer.
+#[derive(Debug)]
+enum Answer {
+    /// `GET /`: a page saying the server runs.
+    Page(&'static [u8]),
+    /// A JSON body.
+    Json(Vec<u8>),
+}
+
+impl Answer {
+    fn json(out: &Json) -> Answer {
+        Answer::Json(serde_json::to_vec(out).unwrap_or_default())
+    }
 }
 
 impl Operations {
@@ -147,21 +161,16 @@ impl Operations {
     }
 
     /// Authenticates and runs one operation.
-    async fn operation(
+    async fn answer(
         &self,
         req: &Request<'_>,
         body: &mut [u8],
         from_loopback: bool,
-        reply: &mut Reply<'_>,
-    ) -> Result<(), OpsError> {
+    ) -> Result<Answer, OpsError> {
         if req.method == Method::Get && req.target == "/" {
-            reply.send(
-                200,
-                None,
-                &[("Content-Type", b"text/html")],
+            return Ok(Answer::Page(
                 b"<!doctype html><title>Tessera</title><p>Tessera is running.</p>",
-            );
-            return Ok(());
+            ));
         }
         if req.method != Method::Post {
             return Err(fail(405, "Operations are POSTed to /"));
@@ -191,8 +200,7 @@ impl Operations {
             _ => None,
         };
         if let Some(out) = tokens {
-            send_json(reply, &out);
-            return Ok(());
+            return Ok(Answer::json(&out));
         }
         let user = self.ops_user(req, from_loopback).await?;
         let Some(op) = op else {
@@ -212,8 +220,7 @@ impl Operations {
             } else {
                 self.administer(op, &envelope).await?
             };
-            send_json(reply, &out);
-            return Ok(());
+            return Ok(Answer::json(&out));
         }
         let op = op.to_owned();
         let out = self.run(&op, &mut envelope, &user).await?;
@@ -222,8 +229,7 @@ impl Operations {
             Out::Value(v) => v.write_json(&mut buf),
             Out::Json(j) => buf = serde_json::to_vec(&j).unwrap_or_default(),
         }
-        reply.send(200, Some(MediaType::Json), &[], &buf);
-        Ok(())
+        Ok(Answer::Json(buf))
     }
 
     /// Runs a data operation (or `describe_*`, `user_info`) as `user`.
@@ -246,7 +252,7 @@ impl Operations {
     }
 }
 
-/// The internal name of an operation only super users may run (HARPER-OPS.md section 7).
+/// The internal name of an operation only super users may run (docs/operations.md).
 fn super_user_only(op: &str) -> Option<&'static str> {
     Some(match op {
         "create_database" => "createSchema",
@@ -283,5 +289,129 @@ fn take_property(v: &mut Value, name: &str) -> Option<Value> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| std::mem::replace(v, Value::Null)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use serde_json::{Value as Json, json};
+    use tessera_protocol::http::parse_request;
+
+    use super::*;
+    use crate::worker::testing::{ADMIN, with_worker};
+
+    const SCHEMA: &str = "type Dog @table @export { id: Long @primaryKey name: String }";
+
+    fn basic(user: &str, password: &str) -> String {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        format!("Basic {token}")
+    }
+
+    /// The answer to one request to the Operations API: its status and body.
+    async fn ask(
+        ops: &Operations,
+        method: &str,
+        authorization: Option<&str>,
+        body: &str,
+    ) -> (u16, Json) {
+        let auth = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} / HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let req = parse_request(head.as_bytes()).expect("a request head");
+        let mut body = body.as_bytes().to_vec();
+        match ops.answer(&req, &mut body, false).await {
+            Ok(Answer::Json(out)) => (200, serde_json::from_slice(&out).expect("JSON")),
+            Ok(Answer::Page(page)) => (200, Json::String(String::from_utf8_lossy(page).into())),
+            Err(OpsError { status, body }) => (status, body),
+        }
+    }
+
+    #[test]
+    fn envelopes_and_their_errors() {
+        with_worker(SCHEMA, |worker| async move {
+            let ops = Operations::new(worker);
+            let admin = basic(ADMIN.0, ADMIN.1);
+            let admin = Some(admin.as_str());
+            let (status, page) = ask(&ops, "GET", None, "").await;
+            assert_eq!(status, 200);
+            assert!(page.as_str().unwrap().contains("Tessera is running"));
+            let (status, body) = ask(&ops, "PUT", admin, "{}").await;
+            assert_eq!(
+                (status, &body["error"]),
+                (405, &json!("Operations are POSTed to /"))
+            );
+            // An anonymous body that is not JSON is a 401, an authenticated one a 400.
+            assert_eq!(ask(&ops, "POST", None, "{").await.0, 401);
+            assert_eq!(ask(&ops, "POST", admin, "{").await.0, 400);
+            let (status, body) = ask(&ops, "POST", None, r#"{"operation":"describe_all"}"#).await;
+            assert_eq!((status, &body["error"]), (401, &json!("Must login")));
+            let wrong = basic(ADMIN.0, "wrong");
+            let (status, body) = ask(&ops, "POST", Some(&wrong), r#"{"operation":"x"}"#).await;
+            assert_eq!((status, &body["error"]), (401, &json!("Login failed")));
+            let (status, body) = ask(&ops, "POST", admin, r#"{"records":[]}"#).await;
+            assert_eq!(
+                (status, &body["error"]),
+                (
+                    400,
+                    &json!("Request body must include an 'operation' property.")
+                )
+            );
+            let (status, body) = ask(&ops, "POST", admin, r#"{"operation":"nope"}"#).await;
+            assert_eq!(
+                (status, &body["error"]),
+                (400, &json!("Operation 'nope' not found"))
+            );
+            let missing = r#"{"operation":"describe_table","table":"Cat"}"#;
+            assert_eq!(ask(&ops, "POST", admin, missing).await.0, 404);
+        });
+    }
+
+    #[test]
+    fn data_operations_round_trip() {
+        with_worker(SCHEMA, |worker| async move {
+            let ops = Operations::new(worker);
+            let admin = basic(ADMIN.0, ADMIN.1);
+            let admin = Some(admin.as_str());
+            let insert = r#"{"operation":"insert","table":"Dog","records":[{"id":1,"name":"Rex"},{"id":2,"name":"Ada"}]}"#;
+            let (status, body) = ask(&ops, "POST", admin, insert).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["inserted_hashes"], json!([1, 2]));
+            // Inserting an existing key skips it.
+            let again = r#"{"operation":"insert","table":"Dog","records":[{"id":1,"name":"Max"}]}"#;
+            let (_, body) = ask(&ops, "POST", admin, again).await;
+            assert_eq!(body["skipped_hashes"], json!([1]));
+            let search = r#"{"operation":"search_by_id","table":"Dog","ids":[2,1],"get_attributes":["name"]}"#;
+            let (status, body) = ask(&ops, "POST", admin, search).await;
+            assert_eq!(status, 200);
+            assert_eq!(body, json!([{"name":"Ada"},{"name":"Rex"}]));
+        });
+    }
+
+    #[test]
+    fn a_role_without_the_permission_is_refused_with_harpers_shape() {
+        with_worker(SCHEMA, |worker| async move {
+            let ops = Operations::new(worker);
+            let admin = basic(ADMIN.0, ADMIN.1);
+            let admin = Some(admin.as_str());
+            let role = r#"{"operation":"add_role","role":"reader","permission":{"data":{"tables":{"Dog":{"read":true,"insert":false,"update":false,"delete":false,"attribute_permissions":[]}}}}}"#;
+            assert_eq!(ask(&ops, "POST", admin, role).await.0, 200);
+            let user =
+                r#"{"operation":"add_user","username":"ann","password":"pw","role":"reader"}"#;
+            assert_eq!(ask(&ops, "POST", admin, user).await.0, 200);
+            let ann = basic("ann", "pw");
+            let create = r#"{"operation":"create_table","table":"Cat","primary_key":"id"}"#;
+            let (status, body) = ask(&ops, "POST", Some(&ann), create).await;
+            assert_eq!(status, 403);
+            assert!(body["unauthorized_access"].is_array(), "{body}");
+            let insert = r#"{"operation":"insert","table":"Dog","records":[{"id":3}]}"#;
+            assert_eq!(ask(&ops, "POST", Some(&ann), insert).await.0, 403);
+            let read = r#"{"operation":"search_by_id","table":"Dog","ids":[3]}"#;
+            assert_eq!(ask(&ops, "POST", Some(&ann), read).await, (200, json!([])));
+        });
     }
 }

@@ -1,4 +1,4 @@
-//! `{"operation":"sql"}` (HARPER-OPS.md section 4): SELECT, INSERT, UPDATE and DELETE, parsed by
+//! `{"operation":"sql"}` (docs/operations.md): SELECT, INSERT, UPDATE and DELETE, parsed by
 //! `sqlparser` and run on the same plans as REST queries. A WHERE clause becomes the query
 //! filter, so its conditions walk the same indexes on every shard; ORDER BY and LIMIT go with it
 //! when one table is read without aggregates. Joins, GROUP BY, aggregates and sorts the

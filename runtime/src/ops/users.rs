@@ -10,6 +10,7 @@ use tessera_storage::Value;
 use super::{Operations, OpsError, bad, fail};
 use crate::auth::bearer;
 use crate::auth::tokens::{Kind, TokenError};
+use crate::auth::users::{Refusal, refuse};
 
 impl Operations {
     /// `create_authentication_tokens`: for `username`/`password` in the body (no other
@@ -113,37 +114,34 @@ impl Operations {
                 "list_users" => Ok(users.list_users()),
                 "add_role" => match role {
                     Some(r) => users.add_role(&r, permission.as_ref(), exists),
-                    None => Err((400, json!({"error": "Role name can't be blank"}))),
+                    None => Err(refuse(400, "Role name can't be blank")),
                 },
                 "alter_role" => match id {
                     Some(i) => users.alter_role(&i, permission.as_ref(), exists),
-                    None => Err((400, json!({"error": "Id can't be blank"}))),
+                    None => Err(refuse(400, "Id can't be blank")),
                 },
                 "drop_role" => match id {
                     Some(i) => users.drop_role(&i),
-                    None => Err((400, json!({"error": "Id can't be blank"}))),
+                    None => Err(refuse(400, "Id can't be blank")),
                 },
                 "add_user" => match (username, role) {
                     (Some(u), Some(r)) => {
                         users.add_user(&u, password.as_deref(), &r, active.unwrap_or(true))
                     }
-                    (None, _) => Err((400, json!({"error": "Username can't be blank"}))),
-                    (_, None) => Err((400, json!({"error": "Role can't be blank"}))),
+                    (None, _) => Err(refuse(400, "Username can't be blank")),
+                    (_, None) => Err(refuse(400, "Role can't be blank")),
                 },
                 "alter_user" => match username {
                     Some(u) => users.alter_user(&u, password.as_deref(), role.as_deref(), active),
-                    None => Err((400, json!({"error": "Username can't be blank"}))),
+                    None => Err(refuse(400, "Username can't be blank")),
                 },
                 "drop_user" => match username {
                     Some(u) => users.drop_user(&u),
-                    None => Err((400, json!({"error": "Username can't be blank"}))),
+                    None => Err(refuse(400, "Username can't be blank")),
                 },
-                other => Err((
-                    400,
-                    json!({"error": format!("Operation '{other}' not found")}),
-                )),
+                other => Err(refuse(400, format!("Operation '{other}' not found"))),
             })
             .await;
-        result.map_err(|(status, body)| OpsError { status, body })
+        result.map_err(|Refusal { status, body }| OpsError { status, body })
     }
 }

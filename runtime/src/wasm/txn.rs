@@ -163,3 +163,149 @@ impl Overlay {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tessera_storage::Catalog;
+    use tessera_storage::shard::record_key;
+
+    use super::*;
+    use crate::data::conditions::conditions_query;
+
+    fn dogs() -> Table {
+        let mut c = Catalog::default();
+        c.load_schema(
+            "s",
+            "type Dog @table { id: Long @primaryKey name: String age: Int @indexed }",
+        )
+        .unwrap();
+        let mut t = c.tables.remove(0);
+        t.id = 7;
+        t
+    }
+
+    fn dog(id: i64, name: &str, age: i64) -> (Vec<u8>, Value) {
+        let rec = Value::Object(vec![
+            ("id".into(), Value::Int(id)),
+            ("name".into(), Value::String(name.into())),
+            ("age".into(), Value::Int(age)),
+        ]);
+        (record_key(7, &Value::Int(id)).unwrap(), rec)
+    }
+
+    fn names(rows: &[(Vec<u8>, Value)]) -> Vec<String> {
+        rows.iter()
+            .map(|(_, r)| match r.get("name") {
+                Some(Value::String(s)) => s.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// The request's own view: `written` staged (a record, or `None` for a delete).
+    fn txn(written: Vec<(Vec<u8>, Option<Value>)>) -> Txn {
+        let mut txn = Txn::default();
+        txn.seen.extend(written);
+        txn
+    }
+
+    fn query(json: &str) -> Query {
+        let mut bytes = json.as_bytes().to_vec();
+        let v = crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default()).unwrap();
+        conditions_query(&v, false).unwrap()
+    }
+
+    #[test]
+    fn a_search_sees_the_requests_own_writes() {
+        let table = dogs();
+        let (k1, _) = dog(1, "Rex", 3);
+        let (k2, ada_now) = dog(2, "Ada", 9);
+        let (k3, new) = dog(3, "Bo", 5);
+        // Stored: Rex (1) and Ada (2, age 4). The request deleted Rex, made Ada 9, created Bo.
+        let t = txn(vec![
+            (k1.clone(), None),
+            (k2.clone(), Some(ada_now)),
+            (k3.clone(), Some(new)),
+        ]);
+        let stored = vec![dog(1, "Rex", 3), dog(2, "Ada", 4)];
+        let mut q = query(r#"{}"#);
+        let overlay = Overlay::new(&t, &table, &mut q).unwrap().unwrap();
+        let rows = overlay.apply(stored);
+        assert_eq!(names(&rows), ["Ada", "Bo"]);
+        assert_eq!(rows[0].1.get("age"), Some(&Value::Int(9)));
+    }
+
+    #[test]
+    fn conditions_sort_and_window_apply_to_the_staged_records_too() {
+        let table = dogs();
+        let (k3, bo) = dog(3, "Bo", 5);
+        let (k2, ada_now) = dog(2, "Ada", 1);
+        let t = txn(vec![(k3, Some(bo)), (k2, Some(ada_now))]);
+        // age >= 3, oldest first, the first two.
+        let mut q = query(
+            r#"{"conditions":[{"search_attribute":"age","search_type":"greater_than_equal","search_value":3}],
+                "sort":{"attribute":"age","descending":true},"limit":2}"#,
+        );
+        let overlay = Overlay::new(&t, &table, &mut q).unwrap().unwrap();
+        // The store is asked for enough rows to fill the window after the overlay.
+        assert_eq!(q.limit.map(|l| l.end), Some(4));
+        // What the store found under its conditions: Ada was 4 when stored; now she is 1.
+        let stored = vec![dog(1, "Rex", 3), dog(2, "Ada", 4), dog(4, "Zed", 8)];
+        let rows = overlay.apply(stored);
+        assert_eq!(names(&rows), ["Zed", "Bo"]);
+    }
+
+    #[test]
+    fn no_overlay_when_the_request_wrote_nothing_to_the_table() {
+        let table = dogs();
+        let other = record_key(8, &Value::Int(1)).unwrap();
+        let t = txn(vec![(other, None)]);
+        let mut q = query(r#"{"limit":5}"#);
+        assert!(Overlay::new(&t, &table, &mut q).unwrap().is_none());
+        assert_eq!(q.limit.map(|l| l.end), Some(5));
+    }
+
+    #[test]
+    fn staged_writes_merge_into_one_op_per_record() {
+        let table = Arc::new(dogs());
+        let (k1, rex) = dog(1, "Rex", 3);
+        let mut t = Txn::default();
+        let add = |n: i64| WriteKind::Add(vec![("age".into(), Value::Int(n))]);
+        // Two increments of one record stay one increment (concurrent ones are not lost).
+        for n in [1, 2] {
+            t.writes.push(WriteOp {
+                table: table.clone(),
+                key: k1.clone(),
+                kind: add(n),
+            });
+        }
+        let (ops, messages) = t.into_ops();
+        assert!(messages.is_empty());
+        match &ops[..] {
+            [
+                WriteOp {
+                    kind: WriteKind::Add(sum),
+                    ..
+                },
+            ] => assert_eq!(sum, &vec![("age".to_owned(), Value::Int(3))]),
+            other => panic!("{} ops", other.len()),
+        }
+        // A put after an increment is the record as the request last saw it.
+        let mut t = Txn::default();
+        t.writes.push(WriteOp {
+            table: table.clone(),
+            key: k1.clone(),
+            kind: add(1),
+        });
+        t.writes.push(WriteOp {
+            table: table.clone(),
+            key: k1.clone(),
+            kind: WriteKind::Put(rex.clone()),
+        });
+        t.seen.insert(k1.clone(), Some(rex.clone()));
+        let (ops, _) = t.into_ops();
+        assert!(matches!(&ops[..], [WriteOp { kind: WriteKind::Put(r), .. }] if *r == rex));
+    }
+}
