@@ -1,6 +1,7 @@
 //! Users and role permissions: who makes a request, and what a role may do per database, table
-//! and attribute. Parsed from the `permission` object of `add_role`/`alter_role` and checked on
-//! every request by REST, the Operations API, MQTT, WebSocket and SSE (see docs/operations.md, "Users, roles and permissions").
+//! and attribute. Parsed from the `permission` object of `add_role`/`alter_role`; table
+//! permissions are checked on every request by REST, the Operations API, MQTT, WebSocket and SSE,
+//! attribute permissions by REST and the Operations API (see docs/operations.md).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
