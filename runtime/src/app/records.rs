@@ -98,3 +98,99 @@ pub fn check_writable(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tessera_storage::Catalog;
+
+    use super::*;
+    use crate::app::permissions::AttributePermission;
+
+    fn dogs() -> Table {
+        let mut c = Catalog::default();
+        c.load_schema(
+            "s",
+            "type Dog @table { id: Long @primaryKey name: String price: Int }",
+        )
+        .unwrap();
+        c.tables.remove(0)
+    }
+
+    /// A role that reads and updates `name` only (and the key, which is always readable).
+    fn name_only() -> TablePermission {
+        let attribute = |read, update| AttributePermission {
+            read,
+            insert: false,
+            update,
+        };
+        TablePermission {
+            read: true,
+            insert: true,
+            update: true,
+            delete: false,
+            attributes: HashMap::from([
+                ("name".to_owned(), attribute(true, true)),
+                ("price".to_owned(), attribute(false, false)),
+            ]),
+        }
+    }
+
+    fn record(props: &[(&str, Value)]) -> Value {
+        Value::Object(
+            props
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_role_writes_only_the_attributes_it_may() {
+        let t = dogs();
+        let p = name_only();
+        let ok = record(&[("id", Value::Int(1)), ("name", Value::String("Rex".into()))]);
+        assert!(check_writable(&t, Some(&p), &ok, Action::Update).is_ok());
+        let price = record(&[("price", Value::Int(3))]);
+        assert!(matches!(
+            check_writable(&t, Some(&p), &price, Action::Update),
+            Err(AppError::Forbidden)
+        ));
+        // `name` may be updated but not inserted.
+        assert!(check_writable(&t, Some(&p), &ok, Action::Insert).is_err());
+        // Without attribute limits everything is writable.
+        assert!(check_writable(&t, None, &price, Action::Insert).is_ok());
+    }
+
+    #[test]
+    fn a_role_reads_only_the_attributes_it_may() {
+        let t = dogs();
+        let stored = record(&[
+            ("id", Value::Int(1)),
+            ("name", Value::String("Rex".into())),
+            ("price", Value::Int(3)),
+        ])
+        .to_msgpack();
+        let shown = readable_only(&t, &name_only(), &stored).unwrap();
+        assert_eq!(
+            tessera_storage::value::from_msgpack(&shown).unwrap(),
+            record(&[("id", Value::Int(1)), ("name", Value::String("Rex".into()))])
+        );
+    }
+
+    #[test]
+    fn a_write_body_must_be_an_object() {
+        let buffers = RefCell::new(simd_json::Buffers::default());
+        let mut body = br#"{"name":"Rex"}"#.to_vec();
+        assert!(decode_record(Some("application/json"), &mut body, &buffers).is_ok());
+        let mut body = b"[1,2]".to_vec();
+        let e = decode_record(Some("application/json"), &mut body, &buffers).unwrap_err();
+        assert!(e.to_string().contains("must be an object"), "{e}");
+        let mut body = b"{".to_vec();
+        assert!(matches!(
+            decode_record(Some("application/json"), &mut body, &buffers),
+            Err(AppError::BadRequest(_))
+        ));
+    }
+}

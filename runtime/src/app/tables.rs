@@ -411,3 +411,81 @@ impl Tables {
         Ok((current, id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_storage::Catalog;
+
+    use super::*;
+
+    /// A registry over a fresh layout with the schema tables `A` (Long key, exported) and `B`
+    /// (Int key), and `max_key` as the largest stored key of each.
+    fn registry(dir: &std::path::Path, max_key: Option<f64>) -> Tables {
+        let mut c = Catalog::default();
+        c.load_schema(
+            "s",
+            "type A @table @export { id: Long @primaryKey } type B @table { id: Int @primaryKey }",
+        )
+        .unwrap();
+        let mut layout = Layout::open_or_create(dir, 1).unwrap();
+        layout.assign(&mut c).unwrap();
+        let schema: Vec<Arc<Table>> = c.tables.into_iter().map(Arc::new).collect();
+        Tables::new(layout, &schema, |_| max_key)
+    }
+
+    #[test]
+    fn keys_follow_the_largest_stored_and_every_explicit_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = registry(dir.path(), Some(41.0));
+        let a = t.export("A").unwrap().clone();
+        assert_eq!(t.new_key(&a).unwrap(), Value::Int(42));
+        assert_eq!(t.new_key(&a).unwrap(), Value::Int(43));
+        t.saw_key(&a, &Value::Int(100));
+        assert_eq!(t.new_key(&a).unwrap(), Value::Int(101));
+        // A smaller explicit key does not move the counter back.
+        t.saw_key(&a, &Value::Int(5));
+        assert_eq!(t.new_key(&a).unwrap(), Value::Int(102));
+        // Not exported, but known by its type name.
+        assert!(t.export("B").is_none());
+        let b = t.types().get("B").unwrap().clone();
+        t.saw_key(&b, &Value::Int(i32::MAX as i64));
+        assert!(matches!(t.new_key(&b), Err(AppError::BadRequest(_))));
+        assert_eq!(t.topic("A/7").map(|(t, id)| (t.id, id)), Some((a.id, "7")));
+        assert!(t.topic("B/7").is_none());
+        assert_eq!(t.export_by_id(a.id).map(|t| t.id), Some(a.id));
+    }
+
+    #[test]
+    fn dynamic_tables_are_made_grown_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = registry(dir.path(), None);
+        let dog = t.create_table("zoo", "Dog", "id", &[]).unwrap();
+        assert!(t.databases().contains("zoo"));
+        assert_eq!(t.new_key(&dog).unwrap(), Value::Int(1));
+        let again = t.create_table("zoo", "Dog", "id", &[]).unwrap_err();
+        assert_eq!(again.status, 400);
+        let grown = t
+            .add_attributes("zoo", "Dog", &["name".to_owned(), "id".to_owned()])
+            .unwrap();
+        assert!(grown.attribute("name").is_some());
+        assert_eq!(
+            t.table("zoo", "Dog").unwrap().attributes.len(),
+            grown.attributes.len()
+        );
+        assert_eq!(
+            t.drop_attribute("zoo", "Dog", "id").unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            t.drop_attribute("zoo", "Dog", "nope").unwrap_err().status,
+            404
+        );
+        // Schema tables are changed in schema.graphql, not here.
+        assert_eq!(t.drop_table("data", "A").unwrap_err().status, 400);
+        assert_eq!(t.drop_table("zoo", "Cat").unwrap_err().status, 404);
+        let dropped = t.drop_table("zoo", "Dog").unwrap();
+        assert_eq!(dropped.name, "Dog");
+        assert!(t.table("zoo", "Dog").is_none());
+        assert_eq!(t.tables(Some("data")).len(), 2);
+    }
+}
