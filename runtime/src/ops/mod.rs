@@ -203,7 +203,7 @@ impl Operations {
             return Ok(Answer::json(&out));
         }
         let user = self.ops_user(req, from_loopback).await?;
-        let Some(op) = op else {
+        let Some(op) = op.map(current_name) else {
             return Err(bad("Request body must include an 'operation' property."));
         };
         if let Some(internal) = super_user_only(op) {
@@ -271,6 +271,18 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "list_users" => "listUsersExternal",
         _ => return None,
     })
+}
+
+/// The current name of an operation Harper still takes under its older name, where a database
+/// was a "schema" and a primary key a "hash": the two names run the same operation.
+fn current_name(op: &str) -> &str {
+    match op {
+        "create_schema" => "create_database",
+        "drop_schema" => "drop_database",
+        "describe_schema" => "describe_database",
+        "search_by_hash" => "search_by_id",
+        other => other,
+    }
 }
 
 /// The database an operation names (`database` or its old name `schema`), `data` by default.
@@ -389,6 +401,42 @@ mod tests {
             let (status, body) = ask(&ops, "POST", admin, search).await;
             assert_eq!(status, 200);
             assert_eq!(body, json!([{"name":"Ada"},{"name":"Rex"}]));
+        });
+    }
+
+    #[test]
+    fn older_operation_names_run_the_same_operations() {
+        with_worker(SCHEMA, |worker| async move {
+            let ops = Operations::new(worker);
+            let admin = basic(ADMIN.0, ADMIN.1);
+            let admin = Some(admin.as_str());
+            let create = r#"{"operation":"create_schema","schema":"zoo"}"#;
+            let (status, body) = ask(&ops, "POST", admin, create).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["message"],
+                json!("database 'zoo' successfully created")
+            );
+            let table = r#"{"operation":"create_table","schema":"zoo","table":"Cat","hash_attribute":"id"}"#;
+            assert_eq!(ask(&ops, "POST", admin, table).await.0, 200);
+            let describe = r#"{"operation":"describe_schema","schema":"zoo"}"#;
+            let (status, body) = ask(&ops, "POST", admin, describe).await;
+            assert_eq!(status, 200);
+            assert_eq!(body["Cat"]["hash_attribute"], json!("id"), "{body}");
+            let insert = r#"{"operation":"insert","schema":"zoo","table":"Cat","records":[{"id":1,"name":"Tom"}]}"#;
+            assert_eq!(ask(&ops, "POST", admin, insert).await.0, 200);
+            let search = r#"{"operation":"search_by_hash","schema":"zoo","table":"Cat","hash_values":[1],"get_attributes":["name"]}"#;
+            assert_eq!(
+                ask(&ops, "POST", admin, search).await,
+                (200, json!([{"name":"Tom"}]))
+            );
+            let drop = r#"{"operation":"drop_schema","schema":"zoo"}"#;
+            let (status, body) = ask(&ops, "POST", admin, drop).await;
+            assert_eq!(
+                (status, &body["message"]),
+                (200, &json!("successfully deleted 'zoo'"))
+            );
+            assert_eq!(ask(&ops, "POST", admin, describe).await.0, 404);
         });
     }
 
