@@ -102,14 +102,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (shards, tables) = open_storage(&settings, &data, components.catalog)?;
     let shard_count = shards.count();
     let (users, tokens) = open_users(&settings, &data)?;
-    let types: HashMap<String, Arc<Table>> = tables
-        .types()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let wasm = Arc::new(crate::wasm::load(
         &components.wasm,
-        &types,
+        tables.types(),
         &settings.root.join("wasm-cache"),
         settings.wasm,
     )?);
@@ -345,7 +340,14 @@ async fn serve_core(
         glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
     }
     glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone())).detach();
+    let max_body = worker.app.settings.max_body;
     let ops = Rc::new(Operations::new(worker.clone()));
-    glommio::spawn_local(net::http::serve(ops_listener, ops, "Operations API")).detach();
-    net::http::serve(http_listener, Rc::new(Rest::new(worker)), "HTTP").await;
+    glommio::spawn_local(net::http::serve(
+        ops_listener,
+        ops,
+        max_body,
+        "Operations API",
+    ))
+    .detach();
+    net::http::serve(http_listener, Rc::new(Rest::new(worker)), max_body, "HTTP").await;
 }

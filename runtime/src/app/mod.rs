@@ -25,3 +25,12 @@ pub struct App {
     pub settings: Settings,
     pub tables: Tables,
 }
+
+/// The first table of a `schema.graphql` source, for unit tests.
+#[cfg(test)]
+pub fn table_of(schema: &str) -> tessera_storage::Table {
+    let mut c = tessera_storage::Catalog::default();
+    c.load_schema("schema.graphql", schema)
+        .expect("a valid schema");
+    c.tables.remove(0)
+}

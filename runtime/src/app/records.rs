@@ -103,19 +103,11 @@ pub fn check_writable(
 mod tests {
     use std::collections::HashMap;
 
-    use tessera_storage::Catalog;
-
     use super::*;
     use crate::app::permissions::AttributePermission;
 
     fn dogs() -> Table {
-        let mut c = Catalog::default();
-        c.load_schema(
-            "s",
-            "type Dog @table { id: Long @primaryKey name: String price: Int }",
-        )
-        .unwrap();
-        c.tables.remove(0)
+        crate::app::table_of("type Dog @table { id: Long @primaryKey name: String price: Int }")
     }
 
     /// A role that reads and updates `name` only (and the key, which is always readable).

@@ -74,10 +74,6 @@ impl Deref for Rest {
 }
 
 impl Handler for Rest {
-    fn max_body(&self) -> usize {
-        self.app.settings.max_body
-    }
-
     async fn handle(
         &self,
         req: &Request<'_>,

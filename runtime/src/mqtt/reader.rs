@@ -109,12 +109,12 @@ pub async fn run<R: AsyncRead + Unpin>(
             _ => break,
         };
         match connection.handle(packet, flow).await {
-            Handled::Continue => {}
-            Handled::Disconnect => {
+            AfterPacket::Continue => {}
+            AfterPacket::Disconnect => {
                 clean_end = true;
                 break;
             }
-            Handled::Unexpected => break,
+            AfterPacket::Unexpected => break,
         }
     }
     if !clean_end && let Some(will) = &connect.will {
@@ -148,7 +148,7 @@ pub async fn run<R: AsyncRead + Unpin>(
 }
 
 /// What the reader does after a packet.
-enum Handled {
+enum AfterPacket {
     Continue,
     /// The client said goodbye (DISCONNECT).
     Disconnect,
@@ -158,7 +158,7 @@ enum Handled {
 
 impl Connection<'_> {
     /// Handles one packet from the client.
-    async fn handle(&mut self, packet: Packet, flow: &Flow) -> Handled {
+    async fn handle(&mut self, packet: Packet, flow: &Flow) -> AfterPacket {
         match packet {
             Packet::Publish(p) => self.publish(p).await,
             Packet::PubRel(a) => {
@@ -172,7 +172,7 @@ impl Connection<'_> {
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;
             }
-            Packet::Disconnect(_) => return Handled::Disconnect,
+            Packet::Disconnect(_) => return AfterPacket::Disconnect,
             // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
             // refuses the message with an MQTT 5 reason code): room for the next one.
             Packet::PubAck(Ack { packet_id, .. })
@@ -190,9 +190,9 @@ impl Connection<'_> {
                     .send(Packet::PubRel(Ack::new(a.packet_id)))
                     .await;
             }
-            _ => return Handled::Unexpected,
+            _ => return AfterPacket::Unexpected,
         }
-        Handled::Continue
+        AfterPacket::Continue
     }
 
     /// Tells an MQTT 5 client why the connection ends (MQTT 3.1.1 has no such packet).

@@ -19,9 +19,6 @@ const READ_CHUNK: usize = 16 * 1024;
 // The futures stay on their core (glommio), so they need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait Handler: 'static {
-    /// The largest request body accepted.
-    fn max_body(&self) -> usize;
-
     /// Handles one request, writing the whole response (or its chunks) through `reply`.
     async fn handle(
         &self,
@@ -32,11 +29,16 @@ pub trait Handler: 'static {
     );
 }
 
-/// Serves HTTP connections from `listener` forever, each request handled by `handler`. `what`
-/// names the listener in the log.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Rc<H>, what: &'static str) {
+/// Serves HTTP connections from `listener` forever, each request (with a body of at most
+/// `max_body` bytes) handled by `handler`. `what` names the listener in the log.
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Rc<H>,
+    max_body: usize,
+    what: &'static str,
+) {
     accept(listener, what, move |stream| {
-        connection(handler.clone(), stream)
+        connection(handler.clone(), stream, max_body)
     })
     .await;
 }
@@ -115,10 +117,9 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
     out.extend_from_slice(body.as_bytes());
 }
 
-async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream) {
+async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body: usize) {
     let _ = stream.set_nodelay(true);
     let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
-    let max_body = handler.max_body();
     let mut input = Received {
         buf: vec![0; READ_CHUNK],
         start: 0,

@@ -12,7 +12,7 @@ use super::{FLUSH_AT, flush};
 use crate::app::AppError;
 
 /// Sent with every CSV body (Harper names the download `data.csv`).
-pub const CSV_DISPOSITION: (&str, &[u8]) =
+const CSV_DISPOSITION: (&str, &[u8]) =
     ("Content-Disposition", b"attachment; filename=\"data.csv\"");
 /// Sent with every negotiated body: the response depends on these request headers.
 const VARY: &[u8] = b"Accept, Accept-Encoding";

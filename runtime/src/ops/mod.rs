@@ -104,10 +104,6 @@ impl Deref for Operations {
 }
 
 impl Handler for Operations {
-    fn max_body(&self) -> usize {
-        self.app.settings.max_body
-    }
-
     async fn handle(
         &self,
         req: &Request<'_>,

@@ -168,20 +168,15 @@ impl Overlay {
 mod tests {
     use std::sync::Arc;
 
-    use tessera_storage::Catalog;
     use tessera_storage::shard::record_key;
 
     use super::*;
     use crate::data::conditions::conditions_query;
 
     fn dogs() -> Table {
-        let mut c = Catalog::default();
-        c.load_schema(
-            "s",
+        let mut t = crate::app::table_of(
             "type Dog @table { id: Long @primaryKey name: String age: Int @indexed }",
-        )
-        .unwrap();
-        let mut t = c.tables.remove(0);
+        );
         t.id = 7;
         t
     }
