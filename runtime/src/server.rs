@@ -25,7 +25,7 @@ use crate::data::expiry;
 use crate::http::Rest;
 use crate::mqtt::{self, sessions};
 use crate::net;
-use crate::ops::Operations;
+use crate::ops::{Jobs, Operations};
 use crate::realtime;
 use crate::wasm::WasmHost;
 use crate::worker::Worker;
@@ -114,6 +114,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     });
     let ports = Ports::reserve(&settings)?;
     let restored = restore_sessions(&settings)?;
+    let jobs = Arc::new(Jobs::default());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let exec = ExecutorSettings {
         threads: settings.threads,
@@ -125,6 +126,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             app: app.clone(),
             wasm: wasm.clone(),
             auth: Authenticator::new(users.clone(), tokens.clone()),
+            jobs: jobs.clone(),
             restored: restored
                 .get(ctx.core)
                 .map(|m| std::mem::take(&mut *m.lock().unwrap_or_else(|e| e.into_inner())))
@@ -309,6 +311,7 @@ struct CoreSetup {
     wasm: Arc<WasmHost>,
     auth: Authenticator,
     restored: Restored,
+    jobs: Arc<Jobs>,
 }
 
 /// One executor: binds its listeners (reporting on `bound`), follows the feeds of its shards,
@@ -341,7 +344,7 @@ async fn serve_core(
     }
     glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone())).detach();
     let max_body = worker.app.settings.max_body;
-    let ops = Rc::new(Operations::new(worker.clone()));
+    let ops = Rc::new(Operations::new(worker.clone(), setup.jobs));
     glommio::spawn_local(net::http::serve(
         ops_listener,
         ops,

@@ -136,14 +136,24 @@ impl Operations {
         user: &'u User,
         actions: &[Action],
     ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
-        let missing = format!("Table '{database}.{name}' does not exist");
-        let table = self
-            .app
-            .tables
-            .table(database, name)
-            .ok_or_else(|| bad(missing.clone()))?;
-        let Some(perm) = user.permission.table(database, name) else {
-            return Err(forbidden(json!([]), json!([missing])));
+        let table = self.app.tables.table(database, name);
+        let perm = user.permission.table(database, name);
+        let (Some(table), Some(perm)) = (table.clone(), perm) else {
+            let missing = if table.is_some() || self.app.tables.databases().contains(database) {
+                format!("Table '{database}.{name}' does not exist")
+            } else {
+                format!("database '{database}' does not exist")
+            };
+            // Only a super user learns that a table is missing: anyone else is refused the
+            // same way whether it exists or not. A missing table is 404 to a read, 400 to a
+            // write, as in Harper.
+            return Err(if !user.super_user {
+                forbidden(json!([]), json!([missing]))
+            } else if actions == [Action::Read] {
+                fail(404, missing)
+            } else {
+                bad(missing)
+            });
         };
         let refused: Vec<&str> = actions
             .iter()

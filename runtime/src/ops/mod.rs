@@ -9,7 +9,9 @@
 //! records is one transaction: it commits on every shard it touches or on none
 //! ([`tessera_shards::Router::transact`]), and its reads see one consistent cut of the shards.
 
+mod csv;
 mod data;
+mod jobs;
 mod schema;
 mod sql;
 mod users;
@@ -29,6 +31,7 @@ use crate::net::http::Handler;
 use crate::net::reply::Reply;
 use crate::worker::Worker;
 use data::Write;
+pub use jobs::Jobs;
 use schema::is_schema_change;
 
 /// Most records one operation may carry.
@@ -86,13 +89,16 @@ impl From<Value> for Out {
 }
 
 /// The Operations API on one core.
+#[derive(Clone)]
 pub struct Operations {
     worker: Rc<Worker>,
+    /// The process's jobs, shared by every core.
+    jobs: Arc<Jobs>,
 }
 
 impl Operations {
-    pub fn new(worker: Rc<Worker>) -> Operations {
-        Operations { worker }
+    pub fn new(worker: Rc<Worker>, jobs: Arc<Jobs>) -> Operations {
+        Operations { worker, jobs }
     }
 }
 
@@ -219,6 +225,12 @@ impl Operations {
             return Ok(Answer::json(&out));
         }
         let op = op.to_owned();
+        if matches!(
+            op.as_str(),
+            "csv_data_load" | "csv_file_load" | "csv_url_load"
+        ) {
+            return Ok(Answer::json(&self.csv_load(&op, &envelope, user).await?));
+        }
         let out = self.run(&op, &mut envelope, &user).await?;
         let mut buf = Vec::with_capacity(256);
         match out {
@@ -240,11 +252,31 @@ impl Operations {
             "search_by_value" => self.search_by_value(envelope, user).await?.into(),
             "search_by_conditions" => self.search_by_conditions(envelope, user).await?.into(),
             "user_info" => Out::Json(self.auth.users().user_info(&user.username)),
+            "get_job" => match envelope.get("id") {
+                Some(Value::String(id)) => Out::Json(self.jobs.get(id)),
+                _ => return Err(bad("'id' is required")),
+            },
+            "search_jobs_by_start_date" => Out::Json(self.jobs_started_between(envelope)?),
             "describe_table" | "describe_database" | "describe_all" => {
                 self.describe_op(op, envelope, user).await?.into()
             }
             other => return Err(bad(format!("Operation '{other}' not found"))),
         })
+    }
+}
+
+impl Operations {
+    /// `search_jobs_by_start_date`: the jobs started from `from_date` to `to_date` (dates).
+    fn jobs_started_between(&self, env: &Value) -> Result<Json, OpsError> {
+        let date = |key: &str| match env.get(key) {
+            Some(Value::String(s)) => tessera_storage::value::parse_date(s)
+                .ok_or_else(|| bad(format!("'{key}' must be a valid date"))),
+            Some(Value::Date(ms)) => Ok(*ms),
+            _ => Err(bad(format!("'{key}' is required"))),
+        };
+        Ok(self
+            .jobs
+            .started_between(date("from_date")?, date("to_date")?))
     }
 }
 
@@ -342,7 +374,7 @@ mod tests {
     #[test]
     fn envelopes_and_their_errors() {
         with_worker(SCHEMA, |worker| async move {
-            let ops = Operations::new(worker);
+            let ops = Operations::new(worker, Default::default());
             let admin = basic(ADMIN.0, ADMIN.1);
             let admin = Some(admin.as_str());
             let (status, page) = ask(&ops, "GET", None, "").await;
@@ -382,7 +414,7 @@ mod tests {
     #[test]
     fn data_operations_round_trip() {
         with_worker(SCHEMA, |worker| async move {
-            let ops = Operations::new(worker);
+            let ops = Operations::new(worker, Default::default());
             let admin = basic(ADMIN.0, ADMIN.1);
             let admin = Some(admin.as_str());
             let insert = r#"{"operation":"insert","table":"Dog","records":[{"id":1,"name":"Rex"},{"id":2,"name":"Ada"}]}"#;
@@ -403,7 +435,7 @@ mod tests {
     #[test]
     fn older_operation_names_run_the_same_operations() {
         with_worker(SCHEMA, |worker| async move {
-            let ops = Operations::new(worker);
+            let ops = Operations::new(worker, Default::default());
             let admin = basic(ADMIN.0, ADMIN.1);
             let admin = Some(admin.as_str());
             let create = r#"{"operation":"create_schema","schema":"zoo"}"#;
@@ -439,7 +471,7 @@ mod tests {
     #[test]
     fn a_role_without_the_permission_is_refused_with_harpers_shape() {
         with_worker(SCHEMA, |worker| async move {
-            let ops = Operations::new(worker);
+            let ops = Operations::new(worker, Default::default());
             let admin = basic(ADMIN.0, ADMIN.1);
             let admin = Some(admin.as_str());
             let role = r#"{"operation":"add_role","role":"reader","permission":{"data":{"tables":{"Dog":{"read":true,"insert":false,"update":false,"delete":false,"attribute_permissions":[]}}}}}"#;

@@ -59,14 +59,7 @@ impl Operations {
     ) -> Result<Value, OpsError> {
         Ok(match op {
             "describe_table" => {
-                let (table, _) =
-                    self.op_table(envelope, user, &[Action::Read])
-                        .map_err(|mut e| {
-                            if e.status == 400 {
-                                e.status = 404;
-                            }
-                            e
-                        })?;
+                let (table, _) = self.op_table(envelope, user, &[Action::Read])?;
                 self.describe(&table).await?
             }
             "describe_database" => {
