@@ -108,11 +108,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         &settings.root.join("wasm-cache"),
         settings.wasm,
     )?);
+    let ports = Ports::reserve(&settings)?;
+    // The ports as bound (a port of 0 picks a free one), for the configuration to show.
+    let mut running = settings.clone();
+    [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
     let app = Arc::new(App {
-        settings: settings.clone(),
+        settings: running,
         tables,
     });
-    let ports = Ports::reserve(&settings)?;
     let restored = restore_sessions(&settings)?;
     let jobs = Arc::new(Jobs::default());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();

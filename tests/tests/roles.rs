@@ -321,13 +321,37 @@ fn attribute_permissions_hide_and_protect_attributes() {
     assert_eq!(st, 403);
     let (st, body) = o.operation(&json!({"operation": "insert", "table": "Item", "records": [{"id": 2, "name": "n", "secret": "x"}]}));
     assert_eq!(st, 403, "{body}");
-    // The key is not listed either, so it is refused too (as Harper reports it).
+    // As Harper reports it: an attribute the role knows nothing of is missing, one it may read
+    // but not write lacks that permission; the key, unlisted, has what any listed attribute has.
+    assert_eq!(body["unauthorized_access"], json!([]), "{body}");
+    assert_eq!(
+        body["invalid_schema_items"],
+        json!(["Attribute 'secret' does not exist on 'data.Item'"])
+    );
+    let perm = json!({"data": {"tables": {"Item": {"read": true, "insert": true, "update": true, "delete": false,
+        "attribute_permissions": [
+            {"attribute_name": "name", "read": true, "insert": false, "update": true}]}}}});
+    let (st, body) =
+        admin.operation(&json!({"operation": "alter_role", "id": "limited", "permission": perm}));
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = o.operation(
+        &json!({"operation": "insert", "table": "Item", "records": [{"id": 3, "name": "n"}]}),
+    );
+    assert_eq!(st, 403, "{body}");
     let refused: Vec<&str> = body["unauthorized_access"][0]["required_attribute_permissions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["attribute_name"].as_str().unwrap())
         .collect();
-    assert_eq!(refused, vec!["id", "secret"]);
+    assert_eq!(refused, vec!["id", "name"]);
+    let (st, body) = o.operation(
+        &json!({"operation": "update", "table": "Item", "records": [{"id": 1, "name": "three"}]}),
+    );
+    assert_eq!(
+        (st, &body["message"]),
+        (200, &json!("updated 1 of 1 records")),
+        "{body}"
+    );
     assert_eq!(s.client().get("/Item/2").status, 404);
 }

@@ -190,10 +190,12 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
         ("SELECT * FROM data.Nope", 404),
         ("SELECT * FROM nodb.Dog", 404),
         ("SELECT nosuch FROM data.Dog", 404),
-        ("SELECT * FROM data.Dog WHERE name LIKE 'a_b%'", 400),
+        ("SELECT * FROM data.Dog WHERE nosuch_function(age) = 1", 400),
+        ("SELECT * FROM data.Dog WHERE COUNT(*) > 1", 400),
+        ("SELECT ROUND(1, 2, 3)", 400),
+        ("SELECT * FROM data.Dog WHERE name REGEXP '('", 400),
         ("DROP TABLE data.Dog", 400),
         ("SELECT * FROM data.Dog; SELECT * FROM data.Dog", 400),
-        ("SELECT * FROM data.Dog WHERE age = age", 400),
         ("INSERT INTO data.Dog (id, name) VALUES (1)", 400),
         ("SELECT * FROM data.Dog LIMIT -1", 400),
     ] {
@@ -244,4 +246,113 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
     // No credentials at all: 401.
     let (st, _) = sql(&mut s.ops().anonymous(), "SELECT * FROM data.Dog");
     assert_eq!(st, 401);
+}
+
+#[test]
+fn expressions_functions_and_joins_of_many_tables() {
+    let (_s, _root, _app, mut c) = loaded();
+    // Arithmetic, functions and CASE in the select list, with Harper's labels.
+    let (st, rows) = sql(
+        &mut c,
+        "SELECT 2 + 2, ROUND(7 / 2), UPPER(name) AS up, age * 10 AS months, \
+         CASE WHEN age > 4 THEN 'old' ELSE 'young' END AS stage FROM data.Dog \
+         WHERE [id] IN (1, 2) ORDER BY id",
+    );
+    assert_eq!(st, 200, "{rows}");
+    assert_eq!(
+        rows,
+        json!([
+            {"2 + 2": 4, "ROUND(7 / 2)": 4, "up": "PENNY", "months": 50, "stage": "old"},
+            {"2 + 2": 4, "ROUND(7 / 2)": 4, "up": "HARPER", "months": 20, "stage": "young"}
+        ])
+    );
+    // No FROM at all.
+    let (_, rows) = sql(&mut c, "SELECT 2 * (3 + 4) AS n, CONCAT('a', 'b') AS s");
+    assert_eq!(rows, json!([{"n": 14, "s": "ab"}]));
+    // SQL's NULL: a missing age is neither equal nor unequal to 5.
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE age != 5 ORDER BY name",
+    );
+    assert_eq!(names(&rows), ["Bowie", "Harper"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE age NOT BETWEEN 3 AND 6 OR name LIKE 'Z_d' ORDER BY name",
+    );
+    assert_eq!(names(&rows), ["Bowie", "Harper", "Zed"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE name REGEXP '^[BH]' ORDER BY name",
+    );
+    assert_eq!(names(&rows), ["Bowie", "Harper"]);
+    // Text compared with a number reads as one.
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name FROM data.Dog WHERE id IN ('1', '3') ORDER BY id",
+    );
+    assert_eq!(names(&rows), ["Penny", "Bowie"]);
+
+    // Three tables: an owner per dog, a breed per dog; alias.* and a condition across tables.
+    let (st, body) = c.operation(&json!({"operation": "create_table", "table": "Owner",
+        "primary_key": "id"}));
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = sql(
+        &mut c,
+        "INSERT INTO data.Owner (id, dog_id, owner) VALUES (10, 1, 'Kyle'), (11, 3, 'Ann'), (12, 2, 'Kyle')",
+    );
+    assert_eq!(st, 200, "{body}");
+    let (st, rows) = sql(
+        &mut c,
+        "SELECT o.owner, d.name, b.label FROM data.Owner o \
+         INNER JOIN data.Dog d ON d.id = o.dog_id \
+         INNER JOIN data.Breed b ON b.id = d.breed \
+         WHERE d.age + 1 > 3 ORDER BY d.name",
+    );
+    assert_eq!(st, 200, "{rows}");
+    assert_eq!(
+        rows,
+        json!([{"owner": "Ann", "name": "Bowie", "label": "Labrador"},
+               {"owner": "Kyle", "name": "Penny", "label": "Labrador"}])
+    );
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT b.*, COUNT(d.id) AS dogs FROM data.Dog d LEFT JOIN data.Breed b ON b.id = d.breed \
+         GROUP BY b.id HAVING COUNT(d.id) >= 1 ORDER BY dogs DESC, b.id",
+    );
+    assert_eq!(
+        rows,
+        json!([{"id": "lab", "label": "Labrador", "dogs": 2},
+               {"id": null, "label": null, "dogs": 1},
+               {"id": "pug", "label": "Pug", "dogs": 1}])
+    );
+    // Comma joins with the join condition in WHERE.
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT DISTINCT o.owner FROM data.Owner o, data.Dog d WHERE o.dog_id = d.id AND d.breed = 'lab' ORDER BY 1",
+    );
+    assert_eq!(rows, json!([{"owner": "Ann"}, {"owner": "Kyle"}]));
+
+    // Expressions in UPDATE and INSERT; dates from the functions.
+    let (_, body) = sql(
+        &mut c,
+        "UPDATE data.Dog SET age = age * 2 WHERE age IS NOT NULL",
+    );
+    assert_eq!(body["message"], "updated 3 of 3 records", "{body}");
+    let (_, rows) = sql(&mut c, "SELECT SUM(age) AS total FROM data.Dog");
+    assert_eq!(rows, json!([{"total": 28}]));
+    let (_, body) = sql(
+        &mut c,
+        "INSERT INTO data.Owner (id, owner, since) VALUES (13, CONCAT('Jo', 'e'), DATE_ADD(NOW(), 1, 'days'))",
+    );
+    assert_eq!(body["message"], "inserted 1 of 1 records", "{body}");
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT owner FROM data.Owner WHERE DATE_DIFF(since, NOW(), 'hours') BETWEEN 23 AND 25",
+    );
+    assert_eq!(rows, json!([{"owner": "Joe"}]));
+    let (_, body) = sql(&mut c, "DELETE FROM data.Owner WHERE LENGTH(owner) = 3");
+    assert_eq!(
+        body["message"], "2 of 2 records successfully deleted",
+        "{body}"
+    );
 }

@@ -57,30 +57,52 @@ impl TablePermission {
         }
     }
 
-    /// Whether the role may see `attribute` (`primary_key`: the table's key, readable as soon as
-    /// any attribute is).
-    pub fn reads_attribute(&self, attribute: &str, primary_key: bool) -> bool {
+    /// The role's permissions on `attribute` when it has attribute permissions on this table
+    /// (`None`: the table's apply), as Harper works them out: an attribute it lists has what it
+    /// lists, the primary key (`primary_key`) when not listed has each permission that any listed
+    /// attribute has, and any other attribute has none.
+    pub fn attribute(&self, attribute: &str, primary_key: bool) -> Option<AttributePermission> {
         if self.attributes.is_empty() {
-            return self.read;
+            return None;
         }
-        match self.attributes.get(attribute) {
-            Some(a) => a.read,
-            None => primary_key && self.attributes.values().any(|a| a.read),
-        }
+        Some(match self.attributes.get(attribute) {
+            Some(a) => a.clone(),
+            None if primary_key => AttributePermission {
+                read: self.attributes.values().any(|a| a.read),
+                insert: self.attributes.values().any(|a| a.insert),
+                update: self.attributes.values().any(|a| a.update),
+            },
+            None => AttributePermission::default(),
+        })
+    }
+
+    /// Whether the role may see `attribute` (`primary_key`: the table's key).
+    pub fn reads_attribute(&self, attribute: &str, primary_key: bool) -> bool {
+        self.attribute(attribute, primary_key)
+            .map_or(self.read, |a| a.read)
     }
 
     /// Whether the role may write `attribute` with `action` (insert or update).
-    pub fn writes_attribute(&self, attribute: &str, action: Action) -> bool {
-        if self.attributes.is_empty() {
-            return self.allows(action);
+    pub fn writes_attribute(&self, attribute: &str, action: Action, primary_key: bool) -> bool {
+        self.attribute(attribute, primary_key)
+            .map_or(self.allows(action), |a| a.allows(action))
+    }
+}
+
+impl AttributePermission {
+    /// Whether it allows `action` (never delete: records are deleted whole).
+    pub fn allows(&self, action: Action) -> bool {
+        match action {
+            Action::Read => self.read,
+            Action::Insert => self.insert,
+            Action::Update => self.update,
+            Action::Delete => false,
         }
-        self.attributes
-            .get(attribute)
-            .is_some_and(|a| match action {
-                Action::Insert => a.insert,
-                Action::Update => a.update,
-                _ => false,
-            })
+    }
+
+    /// Whether the role knows the attribute at all (Harper's `describe`).
+    pub fn visible(&self) -> bool {
+        self.read || self.insert || self.update
     }
 }
 

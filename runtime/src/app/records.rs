@@ -92,7 +92,7 @@ pub fn check_writable(
     let pk = &table.primary_key().name;
     for (k, _) in props {
         // The key named by the URL is not a write of the key attribute.
-        if k != pk && !perm.writes_attribute(k, action) {
+        if k != pk && !perm.writes_attribute(k, action, false) {
             return Err(AppError::Forbidden);
         }
     }

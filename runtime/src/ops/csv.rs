@@ -186,7 +186,7 @@ fn plain_number(s: &str) -> bool {
 /// The value of an untyped cell: `true`/`false`/`null` in their common spellings, a number
 /// (not one with a leading zero, which is kept as text, like a zip code), an ISO date with a
 /// zone, a JSON object or array; else the text.
-fn auto_cast(text: &str) -> Value {
+pub(super) fn auto_cast(text: &str) -> Value {
     match text {
         "" => return Value::String(String::new()),
         "true" | "TRUE" => return Value::Bool(true),

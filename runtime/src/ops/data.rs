@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tessera_protocol::query::{Filter, Op, Operand, Query};
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
@@ -37,24 +37,83 @@ impl Write {
     }
 }
 
-/// Refuses (403, reported as missing) any of `names` the role may not read.
+/// Harper's refusal of a write to an internal timestamp attribute.
+const TIMESTAMP_WRITE: &str = "Internal timestamp attributes - '__createdtime_' and '__updatedtime__' - cannot be inserted to or updated by HDB users.";
+
+/// Checks the attributes an operation names against the role's attribute permissions on
+/// `table`, as Harper does: an attribute the role does not know at all is reported missing
+/// (`invalid_schema_items`), one it knows but may not use for one of `needed` is reported with
+/// the permissions it lacks (`unauthorized_access`); both are a 403.
+pub(super) fn check_attributes<'n>(
+    table: &Table,
+    restricted: Option<&TablePermission>,
+    names: impl IntoIterator<Item = &'n String>,
+    needed: &[Action],
+) -> Result<(), OpsError> {
+    let Some(p) = restricted else { return Ok(()) };
+    let pk = &table.primary_key().name;
+    let mut seen = std::collections::HashSet::new();
+    let (mut invalid, mut refused) = (Vec::new(), Vec::new());
+    for n in names {
+        if !seen.insert(n.as_str()) {
+            continue;
+        }
+        let a = p.attribute(n, n == pk).unwrap_or_default();
+        if !a.visible() {
+            invalid.push(format!(
+                "Attribute '{n}' does not exist on '{}'",
+                table.full_name()
+            ));
+            continue;
+        }
+        if matches!(n.as_str(), "__createdtime__" | "__updatedtime__")
+            && needed.iter().any(|a| *a != Action::Read)
+        {
+            return Err(fail(403, TIMESTAMP_WRITE));
+        }
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|x| !a.allows(**x))
+            .map(|x| x.name())
+            .collect();
+        if !missing.is_empty() {
+            refused.push(json!({"attribute_name": n, "required_permissions": missing}));
+        }
+    }
+    if invalid.is_empty() && refused.is_empty() {
+        return Ok(());
+    }
+    let unauthorized = if refused.is_empty() {
+        json!([])
+    } else {
+        json!([{"schema": table.database, "table": table.name,
+                "required_table_permissions": [], "required_attribute_permissions": refused}])
+    };
+    Err(forbidden(unauthorized, json!(invalid)))
+}
+
+/// Refuses (403) any of `names` the role may not read.
 pub(super) fn check_readable<'n>(
     table: &Table,
     restricted: Option<&TablePermission>,
     names: impl IntoIterator<Item = &'n String>,
 ) -> Result<(), OpsError> {
-    let Some(p) = restricted else { return Ok(()) };
-    let pk = &table.primary_key().name;
-    let hidden: Vec<String> = names
-        .into_iter()
-        .filter(|n| !p.reads_attribute(n, *n == pk))
-        .map(|n| format!("Attribute '{n}' does not exist on '{}'", table.full_name()))
-        .collect();
-    if hidden.is_empty() {
-        Ok(())
-    } else {
-        Err(forbidden(json!([]), json!(hidden)))
+    check_attributes(table, restricted, names, &[Action::Read])
+}
+
+/// Checks the name of an attribute a record brings to a dynamic table, with Harper's words.
+fn new_attribute_name(name: &str) -> Result<(), OpsError> {
+    if name.contains(['/', '`']) {
+        return Err(bad(
+            "Attribute names cannot include backticks or forward slashes",
+        ));
     }
+    if name.len() > 250 {
+        return Err(bad(format!(
+            "transaction aborted due to attribute name {name} being too long. Attribute names cannot be longer than 250 bytes."
+        )));
+    }
+    check_name("attribute", name)
 }
 
 /// The attributes a condition tree names.
@@ -201,6 +260,12 @@ impl Operations {
             return Err(bad(format!("at most {MAX_RECORDS} records per operation")));
         }
         let pk_name = table.primary_key().name.clone();
+        // Every attribute the records write, in the order they first appear.
+        let written = records.iter().filter_map(|r| match r {
+            Value::Object(props) => Some(props.iter().map(|(k, _)| k)),
+            _ => None,
+        });
+        check_attributes(&table, restricted, written.flatten(), actions)?;
         let mut ops = Vec::with_capacity(records.len());
         let mut keys = Vec::with_capacity(records.len());
         for (i, mut rec) in records.into_iter().enumerate() {
@@ -216,27 +281,6 @@ impl Operations {
                 }
                 _ => self.app.tables.new_key(&table)?,
             };
-            if let (Some(p), Value::Object(props)) = (&restricted, &rec) {
-                let mut refused: Vec<Json> = Vec::new();
-                for (k, _) in props {
-                    let missing: Vec<&str> = actions
-                        .iter()
-                        .filter(|a| !p.writes_attribute(k, **a))
-                        .map(|a| a.name())
-                        .collect();
-                    if !missing.is_empty() {
-                        refused.push(json!({"attribute_name": k, "required_permissions": missing}));
-                    }
-                }
-                if !refused.is_empty() {
-                    return Err(forbidden(
-                        json!([{"schema": table.database, "table": table.name,
-                                "required_table_permissions": [],
-                                "required_attribute_permissions": refused}]),
-                        json!([]),
-                    ));
-                }
-            }
             rec.set(&pk_name, pk.clone());
             let mode = match kind {
                 Write::Insert => WriteMode::Replace,
@@ -325,7 +369,7 @@ impl Operations {
             {
                 for (k, _) in props {
                     if table.attribute(k).is_none() && !new.contains(k) {
-                        check_name("attribute", k)?;
+                        new_attribute_name(k)?;
                         new.push(k.clone());
                     }
                 }

@@ -14,6 +14,7 @@ mod data;
 mod jobs;
 mod schema;
 mod sql;
+mod system;
 mod users;
 
 use std::ops::Deref;
@@ -219,6 +220,11 @@ impl Operations {
             }
             let out = if is_schema_change(op) {
                 self.change_schema(op, &envelope).await?
+            } else if matches!(
+                op,
+                "get_configuration" | "set_configuration" | "system_information"
+            ) {
+                self.instance(op, &envelope).await?
             } else {
                 self.administer(op, &envelope).await?
             };
@@ -297,6 +303,9 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "alter_user" => "alterUser",
         "drop_user" => "dropUser",
         "list_users" => "listUsersExternal",
+        "get_configuration" => "getConfiguration",
+        "set_configuration" => "setConfiguration",
+        "system_information" => "systemInformation",
         _ => return None,
     })
 }

@@ -1,0 +1,101 @@
+//! The instance operations through the real binary: `get_configuration`, `set_configuration`
+//! (written to `<root>/tessera.yaml`, in effect from the next start) and `system_information`,
+//! for super users only.
+
+use serde_json::json;
+use tessera_tests::{App, Start};
+
+#[test]
+fn configuration_is_read_set_and_used_at_the_next_start() {
+    let app = App::new("type Dog @table @export { id: Int @primaryKey }");
+    let root = tempfile::tempdir().unwrap();
+    let start = Start::new(app.dir.path(), root.path());
+    let s = start.start();
+    let mut c = s.ops();
+    let (st, config) = c.operation(&json!({"operation": "get_configuration"}));
+    assert_eq!(st, 200, "{config}");
+    assert_eq!(config["operationsApi"]["network"]["port"], s.ops_port);
+    assert_eq!(config["http"]["port"], s.port);
+    assert_eq!(config["threads"]["count"], 2);
+    assert_eq!(config["logging"]["level"], "info");
+
+    let (st, body) = c.operation(&json!({"operation": "set_configuration",
+        "logging_rotation_maxSize": "12M", "http_maxRequestBodySize": 2048}));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body["message"],
+        "Configuration successfully set. You must restart HarperDB for new config settings to take effect."
+    );
+    let (st, body) =
+        c.operation(&json!({"operation": "set_configuration", "http_cors": "spinach"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (
+            400,
+            Some("HarperDB config file validation error: 'http.cors' must be a boolean")
+        )
+    );
+    let (_, config) = c.operation(&json!({"operation": "get_configuration"}));
+    assert_eq!(config["logging"]["rotation"]["maxSize"], "12M");
+
+    // Not for other roles.
+    let (st, _) = c.operation(&json!({"operation": "add_role", "role": "plain",
+        "permission": {"super_user": false}}));
+    assert_eq!(st, 200);
+    let (st, _) = c.operation(&json!({"operation": "add_user", "role": "plain",
+        "username": "plain", "password": "pw-plain", "active": true}));
+    assert_eq!(st, 200);
+    let mut plain = s.ops().as_user("plain", "pw-plain");
+    for (op, internal) in [
+        ("get_configuration", "getConfiguration"),
+        ("set_configuration", "setConfiguration"),
+        ("system_information", "systemInformation"),
+    ] {
+        let (st, body) = plain.operation(&json!({"operation": op}));
+        assert_eq!(st, 403, "{body}");
+        assert_eq!(
+            body["unauthorized_access"],
+            json!([format!(
+                "Operation '{internal}' is restricted to 'super_user' roles"
+            )])
+        );
+    }
+
+    // The written body limit is the server's after a restart.
+    assert_eq!(s.terminate(), Some(0));
+    let s = start.start();
+    let mut c = s.ops();
+    let (_, config) = c.operation(&json!({"operation": "get_configuration"}));
+    assert_eq!(config["http"]["maxRequestBodySize"], 2048);
+    let big = format!("{{\"id\": 1, \"pad\": \"{}\"}}", "x".repeat(4096));
+    assert_eq!(s.client().put_json("/Dog/1", &big).status, 413);
+}
+
+#[test]
+fn system_information_in_parts() {
+    let app = App::new("type Dog @table @export { id: Int @primaryKey }");
+    let root = tempfile::tempdir().unwrap();
+    let s = Start::new(app.dir.path(), root.path()).start();
+    let mut c = s.ops();
+    let (st, all) = c.operation(&json!({"operation": "system_information"}));
+    assert_eq!(st, 200, "{all}");
+    for part in [
+        "system",
+        "time",
+        "cpu",
+        "memory",
+        "disk",
+        "network",
+        "harperdb_processes",
+        "table_size",
+    ] {
+        assert!(!all[part].is_null(), "{part} missing: {all}");
+    }
+    assert!(all["memory"]["total"].as_u64().unwrap() > 0);
+    assert_eq!(all["harperdb_processes"]["core"][0]["pid"], s.pid());
+    let (_, some) =
+        c.operation(&json!({"operation": "system_information", "attributes": ["time", "memory"]}));
+    let keys: Vec<&String> = some.as_object().unwrap().keys().collect();
+    assert_eq!(keys.len(), 2, "{some}");
+    assert!(some["time"]["current"].as_i64().unwrap() > 0);
+}
