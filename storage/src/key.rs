@@ -13,6 +13,10 @@ const TRUE: u8 = 0x03;
 const NUMBER: u8 = 0x20;
 const DATE: u8 = 0x28;
 const STRING: u8 = 0x30;
+/// An array (a composite key): its elements' encodings, then [`ARRAY_END`], which sorts below
+/// any element's tag, so a shorter array sorts before a longer one it prefixes.
+const ARRAY: u8 = 0x40;
+const ARRAY_END: u8 = 0x00;
 /// Strings escape 0x00 as 0x00 0xff and end with 0x00 0x01, which sorts below any content byte.
 const STRING_END: [u8; 2] = [0x00, 0x01];
 
@@ -39,6 +43,13 @@ pub fn encode(v: &Value, out: &mut Vec<u8>) -> Result<(), KeyError> {
         Value::String(s) => {
             encode_str_open(s, out);
             out.extend_from_slice(&STRING_END);
+        }
+        Value::Array(items) => {
+            out.push(ARRAY);
+            for item in items {
+                encode(item, out)?;
+            }
+            out.push(ARRAY_END);
         }
         other => return Err(KeyError::Unsupported(other.kind())),
     }
@@ -133,6 +144,21 @@ pub fn decode(bytes: &[u8]) -> Result<(Value, usize), KeyError> {
             let s = String::from_utf8(s).map_err(|_| KeyError::Malformed)?;
             Ok((Value::String(s), 1 + i + 2))
         }
+        ARRAY => {
+            let mut items = Vec::new();
+            let mut used = 1;
+            loop {
+                match bytes.get(used) {
+                    None => return Err(KeyError::Malformed),
+                    Some(&ARRAY_END) => return Ok((Value::Array(items), used + 1)),
+                    Some(_) => {
+                        let (v, n) = decode(&bytes[used..])?;
+                        items.push(v);
+                        used += n;
+                    }
+                }
+            }
+        }
         _ => Err(KeyError::Malformed),
     }
 }
@@ -177,6 +203,29 @@ mod tests {
             assert_eq!(n, k.len());
             assert_eq!(d.as_f64().or(None), v.as_f64().or(None));
         }
+    }
+
+    #[test]
+    fn arrays_sort_as_tuples_and_decode_whole() {
+        let s = |x: &str| Value::String(x.into());
+        let vals = [
+            Value::Array(vec![]),
+            Value::Array(vec![s("a")]),
+            Value::Array(vec![s("a"), Value::Int(1)]),
+            Value::Array(vec![s("a"), Value::Int(2)]),
+            Value::Array(vec![s("a"), s("z")]),
+            Value::Array(vec![s("b")]),
+        ];
+        let keys: Vec<_> = vals.iter().map(|v| to_key(v).unwrap()).collect();
+        for w in keys.windows(2) {
+            assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
+        }
+        for (v, k) in vals.iter().zip(&keys) {
+            assert_eq!(decode(k).unwrap(), (v.clone(), k.len()));
+        }
+        // An array after a string sorts above every scalar.
+        assert!(to_key(&s("zzz")).unwrap() < keys[0]);
+        assert!(decode(&[ARRAY, NULL]).is_err());
     }
 
     #[test]

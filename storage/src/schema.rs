@@ -189,6 +189,12 @@ pub struct Table {
     pub primary_key: usize,
     /// Nested object types reachable from this table's attributes, by name.
     pub types: Arc<HashMap<String, ObjectType>>,
+    /// `@table(audit:)`: whether its changes are kept in the audit log (true unless `false`).
+    pub audit: bool,
+    /// `@export(rest:)` and `@export(mqtt:)`: the protocols it is exported on (both unless one
+    /// is turned off).
+    pub rest: bool,
+    pub mqtt: bool,
 }
 
 /// The attribute every record of a dynamic table gets when it is created.
@@ -234,6 +240,9 @@ impl Table {
             attributes: all,
             primary_key: 0,
             types: Arc::default(),
+            audit: true,
+            rest: true,
+            mqtt: true,
         }
     }
 
@@ -392,7 +401,7 @@ impl Table {
                 "hash_attribute",
                 Value::String(self.primary_key().name.clone()),
             ),
-            s("audit", Value::Bool(true)),
+            s("audit", Value::Bool(self.audit)),
             s("schema_defined", Value::Bool(self.schema_defined)),
             s("attributes", Value::Array(attrs)),
             s("sources", Value::Array(vec![])),
@@ -575,7 +584,23 @@ fn table_directive(
                     table.scan_interval = Some(secs);
                 }
             }
-            ("replicate", graphql_parser::query::Value::Boolean(_)) => {}
+            ("schema", graphql_parser::query::Value::String(s)) => table.database = s.clone(),
+            // Replication is one node's business until clustering lands: accepted, no effect.
+            ("replicate" | "replicated", graphql_parser::query::Value::Boolean(_)) => {}
+            // A retention ("1d") or a flag: the audit log is kept unless it is off.
+            ("audit", v) => {
+                table.audit = match v {
+                    graphql_parser::query::Value::Boolean(b) => *b,
+                    graphql_parser::query::Value::String(s) => s != "false",
+                    _ => {
+                        return Err(src.at(
+                            d.position,
+                            "@table(audit:) must be a boolean or a retention such as \"1d\""
+                                .to_owned(),
+                        ));
+                    }
+                }
+            }
             (k, _) => {
                 return Err(src.at(
                     d.position,
@@ -587,16 +612,20 @@ fn table_directive(
     Ok(())
 }
 
-/// The URL segment `@export(...)` gives a table of type `type_name`.
-fn export_name(
+/// Applies `@export(...)` to `table` (of type `type_name`): its URL segment and topic, and the
+/// protocols it is exported on.
+fn export_directive(
     src: &Source<'_>,
     d: &DirectiveDef<'_>,
     type_name: &str,
-) -> Result<String, SchemaError> {
+    table: &mut Table,
+) -> Result<(), SchemaError> {
     let mut name = type_name.to_owned();
     for (k, v) in &d.arguments {
         match (k.as_str(), v) {
             ("name", graphql_parser::query::Value::String(s)) => name = s.clone(),
+            ("rest", graphql_parser::query::Value::Boolean(b)) => table.rest = *b,
+            ("mqtt", graphql_parser::query::Value::Boolean(b)) => table.mqtt = *b,
             (k, _) => {
                 return Err(src.at(
                     d.position,
@@ -605,7 +634,8 @@ fn export_name(
             }
         }
     }
-    Ok(name)
+    table.export = Some(name);
+    Ok(())
 }
 
 /// The table an object type with `@table` declares.
@@ -629,11 +659,14 @@ fn table_of(
         attributes: Vec::new(),
         primary_key: 0,
         types: nested.clone(),
+        audit: true,
+        rest: true,
+        mqtt: true,
     };
     for d in &o.directives {
         match d.name.as_str() {
             "table" => table_directive(src, d, &mut table)?,
-            "export" => table.export = Some(export_name(src, d, &o.name)?),
+            "export" => export_directive(src, d, &o.name, &mut table)?,
             "sealed" => table.sealed = true,
             _ => {}
         }
@@ -648,11 +681,13 @@ fn table_of(
 }
 
 /// The index of the primary key among a table's attributes: the one `@primaryKey` attribute,
-/// else `id` (then marked as the key). It must be a scalar.
+/// else `id` (then marked as the key), else a key Tessera adds: `id: ID`, generated on insert, as
+/// Harper keys a table declared without one. It must be a scalar, or a list of scalars (a
+/// composite key).
 fn primary_key(
     src: &Source<'_>,
     o: &ObjectDef<'_>,
-    attributes: &mut [Attribute],
+    attributes: &mut Vec<Attribute>,
 ) -> Result<usize, SchemaError> {
     let keys: Vec<usize> = (0..attributes.len())
         .filter(|&i| attributes[i].primary_key)
@@ -665,10 +700,11 @@ fn primary_key(
                 k
             }
             None => {
-                return Err(src.at(
-                    o.position,
-                    format!("table {} has no @primaryKey attribute", o.name),
-                ));
+                let mut id = Attribute::new("id", FieldType::Scalar(Scalar::Id));
+                id.primary_key = true;
+                id.line = o.position.line;
+                attributes.insert(0, id);
+                0
             }
         },
         _ => {
@@ -678,11 +714,16 @@ fn primary_key(
             ));
         }
     };
-    if !matches!(attributes[key].ty, FieldType::Scalar(_)) {
+    let scalar = match &attributes[key].ty {
+        FieldType::Scalar(_) => true,
+        FieldType::List(inner) => matches!(inner.as_ref(), FieldType::Scalar(_)),
+        FieldType::Named(_) => false,
+    };
+    if !scalar {
         return Err(src.at(
             o.position,
             format!(
-                "primary key {} of {} must be a scalar type",
+                "primary key {} of {} must be a scalar type or a list of them",
                 attributes[key].name, o.name
             ),
         ));

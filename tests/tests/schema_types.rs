@@ -261,7 +261,14 @@ fn unknown_directives_and_types_fail_start_up_naming_the_line() {
             "type T @table {\n  id: ID @primaryKey\n  x: Strng\n}\n",
             "schema.graphql:3:3: unknown type Strng",
         ),
-        ("type T @table {\n  x: Int\n}\n", "has no @primaryKey"),
+        (
+            "type T @table {\n  x: Int @primaryKey\n  y: Int @primaryKey\n}\n",
+            "has more than one @primaryKey",
+        ),
+        (
+            "type T @table(audit: 3) {\n  id: ID\n}\n",
+            "@table(audit:) must be a boolean",
+        ),
         ("type T @table {", "schema.graphql"),
     ] {
         let app = App::new(schema);
@@ -286,4 +293,61 @@ fn expired_records_disappear() {
     assert_eq!(c.put_json("/Session/b", r#"{"v":3}"#).status, 204);
     assert_eq!(c.get("/Session/a").status, 404);
     assert_eq!(c.get("/Session/").json(), json!([{"id":"b","v":3}]));
+}
+
+#[test]
+fn harpers_table_and_export_forms() {
+    let schema = r#"
+type Audited @table(audit: "1d", replicated: false) @export { id: ID @primaryKey }
+type Quiet @table(audit: false) @export { id: ID @primaryKey }
+type RestOnly @table @export(rest: true, mqtt: false) { id: ID @primaryKey v: Int }
+type MqttOnly @table @export(mqtt: true, rest: false) { id: ID @primaryKey v: Int }
+type NoKey @table @export { created: Float @createdTime note: String }
+type Pair @table @export { id: [ID]! @primaryKey name: String }
+"#;
+    let (s, _app, _root) = Server::with_schema(schema);
+    let mut ops = s.ops();
+    let (_, d) = ops.operation(&json!({"operation": "describe_table", "table": "Audited"}));
+    assert_eq!(d["audit"], true, "{d}");
+    let (_, d) = ops.operation(&json!({"operation": "describe_table", "table": "Quiet"}));
+    assert_eq!(d["audit"], false, "{d}");
+
+    // The export flags: REST serves one, MQTT the other.
+    let mut c = s.client();
+    assert_eq!(c.put_json("/RestOnly/1", r#"{"v":1}"#).status, 204);
+    assert_eq!(c.put_json("/MqttOnly/1", r#"{"v":1}"#).status, 404);
+    let paths = c.get("/openapi").json()["paths"].clone();
+    assert!(
+        paths.get("/RestOnly/").is_some() && paths.get("/MqttOnly/").is_none(),
+        "{paths}"
+    );
+    let (st, body) = ops.operation(&json!({"operation": "insert", "table": "MqttOnly",
+        "records": [{"id": "m", "v": 2}]}));
+    assert_eq!(st, 200, "{body}");
+    let (mut m, ack) = tessera_tests::mqtt::MqttClient::connect(
+        s.mqtt_port,
+        tessera_protocol::mqtt::Version::V5,
+        "flags",
+        Some(tessera_tests::ADMIN),
+    );
+    assert!(ack.is_some());
+    use tessera_protocol::mqtt::QoS;
+    assert!(m.subscribe(&[("RestOnly/1", QoS::AtLeastOnce)])[0] >= 0x80);
+    assert_eq!(m.subscribe(&[("MqttOnly/m", QoS::AtLeastOnce)]), [1]);
+
+    // A table declared without a key gets `id`, generated on insert.
+    let r = c.post_json("/NoKey/", r#"{"note":"hi"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json().as_str().unwrap().to_owned();
+    let got = c.get(&format!("/NoKey/{id}")).json();
+    assert_eq!(got["note"], "hi");
+    assert!(got["created"].as_f64().unwrap() > 0.0);
+
+    // A composite key: a record per distinct array.
+    let (st, body) = ops.operation(&json!({"operation": "insert", "table": "Pair",
+        "records": [{"id": ["a", "1"], "name": "a1"}, {"id": ["a", "2"], "name": "a2"}]}));
+    assert_eq!(st, 200, "{body}");
+    let (_, rows) = ops.operation(&json!({"operation": "search_by_id", "table": "Pair",
+        "ids": [["a", "2"]], "get_attributes": ["id", "name"]}));
+    assert_eq!(rows, json!([{"id": ["a", "2"], "name": "a2"}]));
 }

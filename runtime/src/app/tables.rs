@@ -153,7 +153,12 @@ impl Tables {
 
     /// The exported table at URL segment `name`.
     pub fn export(&self, name: &str) -> Option<&Arc<Table>> {
-        self.exports.get(name)
+        self.exports.get(name).filter(|t| t.rest)
+    }
+
+    /// The table exported over MQTT under `name` (`@export(mqtt: false)` turns that off).
+    pub fn mqtt_export(&self, name: &str) -> Option<&Arc<Table>> {
+        self.exports.get(name).filter(|t| t.mqtt)
     }
 
     /// The exported tables by URL segment.
@@ -174,7 +179,7 @@ impl Tables {
     /// The exported table a topic (`Table/id`) addresses, and the id.
     pub fn topic<'t>(&self, topic: &'t str) -> Option<(&Arc<Table>, &'t str)> {
         let (name, id) = topic.split_once('/')?;
-        Some((self.exports.get(name)?, id))
+        Some((self.mqtt_export(name)?, id))
     }
 
     /// A new primary key for a record written without one: a UUID for string keys, the next

@@ -15,7 +15,11 @@ pub fn document(
     exported: &HashMap<String, Arc<Table>>,
     all: &HashMap<String, Arc<Table>>,
 ) -> Json {
-    let mut names: Vec<&String> = exported.keys().collect();
+    let mut names: Vec<&String> = exported
+        .iter()
+        .filter(|(_, t)| t.rest)
+        .map(|(n, _)| n)
+        .collect();
     names.sort();
     let mut paths = Map::new();
     for name in names {

@@ -37,7 +37,7 @@ async fn register(
 /// The exported table a filter names, and what it covers there.
 fn target(worker: &Worker, filter: &str) -> Option<(Arc<Table>, Scope)> {
     let (table, rest) = filter.split_once('/')?;
-    let table = worker.app.tables.export(table)?.clone();
+    let table = worker.app.tables.mqtt_export(table)?.clone();
     let scope = if rest.contains(['+', '#']) {
         Scope::Pattern(Pattern(rest.split('/').map(str::to_owned).collect()))
     } else {
@@ -107,7 +107,7 @@ impl Connection<'_> {
                     .await;
             }
             let readable = filter.split_once('/').and_then(|(t, _)| {
-                let table = self.worker.app.tables.export(t)?;
+                let table = self.worker.app.tables.mqtt_export(t)?;
                 Some(
                     self.user
                         .permission
