@@ -112,6 +112,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     // The ports as bound (a port of 0 picks a free one), for the configuration to show.
     let mut running = settings.clone();
     [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
+    running.graphql = components.graphql;
     let app = Arc::new(App {
         settings: running,
         tables,

@@ -10,7 +10,7 @@ use tessera_storage::Catalog;
 use super::settings::read_yaml;
 
 /// Keys of a component's `config.yaml` that this build reads.
-const KNOWN: &[&str] = &["rest", "graphqlSchema", "wasmResource"];
+const KNOWN: &[&str] = &["rest", "graphqlSchema", "wasmResource", "graphql"];
 /// Keys Harper knows whose features Tessera does not serve yet: warned about, not fatal.
 const LATER: &[&str] = &[
     "jsResource",
@@ -18,7 +18,6 @@ const LATER: &[&str] = &[
     "dataLoader",
     "loadEnv",
     "fastifyRoutes",
-    "graphql",
     "roles",
 ];
 
@@ -27,6 +26,8 @@ pub struct Components {
     pub catalog: Catalog,
     /// The WebAssembly resource modules (`wasmResource`), built when named as crates.
     pub wasm: Vec<PathBuf>,
+    /// Whether a component turns on the GraphQL endpoint (`graphql: true`).
+    pub graphql: bool,
 }
 
 /// A string-or-list-of-strings key of `config.yaml` (`graphqlSchema.files`).
@@ -134,6 +135,7 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
     let mut catalog = Catalog::default();
     let mut wasm = Vec::new();
+    let mut graphql = false;
     for app in apps {
         let dir = app.as_ref();
         if !dir.is_dir() {
@@ -155,6 +157,9 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
                 }
             }
         }
+        graphql |= config
+            .get("graphql")
+            .is_some_and(|v| v.as_bool().unwrap_or(v.is_mapping()));
         let rest = config
             .get("rest")
             .is_some_and(|v| v.as_bool().unwrap_or(v.is_mapping()));
@@ -183,7 +188,11 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
             }
         }
     }
-    Ok(Components { catalog, wasm })
+    Ok(Components {
+        catalog,
+        wasm,
+        graphql,
+    })
 }
 
 #[cfg(test)]

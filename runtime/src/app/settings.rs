@@ -99,6 +99,8 @@ pub struct Settings {
     /// `wasm.timeout` (ms, 1000 by default) and `wasm.memory` (bytes, 64 MiB by default): what
     /// one request of a wasm resource may take.
     pub wasm: WasmLimits,
+    /// A component's `graphql: true`: Harper's GraphQL query endpoint at `/graphql`.
+    pub graphql: bool,
 }
 
 /// What one request of a wasm resource may take (`wasm.timeout`, `wasm.memory`).
@@ -242,6 +244,7 @@ impl Settings {
                 30 * 86_400,
             )?,
             wasm: wasm_limits(&yaml)?,
+            graphql: false,
             root,
         })
     }

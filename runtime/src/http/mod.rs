@@ -12,6 +12,7 @@
 
 mod collections;
 mod error;
+mod graphql;
 mod openapi;
 mod records;
 mod resource;
@@ -51,6 +52,7 @@ const ALLOW_ALL: &[u8] = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, 
 const ALLOW_TABLE: &str = "GET, HEAD, OPTIONS";
 const ALLOW_RECORD: &str = "GET, HEAD, PUT, PATCH, DELETE, OPTIONS";
 const ALLOW_COLLECTION: &str = "GET, HEAD, POST, DELETE, OPTIONS";
+const ALLOW_GRAPHQL: &str = "GET, POST, OPTIONS";
 const ALLOW_RESOURCE: &str = "GET, HEAD, PUT, PATCH, POST, DELETE, OPTIONS";
 /// The content type of a Server-Sent Events stream.
 const EVENT_STREAM: (&str, &[u8]) = ("Content-Type", b"text/event-stream");
@@ -152,6 +154,19 @@ impl Rest {
             && self.app.tables.export("openapi").is_none()
         {
             return self.serve_openapi(req, reply);
+        }
+        if target.resource == "graphql"
+            && target.path == PathKind::Table
+            && self.app.settings.graphql
+            && self.app.tables.export("graphql").is_none()
+        {
+            if !matches!(req.method, Method::Get | Method::Post) {
+                return Err(AppError::MethodNotAllowed(ALLOW_GRAPHQL));
+            }
+            let query = target.query.unwrap_or("");
+            self.graphql(req.method == Method::Get, query, body, &user, reply)
+                .await;
+            return Ok(());
         }
         let wasm = self.wasm.resource(&target.resource);
         if let Some(res) = wasm
