@@ -34,7 +34,7 @@ fn roles_and_users_are_administered_and_enforced() {
 
     // Roles: add, duplicate, validation.
     let reader = json!({"super_user": false, "data": {"tables": {"Dog": {"read": true,
-        "insert": false, "update": false, "delete": false}}}});
+        "insert": false, "update": false, "delete": false, "attribute_permissions": []}}}});
     let (st, role) =
         admin.operation(&json!({"operation": "add_role", "role": "reader", "permission": reader}));
     assert_eq!(st, 200, "{role}");
@@ -61,8 +61,9 @@ fn roles_and_users_are_administered_and_enforced() {
         (400, json!(["Table 'data.Nope' does not exist"]))
     );
     let (st, body) = admin.operation(&json!({"operation": "add_role", "role": "x",
-        "permission": {"data": {"tables": {"Dog": {"read": false,
-            "attribute_permissions": [{"attribute_name": "name", "read": true}]}}}}}));
+        "permission": {"data": {"tables": {"Dog": {"read": false, "insert": false,
+            "update": false, "delete": false, "attribute_permissions": [
+                {"attribute_name": "name", "read": true, "insert": false, "update": false}]}}}}}));
     assert_eq!(st, 400);
     assert!(
         body["schema_permissions"]["data_Dog"][0]
@@ -188,7 +189,8 @@ fn roles_and_users_are_administered_and_enforced() {
     assert_eq!(s.client().get("/Dog/1").json()["name"], "Penny");
 
     // Changes take effect on the next request: a new role grant, a password, deactivation.
-    let writer = json!({"data": {"tables": {"Dog": {"read": true, "insert": true, "update": true, "delete": false}}}});
+    let writer = json!({"data": {"tables": {"Dog": {"read": true, "insert": true, "update": true,
+        "delete": false, "attribute_permissions": []}}}});
     let (st, body) =
         admin.operation(&json!({"operation": "alter_role", "id": "reader", "permission": writer}));
     assert_eq!(st, 200, "{body}");
@@ -241,7 +243,8 @@ fn users_and_roles_survive_a_restart() {
     let start = tessera_tests::Start::new(app.dir.path(), root.path());
     let s = start.start();
     let mut admin = s.ops();
-    let perm = json!({"data": {"tables": {"Dog": {"read": true}}}});
+    let perm = json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false,
+        "delete": false, "attribute_permissions": []}}}});
     assert_eq!(
         admin
             .operation(&json!({"operation": "add_role", "role": "r", "permission": perm}))

@@ -217,7 +217,8 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
         "Dog": {"read": true, "insert": false, "update": false, "delete": false,
                 "attribute_permissions": [{"attribute_name": "name", "read": true, "insert": false, "update": false},
                                           {"attribute_name": "age", "read": false, "insert": false, "update": false}]},
-        "Breed": {"read": false, "insert": false, "update": false, "delete": false}}}});
+        "Breed": {"read": false, "insert": false, "update": false, "delete": false,
+                  "attribute_permissions": []}}}});
     let (st, body) =
         c.operation(&json!({"operation": "add_role", "role": "reader", "permission": perm}));
     assert_eq!(st, 200, "{body}");

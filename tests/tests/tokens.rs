@@ -12,7 +12,8 @@ fn tokens_authenticate_refresh_and_expire() {
     let (s, _app, _root) = Server::with_schema(SCHEMA);
     let mut admin = s.ops();
     assert_eq!(admin.operation(&json!({"operation": "insert", "table": "Dog", "records": [{"id": 1, "name": "Penny"}]})).0, 200);
-    let perm = json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false, "delete": false}}}});
+    let perm = json!({"data": {"tables": {"Dog": {"read": true, "insert": false, "update": false,
+        "delete": false, "attribute_permissions": []}}}});
     assert_eq!(
         admin
             .operation(&json!({"operation": "add_role", "role": "reader", "permission": perm}))

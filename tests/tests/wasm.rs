@@ -108,7 +108,7 @@ fn a_resource_extending_a_table_overrides_some_verbs_and_defaults_the_rest() {
     assert_eq!(s.client().get(&format!("/Widget/{id}")).status, 404);
     // The role's table permissions still apply to a resource extending the table.
     let (st, _) = s.ops().operation(&json!({"operation":"add_role","role":"reader",
-        "permission":{"data":{"tables":{"Widget":{"read":true,"insert":false,"update":false,"delete":false}}}}}));
+        "permission":{"data":{"tables":{"Widget":{"read":true,"insert":false,"update":false,"delete":false,"attribute_permissions":[]}}}}}));
     assert_eq!(st, 200);
     let (st, _) = s
         .ops()

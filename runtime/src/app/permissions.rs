@@ -174,35 +174,174 @@ fn flag(v: &Json, name: &str) -> bool {
     v.get(name).and_then(Json::as_bool).unwrap_or(false)
 }
 
-/// Parses and validates a role's `permission` object. `table_exists(database, table)` says whether
-/// a table it names exists.
-pub fn parse(
-    permission: Option<&Json>,
-    table_exists: impl Fn(&str, &str) -> bool,
-) -> Result<Permission, PermissionErrors> {
+/// The tables a role's permissions may name: by database, then table, its attribute names.
+#[derive(Debug, Default)]
+pub struct KnownTables(pub HashMap<String, HashMap<String, Vec<String>>>);
+
+/// The role types whose value is a flag.
+const ROLE_TYPES: [&str; 2] = ["super_user", "cluster_user"];
+const TABLE_KEYS: [&str; 5] = [
+    "read",
+    "insert",
+    "update",
+    "delete",
+    "attribute_permissions",
+];
+const ATTRIBUTE_KEYS: [&str; 5] = ["attribute_name", "read", "insert", "update", "delete"];
+
+/// Checks a role's `permission` object as Harper does, against the tables that exist.
+pub fn validate(permission: Option<&Json>, known: &KnownTables) -> PermissionErrors {
     let mut errors = PermissionErrors::default();
     let Some(Json::Object(p)) = permission else {
         errors.main.push("Permission can't be blank".into());
-        return Err(errors);
+        return errors;
     };
-    let mut out = Permission {
-        super_user: p.get("super_user").and_then(Json::as_bool).unwrap_or(false),
-        tables: HashMap::new(),
-    };
-    for (database, spec) in p {
-        if database == "super_user" || database == "cluster_user" || database == "structure_user" {
+    if p.get("super_user") == Some(&Json::Bool(true)) && p.len() > 1 {
+        errors
+            .main
+            .push("Roles with 'super_user' set to true cannot have other permissions set.".into());
+    }
+    for (name, spec) in p {
+        if ROLE_TYPES.contains(&name.as_str()) {
+            if !spec.is_boolean() {
+                errors
+                    .main
+                    .push(format!("Value for '{name}' permission must be a boolean"));
+            }
             continue;
         }
+        if name == "structure_user" {
+            match spec {
+                Json::Bool(_) => {}
+                Json::Array(dbs) => {
+                    for db in dbs {
+                        let db = db.as_str().unwrap_or_default();
+                        if !known.0.contains_key(db) {
+                            errors.main.push(format!("database '{db}' does not exist"));
+                        }
+                    }
+                }
+                _ => errors.main.push(format!(
+                    "Value for '{name}' permission must be a boolean or Array"
+                )),
+            }
+            continue;
+        }
+        let Some(tables) = known.0.get(name) else {
+            errors
+                .main
+                .push(format!("database '{name}' does not exist"));
+            continue;
+        };
+        let Some(Json::Object(asked)) = spec.get("tables") else {
+            continue;
+        };
+        for (table, t) in asked {
+            let Some(attributes) = tables.get(table) else {
+                errors
+                    .main
+                    .push(format!("Table '{name}.{table}' does not exist"));
+                continue;
+            };
+            let found = validate_table(name, table, t, attributes);
+            if !found.is_empty() {
+                errors.schema.push((format!("{name}_{table}"), found));
+            }
+        }
+    }
+    errors
+}
+
+/// Harper's checks of one table's permissions.
+fn validate_table(database: &str, table: &str, t: &Json, attributes: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let Json::Object(keys) = t else {
+        return vec!["Table permissions must be an object".to_owned()];
+    };
+    for k in keys.keys().filter(|k| !TABLE_KEYS.contains(&k.as_str())) {
+        found.push(format!("Invalid table permission key value '{k}'"));
+    }
+    for perm in ["read", "insert", "update", "delete"] {
+        match t.get(perm) {
+            None => found.push(format!("Missing table {} permission", perm.to_uppercase())),
+            Some(v) if !v.is_boolean() => found.push(format!(
+                "Table {} permission must be a boolean",
+                perm.to_uppercase()
+            )),
+            _ => {}
+        }
+    }
+    let attrs = match t.get("attribute_permissions") {
+        None => {
+            found.push("Missing 'attribute_permissions' array".to_owned());
+            return found;
+        }
+        Some(Json::Null) => return found,
+        Some(Json::Array(a)) => a,
+        Some(_) => {
+            found.push("Value for 'attribute_permissions' must be an array".to_owned());
+            return found;
+        }
+    };
+    let mut any = [false; 3];
+    for a in attrs {
+        if let Json::Object(keys) = a {
+            for k in keys
+                .keys()
+                .filter(|k| !ATTRIBUTE_KEYS.contains(&k.as_str()))
+            {
+                found.push(format!("Invalid attribute permission key value '{k}'"));
+            }
+        }
+        let Some(attr) = a.get("attribute_name").and_then(Json::as_str) else {
+            found.push(
+                "Permission object in 'attribute_permission' missing an 'attribute_name'"
+                    .to_owned(),
+            );
+            continue;
+        };
+        if !attributes.iter().any(|n| n == attr) {
+            found.push(format!(
+                "Invalid attribute '{attr}' in 'attribute_permissions'"
+            ));
+            continue;
+        }
+        for (i, perm) in ["read", "insert", "update"].iter().enumerate() {
+            match a.get(perm) {
+                None => found.push(format!(
+                    "{} attribute permission missing for '{attr}'",
+                    perm.to_uppercase()
+                )),
+                Some(Json::Bool(b)) => any[i] |= *b,
+                Some(_) => found.push(format!(
+                    "{} attribute permission for '{attr}' must be a boolean",
+                    perm.to_uppercase()
+                )),
+            }
+        }
+    }
+    let off = |perm: &str| t.get(perm) == Some(&Json::Bool(false));
+    if (off("read") && any[0]) || (off("insert") && any[1]) || (off("update") && any[2]) {
+        found.push(format!(
+            "You have a conflict with TABLE permissions for '{database}.{table}' being false and ATTRIBUTE permissions being true"
+        ));
+    }
+    found
+}
+
+/// Parses a role's `permission` object (checked with [`validate`] when it is given): what the
+/// role may do. Values that are not `true` grant nothing.
+pub fn parse(permission: Option<&Json>) -> Permission {
+    let mut out = Permission::default();
+    let Some(Json::Object(p)) = permission else {
+        return out;
+    };
+    out.super_user = p.get("super_user").and_then(Json::as_bool).unwrap_or(false);
+    for (database, spec) in p {
         let Some(Json::Object(tables)) = spec.get("tables") else {
             continue;
         };
         for (table, t) in tables {
-            if !table_exists(database, table) {
-                errors
-                    .main
-                    .push(format!("Table '{database}.{table}' does not exist"));
-                continue;
-            }
             let mut perm = TablePermission {
                 read: flag(t, "read"),
                 insert: flag(t, "insert"),
@@ -210,7 +349,6 @@ pub fn parse(
                 delete: flag(t, "delete"),
                 attributes: HashMap::new(),
             };
-            let mut conflicts = Vec::new();
             if let Some(Json::Array(attrs)) = t.get("attribute_permissions") {
                 for a in attrs {
                     let Some(name) = a.get("attribute_name").and_then(Json::as_str) else {
@@ -221,22 +359,8 @@ pub fn parse(
                         insert: flag(a, "insert"),
                         update: flag(a, "update"),
                     };
-                    if (ap.read && !perm.read)
-                        || (ap.insert && !perm.insert)
-                        || (ap.update && !perm.update)
-                    {
-                        conflicts.push(format!(
-                            "You have a conflict with TABLE permissions for '{database}.{table}' being false and ATTRIBUTE permissions being true"
-                        ));
-                    }
                     perm.attributes.insert(name.to_owned(), ap);
                 }
-            }
-            conflicts.dedup();
-            if !conflicts.is_empty() {
-                errors
-                    .schema
-                    .push((format!("{database}_{table}"), conflicts));
             }
             out.tables
                 .entry(database.clone())
@@ -244,11 +368,7 @@ pub fn parse(
                 .insert(table.clone(), perm);
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    out
 }
 
 /// An authenticated user and what its role allows.
@@ -281,16 +401,20 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn parses_and_validates() {
-        let exists = |d: &str, t: &str| d == "data" && t == "Item";
-        let p = parse(
-            Some(
-                &json!({"super_user": false, "data": {"tables": {"Item": {"read": true,
-                "attribute_permissions": [{"attribute_name": "price", "read": false}]}}}}),
-            ),
-            exists,
-        )
-        .unwrap();
+    fn parses_and_validates_as_harper_does() {
+        let known = KnownTables(HashMap::from([(
+            "data".to_owned(),
+            HashMap::from([(
+                "Item".to_owned(),
+                vec!["id".to_owned(), "price".to_owned(), "name".to_owned()],
+            )]),
+        )]));
+        let role = json!({"super_user": false, "data": {"tables": {"Item": {"read": true,
+            "insert": false, "update": false, "delete": false,
+            "attribute_permissions": [{"attribute_name": "price", "read": false,
+                "insert": false, "update": false}]}}}});
+        assert!(validate(Some(&role), &known).is_empty());
+        let p = parse(Some(&role));
         let t = p.table("data", "Item").unwrap();
         assert!(t.read && !t.insert);
         assert!(!t.reads_attribute("price", false));
@@ -299,20 +423,47 @@ mod tests {
         assert!(p.table("data", "Other").is_none());
         assert!(Permission::super_user().allows("x", "y", Action::Delete));
 
-        let e = parse(None, exists).unwrap_err();
-        assert_eq!(e.main, vec!["Permission can't be blank"]);
-        let e = parse(
-            Some(&json!({"data": {"tables": {"Nope": {"read": true}}}})),
-            exists,
-        )
-        .unwrap_err();
-        assert_eq!(e.main, vec!["Table 'data.Nope' does not exist"]);
-        let e = parse(
-            Some(&json!({"data": {"tables": {"Item": {"read": false,
-                "attribute_permissions": [{"attribute_name": "price", "read": true}]}}}})),
-            exists,
-        )
-        .unwrap_err();
+        assert_eq!(
+            validate(None, &known).main,
+            vec!["Permission can't be blank"]
+        );
+        let e = validate(
+            Some(&json!({"nodb": {"tables": {}}, "data": {"tables": {"Nope": {}}}})),
+            &known,
+        );
+        assert_eq!(
+            e.main,
+            vec![
+                "Table 'data.Nope' does not exist",
+                "database 'nodb' does not exist"
+            ]
+        );
+        let e = validate(
+            Some(
+                &json!({"data": {"tables": {"Item": {"read": "yes", "insert": true,
+                "update": false, "delete": false, "color": 1,
+                "attribute_permissions": [{"attribute_name": "price", "read": true, "insert": 1,
+                    "update": true}, {"attribute_name": "ghost", "read": true, "insert": true,
+                    "update": true}, {"read": true}]}}}}),
+            ),
+            &known,
+        );
         assert_eq!(e.schema[0].0, "data_Item");
+        assert_eq!(
+            e.schema[0].1,
+            vec![
+                "Invalid table permission key value 'color'",
+                "Table READ permission must be a boolean",
+                "INSERT attribute permission for 'price' must be a boolean",
+                "Invalid attribute 'ghost' in 'attribute_permissions'",
+                "Permission object in 'attribute_permission' missing an 'attribute_name'",
+                "You have a conflict with TABLE permissions for 'data.Item' being false and ATTRIBUTE permissions being true",
+            ]
+        );
+        let e = validate(Some(&json!({"super_user": true, "data": {}})), &known);
+        assert_eq!(
+            e.main,
+            vec!["Roles with 'super_user' set to true cannot have other permissions set."]
+        );
     }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tessera_storage::layout::write_atomically;
 
-use crate::app::permissions::{self, Permission, SUPER_USER, User};
+use crate::app::permissions::{self, KnownTables, Permission, SUPER_USER, User};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredUser {
@@ -99,9 +99,7 @@ impl Users {
         };
         for role in &mut file.roles {
             // Stored roles were validated when added; tables dropped since are simply absent.
-            role.parsed = Arc::new(
-                permissions::parse(Some(&role.permission), |_, _| true).unwrap_or_default(),
-            );
+            role.parsed = Arc::new(permissions::parse(Some(&role.permission)));
         }
         Ok(Users {
             path,
@@ -229,14 +227,14 @@ impl Users {
         json!({"role": SUPER_USER, "permission": {"super_user": true}, "id": SUPER_USER})
     }
 
-    /// `add_role`. `table_exists` validates the tables the permission names.
+    /// `add_role`. `known` holds the tables the permission may name.
     pub fn add_role(
         &self,
         name: &str,
         permission: Option<&Json>,
-        table_exists: impl Fn(&str, &str) -> bool,
+        known: &KnownTables,
     ) -> Result<Json, Refusal> {
-        let (permission, parsed) = validated(permission, table_exists)?;
+        let (permission, parsed) = validated(permission, known)?;
         self.change(|f| {
             if name == SUPER_USER || f.roles.iter().any(|r| r.name == name) {
                 return Err(refuse(
@@ -263,9 +261,9 @@ impl Users {
         &self,
         id: &str,
         permission: Option<&Json>,
-        table_exists: impl Fn(&str, &str) -> bool,
+        known: &KnownTables,
     ) -> Result<Json, Refusal> {
-        let (permission, parsed) = validated(permission, table_exists)?;
+        let (permission, parsed) = validated(permission, known)?;
         self.change(|f| {
             let Some(role) = f.roles.iter_mut().find(|r| r.name == id) else {
                 return Err(refuse(400, "Invalid role id"));
@@ -423,9 +421,13 @@ impl Users {
 /// A `permission` object as sent and parsed, or its refusal.
 fn validated(
     permission: Option<&Json>,
-    table_exists: impl Fn(&str, &str) -> bool,
+    known: &KnownTables,
 ) -> Result<(Json, Arc<Permission>), Refusal> {
-    let parsed = permissions::parse(permission, table_exists).map_err(permission_refusal)?;
+    let errors = permissions::validate(permission, known);
+    if !errors.is_empty() {
+        return Err(permission_refusal(errors));
+    }
+    let parsed = permissions::parse(permission);
     Ok((permission.cloned().unwrap_or(Json::Null), Arc::new(parsed)))
 }
 

@@ -8,6 +8,7 @@ use tessera_protocol::http::Request;
 use tessera_storage::Value;
 
 use super::{Operations, OpsError, bad, fail};
+use crate::app::permissions::KnownTables;
 use crate::auth::bearer;
 use crate::auth::tokens::{Kind, TokenError};
 use crate::auth::users::{Refusal, refuse};
@@ -92,14 +93,18 @@ impl Operations {
             _ => None,
         };
         let permission: Option<Json> = env.get("permission").map(crate::app::output::json_value);
-        let tables: Vec<(String, String)> = self
-            .app
-            .tables
-            .tables(None)
-            .iter()
-            .map(|t| (t.database.clone(), t.name.clone()))
-            .collect();
-        let exists = move |d: &str, t: &str| tables.iter().any(|(a, b)| a == d && b == t);
+        let mut known = KnownTables::default();
+        for db in self.app.tables.databases() {
+            known.0.entry(db).or_default();
+        }
+        for t in self.app.tables.tables(None) {
+            let attributes = t.attributes.iter().map(|a| a.name.clone()).collect();
+            known
+                .0
+                .entry(t.database.clone())
+                .or_default()
+                .insert(t.name.clone(), attributes);
+        }
         let op = op.to_owned();
         let (role, id, username, password) =
             (text("role"), text("id"), text("username"), text("password"));
@@ -113,11 +118,11 @@ impl Operations {
                 "list_roles" => Ok(users.list_roles()),
                 "list_users" => Ok(users.list_users()),
                 "add_role" => match role {
-                    Some(r) => users.add_role(&r, permission.as_ref(), exists),
+                    Some(r) => users.add_role(&r, permission.as_ref(), &known),
                     None => Err(refuse(400, "Role name can't be blank")),
                 },
                 "alter_role" => match id {
-                    Some(i) => users.alter_role(&i, permission.as_ref(), exists),
+                    Some(i) => users.alter_role(&i, permission.as_ref(), &known),
                     None => Err(refuse(400, "Id can't be blank")),
                 },
                 "drop_role" => match id {
