@@ -358,3 +358,80 @@ fn attribute_permissions_hide_and_protect_attributes() {
     );
     assert_eq!(s.client().get("/Item/2").status, 404);
 }
+
+#[test]
+fn a_role_describes_only_what_it_may_see() {
+    let schema = "type Item @table @export { id: Int @primaryKey name: String secret: String }
+type Other @table(database: \"elsewhere\") @export { id: Int @primaryKey }";
+    let (s, _app, _root) = Server::with_schema(schema);
+    let mut admin = s.ops();
+    let (st, _) = admin.operation(&json!({"operation": "insert", "table": "Item",
+        "records": [{"id": 1, "name": "one", "secret": "s"}]}));
+    assert_eq!(st, 200);
+    let perm = json!({"data": {"tables": {"Item": {"read": true, "insert": false, "update": false,
+        "delete": false, "attribute_permissions": [
+            {"attribute_name": "name", "read": true, "insert": false, "update": false}]}}},
+        "elsewhere": {"tables": {"Other": {"read": false, "insert": false, "update": false,
+            "delete": false, "attribute_permissions": []}}}});
+    let (st, body) =
+        admin.operation(&json!({"operation": "add_role", "role": "peek", "permission": perm}));
+    assert_eq!(st, 200, "{body}");
+    let (st, _) = admin.operation(&json!({"operation": "add_user", "username": "peek",
+        "password": "pw-peek", "role": "peek", "active": true}));
+    assert_eq!(st, 200);
+    let mut o = ops_as(&s, "peek", "pw-peek");
+
+    // Only the table it has a permission on, with the attributes it may use.
+    let (st, all) = o.operation(&json!({"operation": "describe_all"}));
+    assert_eq!(st, 200, "{all}");
+    assert_eq!(
+        all.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["data"],
+        "{all}"
+    );
+    let item = &all["data"]["Item"];
+    let names: Vec<&str> = item["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attribute"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["id", "name"], "{item}");
+    assert_eq!(item["record_count"], 1);
+    assert!(
+        item["last_updated_record"].as_f64().unwrap() > 1.7e12,
+        "{item}"
+    );
+    // A database or table it may not see is missing to it; the system database is refused.
+    for (op, missing) in [
+        (
+            json!({"operation": "describe_database", "database": "elsewhere"}),
+            "database 'elsewhere' does not exist",
+        ),
+        (
+            json!({"operation": "describe_table", "database": "elsewhere", "table": "Other"}),
+            "Table 'elsewhere.Other' does not exist",
+        ),
+    ] {
+        let (st, body) = o.operation(&op);
+        assert_eq!(
+            (st, body["invalid_schema_items"].clone()),
+            (403, json!([missing])),
+            "{op}"
+        );
+    }
+    let (st, body) = o.operation(
+        &json!({"operation": "describe_table", "database": "system", "table": "hdb_user"}),
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        body["unauthorized_access"],
+        json!(["Your role does not have permission to view database metadata for 'system'"])
+    );
+    // A super user sees both, and a missing database as 404.
+    let (_, all) = admin.operation(&json!({"operation": "describe_all"}));
+    assert!(all["elsewhere"]["Other"].is_object(), "{all}");
+    let (st, _) =
+        admin.operation(&json!({"operation": "describe_database", "database": "nowhere"}));
+    assert_eq!(st, 404);
+}

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use serde_json::{Value as Json, json};
 use tessera_storage::{Table, Value};
 
-use super::{Operations, OpsError, bad, database_of, fail};
+use super::{Operations, OpsError, bad, database_of, fail, forbidden};
 use tessera_storage::record::RecordRef;
 
-use crate::app::permissions::{Action, User};
+use crate::app::permissions::User;
 use crate::app::tables::SchemaError;
 use crate::app::{AppError, Tables};
 use crate::data::query;
@@ -49,6 +49,9 @@ pub(super) fn check_name(what: &str, name: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
+/// Harper's database of its own tables: never created, dropped or described to other roles.
+const SYSTEM_DATABASE: &str = "system";
+
 impl Operations {
     /// `describe_table`, `describe_database`, `describe_all`: what `user` may see.
     pub(super) async fn describe_op(
@@ -57,20 +60,54 @@ impl Operations {
         envelope: &Value,
         user: &User,
     ) -> Result<Value, OpsError> {
+        let database = database_of(envelope);
+        if !user.super_user && op != "describe_all" && database == SYSTEM_DATABASE {
+            return Err(forbidden(
+                json!([format!(
+                    "Your role does not have permission to view database metadata for '{SYSTEM_DATABASE}'"
+                )]),
+                json!([]),
+            ));
+        }
         Ok(match op {
             "describe_table" => {
-                let (table, _) = self.op_table(envelope, user, &[Action::Read])?;
-                self.describe(&table).await?
+                let Some(Value::String(name)) = envelope.get("table") else {
+                    return Err(bad("'table' is required"));
+                };
+                let visible = self
+                    .tables_of(Some(database), user)
+                    .into_iter()
+                    .find(|t| t.name == *name);
+                let table = match visible {
+                    Some(t) => t,
+                    // Missing, or hidden from the role: reported as Harper reports either.
+                    None => {
+                        let missing = if self.app.tables.databases().contains(database) {
+                            format!("Table '{database}.{name}' does not exist")
+                        } else {
+                            format!("database '{database}' does not exist")
+                        };
+                        return Err(if user.super_user {
+                            fail(404, missing)
+                        } else {
+                            forbidden(json!([]), json!([missing]))
+                        });
+                    }
+                };
+                self.describe(&table, user).await?
             }
             "describe_database" => {
-                let database = database_of(envelope);
                 let tables = self.tables_of(Some(database), user);
-                let visible = !tables.is_empty()
-                    || (user.super_user && self.app.tables.databases().contains(database));
-                if !visible {
-                    return Err(fail(404, format!("database '{database}' does not exist")));
+                let exists = self.app.tables.databases().contains(database);
+                if tables.is_empty() && !(user.super_user && exists) {
+                    let missing = format!("database '{database}' does not exist");
+                    return Err(if user.super_user {
+                        fail(404, missing)
+                    } else {
+                        forbidden(json!([]), json!([missing]))
+                    });
                 }
-                self.describe_all(tables).await?
+                self.describe_all(tables, user).await?
             }
             "describe_all" => {
                 let mut by_db: Vec<(String, Value)> = Vec::new();
@@ -81,7 +118,7 @@ impl Operations {
                     }
                 }
                 for table in self.tables_of(None, user) {
-                    let d = self.describe(&table).await?;
+                    let d = self.describe(&table, user).await?;
                     match by_db.iter_mut().find(|(db, _)| *db == table.database) {
                         Some((_, Value::Object(o))) => o.push((table.name.clone(), d)),
                         _ => by_db.push((
@@ -96,31 +133,63 @@ impl Operations {
         })
     }
 
-    /// The tables of `database` (or all) that `user` may see, in name order.
+    /// The tables of `database` (or all) that `user` may see (any permission on them), in name
+    /// order.
     pub(super) fn tables_of(&self, database: Option<&str>, user: &User) -> Vec<Arc<Table>> {
         let mut tables = self.app.tables.tables(database);
-        tables.retain(|t| user.permission.table(&t.database, &t.name).is_some());
+        tables.retain(|t| {
+            user.permission
+                .table(&t.database, &t.name)
+                .is_some_and(|p| p.read || p.insert || p.update || p.delete)
+        });
         tables
     }
 
-    /// `describe_table` of one table: its attributes and how many records it holds now.
-    pub(super) async fn describe(&self, table: &Arc<Table>) -> Result<Value, OpsError> {
+    /// `describe_table` of one table: the attributes `user` may see, how many records it holds
+    /// now, and when the last of them was written (`last_updated_record`, epoch ms).
+    pub(super) async fn describe(
+        &self,
+        table: &Arc<Table>,
+        user: &User,
+    ) -> Result<Value, OpsError> {
         let mut rows = query::matching(&self.router, table, None);
         let now_ms = tessera_storage::shard::now_micros() / 1000;
-        let mut count = 0u64;
+        let (mut count, mut last) = (0u64, 0u64);
         while let Some(row) = rows.next().await? {
-            if RecordRef::parse(&row.stored).is_some_and(|r| !r.is_expired(now_ms)) {
+            if let Some(r) = RecordRef::parse(&row.stored).filter(|r| !r.is_expired(now_ms)) {
                 count += 1;
+                last = last.max(r.version);
             }
         }
-        Ok(table.describe_operation(count))
+        let mut out = table.describe_operation(count);
+        if let Some(p) = user
+            .permission
+            .attribute_limits(&table.database, &table.name)
+            && let Value::Object(props) = &mut out
+            && let Some((_, Value::Array(attrs))) =
+                props.iter_mut().find(|(k, _)| k == "attributes")
+        {
+            let pk = &table.primary_key().name;
+            attrs.retain(|a| match a.get("attribute") {
+                Some(Value::String(n)) => p.attribute(n, n == pk).is_some_and(|a| a.visible()),
+                _ => false,
+            });
+        }
+        if last > 0 {
+            out.set("last_updated_record", Value::Float(last as f64 / 1000.0));
+        }
+        Ok(out)
     }
 
     /// `{"<table>": describe_table, ...}`.
-    pub(super) async fn describe_all(&self, tables: Vec<Arc<Table>>) -> Result<Value, OpsError> {
+    pub(super) async fn describe_all(
+        &self,
+        tables: Vec<Arc<Table>>,
+        user: &User,
+    ) -> Result<Value, OpsError> {
         let mut out = Vec::with_capacity(tables.len());
         for t in tables {
-            out.push((t.name.clone(), self.describe(&t).await?));
+            out.push((t.name.clone(), self.describe(&t, user).await?));
         }
         Ok(Value::Object(out))
     }
@@ -153,8 +222,11 @@ impl Operations {
             }
         };
         check_name("database", &database)?;
-        if database == "system" {
-            return Err(bad("database 'system' is reserved"));
+        if database == SYSTEM_DATABASE {
+            return Err(fail(
+                403,
+                "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.",
+            ));
         }
         let (message, dropped) = match op {
             "create_database" => {
