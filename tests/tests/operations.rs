@@ -359,3 +359,48 @@ fn describe_operations() {
         (404, Some("database 'nope' does not exist"))
     );
 }
+
+#[test]
+fn search_by_value_pages_in_the_searched_attributes_order() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let mut c = s.ops();
+    let records: Vec<serde_json::Value> = (1..=30)
+        .map(|i| json!({"id": i, "name": format!("dog{:02}", 31 - i), "age": i % 4}))
+        .collect();
+    let (st, _) = c.operation(&json!({"operation": "insert", "table": "Dog", "records": records}));
+    assert_eq!(st, 200);
+    let ids = |body: &serde_json::Value| -> Vec<i64> {
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "search_attribute": "id", "search_value": "*", "get_attributes": ["id"], "limit": 3}));
+    assert_eq!(ids(&body), [1, 2, 3]);
+    let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "search_attribute": "id", "search_value": "*", "get_attributes": ["id"],
+        "reverse": true, "offset": 2, "limit": 3}));
+    assert_eq!(ids(&body), [28, 27, 26]);
+    // Ordered by the searched attribute, not the key.
+    let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
+        "search_attribute": "name", "search_value": "dog0*", "get_attributes": ["id"], "offset": 7}));
+    assert_eq!(ids(&body), [23, 22]);
+    // The older names are answered in their own words.
+    let (st, body) = c.operation(&json!({"operation": "search_by_hash", "table": "Dog",
+        "hash_values": 4, "get_attributes": ["id"]}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("'hash_values' must be an array"))
+    );
+    let (st, body) = c.operation(&json!({"operation": "search_by_id", "table": "Dog",
+        "ids": [4], "get_attributes": "id"}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (400, Some("'get_attributes' must be an array"))
+    );
+    let (st, body) = c.operation(&json!({"operation": "update", "table": "Dog",
+        "records": [{"id": "", "age": 1}]}));
+    assert_eq!(st, 400, "{body}");
+}

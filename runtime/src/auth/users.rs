@@ -332,6 +332,9 @@ impl Users {
             if f.users.iter().any(|u| u.username == username) {
                 return Err(refuse(409, format!("User {username} already exists")));
             }
+            if !is_role_name(role) {
+                return Err(refuse(400, "Role is invalid"));
+            }
             if role != SUPER_USER && !f.roles.iter().any(|r| r.name == role) {
                 return Err(refuse(404, format!("{role} role not found")));
             }
@@ -356,6 +359,9 @@ impl Users {
         role: Option<&str>,
         active: Option<bool>,
     ) -> Result<Json, Refusal> {
+        if role == Some("") {
+            return Err(refuse(400, "If role is specified, it cannot be empty."));
+        }
         let hash = password.map(hash_password).transpose()?;
         self.change(|f| {
             if let Some(r) = role
@@ -416,6 +422,14 @@ impl Users {
             None => json!({"username": username, "role": Self::super_role_json()}),
         }
     }
+}
+
+/// Harper's rule for a role's name: letters, digits, `_` and `-`.
+fn is_role_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A `permission` object as sent and parsed, or its refusal.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use tessera_protocol::query::{Filter, Op, Operand, Query};
+use tessera_protocol::query::{Filter, Limit, Op, Operand, Query, SortKey};
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value};
@@ -130,8 +130,10 @@ fn filter_attributes(f: &Filter, out: &mut Vec<String>) {
 
 /// `get_attributes`: `None` for every attribute (`["*"]`), else the names asked for.
 fn get_attributes(env: &Value) -> Result<Option<Vec<String>>, OpsError> {
-    let Some(Value::Array(a)) = env.get("get_attributes") else {
-        return Err(bad("'get_attributes' is required"));
+    let a = match env.get("get_attributes") {
+        Some(Value::Array(a)) => a,
+        None => return Err(bad("'get_attributes' is required")),
+        Some(_) => return Err(bad("'get_attributes' must be an array")),
     };
     let mut names = Vec::with_capacity(a.len());
     for v in a {
@@ -273,7 +275,7 @@ impl Operations {
                 return Err(bad(format!("record {i} is not an object")));
             }
             let pk = match rec.get(&pk_name) {
-                Some(v) if *v != Value::Null => v.clone(),
+                Some(v) if *v != Value::Null && *v != Value::String(String::new()) => v.clone(),
                 _ if kind == Write::Update => {
                     return Err(bad(
                         "a valid hash attribute must be provided with update record, check log for more info",
@@ -384,10 +386,16 @@ impl Operations {
 
     /// The ids of a `delete` or `search_by_id` (`ids`, old name `hash_values`).
     pub(super) fn op_ids(env: &Value) -> Result<Vec<Value>, OpsError> {
-        match env.get("ids").or_else(|| env.get("hash_values")) {
+        // Harper's older name is answered in its own words.
+        let key = if env.get("ids").is_none() && env.get("hash_values").is_some() {
+            "hash_values"
+        } else {
+            "ids"
+        };
+        match env.get(key) {
             Some(Value::Array(ids)) if ids.len() <= MAX_RECORDS => Ok(ids.clone()),
             Some(Value::Array(_)) => Err(bad(format!("at most {MAX_RECORDS} ids per operation"))),
-            Some(_) => Err(bad("'ids' must be an array")),
+            Some(_) => Err(bad(format!("'{key}' must be an array"))),
             None => Err(bad("'ids' is required")),
         }
     }
@@ -482,11 +490,54 @@ impl Operations {
         if filter.is_none() && table.attribute(attr).is_none() {
             return Err(fail(404, format!("unknown attribute '{attr}'")));
         }
+        // In the order of the searched attribute (`reverse`: descending), `offset` and `limit`
+        // applied to it.
+        let count = |key: &str| match env.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Int(n)) if *n >= 0 => Ok(Some(*n as usize)),
+            Some(_) => Err(bad(format!("'{key}' must be a non-negative integer"))),
+        };
+        let start = count("offset")?.unwrap_or(0);
+        let limit = count("limit")?;
+        let window = (start > 0 || limit.is_some()).then(|| Limit {
+            start,
+            end: limit.map_or(usize::MAX, |n| start.saturating_add(n)),
+        });
+        let key = SortKey {
+            path: vec![attr.clone()],
+            descending: matches!(env.get("reverse"), Some(Value::Bool(true))),
+        };
+        if !query::is_indexed(&table, attr) {
+            // No index to walk in order: the matching records are ordered here.
+            let parsed = Query {
+                filter,
+                select: None,
+                limit: None,
+                sort: Vec::new(),
+            };
+            let Value::Array(mut rows) = self.search(&table, parsed, &None, restricted).await?
+            else {
+                return Ok(Value::Array(Vec::new()));
+            };
+            rows.sort_by_cached_key(|r| tessera_storage::query::sort_key(r.get(attr)));
+            if key.descending {
+                rows.reverse();
+            }
+            let Limit { start, end } = window.unwrap_or(Limit {
+                start: 0,
+                end: usize::MAX,
+            });
+            let picked = rows.into_iter().take(end).skip(start);
+            return Ok(Value::Array(match &attrs {
+                None => picked.collect(),
+                Some(names) => picked.map(|r| pick(&r, names)).collect(),
+            }));
+        }
         let parsed = Query {
             filter,
             select: None,
-            limit: None,
-            sort: Vec::new(),
+            limit: window,
+            sort: vec![key],
         };
         self.search(&table, parsed, &attrs, restricted).await
     }

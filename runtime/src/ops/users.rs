@@ -31,6 +31,8 @@ impl Operations {
                     .map(Arc::new)
                     .ok_or_else(|| fail(401, "invalid credentials"))?
             }
+            // A username without a password is a failed sign-in, not a missing one.
+            (Some(_), _) | (_, Some(_)) => return Err(fail(401, "invalid credentials")),
             _ => self.ops_user(req, from_loopback).await?,
         };
         let tokens = self.auth.tokens();
