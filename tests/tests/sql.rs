@@ -357,3 +357,62 @@ fn expressions_functions_and_joins_of_many_tables() {
         "{body}"
     );
 }
+
+#[test]
+fn geo_functions_measure_as_harper_does() {
+    let (_s, _root, _app, mut c) = loaded();
+    let (st, body) =
+        c.operation(&json!({"operation": "create_table", "table": "Place", "primary_key": "id"}));
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = c.operation(
+        &json!({"operation": "insert", "table": "Place", "records": [
+        {"id": 1, "name": "Denver", "point": {"type": "Point", "coordinates": [-104.99, 39.74]}},
+        {"id": 2, "name": "Boston", "point": {"type": "Point", "coordinates": [-71.05, 42.36]}},
+        {"id": 3, "name": "Nowhere"}]}),
+    );
+    assert_eq!(st, 200, "{body}");
+    // Figures as Harper's (turf's), with Harper's labels (the unit tests check the last digit:
+    // the JSON parser of this client rounds the last one).
+    let (st, rows) = sql(
+        &mut c,
+        "SELECT geoDistance('[-104.979127,39.761563]', '[-77.035248,38.889475]', 'miles')",
+    );
+    assert_eq!(st, 200, "{rows}");
+    let miles = rows[0]["geoDistance('[-104.979127,39.761563]','[-77.035248,38.889475]','miles')"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert!((miles - 1488.6913067538915).abs() < 1e-9, "{miles}");
+    let (_, rows) = sql(
+        &mut c,
+        r#"SELECT geoArea('{"type":"Polygon","coordinates":[[[0,0],[0.123456,0],[0.123456,0.123456],[0,0.123456]]]}') AS area"#,
+    );
+    assert!(
+        (rows[0]["area"].as_f64().unwrap() - 188871526.05092356).abs() < 1e-6,
+        "{rows}"
+    );
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT name, geoDistance('[-104.979127,39.761563]', point, 'kilometers') AS km FROM data.Place \
+         WHERE geoNear('[-104.979127,39.761563]', point, 100, 'miles') ORDER BY km",
+    );
+    assert_eq!(names(&rows), ["Denver"]);
+    let (_, rows) = sql(
+        &mut c,
+        r#"SELECT name FROM data.Place WHERE geoContains('{"type":"Polygon","coordinates":[[[-109,37],[-102,37],[-102,41],[-109,41],[-109,37]]]}', point)"#,
+    );
+    assert_eq!(names(&rows), ["Denver"]);
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT id, geoLength(point, 'miles') FROM data.Place WHERE id = 3",
+    );
+    assert_eq!(rows, json!([{"id": 3, "geoLength(point,\"miles\")": null}]));
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT geoConvert('[1,2]', 'point', '{\"name\": \"x\"}') AS f",
+    );
+    assert_eq!(
+        rows,
+        json!([{"f": {"type": "Feature", "properties": {"name": "x"},
+                      "geometry": {"type": "Point", "coordinates": [1, 2]}}}])
+    );
+}

@@ -6,6 +6,7 @@ use tessera_storage::Value;
 use tessera_storage::value::parse_date;
 
 use super::expr::{as_number, number, text};
+use super::geo::{self, Geo};
 
 /// Harper's format of a full date and time.
 const HARPER_TIME: &str = "YYYY-MM-DDTHH:mm:ss.SSSZZ";
@@ -41,6 +42,7 @@ pub(super) enum Func {
     Replace,
     Coalesce,
     NullIf,
+    Geo(Geo),
 }
 
 impl Func {
@@ -77,7 +79,7 @@ impl Func {
             "replace" => (Replace, 3..=3),
             "coalesce" | "ifnull" => (Coalesce, 1..=usize::MAX),
             "nullif" => (NullIf, 2..=2),
-            _ => return None,
+            _ => return geo::named(name).map(|(g, arity)| (Geo(g), arity)),
         })
     }
 }
@@ -252,6 +254,9 @@ pub(super) fn call(f: Func, args: &[Value], now: f64) -> Value {
         Some(Value::Null) | None => Value::Null,
         Some(v) => as_number(v).map_or(Value::Null, |n| number(g(n))),
     };
+    if let Geo(g) = f {
+        return geo::call(g, args);
+    }
     if !matches!(f, Coalesce | Concat | NullIf | Now | Date | Random)
         && args.iter().any(|v| matches!(v, Value::Null))
     {
@@ -356,6 +361,7 @@ pub(super) fn call(f: Func, args: &[Value], now: f64) -> Value {
             (Some(x), _) => x.clone(),
             _ => Value::Null,
         },
+        Geo(_) => Value::Null,
     }
 }
 

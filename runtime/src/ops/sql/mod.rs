@@ -16,6 +16,7 @@
 
 mod expr;
 mod functions;
+mod geo;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -295,9 +296,10 @@ fn pushed(ex: &Ex, sources: &[Source<'_>]) -> Option<(usize, Filter)> {
     }
 }
 
-/// A string literal as alasql labels it: double-quoted unless it holds a double quote.
-fn quoted(s: &str) -> String {
-    if s.contains('"') {
+/// A string literal as Harper's SQL engine labels it: in a query without FROM as written,
+/// else double-quoted unless it holds a double quote.
+fn quoted(s: &str, from: bool) -> String {
+    if s.contains('"') || !from {
         format!("'{s}'")
     } else {
         format!("\"{s}\"")
@@ -306,18 +308,22 @@ fn quoted(s: &str) -> String {
 
 /// The label Harper gives an unaliased select item: a column's name, else the expression as
 /// its SQL engine prints it (aggregates upper-cased, arguments joined by commas alone).
-fn label(e: &Expr) -> String {
+fn label(e: &Expr, from: bool) -> String {
     match e {
         Expr::Identifier(i) => i.value.clone(),
         Expr::CompoundIdentifier(parts) => {
             parts.last().map(|p| p.value.clone()).unwrap_or_default()
         }
-        Expr::Nested(inner) => format!("({})", label(inner)),
+        Expr::Nested(inner) => format!("({})", label(inner, from)),
         Expr::Value(v) => match &v.value {
-            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => quoted(s),
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
+                quoted(s, from)
+            }
             other => other.to_string(),
         },
-        Expr::BinaryOp { left, op, right } => format!("{} {op} {}", label(left), label(right)),
+        Expr::BinaryOp { left, op, right } => {
+            format!("{} {op} {}", label(left, from), label(right, from))
+        }
         Expr::Function(f) => {
             let name = f.name.to_string();
             let args = match &f.args {
@@ -325,7 +331,7 @@ fn label(e: &Expr) -> String {
                     .args
                     .iter()
                     .map(|a| match a {
-                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => label(e),
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => label(e, from),
                         FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => "*".to_owned(),
                         other => other.to_string(),
                     })
@@ -609,7 +615,9 @@ impl<'s, 'u> Scope<'s, 'u> {
                     };
                     Item::Star(Some(self.source_named(&name)?))
                 }
-                SelectItem::UnnamedExpr(e) => Item::Expr(self.expr(e)?, label(e)),
+                SelectItem::UnnamedExpr(e) => {
+                    Item::Expr(self.expr(e)?, label(e, !self.sources.is_empty()))
+                }
                 SelectItem::ExprWithAlias { expr, alias } => {
                     Item::Expr(self.expr(expr)?, alias.value.clone())
                 }
