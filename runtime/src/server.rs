@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tessera_shards::{CoreContext, ExecutorSettings, ShardSet, start_executors};
 use tessera_storage::layout::{Layout, MissingIndex};
@@ -92,9 +92,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the server until SIGTERM or SIGINT.
+/// Runs the server until SIGTERM or SIGINT; on SIGHUP (and the Operations API's `restart`),
+/// flushes and starts again in place: the same binary with the same arguments, reading its
+/// configuration anew.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
     let data = settings.root.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
@@ -163,9 +166,41 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         eprintln!("signal {sig}: flushing {shard_count} shards");
         shards.close().context("flushing shards at shutdown")?;
         sessions::flush();
+        if sig == SIGHUP {
+            eprintln!("restarting");
+            return Err(restart(addrs.map(|a| a.port())));
+        }
         eprintln!("shutdown complete");
     }
     Ok(())
+}
+
+/// Replaces this process with a fresh run of the same binary and arguments, on the ports it
+/// listened on (`[http, mqtt, ops]`, so that a port of 0 stays the one it picked); sockets and
+/// files close on exec. Returns only if that fails.
+fn restart(ports: [u16; 3]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    const FLAGS: [&str; 3] = ["--http-port", "--mqtt-port", "--ops-port"];
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return anyhow::anyhow!("restart: finding the binary: {e}"),
+    };
+    let mut args = Vec::new();
+    let mut given = std::env::args_os().skip(1);
+    while let Some(a) = given.next() {
+        let text = a.to_string_lossy();
+        if FLAGS.contains(&text.as_ref()) {
+            given.next();
+        } else if !FLAGS.iter().any(|f| text.starts_with(&format!("{f}="))) {
+            args.push(a);
+        }
+    }
+    for (flag, port) in FLAGS.iter().zip(ports) {
+        args.push(flag.into());
+        args.push(port.to_string().into());
+    }
+    let e = std::process::Command::new(exe).args(args).exec();
+    anyhow::anyhow!("restart: {e}")
 }
 
 /// Gives tables and attributes their persisted ids, opens the shards in parallel, builds the

@@ -99,3 +99,46 @@ fn system_information_in_parts() {
     assert_eq!(keys.len(), 2, "{some}");
     assert!(some["time"]["current"].as_i64().unwrap() > 0);
 }
+
+#[test]
+fn restart_comes_back_in_place_with_the_new_configuration() {
+    let app = App::new("type Dog @table @export { id: Int @primaryKey }");
+    let root = tempfile::tempdir().unwrap();
+    let s = Start::new(app.dir.path(), root.path()).start();
+    let mut c = s.ops();
+    assert_eq!(s.client().put_json("/Dog/1", r#"{"id": 1}"#).status, 204);
+    let (st, _) =
+        c.operation(&json!({"operation": "set_configuration", "http_maxRequestBodySize": 1024}));
+    assert_eq!(st, 200);
+    let (st, body) = c.operation(&json!({"operation": "restart"}));
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Restarting")),
+        "{body}"
+    );
+    // The same process and ports, back within seconds, with its data and the new setting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let config = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(std::time::Instant::now() < deadline, "{}", s.output());
+        if !s.output().contains("restarting") {
+            continue;
+        }
+        let Ok(mut c) = std::panic::catch_unwind(|| s.ops()) else {
+            continue;
+        };
+        let Ok((200, config)) = std::panic::catch_unwind(move || {
+            c.operation(&json!({"operation": "get_configuration"}))
+        }) else {
+            continue;
+        };
+        break config;
+    };
+    assert_eq!(config["http"]["maxRequestBodySize"], 1024);
+    assert_eq!(config["http"]["port"], s.port);
+    assert_eq!(s.client().get("/Dog/1").status, 200);
+    let big = format!("{{\"id\": 2, \"pad\": \"{}\"}}", "x".repeat(2048));
+    assert_eq!(s.client().put_json("/Dog/2", &big).status, 413);
+}

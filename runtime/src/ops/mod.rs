@@ -222,7 +222,7 @@ impl Operations {
                 self.change_schema(op, &envelope).await?
             } else if matches!(
                 op,
-                "get_configuration" | "set_configuration" | "system_information"
+                "get_configuration" | "set_configuration" | "system_information" | "restart"
             ) {
                 self.instance(op, &envelope).await?
             } else {
@@ -306,6 +306,7 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "get_configuration" => "getConfiguration",
         "set_configuration" => "setConfiguration",
         "system_information" => "systemInformation",
+        "restart" => "restart",
         _ => return None,
     })
 }

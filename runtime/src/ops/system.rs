@@ -1,5 +1,5 @@
-//! The instance operations (super users only): `get_configuration`, `set_configuration` and
-//! `system_information`, in Harper's shapes.
+//! The instance operations (super users only): `get_configuration`, `set_configuration`,
+//! `system_information` and `restart`, in Harper's shapes.
 //!
 //! The configuration is `<root>/tessera.yaml` under Harper's key names, with the values this
 //! process runs with filled in. `set_configuration` takes Harper's flattened keys
@@ -320,6 +320,15 @@ impl Operations {
                 Ok(
                     json!({"message": "Configuration successfully set. You must restart HarperDB for new config settings to take effect."}),
                 )
+            }
+            "restart" => {
+                // The answer goes out first; then the process restarts in place (the server's
+                // SIGHUP: flush, then run again with the configuration read anew).
+                std::thread::spawn(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let _ = signal_hook::low_level::raise(signal_hook::consts::SIGHUP);
+                });
+                Ok(json!({"message": "Restarting HarperDB. This may take up to 60 seconds."}))
             }
             _ => {
                 let wanted: Vec<String> = match env.get("attributes") {
