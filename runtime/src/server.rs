@@ -101,7 +101,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let data = settings.root.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
-    let components = component::load(&settings.apps)?;
+    let apps = component::with_managed(&settings.apps, &settings.root);
+    let components = component::load(&apps)?;
     let (shards, tables) = open_storage(&settings, &data, components.catalog)?;
     let shard_count = shards.count();
     let (users, tokens) = open_users(&settings, &data)?;

@@ -142,3 +142,79 @@ fn restart_comes_back_in_place_with_the_new_configuration() {
     let big = format!("{{\"id\": 2, \"pad\": \"{}\"}}", "x".repeat(2048));
     assert_eq!(s.client().put_json("/Dog/2", &big).status, 413);
 }
+
+/// Waits for a server that is restarting in place to answer its Operations API again.
+fn back(s: &tessera_tests::Server) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(std::time::Instant::now() < deadline, "{}", s.output());
+        if s.output().matches("Operations API listening").count() < 2 {
+            continue;
+        }
+        let ok = std::panic::catch_unwind(|| {
+            s.ops().operation(&json!({"operation": "get_components"})).0 == 200
+        });
+        if matches!(ok, Ok(true)) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_component_deployed_over_the_operations_api_is_served_after_a_restart() {
+    let app = App::new("type Dog @table @export { id: Int @primaryKey }");
+    let root = tempfile::tempdir().unwrap();
+    let s = Start::new(app.dir.path(), root.path()).start();
+    let mut c = s.ops();
+    let (st, body) = c.operation(&json!({"operation": "add_component", "project": "shop"}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("Successfully added project: shop"))
+    );
+    let (st, body) = c.operation(&json!({"operation": "set_component_file", "project": "shop",
+        "file": "schema.graphql", "payload": "type Toy @table @export { id: ID @primaryKey name: String }"}));
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = c.operation(
+        &json!({"operation": "set_component_file", "project": "shop",
+        "file": "config.yaml", "payload": "rest: true\ngraphqlSchema:\n  files: '*.graphql'\n"}),
+    );
+    assert_eq!(st, 200, "{body}");
+    // A schema that would not load is refused, and the one in place stays.
+    let (st, body) = c.operation(&json!({"operation": "set_component_file", "project": "shop",
+        "file": "schema.graphql", "payload": "type Toy @table @export { id: ID @primaryKey x: Nope }"}));
+    assert_eq!(st, 400, "{body}");
+    let (_, listed) = c.operation(&json!({"operation": "get_components"}));
+    assert_eq!(listed["entries"][0]["name"], "shop", "{listed}");
+    let (st, body) =
+        c.operation(&json!({"operation": "restart_service", "service": "http_workers"}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("Restarting http_workers"))
+    );
+    back(&s);
+    assert_eq!(
+        s.client().put_json("/Toy/a", r#"{"name":"ball"}"#).status,
+        204
+    );
+    assert_eq!(s.client().get("/Toy/a").json()["name"], "ball");
+    // Only super users manage components.
+    let mut c = s.ops();
+    let (st, _) = c.operation(&json!({"operation": "add_role", "role": "plain",
+        "permission": {"super_user": false}}));
+    assert_eq!(st, 200);
+    let (st, _) = c.operation(&json!({"operation": "add_user", "role": "plain",
+        "username": "plain", "password": "pw-plain", "active": true}));
+    assert_eq!(st, 200);
+    let (st, _) = s.ops().as_user("plain", "pw-plain").operation(
+        &json!({"operation": "set_component_file", "project": "shop", "file": "x", "payload": "y"}),
+    );
+    assert_eq!(st, 403);
+    let (st, body) = s
+        .ops()
+        .operation(&json!({"operation": "drop_component", "project": "shop"}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("Successfully dropped: shop"))
+    );
+}

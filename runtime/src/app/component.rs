@@ -30,6 +30,38 @@ pub struct Components {
     pub graphql: bool,
 }
 
+/// The directory of the components managed over the Operations API, under `root`.
+pub fn managed_dir(root: &Path) -> PathBuf {
+    root.join("components")
+}
+
+/// The components to load: those named on the command line, then each managed one (a directory
+/// of [`managed_dir`]) that no component named on the command line has the name of.
+pub fn with_managed(apps: &[PathBuf], root: &Path) -> Vec<PathBuf> {
+    let mut all = apps.to_vec();
+    let Ok(read) = std::fs::read_dir(managed_dir(root)) else {
+        return all;
+    };
+    let mut managed: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    managed.sort();
+    for dir in managed {
+        let shadowed = apps.iter().any(|a| a.file_name() == dir.file_name());
+        if shadowed {
+            eprintln!(
+                "warning: managed component {} is also named on the command line; the command line's is loaded",
+                dir.display()
+            );
+        } else {
+            all.push(dir);
+        }
+    }
+    all
+}
+
 /// A string-or-list-of-strings key of `config.yaml` (`graphqlSchema.files`).
 fn strings(v: Option<&serde_norway::Value>, key: &str) -> anyhow::Result<Vec<String>> {
     match v {

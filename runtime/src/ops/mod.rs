@@ -9,6 +9,7 @@
 //! records is one transaction: it commits on every shard it touches or on none
 //! ([`tessera_shards::Router::transact`]), and its reads see one consistent cut of the shards.
 
+mod components;
 mod csv;
 mod data;
 mod jobs;
@@ -39,6 +40,7 @@ use schema::is_schema_change;
 const MAX_RECORDS: usize = 100_000;
 
 /// An operation's failure: its status and JSON body (`{"error": ...}`, a few with more keys).
+#[derive(Debug)]
 struct OpsError {
     status: u16,
     body: Json,
@@ -225,6 +227,16 @@ impl Operations {
                 "get_configuration" | "set_configuration" | "system_information" | "restart"
             ) {
                 self.instance(op, &envelope).await?
+            } else if matches!(
+                op,
+                "add_component"
+                    | "set_component_file"
+                    | "get_component_file"
+                    | "get_components"
+                    | "drop_component"
+                    | "restart_service"
+            ) {
+                self.components(op, &envelope).await?
             } else {
                 self.administer(op, &envelope).await?
             };
@@ -307,6 +319,12 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "set_configuration" => "setConfiguration",
         "system_information" => "systemInformation",
         "restart" => "restart",
+        "add_component" => "addComponent",
+        "set_component_file" => "setComponentFile",
+        "get_component_file" => "getComponentFile",
+        "get_components" => "getComponents",
+        "drop_component" => "dropComponent",
+        "restart_service" => "restartService",
         _ => return None,
     })
 }
