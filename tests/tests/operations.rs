@@ -105,6 +105,21 @@ fn data_operations_and_their_envelopes() {
             400,
             "'get_attributes' is required",
         ),
+        (
+            json!({"operation": "create_table", "database": 1123, "table": 1, "primary_key": "id"}),
+            400,
+            "'schema' must be a string. 'table' must be a string",
+        ),
+        (
+            json!({"operation": "create_authentication_tokens", "username": "", "password": ""}),
+            400,
+            "'username' is not allowed to be empty. 'password' is not allowed to be empty",
+        ),
+        (
+            json!({"operation": "create_authentication_tokens", "username": "admin"}),
+            401,
+            "invalid credentials",
+        ),
     ];
     for (op, status, message) in cases {
         let (st, body) = c.operation(&op);

@@ -211,6 +211,7 @@ impl Operations {
         let Some(op) = op.map(current_name) else {
             return Err(bad("Request body must include an 'operation' property."));
         };
+        check_names(&envelope)?;
         if let Some(internal) = super_user_only(op) {
             if !user.super_user {
                 return Err(forbidden(
@@ -338,6 +339,24 @@ fn current_name(op: &str) -> &str {
         "describe_schema" => "describe_database",
         "search_by_hash" => "search_by_id",
         other => other,
+    }
+}
+
+/// Refuses a database (`database`, or `schema`) or table named by something else than a string,
+/// in Harper's words.
+fn check_names(env: &Value) -> Result<(), OpsError> {
+    let not_text = |k: &str| env.get(k).is_some_and(|v| !matches!(v, Value::String(_)));
+    let mut wrong = Vec::new();
+    if not_text("database") || not_text("schema") {
+        wrong.push("'schema' must be a string");
+    }
+    if not_text("table") {
+        wrong.push("'table' must be a string");
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(bad(wrong.join(". ")))
     }
 }
 

@@ -22,6 +22,15 @@ impl Operations {
         env: &Value,
         from_loopback: bool,
     ) -> Result<Json, OpsError> {
+        let empty = |k: &str| matches!(env.get(k), Some(Value::String(s)) if s.is_empty());
+        let blank: Vec<String> = ["username", "password"]
+            .iter()
+            .filter(|k| empty(k))
+            .map(|k| format!("'{k}' is not allowed to be empty"))
+            .collect();
+        if !blank.is_empty() {
+            return Err(bad(blank.join(". ")));
+        }
         let user = match (env.get("username"), env.get("password")) {
             (Some(Value::String(u)), Some(Value::String(p))) => {
                 let (users, u, p) = (self.auth.users().clone(), u.clone(), p.clone());
