@@ -277,3 +277,57 @@ fn a_role_without_an_attribute_fails_the_job_with_harpers_refusal() {
         "table": "Part", "data": "id\n1\n"}));
     assert_eq!(st, 403);
 }
+
+#[test]
+fn delete_records_before_a_date_runs_as_a_job() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let mut c = s.ops();
+    let (st, _) = c.operation(
+        &json!({"operation": "create_table", "database": "old", "table": "log",
+        "primary_key": "id"}),
+    );
+    assert_eq!(st, 200);
+    let (st, _) = c.operation(
+        &json!({"operation": "insert", "database": "old", "table": "log",
+        "records": [{"id": 1}, {"id": 2}]}),
+    );
+    assert_eq!(st, 200);
+    std::thread::sleep(Duration::from_millis(50));
+    let cut = chrono_now_iso();
+    std::thread::sleep(Duration::from_millis(50));
+    let (st, _) = c.operation(
+        &json!({"operation": "insert", "database": "old", "table": "log",
+        "records": [{"id": 3}]}),
+    );
+    assert_eq!(st, 200);
+    let job = run_job(
+        &mut c,
+        json!({"operation": "delete_records_before", "database": "old", "table": "log", "date": cut}),
+    );
+    assert_eq!(job["message"], "2 records successfully deleted", "{job}");
+    let (_, left) = c.operation(&json!({"operation": "search_by_value", "database": "old",
+        "table": "log", "search_attribute": "id", "search_value": "*", "get_attributes": ["id"]}));
+    assert_eq!(left, json!([{"id": 3}]));
+    // A table without a created time, and a bad date, are refused at once.
+    for (op, needle) in [
+        (
+            json!({"operation": "delete_records_before", "table": "Part", "date": cut}),
+            "created-time",
+        ),
+        (
+            json!({"operation": "delete_records_before", "database": "old", "table": "log", "date": "soon"}),
+            "ISO-8601",
+        ),
+    ] {
+        let (st, body) = c.operation(&op);
+        assert_eq!(st, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body}");
+    }
+}
+
+/// Now as an ISO date with milliseconds, UTC.
+fn chrono_now_iso() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}

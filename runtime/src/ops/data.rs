@@ -579,3 +579,75 @@ impl Operations {
         Ok(Value::Array(out))
     }
 }
+
+impl Operations {
+    /// `delete_records_before` (Harper's older name: `delete_files_before`): starts a job that
+    /// deletes the records of a table created before `date`, by the table's created-time
+    /// attribute (`__createdtime__` of a dynamic table, `@createdTime` of a schema one), in
+    /// transactions of [`DELETE_BATCH`] records.
+    pub(super) async fn delete_before(
+        &self,
+        op: &str,
+        env: &Value,
+        user: &Arc<User>,
+    ) -> Result<serde_json::Value, OpsError> {
+        let (table, _) = self.op_table(env, user, &[Action::Delete])?;
+        let date = match env.get("date") {
+            Some(Value::String(s)) => tessera_storage::value::parse_date(s),
+            Some(Value::Int(ms)) => Some(*ms as f64),
+            _ => None,
+        }
+        .ok_or_else(|| bad("Invalid date, must be in ISO-8601 format (YYYY-MM-DD)."))?;
+        let created = table.created_time().map(str::to_owned).ok_or_else(|| {
+            bad(format!(
+                "Table '{}' has no created-time attribute to delete by",
+                table.full_name()
+            ))
+        })?;
+        let id = self.jobs.start(op, &user.username);
+        let (ops, job) = (self.clone(), id.clone());
+        glommio::spawn_local(async move {
+            let outcome = ops.run_delete_before(&table, &created, date).await;
+            ops.jobs.finish(&job, outcome.map_err(|e| e.body));
+        })
+        .detach();
+        Ok(json!({"message": format!("Starting job with id {id}"), "job_id": id}))
+    }
+
+    async fn run_delete_before(
+        &self,
+        table: &Arc<Table>,
+        created: &str,
+        before: f64,
+    ) -> Result<String, OpsError> {
+        let pk = table.primary_key().name.clone();
+        let filter = condition(created, Op::Lt, Operand::Number(before));
+        let plan = query::plan(
+            table,
+            "",
+            Query {
+                filter: Some(filter),
+                select: None,
+                limit: None,
+                sort: Vec::new(),
+            },
+            Joins::default(),
+        )?;
+        let rows = query::collect(&self.router, &plan).await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let rec = output::stored_record(&row.stored)?;
+            if let Some(id) = output::body_value(rec.body)?.get(&pk) {
+                ids.push(id.clone());
+            }
+        }
+        let n = ids.len();
+        for batch in ids.chunks(DELETE_BATCH) {
+            self.delete_ids(table, batch.to_vec()).await?;
+        }
+        Ok(format!("{n} records successfully deleted"))
+    }
+}
+
+/// Records one transaction of `delete_records_before` deletes.
+const DELETE_BATCH: usize = 1_000;

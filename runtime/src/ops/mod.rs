@@ -250,6 +250,11 @@ impl Operations {
         ) {
             return Ok(Answer::json(&self.csv_load(&op, &envelope, user).await?));
         }
+        if matches!(op.as_str(), "delete_records_before" | "delete_files_before") {
+            return Ok(Answer::json(
+                &self.delete_before(&op, &envelope, &user).await?,
+            ));
+        }
         let out = self.run(&op, &mut envelope, &user).await?;
         let mut buf = Vec::with_capacity(256);
         match out {
