@@ -401,18 +401,19 @@ fn geo_functions_measure_as_harper_does() {
         r#"SELECT name FROM data.Place WHERE geoContains('{"type":"Polygon","coordinates":[[[-109,37],[-102,37],[-102,41],[-109,41],[-109,37]]]}', point)"#,
     );
     assert_eq!(names(&rows), ["Denver"]);
+    // A measure of nothing (Harper's NaN) leaves its label out of the row.
     let (_, rows) = sql(
         &mut c,
         "SELECT id, geoLength(point, 'miles') FROM data.Place WHERE id = 3",
     );
-    assert_eq!(rows, json!([{"id": 3, "geoLength(point,\"miles\")": null}]));
+    assert_eq!(rows, json!([{"id": 3}]));
     let (_, rows) = sql(
         &mut c,
         "SELECT geoConvert('[1,2]', 'point', '{\"name\": \"x\"}') AS f",
     );
     assert_eq!(
         rows,
-        json!([{"f": {"type": "Feature", "properties": {"name": "x"},
+        json!([{"f": {"type": "Feature", "properties": "{\"name\": \"x\"}",
                       "geometry": {"type": "Point", "coordinates": [1, 2]}}}])
     );
 }

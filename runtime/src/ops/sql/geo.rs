@@ -76,9 +76,14 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
+/// A position; a null coordinate counts as 0, as JavaScript's arithmetic (turf's) takes it.
 fn position(v: &Value) -> Option<Point> {
+    let coordinate = |v: &Value| match v {
+        Value::Null => Some(0.0),
+        v => number(v),
+    };
     match v {
-        Value::Array(c) if c.len() >= 2 => Some([number(&c[0])?, number(&c[1])?]),
+        Value::Array(c) if c.len() >= 2 => Some([coordinate(&c[0])?, coordinate(&c[1])?]),
         _ => None,
     }
 }
@@ -155,13 +160,15 @@ fn per_radian(units: &str) -> Option<f64> {
     })
 }
 
-/// turf's haversine distance between two positions, in radians.
+/// turf's haversine distance between two positions, in radians. The trigonometry is `libm`'s
+/// (FreeBSD's msun, which V8's is too), so that the last digit agrees with Harper's.
 fn arc(from: Point, to: Point) -> f64 {
     let d_lat = radians(to[1] - from[1]);
     let d_lon = radians(to[0] - from[0]);
     let (lat1, lat2) = (radians(from[1]), radians(to[1]));
-    let a = (d_lat / 2.0).sin().powi(2) + (d_lon / 2.0).sin().powi(2) * lat1.cos() * lat2.cos();
-    2.0 * a.sqrt().atan2((1.0 - a).sqrt())
+    let a = libm::sin(d_lat / 2.0).powi(2)
+        + libm::sin(d_lon / 2.0).powi(2) * libm::cos(lat1) * libm::cos(lat2);
+    2.0 * libm::atan2(a.sqrt(), (1.0 - a).sqrt())
 }
 
 /// turf's ring area (signed), in square metres.
@@ -180,7 +187,7 @@ fn ring_area(ring: &[Point]) -> f64 {
         } else {
             (i, i + 1, i + 2)
         };
-        total += (rad(ring[upper][0]) - rad(ring[lower][0])) * rad(ring[middle][1]).sin();
+        total += (rad(ring[upper][0]) - rad(ring[lower][0])) * libm::sin(rad(ring[middle][1]));
     }
     total * AREA_RADIUS * AREA_RADIUS / 2.0
 }
@@ -361,7 +368,7 @@ pub(super) fn call(f: Geo, args: &[Value]) -> Value {
     {
         return match f {
             Geo::Near | Geo::Contains | Geo::Equal | Geo::Crosses => Value::Bool(false),
-            _ => Value::Null,
+            _ => Value::Float(f64::NAN),
         };
     }
     match f {
@@ -424,15 +431,8 @@ pub(super) fn call(f: Geo, args: &[Value]) -> Value {
                 },
                 _ => return Value::Null,
             };
-            let properties = match args.get(2) {
-                Some(Value::String(s)) => {
-                    let mut bytes = s.as_bytes().to_vec();
-                    crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default())
-                        .unwrap_or(Value::Object(Vec::new()))
-                }
-                Some(v @ Value::Object(_)) => v.clone(),
-                _ => Value::Object(Vec::new()),
-            };
+            // The properties as given (Harper keeps a JSON text as text).
+            let properties = args.get(2).cloned().unwrap_or(Value::Object(Vec::new()));
             Value::Object(vec![
                 ("type".into(), Value::String("Feature".into())),
                 ("properties".into(), properties),
@@ -475,6 +475,29 @@ mod tests {
             r#"{"type": "Feature","geometry": {"type": "LineString","coordinates": [[-104.97963309288025,39.76163265441438],[-104.9823260307312,39.76365323407955],[-104.99193906784058,39.75616442110704]]}}"#,
         );
         assert_eq!(call(Geo::Length, &[line]), Value::Float(1.491544504248235));
+        let wellington = text(
+            r#"{"type":"LineString","coordinates":[[174.615474867904,-41.34148585702194],[174.8800567396483,-41.31574371071801]]}"#,
+        );
+        assert_eq!(
+            call(Geo::Length, &[wellington, text("miles")]),
+            Value::Float(13.842468187961332)
+        );
+        // A null coordinate is 0, as JavaScript's arithmetic takes it.
+        let null_island = text(
+            r#"{"type":"LineString","coordinates":[[-112.8291507578281,40.88206673094385],[null,null]]}"#,
+        );
+        assert_eq!(
+            call(Geo::Length, &[null_island, text("miles")]),
+            Value::Float(7397.000649273201)
+        );
+        let denver = text(r#"{"type":"Point","coordinates":[-104.990250,39.739235]}"#);
+        assert_eq!(
+            call(
+                Geo::Distance,
+                &[text("[-104.979127,39.761563]"), denver, text("miles")]
+            ),
+            Value::Float(1.6520011088478226)
+        );
     }
 
     #[test]
@@ -517,6 +540,6 @@ mod tests {
             call(Geo::Near, &[denver.clone(), denver, Value::Int(1)]),
             Value::Bool(true)
         );
-        assert_eq!(call(Geo::Area, &[Value::Null]), Value::Null);
+        assert!(matches!(call(Geo::Area, &[Value::Null]), Value::Float(f) if f.is_nan()));
     }
 }

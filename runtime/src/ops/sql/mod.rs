@@ -741,6 +741,8 @@ fn project(sources: &[Source<'_>], items: &[Item], row: &Row, values: &[Value]) 
                     }
                 }
             }
+            // No value at all (a geo function's NaN) leaves the label out, as Harper's SQL does.
+            Item::Expr(_, _) if matches!(value, Value::Float(f) if f.is_nan()) => {}
             Item::Expr(_, label) => set(&mut out, label, value.clone()),
         }
     }
@@ -976,6 +978,11 @@ impl Shape<'_, '_> {
                         let v = match k {
                             OrderKey::Item(i) => o.values[*i].clone(),
                             OrderKey::Expr(e) => e.eval(&o.row, &cx),
+                        };
+                        // NaN sorts with the missing values, first.
+                        let v = match v {
+                            Value::Float(f) if f.is_nan() => Value::Null,
+                            v => v,
                         };
                         let k = sort_key(Some(&v));
                         if *descending {
