@@ -326,6 +326,12 @@ fn expressions_functions_and_joins_of_many_tables() {
                {"id": null, "label": null, "dogs": 1},
                {"id": "pug", "label": "Pug", "dogs": 1}])
     );
+    // Columns of the same name are numbered, as Harper's engine names them.
+    let (_, rows) = sql(
+        &mut c,
+        "SELECT d.id, b.id FROM data.Dog d INNER JOIN data.Breed b ON b.id = d.breed WHERE d.id = 2",
+    );
+    assert_eq!(rows, json!([{"id": 2, "id1": "pug"}]));
     // Comma joins with the join condition in WHERE.
     let (_, rows) = sql(
         &mut c,

@@ -92,12 +92,19 @@ fn time(v: Option<&Value>, now: f64) -> Option<f64> {
         Some(Value::Date(ms)) => Some(*ms),
         Some(Value::Int(i)) => Some(*i as f64),
         Some(Value::Float(f)) => Some(*f),
-        Some(Value::String(s)) => parse_date(s).or_else(|| {
-            let mut parts = s.trim().splitn(3, '-').map(|p| p.parse::<u32>().ok());
-            let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-            let date = NaiveDate::from_ymd_opt(y as i32, m, d)?;
-            Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis() as f64)
-        }),
+        Some(Value::String(s)) => parse_date(s)
+            .or_else(|| {
+                // Harper's own format: an offset without a colon (`+0000`).
+                DateTime::parse_from_str(s.trim(), "%Y-%m-%dT%H:%M:%S%.f%z")
+                    .ok()
+                    .map(|t| t.timestamp_millis() as f64)
+            })
+            .or_else(|| {
+                let mut parts = s.trim().splitn(3, '-').map(|p| p.parse::<u32>().ok());
+                let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
+                let date = NaiveDate::from_ymd_opt(y as i32, m, d)?;
+                Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis() as f64)
+            }),
         _ => None,
     }
 }

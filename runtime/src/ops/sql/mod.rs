@@ -703,12 +703,19 @@ fn aggregate(call: &AggregateCall, rows: &[&Row], cx: &Context<'_>) -> Value {
     }
 }
 
-/// Sets `name` in an object being built (a later item of the same name wins).
+/// Adds `name` to an object being built; a name already there gets the first free number
+/// after it (`id`, `id1`, `id2`), as Harper's SQL engine names the columns of a join.
 fn set(out: &mut Vec<(String, Value)>, name: &str, v: Value) {
-    match out.iter_mut().find(|(k, _)| k == name) {
-        Some((_, old)) => *old = v,
-        None => out.push((name.to_owned(), v)),
+    let taken = |n: &str| out.iter().any(|(k, _)| k == n);
+    if !taken(name) {
+        out.push((name.to_owned(), v));
+        return;
     }
+    let mut i = 1;
+    while taken(&format!("{name}{i}")) {
+        i += 1;
+    }
+    out.push((format!("{name}{i}"), v));
 }
 
 /// One result object: the select items of `row` (their values in `values`), by label.
