@@ -403,6 +403,14 @@ impl<'s, 'u> Scope<'s, 'u> {
             return Ok(Ex::Lit(v));
         }
         Ok(match e {
+            // JavaScript's `undefined`, which Harper's SQL takes as a value: no value.
+            Expr::Identifier(i)
+                if i.quote_style.is_none()
+                    && i.value == "undefined"
+                    && !self.sources.iter().any(|s| s.defines("undefined")) =>
+            {
+                Ex::Lit(Value::Null)
+            }
             Expr::Identifier(i) => Ex::Col(self.column(None, &i.value)?),
             Expr::CompoundIdentifier(parts) => match parts.as_slice() {
                 [q, n] => Ex::Col(self.column(Some(&q.value), &n.value)?),
