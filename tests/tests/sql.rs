@@ -230,6 +230,20 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
     assert_eq!((st, &rows), (200, &json!([{"id": 1, "name": "Penny"}])));
     let (st, _) = sql(&mut rita, "SELECT age FROM data.Dog");
     assert_eq!(st, 403);
+    // Every attribute the role may not read is reported at once.
+    let (st, body) = sql(
+        &mut rita,
+        "SELECT breed FROM data.Dog WHERE age > 1 OR breed IS NOT NULL",
+    );
+    assert_eq!(st, 403);
+    assert_eq!(
+        body["invalid_schema_items"],
+        json!([
+            "Attribute 'breed' does not exist on 'data.Dog'",
+            "Attribute 'age' does not exist on 'data.Dog'"
+        ]),
+        "{body}"
+    );
     let (st, _) = sql(&mut rita, "SELECT * FROM data.Dog WHERE age > 1");
     assert_eq!(st, 403);
     let (st, _) = sql(&mut rita, "SELECT * FROM data.Breed");

@@ -198,7 +198,11 @@ impl Operations {
         actions: &[Action],
     ) -> Result<(Arc<Table>, Option<&'u TablePermission>), OpsError> {
         let table = self.app.tables.table(database, name);
-        let perm = user.permission.table(database, name);
+        // A table the role may do nothing with is one it does not know (Harper's `describe`).
+        let perm = user
+            .permission
+            .table(database, name)
+            .filter(|p| p.read || p.insert || p.update || p.delete);
         let (Some(table), Some(perm)) = (table.clone(), perm) else {
             let missing = if table.is_some() || self.app.tables.databases().contains(database) {
                 format!("Table '{database}.{name}' does not exist")

@@ -35,8 +35,8 @@ use tessera_storage::schema::{FieldType, Scalar};
 use tessera_storage::{Table, Value};
 
 use super::csv::auto_cast;
-use super::data::{Write, check_readable};
-use super::{Operations, OpsError, bad, fail};
+use super::data::Write;
+use super::{Operations, OpsError, bad, fail, forbidden};
 use crate::app::output;
 use crate::app::permissions::{Action, TablePermission, User};
 use crate::data::conditions::{condition, operand, wildcard};
@@ -357,6 +357,10 @@ struct Scope<'s, 'u> {
     aggregates: RefCell<Vec<AggregateCall>>,
     /// Whether aggregates may appear where compiling now.
     aggregating: Cell<bool>,
+    /// The attributes named that the role may not read: unknown to it (Harper's
+    /// `invalid_schema_items`), or known but not readable (by source). All are reported at once.
+    hidden: RefCell<Vec<String>>,
+    unreadable: RefCell<Vec<(usize, String)>>,
 }
 
 impl<'s, 'u> Scope<'s, 'u> {
@@ -365,7 +369,40 @@ impl<'s, 'u> Scope<'s, 'u> {
             sources,
             aggregates: RefCell::new(Vec::new()),
             aggregating: Cell::new(false),
+            hidden: RefCell::new(Vec::new()),
+            unreadable: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The role's refusal of what the statement reads, once it is compiled: every attribute
+    /// it may not read, as Harper lists them.
+    fn refusal(&self) -> Result<(), OpsError> {
+        let hidden = self.hidden.borrow();
+        let unreadable = self.unreadable.borrow();
+        if hidden.is_empty() && unreadable.is_empty() {
+            return Ok(());
+        }
+        let mut by_source: Vec<(usize, Vec<serde_json::Value>)> = Vec::new();
+        for (s, name) in unreadable.iter() {
+            let entry =
+                serde_json::json!({"attribute_name": name, "required_permissions": ["read"]});
+            match by_source.iter_mut().find(|(x, _)| x == s) {
+                Some((_, list)) => list.push(entry),
+                None => by_source.push((*s, vec![entry])),
+            }
+        }
+        let unauthorized: Vec<serde_json::Value> = by_source
+            .into_iter()
+            .map(|(s, attrs)| {
+                let t = &self.sources[s].table;
+                serde_json::json!({"schema": t.database, "table": t.name,
+                    "required_table_permissions": [], "required_attribute_permissions": attrs})
+            })
+            .collect();
+        Err(forbidden(
+            serde_json::json!(unauthorized),
+            serde_json::json!(*hidden),
+        ))
     }
 
     fn source_named(&self, q: &str) -> Result<usize, OpsError> {
@@ -390,7 +427,26 @@ impl<'s, 'u> Scope<'s, 'u> {
         if !source.defines(name) {
             return Err(fail(404, format!("unknown column {name}")));
         }
-        check_readable(&source.table, source.restricted, [&name.to_owned()])?;
+        if let Some(p) = source.restricted {
+            let a = p
+                .attribute(name, name == source.table.primary_key().name)
+                .unwrap_or_default();
+            if !a.visible() {
+                let item = format!(
+                    "Attribute '{name}' does not exist on '{}'",
+                    source.table.full_name()
+                );
+                let mut hidden = self.hidden.borrow_mut();
+                if !hidden.contains(&item) {
+                    hidden.push(item);
+                }
+            } else if !a.read {
+                let mut unreadable = self.unreadable.borrow_mut();
+                if !unreadable.iter().any(|(s, n)| *s == found && n == name) {
+                    unreadable.push((found, name.to_owned()));
+                }
+            }
+        }
         Ok(Col {
             source: found,
             name: name.to_owned(),
@@ -1135,6 +1191,7 @@ impl Operations {
             || having.is_some();
         let limit = limit_of(q.limit_clause.as_ref())?;
         let placed = place_conditions(&scope, &steps, s.selection.as_ref())?;
+        scope.refusal()?;
         let cx = Context {
             now,
             aggregates: &[],
@@ -1440,7 +1497,9 @@ impl Operations {
         let (mut filters, mut rest) = (Vec::new(), Vec::new());
         if let Some(w) = selection {
             let mut terms = Vec::new();
-            Scope::new(sources).expr(w)?.conjuncts(&mut terms);
+            let scope = Scope::new(sources);
+            scope.expr(w)?.conjuncts(&mut terms);
+            scope.refusal()?;
             for t in terms {
                 match pushed(&t, sources) {
                     Some((_, f)) => filters.push(f),
@@ -1483,6 +1542,7 @@ impl Operations {
                     .map_or_else(|| c.to_string(), |i| i.value.clone());
             set.push((name, scope.expr(&a.value)?));
         }
+        scope.refusal()?;
         let cx = Context {
             now,
             aggregates: &[],
