@@ -402,6 +402,19 @@ fn search_by_value_pages_in_the_searched_attributes_order() {
     let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
         "search_attribute": "name", "search_value": "dog0*", "get_attributes": ["id"], "offset": 7}));
     assert_eq!(ids(&body), [23, 22]);
+    // A data operation may name its database and table by numbers.
+    let (st, _) = c.operation(
+        &json!({"operation": "create_table", "database": "123", "table": "4",
+        "primary_key": "id"}),
+    );
+    assert_eq!(st, 200);
+    let (st, body) = c.operation(&json!({"operation": "insert", "schema": 123, "table": 4,
+        "records": [{"id": 1, "name": "Hot Dawg"}]}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("inserted 1 of 1 records")),
+        "{body}"
+    );
     // The older names are answered in their own words.
     let (st, body) = c.operation(&json!({"operation": "search_by_hash", "table": "Dog",
         "hash_values": 4, "get_attributes": ["id"]}));

@@ -191,9 +191,10 @@ impl Operations {
             }
         };
         let op = match envelope.get("operation") {
-            Some(Value::String(op)) => Some(op.as_str()),
+            Some(Value::String(op)) => Some(op.clone()),
             _ => None,
         };
+        let op = op.as_deref();
         // Token operations authenticate in their own ways.
         let tokens = match op {
             Some("create_authentication_tokens") => {
@@ -211,7 +212,11 @@ impl Operations {
         let Some(op) = op.map(current_name) else {
             return Err(bad("Request body must include an 'operation' property."));
         };
-        check_names(&envelope)?;
+        if is_schema_change(op) {
+            check_names(&envelope)?;
+        } else {
+            names_as_text(&mut envelope);
+        }
         if let Some(internal) = super_user_only(op) {
             if !user.super_user {
                 return Err(forbidden(
@@ -362,6 +367,21 @@ fn check_names(env: &Value) -> Result<(), OpsError> {
         Ok(())
     } else {
         Err(bad(wrong.join(". ")))
+    }
+}
+
+/// A database or table a data operation names by a number names it by the number's text, as
+/// in Harper (`schema: 123, table: 4` is `123.4`).
+fn names_as_text(env: &mut Value) {
+    let Value::Object(props) = env else { return };
+    for (k, v) in props.iter_mut() {
+        if matches!(k.as_str(), "database" | "schema" | "table") {
+            match v {
+                Value::Int(i) => *v = Value::String(i.to_string()),
+                Value::Float(f) => *v = Value::String(f.to_string()),
+                _ => {}
+            }
+        }
     }
 }
 
