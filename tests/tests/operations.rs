@@ -402,6 +402,12 @@ fn search_by_value_pages_in_the_searched_attributes_order() {
     let (_, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
         "search_attribute": "name", "search_value": "dog0*", "get_attributes": ["id"], "offset": 7}));
     assert_eq!(ids(&body), [23, 22]);
+    // search_by_conditions without a sort: in the order of the first condition's attribute.
+    let (_, body) = c.operation(&json!({"operation": "search_by_conditions", "table": "Dog",
+        "get_attributes": ["id"], "conditions": [
+            {"search_attribute": "age", "search_type": "between", "search_value": [1, 2]},
+            {"search_attribute": "id", "search_type": "less_than", "search_value": 9}]}));
+    assert_eq!(ids(&body), [1, 5, 2, 6]);
     // A data operation may name its database and table by numbers.
     let (st, _) = c.operation(
         &json!({"operation": "create_table", "database": "123", "table": "4",

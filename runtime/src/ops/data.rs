@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tessera_protocol::query::{Filter, Limit, Op, Operand, Query, SortKey};
+use tessera_storage::query::sort_key;
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
 use tessera_storage::{Table, Value};
@@ -99,6 +100,16 @@ pub(super) fn check_readable<'n>(
     names: impl IntoIterator<Item = &'n String>,
 ) -> Result<(), OpsError> {
     check_attributes(table, restricted, names, &[Action::Read])
+}
+
+/// A whole record (every declared attribute, null where absent) without what the role may not
+/// read.
+fn visible(table: &Table, mut full: Value, restricted: Option<&TablePermission>) -> Value {
+    let pk = &table.primary_key().name;
+    if let (Some(p), Value::Object(props)) = (restricted, &mut full) {
+        props.retain(|(k, _)| p.reads_attribute(k, k == pk));
+    }
+    full
 }
 
 /// Checks the name of an attribute a record brings to a dynamic table, with Harper's words.
@@ -562,6 +573,27 @@ impl Operations {
         }
         named.extend(parsed.sort.iter().filter_map(|k| k.path.first().cloned()));
         check_readable(&table, restricted, &named)?;
+        // Without a sort or a limit, in the order of the first condition's attribute (then the
+        // key), as Harper walks that condition's index.
+        let first = named.first().cloned();
+        if parsed.sort.is_empty()
+            && parsed.limit.is_none()
+            && let Some(first) = first
+        {
+            let Value::Array(mut rows) = self.search(&table, parsed, &None, None).await? else {
+                return Ok(Value::Array(Vec::new()));
+            };
+            let pk = table.primary_key().name.clone();
+            rows.sort_by_cached_key(|r| (sort_key(r.get(&first)), sort_key(r.get(&pk))));
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push(match &attrs {
+                    Some(names) => pick(&r, names),
+                    None => visible(&table, r, restricted),
+                });
+            }
+            return Ok(Value::Array(out));
+        }
         self.search(&table, parsed, &attrs, restricted).await
     }
 
