@@ -428,6 +428,22 @@ type Other @table(database: \"elsewhere\") @export { id: Int @primaryKey }";
         body["unauthorized_access"],
         json!(["Your role does not have permission to view database metadata for 'system'"])
     );
+    // A role's shown name may change; its id stays.
+    let (st, body) = admin.operation(&json!({"operation": "alter_role", "id": "peek",
+        "role": "peeker", "permission": perm}));
+    assert_eq!(
+        (st, body["role"].as_str(), body["id"].as_str()),
+        (200, Some("peeker"), Some("peek"))
+    );
+    let (_, roles) = admin.operation(&json!({"operation": "list_roles"}));
+    assert!(
+        roles
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["role"] == "peeker"),
+        "{roles}"
+    );
     // A super user sees both, and a missing database as 404.
     let (_, all) = admin.operation(&json!({"operation": "describe_all"}));
     assert!(all["elsewhere"]["Other"].is_object(), "{all}");

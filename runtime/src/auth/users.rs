@@ -33,7 +33,11 @@ struct StoredUser {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredRole {
+    /// The role's id, which users name.
     name: String,
+    /// Its name as shown (`alter_role` may change it; the id stays): the id when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
     /// The `permission` object as it was sent.
     permission: Json,
     created: f64,
@@ -219,7 +223,7 @@ impl Users {
     }
 
     fn role_json(r: &StoredRole) -> Json {
-        json!({"role": r.name, "permission": r.permission, "id": r.name,
+        json!({"role": r.label.as_deref().unwrap_or(&r.name), "permission": r.permission, "id": r.name,
                "__createdtime__": r.created, "__updatedtime__": r.updated})
     }
 
@@ -245,6 +249,7 @@ impl Users {
             let now = now_ms();
             let role = StoredRole {
                 name: name.to_owned(),
+                label: None,
                 permission,
                 created: now,
                 updated: now,
@@ -257,9 +262,11 @@ impl Users {
     }
 
     /// `alter_role`: a new permission for role `id`.
+    /// `alter_role`: new permissions for role `id`, and a new name to show (`label`) if given.
     pub fn alter_role(
         &self,
         id: &str,
+        label: Option<&str>,
         permission: Option<&Json>,
         known: &KnownTables,
     ) -> Result<Json, Refusal> {
@@ -268,6 +275,9 @@ impl Users {
             let Some(role) = f.roles.iter_mut().find(|r| r.name == id) else {
                 return Err(refuse(400, "Invalid role id"));
             };
+            if let Some(l) = label.filter(|l| *l != id) {
+                role.label = Some(l.to_owned());
+            }
             role.permission = permission;
             role.parsed = parsed;
             role.updated = now_ms();

@@ -49,6 +49,23 @@ pub(super) fn check_name(what: &str, name: &str) -> Result<(), OpsError> {
     Ok(())
 }
 
+/// Sets `db_size` on each of one database's table descriptions: the sum of their `table_size`.
+fn with_db_size(tables: &mut Value) {
+    let Value::Object(entries) = tables else {
+        return;
+    };
+    let total: i64 = entries
+        .iter()
+        .filter_map(|(_, d)| match d.get("table_size") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        })
+        .sum();
+    for (_, d) in entries.iter_mut() {
+        d.set("db_size", Value::Int(total));
+    }
+}
+
 /// Harper's database of its own tables: never created, dropped or described to other roles.
 const SYSTEM_DATABASE: &str = "system";
 
@@ -94,7 +111,9 @@ impl Operations {
                         });
                     }
                 };
-                self.describe(&table, user).await?
+                let mut d = self.describe(&table, user).await?;
+                d.set("db_size", Value::Int(self.database_bytes(database).await?));
+                d
             }
             "describe_database" => {
                 let tables = self.tables_of(Some(database), user);
@@ -127,6 +146,9 @@ impl Operations {
                         )),
                     }
                 }
+                for (_, tables) in &mut by_db {
+                    with_db_size(tables);
+                }
                 Value::Object(by_db)
             }
             _ => return Err(bad(format!("Operation '{op}' not found"))),
@@ -145,22 +167,32 @@ impl Operations {
         tables
     }
 
+    /// A table's live records: how many, their stored bytes, and the version of the last one
+    /// written (µs).
+    async fn measure(&self, table: &Arc<Table>) -> Result<(u64, u64, u64), OpsError> {
+        let mut rows = query::matching(&self.router, table, None);
+        let now_ms = tessera_storage::shard::now_micros() / 1000;
+        let (mut count, mut bytes, mut last) = (0u64, 0u64, 0u64);
+        while let Some(row) = rows.next().await? {
+            if let Some(r) = RecordRef::parse(&row.stored).filter(|r| !r.is_expired(now_ms)) {
+                count += 1;
+                bytes += row.stored.len() as u64;
+                last = last.max(r.version);
+            }
+        }
+        Ok((count, bytes, last))
+    }
+
     /// `describe_table` of one table: the attributes `user` may see, how many records it holds
-    /// now, and when the last of them was written (`last_updated_record`, epoch ms).
+    /// now, when the last of them was written (`last_updated_record`, epoch ms), and the bytes its
+    /// records take as stored (`table_size`; `db_size` is added by the callers, for the whole
+    /// database).
     pub(super) async fn describe(
         &self,
         table: &Arc<Table>,
         user: &User,
     ) -> Result<Value, OpsError> {
-        let mut rows = query::matching(&self.router, table, None);
-        let now_ms = tessera_storage::shard::now_micros() / 1000;
-        let (mut count, mut last) = (0u64, 0u64);
-        while let Some(row) = rows.next().await? {
-            if let Some(r) = RecordRef::parse(&row.stored).filter(|r| !r.is_expired(now_ms)) {
-                count += 1;
-                last = last.max(r.version);
-            }
-        }
+        let (count, bytes, last) = self.measure(table).await?;
         let mut out = table.describe_operation(count);
         if let Some(p) = user
             .permission
@@ -178,7 +210,17 @@ impl Operations {
         if last > 0 {
             out.set("last_updated_record", Value::Float(last as f64 / 1000.0));
         }
+        out.set("table_size", Value::Int(bytes as i64));
         Ok(out)
+    }
+
+    /// The stored bytes of every table of `database`.
+    async fn database_bytes(&self, database: &str) -> Result<i64, OpsError> {
+        let mut total = 0;
+        for t in self.app.tables.tables(Some(database)) {
+            total += self.measure(&t).await?.1 as i64;
+        }
+        Ok(total)
     }
 
     /// `{"<table>": describe_table, ...}`.
@@ -191,7 +233,9 @@ impl Operations {
         for t in tables {
             out.push((t.name.clone(), self.describe(&t, user).await?));
         }
-        Ok(Value::Object(out))
+        let mut all = Value::Object(out);
+        with_db_size(&mut all);
+        Ok(all)
     }
 
     /// Runs a schema change off the executor (it waits for the layout's lock and fsync).

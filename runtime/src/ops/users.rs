@@ -133,7 +133,7 @@ impl Operations {
                     None => Err(refuse(400, "Role name can't be blank")),
                 },
                 "alter_role" => match id {
-                    Some(i) => users.alter_role(&i, permission.as_ref(), &known),
+                    Some(i) => users.alter_role(&i, role.as_deref(), permission.as_ref(), &known),
                     None => Err(refuse(400, "Id can't be blank")),
                 },
                 "drop_role" => match id {
