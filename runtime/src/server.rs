@@ -104,6 +104,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let apps = component::with_managed(&settings.apps, &settings.root);
     let components = component::load(&apps)?;
     let (shards, tables) = open_storage(&settings, &data, components.catalog)?;
+    // Harper's `system.hdb_nodes`, the one system table with records of its own.
+    if tables.table("system", "hdb_nodes").is_none() {
+        tables
+            .create_table("system", "hdb_nodes", "name", &[])
+            .map_err(|e| anyhow::anyhow!("creating system.hdb_nodes: {}", e.message))?;
+    }
     let shard_count = shards.count();
     let (users, tokens) = open_users(&settings, &data)?;
     let wasm = Arc::new(crate::wasm::load(

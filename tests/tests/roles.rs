@@ -451,3 +451,94 @@ type Other @table(database: \"elsewhere\") @export { id: Int @primaryKey }";
         admin.operation(&json!({"operation": "describe_database", "database": "nowhere"}));
     assert_eq!(st, 404);
 }
+
+#[test]
+fn the_system_database_is_the_registries_for_super_users_only() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let mut admin = s.ops();
+    let (st, _) = admin.operation(&json!({"operation": "add_role", "role": "plain",
+        "permission": {"super_user": false}}));
+    assert_eq!(st, 200);
+    let (st, _) = admin.operation(&json!({"operation": "add_user", "username": "pat",
+        "password": "pw-pat", "role": "plain", "active": true}));
+    assert_eq!(st, 200);
+
+    // Super users read users and roles as records (a password as its hash).
+    let (st, rows) = admin.operation(&json!({"operation": "search_by_value", "schema": "system",
+        "table": "hdb_user", "search_attribute": "username", "search_value": "pat",
+        "get_attributes": ["*"]}));
+    assert_eq!(st, 200, "{rows}");
+    assert_eq!(rows[0]["role"], "plain");
+    assert!(
+        rows[0]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("$argon2id$"),
+        "{rows}"
+    );
+    let (_, d) = admin.operation(&json!({"operation": "describe_schema", "schema": "system"}));
+    assert_eq!(d["hdb_user"]["hash_attribute"], "username", "{d}");
+    assert_eq!(d["hdb_role"]["record_count"], 1, "{d}");
+    // ... update them through the tables, checked as alter_user checks ...
+    let (st, body) = admin.operation(&json!({"operation": "update", "schema": "system",
+        "table": "hdb_user", "records": [{"username": "pat", "active": false, "note": "away"}]}));
+    assert_eq!(
+        (st, body["message"].as_str()),
+        (200, Some("updated 1 of 1 records")),
+        "{body}"
+    );
+    let (st, _) = admin.operation(&json!({"operation": "update", "schema": "system",
+        "table": "hdb_user", "records": [{"username": "pat", "role": "nope"}]}));
+    assert_eq!(st, 404);
+    assert_eq!(
+        s.ops()
+            .as_user("pat", "pw-pat")
+            .operation(&json!({"operation": "user_info"}))
+            .0,
+        401
+    );
+    // ... write hdb_nodes, and change nothing else.
+    let (st, body) = admin.operation(&json!({"operation": "insert", "database": "system",
+        "table": "hdb_nodes", "records": [{"name": "n1", "url": "ws://n1"}]}));
+    assert_eq!(
+        (st, body["inserted_hashes"].clone()),
+        (200, json!(["n1"])),
+        "{body}"
+    );
+    let untouchable = "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.";
+    for op in [
+        json!({"operation": "drop_table", "database": "system", "table": "hdb_nodes"}),
+        json!({"operation": "delete", "database": "system", "table": "hdb_user", "ids": ["pat"]}),
+        json!({"operation": "sql", "sql": "DELETE FROM system.hdb_user WHERE username = 'pat'"}),
+    ] {
+        let (st, body) = admin.operation(&op);
+        assert_eq!(
+            (st, body["error"].as_str()),
+            (403, Some(untouchable)),
+            "{op}"
+        );
+    }
+    let (st, _) = admin.operation(&json!({"operation": "insert", "database": "system",
+        "table": "hdb_certificate", "records": [{"name": "c"}]}));
+    assert_eq!(st, 403);
+    // describe_all leaves it out.
+    let (_, all) = admin.operation(&json!({"operation": "describe_all"}));
+    assert!(all.get("system").is_none(), "{all}");
+
+    // Another role reaches none of it.
+    let (st, _) = admin.operation(&json!({"operation": "update", "schema": "system",
+        "table": "hdb_user", "records": [{"username": "pat", "active": true}]}));
+    assert_eq!(st, 200);
+    let mut pat = s.ops().as_user("pat", "pw-pat");
+    let (st, body) = pat.operation(&json!({"operation": "search_by_value", "schema": "system",
+        "table": "hdb_user", "search_attribute": "username", "search_value": "*",
+        "get_attributes": ["*"]}));
+    assert_eq!(st, 403);
+    assert_eq!(
+        body["unauthorized_access"][0]["required_table_permissions"],
+        json!(["read"])
+    );
+    let (st, body) = pat.operation(&json!({"operation": "update", "schema": "system",
+        "table": "hdb_role", "records": [{"id": "plain", "super_user": true}]}));
+    assert_eq!((st, body["error"].as_str()), (403, Some(untouchable)));
+}

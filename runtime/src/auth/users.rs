@@ -29,6 +29,9 @@ struct StoredUser {
     created: f64,
     #[serde(default)]
     updated: f64,
+    /// Other properties written to its `system.hdb_user` record.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    extra: serde_json::Map<String, Json>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +48,9 @@ struct StoredRole {
     /// `permission` parsed, once (on load and on every change), for every login to share.
     #[serde(skip)]
     parsed: Arc<Permission>,
+    /// Other properties written to its `system.hdb_role` record.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    extra: serde_json::Map<String, Json>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -155,6 +161,7 @@ impl Users {
                 active: true,
                 created: now,
                 updated: now,
+                extra: serde_json::Map::new(),
             });
             Ok(())
         })
@@ -250,6 +257,7 @@ impl Users {
             let role = StoredRole {
                 name: name.to_owned(),
                 label: None,
+                extra: serde_json::Map::new(),
                 permission,
                 created: now,
                 updated: now,
@@ -356,6 +364,7 @@ impl Users {
                 active,
                 created: now,
                 updated: now,
+                extra: serde_json::Map::new(),
             });
             Ok(json!({ "message": format!("{username} successfully added") }))
         })
@@ -431,6 +440,134 @@ impl Users {
             Some(u) => Self::user_json(&file, u),
             None => json!({"username": username, "role": Self::super_role_json()}),
         }
+    }
+}
+
+/// The records of Harper's `system.hdb_user` and `system.hdb_role` tables, which are this
+/// registry seen as tables (for super users; a user's `password` is its hash).
+impl Users {
+    /// Every `system.hdb_user` record.
+    pub fn user_records(&self) -> Vec<Json> {
+        let file = self.read();
+        file.users
+            .iter()
+            .map(|u| {
+                let mut r = u.extra.clone();
+                r.insert("username".into(), json!(u.username));
+                r.insert("password".into(), json!(u.password));
+                r.insert("role".into(), json!(u.role));
+                r.insert("active".into(), json!(u.active));
+                r.insert("__createdtime__".into(), json!(u.created));
+                r.insert("__updatedtime__".into(), json!(u.updated));
+                Json::Object(r)
+            })
+            .collect()
+    }
+
+    /// Every `system.hdb_role` record.
+    pub fn role_records(&self) -> Vec<Json> {
+        let file = self.read();
+        file.roles
+            .iter()
+            .map(|role| {
+                let mut r = role.extra.clone();
+                if let Json::Object(base) = Self::role_json(role) {
+                    r.extend(base);
+                }
+                Json::Object(r)
+            })
+            .collect()
+    }
+
+    /// An `update` of `system.hdb_user` records (by `username`) or `system.hdb_role` records (by
+    /// `id`): the properties the registry keeps are checked and applied (a password is hashed, a
+    /// role must exist, a permission must validate), any other is kept on the record. Returns
+    /// the keys updated and those skipped (no such record).
+    pub fn update_records(
+        &self,
+        roles: bool,
+        records: &[serde_json::Map<String, Json>],
+        known: &KnownTables,
+    ) -> Result<(Vec<Json>, Vec<Json>), Refusal> {
+        let key = if roles { "id" } else { "username" };
+        // Hash and validate outside the lock.
+        let mut prepared = Vec::with_capacity(records.len());
+        for r in records {
+            let Some(Json::String(id)) = r.get(key) else {
+                return Err(refuse(400, format!("'{key}' is required on every record")));
+            };
+            let password = match r.get("password") {
+                Some(Json::String(p)) if !roles => Some(hash_password(p)?),
+                _ => None,
+            };
+            let permission = match r.get("permission") {
+                Some(p) if roles => Some(validated(Some(p), known)?),
+                _ => None,
+            };
+            prepared.push((id.clone(), r, password, permission));
+        }
+        self.change(|f| {
+            let (mut done, mut skipped) = (Vec::new(), Vec::new());
+            let now = now_ms();
+            for (id, r, password, permission) in prepared {
+                let found = if roles {
+                    f.roles.iter_mut().find(|x| x.name == id).map(|role| {
+                        for (k, v) in r {
+                            match (k.as_str(), v) {
+                                (
+                                    "id" | "permission" | "__createdtime__" | "__updatedtime__",
+                                    _,
+                                ) => {}
+                                ("role", Json::String(l)) => role.label = Some(l.clone()),
+                                _ => {
+                                    role.extra.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                        if let Some((p, parsed)) = permission {
+                            role.permission = p;
+                            role.parsed = parsed;
+                        }
+                        role.updated = now;
+                    })
+                } else {
+                    let role_ok =
+                        |name: &str| name == SUPER_USER || f.roles.iter().any(|x| x.name == name);
+                    if let Some(Json::String(role)) = r.get("role")
+                        && !role_ok(role)
+                    {
+                        return Err(refuse(
+                            404,
+                            format!("Update failed.  Requested '{role}' role not found."),
+                        ));
+                    }
+                    f.users.iter_mut().find(|u| u.username == id).map(|u| {
+                        for (k, v) in r {
+                            match (k.as_str(), v) {
+                                (
+                                    "username" | "password" | "__createdtime__" | "__updatedtime__",
+                                    _,
+                                ) => {}
+                                ("role", Json::String(role)) => u.role = role.clone(),
+                                ("active", Json::Bool(a)) => u.active = *a,
+                                _ => {
+                                    u.extra.insert(k.clone(), v.clone());
+                                }
+                            }
+                        }
+                        if let Some(h) = password {
+                            u.password = h;
+                        }
+                        u.updated = now;
+                    })
+                };
+                match found {
+                    Some(()) => done.push(json!(id)),
+                    None => skipped.push(json!(id)),
+                }
+            }
+            Ok((done, skipped))
+        })
     }
 }
 

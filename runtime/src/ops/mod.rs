@@ -16,6 +16,7 @@ mod jobs;
 mod schema;
 mod sql;
 mod system;
+mod system_tables;
 mod users;
 
 use std::ops::Deref;
@@ -271,6 +272,22 @@ impl Operations {
 
     /// Runs a data operation (or `describe_*`, `user_info`) as `user`.
     async fn run(&self, op: &str, envelope: &mut Value, user: &User) -> Result<Out, OpsError> {
+        let data_op = matches!(
+            op,
+            "insert"
+                | "update"
+                | "upsert"
+                | "delete"
+                | "search_by_id"
+                | "search_by_value"
+                | "search_by_conditions"
+        );
+        if data_op
+            && database_of(envelope) == system_tables::SYSTEM
+            && let Some(answer) = self.system_data(op, envelope, user).await
+        {
+            return Ok(answer?.into());
+        }
         Ok(match op {
             "insert" => self.write(envelope, Write::Insert, user).await?.into(),
             "update" => self.write(envelope, Write::Update, user).await?.into(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{Value as Json, json};
 use tessera_storage::{Table, Value};
 
+use super::system_tables::{SYSTEM as SYSTEM_DATABASE, UNTOUCHABLE};
 use super::{Operations, OpsError, bad, database_of, fail, forbidden};
 use tessera_storage::record::RecordRef;
 
@@ -66,9 +67,6 @@ fn with_db_size(tables: &mut Value) {
     }
 }
 
-/// Harper's database of its own tables: never created, dropped or described to other roles.
-const SYSTEM_DATABASE: &str = "system";
-
 impl Operations {
     /// `describe_table`, `describe_database`, `describe_all`: what `user` may see.
     pub(super) async fn describe_op(
@@ -85,6 +83,14 @@ impl Operations {
                 )]),
                 json!([]),
             ));
+        }
+        if user.super_user && database == SYSTEM_DATABASE && op != "describe_all" {
+            let table = match envelope.get("table") {
+                Some(Value::String(t)) => Some(t.as_str()),
+                _ if op == "describe_table" => return Err(bad("'table' is required")),
+                _ => None,
+            };
+            return self.describe_system(table, user).await;
         }
         Ok(match op {
             "describe_table" => {
@@ -133,7 +139,9 @@ impl Operations {
                 if user.super_user {
                     // Empty databases too.
                     for db in self.app.tables.databases() {
-                        by_db.push((db, Value::Object(Vec::new())));
+                        if db != SYSTEM_DATABASE {
+                            by_db.push((db, Value::Object(Vec::new())));
+                        }
                     }
                 }
                 for table in self.tables_of(None, user) {
@@ -159,6 +167,8 @@ impl Operations {
     /// order.
     pub(super) fn tables_of(&self, database: Option<&str>, user: &User) -> Vec<Arc<Table>> {
         let mut tables = self.app.tables.tables(database);
+        // The system database is described only when it is asked for.
+        tables.retain(|t| database.is_some() || t.database != SYSTEM_DATABASE);
         tables.retain(|t| {
             user.permission
                 .table(&t.database, &t.name)
@@ -267,10 +277,7 @@ impl Operations {
         };
         check_name("database", &database)?;
         if database == SYSTEM_DATABASE {
-            return Err(fail(
-                403,
-                "The 'system' database, tables and records are used internally by HarperDB and cannot be updated or removed.",
-            ));
+            return Err(fail(403, UNTOUCHABLE));
         }
         let (message, dropped) = match op {
             "create_database" => {

@@ -1105,6 +1105,21 @@ impl Operations {
             (Some(_), false) => return Err(bad("One SQL statement per operation")),
         };
         let now = now_ms();
+        // The system database is changed only through its operations.
+        let target = match &statement {
+            Statement::Update(u) => Some(&u.table.relation),
+            Statement::Delete(d) => match &d.from {
+                ast::FromTable::WithFromKeyword(f) | ast::FromTable::WithoutKeyword(f) => {
+                    f.first().map(|t| &t.relation)
+                }
+            },
+            _ => None,
+        };
+        if let Some(TableFactor::Table { name, .. }) = target
+            && table_name(name).is_ok_and(|(db, _, _)| db == super::system_tables::SYSTEM)
+        {
+            return Err(fail(403, super::system_tables::UNTOUCHABLE));
+        }
         match statement {
             Statement::Query(q) => self.select(&q, user, now).await,
             Statement::Insert(i) => self.insert(&i, user, now).await,
