@@ -354,10 +354,10 @@ pub(super) enum Geo {
     Convert,
 }
 
-/// A measure as Harper gives it: NaN (not a number here: null) when it cannot be taken.
+/// A measure as Harper gives it: NaN when it cannot be taken (a row leaves NaN out, and it
+/// sorts first).
 fn measure(m: Option<f64>) -> Value {
-    m.filter(|m| m.is_finite())
-        .map_or(Value::Null, Value::Float)
+    Value::Float(m.filter(|m| m.is_finite()).unwrap_or(f64::NAN))
 }
 
 /// Calls a geo function.
@@ -541,5 +541,10 @@ mod tests {
             Value::Bool(true)
         );
         assert!(matches!(call(Geo::Area, &[Value::Null]), Value::Float(f) if f.is_nan()));
+        assert!(
+            matches!(call(Geo::Area, &[text("Somewhere in the shire")]), Value::Float(f) if f.is_nan())
+        );
+        let no_coordinates = text(r#"{"type":"LineString"}"#);
+        assert!(matches!(call(Geo::Length, &[no_coordinates]), Value::Float(f) if f.is_nan()));
     }
 }
