@@ -111,9 +111,14 @@ fn data_operations_and_their_envelopes() {
             "'schema' must be a string. 'table' must be a string",
         ),
         (
-            json!({"operation": "create_authentication_tokens", "username": "", "password": ""}),
+            json!({"operation": "create_authentication_tokens", "username": "", "password": "pw"}),
             400,
-            "'username' is not allowed to be empty. 'password' is not allowed to be empty",
+            "'username' is not allowed to be empty",
+        ),
+        (
+            json!({"operation": "create_authentication_tokens", "username": "", "password": ""}),
+            401,
+            "Must login",
         ),
         (
             json!({"operation": "create_authentication_tokens", "username": "admin"}),

@@ -28,6 +28,12 @@ impl Operations {
             .filter(|k| empty(k))
             .map(|k| format!("'{k}' is not allowed to be empty"))
             .collect();
+        // Both empty is no sign-in at all, unless loopback requests are trusted (then Harper
+        // answers its validation message).
+        let trusted = self.app.settings.authorize_local && from_loopback;
+        if blank.len() == 2 && !trusted {
+            return Err(fail(401, "Must login"));
+        }
         if !blank.is_empty() {
             return Err(bad(blank.join(". ")));
         }
