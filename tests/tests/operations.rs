@@ -442,4 +442,15 @@ fn search_by_value_pages_in_the_searched_attributes_order() {
     let (st, body) = c.operation(&json!({"operation": "update", "table": "Dog",
         "records": [{"id": "", "age": 1}]}));
     assert_eq!(st, 400, "{body}");
+    let (st, body) = c.operation(&json!({"operation": "upsert", "table": "Dog",
+        "records": [{"id": "null", "age": 1}]}));
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (
+            400,
+            Some(
+                "Invalid hash value: 'null' is not a valid hash attribute value, check log for more info"
+            )
+        )
+    );
 }

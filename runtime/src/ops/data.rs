@@ -289,6 +289,13 @@ impl Operations {
             if !matches!(rec, Value::Object(_)) {
                 return Err(bad(format!("record {i} is not an object")));
             }
+            if let Some(Value::String(k)) = rec.get(&pk_name)
+                && (k == "null" || k == "undefined")
+            {
+                return Err(bad(format!(
+                    "Invalid hash value: '{k}' is not a valid hash attribute value, check log for more info"
+                )));
+            }
             let pk = match rec.get(&pk_name) {
                 Some(v) if *v != Value::Null && *v != Value::String(String::new()) => v.clone(),
                 _ if kind == Write::Update => {
@@ -485,13 +492,17 @@ impl Operations {
     ) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
-        check_readable(&table, restricted, attrs.iter().flatten())?;
         let Some(Value::String(attr)) =
             env.get("search_attribute").or_else(|| env.get("attribute"))
         else {
             return Err(bad("'search_attribute' is required"));
         };
-        check_readable(&table, restricted, [attr])?;
+        // Every attribute it names, searched and returned, is checked at once.
+        check_readable(
+            &table,
+            restricted,
+            std::iter::once(attr).chain(attrs.iter().flatten()),
+        )?;
         let filter = match env.get("search_value").or_else(|| env.get("value")) {
             None | Some(Value::Null) => return Err(bad("'search_value' is required")),
             Some(Value::String(v)) if v == "*" => None,
@@ -565,14 +576,17 @@ impl Operations {
     ) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let attrs = get_attributes(env)?;
-        check_readable(&table, restricted, attrs.iter().flatten())?;
         let parsed = conditions_query(env, true)?;
         let mut named = Vec::new();
         if let Some(f) = &parsed.filter {
             filter_attributes(f, &mut named);
         }
         named.extend(parsed.sort.iter().filter_map(|k| k.path.first().cloned()));
-        check_readable(&table, restricted, &named)?;
+        check_readable(
+            &table,
+            restricted,
+            attrs.iter().flatten().chain(named.iter()),
+        )?;
         // Without a sort or a limit, in the order of the first condition's attribute (then the
         // key), as Harper walks that condition's index.
         let first = named.first().cloned();
