@@ -1557,6 +1557,14 @@ impl Operations {
                     .map_or_else(|| c.to_string(), |i| i.value.clone());
             set.push((name, scope.expr(&a.value)?));
         }
+        // What it would write is checked first, as Harper checks an UPDATE.
+        let targets: Vec<String> = set.iter().map(|(n, _)| n.clone()).collect();
+        super::data::check_attributes(
+            &source.table,
+            source.restricted,
+            &targets,
+            &[Action::Update],
+        )?;
         scope.refusal()?;
         let cx = Context {
             now,
