@@ -541,4 +541,7 @@ fn the_system_database_is_the_registries_for_super_users_only() {
     let (st, body) = pat.operation(&json!({"operation": "update", "schema": "system",
         "table": "hdb_role", "records": [{"id": "plain", "super_user": true}]}));
     assert_eq!((st, body["error"].as_str()), (403, Some(untouchable)));
+    let (st, body) = pat.operation(&json!({"operation": "drop_table", "schema": "system",
+        "table": "hdb_user"}));
+    assert_eq!((st, body["error"].as_str()), (403, Some(untouchable)));
 }

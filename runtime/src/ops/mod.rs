@@ -218,6 +218,10 @@ impl Operations {
         } else {
             names_as_text(&mut envelope);
         }
+        // Nobody changes the system database's tables, whatever their role.
+        if is_schema_change(op) && database_of(&envelope) == system_tables::SYSTEM {
+            return Err(fail(403, system_tables::UNTOUCHABLE));
+        }
         if let Some(internal) = super_user_only(op) {
             if !user.super_user {
                 return Err(forbidden(
