@@ -340,6 +340,15 @@ fn expressions_functions_and_joins_of_many_tables() {
                {"id": null, "label": null, "dogs": 1},
                {"id": "pug", "label": "Pug", "dogs": 1}])
     );
+    // A column selected under another name is not repeated by `*`; a qualified column inside
+    // a function keeps its qualifier in the label.
+    let (_, rows) = sql(&mut c, "SELECT *, name AS dog FROM data.Dog WHERE id = 1");
+    assert_eq!(
+        rows,
+        json!([{"id": 1, "age": 5, "breed": "lab", "dog": "Penny"}])
+    );
+    let (_, rows) = sql(&mut c, "SELECT MAX(d.age) FROM data.Dog d");
+    assert_eq!(rows, json!([{"MAX(d.age)": 7}]));
     // Columns of the same name are numbered, as Harper's engine names them.
     let (_, rows) = sql(
         &mut c,

@@ -314,7 +314,7 @@ fn label(e: &Expr, from: bool) -> String {
         Expr::CompoundIdentifier(parts) => {
             parts.last().map(|p| p.value.clone()).unwrap_or_default()
         }
-        Expr::Nested(inner) => format!("({})", label(inner, from)),
+        Expr::Nested(inner) => format!("({})", inner_label(inner, from)),
         Expr::Value(v) => match &v.value {
             ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => {
                 quoted(s, from)
@@ -322,7 +322,11 @@ fn label(e: &Expr, from: bool) -> String {
             other => other.to_string(),
         },
         Expr::BinaryOp { left, op, right } => {
-            format!("{} {op} {}", label(left, from), label(right, from))
+            format!(
+                "{} {op} {}",
+                inner_label(left, from),
+                inner_label(right, from)
+            )
         }
         Expr::Function(f) => {
             let name = f.name.to_string();
@@ -331,7 +335,7 @@ fn label(e: &Expr, from: bool) -> String {
                     .args
                     .iter()
                     .map(|a| match a {
-                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => label(e, from),
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => inner_label(e, from),
                         FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => "*".to_owned(),
                         other => other.to_string(),
                     })
@@ -347,6 +351,19 @@ fn label(e: &Expr, from: bool) -> String {
             format!("{name}({args})")
         }
         other => other.to_string(),
+    }
+}
+
+/// The label of an expression inside another: a qualified column keeps its qualifier
+/// (`AVG(r.rating)`).
+fn inner_label(e: &Expr, from: bool) -> String {
+    match e {
+        Expr::CompoundIdentifier(parts) => parts
+            .iter()
+            .map(|p| p.value.as_str())
+            .collect::<Vec<_>>()
+            .join("."),
+        e => label(e, from),
     }
 }
 
@@ -804,6 +821,14 @@ fn project(sources: &[Source<'_>], items: &[Item], row: &Row, values: &[Value]) 
                             source: s,
                             name: a.name.clone(),
                         };
+                        // A column the statement also selects under another name appears
+                        // under that name only (`SELECT *, dog_name AS dname`).
+                        let renamed = items.iter().any(
+                            |i| matches!(i, Item::Expr(Ex::Col(c), l) if *c == col && *l != c.name),
+                        );
+                        if renamed {
+                            continue;
+                        }
                         set(
                             &mut out,
                             &a.name,
