@@ -230,6 +230,21 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
     assert_eq!((st, &rows), (200, &json!([{"id": 1, "name": "Penny"}])));
     let (st, _) = sql(&mut rita, "SELECT age FROM data.Dog");
     assert_eq!(st, 403);
+    // A table it may not see is reported with the attributes it may not read elsewhere.
+    let (st, body) = sql(
+        &mut rita,
+        "SELECT d.age, b.label FROM data.Dog d INNER JOIN data.Breed b ON b.id = d.breed",
+    );
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(
+        body["invalid_schema_items"],
+        json!([
+            "Table 'data.Breed' does not exist",
+            "Attribute 'age' does not exist on 'data.Dog'",
+            "Attribute 'breed' does not exist on 'data.Dog'"
+        ]),
+        "{body}"
+    );
     // Every attribute the role may not read is reported at once.
     let (st, body) = sql(
         &mut rita,

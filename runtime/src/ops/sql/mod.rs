@@ -53,6 +53,10 @@ struct Source<'u> {
     table: Arc<Table>,
     alias: String,
     restricted: Option<&'u TablePermission>,
+    /// In a SELECT, a table the role lacks the permission on (or does not know): Harper's
+    /// refusal of it (`unauthorized_access` and `invalid_schema_items`), reported with
+    /// whatever else the statement may not read.
+    refused: Option<serde_json::Value>,
 }
 
 impl Source<'_> {
@@ -396,7 +400,23 @@ impl<'s, 'u> Scope<'s, 'u> {
     fn refusal(&self) -> Result<(), OpsError> {
         let hidden = self.hidden.borrow();
         let unreadable = self.unreadable.borrow();
-        if hidden.is_empty() && unreadable.is_empty() {
+        let list = |body: &serde_json::Value, key: &str| -> Vec<serde_json::Value> {
+            body[key].as_array().cloned().unwrap_or_default()
+        };
+        let refused: Vec<serde_json::Value> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.refused.as_ref())
+            .flat_map(|b| list(b, "unauthorized_access"))
+            .collect();
+        let missing: Vec<serde_json::Value> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.refused.as_ref())
+            .flat_map(|b| list(b, "invalid_schema_items"))
+            .chain(hidden.iter().map(|h| serde_json::json!(h)))
+            .collect();
+        if missing.is_empty() && unreadable.is_empty() && refused.is_empty() {
             return Ok(());
         }
         let mut by_source: Vec<(usize, Vec<serde_json::Value>)> = Vec::new();
@@ -408,17 +428,17 @@ impl<'s, 'u> Scope<'s, 'u> {
                 None => by_source.push((*s, vec![entry])),
             }
         }
-        let unauthorized: Vec<serde_json::Value> = by_source
+        let unauthorized: Vec<serde_json::Value> = refused
             .into_iter()
-            .map(|(s, attrs)| {
+            .chain(by_source.into_iter().map(|(s, attrs)| {
                 let t = &self.sources[s].table;
                 serde_json::json!({"schema": t.database, "table": t.name,
                     "required_table_permissions": [], "required_attribute_permissions": attrs})
-            })
+            }))
             .collect();
         Err(forbidden(
             serde_json::json!(unauthorized),
-            serde_json::json!(*hidden),
+            serde_json::json!(missing),
         ))
     }
 
@@ -444,7 +464,9 @@ impl<'s, 'u> Scope<'s, 'u> {
         if !source.defines(name) {
             return Err(fail(404, format!("unknown column {name}")));
         }
-        if let Some(p) = source.restricted {
+        if source.refused.is_none()
+            && let Some(p) = source.restricted
+        {
             let a = p
                 .attribute(name, name == source.table.primary_key().name)
                 .unwrap_or_default();
@@ -1183,7 +1205,38 @@ impl Operations {
                 .map_or_else(|| table.name.clone(), |a| a.name.value.clone()),
             table,
             restricted,
+            refused: None,
         })
+    }
+
+    /// A table of a SELECT: as [`Self::source`], except that a table the role lacks the
+    /// permission on is kept, refused, so that the statement's other refusals are reported
+    /// with it.
+    fn read_source<'u>(
+        &self,
+        factor: &TableFactor,
+        user: &'u User,
+    ) -> Result<Source<'u>, OpsError> {
+        match self.source(factor, user, &[Action::Read]) {
+            Err(e) if e.status == 403 => {
+                let TableFactor::Table { name, alias, .. } = factor else {
+                    return Err(e);
+                };
+                let (database, table_name, _) = table_name(name)?;
+                let Some(table) = self.app.tables.table(&database, &table_name) else {
+                    return Err(e);
+                };
+                Ok(Source {
+                    alias: alias
+                        .as_ref()
+                        .map_or_else(|| table.name.clone(), |a| a.name.value.clone()),
+                    table,
+                    restricted: None,
+                    refused: Some(e.body),
+                })
+            }
+            other => other,
+        }
     }
 
     /// The records of `source` that `filter` selects (sorted and limited when given).
@@ -1312,7 +1365,7 @@ impl Operations {
                     on: None,
                 });
             }
-            sources.push(self.source(&from.relation, user, &[Action::Read])?);
+            sources.push(self.read_source(&from.relation, user)?);
             for j in &from.joins {
                 let (constraint, kind) = match &j.join_operator {
                     JoinOperator::Join(c) | JoinOperator::Inner(c) => (Some(c), JoinKind::Inner),
@@ -1325,7 +1378,7 @@ impl Operations {
                     Some(JoinConstraint::On(e)) => Some(e),
                     Some(other) => return Err(unsupported(format!("join {other:?}"))),
                 };
-                sources.push(self.source(&j.relation, user, &[Action::Read])?);
+                sources.push(self.read_source(&j.relation, user)?);
                 steps.push(Step { kind, on });
             }
         }
