@@ -16,7 +16,7 @@ use tessera_storage::Value;
 
 use super::{Operations, OpsError, bad, fail, forbidden};
 use crate::app::output::pick;
-use crate::app::permissions::{KnownTables, User};
+use crate::app::permissions::User;
 use crate::auth::users::Refusal;
 
 /// The database.
@@ -291,15 +291,7 @@ impl Operations {
                 _ => Err(bad("every record must be an object")),
             })
             .collect::<Result<_, _>>()?;
-        let mut known = KnownTables::default();
-        for t in self.app.tables.tables(None) {
-            let attributes = t.attributes.iter().map(|a| a.name.clone()).collect();
-            known
-                .0
-                .entry(t.database.clone())
-                .or_default()
-                .insert(t.name.clone(), attributes);
-        }
+        let known = self.known_tables();
         let users = Arc::clone(self.auth.users());
         let roles = table == "hdb_role";
         let n = records.len();

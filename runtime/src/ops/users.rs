@@ -102,14 +102,8 @@ impl Operations {
         }))
     }
 
-    /// The user and role operations (super users only).
-    pub(super) async fn administer(&self, op: &str, env: &Value) -> Result<Json, OpsError> {
-        let users = self.auth.users().clone();
-        let text = |name: &str| match env.get(name) {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let permission: Option<Json> = env.get("permission").map(crate::app::output::json_value);
+    /// The databases and tables a role's permissions may name, with their attributes.
+    pub(super) fn known_tables(&self) -> KnownTables {
         let mut known = KnownTables::default();
         for db in self.app.tables.databases() {
             known.0.entry(db).or_default();
@@ -122,6 +116,18 @@ impl Operations {
                 .or_default()
                 .insert(t.name.clone(), attributes);
         }
+        known
+    }
+
+    /// The user and role operations (super users only).
+    pub(super) async fn administer(&self, op: &str, env: &Value) -> Result<Json, OpsError> {
+        let users = self.auth.users().clone();
+        let text = |name: &str| match env.get(name) {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let permission: Option<Json> = env.get("permission").map(crate::app::output::json_value);
+        let known = self.known_tables();
         let op = op.to_owned();
         let (role, id, username, password) =
             (text("role"), text("id"), text("username"), text("password"));

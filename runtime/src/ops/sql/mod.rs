@@ -558,13 +558,8 @@ impl<'s, 'u> Scope<'s, 'u> {
                 pattern,
                 escape_char: None,
                 ..
-            } => Ex::Like {
-                ex: boxed(expr)?,
-                pattern: boxed(pattern)?,
-                negated: *negated,
-                ci: false,
-            },
-            Expr::ILike {
+            }
+            | Expr::ILike {
                 negated,
                 expr,
                 pattern,
@@ -574,7 +569,7 @@ impl<'s, 'u> Scope<'s, 'u> {
                 ex: boxed(expr)?,
                 pattern: boxed(pattern)?,
                 negated: *negated,
-                ci: true,
+                ci: matches!(e, Expr::ILike { .. }),
             },
             Expr::RLike {
                 negated,
