@@ -65,6 +65,13 @@ fn is_form(content_type: &str) -> bool {
     essence.eq_ignore_ascii_case("application/x-www-form-urlencoded")
 }
 
+/// JSON text held as a string (a cell, an argument, a value kept as text) as a value; `None`
+/// when it is not JSON.
+pub fn json_text(text: &str) -> Option<Value> {
+    let mut bytes = text.as_bytes().to_vec();
+    json(&mut bytes, &mut simd_json::Buffers::default()).ok()
+}
+
 /// Parses JSON in place.
 pub fn json(body: &mut [u8], buffers: &mut simd_json::Buffers) -> Result<Value, BodyError> {
     let tape = simd_json::to_tape_with_buffers(body, buffers)

@@ -34,6 +34,11 @@ pub fn json_value(v: &Value) -> serde_json::Value {
     serde_json::from_str(&v.to_json()).unwrap_or_default()
 }
 
+/// The inverse of [`json_value`]: a `serde_json::Value` as a value.
+pub fn from_json(j: &serde_json::Value) -> Value {
+    super::body::json_text(&j.to_string()).unwrap_or(Value::Null)
+}
+
 fn corrupt(e: impl std::fmt::Display) -> AppError {
     AppError::Internal(format!("a stored record is corrupt: {e}"))
 }

@@ -57,6 +57,11 @@ impl TablePermission {
         }
     }
 
+    /// Whether the role knows the table at all (Harper's `describe`: any permission on it).
+    pub fn visible(&self) -> bool {
+        self.read || self.insert || self.update || self.delete
+    }
+
     /// The role's permissions on `attribute` when it has attribute permissions on this table
     /// (`None`: the table's apply), as Harper works them out: an attribute it lists has what it
     /// lists, the primary key (`primary_key`) when not listed has each permission that any listed

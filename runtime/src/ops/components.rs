@@ -13,6 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use serde_json::{Value as Json, json};
+use tessera_storage::layout::write_atomically;
 use tessera_storage::{Catalog, Value};
 
 use super::{Operations, OpsError, bad, fail};
@@ -67,14 +68,12 @@ fn check(file: &Path, content: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+/// Writes a component's file (making its directories), atomically.
+fn write_file(path: &Path, content: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tessera-tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
+    write_atomically(path, content, 0o644)
 }
 
 fn mtime(meta: &std::fs::Metadata) -> Json {
@@ -123,7 +122,7 @@ fn run(op: &str, root: &Path, env: &Value) -> Result<Json, OpsError> {
             if dir.exists() {
                 return Err(bad("Project already exists"));
             }
-            write_atomically(&dir.join("config.yaml"), b"rest: true\n").map_err(io)?;
+            write_file(&dir.join("config.yaml"), b"rest: true\n").map_err(io)?;
             Ok(json!({"message": format!("Successfully added project: {project}")}))
         }
         "set_component_file" => {
@@ -146,7 +145,7 @@ fn run(op: &str, root: &Path, env: &Value) -> Result<Json, OpsError> {
                 (Some(_), _) => return Err(bad("'payload' must be a string")),
             };
             check(&file, &content).map_err(bad)?;
-            write_atomically(&base.join(&project).join(&file), &content).map_err(io)?;
+            write_file(&base.join(&project).join(&file), &content).map_err(io)?;
             Ok(json!({"message": format!("Successfully set component: {}", file.display())}))
         }
         "get_component_file" => {

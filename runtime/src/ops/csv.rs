@@ -208,13 +208,11 @@ pub(super) fn auto_cast(text: &str) -> Value {
     {
         return Value::Date(ms);
     }
-    if (text.starts_with('{') && text.ends_with('}'))
-        || (text.starts_with('[') && text.ends_with(']'))
+    if ((text.starts_with('{') && text.ends_with('}'))
+        || (text.starts_with('[') && text.ends_with(']')))
+        && let Some(v) = crate::app::body::json_text(text)
     {
-        let mut bytes = text.as_bytes().to_vec();
-        if let Ok(v) = crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default()) {
-            return v;
-        }
+        return v;
     }
     Value::String(text.to_owned())
 }

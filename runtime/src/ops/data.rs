@@ -102,14 +102,11 @@ pub(super) fn check_readable<'n>(
     check_attributes(table, restricted, names, &[Action::Read])
 }
 
-/// A whole record (every declared attribute, null where absent) without what the role may not
-/// read.
-fn visible(table: &Table, mut full: Value, restricted: Option<&TablePermission>) -> Value {
-    let pk = &table.primary_key().name;
-    if let (Some(p), Value::Object(props)) = (restricted, &mut full) {
-        props.retain(|(k, _)| p.reads_attribute(k, k == pk));
-    }
-    full
+/// An order [`Operations::search_in_order`] gives the records it finds.
+struct Order<'a> {
+    by: &'a str,
+    descending: bool,
+    window: Option<Limit>,
 }
 
 /// Checks the name of an attribute a record brings to a dynamic table, with Harper's words.
@@ -165,9 +162,18 @@ fn project(
     attrs: &Option<Vec<String>>,
     restricted: Option<&TablePermission>,
 ) -> Result<Value, OpsError> {
-    let mut full = output::body_value(body)?;
+    Ok(shape(table, output::body_value(body)?, attrs, restricted))
+}
+
+/// [`project`] of a record already decoded.
+fn shape(
+    table: &Table,
+    mut full: Value,
+    attrs: &Option<Vec<String>>,
+    restricted: Option<&TablePermission>,
+) -> Value {
     let pk = &table.primary_key().name;
-    Ok(match attrs {
+    match attrs {
         None => {
             for a in &table.attributes {
                 if a.expr.is_none() && a.relationship.is_none() && full.get(&a.name).is_none() {
@@ -181,7 +187,7 @@ fn project(
             full
         }
         Some(names) => pick(&full, names),
-    })
+    }
 }
 
 impl Operations {
@@ -213,7 +219,7 @@ impl Operations {
         let perm = user
             .permission
             .table(database, name)
-            .filter(|p| p.read || p.insert || p.update || p.delete);
+            .filter(|p| p.visible());
         let (Some(table), Some(perm)) = (table.clone(), perm) else {
             let missing = if table.is_some() || self.app.tables.databases().contains(database) {
                 format!("Table '{database}.{name}' does not exist")
@@ -541,23 +547,14 @@ impl Operations {
                 limit: None,
                 sort: Vec::new(),
             };
-            let Value::Array(mut rows) = self.search(&table, parsed, &None, restricted).await?
-            else {
-                return Ok(Value::Array(Vec::new()));
+            let order = Order {
+                by: attr,
+                descending: key.descending,
+                window,
             };
-            rows.sort_by_cached_key(|r| tessera_storage::query::sort_key(r.get(attr)));
-            if key.descending {
-                rows.reverse();
-            }
-            let Limit { start, end } = window.unwrap_or(Limit {
-                start: 0,
-                end: usize::MAX,
-            });
-            let picked = rows.into_iter().take(end).skip(start);
-            return Ok(Value::Array(match &attrs {
-                None => picked.collect(),
-                Some(names) => picked.map(|r| pick(&r, names)).collect(),
-            }));
+            return self
+                .search_in_order(&table, parsed, order, &attrs, restricted)
+                .await;
         }
         let parsed = Query {
             filter,
@@ -594,21 +591,47 @@ impl Operations {
             && parsed.limit.is_none()
             && let Some(first) = first
         {
-            let Value::Array(mut rows) = self.search(&table, parsed, &None, None).await? else {
-                return Ok(Value::Array(Vec::new()));
+            let order = Order {
+                by: &first,
+                descending: false,
+                window: None,
             };
-            let pk = table.primary_key().name.clone();
-            rows.sort_by_cached_key(|r| (sort_key(r.get(&first)), sort_key(r.get(&pk))));
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                out.push(match &attrs {
-                    Some(names) => pick(&r, names),
-                    None => visible(&table, r, restricted),
-                });
-            }
-            return Ok(Value::Array(out));
+            return self
+                .search_in_order(&table, parsed, order, &attrs, restricted)
+                .await;
         }
         self.search(&table, parsed, &attrs, restricted).await
+    }
+
+    /// [`Self::search`] for an order no index gives: the matching records are ordered by
+    /// `order.by` (then the key) here, then windowed and projected.
+    async fn search_in_order(
+        &self,
+        table: &Arc<Table>,
+        parsed: Query,
+        order: Order<'_>,
+        attrs: &Option<Vec<String>>,
+        restricted: Option<&TablePermission>,
+    ) -> Result<Value, OpsError> {
+        let Value::Array(mut rows) = self.search(table, parsed, &None, None).await? else {
+            return Ok(Value::Array(Vec::new()));
+        };
+        let pk = &table.primary_key().name;
+        rows.sort_by_cached_key(|r| (sort_key(r.get(order.by)), sort_key(r.get(pk))));
+        if order.descending {
+            rows.reverse();
+        }
+        let Limit { start, end } = order.window.unwrap_or(Limit {
+            start: 0,
+            end: usize::MAX,
+        });
+        Ok(Value::Array(
+            rows.into_iter()
+                .take(end)
+                .skip(start)
+                .map(|r| shape(table, r, attrs, restricted))
+                .collect(),
+        ))
     }
 
     /// Plans `parsed` like a REST query and returns the matching records, projected.

@@ -82,9 +82,7 @@ pub struct Jobs {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    tessera_storage::shard::now_micros() / 1000
 }
 
 impl Jobs {

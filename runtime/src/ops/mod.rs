@@ -191,8 +191,9 @@ impl Operations {
                 Err(e) => return Err(bad(e.to_string())),
             }
         };
-        let op = match envelope.get("operation") {
-            Some(Value::String(op)) => Some(op.clone()),
+        // Moved out (not copied), so that the envelope may be changed below.
+        let op = match take_property(&mut envelope, "operation") {
+            Some(Value::String(op)) => Some(op),
             _ => None,
         };
         let op = op.as_deref();

@@ -172,7 +172,7 @@ impl Operations {
         tables.retain(|t| {
             user.permission
                 .table(&t.database, &t.name)
-                .is_some_and(|p| p.read || p.insert || p.update || p.delete)
+                .is_some_and(|p| p.visible())
         });
         tables
     }

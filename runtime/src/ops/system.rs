@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json, json};
 use tessera_storage::Value;
+use tessera_storage::layout::write_atomically;
 
 use super::{Operations, OpsError, bad, fail};
 use crate::app::settings::Settings;
@@ -197,11 +198,7 @@ fn write_changes(path: &Path, changes: Vec<(String, Json)>) -> Result<(), String
         set_path(&mut tree, &p, v);
     }
     let text = serde_norway::to_string(&tree).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    write_atomically(path, text.as_bytes(), 0o644).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Reads a `/proc` file of `key: value kB` lines (as `/proc/meminfo`), in bytes.

@@ -12,12 +12,14 @@
 use std::sync::Arc;
 
 use serde_json::{Value as Json, json};
+use tessera_protocol::query::Op;
 use tessera_storage::Value;
 
 use super::{Operations, OpsError, bad, fail, forbidden};
-use crate::app::output::pick;
+use crate::app::output::{from_json, pick};
 use crate::app::permissions::User;
 use crate::auth::users::Refusal;
+use crate::data::conditions::wildcard;
 
 /// The database.
 pub(super) const SYSTEM: &str = "system";
@@ -102,11 +104,6 @@ fn describe_virtual(name: &str, pk: &str, attributes: &[&str], count: usize) -> 
            "schema_defined": true, "attributes": attrs, "sources": [], "record_count": count})
 }
 
-fn to_value(j: &Json) -> Value {
-    let mut bytes = serde_json::to_vec(j).unwrap_or_default();
-    crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default()).unwrap_or(Value::Null)
-}
-
 fn refusal(r: Refusal) -> OpsError {
     OpsError {
         status: r.status,
@@ -118,16 +115,12 @@ fn refusal(r: Refusal) -> OpsError {
 fn matches(value: Option<&Value>, wanted: &Value) -> bool {
     match (value, wanted) {
         (_, Value::String(w)) if w == "*" => true,
-        (Some(Value::String(v)), Value::String(w)) => {
-            let (lead, trail) = (w.starts_with('*'), w.len() > 1 && w.ends_with('*'));
-            let inner = &w[usize::from(lead)..w.len() - usize::from(trail)];
-            match (lead, trail) {
-                (true, true) => v.contains(inner),
-                (false, true) => v.starts_with(inner),
-                (true, false) => v.ends_with(inner),
-                (false, false) => v == inner,
-            }
-        }
+        (Some(Value::String(v)), Value::String(w)) => match wildcard(w, '*') {
+            (Op::Contains, inner) => v.contains(inner),
+            (Op::StartsWith, inner) => v.starts_with(inner),
+            (Op::EndsWith, inner) => v.ends_with(inner),
+            (_, inner) => v == inner,
+        },
         (Some(v), w) => v == w,
         (None, _) => false,
     }
@@ -146,7 +139,7 @@ impl Operations {
             },
             _ => Vec::new(),
         };
-        records.iter().map(to_value).collect()
+        records.iter().map(from_json).collect()
     }
 
     /// `describe_database` of the system database, or `describe_table` of one of its tables.
@@ -160,7 +153,7 @@ impl Operations {
             let count = self.system_records(name).len();
             out.push((
                 name.to_owned(),
-                to_value(&describe_virtual(name, pk, attributes, count)),
+                from_json(&describe_virtual(name, pk, attributes, count)),
             ));
         }
         if let Some(nodes) = self.app.tables.table(SYSTEM, NODES) {
@@ -299,7 +292,7 @@ impl Operations {
             .spawn_blocking(move || users.update_records(roles, &records, &known))
             .await
             .map_err(refusal)?;
-        Ok(to_value(&json!({
+        Ok(from_json(&json!({
             "message": format!("updated {} of {n} records", done.len()),
             "update_hashes": done,
             "skipped_hashes": skipped,

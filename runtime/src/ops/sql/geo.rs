@@ -27,16 +27,13 @@ struct Geometry {
 fn geometries(v: &Value) -> Vec<Geometry> {
     let parsed;
     let v = match v {
-        Value::String(s) => {
-            let mut bytes = s.as_bytes().to_vec();
-            match crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default()) {
-                Ok(x) => {
-                    parsed = x;
-                    &parsed
-                }
-                Err(_) => return Vec::new(),
+        Value::String(s) => match crate::app::body::json_text(s) {
+            Some(x) => {
+                parsed = x;
+                &parsed
             }
-        }
+            None => return Vec::new(),
+        },
         v => v,
     };
     let text = |k: &str| match v.get(k) {
@@ -211,10 +208,7 @@ fn in_ring(p: Point, ring: &[Point]) -> bool {
     let mut j = n - 1;
     for i in 0..n {
         let ([xi, yi], [xj, yj]) = (ring[i], ring[j]);
-        let on_boundary = (p[1] * (xi - xj) + yi * (xj - p[0]) + yj * (p[0] - xi)) == 0.0
-            && (xi - p[0]) * (xj - p[0]) <= 0.0
-            && (yi - p[1]) * (yj - p[1]) <= 0.0;
-        if on_boundary {
+        if on_segment(p, ring[i], ring[j]) {
             return true;
         }
         if ((yi > p[1]) != (yj > p[1])) && (p[0] < (xj - xi) * (p[1] - yi) / (yj - yi) + xi) {
@@ -233,12 +227,14 @@ fn in_polygon(p: Point, rings: &[Vec<Point>]) -> bool {
 }
 
 fn on_ring(p: Point, ring: &[Point]) -> bool {
-    ring.windows(2).any(|w| {
-        let ([x1, y1], [x2, y2]) = (w[0], w[1]);
-        (p[1] * (x1 - x2) + y1 * (x2 - p[0]) + y2 * (p[0] - x1)) == 0.0
-            && (x1 - p[0]) * (x2 - p[0]) <= 0.0
-            && (y1 - p[1]) * (y2 - p[1]) <= 0.0
-    })
+    ring.windows(2).any(|w| on_segment(p, w[0], w[1]))
+}
+
+/// Whether a point lies on the segment from `a` to `b`.
+fn on_segment(p: Point, [x1, y1]: Point, [x2, y2]: Point) -> bool {
+    (p[1] * (x1 - x2) + y1 * (x2 - p[0]) + y2 * (p[0] - x1)) == 0.0
+        && (x1 - p[0]) * (x2 - p[0]) <= 0.0
+        && (y1 - p[1]) * (y2 - p[1]) <= 0.0
 }
 
 /// Whether two segments touch or cross.
@@ -412,11 +408,7 @@ pub(super) fn call(f: Geo, args: &[Value]) -> Value {
         Geo::Crosses => Value::Bool(intersect(&geometries(arg(0)), &geometries(arg(1)))),
         Geo::Convert => {
             let coordinates = match arg(0) {
-                Value::String(s) => {
-                    let mut bytes = s.as_bytes().to_vec();
-                    crate::app::body::json(&mut bytes, &mut simd_json::Buffers::default())
-                        .unwrap_or(Value::Null)
-                }
+                Value::String(s) => crate::app::body::json_text(s).unwrap_or(Value::Null),
                 v => v.clone(),
             };
             let kind = match arg(1) {

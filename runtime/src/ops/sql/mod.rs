@@ -1126,10 +1126,9 @@ impl Shape<'_, '_> {
     }
 }
 
+/// The statement's time, in whole milliseconds.
 fn now_ms() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_millis() as f64)
+    (tessera_storage::shard::now_micros() / 1000) as f64
 }
 
 impl Operations {
