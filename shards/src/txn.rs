@@ -350,6 +350,7 @@ pub(crate) mod tests {
             table: t.clone(),
             key,
             kind: WriteKind::Put(Value::Object(vec![("id".into(), Value::String(id.into()))])),
+            from: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! HTTP: everything here is synchronous and is called either from a shard's writer thread
 //! (writes, which may sleep in fjall) or, for reads, from the executor that owns the shard.
 
+pub mod audit;
 pub mod cbor;
 pub mod computed;
 pub mod key;

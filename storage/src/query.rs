@@ -594,7 +594,7 @@ mod tests {
                     Step::Delete(id) => (id, WriteKind::Delete),
                 };
                 let key = record_key(t.id, &Value::Int(id)).unwrap();
-                store.apply(vec![WriteOp { table: t.clone(), key, kind }], &mut clock, None).unwrap();
+                store.apply(vec![WriteOp { table: t.clone(), key, kind, from: None }], &mut clock, None).unwrap();
             }
             for c in cmps {
                 let attr = t.attribute(&c.attr).unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Keys: `records` = `table id (u32 BE) ++ key(primary key)`; `index` = `table id ++ attribute id
 //! (u16 BE) ++ key(value) ++ key(primary key)` with an empty value; `audit` = `commit sequence
-//! (u64 BE)` with the [`Change`]s one write group made ([`AuditEntry`]). The audit log is keyed
+//! (u64 BE)` with the [`Change`]s one write group made and their origins (`audit.rs`). The audit log is keyed
 //! in commit order, not by version: a cross-shard transaction's part is versioned when prepared
 //! and committed later, and FIFO compaction needs keys that only grow. A write group
 //! ([`ShardStore::apply`]) reads the old records, builds the new ones with their timestamps, and
@@ -25,6 +25,7 @@ use fjall::{
 };
 use hashbrown::HashMap;
 
+use crate::audit::{AuditEntry, Audited, Provenance};
 use crate::key::{self, KeyError};
 use crate::read_cache::ReadCache;
 use crate::record::{self, RecordRef};
@@ -171,7 +172,7 @@ impl Change {
 
     /// Appends the encoding of a put of `stored` (`None`: a delete) without building the
     /// [`Change`] (which would copy the key and the record).
-    fn encode_stored(
+    pub(crate) fn encode_stored(
         out: &mut Vec<u8>,
         version: u64,
         table: u32,
@@ -196,8 +197,13 @@ impl Change {
     }
 
     /// The version of the change [`Self::encode`] wrote, read without decoding the rest.
-    fn version_of(b: &[u8]) -> Option<u64> {
+    pub(crate) fn version_of(b: &[u8]) -> Option<u64> {
         Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+    }
+
+    /// The table of the change [`Self::encode`] wrote, read without decoding the rest.
+    pub(crate) fn table_of(b: &[u8]) -> Option<u32> {
+        Some(u32::from_be_bytes(b.get(8..12)?.try_into().ok()?))
     }
 
     /// The change [`Self::encode`] wrote; `None` for anything else.
@@ -229,67 +235,26 @@ impl Change {
     }
 }
 
-/// The audit entry of one write group: `highest version (u64 BE)`, then each stored change in
-/// commit order as `length (u32 BE) ++` [`Change::encode`]. One entry per group rather than per
-/// change: the audit keyspace's memtable and journal take one insert per batch, not one per
-/// record written.
-#[derive(Debug)]
-struct AuditEntry(Vec<u8>);
-
-impl Default for AuditEntry {
-    fn default() -> Self {
-        AuditEntry::with_capacity(0)
-    }
-}
-
-impl AuditEntry {
-    /// An entry with no change yet, with room for `bytes` of changes.
-    fn with_capacity(bytes: usize) -> AuditEntry {
-        let mut b = Vec::with_capacity(8 + bytes);
-        b.extend_from_slice(&0u64.to_be_bytes());
-        AuditEntry(b)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.len() <= 8
-    }
-
-    /// The highest version of the changes in an entry [`Self::push`] built, read without
-    /// decoding them.
-    fn highest(b: &[u8]) -> Option<u64> {
-        Change::version_of(b)
-    }
-
-    /// Adds a put of `stored` (`None`: a delete).
-    fn push(&mut self, version: u64, table: u32, key: &[u8], stored: Option<&[u8]>) {
-        let at = self.0.len();
-        self.0.extend_from_slice(&[0; 4]);
-        Change::encode_stored(&mut self.0, version, table, key, stored);
-        let len = (self.0.len() - at - 4) as u32;
-        self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        let highest = Self::highest(&self.0).unwrap_or(0).max(version);
-        self.0[..8].copy_from_slice(&highest.to_be_bytes());
-    }
-
-    /// The changes of an entry [`Self::push`] built, in commit order; stops at the first it
-    /// cannot read.
-    fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
-        let mut rest = b.get(8..).unwrap_or_default();
-        std::iter::from_fn(move || {
-            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-            let change = Change::decode(rest.get(4..4 + len)?)?;
-            rest = &rest[4 + len..];
-            Some(change)
-        })
-    }
-}
-
 /// One record write, addressed by its full `records` key.
 #[derive(Debug, Clone)]
 pub struct WriteOp {
     pub table: Arc<Table>,
     pub key: Vec<u8>,
     pub kind: WriteKind,
+    /// The operation it is part of, for the audit log (`None`: not recorded).
+    pub from: Option<Provenance>,
+}
+
+impl WriteOp {
+    /// A write with no origin recorded.
+    pub fn new(table: Arc<Table>, key: Vec<u8>, kind: WriteKind) -> WriteOp {
+        WriteOp {
+            table,
+            key,
+            kind,
+            from: None,
+        }
+    }
 }
 
 /// The result of one write.
@@ -459,9 +424,9 @@ impl Mutations {
 
     /// `participant count (u32 BE) ++ participant shards (u32 BE each) ++ records ++ index`,
     /// records and index each a count (u32 BE) of entries
-    /// `key len (u32 BE) ++ key ++ tag (0 absent / 1 present) [++ value len ++ value]`.
-    /// The audit entries are not kept: a part redone after a crash is audited from its records
-    /// (see [`Self::decode_intent`]).
+    /// `key len (u32 BE) ++ key ++ tag (0 absent / 1 present) [++ value len ++ value]`, then,
+    /// when its changes have origins, the part's audit entry; without them a part redone after
+    /// a crash is audited from its records (see [`Self::decode_intent`]).
     fn encode_intent(&self, participants: &[u32]) -> Vec<u8> {
         fn put(out: &mut Vec<u8>, b: &[u8]) {
             out.extend_from_slice(&(b.len() as u32).to_be_bytes());
@@ -498,6 +463,11 @@ impl Mutations {
             put(&mut out, k);
             out.push(u8::from(*insert));
         }
+        // Changes that say who made them keep saying it after a crash: their audit entry goes
+        // along (the others' is made again from the records).
+        if self.audit.has_origins() {
+            out.extend_from_slice(&self.audit.0);
+        }
         out
     }
 
@@ -531,6 +501,10 @@ impl Mutations {
             let insert = take(&mut b, 1)?[0] != 0;
             plan.index.insert(k, insert);
         }
+        if !b.is_empty() {
+            plan.audit = AuditEntry(b.to_vec());
+            return Some((participants, plan));
+        }
         // The records written carry their versions; a removal's version is not kept, so a part
         // redone after a crash audits its puts only.
         let mut puts: Vec<(u64, u32, &[u8], &[u8])> = plan
@@ -550,10 +524,10 @@ impl Mutations {
         puts.sort_unstable_by_key(|&(version, ..)| version);
         let mut audit = AuditEntry::default();
         for (version, table, key, stored) in puts {
-            audit.push(version, table, key, Some(stored));
+            audit.push(version, table, key, Some(stored), None);
         }
         plan.audit = audit;
-        b.is_empty().then_some((participants, plan))
+        Some((participants, plan))
     }
 }
 
@@ -785,7 +759,12 @@ impl ShardStore {
         m: &mut Mutations,
         want_event: bool,
     ) -> Result<(WriteOutcome, Option<Event>), StoreError> {
-        let WriteOp { table, key, kind } = op;
+        let WriteOp {
+            table,
+            key,
+            kind,
+            from,
+        } = op;
         let now_ms = version / 1000;
         let pk = key.get(4..).unwrap_or_default();
         let fetched;
@@ -830,7 +809,8 @@ impl ShardStore {
         diff_index(&old.entries, new_entries, &mut m.index);
         let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
         let stored = new.map(|v| record::encode_value(version, expires, &v));
-        m.audit.push(version, table.id, key, stored.as_deref());
+        m.audit
+            .push(version, table.id, key, stored.as_deref(), from.as_ref());
         let event = want_event.then(|| match &stored {
             Some(s) => Event::Put(s.clone()),
             None => Event::Delete,
@@ -965,6 +945,34 @@ impl ShardStore {
             last = last.max(AuditEntry::highest(&v).unwrap_or(0));
         }
         Ok(last)
+    }
+
+    /// Every change of table `table` the audit log still holds on this shard, oldest first,
+    /// with its origin (`read_audit_log`). Reads the whole log: for an operator, not a hot path.
+    pub fn audit_of(&self, table: u32) -> Result<Vec<Audited>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.audit.iter() {
+            let (_, v) = kv.into_inner()?;
+            out.extend(AuditEntry::audited(&v, table));
+        }
+        Ok(out)
+    }
+
+    /// Removes from the audit log the changes of table `table` at versions before `before`
+    /// (µs) (`delete_audit_logs_before`), and returns how many went. Entries are rewritten in
+    /// place, so the log's keys still only grow.
+    pub fn forget_audit_before(&self, table: u32, before: u64) -> Result<usize, StoreError> {
+        let mut batch = self.db.batch();
+        let mut n = 0;
+        for kv in self.audit.iter() {
+            let (k, v) = kv.into_inner()?;
+            if let Some((kept, dropped)) = AuditEntry::without(&v, table, before) {
+                batch.insert(&self.audit, k, kept);
+                n += dropped;
+            }
+        }
+        batch.commit()?;
+        Ok(n)
     }
 
     /// Writes the index entries of one attribute for every record of a table on this shard
@@ -1224,6 +1232,7 @@ mod tests {
             table: t.clone(),
             key: key.clone(),
             kind,
+            from: None,
         };
         let message = WriteKind::Message {
             payload: b"hi".to_vec(),
@@ -1333,6 +1342,7 @@ mod tests {
                         ("id", Value::String(format!("k{i}"))),
                         ("n", Value::Int(round)),
                     ])),
+                    from: None,
                 })
                 .collect();
             store.apply(ops, &mut clock, None).unwrap();
@@ -1352,6 +1362,7 @@ mod tests {
             table: t.clone(),
             key: key.clone(),
             kind: WriteKind::Put(v),
+            from: None,
         };
         let r1 = obj(&[
             ("id", Value::String("a".into())),
@@ -1374,6 +1385,7 @@ mod tests {
                 "tag",
                 Value::Array(vec![Value::String("z".into())]),
             )])),
+            from: None,
         };
         let out = store.apply(vec![put(r2), patch], &mut clock, None).unwrap();
         assert!(out[1].existed && out[1].version > out[0].version);
@@ -1389,6 +1401,7 @@ mod tests {
                     table: t.clone(),
                     key: key.clone(),
                     kind: WriteKind::Delete,
+                    from: None,
                 }],
                 &mut clock,
                 None,
@@ -1407,6 +1420,7 @@ mod tests {
             table: t.clone(),
             key: key(id),
             kind: WriteKind::Add(vec![("n".into(), Value::Int(n))]),
+            from: None,
         };
         {
             let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
@@ -1421,6 +1435,7 @@ mod tests {
                         table: t.clone(),
                         key: key("b"),
                         kind: WriteKind::Delete,
+                        from: None,
                     }],
                     &mut clock,
                     None,
@@ -1482,6 +1497,7 @@ mod tests {
             table: t.clone(),
             key: record_key(t.id, &Value::String(id.into())).unwrap(),
             kind: WriteKind::Patch(obj(props)),
+            from: None,
         };
         let id = |s: &str| ("id", Value::String(s.into()));
         let ops = [
@@ -1538,6 +1554,7 @@ mod tests {
                         table: t.clone(),
                         key,
                         kind: WriteKind::Put(rec),
+                        from: None,
                     }],
                     &mut clock,
                     None,

@@ -411,6 +411,32 @@ impl Client {
         (r.status, r.json())
     }
 
+    /// Starts a job with operation `op`, waits (up to a minute) for it to end and returns the
+    /// job as `get_job` reports it.
+    pub fn run_job(&mut self, op: serde_json::Value) -> serde_json::Value {
+        let (st, started) = self.operation(&op);
+        assert_eq!(st, 200, "{started}");
+        let message = started["message"].as_str().unwrap();
+        let id = started["job_id"].as_str().unwrap().to_owned();
+        assert_eq!(message, format!("Starting job with id {id}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (st, job) = self.operation(&serde_json::json!({"operation": "get_job", "id": id}));
+            assert_eq!(st, 200, "{job}");
+            let job = job[0].clone();
+            assert_eq!(job["id"], id.as_str());
+            if job["status"] != "IN_PROGRESS" {
+                assert!(
+                    job["end_datetime"].as_u64().unwrap()
+                        >= job["start_datetime"].as_u64().unwrap()
+                );
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never ended: {job}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn delete(&mut self, path: &str) -> Response {
         self.request("DELETE", path, &[], None)
     }

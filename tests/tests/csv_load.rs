@@ -4,44 +4,19 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{Value, json};
-use tessera_tests::{Client, Server};
+use serde_json::json;
+use tessera_tests::Server;
 
 const SCHEMA: &str = "type Part @table @export { id: Int @primaryKey name: String price: Float \
                       stock: Int }";
-
-/// Starts a job with `op` and waits for it to end; returns the job as `get_job` reports it.
-fn run_job(c: &mut Client, op: Value) -> Value {
-    let (st, started) = c.operation(&op);
-    assert_eq!(st, 200, "{started}");
-    let message = started["message"].as_str().unwrap();
-    let id = started["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(message, format!("Starting job with id {id}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (st, job) = c.operation(&json!({"operation": "get_job", "id": id}));
-        assert_eq!(st, 200, "{job}");
-        let job = job[0].clone();
-        assert_eq!(job["id"], id.as_str());
-        if job["status"] != "IN_PROGRESS" {
-            assert!(
-                job["end_datetime"].as_u64().unwrap() >= job["start_datetime"].as_u64().unwrap()
-            );
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job never ended: {job}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn data_loads_type_cells_by_the_schema_or_by_their_text() {
     let (s, _app, _root) = Server::with_schema(SCHEMA);
     let mut c = s.ops();
-    let job = run_job(
-        &mut c,
+    let job = c.run_job(
         json!({"operation": "csv_data_load", "table": "Part",
                "data": "id,name,price,stock,note\n1,bolt,0.25,100,TRUE\n2,nut,,007,\"{\"\"a\"\":1}\"\n\n3,\"washer, flat\",1,,01234\n"}),
     );
@@ -61,8 +36,7 @@ fn data_loads_type_cells_by_the_schema_or_by_their_text() {
     );
 
     // update and upsert as the action says.
-    let job = run_job(
-        &mut c,
+    let job = c.run_job(
         json!({"operation": "csv_data_load", "action": "update", "table": "Part",
                "data": "id,stock\n1,99\n9,1\n"}),
     );
@@ -70,8 +44,7 @@ fn data_loads_type_cells_by_the_schema_or_by_their_text() {
         job["message"], "successfully loaded 1 of 2 records",
         "{job}"
     );
-    let job = run_job(
-        &mut c,
+    let job = c.run_job(
         json!({"operation": "csv_data_load", "action": "upsert", "table": "Part",
                "data": "id,name\n3,washer\n4,gear\n"}),
     );
@@ -88,11 +61,8 @@ fn data_loads_type_cells_by_the_schema_or_by_their_text() {
     );
 
     // A row that does not fit the schema fails the job with its line.
-    let job = run_job(
-        &mut c,
-        json!({"operation": "csv_data_load", "table": "Part",
-               "data": "id,stock\n10,1\n11,many\n"}),
-    );
+    let job = c.run_job(json!({"operation": "csv_data_load", "table": "Part",
+               "data": "id,stock\n10,1\n11,many\n"}));
     assert_eq!(job["status"], "ERROR");
     let message = job["message"].as_str().unwrap();
     assert!(
@@ -100,10 +70,8 @@ fn data_loads_type_cells_by_the_schema_or_by_their_text() {
         "{message}"
     );
     // A column Harper would refuse.
-    let job = run_job(
-        &mut c,
-        json!({"operation": "csv_data_load", "table": "Part", "data": "id,a/b\n12,1\n"}),
-    );
+    let job =
+        c.run_job(json!({"operation": "csv_data_load", "table": "Part", "data": "id,a/b\n12,1\n"}));
     assert_eq!(
         job["message"],
         "Invalid column name 'a/b', cancelling load operation"
@@ -160,8 +128,7 @@ fn a_large_file_loads_in_batches_into_a_dynamic_table() {
     }
     file.flush().unwrap();
     drop(file);
-    let job = run_job(
-        &mut c,
+    let job = c.run_job(
         json!({"operation": "csv_file_load", "schema": "inv", "table": "item",
                "file_path": path.to_str().unwrap()}),
     );
@@ -222,21 +189,15 @@ fn url_loads_take_csv_and_refuse_other_content() {
     let (s, _app, _root) = Server::with_schema(SCHEMA);
     let mut c = s.ops();
     let port = serve_once("text/csv; charset=utf-8", "id,name\n21,cog\n22,cam\n", 1);
-    let job = run_job(
-        &mut c,
-        json!({"operation": "csv_url_load", "table": "Part",
-               "csv_url": format!("http://127.0.0.1:{port}/parts.csv")}),
-    );
+    let job = c.run_job(json!({"operation": "csv_url_load", "table": "Part",
+               "csv_url": format!("http://127.0.0.1:{port}/parts.csv")}));
     assert_eq!(
         job["message"], "successfully loaded 2 of 2 records",
         "{job}"
     );
     let port = serve_once("text/html", "<p>no</p>", 1);
-    let job = run_job(
-        &mut c,
-        json!({"operation": "csv_url_load", "table": "Part",
-               "csv_url": format!("http://127.0.0.1:{port}/parts.csv")}),
-    );
+    let job = c.run_job(json!({"operation": "csv_url_load", "table": "Part",
+               "csv_url": format!("http://127.0.0.1:{port}/parts.csv")}));
     assert_eq!(job["status"], "ERROR");
     assert!(
         job["message"]
@@ -262,8 +223,7 @@ fn a_role_without_an_attribute_fails_the_job_with_harpers_refusal() {
         "username": "loader", "password": "pw-loader", "active": true}));
     assert_eq!(st, 200, "{body}");
     let mut loader = s.ops().as_user("loader", "pw-loader");
-    let job = run_job(
-        &mut loader,
+    let job = loader.run_job(
         json!({"operation": "csv_data_load", "table": "Part", "data": "id,price\n31,2.5\n"}),
     );
     assert_eq!(job["status"], "ERROR");
@@ -300,8 +260,7 @@ fn delete_records_before_a_date_runs_as_a_job() {
         "records": [{"id": 3}]}),
     );
     assert_eq!(st, 200);
-    let job = run_job(
-        &mut c,
+    let job = c.run_job(
         json!({"operation": "delete_records_before", "database": "old", "table": "log", "date": cut}),
     );
     assert_eq!(job["message"], "2 records successfully deleted", "{job}");

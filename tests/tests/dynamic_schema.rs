@@ -240,15 +240,50 @@ fn tables_made_by_operations_grow_their_attributes_and_survive_a_restart() {
         (st, &body),
         (404, &json!({"error": "database 'zoo' does not exist"}))
     );
-    // A database holding schema.graphql tables is not dropped through operations.
-    let (st, _) = c.operation(&json!({"operation": "drop_database", "database": "data"}));
-    assert_eq!(st, 400);
-    let (st, _) = c.operation(&json!({"operation": "drop_table", "table": "Dog"}));
-    assert_eq!(st, 400);
     // Names that could not be told apart in the layout or in SQL.
     let (st, _) =
         c.operation(&json!({"operation": "create_table", "table": "a.b", "primary_key": "id"}));
     assert_eq!(st, 400);
+}
+
+/// As on Harper, a table the application's schema.graphql declares can be dropped: its records
+/// go and it is gone from the catalog, REST and MQTT until the next start declares it again,
+/// empty.
+#[test]
+fn a_table_the_schema_declares_is_dropped_until_the_next_start() {
+    let app = App::new(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let start = Start::new(app.dir.path(), root.path());
+    let s = start.start();
+    let mut c = s.ops();
+    let mut http = s.client();
+    assert_eq!(
+        http.put_json("/Dog/1", r#"{"id":1,"name":"Rex"}"#).status,
+        204
+    );
+    let (st, body) = c.operation(&json!({"operation": "drop_table", "table": "Dog"}));
+    assert_eq!(
+        (st, message(&body)),
+        (200, "successfully deleted table 'data.Dog'")
+    );
+    assert_eq!(http.get("/Dog/1").status, 404);
+    let (_, all) = c.operation(&json!({"operation": "describe_all"}));
+    assert!(
+        all.get("data").is_none_or(|d| d.get("Dog").is_none()),
+        "{all}"
+    );
+    let (st, _) = c.operation(&json!({"operation": "drop_database", "database": "data"}));
+    assert_eq!(st, 200);
+    s.terminate();
+
+    let s = start.start();
+    let mut http = s.client();
+    assert_eq!(http.get("/Dog/1").status, 404);
+    assert_eq!(
+        http.put_json("/Dog/2", r#"{"id":2,"name":"Ida"}"#).status,
+        204
+    );
+    assert_eq!(http.get("/Dog/").json(), json!([{"id": 2, "name": "Ida"}]));
 }
 
 #[test]

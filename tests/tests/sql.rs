@@ -198,6 +198,10 @@ fn bad_sql_is_a_400_with_the_position_and_roles_apply() {
         ("SELECT * FROM data.Dog; SELECT * FROM data.Dog", 400),
         ("INSERT INTO data.Dog (id, name) VALUES (1)", 400),
         ("SELECT * FROM data.Dog LIMIT -1", 400),
+        // Reserved words name a database or table only in backticks.
+        ("SELECT * FROM call.Dog", 400),
+        ("SELECT * FROM data.select", 400),
+        ("SELECT * FROM `call`.`Dog`", 404),
     ] {
         let (st, body) = sql(&mut c, text);
         assert_eq!(st, status, "{text}: {body}");

@@ -41,6 +41,7 @@ pub async fn write_record(
             table: table.clone(),
             key,
             kind,
+            from: None,
         })
         .await?;
     Ok(pk)

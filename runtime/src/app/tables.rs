@@ -2,14 +2,16 @@
 //! `schema.graphql` tables (exported ones by URL segment, every one by type name) and the dynamic
 //! ones made by the Operations API's `create_table`, with each table's auto-increment counter.
 //!
-//! Schema tables never change while the process runs, so looking one up takes no lock. A dynamic
-//! table is persisted in the root's layout. Its attributes grow as records arrive: before a
+//! Schema tables never change while the process runs, so looking one up takes no lock; one can
+//! only be dropped (`drop_table`, `drop_database`), which removes its records and hides it (its
+//! exports answer as if it did not exist) until the next start declares it again, empty, as
+//! Harper does. A dynamic table is persisted in the root's layout. Its attributes grow as records arrive: before a
 //! write stores a property the table does not have, [`Tables::add_attributes`] adds it (indexed)
 //! and the write carries the new table. Schema changes are serialized by the layout's lock and
 //! block on fsync, so callers run them off the executor.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tessera_storage::layout::{Layout, LayoutError};
@@ -100,6 +102,9 @@ pub struct Tables {
     types: HashMap<String, Arc<Table>>,
     /// The next auto-increment key of each schema table with a numeric key.
     counters: HashMap<u32, AtomicI64>,
+    /// Whether each schema table has been dropped since the start (set once; read on every
+    /// lookup of an export, so it is an atomic nobody else writes).
+    dropped: HashMap<u32, AtomicBool>,
     /// Subscriptions for the whole of a schema change: changes are serialized and persisted in order.
     layout: Mutex<Layout>,
     /// Every table, dynamic ones included.
@@ -128,6 +133,10 @@ impl Tables {
             .filter(|t| t.key_type().is_numeric_key())
             .map(|t| (t.id, AtomicI64::new(next_key(max_key(t.id)))))
             .collect();
+        let dropped = schema
+            .iter()
+            .map(|t| (t.id, AtomicBool::new(false)))
+            .collect();
         let mut state = State::default();
         state.databases.insert(DEFAULT_DATABASE.to_owned());
         state.databases.extend(layout.databases().iter().cloned());
@@ -146,6 +155,7 @@ impl Tables {
             exports_by_id,
             types,
             counters,
+            dropped,
             layout: Mutex::new(layout),
             state: RwLock::new(state),
         }
@@ -153,12 +163,23 @@ impl Tables {
 
     /// The exported table at URL segment `name`.
     pub fn export(&self, name: &str) -> Option<&Arc<Table>> {
-        self.exports.get(name).filter(|t| t.rest)
+        self.exports
+            .get(name)
+            .filter(|t| t.rest && !self.is_dropped(t))
     }
 
     /// The table exported over MQTT under `name` (`@export(mqtt: false)` turns that off).
     pub fn mqtt_export(&self, name: &str) -> Option<&Arc<Table>> {
-        self.exports.get(name).filter(|t| t.mqtt)
+        self.exports
+            .get(name)
+            .filter(|t| t.mqtt && !self.is_dropped(t))
+    }
+
+    /// Whether `table`, a schema table, was dropped since the start.
+    fn is_dropped(&self, table: &Table) -> bool {
+        self.dropped
+            .get(&table.id)
+            .is_some_and(|d| d.load(Ordering::Relaxed))
     }
 
     /// The exported tables by URL segment.
@@ -168,7 +189,7 @@ impl Tables {
 
     /// The exported table with this id.
     pub fn export_by_id(&self, id: u32) -> Option<&Arc<Table>> {
-        self.exports_by_id.get(&id)
+        self.exports_by_id.get(&id).filter(|t| !self.is_dropped(t))
     }
 
     /// Every schema table by type name.
@@ -274,7 +295,7 @@ impl Tables {
     }
 
     /// `drop_database`: forgets the database and its tables, which it returns so that their
-    /// records can be removed. A database with `schema.graphql` tables is refused.
+    /// records can be removed (schema tables among them until the next start).
     pub fn drop_database(&self, name: &str) -> Result<Vec<Arc<Table>>, SchemaError> {
         let mut layout = self.layout();
         if !self.databases().contains(name) {
@@ -284,17 +305,9 @@ impl Tables {
             ));
         }
         let tables = self.tables(Some(name));
-        if let Some(t) = tables.iter().find(|t| t.schema_defined) {
-            return Err(SchemaError::new(
-                400,
-                format!(
-                    "database '{name}' holds table '{}' defined by schema.graphql; remove it there",
-                    t.name
-                ),
-            ));
-        }
         for t in &tables {
             layout.drop_table(&t.full_name())?;
+            self.mark_dropped(t);
         }
         layout.drop_database(name)?;
         let mut s = self.write();
@@ -329,12 +342,23 @@ impl Tables {
     }
 
     /// `drop_table`: forgets the table, which it returns so that its records can be removed.
+    /// A schema table is gone until the next start declares it again, with a new id (so that
+    /// nothing of its records can reappear).
     pub fn drop_table(&self, database: &str, name: &str) -> Result<Arc<Table>, SchemaError> {
         let mut layout = self.layout();
-        let table = self.read().dynamic(database, name)?.clone();
+        let table = self
+            .table(database, name)
+            .ok_or_else(|| missing_table(database, name))?;
         layout.drop_table(&table.full_name())?;
+        self.mark_dropped(&table);
         self.write().forget(&table);
         Ok(table)
+    }
+
+    fn mark_dropped(&self, table: &Table) {
+        if let Some(d) = self.dropped.get(&table.id) {
+            d.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Adds the attributes in `names` that the dynamic table `database.name` does not have yet
@@ -485,12 +509,30 @@ mod tests {
             t.drop_attribute("zoo", "Dog", "nope").unwrap_err().status,
             404
         );
-        // Schema tables are changed in schema.graphql, not here.
-        assert_eq!(t.drop_table("data", "A").unwrap_err().status, 400);
         assert_eq!(t.drop_table("zoo", "Cat").unwrap_err().status, 404);
         let dropped = t.drop_table("zoo", "Dog").unwrap();
         assert_eq!(dropped.name, "Dog");
         assert!(t.table("zoo", "Dog").is_none());
         assert_eq!(t.tables(Some("data")).len(), 2);
+    }
+
+    #[test]
+    fn a_dropped_schema_table_is_gone_until_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = registry(dir.path(), None);
+        let a = t.export("A").unwrap().clone();
+        assert!(t.export_by_id(a.id).is_some());
+        t.drop_table("data", "A").unwrap();
+        assert!(t.table("data", "A").is_none());
+        assert!(t.export("A").is_none() && t.mqtt_export("A").is_none());
+        assert!(t.export_by_id(a.id).is_none());
+        // The database goes with its other schema table.
+        assert_eq!(t.drop_database("data").unwrap().len(), 1);
+        assert!(t.tables(None).is_empty());
+        // The next start declares them again, under new ids.
+        drop(t);
+        let again = registry(dir.path(), None);
+        let a2 = again.export("A").unwrap();
+        assert_ne!(a2.id, a.id);
     }
 }

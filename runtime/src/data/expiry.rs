@@ -79,6 +79,7 @@ async fn sweep(router: &Router, table: &Arc<Table>) -> usize {
                     table: table.clone(),
                     key,
                     kind: WriteKind::Evict(deadline),
+                    from: None,
                 };
                 if let Ok(outcome) = router.write(op).await
                     && outcome.existed

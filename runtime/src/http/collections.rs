@@ -149,6 +149,7 @@ impl Rest {
                 table: table.clone(),
                 key: row.key.to_vec(),
                 kind: WriteKind::Delete,
+                from: None,
             })
         });
         for r in futures::future::join_all(writes).await {

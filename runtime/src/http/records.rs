@@ -200,6 +200,7 @@ impl Rest {
                     table: table.clone(),
                     key,
                     kind: WriteKind::Delete,
+                    from: None,
                 })
                 .await?;
         }

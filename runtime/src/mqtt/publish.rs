@@ -176,6 +176,7 @@ impl Connection<'_> {
                 table: table.clone(),
                 key,
                 kind: WriteKind::Delete,
+                from: None,
             };
             return worker.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
         }

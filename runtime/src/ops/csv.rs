@@ -378,7 +378,7 @@ impl Operations {
                 .map_err(Json::String)?;
             let n = rows.len();
             let outcome = self
-                .write_records(t, restricted, rows, kind)
+                .write_records(t, restricted, rows, kind, &user.username)
                 .await
                 .map_err(|e| match job_error(e) {
                     Json::String(s) => Json::String(format!("{s} (in lines {first} to {last})")),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use tessera_protocol::query::{Filter, Limit, Op, Operand, Query, SortKey};
+use tessera_storage::audit::{Operation, Origin, Provenance};
 use tessera_storage::query::sort_key;
 use tessera_storage::shard::{WriteKind, WriteOp, record_key};
 use tessera_storage::validate::{WriteMode, check_record};
@@ -34,6 +35,15 @@ impl Write {
             Write::Insert => &[Action::Insert],
             Write::Update => &[Action::Update],
             Write::Upsert => &[Action::Insert, Action::Update],
+        }
+    }
+
+    /// The operation the audit log records it as.
+    fn operation(self) -> Operation {
+        match self {
+            Write::Insert => Operation::Insert,
+            Write::Update => Operation::Update,
+            Write::Upsert => Operation::Upsert,
         }
     }
 }
@@ -267,16 +277,19 @@ impl Operations {
             Some(Value::Array(r)) => r,
             Some(_) => return Err(bad("'records' must be an array")),
         };
-        self.write_records(table, restricted, records, kind).await
+        self.write_records(table, restricted, records, kind, &user.username)
+            .await
     }
 
-    /// Writes `records` to `table` as one transaction, as `kind` says, and reports what it did.
+    /// Writes `records` to `table` as one transaction, as `kind` says, and reports what it did;
+    /// the audit log says user `by` did it.
     pub(super) async fn write_records(
         &self,
         table: Arc<Table>,
         restricted: Option<&TablePermission>,
         records: Vec<Value>,
         kind: Write,
+        by: &str,
     ) -> Result<Value, OpsError> {
         let actions = kind.actions();
         if records.len() > MAX_RECORDS {
@@ -291,6 +304,7 @@ impl Operations {
         check_attributes(&table, restricted, written.flatten(), actions)?;
         let mut ops = Vec::with_capacity(records.len());
         let mut keys = Vec::with_capacity(records.len());
+        let origin = Origin::new(kind.operation(), by);
         for (i, mut rec) in records.into_iter().enumerate() {
             if !matches!(rec, Value::Object(_)) {
                 return Err(bad(format!("record {i} is not an object")));
@@ -328,6 +342,10 @@ impl Operations {
                     Write::Update => WriteKind::Update(rec),
                     Write::Upsert => WriteKind::Patch(rec),
                 },
+                from: Some(Provenance {
+                    origin: origin.clone(),
+                    index: i as u32,
+                }),
             });
             keys.push(pk);
         }
@@ -430,22 +448,30 @@ impl Operations {
 
     pub(super) async fn delete(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let (table, _) = self.op_table(env, user, &[Action::Delete])?;
-        self.delete_ids(&table, Self::op_ids(env)?).await
+        self.delete_ids(&table, Self::op_ids(env)?, &user.username)
+            .await
     }
 
-    /// Deletes the records of `ids` as one transaction (ids that do not exist count as deleted).
+    /// Deletes the records of `ids` as one transaction (ids that do not exist count as deleted);
+    /// the audit log says user `by` did it.
     pub(super) async fn delete_ids(
         &self,
         table: &Arc<Table>,
         ids: Vec<Value>,
+        by: &str,
     ) -> Result<Value, OpsError> {
         let mut ops = Vec::with_capacity(ids.len());
-        for id in &ids {
+        let origin = Origin::new(Operation::Delete, by);
+        for (i, id) in ids.iter().enumerate() {
             let key = record_key(table.id, id).map_err(|e| bad(format!("Invalid id: {e}")))?;
             ops.push(WriteOp {
                 table: table.clone(),
                 key,
                 kind: WriteKind::Delete,
+                from: Some(Provenance {
+                    origin: origin.clone(),
+                    index: i as u32,
+                }),
             });
         }
         self.router.transact(ops).await.map_err(AppError::from)?;
@@ -678,9 +704,9 @@ impl Operations {
             ))
         })?;
         let id = self.jobs.start(op, &user.username);
-        let (ops, job) = (self.clone(), id.clone());
+        let (ops, job, by) = (self.clone(), id.clone(), user.username.clone());
         glommio::spawn_local(async move {
-            let outcome = ops.run_delete_before(&table, &created, date).await;
+            let outcome = ops.run_delete_before(&table, &created, date, &by).await;
             ops.jobs.finish(&job, outcome.map_err(|e| e.body));
         })
         .detach();
@@ -692,6 +718,7 @@ impl Operations {
         table: &Arc<Table>,
         created: &str,
         before: f64,
+        by: &str,
     ) -> Result<String, OpsError> {
         let pk = table.primary_key().name.clone();
         let filter = condition(created, Op::Lt, Operand::Number(before));
@@ -716,7 +743,7 @@ impl Operations {
         }
         let n = ids.len();
         for batch in ids.chunks(DELETE_BATCH) {
-            self.delete_ids(table, batch.to_vec()).await?;
+            self.delete_ids(table, batch.to_vec(), by).await?;
         }
         Ok(format!("{n} records successfully deleted"))
     }

@@ -4,11 +4,13 @@
 //! Served: the schema operations (`create_database`, `create_table`, `create_attribute` and
 //! their drops, on the table registry), the `describe_*` operations (`schema.rs`), the NoSQL data
 //! operations (`insert`, `update`, `upsert`, `delete`, `search_by_id`, `search_by_value`,
-//! `search_by_conditions`; `data.rs`), `sql` (`sql.rs`), users, roles and tokens (`users.rs`).
+//! `search_by_conditions`; `data.rs`), `sql` (`sql.rs`), users, roles and tokens (`users.rs`),
+//! `read_audit_log` and `delete_audit_logs_before` (`audit.rs`).
 //! Searches are planned onto the same indexes and shard walks as REST queries. A batch of
 //! records is one transaction: it commits on every shard it touches or on none
 //! ([`tessera_shards::Router::transact`]), and its reads see one consistent cut of the shards.
 
+mod audit;
 mod components;
 mod csv;
 mod data;
@@ -249,6 +251,8 @@ impl Operations {
                     | "restart_service"
             ) {
                 self.components(op, &envelope).await?
+            } else if matches!(op, "read_audit_log" | "delete_audit_logs_before") {
+                self.audit(op, &envelope, &user).await?
             } else {
                 self.administer(op, &envelope).await?
             };
@@ -358,6 +362,8 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "get_components" => "getComponents",
         "drop_component" => "dropComponent",
         "restart_service" => "restartService",
+        "read_audit_log" => "readAuditLog",
+        "delete_audit_logs_before" => "deleteAuditLogsBefore",
         _ => return None,
     })
 }

@@ -38,6 +38,7 @@ impl context::Host for &mut HostState {
                 payload: json,
                 expires_at: None,
             },
+            from: None,
         });
         Ok(())
     }

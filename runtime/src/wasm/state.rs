@@ -165,7 +165,12 @@ impl HostState {
         now: Option<Value>,
     ) {
         self.txn.seen.insert(key.clone(), now);
-        self.txn.writes.push(WriteOp { table, key, kind });
+        self.txn.writes.push(WriteOp {
+            table,
+            key,
+            kind,
+            from: None,
+        });
     }
 
     /// Decodes a record or change set from the guest; it must be a map.

@@ -274,6 +274,7 @@ mod tests {
                 table: table.clone(),
                 key: k1.clone(),
                 kind: add(n),
+                from: None,
             });
         }
         let (ops, messages) = t.into_ops();
@@ -293,11 +294,13 @@ mod tests {
             table: table.clone(),
             key: k1.clone(),
             kind: add(1),
+            from: None,
         });
         t.writes.push(WriteOp {
             table: table.clone(),
             key: k1.clone(),
             kind: WriteKind::Put(rex.clone()),
+            from: None,
         });
         t.seen.insert(k1.clone(), Some(rex.clone()));
         let (ops, _) = t.into_ops();

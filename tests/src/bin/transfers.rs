@@ -43,6 +43,7 @@ fn add(t: &Arc<Table>, id: i64, delta: i64) -> WriteOp {
         table: t.clone(),
         key: record_key(t.id, &Value::Int(id)).expect("key"),
         kind: WriteKind::Add(vec![("balance".to_owned(), Value::Int(delta))]),
+        from: None,
     }
 }
 

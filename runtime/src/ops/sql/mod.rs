@@ -151,14 +151,111 @@ fn brackets_as_backticks(sql: &str) -> String {
     out
 }
 
+/// Words Harper's SQL (alasql's grammar) reserves that sqlparser would take as a table or
+/// database name; written unquoted there they are refused, as on Harper, and in backticks they
+/// name what they say.
+const RESERVED: &[&str] = &[
+    "all",
+    "alter",
+    "and",
+    "any",
+    "as",
+    "asc",
+    "begin",
+    "between",
+    "by",
+    "call",
+    "case",
+    "cast",
+    "check",
+    "commit",
+    "create",
+    "cross",
+    "declare",
+    "default",
+    "delete",
+    "desc",
+    "distinct",
+    "drop",
+    "else",
+    "end",
+    "except",
+    "exec",
+    "execute",
+    "exists",
+    "explain",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "from",
+    "group",
+    "having",
+    "if",
+    "in",
+    "index",
+    "inner",
+    "insert",
+    "intersect",
+    "into",
+    "is",
+    "join",
+    "key",
+    "left",
+    "like",
+    "limit",
+    "merge",
+    "natural",
+    "not",
+    "null",
+    "offset",
+    "on",
+    "or",
+    "order",
+    "outer",
+    "primary",
+    "references",
+    "return",
+    "right",
+    "rollback",
+    "select",
+    "set",
+    "show",
+    "table",
+    "then",
+    "to",
+    "top",
+    "true",
+    "truncate",
+    "union",
+    "unique",
+    "update",
+    "use",
+    "using",
+    "values",
+    "when",
+    "where",
+    "while",
+    "with",
+];
+
 /// `database.table` (or `table` in `data`), and whether the database was named.
 fn table_name(name: &ObjectName) -> Result<(String, String, bool), OpsError> {
-    let parts: Vec<&str> = name
+    let idents: Vec<&ast::Ident> = name
         .0
         .iter()
-        .map(|p| p.as_ident().map(|i| i.value.as_str()))
+        .map(|p| p.as_ident())
         .collect::<Option<_>>()
         .ok_or_else(|| unsupported(name))?;
+    if let Some(word) = idents.iter().find(|i| {
+        i.quote_style.is_none() && RESERVED.contains(&i.value.to_ascii_lowercase().as_str())
+    }) {
+        return Err(bad(format!(
+            "Invalid SQL at: {name}. Please ensure your SQL is valid. Try adding backticks to reserved words and schema table references. ('{}' is a reserved word)",
+            word.value
+        )));
+    }
+    let parts: Vec<&str> = idents.iter().map(|i| i.value.as_str()).collect();
     match parts.as_slice() {
         [t] => Ok((
             crate::app::tables::DEFAULT_DATABASE.to_owned(),
@@ -1569,7 +1666,7 @@ impl Operations {
                 .collect::<Result<Vec<_>, OpsError>>()?;
             records.push(Value::Object(props));
         }
-        self.write_records(table, restricted, records, Write::Insert)
+        self.write_records(table, restricted, records, Write::Insert, &user.username)
             .await
     }
 
@@ -1662,6 +1759,7 @@ impl Operations {
             source.restricted,
             records,
             Write::Update,
+            &user.username,
         )
         .await
     }
@@ -1692,6 +1790,6 @@ impl Operations {
             .into_iter()
             .filter_map(|r| r.get(pk).cloned())
             .collect();
-        self.delete_ids(&source.table, keys).await
+        self.delete_ids(&source.table, keys, &user.username).await
     }
 }

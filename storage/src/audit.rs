@@ -1,0 +1,289 @@
+//! The audit entry of one write group, as the `audit` keyspace keeps it, and who made each
+//! change ([`Origin`]: the operation, its user and its time), for `read_audit_log`.
+//!
+//! An entry is `highest version (u64 BE)`, then items in commit order, each `length (u32 BE) ++
+//! bytes`: a change ([`Change::encode`]), or, with the length's top bit set, the origin of the
+//! change after it (`at (u64 BE) ++ index (u32 BE) ++ operation (u8) ++ user`). A change
+//! without an origin item before it has none (an eviction, a wasm resource's write, or one
+//! written before origins were kept). One entry per group rather than per change: the audit
+//! keyspace's memtable and journal take one insert per batch, not one per record written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::shard::{Change, now_micros};
+
+/// The top bit of an item's length: the item is an origin, not a change.
+const ORIGIN_ITEM: u32 = 1 << 31;
+
+/// The operation a write was part of, as `read_audit_log` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Insert = 1,
+    Update = 2,
+    Upsert = 3,
+    Delete = 4,
+    Patch = 5,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Upsert => "upsert",
+            Operation::Delete => "delete",
+            Operation::Patch => "patch",
+        }
+    }
+
+    fn from_u8(b: u8) -> Option<Operation> {
+        Some(match b {
+            1 => Operation::Insert,
+            2 => Operation::Update,
+            3 => Operation::Upsert,
+            4 => Operation::Delete,
+            5 => Operation::Patch,
+            _ => return None,
+        })
+    }
+}
+
+/// Who made a write and as part of what: one per operation, shared by its writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    /// When the operation started (µs since the epoch), distinct for every operation this
+    /// process runs, so that it names the operation's changes together across shards.
+    pub at: u64,
+    pub operation: Operation,
+    pub user: Box<str>,
+}
+
+impl Origin {
+    pub fn new(operation: Operation, user: &str) -> Arc<Origin> {
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = now_micros();
+        let prev = LAST
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(now);
+        Arc::new(Origin {
+            at: now.max(prev + 1),
+            operation,
+            user: user.into(),
+        })
+    }
+}
+
+/// What one write carries into the audit log: its operation's origin and its place in it.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub origin: Arc<Origin>,
+    /// The write's position among its operation's writes (the order of its records).
+    pub index: u32,
+}
+
+/// A change read back from the audit log with its origin, when it had one.
+#[derive(Debug, Clone)]
+pub struct Audited {
+    pub change: Change,
+    pub origin: Option<(Origin, u32)>,
+}
+
+/// The audit entry of one write group, being built.
+#[derive(Debug)]
+pub(crate) struct AuditEntry(pub(crate) Vec<u8>);
+
+impl Default for AuditEntry {
+    fn default() -> Self {
+        AuditEntry::with_capacity(0)
+    }
+}
+
+/// One item of an entry, undecoded.
+enum Item<'a> {
+    Origin(&'a [u8]),
+    Change(&'a [u8]),
+}
+
+impl AuditEntry {
+    /// An entry with no change yet, with room for `bytes` of changes.
+    pub(crate) fn with_capacity(bytes: usize) -> AuditEntry {
+        let mut b = Vec::with_capacity(8 + bytes);
+        b.extend_from_slice(&0u64.to_be_bytes());
+        AuditEntry(b)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.len() <= 8
+    }
+
+    /// Whether any change of the entry has its origin.
+    pub(crate) fn has_origins(&self) -> bool {
+        Self::items(&self.0).any(|(item, _)| matches!(item, Item::Origin(_)))
+    }
+
+    /// The highest version of the changes of an entry, read without decoding them.
+    pub(crate) fn highest(b: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+    }
+
+    /// Adds a put of `stored` (`None`: a delete), after its origin when it has one.
+    pub(crate) fn push(
+        &mut self,
+        version: u64,
+        table: u32,
+        key: &[u8],
+        stored: Option<&[u8]>,
+        from: Option<&Provenance>,
+    ) {
+        if let Some(p) = from {
+            let user = p.origin.user.as_bytes();
+            let len = (13 + user.len()) as u32 | ORIGIN_ITEM;
+            self.0.extend_from_slice(&len.to_be_bytes());
+            self.0.extend_from_slice(&p.origin.at.to_be_bytes());
+            self.0.extend_from_slice(&p.index.to_be_bytes());
+            self.0.push(p.origin.operation as u8);
+            self.0.extend_from_slice(user);
+        }
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        Change::encode_stored(&mut self.0, version, table, key, stored);
+        let len = (self.0.len() - at - 4) as u32;
+        self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        let highest = Self::highest(&self.0).unwrap_or(0).max(version);
+        self.0[..8].copy_from_slice(&highest.to_be_bytes());
+    }
+
+    /// The items of an entry, with each one's bytes as stored (length included); stops at
+    /// the first it cannot read.
+    fn items(b: &[u8]) -> impl Iterator<Item = (Item<'_>, &[u8])> {
+        let mut rest = b.get(8..).unwrap_or_default();
+        std::iter::from_fn(move || {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+            let n = (len & !ORIGIN_ITEM) as usize;
+            let body = rest.get(4..4 + n)?;
+            let whole = &rest[..4 + n];
+            rest = &rest[4 + n..];
+            let item = if len & ORIGIN_ITEM != 0 {
+                Item::Origin(body)
+            } else {
+                Item::Change(body)
+            };
+            Some((item, whole))
+        })
+    }
+
+    /// The changes of an entry, in commit order.
+    pub(crate) fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
+        Self::items(b).filter_map(|(item, _)| match item {
+            Item::Change(c) => Change::decode(c),
+            Item::Origin(_) => None,
+        })
+    }
+
+    /// The changes of table `table` in an entry, in commit order, each with its origin.
+    pub(crate) fn audited(b: &[u8], table: u32) -> Vec<Audited> {
+        let mut out = Vec::new();
+        let mut origin = None;
+        for (item, _) in Self::items(b) {
+            match item {
+                Item::Origin(o) => origin = decode_origin(o),
+                Item::Change(c) => {
+                    let from = origin.take();
+                    if Change::table_of(c) == Some(table)
+                        && let Some(change) = Change::decode(c)
+                    {
+                        out.push(Audited {
+                            change,
+                            origin: from,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The entry without the changes of `table` older than `before` (and their origins), or
+    /// `None` when it has none of them; with the number left out.
+    pub(crate) fn without(b: &[u8], table: u32, before: u64) -> Option<(Vec<u8>, usize)> {
+        let mut out = Vec::with_capacity(b.len());
+        out.extend_from_slice(b.get(..8)?);
+        let mut pending: Option<&[u8]> = None;
+        let mut dropped = 0;
+        for (item, whole) in Self::items(b) {
+            match item {
+                Item::Origin(_) => pending = Some(whole),
+                Item::Change(c) => {
+                    let origin = pending.take();
+                    let old = Change::table_of(c) == Some(table)
+                        && Change::version_of(c).is_some_and(|v| v < before);
+                    if old {
+                        dropped += 1;
+                    } else {
+                        out.extend_from_slice(origin.unwrap_or_default());
+                        out.extend_from_slice(whole);
+                    }
+                }
+            }
+        }
+        (dropped > 0).then_some((out, dropped))
+    }
+}
+
+fn decode_origin(b: &[u8]) -> Option<(Origin, u32)> {
+    let at = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    let index = u32::from_be_bytes(b.get(8..12)?.try_into().ok()?);
+    let operation = Operation::from_u8(*b.get(12)?)?;
+    let user = std::str::from_utf8(b.get(13..)?).ok()?.into();
+    Some((
+        Origin {
+            at,
+            operation,
+            user,
+        },
+        index,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::Event;
+
+    #[test]
+    fn origins_travel_with_their_changes_and_old_ones_can_be_left_out() {
+        let admin = Origin::new(Operation::Insert, "admin");
+        let later = Origin::new(Operation::Delete, "rita");
+        assert!(later.at > admin.at);
+        let mut e = AuditEntry::default();
+        let p = |origin: &Arc<Origin>, index| Provenance {
+            origin: origin.clone(),
+            index,
+        };
+        e.push(10, 7, b"k1", Some(b"r1"), Some(&p(&admin, 0)));
+        e.push(11, 8, b"k2", Some(b"r2"), None);
+        e.push(12, 7, b"k3", None, Some(&p(&later, 1)));
+        assert_eq!(AuditEntry::highest(&e.0), Some(12));
+        assert_eq!(AuditEntry::changes(&e.0).count(), 3);
+        let of7 = AuditEntry::audited(&e.0, 7);
+        assert_eq!(of7.len(), 2);
+        assert_eq!(of7[0].change.event, Event::Put(b"r1".to_vec()));
+        assert_eq!(of7[0].origin, Some(((*admin).clone(), 0)));
+        assert_eq!(of7[1].change.event, Event::Delete);
+        assert_eq!(of7[1].origin.as_ref().map(|o| &*o.0.user), Some("rita"));
+        // Table 8's change had no origin.
+        assert_eq!(AuditEntry::audited(&e.0, 8)[0].origin, None);
+
+        let (kept, dropped) = AuditEntry::without(&e.0, 7, 12).unwrap();
+        assert_eq!(dropped, 1);
+        let left = AuditEntry::audited(&kept, 7);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].change.version, 12);
+        assert_eq!(left[0].origin.as_ref().map(|o| o.1), Some(1));
+        assert_eq!(AuditEntry::audited(&kept, 8).len(), 1);
+        assert!(AuditEntry::without(&kept, 7, 12).is_none());
+    }
+}
