@@ -438,6 +438,17 @@ fn geo_functions_measure_as_harper_does() {
         (rows[0]["area"].as_f64().unwrap() - 188871526.05092356).abs() < 1e-6,
         "{rows}"
     );
+    // A square less its corner, with the first's properties; less nothing, no value at all.
+    let (st, rows) = sql(
+        &mut c,
+        r#"SELECT geoDifference('{"type":"Feature","properties":{"n":1},"geometry":{"type":"Polygon","coordinates":[[[0,0],[0,2],[2,2],[2,0],[0,0]]]}}', '{"type":"Polygon","coordinates":[[[1,1],[1,3],[3,3],[3,1],[1,1]]]}') AS d, geoDifference('[1,2]', null) AS none"#,
+    );
+    assert_eq!(st, 200, "{rows}");
+    assert_eq!(
+        rows,
+        json!([{"d": {"type": "Feature", "properties": {"n": 1}, "geometry": {"type": "Polygon",
+            "coordinates": [[[0, 0], [2, 0], [2, 1], [1, 1], [1, 2], [0, 2], [0, 0]]]}}}])
+    );
     let (_, rows) = sql(
         &mut c,
         "SELECT name, geoDistance('[-104.979127,39.761563]', point, 'kilometers') AS km FROM data.Place \

@@ -1,11 +1,14 @@
 //! Harper's geospatial SQL functions on GeoJSON values (objects, or their JSON text):
 //! `geoArea` (square metres), `geoLength` and `geoDistance` (kilometres unless a unit is given),
-//! `geoNear`, `geoContains`, `geoEqual`, `geoCrosses` (the two intersect) and `geoConvert`.
+//! `geoNear`, `geoContains`, `geoEqual`, `geoCrosses` (the two intersect), `geoConvert` and
+//! `geoDifference`.
 //!
 //! The measures follow the formulas of turf 6.5, which Harper calls, in the same order of
 //! operations, so that the figures agree to the last digit: great-circle distances by haversine
 //! on a sphere of radius 6,371,008.8 m, areas by the spherical ring formula on 6,378,137 m.
-//! `geoDifference` (polygon clipping) is not served.
+//! `geoDifference` clips with the `geo` crate's boolean operations, the algorithm turf's
+//! `difference` runs, and writes rings as it does: each from its lowest-leftmost vertex, outer
+//! rings counter-clockwise, holes clockwise.
 
 use tessera_storage::Value;
 
@@ -334,6 +337,7 @@ pub(super) fn named(name: &str) -> Option<(Geo, std::ops::RangeInclusive<usize>)
         "geoequal" => (Geo::Equal, 2..=2),
         "geocrosses" => (Geo::Crosses, 2..=2),
         "geoconvert" => (Geo::Convert, 2..=3),
+        "geodifference" => (Geo::Difference, 2..=2),
         _ => return None,
     })
 }
@@ -348,6 +352,7 @@ pub(super) enum Geo {
     Equal,
     Crosses,
     Convert,
+    Difference,
 }
 
 /// A measure as Harper gives it: NaN when it cannot be taken (a row leaves NaN out, and it
@@ -406,11 +411,9 @@ pub(super) fn call(f: Geo, args: &[Value]) -> Value {
         Geo::Contains => Value::Bool(contains(&geometries(arg(0)), &geometries(arg(1)))),
         Geo::Equal => Value::Bool(equal(&geometries(arg(0)), &geometries(arg(1)))),
         Geo::Crosses => Value::Bool(intersect(&geometries(arg(0)), &geometries(arg(1)))),
+        Geo::Difference => difference(arg(0), arg(1)),
         Geo::Convert => {
-            let coordinates = match arg(0) {
-                Value::String(s) => crate::app::body::json_text(s).unwrap_or(Value::Null),
-                v => v.clone(),
-            };
+            let coordinates = parsed(arg(0));
             let kind = match arg(1) {
                 Value::String(k) => match k.as_str() {
                     "point" => "Point",
@@ -425,19 +428,111 @@ pub(super) fn call(f: Geo, args: &[Value]) -> Value {
             };
             // The properties as given (Harper keeps a JSON text as text).
             let properties = args.get(2).cloned().unwrap_or(Value::Object(Vec::new()));
-            Value::Object(vec![
-                ("type".into(), Value::String("Feature".into())),
-                ("properties".into(), properties),
-                (
-                    "geometry".into(),
-                    Value::Object(vec![
-                        ("type".into(), Value::String(kind.into())),
-                        ("coordinates".into(), coordinates),
-                    ]),
-                ),
-            ])
+            feature(properties, kind, coordinates)
         }
     }
+}
+
+/// The polygons of a GeoJSON value as the `geo` crate's.
+fn multi_polygon(v: &Value) -> geo::MultiPolygon {
+    let ring = |points: &Vec<Point>| {
+        geo::LineString::from(points.iter().map(|&[x, y]| (x, y)).collect::<Vec<_>>())
+    };
+    geo::MultiPolygon::new(
+        geometries(v)
+            .iter()
+            .flat_map(polygons)
+            .filter_map(|rings| {
+                let (outer, holes) = rings.split_first()?;
+                Some(geo::Polygon::new(
+                    ring(outer),
+                    holes.iter().map(ring).collect(),
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// A ring as GeoJSON positions, from its lowest-leftmost vertex, counter-clockwise or not.
+fn ring_value(ring: &geo::LineString, counter_clockwise: bool) -> Value {
+    let mut points: Vec<Point> = ring.0.iter().map(|c| [c.x, c.y]).collect();
+    if points.len() > 1 && points.first() == points.last() {
+        points.pop();
+    }
+    // Twice the signed area: positive when counter-clockwise.
+    let area: f64 = (0..points.len())
+        .map(|i| {
+            let (a, b) = (points[i], points[(i + 1) % points.len()]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum();
+    if (area > 0.0) != counter_clockwise {
+        points.reverse();
+    }
+    if let Some(start) = (0..points.len()).min_by(|&i, &j| {
+        points[i][0]
+            .total_cmp(&points[j][0])
+            .then(points[i][1].total_cmp(&points[j][1]))
+    }) {
+        points.rotate_left(start);
+    }
+    if let Some(&first) = points.first() {
+        points.push(first);
+    }
+    let position = |[x, y]: Point| Value::Array(vec![Value::Float(x), Value::Float(y)]);
+    Value::Array(points.into_iter().map(position).collect())
+}
+
+/// `geoDifference`: the first polygon (or multi-polygon) less the second, as a Feature with the
+/// first's properties; null when nothing is left, no value when either is missing.
+fn difference(a: &Value, b: &Value) -> Value {
+    use geo::BooleanOps;
+    let (first, second) = (multi_polygon(a), multi_polygon(b));
+    if first.0.is_empty() || geometries(b).is_empty() {
+        return Value::Float(f64::NAN);
+    }
+    let left = first.difference(&second);
+    let polygon = |p: &geo::Polygon| {
+        let mut rings = vec![ring_value(p.exterior(), true)];
+        rings.extend(p.interiors().iter().map(|h| ring_value(h, false)));
+        Value::Array(rings)
+    };
+    let geometry = match left.0.as_slice() {
+        [] => return Value::Null,
+        [one] => ("Polygon", polygon(one)),
+        many => (
+            "MultiPolygon",
+            Value::Array(many.iter().map(polygon).collect()),
+        ),
+    };
+    let properties = match parsed(a).get("properties") {
+        Some(p @ Value::Object(_)) => p.clone(),
+        _ => Value::Object(Vec::new()),
+    };
+    feature(properties, geometry.0, geometry.1)
+}
+
+/// A GeoJSON value given as JSON text, parsed (null when it is not JSON), or as it is.
+fn parsed(v: &Value) -> Value {
+    match v {
+        Value::String(s) => crate::app::body::json_text(s).unwrap_or(Value::Null),
+        v => v.clone(),
+    }
+}
+
+/// A GeoJSON Feature.
+fn feature(properties: Value, kind: &str, coordinates: Value) -> Value {
+    Value::Object(vec![
+        ("type".into(), Value::String("Feature".into())),
+        ("properties".into(), properties),
+        (
+            "geometry".into(),
+            Value::Object(vec![
+                ("type".into(), Value::String(kind.into())),
+                ("coordinates".into(), coordinates),
+            ]),
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -538,5 +633,56 @@ mod tests {
         );
         let no_coordinates = text(r#"{"type":"LineString"}"#);
         assert!(matches!(call(Geo::Length, &[no_coordinates]), Value::Float(f) if f.is_nan()));
+    }
+
+    #[test]
+    fn difference_clips_and_writes_rings_as_turf_does() {
+        let square = |x0: f64, y0: f64, side: f64| {
+            format!(
+                r#"{{"type":"Polygon","coordinates":[[[{x0},{y0}],[{x0},{y1}],[{x1},{y1}],[{x1},{y0}],[{x0},{y0}]]]}}"#,
+                x1 = x0 + side,
+                y1 = y0 + side
+            )
+        };
+        let json = |v: &Value| v.to_json();
+        // A hole, with the field's properties and every vertex exactly as given; the outer ring
+        // (given clockwise) comes back counter-clockwise, the hole clockwise, each from its
+        // lowest-leftmost vertex.
+        let field = format!(
+            r#"{{"type":"Feature","properties":{{"name":"field"}},"geometry":{}}}"#,
+            square(-3.1, 40.000001, 2.0)
+        );
+        let pond = square(-2.3, 40.5, 0.25);
+        assert_eq!(
+            json(&call(Geo::Difference, &[text(&field), text(&pond)])),
+            r#"{"type":"Feature","properties":{"name":"field"},"geometry":{"type":"Polygon","coordinates":[[[-3.1,40.000001],[-1.1,40.000001],[-1.1,42.000001],[-3.1,42.000001],[-3.1,40.000001]],[[-2.3,40.5],[-2.3,40.75],[-2.05,40.75],[-2.05,40.5],[-2.3,40.5]]]}}"#
+        );
+        // Overlapping: the part left, cut where the edges cross.
+        assert_eq!(
+            json(&call(
+                Geo::Difference,
+                &[text(&square(0.0, 0.0, 2.0)), text(&square(1.0, 1.0, 2.0))]
+            )),
+            r#"{"type":"Feature","properties":{},"geometry":{"type":"Polygon","coordinates":[[[0,0],[2,0],[2,1],[1,1],[1,2],[0,2],[0,0]]]}}"#
+        );
+        // Cut in two: a MultiPolygon.
+        let bar = r#"{"type":"Polygon","coordinates":[[[1,-1],[2,-1],[2,3],[1,3],[1,-1]]]}"#;
+        let left = call(Geo::Difference, &[text(&square(0.0, 0.0, 3.0)), text(bar)]);
+        assert_eq!(
+            left.get("geometry").and_then(|g| g.get("type")),
+            Some(&text("MultiPolygon"))
+        );
+        // Nothing left: null; a missing second polygon: no value.
+        assert_eq!(
+            call(
+                Geo::Difference,
+                &[text(&square(1.0, 1.0, 1.0)), text(&square(0.0, 0.0, 3.0))]
+            ),
+            Value::Null
+        );
+        assert!(matches!(
+            call(Geo::Difference, &[text(&square(0.0, 0.0, 1.0)), Value::Null]),
+            Value::Float(f) if f.is_nan()
+        ));
     }
 }
