@@ -735,6 +735,12 @@ impl Catalog {
     /// Parses one schema file and adds its tables. `file` names the file in errors.
     pub fn load_schema(&mut self, file: &str, source: &str) -> Result<(), SchemaError> {
         let src = Source { file };
+        // A file with nothing but comments (a component's schema not written yet) declares
+        // nothing; the GraphQL grammar would call it an unexpected end.
+        let blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+        if source.lines().all(blank) {
+            return Ok(());
+        }
         let doc = graphql_parser::parse_schema::<String>(source)
             .map_err(|e| src.syntax(e.to_string().trim().to_owned()))?;
         let objects = object_types(&src, &doc)?;

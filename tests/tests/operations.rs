@@ -253,6 +253,18 @@ fn searches_by_value_and_conditions() {
         body,
         json!([{"id": 4, "name": "Bella", "breed": "Beagle", "age": null}])
     );
+    // Without get_attributes, as Harper: every attribute (search_by_id must name them).
+    for search in [
+        json!({"operation": "search_by_value", "table": "Dog", "attribute": "id", "value": 4}),
+        json!({"operation": "search_by_conditions", "table": "Dog",
+            "conditions": [{"attribute": "id", "comparator": "equals", "value": 4}]}),
+    ] {
+        let (_, found) = c.operation(&search);
+        assert_eq!(
+            found,
+            json!([{"id": 4, "name": "Bella", "breed": "Beagle", "age": null}])
+        );
+    }
     let (st, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
         "search_attribute": "nosuch", "search_value": 1, "get_attributes": ["id"]}));
     assert!((400..500).contains(&st), "{st} {body}");

@@ -6,8 +6,9 @@
 //! component named on the command line (one named on the command line wins over a managed one of
 //! the same name). Files are written atomically and checked first: a `*.graphql` schema must
 //! load and a `config.yaml` must be YAML, so a bad file is refused (400) rather than stopping
-//! the next start. Harper's `add_component` fetches a template from the internet; here it makes
-//! an empty component (`config.yaml` with `rest: true`).
+//! the next start. Harper's `add_component` fetches its application template from the
+//! internet; here it writes the template's configuration (REST, and the tables of
+//! `schema.graphql`) and a `schema.graphql` that declares nothing yet.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -110,6 +111,13 @@ fn tree(dir: &Path, depth: usize) -> Json {
     json!({"name": name, "entries": entries})
 }
 
+/// The `config.yaml` of a component `add_component` makes: what Harper's application template
+/// configures, less its JavaScript and static files.
+const TEMPLATE_CONFIG: &str = "# Serves the exported tables over REST.\nrest: true\n\n# The tables of the component.\ngraphqlSchema:\n  files: 'schema.graphql'\n";
+
+/// The `schema.graphql` of a component `add_component` makes.
+const TEMPLATE_SCHEMA: &str = "# The component's tables, for example:\n# type Dog @table @export {\n#   id: ID @primaryKey\n#   name: String @indexed\n# }\n";
+
 /// Runs one component operation (blocking: file work).
 fn run(op: &str, root: &Path, env: &Value) -> Result<Json, OpsError> {
     let base = components_root(root);
@@ -122,7 +130,8 @@ fn run(op: &str, root: &Path, env: &Value) -> Result<Json, OpsError> {
             if dir.exists() {
                 return Err(bad("Project already exists"));
             }
-            write_file(&dir.join("config.yaml"), b"rest: true\n").map_err(io)?;
+            write_file(&dir.join("config.yaml"), TEMPLATE_CONFIG.as_bytes()).map_err(io)?;
+            write_file(&dir.join("schema.graphql"), TEMPLATE_SCHEMA.as_bytes()).map_err(io)?;
             Ok(json!({"message": format!("Successfully added project: {project}")}))
         }
         "set_component_file" => {

@@ -147,9 +147,13 @@ fn filter_attributes(f: &Filter, out: &mut Vec<String>) {
 }
 
 /// `get_attributes`: `None` for every attribute (`["*"]`), else the names asked for.
-fn get_attributes(env: &Value) -> Result<Option<Vec<String>>, OpsError> {
+/// The attributes a search returns (`get_attributes`; `None`: all, `*`). `search_by_id` must
+/// name them; `search_by_value` and `search_by_conditions` return all when they do not, as in
+/// Harper.
+fn get_attributes(env: &Value, required: bool) -> Result<Option<Vec<String>>, OpsError> {
     let a = match env.get("get_attributes") {
         Some(Value::Array(a)) => a,
+        None if !required => return Ok(None),
         None => return Err(bad("'get_attributes' is required")),
         Some(_) => return Err(bad("'get_attributes' must be an array")),
     };
@@ -491,7 +495,7 @@ impl Operations {
     pub(super) async fn search_by_id(&self, env: &Value, user: &User) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
         let ids = Self::op_ids(env)?;
-        let attrs = get_attributes(env)?;
+        let attrs = get_attributes(env, true)?;
         check_readable(&table, restricted, attrs.iter().flatten())?;
         // One consistent cut of every shard for the whole batch.
         let views = self.router.views().await;
@@ -523,7 +527,7 @@ impl Operations {
         user: &User,
     ) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
-        let attrs = get_attributes(env)?;
+        let attrs = get_attributes(env, false)?;
         let Some(Value::String(attr)) =
             env.get("search_attribute").or_else(|| env.get("attribute"))
         else {
@@ -598,7 +602,7 @@ impl Operations {
         user: &User,
     ) -> Result<Value, OpsError> {
         let (table, restricted) = self.op_table(env, user, &[Action::Read])?;
-        let attrs = get_attributes(env)?;
+        let attrs = get_attributes(env, false)?;
         let parsed = conditions_query(env, true)?;
         let mut named = Vec::new();
         if let Some(f) = &parsed.filter {
