@@ -1,6 +1,6 @@
 //! The CSV loads of the Operations API through the real binary: `csv_data_load`,
 //! `csv_file_load` and `csv_url_load` run as jobs that `get_job` reports, stream in batches,
-//! type their cells, and fail with the line of a bad row.
+//! type their cells, and fail with the line of a bad row; and `export_local`, the way back out.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -289,4 +289,94 @@ fn chrono_now_iso() -> String {
     chrono::Utc::now()
         .format("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
+}
+
+#[test]
+fn export_local_writes_a_search_to_json_or_csv_that_loads_back() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let mut c = s.ops();
+    let (st, _) = c.operation(&json!({"operation": "insert", "table": "Part", "records": [
+        {"id": 1, "name": "bolt, hex", "price": 0.25}, {"id": 2, "name": "nut", "stock": 7},
+        {"id": 3, "name": "gear", "price": 4}]}));
+    assert_eq!(st, 200);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let job = c.run_job(
+        json!({"operation": "export_local", "path": dir, "filename": "parts",
+        "format": "json", "search_operation": {"operation": "search_by_hash", "table": "Part",
+        "hash_values": [1, 2], "get_attributes": ["id", "name"]}}),
+    );
+    assert_eq!(job["status"], "COMPLETE", "{job}");
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("parts.json")).unwrap()).unwrap();
+    assert_eq!(
+        written,
+        json!([{"id": 1, "name": "bolt, hex"}, {"id": 2, "name": "nut"}])
+    );
+    // CSV of a SQL query, loaded back into another table as it was.
+    let job = c.run_job(
+        json!({"operation": "export_local", "path": dir, "filename": "cheap",
+        "format": "csv", "search_operation": {"operation": "sql",
+        "sql": "SELECT id, name, price, stock FROM data.Part WHERE id < 3 ORDER BY id"}}),
+    );
+    assert_eq!(job["status"], "COMPLETE", "{job}");
+    let text = std::fs::read_to_string(out.path().join("cheap.csv")).unwrap();
+    assert_eq!(
+        text,
+        "id,name,price,stock\n1,\"bolt, hex\",0.25,\n2,nut,,7\n"
+    );
+    c.operation(&json!({"operation": "create_table", "table": "copy", "primary_key": "id"}));
+    let job = c.run_job(json!({"operation": "csv_file_load", "table": "copy",
+        "file_path": out.path().join("cheap.csv").to_str().unwrap()}));
+    assert_eq!(job["status"], "COMPLETE", "{job}");
+    let (_, copied) = c.operation(&json!({"operation": "search_by_id", "table": "copy",
+        "ids": [1], "get_attributes": ["name", "price"]}));
+    assert_eq!(copied, json!([{"name": "bolt, hex", "price": 0.25}]));
+
+    // Refused before a job starts: a bad format, a missing directory, not a search.
+    for (bad, why) in [
+        (json!({"format": "xml"}), "format"),
+        (
+            json!({"path": out.path().join("nope").to_str().unwrap()}),
+            "does not exist",
+        ),
+        (
+            json!({"search_operation": {"operation": "drop_table", "table": "Part"}}),
+            "search",
+        ),
+    ] {
+        let mut op = json!({"operation": "export_local", "path": dir, "format": "json",
+            "search_operation": {"operation": "search_by_value", "table": "Part",
+            "search_attribute": "id", "search_value": "*"}});
+        for (k, v) in bad.as_object().unwrap() {
+            op[k] = v.clone();
+        }
+        let (st, body) = c.operation(&op);
+        assert_eq!(st, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+    }
+    // A search that fails fails the job, with its error.
+    let job = c.run_job(
+        json!({"operation": "export_local", "path": dir, "format": "json",
+        "search_operation": {"operation": "search_by_value", "table": "Nope",
+        "search_attribute": "id", "search_value": 1}}),
+    );
+    assert_eq!(job["status"], "ERROR", "{job}");
+    // Super users only: it writes files on the server.
+    c.operation(
+        &json!({"operation": "add_role", "role": "r", "permission": {"super_user": false,
+        "data": {"tables": {"Part": {"read": true, "insert": false, "update": false,
+        "delete": false, "attribute_permissions": []}}}}}),
+    );
+    c.operation(
+        &json!({"operation": "add_user", "username": "u", "password": "pw", "role": "r",
+        "active": true}),
+    );
+    let (st, _) = s
+        .ops()
+        .as_user("u", "pw")
+        .operation(&json!({"operation": "export_local",
+        "path": dir, "format": "json", "search_operation": {"operation": "search_by_value",
+        "table": "Part", "search_attribute": "id", "search_value": "*"}}));
+    assert_eq!(st, 403);
 }

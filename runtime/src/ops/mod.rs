@@ -5,7 +5,7 @@
 //! their drops, on the table registry), the `describe_*` operations (`schema.rs`), the NoSQL data
 //! operations (`insert`, `update`, `upsert`, `delete`, `search_by_id`, `search_by_value`,
 //! `search_by_conditions`; `data.rs`), `sql` (`sql.rs`), users, roles and tokens (`users.rs`),
-//! `read_audit_log` and `delete_audit_logs_before` (`audit.rs`).
+//! `read_audit_log` and `delete_audit_logs_before` (`audit.rs`), `export_local` (`export.rs`).
 //! Searches are planned onto the same indexes and shard walks as REST queries. A batch of
 //! records is one transaction: it commits on every shard it touches or on none
 //! ([`tessera_shards::Router::transact`]), and its reads see one consistent cut of the shards.
@@ -14,6 +14,7 @@ mod audit;
 mod components;
 mod csv;
 mod data;
+mod export;
 mod jobs;
 mod schema;
 mod sql;
@@ -253,6 +254,8 @@ impl Operations {
                 self.components(op, &envelope).await?
             } else if matches!(op, "read_audit_log" | "delete_audit_logs_before") {
                 self.audit(op, &envelope, &user).await?
+            } else if op == "export_local" {
+                self.export_local(&envelope, &user).await?
             } else {
                 self.administer(op, &envelope).await?
             };
@@ -364,6 +367,7 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "restart_service" => "restartService",
         "read_audit_log" => "readAuditLog",
         "delete_audit_logs_before" => "deleteAuditLogsBefore",
+        "export_local" => "exportLocal",
         _ => return None,
     })
 }
