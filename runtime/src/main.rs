@@ -50,13 +50,24 @@ fn main() {
     let cli = app::settings::Cli::parse();
     let result = match cli.command {
         app::settings::Command::Run(args) => app::Settings::resolve(args).and_then(server::run),
-        app::settings::Command::Build(args) => server::build(args),
+        app::settings::Command::Build(args) => {
+            app::logging::init_stderr();
+            server::build(args)
+        }
     };
     match result {
         // Executors never return on their own: leave without waiting for them.
-        Ok(()) => std::process::exit(0),
+        Ok(()) => {
+            app::logging::flush();
+            std::process::exit(0)
+        }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
+            app::logging::flush();
+            // The log may not be open yet, or may not write to standard error.
+            if !app::logging::to_stderr() {
+                eprintln!("error: {e:#}");
+            }
             std::process::exit(1);
         }
     }

@@ -98,6 +98,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    crate::app::logging::init(&settings.logging).context("opening the log")?;
     let data = settings.root.join("data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
@@ -164,20 +165,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     println!("tessera: MQTT listening on {mqtt_addr}");
     println!("tessera: Operations API listening on {ops_addr}");
     if settings.durability == Durability::Buffered {
-        eprintln!(
-            "warning: buffered durability: acknowledged writes survive a process crash, not a power loss"
+        tracing::warn!(
+            "buffered durability: acknowledged writes survive a process crash, not a power loss"
         );
     }
 
     if let Some(sig) = signals.forever().next() {
-        eprintln!("signal {sig}: flushing {shard_count} shards");
+        tracing::info!("signal {sig}: flushing {shard_count} shards");
         shards.close().context("flushing shards at shutdown")?;
         sessions::flush();
         if sig == SIGHUP {
-            eprintln!("restarting");
+            tracing::info!("restarting");
             return Err(restart(addrs.map(|a| a.port())));
         }
-        eprintln!("shutdown complete");
+        tracing::info!("shutdown complete");
     }
     Ok(())
 }
@@ -206,6 +207,7 @@ fn restart(ports: [u16; 3]) -> anyhow::Error {
         args.push(flag.into());
         args.push(port.to_string().into());
     }
+    crate::app::logging::flush();
     let e = std::process::Command::new(exe).args(args).exec();
     anyhow::anyhow!("restart: {e}")
 }
@@ -229,7 +231,7 @@ fn open_storage(
     let shards = Arc::new(
         ShardSet::open(data, shard_count, opts, settings.durability).context("opening shards")?,
     );
-    eprintln!(
+    tracing::info!(
         "opened {shard_count} shards in {} ms",
         opening.elapsed().as_millis()
     );
@@ -257,9 +259,10 @@ fn open_storage(
 /// Builds a newly declared index on every shard, one thread per shard.
 fn build_index(shards: &ShardSet, table: &Table, m: &MissingIndex) -> anyhow::Result<()> {
     let shard_count = shards.count();
-    eprintln!(
+    tracing::info!(
         "building index {}.{} on {shard_count} shards",
-        m.table, m.attribute
+        m.table,
+        m.attribute
     );
     let failed = |why: String| anyhow::anyhow!("building index {}.{}: {why}", m.table, m.attribute);
     std::thread::scope(|s| {
@@ -282,11 +285,11 @@ fn open_users(settings: &Settings, data: &Path) -> anyhow::Result<(Arc<Users>, A
     if let Some((u, p)) = &admin_from_env()
         && users.ensure_super_user(u, p)?
     {
-        eprintln!("created super user {u:?}");
+        tracing::info!("created super user {u:?}");
     }
     if users.is_empty() {
-        eprintln!(
-            "warning: no users exist, so every request will be refused; set TESSERA_ADMIN_USERNAME and TESSERA_ADMIN_PASSWORD"
+        tracing::warn!(
+            "no users exist, so every request will be refused; set TESSERA_ADMIN_USERNAME and TESSERA_ADMIN_PASSWORD"
         );
     }
     let tokens = Tokens::open(
@@ -333,7 +336,7 @@ fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restore
     let saved = sessions::open(&settings.root.join("mqtt-sessions"))
         .context("opening the MQTT sessions")?;
     if !saved.is_empty() {
-        eprintln!("restoring {} kept MQTT sessions", saved.len());
+        tracing::info!("restoring {} kept MQTT sessions", saved.len());
     }
     let mut per_core: Vec<Restored> = (0..settings.threads).map(|_| Vec::new()).collect();
     for s in saved {

@@ -90,7 +90,7 @@ where
             format!("{} KiB", b >> 10)
         }
     };
-    eprintln!(
+    tracing::info!(
         "executors: {threads} pinned to cpus {cpus:?}; memlock {}, io_memory {} KiB each",
         shown(memlock),
         io_memory >> 10
@@ -115,7 +115,7 @@ where
                 glommio::spawn_local(heartbeat(pulse)).detach();
                 let (core, senders) = if threads > 1 {
                     let Ok((senders, mut receivers)) = mesh.join().await else {
-                        eprintln!("core {i}: could not join the mesh");
+                        tracing::error!("core {i}: could not join the mesh");
                         return;
                     };
                     for (_, rx) in receivers.streams() {
@@ -403,7 +403,7 @@ impl Router {
                 Ok(task) => {
                     task.detach();
                 }
-                Err(e) => eprintln!("shard {shard}: cannot continue a query: {e}"),
+                Err(e) => tracing::error!("shard {shard}: cannot continue a query: {e}"),
             }
         };
         match &self.mesh {

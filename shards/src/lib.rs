@@ -125,7 +125,7 @@ impl ShardSet {
         let (applied, dropped) = txn::recover(&stores)
             .map_err(|e| std::io::Error::other(format!("recovering transactions: {e}")))?;
         if applied + dropped > 0 {
-            eprintln!(
+            tracing::info!(
                 "recovered cross-shard transactions: {applied} prepared parts applied, {dropped} dropped"
             );
         }

@@ -107,7 +107,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             // Versions keep increasing across restarts (the audit log is keyed by them).
             let last = store.last_version().unwrap_or_else(|e| {
-                eprintln!("shard {shard}: reading the audit log's last version: {e}");
+                tracing::error!("shard {shard}: reading the audit log's last version: {e}");
                 0
             });
             let mut w = Writer {
@@ -247,7 +247,7 @@ impl Writer<'_> {
                 }
             }
             if !flushes.is_empty() && groups > 0 {
-                eprintln!(
+                tracing::info!(
                     "shard {shard}: {writes} writes committed in {groups} groups ({:.1} per fsync)",
                     writes as f64 / groups as f64
                 );
@@ -368,7 +368,7 @@ impl Writer<'_> {
             }
             Command::Forget(txid) => {
                 if let Err(e) = self.store.forget(Some(&[txid])) {
-                    eprintln!("forgetting transaction {txid}: {e}");
+                    tracing::warn!("forgetting transaction {txid}: {e}");
                 }
             }
             Command::Flush(_) => unreachable!("handled by the group loop"),

@@ -1,6 +1,6 @@
 //! The instance operations through the real binary: `get_configuration`, `set_configuration`
-//! (written to `<root>/tessera.yaml`, in effect from the next start) and `system_information`,
-//! for super users only.
+//! (written to `<root>/tessera.yaml`, in effect from the next start), `system_information` and
+//! `read_log`, for super users only.
 
 use serde_json::json;
 use tessera_tests::{App, Start};
@@ -226,4 +226,71 @@ fn a_component_deployed_over_the_operations_api_is_served_after_a_restart() {
         (st, body["message"].as_str()),
         (200, Some("Successfully dropped: shop"))
     );
+}
+
+#[test]
+fn the_log_is_a_file_of_json_lines_that_read_log_filters() {
+    let app = App::new("type Dog @table @export { id: Int @primaryKey }");
+    let root = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("tessera.yaml"),
+        format!(
+            "logging:\n  root: {}\n  stdStreams: false\n",
+            logs.path().display()
+        ),
+    )
+    .unwrap();
+    let start = Start::new(app.dir.path(), root.path());
+    let s = start.start();
+    let mut c = s.ops();
+    // A user with a password: secrets are never logged.
+    let (st, _) = c.operation(&json!({"operation": "add_role", "role": "plain",
+        "permission": {"super_user": false}}));
+    assert_eq!(st, 200);
+    let (st, _) = c.operation(&json!({"operation": "add_user", "role": "plain",
+        "username": "pat", "password": "hunter2-secret", "active": true}));
+    assert_eq!(st, 200);
+    let (st, all) = c.operation(&json!({"operation": "read_log"}));
+    assert_eq!(st, 200, "{all}");
+    let events = all.as_array().unwrap();
+    let opened = events
+        .iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("opened 2 shards")
+        })
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(opened["level"], "info");
+    assert!(
+        opened["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{opened}"
+    );
+    // With stdStreams off, standard error has none of it.
+    assert!(!s.output().contains("opened 2 shards"), "{}", s.output());
+    // Filters: by level, by page and newest first.
+    let (_, none) = c.operation(&json!({"operation": "read_log", "level": "error"}));
+    assert_eq!(none, json!([]));
+    let (_, last) = c.operation(&json!({"operation": "read_log", "order": "desc", "limit": 1}));
+    assert_eq!(last.as_array().unwrap().len(), 1);
+    assert_eq!(last[0], *events.last().unwrap());
+    let (_, later) = c.operation(&json!({"operation": "read_log", "from": "2999-01-01"}));
+    assert_eq!(later, json!([]));
+    let (st, _) = c.operation(&json!({"operation": "read_log", "order": "sideways"}));
+    assert_eq!(st, 400);
+    let (st, _) = s
+        .ops()
+        .as_user("pat", "hunter2-secret")
+        .operation(&json!({"operation": "read_log"}));
+    assert_eq!(st, 403);
+    s.terminate();
+    let file = std::fs::read_to_string(logs.path().join("tessera.log")).unwrap();
+    assert!(
+        file.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+    assert!(file.contains("shutdown complete"), "{file}");
+    assert!(!file.contains("hunter2"), "{file}");
 }

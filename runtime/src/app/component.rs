@@ -51,8 +51,8 @@ pub fn with_managed(apps: &[PathBuf], root: &Path) -> Vec<PathBuf> {
     for dir in managed {
         let shadowed = apps.iter().any(|a| a.file_name() == dir.file_name());
         if shadowed {
-            eprintln!(
-                "warning: managed component {} is also named on the command line; the command line's is loaded",
+            tracing::warn!(
+                "managed component {} is also named on the command line; the command line's is loaded",
                 dir.display()
             );
         } else {
@@ -112,7 +112,7 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
         })
         .unwrap_or(true);
     if !installed {
-        eprintln!("installing the {TARGET} target with rustup");
+        tracing::info!("installing the {TARGET} target with rustup");
         let ok = Command::new("rustup")
             .args(["target", "add", TARGET])
             .status()
@@ -121,7 +121,7 @@ pub fn build_crate(dir: &Path) -> anyhow::Result<PathBuf> {
             bail!("cannot install the {TARGET} target: run `rustup target add {TARGET}`");
         }
     }
-    eprintln!("building wasm resources {}", dir.display());
+    tracing::info!("building wasm resources {}", dir.display());
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--target", TARGET])
         .args([
@@ -177,8 +177,8 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
         if let Some(map) = config.as_mapping() {
             for key in map.keys().filter_map(|k| k.as_str()) {
                 if LATER.contains(&key) {
-                    eprintln!(
-                        "warning: {}: config.yaml key {key:?} is not served by this build; ignored",
+                    tracing::warn!(
+                        "{}: config.yaml key {key:?} is not served by this build; ignored",
                         dir.display()
                     );
                 } else if !KNOWN.contains(&key) {

@@ -10,6 +10,7 @@ pub mod component;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod logging;
 pub mod output;
 pub mod permissions;
 pub mod records;

@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tessera_storage::shard::Durability;
+use tracing::level_filters::LevelFilter;
+
+use super::logging::{self, LogSettings};
 
 /// Tessera: a Harper-compatible database, cache, REST server and broker in one process.
 #[derive(Debug, Parser)]
@@ -101,6 +104,8 @@ pub struct Settings {
     pub wasm: WasmLimits,
     /// A component's `graphql: true`: Harper's GraphQL query endpoint at `/graphql`.
     pub graphql: bool,
+    /// `logging.level`, `logging.root`, `logging.stdStreams`.
+    pub logging: LogSettings,
 }
 
 /// What one request of a wasm resource may take (`wasm.timeout`, `wasm.memory`).
@@ -245,9 +250,34 @@ impl Settings {
             )?,
             wasm: wasm_limits(&yaml)?,
             graphql: false,
+            logging: log_settings(&yaml, &root)?,
             root,
         })
     }
+}
+
+/// `logging.*` of `tessera.yaml`.
+fn log_settings(yaml: &serde_norway::Value, root: &Path) -> anyhow::Result<LogSettings> {
+    let level = match yaml_get(yaml, "logging.level") {
+        None | Some(serde_norway::Value::Null) => LevelFilter::INFO,
+        Some(v) => v.as_str().and_then(logging::level).with_context(
+            || "tessera.yaml: logging.level must be trace, debug, info, warn or error",
+        )?,
+    };
+    let dir = yaml_get(yaml, "logging.root")
+        .and_then(|v| v.as_str())
+        .map_or_else(|| root.join("log"), PathBuf::from);
+    let std_streams = match yaml_get(yaml, "logging.stdStreams") {
+        None | Some(serde_norway::Value::Null) => true,
+        Some(v) => v
+            .as_bool()
+            .context("tessera.yaml: logging.stdStreams must be true or false")?,
+    };
+    Ok(LogSettings {
+        level,
+        dir,
+        std_streams,
+    })
 }
 
 /// `wasm.timeout` and `wasm.memory` of `tessera.yaml`.

@@ -27,7 +27,7 @@ pub async fn run(router: Router, tables: Vec<Arc<Table>>) {
                 glommio::timer::sleep(until_next_anchor(interval)).await;
                 let removed = sweep(&router, &table).await;
                 if removed > 0 {
-                    eprintln!(
+                    tracing::info!(
                         "eviction: removed {removed} expired records of {}",
                         table.full_name()
                     );

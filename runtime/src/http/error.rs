@@ -22,7 +22,7 @@ pub fn class(e: &AppError) -> &'static str {
 pub fn send(reply: &mut Reply<'_>, e: &AppError, fmt: MediaType) {
     let status = e.status();
     if let AppError::Internal(message) = e {
-        eprintln!("error: {message}");
+        tracing::error!("{message}");
     }
     match e {
         AppError::NoSuchRecord => reply.send(status, None, &[], b""),

@@ -187,7 +187,7 @@ impl Connection<'_> {
             .map(|_| ())
             .map_err(|e| {
                 if let AppError::Internal(message) = e {
-                    eprintln!("error: {message}");
+                    tracing::error!("{message}");
                 }
                 0x99 // payload format invalid
             })

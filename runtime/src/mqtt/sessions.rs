@@ -383,7 +383,7 @@ pub fn open(dir: &Path) -> std::io::Result<Vec<Saved>> {
         match saved {
             Some(s) if s.remaining().is_ok() => found.push(s),
             Some(_) => std::fs::remove_file(&path)?,
-            None => eprintln!("mqtt: ignoring unreadable session file {}", path.display()),
+            None => tracing::warn!("mqtt: ignoring unreadable session file {}", path.display()),
         }
     }
     let known: HashSet<String> = found.iter().map(|s| s.owner.client_id.clone()).collect();
@@ -430,7 +430,7 @@ fn write_sessions(dir: &Path, mut known: HashSet<String>, rx: &mpsc::Receiver<Di
             }
         };
         if let Err(e) = done {
-            eprintln!("mqtt: writing a session to {}: {e}", dir.display());
+            tracing::error!("mqtt: writing a session to {}: {e}", dir.display());
         }
     }
 }

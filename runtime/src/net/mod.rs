@@ -24,7 +24,7 @@ where
                 glommio::spawn_local(serve(stream)).detach();
             }
             Err(e) => {
-                eprintln!("{what} accept failed: {e}");
+                tracing::warn!("{what} accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }

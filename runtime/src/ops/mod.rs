@@ -53,7 +53,7 @@ struct OpsError {
 impl From<AppError> for OpsError {
     fn from(e: AppError) -> Self {
         if let AppError::Internal(message) = &e {
-            eprintln!("error: {message}");
+            tracing::error!("{message}");
         }
         let message = match &e {
             AppError::Unauthorized => "Must login".to_owned(),
@@ -239,7 +239,11 @@ impl Operations {
                 self.change_schema(op, &envelope).await?
             } else if matches!(
                 op,
-                "get_configuration" | "set_configuration" | "system_information" | "restart"
+                "get_configuration"
+                    | "set_configuration"
+                    | "system_information"
+                    | "restart"
+                    | "read_log"
             ) {
                 self.instance(op, &envelope).await?
             } else if matches!(
@@ -368,6 +372,7 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "read_audit_log" => "readAuditLog",
         "delete_audit_logs_before" => "deleteAuditLogsBefore",
         "export_local" => "exportLocal",
+        "read_log" => "readLog",
         _ => return None,
     })
 }

@@ -13,6 +13,7 @@ use tessera_storage::Value;
 use tessera_storage::layout::write_atomically;
 
 use super::{Operations, OpsError, bad, fail};
+use crate::app::logging::{self, LogQuery};
 use crate::app::settings::Settings;
 
 /// What a known configuration key holds.
@@ -50,6 +51,43 @@ const KNOWN: &[(&str, Kind)] = &[
 ];
 
 const LEVELS: [&str; 7] = ["trace", "debug", "info", "warn", "error", "fatal", "notify"];
+
+/// `read_log`'s filters: `level`, `from` and `until` (dates), `start`, `limit` (1,000 by
+/// default) and `order` (`asc`, the file's order, or `desc`).
+fn log_query(env: &Value) -> Result<LogQuery, OpsError> {
+    let date = |key: &str| match env.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => tessera_storage::value::parse_date(s)
+            .map(Some)
+            .ok_or_else(|| bad(format!("'{key}' must be a date"))),
+        Some(Value::Int(ms)) => Ok(Some(*ms as f64)),
+        Some(Value::Date(ms)) => Ok(Some(*ms)),
+        Some(_) => Err(bad(format!("'{key}' must be a date"))),
+    };
+    let count = |key: &str, default: usize| match env.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Int(n)) if *n >= 0 => Ok(*n as usize),
+        Some(_) => Err(bad(format!("'{key}' must be a non-negative integer"))),
+    };
+    let level = match env.get("level") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(l)) if LEVELS.contains(&l.as_str()) => Some(l.clone()),
+        Some(_) => return Err(bad(format!("'level' must be one of {}", LEVELS.join(", ")))),
+    };
+    let descending = match env.get("order") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(o)) if o == "asc" || o == "desc" => o == "desc",
+        Some(_) => return Err(bad("'order' must be 'asc' or 'desc'")),
+    };
+    Ok(LogQuery {
+        level,
+        from: date("from")?,
+        until: date("until")?,
+        start: count("start", 0)?,
+        limit: count("limit", 1000)?,
+        descending,
+    })
+}
 
 fn config_file(root: &Path) -> PathBuf {
     root.join("tessera.yaml")
@@ -123,6 +161,15 @@ fn effective(settings: &Settings, file: Json) -> Json {
             json!(settings.wasm.budget.as_millis() as u64),
         ),
         ("wasm.memory", json!(settings.wasm.memory)),
+        (
+            "logging.level",
+            json!(settings.logging.level.to_string().to_lowercase()),
+        ),
+        (
+            "logging.root",
+            json!(settings.logging.dir.display().to_string()),
+        ),
+        ("logging.stdStreams", json!(settings.logging.std_streams)),
     ];
     for (path, v) in running {
         set_path(&mut tree, path, v);
@@ -317,6 +364,15 @@ impl Operations {
                 Ok(
                     json!({"message": "Configuration successfully set. You must restart HarperDB for new config settings to take effect."}),
                 )
+            }
+            "read_log" => {
+                let q = log_query(env)?;
+                let dir = settings.logging.dir.clone();
+                let events = glommio::executor()
+                    .spawn_blocking(move || logging::read(&dir, &q))
+                    .await
+                    .map_err(|e| fail(500, format!("reading the log: {e}")))?;
+                Ok(Json::Array(events))
             }
             "restart" => {
                 // The answer goes out first; then the process restarts in place (the server's

@@ -33,7 +33,7 @@ impl AuditLog {
             let stored = match set.store(shard).map(|s| s.audit_tail(AUDIT)) {
                 Some(Ok(changes)) => changes,
                 Some(Err(e)) => {
-                    eprintln!("realtime: reading the audit log of shard {shard}: {e}");
+                    tracing::error!("realtime: reading the audit log of shard {shard}: {e}");
                     Vec::new()
                 }
                 None => Vec::new(),

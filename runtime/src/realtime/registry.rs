@@ -144,7 +144,7 @@ pub(super) fn deliver(items: Vec<(u64, Delivery)>) {
             if full {
                 r.dropped += 1;
                 if r.dropped % 1000 == 1 {
-                    eprintln!(
+                    tracing::warn!(
                         "realtime: a subscriber's queue is full: {} changes dropped on this core so far",
                         r.dropped
                     );

@@ -99,7 +99,7 @@ pub async fn call(
         Some(f) => match module.rewind(f).call_async(&mut store, ()).await {
             Ok((pages,)) => pages <= RESTING_PAGES,
             Err(e) => {
-                eprintln!(
+                tracing::warn!(
                     "wasm resource {}: rewind failed: {e:#}",
                     resource.describe()
                 );
@@ -142,6 +142,6 @@ pub async fn call(
 /// A trap (panic, out-of-bounds access, memory or time exhausted): logged with the resource's
 /// name, a 500 to the client.
 fn trapped(resource: &WasmResource, e: &wasmtime::Error) -> AppError {
-    eprintln!("wasm resource {} failed: {e:#}", resource.describe());
+    tracing::error!("wasm resource {} failed: {e:#}", resource.describe());
     AppError::Internal(format!("resource {} failed", resource.name))
 }

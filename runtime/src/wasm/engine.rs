@@ -84,7 +84,7 @@ pub fn compile(engine: &Engine, file: &Path, cache: &Path) -> anyhow::Result<(Co
                 module
             }
             Err(why) => {
-                eprintln!(
+                tracing::info!(
                     "wasm: {}: a fresh instance for every request, as it cannot be rewound: {why:#}",
                     file.display()
                 );
