@@ -255,6 +255,32 @@ impl Drop for Server {
     }
 }
 
+/// Adds role `role` with `permission` and a user of it (as the admin client `c`).
+pub fn add_user_with_role(
+    c: &mut Client,
+    user: &str,
+    password: &str,
+    role: &str,
+    permission: &serde_json::Value,
+) {
+    let (st, body) = c.operation(&serde_json::json!({"operation": "add_role", "role": role,
+        "permission": permission}));
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = c.operation(&serde_json::json!({"operation": "add_user", "role": role,
+        "username": user, "password": password, "active": true}));
+    assert_eq!(st, 200, "{body}");
+}
+
+/// The permission of a role on `data.Item` that reads, inserts and updates everything but
+/// `price`, which it reads only when `price_readable` (and never writes).
+pub fn hidden_price(price_readable: bool) -> serde_json::Value {
+    serde_json::json!({"super_user": false, "data": {"tables": {"Item": {"read": true,
+        "insert": true, "update": true, "delete": false, "attribute_permissions": [
+            {"attribute_name": "name", "read": true, "insert": true, "update": true},
+            {"attribute_name": "price", "read": price_readable, "insert": false,
+             "update": false}]}}}})
+}
+
 /// A parsed response.
 #[derive(Debug, Clone)]
 pub struct Response {

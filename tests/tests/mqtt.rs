@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tessera_protocol::mqtt::{Packet, QoS, Version};
 use tessera_tests::mqtt::MqttClient;
-use tessera_tests::{ADMIN, Server};
+use tessera_tests::{ADMIN, Server, add_user_with_role, hidden_price};
 
 const SCHEMA: &str = r#"
 type Sensor @table @export {
@@ -842,4 +842,109 @@ fn kept_sessions_and_what_they_are_owed_outlive_a_restart() {
     let s = start.start();
     let (_c, ack) = connect_full(&s, Version::V5, "brief", false, None, properties);
     assert!(!ack.session_present, "expired while the server was down");
+}
+
+/// The role's attribute limits on MQTT: deliveries (retained and live, QoS 0 and 1) carry only
+/// the attributes it may read, a retained publish naming one it may not write is refused (0x87,
+/// nothing written), a change of role reaches the live session, and a dropped user's session is
+/// neither delivered to nor allowed to publish.
+#[test]
+fn deliveries_and_publishes_follow_the_roles_attribute_permissions() {
+    let (s, _a, _r) = Server::with_schema(
+        "type Item @table @export { id: ID @primaryKey name: String price: Int }",
+    );
+    let mut ops = s.ops();
+    add_user_with_role(&mut ops, "kim", "pw-kim", "shopper", &hidden_price(false));
+    let mut admin = client(&s, Version::V5, "admin-pub");
+    assert_eq!(
+        admin.publish(
+            "Item/a",
+            br#"{"name":"apple","price":5}"#,
+            QoS::AtLeastOnce,
+            true
+        ),
+        Some(0)
+    );
+    let mut subs = Vec::new();
+    for (id, qos) in [("kim-0", QoS::AtMostOnce), ("kim-1", QoS::AtLeastOnce)] {
+        let (mut kim, ack) =
+            MqttClient::connect(s.mqtt_port, Version::V5, id, Some(("kim", "pw-kim")));
+        assert_eq!(ack.map(|a| a.code), Some(0));
+        assert_eq!(kim.subscribe(&[("Item/#", qos)]), vec![qos as u8]);
+        let retained = kim.next_publish(WAIT).expect("the retained record");
+        assert_eq!(
+            json_of(&retained.payload),
+            json!({"id": "a", "name": "apple"})
+        );
+        subs.push(kim);
+    }
+    assert_eq!(
+        admin.publish(
+            "Item/b",
+            br#"{"name":"bean","price":2}"#,
+            QoS::AtLeastOnce,
+            true
+        ),
+        Some(0)
+    );
+    for kim in &mut subs {
+        let p = kim.next_publish(WAIT).expect("a delivery");
+        assert_eq!(json_of(&p.payload), json!({"id": "b", "name": "bean"}));
+    }
+    // Writing price is refused; the record is as it was.
+    let kim = &mut subs[1];
+    assert_eq!(
+        kim.publish(
+            "Item/b",
+            br#"{"name":"bean","price":0}"#,
+            QoS::AtLeastOnce,
+            true
+        ),
+        Some(0x87)
+    );
+    assert_eq!(s.client().get("/Item/b").json()["price"], 2);
+    assert_eq!(
+        kim.publish("Item/e", br#"{"name":"egg"}"#, QoS::AtLeastOnce, true),
+        Some(0)
+    );
+    for kim in &mut subs {
+        let p = kim.next_publish(WAIT).expect("its own write");
+        assert_eq!(json_of(&p.payload), json!({"id": "e", "name": "egg"}));
+    }
+    // May read price now: the next delivery has it.
+    let (st, _) = ops.operation(&json!({"operation": "alter_role", "id": "shopper",
+        "permission": hidden_price(true)}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        admin.publish(
+            "Item/c",
+            br#"{"name":"corn","price":3}"#,
+            QoS::AtLeastOnce,
+            true
+        ),
+        Some(0)
+    );
+    for kim in &mut subs {
+        let p = kim.next_publish(WAIT).expect("a delivery");
+        assert_eq!(json_of(&p.payload)["price"], 3);
+    }
+    // Dropped: nothing more is delivered, and its publishes are refused.
+    let (st, _) = ops.operation(&json!({"operation": "drop_user", "username": "kim"}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        admin.publish(
+            "Item/d",
+            br#"{"name":"date","price":4}"#,
+            QoS::AtLeastOnce,
+            true
+        ),
+        Some(0)
+    );
+    for kim in &mut subs {
+        assert!(kim.next_publish(Duration::from_secs(1)).is_none());
+    }
+    assert_eq!(
+        subs[1].publish("Item/f", br#"{"name":"fig"}"#, QoS::AtLeastOnce, true),
+        Some(0x87)
+    );
 }

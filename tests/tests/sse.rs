@@ -5,18 +5,23 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tessera_tests::{ADMIN, Server, basic};
+use tessera_tests::{ADMIN, Server, add_user_with_role, basic, hidden_price};
 
-/// Opens an event stream and returns a reader positioned after the response head.
+/// Opens an event stream as the admin (or anonymously) and returns a reader positioned after
+/// the response head.
 fn open(s: &Server, path: &str, auth: bool) -> (u16, BufReader<TcpStream>) {
+    open_as(s, path, auth.then_some(ADMIN))
+}
+
+/// [`open`] as the user with these credentials.
+fn open_as(s: &Server, path: &str, user: Option<(&str, &str)>) -> (u16, BufReader<TcpStream>) {
     let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let auth = if auth {
-        format!("Authorization: {}\r\n", basic(ADMIN.0, ADMIN.1))
-    } else {
-        String::new()
+    let auth = match user {
+        Some((u, p)) => format!("Authorization: {}\r\n", basic(u, p)),
+        None => String::new(),
     };
     write!(
         stream,
@@ -116,4 +121,57 @@ fn subscriptions_can_start_in_the_past() {
         temps,
         [json!(1), json!(2), json!(3), json!(4), json!(9), json!(5)]
     );
+}
+
+/// A role that may not read `price` gets events without it; a change of its role reaches the
+/// live stream; a dropped user's stream ends.
+#[test]
+fn events_carry_only_what_the_role_may_read_as_it_is_now() {
+    let (s, _a, _r) = Server::with_schema(
+        "type Item @table @export { id: ID @primaryKey name: String price: Int }",
+    );
+    let mut admin = s.ops();
+    add_user_with_role(&mut admin, "kim", "pw-kim", "shopper", &hidden_price(false));
+    let mut c = s.client();
+    assert_eq!(
+        c.put_json("/Item/a", r#"{"name":"apple","price":5}"#)
+            .status,
+        204
+    );
+    let (code, mut r) = open_as(&s, "/Item/", Some(("kim", "pw-kim")));
+    assert_eq!(code, 200);
+    assert_eq!(
+        next_event(&mut r)["value"],
+        json!({"id": "a", "name": "apple"})
+    );
+    assert_eq!(
+        c.put_json("/Item/b", r#"{"name":"bean","price":2}"#).status,
+        204
+    );
+    assert_eq!(
+        next_event(&mut r)["value"],
+        json!({"id": "b", "name": "bean"})
+    );
+    // The role may read price now: the next event has it.
+    let (st, _) = admin.operation(&json!({"operation": "alter_role", "id": "shopper",
+        "permission": hidden_price(true)}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        c.put_json("/Item/c", r#"{"name":"corn","price":3}"#).status,
+        204
+    );
+    assert_eq!(
+        next_event(&mut r)["value"],
+        json!({"id": "c", "name": "corn", "price": 3})
+    );
+    // Dropped: the stream ends at the next change.
+    let (st, _) = admin.operation(&json!({"operation": "drop_user", "username": "kim"}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        c.put_json("/Item/d", r#"{"name":"date","price":4}"#).status,
+        204
+    );
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut r, &mut rest);
+    assert!(!rest.contains("date"), "{rest}");
 }

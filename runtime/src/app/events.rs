@@ -1,10 +1,15 @@
 //! Harper's event envelope for WebSocket and SSE (docs/realtime.md):
 //! `{"id","type":"put"|"delete"|"message","value","version","localTime"}`.
 
-use tessera_storage::record::RecordRef;
+use std::borrow::Cow;
+
+use tessera_storage::record::{self, RecordRef};
 use tessera_storage::shard::{Change, Event, now_micros};
 use tessera_storage::value::msgpack_to_json;
-use tessera_storage::{Value, key};
+use tessera_storage::{Table, Value, key};
+
+use super::permissions::User;
+use super::records::readable_value;
 
 /// The envelope of a change as JSON text. `version` is the change's (or, for a current record,
 /// the record's) last-modified time in ms.
@@ -36,6 +41,29 @@ pub fn envelope_json(change: &Change) -> Option<Vec<u8>> {
     Value::Float(now_micros() as f64 / 1000.0).write_json(&mut out);
     out.push(b'}');
     Some(out)
+}
+
+/// What a subscriber acting for `user` may see of `change` to `table`: the change as it is when
+/// the role may read the whole record, the change with the record cut down to the attributes it
+/// may read, or `None` when it may not read the table (any more). The one place every
+/// subscription (SSE, WebSocket, MQTT) asks.
+pub fn as_seen_by<'c>(change: &'c Change, table: &Table, user: &User) -> Option<Cow<'c, Change>> {
+    let perm = user.permission.table(&table.database, &table.name)?;
+    if !perm.read {
+        return None;
+    }
+    if perm.attributes.is_empty() {
+        return Some(Cow::Borrowed(change));
+    }
+    let Event::Put(stored) = &change.event else {
+        return Some(Cow::Borrowed(change));
+    };
+    let rec = RecordRef::parse(stored)?;
+    let visible = readable_value(table, perm, rec.body).ok()?;
+    Some(Cow::Owned(Change {
+        event: Event::Put(record::encode_value(rec.version, rec.expires_at, &visible)),
+        ..change.clone()
+    }))
 }
 
 /// A published payload as an envelope value: its JSON when it is JSON, else the text (or bytes).

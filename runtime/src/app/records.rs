@@ -69,13 +69,22 @@ pub fn readable_only(
     perm: &TablePermission,
     body: &[u8],
 ) -> Result<Vec<u8>, AppError> {
+    Ok(readable_value(table, perm, body)?.to_msgpack())
+}
+
+/// [`readable_only`], decoded.
+pub fn readable_value(
+    table: &Table,
+    perm: &TablePermission,
+    body: &[u8],
+) -> Result<Value, AppError> {
     let mut v = tessera_storage::value::from_msgpack(body)
         .map_err(|e| AppError::Internal(e.to_string()))?;
     let pk = &table.primary_key().name;
     if let Value::Object(props) = &mut v {
         props.retain(|(k, _)| perm.reads_attribute(k, k == pk));
     }
-    Ok(v.to_msgpack())
+    Ok(v)
 }
 
 /// Refuses (403) a record with a property `perm` does not let its role write with `action`

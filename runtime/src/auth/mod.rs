@@ -189,6 +189,43 @@ impl Authenticator {
     }
 }
 
+/// A long-lived connection's user (a subscription's, an MQTT session's) as its role is now:
+/// after `alter_role`, `alter_user` or `drop_user`, the next delivery or publish sees the
+/// change. Checking costs one atomic load while nothing changes.
+pub struct LiveUser {
+    users: Arc<Users>,
+    user: RefCell<Option<Arc<User>>>,
+    seen: std::cell::Cell<u64>,
+}
+
+impl LiveUser {
+    pub fn new(users: Arc<Users>, user: Arc<User>) -> LiveUser {
+        let seen = std::cell::Cell::new(users.generation());
+        LiveUser {
+            users,
+            user: RefCell::new(Some(user)),
+            seen,
+        }
+    }
+
+    /// The user now; `None` once it has been dropped or deactivated (its connection should
+    /// end). The user trusted on loopback (`authorizeLocal`) is not in the store and stays.
+    pub fn current(&self) -> Option<Arc<User>> {
+        let generation = self.users.generation();
+        if self.seen.get() != generation {
+            self.seen.set(generation);
+            let mut user = self.user.borrow_mut();
+            let fresh = match user.as_ref() {
+                Some(u) if **u == User::local() => Some(u.clone()),
+                Some(u) => self.users.active_user(&u.username).map(Arc::new),
+                None => None,
+            };
+            *user = fresh;
+        }
+        self.user.borrow().clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

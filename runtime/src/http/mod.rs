@@ -246,7 +246,7 @@ impl Rest {
                 _ => return Err(AppError::MethodNotAllowed(ALLOW_RECORD)),
             };
             let since = realtime::since_of(target.query);
-            return self.event_stream(table, scope, since, reply).await;
+            return self.event_stream(table, scope, since, user, reply).await;
         }
         *fmt = negotiated(target.format, req.accept)?;
         // A resource extending the table serves what it overrides; the rest is the table's.

@@ -10,20 +10,26 @@ use tessera_storage::shard::Change;
 use super::Rest;
 use crate::app::AppError;
 use crate::app::events;
+use crate::app::permissions::User;
+use crate::auth::LiveUser;
 use crate::net::reply::Reply;
 use crate::realtime::{self, Guarantee, Scope, Subscriber, Subscriptions};
 
 impl Rest {
     /// Server-Sent Events: the current record(s), then every change, one
-    /// `data:` line each. The head waits for the first event; a comment every 15 s notices a
-    /// client that has gone. The connection ends with the stream.
+    /// `data:` line each, as `user`'s role may see it now (its attributes only; nothing once it
+    /// may no longer read the table; the stream ends once the user is dropped). The head waits
+    /// for the first event; a comment every 15 s notices a client that has gone. The connection
+    /// ends with the stream.
     pub(super) async fn event_stream(
         &self,
         table: &Arc<Table>,
         scope: Scope,
         since: Option<realtime::Since>,
+        user: &User,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
+        let live = LiveUser::new(self.auth.users().clone(), Arc::new(user.clone()));
         reply.keep_alive = false;
         let core = self.router.core();
         let conn = realtime::new_conn(core);
@@ -41,21 +47,31 @@ impl Rest {
                 .ok_or(AppError::NoSuchRecord)?;
             let mut started = false;
             let mut buf = Vec::new();
+            // Whether the stream goes on (the user still exists).
             let mut send = |reply: &mut Reply<'_>, change: &Change, started: &mut bool| {
+                let Some(user) = live.current() else {
+                    return false;
+                };
+                let Some(change) = events::as_seen_by(change, table, &user) else {
+                    return true;
+                };
                 if !*started {
                     reply.start_chunked(MediaType::EventStream);
                     *started = true;
                 }
                 buf.clear();
                 buf.extend_from_slice(b"data: ");
-                if let Some(e) = events::envelope_json(change) {
+                if let Some(e) = events::envelope_json(&change) {
                     buf.extend_from_slice(&e);
                 }
                 buf.extend_from_slice(b"\n\n");
                 reply.frame(&buf);
+                true
             };
             for c in &current {
-                send(reply, c, &mut started);
+                if !send(reply, c, &mut started) {
+                    return Ok(());
+                }
             }
             loop {
                 if started && !reply.flush().await {
@@ -66,7 +82,11 @@ impl Rest {
                 })
                 .await
                 {
-                    Ok(Some(d)) => send(reply, &d.change, &mut started),
+                    Ok(Some(d)) => {
+                        if !send(reply, &d.change, &mut started) {
+                            return Ok(());
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(_) if started => reply.frame(b":\n\n"),
                     Err(_) => {}

@@ -20,6 +20,7 @@ use super::error::class;
 use crate::app::output::encode_value;
 use crate::app::permissions::Action;
 use crate::app::{AppError, events};
+use crate::auth::LiveUser;
 use crate::net::flush;
 use crate::net::ws_stream;
 use crate::realtime::{self, Guarantee, Pattern, Scope, Subscriber, Subscriptions};
@@ -98,7 +99,7 @@ pub async fn serve(
     let since = realtime::since_of(target.query);
     let current = realtime::subscribe(router, &table, scope, since, sub, &mut held).await;
     let (mut tx, mut rx) = ws.split();
-    let frame = |change: &tessera_storage::shard::Change| -> Option<Message> {
+    let encode = |change: &tessera_storage::shard::Change| -> Option<Message> {
         let mut json = events::envelope_json(change)?;
         if fmt == MediaType::Json {
             return String::from_utf8(json)
@@ -110,12 +111,21 @@ pub async fn serve(
         encode_value(&v, fmt, &mut bin);
         Some(Message::Binary(bin.into()))
     };
+    // Each change as the user's role may see it now; `Err` once the user is gone.
+    let live = LiveUser::new(rest.auth.users().clone(), user);
+    let frame = |change: &tessera_storage::shard::Change| -> Result<Option<Message>, ()> {
+        let user = live.current().ok_or(())?;
+        Ok(events::as_seen_by(change, &table, &user).and_then(|c| encode(&c)))
+    };
     let mut open = true;
+    let mut gone = false;
     for change in current.iter().flatten() {
-        if let Some(m) = frame(change)
-            && tx.send(m).await.is_err()
-        {
-            open = false;
+        match frame(change) {
+            Ok(Some(m)) => open = tx.send(m).await.is_ok(),
+            Ok(None) => {}
+            Err(()) => (open, gone) = (false, true),
+        }
+        if !open {
             break;
         }
     }
@@ -123,11 +133,11 @@ pub async fn serve(
     while open {
         futures::select_biased! {
             d = inbox.recv().fuse() => match d {
-                Some(d) => {
-                    if let Some(m) = frame(&d.change) {
-                        open = tx.send(m).await.is_ok();
-                    }
-                }
+                Some(d) => match frame(&d.change) {
+                    Ok(Some(m)) => open = tx.send(m).await.is_ok(),
+                    Ok(None) => {}
+                    Err(()) => (open, gone) = (false, true),
+                },
                 None => open = false,
             },
             m = rx.next() => match m {
@@ -135,6 +145,12 @@ pub async fn serve(
                 Some(Ok(_)) => {}
             },
         }
+    }
+    if gone {
+        // The user was dropped or deactivated: closed as a refused login is.
+        let _ = tx
+            .send(closing(3000, "Unauthorized: the user no longer exists"))
+            .await;
     }
     let _ = tx.close(None).await;
     held.release(router, conn_id, None).await;

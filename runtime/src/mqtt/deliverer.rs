@@ -1,21 +1,27 @@
 //! The deliverer of a connection: changes for its subscriptions become PUBLISH packets, first
-//! those a resumed session queued, then the inbox's. A QoS 0 PUBLISH is encoded once per change
-//! and shared by every subscriber; QoS 1 and 2 ones are numbered, limited by the client's Receive
-//! Maximum and remembered until completed.
+//! those a resumed session queued, then the inbox's, each as the connection's user may see it
+//! now (`events::as_seen_by`: only the attributes its role may read, nothing once it may no
+//! longer read the table; the connection ends once the user is dropped). A QoS 0 PUBLISH is
+//! encoded once per change and shared by every subscriber who sees the whole record; QoS 1 and 2
+//! ones are numbered, limited by the client's Receive Maximum and remembered until completed.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use futures::FutureExt;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::LocalReceiver;
 use tessera_protocol::mqtt::{Ack, Packet};
+use tessera_storage::shard::Change;
 
 use super::inflight::next_packet_id;
 use super::publish::publish_for;
 use super::sessions::{Pending, Redelivery};
 use super::writer::{BATCH_BYTES, Outbox};
 use super::{Flow, qos_of};
-use crate::realtime::{Delivery, Guarantee};
+use crate::app::events;
+use crate::auth::LiveUser;
+use crate::realtime::{Broadcast, Delivery, Guarantee};
 use crate::worker::Worker;
 
 /// The inbox and what was not delivered, handed back when the session parks.
@@ -25,6 +31,7 @@ pub type HandedBack = Option<(LocalReceiver<Delivery>, VecDeque<Pending>)>;
 /// when `park` fires.
 pub async fn run(
     worker: &Worker,
+    live: &LiveUser,
     out: &Outbox,
     inbox: LocalReceiver<Delivery>,
     mut backlog: VecDeque<Pending>,
@@ -48,9 +55,9 @@ pub async fn run(
         };
         let deliver = async {
             if pending.delivery.guarantee == Guarantee::AtMostOnce {
-                send_qos0(worker, out, &pending.delivery, &inbox, &mut backlog).await
+                send_qos0(worker, live, out, &pending.delivery, &inbox, &mut backlog).await
             } else {
-                send_acknowledged(worker, out, &pending, &mut next_id, flow).await
+                send_acknowledged(worker, live, out, &pending, &mut next_id, flow).await
             }
         };
         // A session that parks keeps what this was delivering.
@@ -81,17 +88,18 @@ pub async fn run(
 /// `backlog`.
 async fn send_qos0(
     worker: &Worker,
+    live: &LiveUser,
     out: &Outbox,
     first: &Delivery,
     inbox: &LocalReceiver<Delivery>,
     backlog: &mut VecDeque<Pending>,
 ) -> Result<(), ()> {
     let mut batch = Vec::new();
-    out.push_qos0(worker, &first.change, &mut batch);
+    push_qos0(worker, live, out, &first.change, &mut batch)?;
     while batch.len() < BATCH_BYTES && backlog.is_empty() {
         match inbox.recv().now_or_never().flatten() {
             Some(d) if d.guarantee == Guarantee::AtMostOnce => {
-                out.push_qos0(worker, &d.change, &mut batch)
+                push_qos0(worker, live, out, &d.change, &mut batch)?
             }
             Some(other) => backlog.push_back(Pending::new(other)),
             None => break,
@@ -103,17 +111,52 @@ async fn send_qos0(
     out.queue(batch).await
 }
 
+/// What the connection's user may see of `change` now (`Ok(None)`: nothing); `Err` once the
+/// user is gone.
+fn seen<'c>(
+    worker: &Worker,
+    live: &LiveUser,
+    change: &'c Change,
+) -> Result<Option<Cow<'c, Change>>, ()> {
+    let user = live.current().ok_or(())?;
+    Ok(match worker.app.tables.export_by_id(change.table) {
+        Some(table) => events::as_seen_by(change, table, &user),
+        None => Some(Cow::Borrowed(change)),
+    })
+}
+
+/// Adds a QoS 0 PUBLISH of `change` to `batch`: the encoding shared by every subscriber when
+/// this one sees the whole record, its own otherwise.
+fn push_qos0(
+    worker: &Worker,
+    live: &LiveUser,
+    out: &Outbox,
+    change: &Broadcast,
+    batch: &mut Vec<u8>,
+) -> Result<(), ()> {
+    match seen(worker, live, change)? {
+        None => {}
+        Some(Cow::Borrowed(_)) => out.push_qos0(worker, change, batch),
+        Some(Cow::Owned(own)) => out.push_qos0_of(worker, &own, batch),
+    }
+    Ok(())
+}
+
 /// Sends a QoS 1 or 2 delivery (again, for one never completed) once the client's Receive
 /// Maximum allows, and remembers it until the client completes it.
 async fn send_acknowledged(
     worker: &Worker,
+    live: &LiveUser,
     out: &Outbox,
     pending: &Pending,
     next_id: &mut u16,
     flow: &Flow,
 ) -> Result<(), ()> {
     let qos = qos_of(pending.delivery.guarantee);
-    let change = &pending.delivery.change;
+    let Some(change) = seen(worker, live, &pending.delivery.change)? else {
+        return Ok(());
+    };
+    let change = change.as_ref();
     let (id, packet) = match pending.redelivery {
         // The client has the message: only the release goes again.
         Some(Redelivery { id, received: true }) => (id, Packet::PubRel(Ack::new(id))),

@@ -33,6 +33,7 @@ use glommio::net::{TcpListener, TcpStream};
 use tessera_protocol::mqtt::{QoS, Version};
 
 use crate::app::permissions::User;
+use crate::auth::LiveUser;
 use crate::realtime::{self, Guarantee, Subscriptions};
 use crate::worker::Worker;
 pub use parked::restore;
@@ -79,8 +80,9 @@ async fn connection(worker: Rc<Worker>, stream: TcpStream) {
 /// What the reader knows about its connection.
 struct Connection<'w> {
     worker: &'w Worker,
-    /// Who connected: its role decides what it may subscribe to and publish.
-    user: Arc<User>,
+    /// Who connected, as its role is now: it decides what the connection may subscribe to,
+    /// publish and be delivered.
+    live: Rc<LiveUser>,
     conn: u64,
     version: Version,
     outbox: Rc<writer::Outbox>,
@@ -94,6 +96,13 @@ struct Connection<'w> {
     aliases: HashMap<u16, String>,
     /// Messages published on this connection that other cores may not have dispatched yet.
     messages: realtime::InFlight,
+}
+
+impl Connection<'_> {
+    /// The connection's user now; `None` once it has been dropped or deactivated.
+    fn user(&self) -> Option<Arc<User>> {
+        self.live.current()
+    }
 }
 
 /// Flow control between the reader and the deliverer: at most the client's Receive Maximum
@@ -129,9 +138,13 @@ where
     };
     let conn = opened.conn;
     let inbox = realtime::open_inbox(conn);
+    let live = Rc::new(LiveUser::new(
+        worker.auth.users().clone(),
+        opened.user.clone(),
+    ));
     let mut connection = Connection {
         worker,
-        user: opened.user.clone(),
+        live: live.clone(),
         conn,
         version: opened.connect.version,
         outbox: opened.outbox.clone(),
@@ -171,7 +184,7 @@ where
     let writer = writer::run(frames, wr);
     let deliverer = async {
         let out = outbox;
-        deliverer::run(worker, &out, inbox, backlog, park_rx, &flow).await
+        deliverer::run(worker, &live, &out, inbox, backlog, park_rx, &flow).await
     };
     let keep = kept.is_some();
     let reader = reader::run(

@@ -13,6 +13,7 @@ use super::{Connection, TOPIC_ALIAS_MAXIMUM};
 use crate::app::AppError;
 use crate::app::keys::{id_value, set_primary_key};
 use crate::app::permissions::Action;
+use crate::app::records::check_writable;
 use crate::realtime;
 use crate::wasm;
 use crate::worker::Worker;
@@ -140,13 +141,11 @@ impl Connection<'_> {
         let worker = self.worker;
         // 0x90: topic name invalid (not an exported table).
         let (table, id) = worker.app.tables.topic(&p.topic).ok_or(0x90u8)?;
-        // 0x87: not authorized (the role's table permission for what the publish does).
+        // 0x87: not authorized (the role's table permission for what the publish does, as the
+        // role is now).
         let action = publish_action(p);
-        if !self
-            .user
-            .permission
-            .allows(&table.database, &table.name, action)
-        {
+        let user = self.user().ok_or(0x87u8)?;
+        if !user.permission.allows(&table.database, &table.name, action) {
             return Err(0x87);
         }
         let pk = id_value(table, id);
@@ -181,6 +180,11 @@ impl Connection<'_> {
             return worker.router.write(op).await.map(|_| ()).map_err(|_| 0x80);
         }
         let rec = payload_value(p).map_err(|_| 0x99u8)?; // payload format invalid
+        // An attribute the role may not write is refused, as over REST and the Operations API.
+        let limits = user
+            .permission
+            .attribute_limits(&table.database, &table.name);
+        check_writable(table, limits, &rec, Action::Update).map_err(|_| 0x87u8)?;
         worker
             .write_record(table, rec, pk, WriteMode::Replace)
             .await
@@ -213,11 +217,11 @@ impl Connection<'_> {
         self.messages.settle().await;
         // As over REST: a resource extending a table is under the table's permissions; a
         // standalone one checks the user itself.
+        let Some(user) = self.user() else {
+            return Some(Err(0x87));
+        };
         if let Some(table) = &res.extends
-            && !self
-                .user
-                .permission
-                .allows(&table.database, &table.name, action)
+            && !user.permission.allows(&table.database, &table.name, action)
         {
             return Some(Err(0x87));
         }
@@ -243,7 +247,7 @@ impl Connection<'_> {
             search: "",
             is_collection: id.is_empty(),
             data,
-            user: Some(self.user.username.clone()),
+            user: Some(user.username.clone()),
             head: Vec::new(),
         };
         match wasm::call(&worker.wasm, &worker.app, &worker.router, res, call).await {

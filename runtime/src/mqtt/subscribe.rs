@@ -14,6 +14,7 @@ use super::inflight::next_packet_id;
 use super::publish::publish_for;
 use super::sessions::{self, Saved};
 use super::{Connection, guarantee_of};
+use crate::app::events;
 use crate::app::permissions::Action;
 use crate::realtime::{self, Delivery, Pattern, Scope, Subscriber, Subscriptions};
 use crate::worker::Worker;
@@ -98,6 +99,7 @@ impl Connection<'_> {
     pub async fn subscribe(&mut self, s: Subscribe) {
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
+        let user = self.user();
         for (filter, options) in &s.filters {
             let qos = options.qos;
             // Subscribing again to a filter replaces the subscription.
@@ -108,11 +110,10 @@ impl Connection<'_> {
             }
             let readable = filter.split_once('/').and_then(|(t, _)| {
                 let table = self.worker.app.tables.mqtt_export(t)?;
-                Some(
-                    self.user
-                        .permission
-                        .allows(&table.database, &table.name, Action::Read),
-                )
+                Some(user.as_ref().is_some_and(|u| {
+                    u.permission
+                        .allows(&table.database, &table.name, Action::Read)
+                }))
             });
             if readable == Some(false) {
                 codes.push(match self.version {
@@ -139,7 +140,16 @@ impl Connection<'_> {
             }))
             .await;
         let mut next_id = 0x8000;
+        let tables = &self.worker.app.tables;
         for (change, qos) in retained {
+            // Only what the role may read of each record (the filter's table allowed reading).
+            let seen = match (&user, tables.export_by_id(change.table)) {
+                (Some(u), Some(t)) => events::as_seen_by(&change, t, u),
+                _ => None,
+            };
+            let Some(change) = seen else {
+                continue;
+            };
             let packet_id = (qos != QoS::AtMostOnce).then(|| {
                 next_id = next_packet_id(next_id);
                 next_id

@@ -5,6 +5,7 @@ use futures::FutureExt;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use tessera_protocol::mqtt::{self, Packet, QoS, Version};
+use tessera_storage::shard::Change;
 
 use super::publish::publish_for;
 use crate::realtime::Broadcast;
@@ -54,15 +55,28 @@ impl Outbox {
     pub fn push_qos0(&self, worker: &Worker, change: &Broadcast, batch: &mut Vec<u8>) {
         // The change's wire slots: 0 for MQTT 3.1.1, 1 for MQTT 5.
         let slot = usize::from(self.version == Version::V5);
-        let frame = change.wire[slot].get_or_init(|| {
-            let p = publish_for(worker, change, QoS::AtMostOnce, false, None)?;
-            let mut f = Vec::with_capacity(128);
-            mqtt::encode(&Packet::Publish(p), self.version, &mut f);
-            Some(f.into())
-        });
+        let frame =
+            change.wire[slot].get_or_init(|| self.qos0_frame(worker, change).map(Into::into));
         if let Some(f) = frame.as_deref().filter(|f| f.len() <= self.max) {
             batch.extend_from_slice(f);
         }
+    }
+
+    /// [`Self::push_qos0`] of a change only this subscriber sees (its role's attributes).
+    pub fn push_qos0_of(&self, worker: &Worker, change: &Change, batch: &mut Vec<u8>) {
+        if let Some(f) = self
+            .qos0_frame(worker, change)
+            .filter(|f| f.len() <= self.max)
+        {
+            batch.extend_from_slice(&f);
+        }
+    }
+
+    fn qos0_frame(&self, worker: &Worker, change: &Change) -> Option<Vec<u8>> {
+        let p = publish_for(worker, change, QoS::AtMostOnce, false, None)?;
+        let mut f = Vec::with_capacity(128);
+        mqtt::encode(&Packet::Publish(p), self.version, &mut f);
+        Some(f)
     }
 }
 
