@@ -208,6 +208,18 @@ fn computed_properties() {
         json!({"name":"Cable","total":10,"label":"Cable #4"})
     );
     assert_eq!(get(&mut c, "/Product/p03.total"), json!(100));
+    // The Operations API computes them when asked for by name.
+    let (_, found) = s
+        .ops()
+        .operation(&json!({"operation": "search_by_id", "table": "Product",
+        "ids": ["p02"], "get_attributes": ["name", "total", "label"]}));
+    assert_eq!(
+        found,
+        json!([{"name":"Cable","total":10,"label":"Cable #4"}])
+    );
+    let (_, rows) = s.ops().operation(&json!({"operation": "sql",
+        "sql": "SELECT name, total FROM data.Product WHERE id = 'p02'"}));
+    assert_eq!(rows, json!([{"name":"Cable","total":10}]));
     // Not stored, not in the default output, refused when assigned.
     assert!(get(&mut c, "/Product/p01").get("total").is_none());
     let r = c.put_json("/Product/p06", r#"{"name":"X","total":5}"#);

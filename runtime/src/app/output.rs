@@ -279,6 +279,17 @@ fn csv_cell(v: &Value, out: &mut Vec<u8>) {
 }
 
 /// The properties `names` of a record, in that order, absent ones as null.
+/// Sets on a decoded record each attribute its table computes from the record's own
+/// (`@computed(from:)`), for readers that name attributes rather than write the record out.
+pub fn with_computed(table: &Table, rec: &mut Value) {
+    for a in &table.attributes {
+        if let Some(e) = &a.expr {
+            let v = e.eval(&|n| rec.get(n));
+            rec.set(&a.name, v);
+        }
+    }
+}
+
 pub fn pick(full: &Value, names: &[String]) -> Value {
     Value::Object(
         names

@@ -200,7 +200,11 @@ fn shape(
             }
             full
         }
-        Some(names) => pick(&full, names),
+        Some(names) => {
+            // An attribute computed from the record's own (`@computed(from:)`) is computed.
+            output::with_computed(table, &mut full);
+            pick(&full, names)
+        }
     }
 }
 

@@ -1347,7 +1347,11 @@ impl Operations {
         let plan = query::plan(&source.table, "", parsed, Joins::default())?;
         let rows = query::collect(&self.router, &plan).await?;
         rows.iter()
-            .map(|r| Ok(output::body_value(output::stored_record(&r.stored)?.body)?))
+            .map(|r| {
+                let mut rec = output::body_value(output::stored_record(&r.stored)?.body)?;
+                output::with_computed(&source.table, &mut rec);
+                Ok(rec)
+            })
             .collect()
     }
 
