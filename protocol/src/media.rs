@@ -17,12 +17,10 @@ pub enum MediaType {
 }
 
 impl MediaType {
-    /// The `Content-Type` header value.
+    /// The `Content-Type` header value: the type alone, as Harper sends it (JSON is UTF-8 by
+    /// definition, RFC 8259, so a charset parameter says nothing).
     pub fn content_type(self) -> &'static str {
-        match self {
-            MediaType::Json => "application/json; charset=utf-8",
-            other => other.essence(),
-        }
+        self.essence()
     }
 
     /// The type without parameters.

@@ -229,7 +229,9 @@ impl<'a> Parser<'a> {
         let mut items: Vec<Filter> = Vec::new();
         let mut sep: Option<u8> = None;
         loop {
-            self.entry(top, sep, &mut items)?;
+            // What separates the next entry from this one, when this one is a function (which
+            // is not a condition, so it does not decide how conditions join).
+            let function = self.entry(top, sep, &mut items)?;
             match self.peek() {
                 None if top => break,
                 None => {
@@ -241,6 +243,12 @@ impl<'a> Parser<'a> {
                     break;
                 }
                 Some(c @ (b'&' | b'|')) => {
+                    // `select()`, `limit()` and `sort()` are joined with '&' whatever joins the
+                    // conditions: `a=1|a=2&select(id)` is one '|' group and a select.
+                    if top && c == b'&' && (function || self.function_follows()) {
+                        self.at += 1;
+                        continue;
+                    }
                     if sep.is_some_and(|s| s != c) {
                         return self.err(
                             self.at,
@@ -261,16 +269,25 @@ impl<'a> Parser<'a> {
         })
     }
 
-    /// Parses one entry, adding a condition or group to `items` (functions go to the query).
+    /// Whether `&` at the cursor is followed by a function (`select(`, `limit(`, `sort(`).
+    fn function_follows(&self) -> bool {
+        let rest = &self.s[self.at + 1..];
+        let name_len = rest.iter().take_while(|c| !ends_name(**c)).count();
+        rest.get(name_len) == Some(&b'(')
+            && matches!(&rest[..name_len], b"select" | b"limit" | b"sort")
+    }
+
+    /// Parses one entry, adding a condition or group to `items` (functions go to the query);
+    /// returns whether it was a function.
     fn entry(
         &mut self,
         top: bool,
         sep: Option<u8>,
         items: &mut Vec<Filter>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<bool, QueryError> {
         let start = self.at;
         match self.peek() {
-            None | Some(b'&' | b'|' | b')' | b']') => return Ok(()),
+            None | Some(b'&' | b'|' | b')' | b']') => return Ok(false),
             Some(open @ (b'(' | b'[')) => {
                 if self.depth >= MAX_DEPTH {
                     return self.err(start, "groups nested too deeply");
@@ -281,7 +298,7 @@ impl<'a> Parser<'a> {
                 let inner = self.group(Some(close))?;
                 self.depth -= 1;
                 items.extend(inner);
-                return Ok(());
+                return Ok(false);
             }
             Some(_) => {}
         }
@@ -291,13 +308,15 @@ impl<'a> Parser<'a> {
         let name_end = self.at;
         if self.peek() == Some(b'(') {
             let name = self.decode(start, name_end)?;
-            if !top || sep == Some(b'|') {
+            // Joined to what comes before with '&' (or first).
+            let after_bar = start > 0 && self.s[start - 1] == b'|';
+            if !top || after_bar {
                 return self.err(
                     start,
                     format!("{name}() must be a top-level entry joined with '&'"),
                 );
             }
-            return self.function(&name, start);
+            return self.function(&name, start).map(|()| true);
         }
         if name_end == start {
             return self.err(start, "expected an attribute name");
@@ -330,7 +349,7 @@ impl<'a> Parser<'a> {
             at: start,
             chained,
         }));
-        Ok(())
+        Ok(false)
     }
 
     /// Reads the operator after an attribute name.
@@ -620,6 +639,25 @@ mod tests {
                 "{q}"
             );
         }
+    }
+
+    #[test]
+    fn functions_are_joined_with_ampersand_whatever_joins_the_conditions() {
+        for q in [
+            "category=a|category=b&select(id,brand{name})",
+            "select(id)&category=a|category=b",
+            "category=a|category=b&limit(1)&sort(-id)",
+        ] {
+            let parsed = parse(q).unwrap_or_else(|e| panic!("{q}: {e}"));
+            assert!(
+                matches!(&parsed.filter, Some(Filter::Or(v)) if v.len() == 2),
+                "{q}: {parsed:?}"
+            );
+        }
+        // A function is not joined with '|', and conditions still do not mix at one level.
+        assert!(parse("a=1|select(x)").is_err());
+        assert!(parse("a=1&b=2|c=3").is_err());
+        assert!(parse("a=1|b=2&c=3").is_err());
     }
 
     #[test]

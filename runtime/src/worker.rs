@@ -52,7 +52,8 @@ impl Worker {
         self.auth.check(authorization.ok_or(Denied::Missing)?).await
     }
 
-    /// [`Self::user`] where every refusal is "must log in" (REST, WebSocket and SSE).
+    /// [`Self::user`] where every refusal is "must log in" but a deactivated user's (REST,
+    /// WebSocket and SSE).
     pub async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
@@ -60,7 +61,10 @@ impl Worker {
     ) -> Result<Arc<User>, AppError> {
         self.user(authorization, from_loopback)
             .await
-            .map_err(|_| AppError::Unauthorized)
+            .map_err(|d| match d {
+                Denied::Inactive => AppError::Inactive,
+                _ => AppError::Unauthorized,
+            })
     }
 
     /// Validates and commits a record (see [`records::write_record`]).

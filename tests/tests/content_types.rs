@@ -172,3 +172,35 @@ fn request_bodies_in_every_type() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(c.get("/Product/bad").status, 404);
 }
+
+/// Every JSON answer is `Content-Type: application/json` exactly, as Harper sends it: records,
+/// collections, errors, the framing layer's refusals, the Operations API and OpenAPI.
+#[test]
+fn json_is_exactly_application_json_everywhere() {
+    let (s, _a, _r, mut c) = setup();
+    let json_type = |r: &tessera_tests::Response| r.header("Content-Type").map(str::to_owned);
+    let want = Some("application/json".to_owned());
+    for path in [
+        "/Product/p1",
+        "/Product/",
+        "/Product/?price=gt=1",
+        "/openapi",
+    ] {
+        let r = c.get(path);
+        assert_eq!((r.status, json_type(&r)), (200, want.clone()), "{path}");
+    }
+    let bad = c.put_json("/Product/p3", r#"{"price":"free"}"#);
+    assert_eq!((bad.status, json_type(&bad)), (400, want.clone()));
+    let mut raw = s.client();
+    raw.send_raw(b"GET /Product/p1 HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n");
+    let framing = raw.read_response(false).expect("a refusal");
+    assert_eq!((framing.status, json_type(&framing)), (400, want.clone()));
+    let mut ops = s.ops();
+    for op in [
+        json!({"operation": "describe_all"}),
+        json!({"operation": "nope"}),
+    ] {
+        let r = ops.post_json("/", &op.to_string());
+        assert_eq!(json_type(&r), want, "{op}");
+    }
+}

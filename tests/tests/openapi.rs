@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tessera_tests::Server;
 
 const SCHEMA: &str = r#"
@@ -53,6 +53,26 @@ fn document_is_valid_and_complete() {
         assert!(paths.contains_key(p), "missing {p}");
     }
     assert!(!paths.keys().any(|p| p.starts_with("/Internal")));
+    // Each operation declares its path parameters itself.
+    let names = |op: &Value| -> Vec<String> {
+        op["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no parameters: {op}"))
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for method in ["get", "put", "patch", "delete"] {
+        assert_eq!(names(&paths["/Brand/{id}"][method]), ["id"], "{method}");
+    }
+    let property = &paths["/Brand/{id}.{property}"]["get"];
+    assert_eq!(names(property), ["id", "property"]);
+    assert!(
+        property["parameters"][1]["schema"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("name"))
+    );
     let product = &doc["components"]["schemas"]["Product"];
     assert_eq!(product["additionalProperties"], json!(false));
     assert_eq!(product["properties"]["id"]["format"], json!("int64"));

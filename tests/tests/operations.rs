@@ -267,7 +267,10 @@ fn searches_by_value_and_conditions() {
     }
     let (st, body) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
         "search_attribute": "nosuch", "search_value": 1, "get_attributes": ["id"]}));
-    assert!((400..500).contains(&st), "{st} {body}");
+    assert_eq!(
+        (st, body),
+        (404, json!({"error": "unknown attribute 'nosuch'"}))
+    );
     let (st, _) = c.operation(&json!({"operation": "search_by_value", "table": "Dog",
         "search_attribute": "name", "search_value": null, "get_attributes": ["id"]}));
     assert_eq!(st, 400);

@@ -208,6 +208,14 @@ fn computed_properties() {
         json!({"name":"Cable","total":10,"label":"Cable #4"})
     );
     assert_eq!(get(&mut c, "/Product/p03.total"), json!(100));
+    // `select()` is not a condition: it follows conditions joined by '|' with '&'.
+    assert_eq!(
+        get(
+            &mut c,
+            "/Product/?name=Mouse|name=Cable&select(id,brand{name})&sort(id)"
+        ),
+        json!([{"id":"p01","brand":{"name":"Acme"}},{"id":"p02","brand":{"name":"Globex"}}])
+    );
     // The Operations API computes them when asked for by name.
     let (_, found) = s
         .ops()

@@ -211,7 +211,15 @@ fn roles_and_users_are_administered_and_enforced() {
     let (st, _) =
         admin.operation(&json!({"operation": "alter_user", "username": "rita", "active": false}));
     assert_eq!(st, 200);
-    assert_eq!(as_user(&s, "rita", "pw2").get("/Dog/1").status, 401);
+    // Refused as inactive, in the Operations API's words, on REST too.
+    let refused = as_user(&s, "rita", "pw2").get("/Dog/1");
+    assert_eq!(
+        (refused.status, refused.json()),
+        (
+            401,
+            json!({"error": "Cannot complete request: User is inactive"})
+        )
+    );
     let (st, body) = ops_as(&s, "rita", "pw2").operation(&json!({"operation": "user_info"}));
     assert_eq!(
         (st, body["error"].as_str()),

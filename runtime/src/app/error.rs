@@ -13,6 +13,10 @@ pub enum AppError {
     /// No or bad credentials: 401 with `WWW-Authenticate: Basic`.
     #[error("Must login")]
     Unauthorized,
+    /// The right credentials of a deactivated user: 401, answered as the Operations API
+    /// answers it (`{"error": ...}`) on every front.
+    #[error("Cannot complete request: User is inactive")]
+    Inactive,
     /// Authenticated, but the role does not allow it: 403.
     #[error("Unauthorized access to resource")]
     Forbidden,
@@ -46,7 +50,7 @@ pub enum AppError {
 impl AppError {
     pub fn status(&self) -> u16 {
         match self {
-            AppError::Unauthorized => 401,
+            AppError::Unauthorized | AppError::Inactive => 401,
             AppError::Forbidden => 403,
             AppError::NoSuchResource | AppError::NoSuchRecord | AppError::NotFound(_) => 404,
             AppError::BadRequest(_) => 400,

@@ -10,7 +10,7 @@ use crate::net::reply::Reply;
 /// Harper's error class, the prefix of an error body (`"ClientError: ..."`).
 pub fn class(e: &AppError) -> &'static str {
     match e {
-        AppError::Unauthorized | AppError::Forbidden => "AccessViolation",
+        AppError::Unauthorized | AppError::Inactive | AppError::Forbidden => "AccessViolation",
         AppError::Internal(_) | AppError::Unavailable(_) | AppError::NotImplemented(_) => {
             "ServerError"
         }
@@ -27,6 +27,12 @@ pub fn send(reply: &mut Reply<'_>, e: &AppError, fmt: MediaType) {
     match e {
         AppError::NoSuchRecord => reply.send(status, None, &[], b""),
         AppError::NoSuchResource => reply.send(status, None, &[], b"Not found"),
+        AppError::Inactive => {
+            let mut body = Vec::new();
+            let error = Value::Object(vec![("error".into(), Value::String(e.to_string()))]);
+            encode_value(&error, fmt, &mut body);
+            reply.send(status, Some(fmt), &[], &body);
+        }
         _ => {
             let mut body = Vec::new();
             encode_value(&Value::String(format!("{}: {e}", class(e))), fmt, &mut body);

@@ -156,10 +156,26 @@ fn id_parameter(table: &Table) -> Json {
     })
 }
 
+/// A path item whose path parameters every operation declares too (tools that read operations
+/// alone, as many client generators do, then still see `id` and `property`).
+fn each_operation_declares(mut item: Json) -> Json {
+    let params = item.get("parameters").cloned().unwrap_or(json!([]));
+    if let Json::Object(map) = &mut item {
+        for (key, op) in map.iter_mut() {
+            if key != "parameters"
+                && let Json::Object(op) = op
+            {
+                op.insert("parameters".into(), params.clone());
+            }
+        }
+    }
+    item
+}
+
 fn record(table: &Table) -> Json {
     let rec = schema_ref(table);
     let body = json!({"required": true, "content": content(rec.clone())});
-    json!({
+    each_operation_declares(json!({
         "parameters": [id_parameter(table)],
         "get": operation(
             &format!("Get a {} record", table.type_name),
@@ -196,12 +212,12 @@ fn record(table: &Table) -> Json {
             responses(&[("204", response("The Allow header lists the methods", None))]),
             None,
         ),
-    })
+    }))
 }
 
 fn property(table: &Table) -> Json {
     let names: Vec<&str> = table.attributes.iter().map(|a| a.name.as_str()).collect();
-    json!({
+    each_operation_declares(json!({
         "parameters": [
             id_parameter(table),
             {
@@ -220,7 +236,7 @@ fn property(table: &Table) -> Json {
             ]),
             None,
         ),
-    })
+    }))
 }
 
 fn object_schema(attributes: &[Attribute], sealed: bool) -> Json {

@@ -110,7 +110,7 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
     write_head(
         out,
         e.status(),
-        &[("Content-Type", b"application/json; charset=utf-8")],
+        &[("Content-Type", b"application/json")],
         Some(body.len()),
         false,
     );

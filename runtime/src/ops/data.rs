@@ -552,8 +552,7 @@ impl Operations {
             }
             Some(v) => Some(condition(attr, Op::Eq, operand(v))),
         };
-        // `*` alone still names an attribute that must exist.
-        if filter.is_none() && table.attribute(attr).is_none() {
+        if table.attribute(attr).is_none() {
             return Err(fail(404, format!("unknown attribute '{attr}'")));
         }
         // In the order of the searched attribute (`reverse`: descending), `offset` and `limit`
