@@ -462,8 +462,28 @@ fn mqtt5_topic_aliases_and_maximum_packet_size() {
     };
     assert_eq!(publish(&mut publisher, "Sensor/a1", 3, b"first"), 0);
     assert_eq!(publish(&mut publisher, "", 3, b"second"), 0);
-    assert_eq!(publish(&mut publisher, "", 4, b"unset"), 0x82);
-    assert_eq!(publish(&mut publisher, "Sensor/a1", 1000, b"over"), 0x94);
+    // An alias never set, or above the maximum, is a protocol error: DISCONNECT 0x94.
+    for (topic, alias) in [("", 4), ("Sensor/a1", 1000)] {
+        let mut bad = client(&s, Version::V5, "alias-bad");
+        let properties = tessera_protocol::mqtt::Properties {
+            topic_alias: Some(alias),
+            ..Default::default()
+        };
+        bad.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: Some(1),
+            properties,
+            payload: b"x".to_vec(),
+        }));
+        assert!(
+            matches!(bad.recv(WAIT), Some(Packet::Disconnect(d)) if d.reason == 0x94),
+            "alias {alias}"
+        );
+        assert!(bad.recv(Duration::from_millis(500)).is_none(), "closed");
+    }
     for want in [&b"first"[..], b"second"] {
         let p = sub.next_publish(WAIT).unwrap();
         assert_eq!(
@@ -947,4 +967,84 @@ fn deliveries_and_publishes_follow_the_roles_attribute_permissions() {
         subs[1].publish("Item/f", br#"{"name":"fig"}"#, QoS::AtLeastOnce, true),
         Some(0x87)
     );
+}
+
+/// What MQTT 3.1.1 and 5 require of a broker at connect, subscribe and publish.
+#[test]
+fn connect_subscribe_and_publish_as_the_standard_says() {
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    // 3.1.1: a session to keep needs a client id (MQTT-3.1.3-8): CONNACK 0x02.
+    let connect = |version, client_id: &str, clean_start| tessera_protocol::mqtt::Connect {
+        version,
+        client_id: client_id.to_owned(),
+        clean_start,
+        keep_alive: 30,
+        username: Some(ADMIN.0.to_owned()),
+        password: Some(ADMIN.1.as_bytes().to_vec()),
+        will: None,
+        properties: Default::default(),
+    };
+    let (_c, ack) = MqttClient::connect_with(s.mqtt_port, connect(Version::V311, "", false));
+    assert_eq!(ack.map(|a| a.code), Some(0x02));
+    // MQTT 5 may: the broker assigns one.
+    let (_c, ack) = MqttClient::connect_with(s.mqtt_port, connect(Version::V5, "", false));
+    let ack = ack.expect("CONNACK");
+    assert_eq!(ack.code, 0);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+    // Subscription identifiers are not available, and CONNACK says so: sending one is a
+    // protocol error.
+    assert_eq!(ack.properties.subscription_identifier_available, Some(0));
+    let mut c = client(&s, Version::V5, "sub-id");
+    c.send(&Packet::Subscribe(tessera_protocol::mqtt::Subscribe {
+        packet_id: 1,
+        properties: tessera_protocol::mqtt::Properties {
+            subscription_identifiers: vec![7],
+            ..Default::default()
+        },
+        filters: vec![(
+            "Sensor/#".into(),
+            tessera_protocol::mqtt::Options::qos(QoS::AtMostOnce),
+        )],
+    }));
+    assert!(matches!(c.recv(WAIT), Some(Packet::Disconnect(d)) if d.reason == 0xA1));
+
+    // Retain Handling: 0 sends the current records at every subscribe, 1 at a new one only,
+    // 2 never.
+    assert_eq!(
+        s.client().put_json("/Sensor/r1", r#"{"temp":1}"#).status,
+        204
+    );
+    let mut c = client(&s, Version::V5, "handling");
+    let subscribe = |c: &mut MqttClient, id: u16, handling: u8| {
+        let mut options = tessera_protocol::mqtt::Options::qos(QoS::AtMostOnce);
+        options.retain_handling = handling;
+        c.send(&Packet::Subscribe(tessera_protocol::mqtt::Subscribe {
+            packet_id: id,
+            properties: Default::default(),
+            filters: vec![("Sensor/r1".into(), options)],
+        }));
+        assert!(matches!(c.recv(WAIT), Some(Packet::SubAck(_))));
+        c.next_publish(Duration::from_millis(500)).is_some()
+    };
+    assert!(!subscribe(&mut c, 1, 2), "2: never");
+    assert!(
+        !subscribe(&mut c, 2, 1),
+        "1: not for a subscription that exists"
+    );
+    assert!(subscribe(&mut c, 3, 0), "0: every time");
+    let mut fresh = client(&s, Version::V5, "handling-new");
+    assert!(subscribe(&mut fresh, 1, 1), "1: for a new one");
+
+    // 3.1.1 has no refusal codes: a refused publish closes the connection.
+    let mut old = client(&s, Version::V311, "refused");
+    old.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "Secret/x".into(),
+        packet_id: Some(1),
+        properties: Default::default(),
+        payload: b"{}".to_vec(),
+    }));
+    assert!(old.recv(WAIT).is_none(), "no PUBACK, and closed");
 }

@@ -71,6 +71,11 @@ where
         _ => return None,
     };
     let version = connect.version;
+    // MQTT 3.1.1 keeps a session by client id: a session to keep needs one (MQTT-3.1.3-8).
+    if version == Version::V311 && connect.client_id.is_empty() && !connect.clean_start {
+        let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x02]).await;
+        return None;
+    }
     let user = match check_credentials(worker, &connect).await {
         Ok(user) => user,
         Err(code) => {
@@ -150,6 +155,7 @@ fn connack(connect: &Connect, client_id: &str, session_present: bool) -> ConnAck
         connack.properties.maximum_packet_size = Some(MAX_PACKET as u32);
         connack.properties.retain_available = Some(1);
         connack.properties.shared_subscription_available = Some(0);
+        connack.properties.subscription_identifier_available = Some(0);
         connack.properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         if connect.client_id.is_empty() {
             connack.properties.assigned_client_identifier = Some(client_id.to_owned());

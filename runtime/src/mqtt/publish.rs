@@ -89,27 +89,26 @@ pub fn publish_for(
 impl Connection<'_> {
     /// PUBLISH from the client: RETAIN=1 writes the record (empty payload: deletes it), RETAIN=0
     /// is a message to the record's subscribers. Acknowledged once the write has committed.
-    pub async fn publish(&mut self, mut p: Publish) {
+    /// Returns the reason the connection must end with, if it must: a topic alias above the
+    /// maximum or never set (0x94, a protocol error), or, in MQTT 3.1.1, which has no refusal
+    /// codes, any refused publish.
+    pub async fn publish(&mut self, mut p: Publish) -> Option<u8> {
         // MQTT 5 topic aliases: a topic with an alias sets it; an empty topic uses it.
-        let aliased = match p.properties.topic_alias {
-            Some(alias) if alias > TOPIC_ALIAS_MAXIMUM => Err(0x94),
+        match p.properties.topic_alias {
+            Some(alias) if alias == 0 || alias > TOPIC_ALIAS_MAXIMUM => return Some(0x94),
             Some(alias) if p.topic.is_empty() => match self.aliases.get(&alias) {
-                Some(t) => {
-                    p.topic = t.clone();
-                    Ok(())
-                }
-                None => Err(0x82),
+                Some(t) => p.topic = t.clone(),
+                None => return Some(0x94),
             },
             Some(alias) => {
                 self.aliases.insert(alias, p.topic.clone());
-                Ok(())
             }
-            None => Ok(()),
-        };
-        let result = match aliased {
-            Ok(()) => self.apply_publish(&p).await,
-            Err(code) => Err(code),
-        };
+            None => {}
+        }
+        let result = self.apply_publish(&p).await;
+        if let (Err(code), Version::V311) = (result, self.version) {
+            return Some(code);
+        }
         let reason = match result {
             Ok(()) => 0,
             Err(code) => code,
@@ -131,6 +130,7 @@ impl Connection<'_> {
         if let Some(r) = reply {
             let _ = self.outbox.send(r).await;
         }
+        None
     }
 
     /// Carries out a publish (also a will). The error is an MQTT 5 reason code.

@@ -160,14 +160,24 @@ impl Connection<'_> {
     /// Handles one packet from the client.
     async fn handle(&mut self, packet: Packet, flow: &Flow) -> AfterPacket {
         match packet {
-            Packet::Publish(p) => self.publish(p).await,
+            Packet::Publish(p) => {
+                if let Some(reason) = self.publish(p).await {
+                    self.disconnect(reason).await;
+                    return AfterPacket::Unexpected;
+                }
+            }
             Packet::PubRel(a) => {
                 let _ = self
                     .outbox
                     .send(Packet::PubComp(Ack::new(a.packet_id)))
                     .await;
             }
-            Packet::Subscribe(s) => self.subscribe(s).await,
+            Packet::Subscribe(s) => {
+                if let Some(reason) = self.subscribe(s).await {
+                    self.disconnect(reason).await;
+                    return AfterPacket::Unexpected;
+                }
+            }
             Packet::Unsubscribe(u) => self.unsubscribe(u).await,
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;

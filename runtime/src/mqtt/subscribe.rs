@@ -96,18 +96,31 @@ pub async fn resubscribe(
 }
 
 impl Connection<'_> {
-    pub async fn subscribe(&mut self, s: Subscribe) {
+    pub async fn subscribe(&mut self, s: Subscribe) -> Option<u8> {
+        // CONNACK said Subscription Identifiers are not available: sending one is a protocol
+        // error (0xA1, "Subscription Identifiers not supported").
+        if !s.properties.subscription_identifiers.is_empty() {
+            return Some(0xA1);
+        }
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained = Vec::new();
         let user = self.user();
         for (filter, options) in &s.filters {
             let qos = options.qos;
             // Subscribing again to a filter replaces the subscription.
-            if let Some((old, _)) = self.filters.remove(filter) {
+            let existed = self.filters.remove(filter);
+            if let Some((old, _)) = existed {
                 self.subscriptions
                     .release(&self.worker.router, self.conn, Some(old))
                     .await;
             }
+            // Retain Handling: the current records at every subscribe (0), only at a new one
+            // (1), or never (2).
+            let send_current = match options.retain_handling {
+                0 => true,
+                1 => existed.is_none(),
+                _ => false,
+            };
             let readable = filter.split_once('/').and_then(|(t, _)| {
                 let table = self.worker.app.tables.mqtt_export(t)?;
                 Some(user.as_ref().is_some_and(|u| {
@@ -122,7 +135,12 @@ impl Connection<'_> {
                 });
                 continue;
             }
-            match self.add_subscription(filter, qos, &mut retained).await {
+            let mut current = Vec::new();
+            let added = self.add_subscription(filter, qos, &mut current).await;
+            if send_current {
+                retained.append(&mut current);
+            }
+            match added {
                 Some(()) => codes.push(qos as u8),
                 None => codes.push(match self.version {
                     Version::V311 => 0x80,
@@ -158,6 +176,7 @@ impl Connection<'_> {
                 let _ = self.outbox.send(Packet::Publish(p)).await;
             }
         }
+        None
     }
 
     /// Registers one filter and collects the current records it covers. `None`: refused.
