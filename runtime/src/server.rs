@@ -136,8 +136,14 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         preempt_timer: std::time::Duration::from_millis(5),
     };
     let addrs = ports.addrs;
+    // One gate per kind of listener for the whole process: the limits count every core's.
+    let gates = Gates {
+        http: net::Gate::new(settings.limits.http_connections),
+        mqtt: net::Gate::new(settings.limits.mqtt_connections),
+    };
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
         let setup = CoreSetup {
+            gates: gates.clone(),
             app: app.clone(),
             wasm: wasm.clone(),
             auth: Authenticator::new(users.clone(), tokens.clone()),
@@ -355,7 +361,15 @@ fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restore
 }
 
 /// What one executor starts with.
+/// The connection limits' gates: the HTTP and Operations API ports', and MQTT's.
+#[derive(Clone)]
+struct Gates {
+    http: Arc<net::Gate>,
+    mqtt: Arc<net::Gate>,
+}
+
 struct CoreSetup {
+    gates: Gates,
     app: Arc<App>,
     wasm: Arc<WasmHost>,
     auth: Authenticator,
@@ -391,15 +405,22 @@ async fn serve_core(
     for (saved, handover) in setup.restored {
         glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
     }
-    glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone())).detach();
-    let max_body = worker.app.settings.max_body;
+    let gates = setup.gates;
+    glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone(), gates.mqtt)).detach();
+    let limits = net::http::Limits {
+        max_body: worker.app.settings.max_body,
+        times: worker.app.settings.limits,
+    };
     let ops = Rc::new(Operations::new(worker.clone(), setup.jobs));
+    let ops_gate = gates.http.clone();
     glommio::spawn_local(net::http::serve(
         ops_listener,
         ops,
-        max_body,
+        limits,
+        ops_gate,
         "Operations API",
     ))
     .detach();
-    net::http::serve(http_listener, Rc::new(Rest::new(worker)), max_body, "HTTP").await;
+    let rest = Rc::new(Rest::new(worker));
+    net::http::serve(http_listener, rest, limits, gates.http, "HTTP").await;
 }

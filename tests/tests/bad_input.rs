@@ -215,3 +215,122 @@ fn garbage_requests_get_400_and_a_closed_connection() {
     assert_eq!(c.read_response(false).unwrap().status, 431);
     unchanged(&s);
 }
+
+/// Starts a server whose `tessera.yaml` is `yaml`.
+fn with_config(yaml: &str) -> (Server, tessera_tests::App, tempfile::TempDir) {
+    let app = tessera_tests::App::new(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("tessera.yaml"), yaml).unwrap();
+    let s = tessera_tests::Start::new(app.dir.path(), root.path()).start();
+    (s, app, root)
+}
+
+/// What a raw connection reads until the server closes it (or 10 s pass).
+fn read_to_close(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client that trickles its head or never finishes its body is answered 408 and cut off; an
+/// idle keep-alive connection is closed; everyone else is served meanwhile.
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::Write;
+    let (s, _a, _r) =
+        with_config("http:\n  headersTimeout: 400\n  timeout: 800\n  keepAliveTimeout: 400\n");
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    // Headers a byte at a time, slower than the limit allows.
+    let mut trickle = connect();
+    let head = b"GET /Dog/1 HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n\r\n";
+    let mut refused = String::new();
+    for b in head {
+        if trickle.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if !refused.is_empty() {
+            break;
+        }
+        trickle
+            .set_read_timeout(Some(std::time::Duration::from_millis(1)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(n) = std::io::Read::read(&mut trickle, &mut buf) {
+            refused.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    refused.push_str(&read_to_close(&mut trickle));
+    assert!(refused.starts_with("HTTP/1.1 408"), "{refused}");
+    // A body that never ends.
+    let mut stalled = connect();
+    stalled
+        .write_all(b"PUT /Dog/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"name\"")
+        .unwrap();
+    assert!(read_to_close(&mut stalled).starts_with("HTTP/1.1 408"));
+    // Idle past the keep-alive time: closed without a word.
+    let mut idle = connect();
+    assert_eq!(read_to_close(&mut idle), "");
+    // Nothing was written; others are served.
+    assert_eq!(s.client().get("/Dog/2").status, 404);
+    assert_eq!(
+        s.client().put_json("/Dog/2", r#"{"name":"Ida"}"#).status,
+        204
+    );
+}
+
+/// With `http.maxConnections`, a connection over the limit is answered 503 and closed; one
+/// that leaves makes room. With `mqtt.network.maxConnections`, MQTT's is closed.
+#[test]
+fn connection_limits_refuse_the_one_too_many() {
+    let (s, _a, _r) =
+        with_config("http:\n  maxConnections: 2\nmqtt:\n  network:\n    maxConnections: 1\n");
+    let mut first = s.client();
+    let mut second = s.client();
+    assert_eq!(first.get("/Dog/1").status, 404);
+    assert_eq!(second.get("/Dog/1").status, 404);
+    let mut third = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    assert!(read_to_close(&mut third).starts_with("HTTP/1.1 503"));
+    drop(first);
+    // Room again once the server has seen the first one go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut next = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        std::io::Write::write_all(&mut next, b"GET /Dog/1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let answer = read_to_close_or_first(&mut next);
+        if !answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no room made");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(second);
+    let mqtt = |id: &str| {
+        tessera_tests::mqtt::MqttClient::connect(
+            s.mqtt_port,
+            tessera_protocol::mqtt::Version::V5,
+            id,
+            Some(tessera_tests::ADMIN),
+        )
+    };
+    let (_kept, ack) = mqtt("one");
+    assert_eq!(ack.map(|a| a.code), Some(0));
+    let (_refused, ack) = mqtt("two");
+    assert!(ack.is_none(), "closed before CONNACK");
+}
+
+/// The first response on a connection (its head and what came with it).
+fn read_to_close_or_first(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}

@@ -92,6 +92,8 @@ pub struct Settings {
     pub durability: Durability,
     /// `http.maxRequestBodySize`.
     pub max_body: usize,
+    /// How long a client may take over a request, and how many connections may be open.
+    pub limits: ConnectionLimits,
     /// `authentication.authorizeLocal`: treat loopback requests as the super user (Harper's
     /// development default; off in Tessera unless configured).
     pub authorize_local: bool,
@@ -106,6 +108,51 @@ pub struct Settings {
     pub graphql: bool,
     /// `logging.level`, `logging.root`, `logging.stdStreams`.
     pub logging: LogSettings,
+}
+
+/// What a client may take: time for a request and connections at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `http.headersTimeout`: from a request's first byte to the end of its head.
+    pub headers: Duration,
+    /// `http.timeout`: from a request's first byte to the end of its body.
+    pub request: Duration,
+    /// `http.keepAliveTimeout`: how long a connection may wait idle for its next request.
+    pub keep_alive: Duration,
+    /// `http.maxConnections` (HTTP and Operations API ports together) and
+    /// `mqtt.network.maxConnections`: open connections at once (0: no limit).
+    pub http_connections: usize,
+    pub mqtt_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// Harper's defaults for the times; no limit on connections.
+    fn default() -> Self {
+        ConnectionLimits {
+            headers: Duration::from_secs(60),
+            request: Duration::from_secs(120),
+            keep_alive: Duration::from_secs(30),
+            http_connections: 0,
+            mqtt_connections: 0,
+        }
+    }
+}
+
+/// `http.*Timeout`, `http.timeout` and the connection limits of `tessera.yaml`.
+fn connection_limits(yaml: &serde_norway::Value) -> anyhow::Result<ConnectionLimits> {
+    let d = ConnectionLimits::default();
+    let ms = |key: &str, default: Duration| -> anyhow::Result<Duration> {
+        Ok(yaml_u64(yaml, key)?.map_or(default, Duration::from_millis))
+    };
+    let count =
+        |key: &str| -> anyhow::Result<usize> { Ok(yaml_u64(yaml, key)?.unwrap_or(0) as usize) };
+    Ok(ConnectionLimits {
+        headers: ms("http.headersTimeout", d.headers)?,
+        request: ms("http.timeout", d.request)?,
+        keep_alive: ms("http.keepAliveTimeout", d.keep_alive)?,
+        http_connections: count("http.maxConnections")?,
+        mqtt_connections: count("mqtt.network.maxConnections")?,
+    })
 }
 
 /// What one request of a wasm resource may take (`wasm.timeout`, `wasm.memory`).
@@ -235,6 +282,7 @@ impl Settings {
             durability,
             max_body: yaml_u64(&yaml, "http.maxRequestBodySize")?
                 .map_or(10_000_000, |n| n as usize),
+            limits: connection_limits(&yaml)?,
             authorize_local: yaml_get(&yaml, "authentication.authorizeLocal")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),

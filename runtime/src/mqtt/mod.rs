@@ -34,6 +34,7 @@ use tessera_protocol::mqtt::{QoS, Version};
 
 use crate::app::permissions::User;
 use crate::auth::LiveUser;
+use crate::net::Gate;
 use crate::realtime::{self, Guarantee, Subscriptions};
 use crate::worker::Worker;
 pub use parked::restore;
@@ -64,8 +65,9 @@ pub fn qos_of(guarantee: Guarantee) -> QoS {
 }
 
 /// Serves MQTT connections from `listener` forever.
-pub async fn serve(listener: TcpListener, worker: Rc<Worker>) {
-    crate::net::accept(listener, "MQTT", move |stream| {
+pub async fn serve(listener: TcpListener, worker: Rc<Worker>, gate: Arc<Gate>) {
+    // Over the connection limit, a client is closed before its CONNECT is read.
+    crate::net::accept(listener, "MQTT", gate, b"", move |stream| {
         connection(worker.clone(), stream)
     })
     .await;

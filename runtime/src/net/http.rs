@@ -3,6 +3,8 @@
 //! responses in order, flushing whenever no further complete request is waiting in the buffer.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
 use futures_lite::AsyncReadExt;
 use glommio::net::{TcpListener, TcpStream};
@@ -11,7 +13,8 @@ use tessera_protocol::http::{
 };
 
 use super::reply::Reply;
-use super::{FLUSH_AT, accept, flush};
+use super::{FLUSH_AT, Gate, accept, flush};
+use crate::app::settings::ConnectionLimits;
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -29,18 +32,61 @@ pub trait Handler: 'static {
     );
 }
 
-/// Serves HTTP connections from `listener` forever, each request (with a body of at most
-/// `max_body` bytes) handled by `handler`. `what` names the listener in the log.
+/// What a connection may take: its requests' body size and time, its idle time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body: usize,
+    pub times: ConnectionLimits,
+}
+
+/// What a client over the connection limit is told.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Serves HTTP connections from `listener` forever, as many at once as `gate` lets in, each
+/// request handled by `handler` within `limits`. `what` names the listener in the log.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Rc<H>,
-    max_body: usize,
+    limits: Limits,
+    gate: Arc<Gate>,
     what: &'static str,
 ) {
-    accept(listener, what, move |stream| {
-        connection(handler.clone(), stream, max_body)
+    accept(listener, what, gate, BUSY, move |stream| {
+        connection(handler.clone(), stream, limits)
     })
     .await;
+}
+
+/// Reads more of a request (see [`Received::fill`]) until `deadline`: `Err` once it passed.
+async fn fill_until(
+    input: &mut Received,
+    stream: &mut TcpStream,
+    want: usize,
+    deadline: Instant,
+) -> Result<bool, ()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    glommio::timer::timeout(left, async { Ok(input.fill(stream, want).await) })
+        .await
+        .map_err(drop)
+}
+
+/// Answers a client too slow to send its request (408) and closes.
+async fn too_slow(stream: &mut TcpStream, out: &mut Vec<u8>) {
+    let body = b"\"ClientError: Request timeout\"";
+    write_head(
+        out,
+        408,
+        &[
+            ("Content-Type", b"application/json"),
+            ("Connection", b"close"),
+        ],
+        Some(body.len()),
+        false,
+    );
+    out.extend_from_slice(body);
+    flush(stream, out).await;
+    let _ = stream.shutdown(std::net::Shutdown::Both).await;
 }
 
 /// Bytes received and not yet consumed: `buf[start..end]`.
@@ -117,7 +163,8 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
     out.extend_from_slice(body.as_bytes());
 }
 
-async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body: usize) {
+async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, limits: Limits) {
+    let max_body = limits.max_body;
     let _ = stream.set_nodelay(true);
     let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
     let mut input = Received {
@@ -127,12 +174,29 @@ async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body:
     };
     let mut out = Vec::with_capacity(READ_CHUNK);
     let mut chunked = Vec::new();
+    // When the request being read must have its head, and its body, by: a client that trickles
+    // it (or never finishes) is cut off without holding anything but its own task.
+    let mut started: Option<Instant> = None;
     loop {
         let info = match parse_head_info(input.pending(), max_body) {
             Ok(Some(info)) => info,
             Ok(None) => {
-                if !flush(&mut stream, &mut out).await || !input.fill(&mut stream, 0).await {
+                if !flush(&mut stream, &mut out).await {
                     return;
+                }
+                let deadline = match started {
+                    Some(t) => t + limits.times.headers,
+                    // Idle between requests; a partial head starts the request's clock.
+                    None if input.pending().is_empty() => Instant::now() + limits.times.keep_alive,
+                    None => *started.insert(Instant::now()) + limits.times.headers,
+                };
+                match fill_until(&mut input, &mut stream, 0, deadline).await {
+                    Ok(true) => {
+                        started.get_or_insert_with(Instant::now);
+                    }
+                    Ok(false) => return,
+                    Err(()) if started.is_none() => return,
+                    Err(()) => return too_slow(&mut stream, &mut out).await,
                 }
                 continue;
             }
@@ -150,12 +214,15 @@ async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body:
                 return;
             }
         }
+        let body_deadline = started.unwrap_or_else(Instant::now) + limits.times.request;
         let consumed = match info.body {
             BodyFraming::Length(n) => {
                 let total = info.len + n;
                 while input.pending().len() < total {
-                    if !input.fill(&mut stream, total).await {
-                        return;
+                    match fill_until(&mut input, &mut stream, total, body_deadline).await {
+                        Ok(true) => {}
+                        Ok(false) => return,
+                        Err(()) => return too_slow(&mut stream, &mut out).await,
                     }
                 }
                 total
@@ -175,8 +242,11 @@ async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body:
                             input.buf.copy_within(head_end + drop..input.end, head_end);
                             input.end -= drop;
                             at = info.len;
-                            if !input.fill(&mut stream, info.len + READ_CHUNK).await {
-                                return;
+                            let want = info.len + READ_CHUNK;
+                            match fill_until(&mut input, &mut stream, want, body_deadline).await {
+                                Ok(true) => {}
+                                Ok(false) => return,
+                                Err(()) => return too_slow(&mut stream, &mut out).await,
                             }
                         }
                         Err(e) => {
@@ -209,6 +279,8 @@ async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, max_body:
         };
         input.start += consumed;
         input.shrink();
+        // The next request's clock starts with its first byte.
+        started = (!input.pending().is_empty()).then(Instant::now);
         if !keep_alive {
             flush(&mut stream, &mut out).await;
             return;

@@ -7,22 +7,84 @@ pub mod reply;
 pub mod ws_stream;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
-/// Accepts connections forever, serving each with `serve` on its own task. `what` names the
-/// listener in the log.
-pub async fn accept<F, Fut>(listener: TcpListener, what: &str, serve: F)
-where
+/// The connections open on some listeners, across every core, and how many may be (0: any
+/// number).
+#[derive(Debug, Default)]
+pub struct Gate {
+    max: usize,
+    open: AtomicUsize,
+    refused: AtomicUsize,
+}
+
+/// A connection let through a [`Gate`]; dropping it makes room for another.
+pub struct Admitted(Arc<Gate>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    pub fn new(max: usize) -> Arc<Gate> {
+        Arc::new(Gate {
+            max,
+            open: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        })
+    }
+
+    /// Lets a connection in, unless as many as allowed are open.
+    fn admit(self: &Arc<Gate>) -> Option<Admitted> {
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        let admitted = Admitted(self.clone());
+        (self.max == 0 || before < self.max).then_some(admitted)
+    }
+}
+
+/// Accepts connections forever, serving each with `serve` on its own task while `gate` lets
+/// it in; one it does not is sent `refusal` and closed. `what` names the listener in the log.
+pub async fn accept<F, Fut>(
+    listener: TcpListener,
+    what: &'static str,
+    gate: Arc<Gate>,
+    refusal: &'static [u8],
+    serve: F,
+) where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(serve(stream)).detach();
-            }
+            Ok(mut stream) => match gate.admit() {
+                Some(admitted) => {
+                    let served = serve(stream);
+                    glommio::spawn_local(async move {
+                        served.await;
+                        drop(admitted);
+                    })
+                    .detach();
+                }
+                None => {
+                    let refused = gate.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                    if refused % 1000 == 1 {
+                        tracing::warn!(
+                            "{what}: the connection limit is reached: {refused} connections refused so far"
+                        );
+                    }
+                    glommio::spawn_local(async move {
+                        let _ = stream.write_all(refusal).await;
+                        let _ = stream.close().await;
+                    })
+                    .detach();
+                }
+            },
             Err(e) => {
                 tracing::warn!("{what} accept failed: {e}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
