@@ -113,6 +113,9 @@ pub enum WriteKind {
     Message {
         payload: Vec<u8>,
         expires_at: Option<u64>,
+        /// What the front that published it keeps with it for its subscribers (MQTT: the
+        /// publish's QoS and MQTT 5 properties); opaque here.
+        meta: Vec<u8>,
     },
 }
 
@@ -126,6 +129,8 @@ pub enum Event {
         payload: Vec<u8>,
         /// When the message may no longer be delivered (ms since the epoch).
         expires_at: Option<u64>,
+        /// What the publishing front keeps with it ([`WriteKind::Message`]).
+        meta: Vec<u8>,
     },
 }
 
@@ -142,22 +147,28 @@ pub struct Change {
 
 impl Change {
     /// `version (u64 BE) ++ table (u32 BE) ++ key len (u32 BE) ++ key ++ event`, the event being
-    /// `0 ++ stored record`, `1` (delete) or `2 ++ expires at (u64 BE ms, 0: never) ++ payload`.
+    /// `0 ++ stored record`, `1` (delete), `2 ++ expires at (u64 BE ms, 0: never) ++ payload` (a
+    /// message without meta) or `3 ++ expires at ++ meta len (u32 BE) ++ meta ++ payload`.
     pub fn encode(&self) -> Vec<u8> {
         let body = match &self.event {
             Event::Put(stored) => stored.len(),
             Event::Delete => 0,
-            Event::Message { payload, .. } => 8 + payload.len(),
+            Event::Message { payload, meta, .. } => 12 + meta.len() + payload.len(),
         };
         let mut out = Vec::with_capacity(17 + self.key.len() + body);
         match &self.event {
             Event::Message {
                 payload,
                 expires_at,
+                meta,
             } => {
                 Self::encode_head(&mut out, self.version, self.table, &self.key);
-                out.push(2);
+                out.push(if meta.is_empty() { 2 } else { 3 });
                 out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+                if !meta.is_empty() {
+                    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+                    out.extend_from_slice(meta);
+                }
                 out.extend_from_slice(payload);
             }
             Event::Put(stored) => {
@@ -217,11 +228,19 @@ impl Change {
         let event = match b.get(key_end)? {
             0 => Event::Put(rest.to_vec()),
             1 if rest.is_empty() => Event::Delete,
-            2 => {
+            tag @ (2 | 3) => {
                 let expires = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                let (meta, payload) = if *tag == 3 {
+                    let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+                    let end = 12usize.checked_add(len)?;
+                    (rest.get(12..end)?.to_vec(), rest.get(end..)?.to_vec())
+                } else {
+                    (Vec::new(), rest[8..].to_vec())
+                };
                 Event::Message {
-                    payload: rest[8..].to_vec(),
+                    payload,
                     expires_at: (expires != 0).then_some(expires),
+                    meta,
                 }
             }
             _ => return None,
@@ -723,10 +742,12 @@ impl ShardStore {
                 WriteKind::Message {
                     payload,
                     expires_at,
+                    meta,
                 } => {
                     let event = Event::Message {
                         payload: payload.clone(),
                         expires_at: *expires_at,
+                        meta: meta.clone(),
                     };
                     let outcome = WriteOutcome {
                         version,
@@ -1237,12 +1258,18 @@ mod tests {
         let message = WriteKind::Message {
             payload: b"hi".to_vec(),
             expires_at: Some(9),
+            meta: Vec::new(),
+        };
+        let with_meta = WriteKind::Message {
+            payload: b"ho".to_vec(),
+            expires_at: None,
+            meta: vec![1, 2, 3],
         };
         let put = WriteKind::Put(obj(&[("id", Value::String("a".into()))]));
         let mut changes = Vec::new();
         let out = store
             .apply(
-                vec![op(put), op(message), op(WriteKind::Delete)],
+                vec![op(put), op(message), op(with_meta), op(WriteKind::Delete)],
                 &mut clock,
                 Some(&mut changes),
             )
@@ -1264,11 +1291,11 @@ mod tests {
         let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
         let audited = store.audit_tail(10).unwrap();
         let versions: Vec<u64> = audited.iter().map(|c| c.version).collect();
-        assert_eq!(versions, vec![out[0].version, out[2].version]);
+        assert_eq!(versions, vec![out[0].version, out[3].version]);
         assert!(matches!(audited[0].event, Event::Put(_)));
         assert_eq!(audited[1].event, Event::Delete);
-        assert_eq!(store.audit_tail(1).unwrap()[0].version, out[2].version);
-        assert_eq!(store.last_version().unwrap(), out[2].version);
+        assert_eq!(store.audit_tail(1).unwrap()[0].version, out[3].version);
+        assert_eq!(store.last_version().unwrap(), out[3].version);
         // A part planned (and versioned) before a later write but committed after it is audited
         // in commit order: audit keys only grow, as FIFO compaction needs.
         let late = || op(WriteKind::Put(obj(&[("id", Value::String("a".into()))])));

@@ -1048,3 +1048,86 @@ fn connect_subscribe_and_publish_as_the_standard_says() {
     }));
     assert!(old.recv(WAIT).is_none(), "no PUBACK, and closed");
 }
+
+/// A message reaches subscribers at the lower of its publish's QoS and their subscription's,
+/// with the MQTT 5 properties it was published (or willed) with.
+#[test]
+fn messages_keep_their_qos_and_mqtt5_properties() {
+    use tessera_protocol::mqtt::{Properties, Publish, Will};
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut v5 = client(&s, Version::V5, "props-5");
+    assert_eq!(v5.subscribe(&[("Sensor/#", QoS::ExactlyOnce)]), vec![2]);
+    let mut v3 = client(&s, Version::V311, "props-3");
+    assert_eq!(v3.subscribe(&[("Sensor/#", QoS::AtLeastOnce)]), vec![1]);
+    let sent = Properties {
+        payload_format_indicator: Some(1),
+        content_type: Some("application/json".into()),
+        response_topic: Some("Sensor/reply".into()),
+        correlation_data: Some(b"c-1".to_vec()),
+        user_properties: vec![("trace".into(), "t-9".into())],
+        ..Properties::default()
+    };
+    let mut publisher = client(&s, Version::V5, "props-pub");
+    publisher.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "Sensor/p1".into(),
+        packet_id: Some(1),
+        properties: sent.clone(),
+        payload: br#"{"temp":3}"#.to_vec(),
+    }));
+    assert!(matches!(publisher.recv(WAIT), Some(Packet::PubAck(a)) if a.reason == 0));
+    let got = v5.next_publish(WAIT).expect("the message");
+    assert_eq!(got.qos, QoS::AtLeastOnce, "the lower of 1 and 2");
+    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    assert_eq!(got.properties.content_type, sent.content_type);
+    assert_eq!(got.properties.response_topic, sent.response_topic);
+    assert_eq!(got.properties.correlation_data, sent.correlation_data);
+    assert_eq!(got.properties.user_properties, sent.user_properties);
+    let old = v3.next_publish(WAIT).expect("the message, in 3.1.1");
+    assert_eq!(
+        (old.qos, old.payload.as_slice()),
+        (QoS::AtLeastOnce, &br#"{"temp":3}"#[..])
+    );
+    // Published at QoS 0: delivered at QoS 0, unnumbered.
+    assert_eq!(
+        publisher.publish("Sensor/p2", b"{}", QoS::AtMostOnce, false),
+        None
+    );
+    let zero = v5.next_publish(WAIT).expect("a QoS 0 message");
+    assert_eq!((zero.qos, zero.packet_id), (QoS::AtMostOnce, None));
+
+    // A will's properties go with it.
+    let will = Will {
+        topic: "Sensor/gone".into(),
+        payload: b"bye".to_vec(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Properties {
+            content_type: Some("text/plain".into()),
+            user_properties: vec![("why".into(), "crash".into())],
+            ..Properties::default()
+        },
+    };
+    let (doomed, ack) = connect_full(
+        &s,
+        Version::V5,
+        "doomed",
+        true,
+        Some(will),
+        Properties::default(),
+    );
+    assert_eq!(ack.code, 0);
+    hang_up(doomed);
+    let willed = v5.next_publish(WAIT).expect("the will");
+    assert_eq!(willed.payload, b"bye");
+    assert_eq!(
+        willed.properties.content_type.as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(
+        willed.properties.user_properties,
+        vec![("why".to_owned(), "crash".to_owned())]
+    );
+}

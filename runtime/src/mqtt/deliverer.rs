@@ -11,11 +11,11 @@ use std::collections::VecDeque;
 use futures::FutureExt;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::LocalReceiver;
-use tessera_protocol::mqtt::{Ack, Packet};
+use tessera_protocol::mqtt::{Ack, Packet, QoS};
 use tessera_storage::shard::Change;
 
 use super::inflight::next_packet_id;
-use super::publish::publish_for;
+use super::publish::{publish_for, published_qos};
 use super::sessions::{Pending, Redelivery};
 use super::writer::{BATCH_BYTES, Outbox};
 use super::{Flow, qos_of};
@@ -157,6 +157,17 @@ async fn send_acknowledged(
         return Ok(());
     };
     let change = change.as_ref();
+    // A message published at QoS 0 goes at QoS 0 (the lower of the publish's and the
+    // subscription's): nothing to number or remember.
+    if published_qos(change) == Some(QoS::AtMostOnce) {
+        let mut batch = Vec::new();
+        out.push_qos0_of(worker, change, &mut batch);
+        return if batch.is_empty() {
+            Ok(())
+        } else {
+            out.queue(batch).await
+        };
+    }
     let (id, packet) = match pending.redelivery {
         // The client has the message: only the release goes again.
         Some(Redelivery { id, received: true }) => (id, Packet::PubRel(Ack::new(id))),

@@ -2,6 +2,8 @@
 //! RETAIN=0 is a message to the record's subscribers, and a topic of a wasm resource goes to the
 //! resource. And the PUBLISH that tells a subscriber about a change.
 
+use tessera_protocol::mqtt::codec::Reader;
+use tessera_protocol::mqtt::properties::Context;
 use tessera_protocol::mqtt::{Ack, Packet, Properties, Publish, QoS, Version};
 use tessera_storage::Value;
 use tessera_storage::record::RecordRef;
@@ -45,15 +47,50 @@ fn payload_value(p: &Publish) -> Result<Value, crate::app::body::BodyError> {
     )
 }
 
+/// What a published message keeps for its subscribers (its [`Event::Message`] meta): its QoS,
+/// then the MQTT 5 properties that travel with it to subscribers (payload format, content type,
+/// response topic, correlation data, user properties).
+fn message_meta(p: &Publish) -> Vec<u8> {
+    let travelling = Properties {
+        payload_format_indicator: p.properties.payload_format_indicator,
+        content_type: p.properties.content_type.clone(),
+        response_topic: p.properties.response_topic.clone(),
+        correlation_data: p.properties.correlation_data.clone(),
+        user_properties: p.properties.user_properties.clone(),
+        ..Properties::default()
+    };
+    let mut meta = vec![p.qos as u8];
+    travelling.write(&mut meta);
+    meta
+}
+
+/// The QoS a message was published at, when it is one an MQTT client published.
+pub fn published_qos(change: &Change) -> Option<QoS> {
+    match &change.event {
+        Event::Message { meta, .. } => read_meta(meta).map(|(qos, _)| qos),
+        _ => None,
+    }
+}
+
+/// The QoS and properties [`message_meta`] kept (none for a message published otherwise: by a
+/// wasm resource).
+pub fn read_meta(meta: &[u8]) -> Option<(QoS, Properties)> {
+    let (&qos, rest) = meta.split_first()?;
+    let qos = QoS::from_bits(qos).ok()?;
+    let properties = Properties::read(&mut Reader::new(rest), Context::Publish).ok()?;
+    Some((qos, properties))
+}
+
 /// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
-/// a message's payload as published (`None` once the message has expired; MQTT 5 subscribers get
-/// the time it has left).
+/// a message's payload as published, with its MQTT 5 properties (`None` once the message has
+/// expired; MQTT 5 subscribers get the time it has left). A message goes at the lower of its
+/// publish's QoS and `qos`, the subscription's.
 pub fn publish_for(
     worker: &Worker,
     change: &Change,
-    qos: QoS,
+    mut qos: QoS,
     retain: bool,
-    packet_id: Option<u16>,
+    mut packet_id: Option<u16>,
 ) -> Option<Publish> {
     let mut properties = Properties::default();
     let payload = match &change.event {
@@ -67,7 +104,15 @@ pub fn publish_for(
         Event::Message {
             payload,
             expires_at,
+            meta,
         } => {
+            if let Some((published, kept)) = read_meta(meta) {
+                properties = kept;
+                qos = qos.min(published);
+                if qos == QoS::AtMostOnce {
+                    packet_id = None;
+                }
+            }
             if let Some(at) = expires_at {
                 let left_ms = at.checked_sub(now_micros() / 1000).filter(|l| *l > 0)?;
                 properties.message_expiry_interval = Some(left_ms.div_ceil(1000) as u32);
@@ -161,6 +206,7 @@ impl Connection<'_> {
                         .properties
                         .message_expiry_interval
                         .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
+                    meta: message_meta(p),
                 },
                 version: 0, // numbered where it is dispatched
             };

@@ -124,7 +124,11 @@ pub async fn run<R: AsyncRead + Unpin>(
             retain: will.retain,
             topic: will.topic.clone(),
             packet_id: None,
-            properties: Properties::default(),
+            // Its properties travel as a publish's do (the will delay is the broker's own).
+            properties: Properties {
+                will_delay_interval: None,
+                ..will.properties.clone()
+            },
             payload: will.payload.clone(),
         };
         let _ = connection.apply_publish(&p).await;

@@ -37,6 +37,7 @@ impl context::Host for &mut HostState {
             kind: WriteKind::Message {
                 payload: json,
                 expires_at: None,
+                meta: Vec::new(),
             },
             from: None,
         });
