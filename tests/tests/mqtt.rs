@@ -1131,3 +1131,46 @@ fn messages_keep_their_qos_and_mqtt5_properties() {
         vec![("why".to_owned(), "crash".to_owned())]
     );
 }
+
+/// MQTT 5 DISCONNECT: a session expiry of 0 ends a kept session there and then; reason 0x04
+/// sends the will as an unexpected end would.
+#[test]
+fn disconnect_sets_the_session_expiry_and_may_ask_for_the_will() {
+    use tessera_protocol::mqtt::{Disconnect, Properties, Will};
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let (mut kept, ack) = connect_session(&s, Version::V5, "leaver", false, None);
+    assert_eq!(ack.code, 0);
+    assert_eq!(kept.subscribe(&[("Sensor/#", QoS::AtLeastOnce)]), vec![1]);
+    kept.send(&Packet::Disconnect(Disconnect {
+        reason: 0,
+        properties: Properties {
+            session_expiry_interval: Some(0),
+            ..Properties::default()
+        },
+    }));
+    hang_up(kept);
+    let (_again, ack) = connect_session(&s, Version::V5, "leaver", false, None);
+    assert!(
+        !ack.session_present,
+        "the session ended with its connection"
+    );
+
+    let mut watcher = client(&s, Version::V5, "will-watcher");
+    assert_eq!(watcher.subscribe(&[("Sensor/#", QoS::AtMostOnce)]), vec![0]);
+    let will = Will {
+        topic: "Sensor/w".into(),
+        payload: b"asked".to_vec(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    };
+    let (mut asking, _) = connect_session(&s, Version::V5, "asker", true, Some(will));
+    asking.send(&Packet::Disconnect(Disconnect {
+        reason: 0x04,
+        properties: Properties::default(),
+    }));
+    assert_eq!(
+        watcher.next_publish(WAIT).expect("the will").payload,
+        b"asked"
+    );
+}

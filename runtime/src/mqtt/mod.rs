@@ -196,6 +196,18 @@ where
     // every wake: each delivery to a subscriber would poll its reader's keep-alive timer and
     // socket again, about a tenth of the broker's CPU in a fan-out).
     let (left, (), parked_inbox) = (reader, writer, deliverer).join().await;
+    // The client's DISCONNECT may have changed how long its session outlives it (0: not at all).
+    let kept = match (kept, left.expiry) {
+        (Some(_), Some(0)) => {
+            sessions::forget(&client_id);
+            None
+        }
+        (Some(mut owner), Some(seconds)) => {
+            owner.expiry = (seconds != u32::MAX).then_some(seconds);
+            Some(owner)
+        }
+        (kept, _) => kept,
+    };
     let ended = parked::Ended {
         client_id,
         conn,

@@ -60,10 +60,12 @@ impl PacketReader {
     }
 }
 
-/// What a connection's reader leaves: its subscriptions and filters.
+/// What a connection's reader leaves: its subscriptions and filters, and the session expiry
+/// its client's DISCONNECT set (MQTT 5), if it set one.
 pub struct ReaderEnd {
     pub subscriptions: Subscriptions,
     pub filters: Vec<(String, QoS)>,
+    pub expiry: Option<u32>,
 }
 
 /// Reads and handles packets until the connection ends. When the session outlives the
@@ -86,6 +88,8 @@ pub async fn run<R: AsyncRead + Unpin>(
         s => Duration::from_millis(u64::from(s) * 1500),
     };
     let mut clean_end = false;
+    // MQTT 5 DISCONNECT: its session expiry replaces CONNECT's; reason 0x04 asks for the will.
+    let mut goodbye: Option<Disconnect> = None;
     loop {
         let read = glommio::timer::timeout(keep_alive, async {
             Ok(packets.next(&mut rd, Some(version)).await)
@@ -110,8 +114,9 @@ pub async fn run<R: AsyncRead + Unpin>(
         };
         match connection.handle(packet, flow).await {
             AfterPacket::Continue => {}
-            AfterPacket::Disconnect => {
-                clean_end = true;
+            AfterPacket::Disconnect(d) => {
+                clean_end = d.reason != 0x04;
+                goodbye = Some(d);
                 break;
             }
             AfterPacket::Unexpected => break,
@@ -133,9 +138,10 @@ pub async fn run<R: AsyncRead + Unpin>(
         };
         let _ = connection.apply_publish(&p).await;
     }
+    let expiry = goodbye.and_then(|d| d.properties.session_expiry_interval);
     // Parking keeps the inbox (the deliverer hands it back); otherwise closing it ends the
     // deliverer. Dropping the connection's outbox then ends the writer.
-    if keep {
+    if keep && expiry != Some(0) {
         let _ = park.send(());
     } else {
         realtime::close_inbox(connection.conn);
@@ -148,6 +154,7 @@ pub async fn run<R: AsyncRead + Unpin>(
     ReaderEnd {
         subscriptions: std::mem::take(&mut connection.subscriptions),
         filters,
+        expiry,
     }
 }
 
@@ -155,7 +162,7 @@ pub async fn run<R: AsyncRead + Unpin>(
 enum AfterPacket {
     Continue,
     /// The client said goodbye (DISCONNECT).
-    Disconnect,
+    Disconnect(Disconnect),
     /// A packet a client may not send.
     Unexpected,
 }
@@ -186,7 +193,7 @@ impl Connection<'_> {
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;
             }
-            Packet::Disconnect(_) => return AfterPacket::Disconnect,
+            Packet::Disconnect(d) => return AfterPacket::Disconnect(d),
             // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
             // refuses the message with an MQTT 5 reason code): room for the next one.
             Packet::PubAck(Ack { packet_id, .. })
