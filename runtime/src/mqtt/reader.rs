@@ -89,7 +89,7 @@ pub async fn run<R: AsyncRead + Unpin>(
     };
     let mut clean_end = false;
     // MQTT 5 DISCONNECT: its session expiry replaces CONNECT's; reason 0x04 asks for the will.
-    let mut goodbye: Option<Disconnect> = None;
+    let mut goodbye: Option<Box<Disconnect>> = None;
     loop {
         let read = glommio::timer::timeout(keep_alive, async {
             Ok(packets.next(&mut rd, Some(version)).await)
@@ -162,7 +162,7 @@ pub async fn run<R: AsyncRead + Unpin>(
 enum AfterPacket {
     Continue,
     /// The client said goodbye (DISCONNECT).
-    Disconnect(Disconnect),
+    Disconnect(Box<Disconnect>),
     /// A packet a client may not send.
     Unexpected,
 }
@@ -193,7 +193,7 @@ impl Connection<'_> {
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;
             }
-            Packet::Disconnect(d) => return AfterPacket::Disconnect(d),
+            Packet::Disconnect(d) => return AfterPacket::Disconnect(Box::new(d)),
             // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
             // refuses the message with an MQTT 5 reason code): room for the next one.
             Packet::PubAck(Ack { packet_id, .. })
