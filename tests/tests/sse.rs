@@ -164,14 +164,9 @@ fn events_carry_only_what_the_role_may_read_as_it_is_now() {
         next_event(&mut r)["value"],
         json!({"id": "c", "name": "corn", "price": 3})
     );
-    // Dropped: the stream ends at the next change.
+    // Dropped: the stream ends (within about a second; the socket's read limit is 10 s).
     let (st, _) = admin.operation(&json!({"operation": "drop_user", "username": "kim"}));
     assert_eq!(st, 200);
-    assert_eq!(
-        c.put_json("/Item/d", r#"{"name":"date","price":4}"#).status,
-        204
-    );
     let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut r, &mut rest);
-    assert!(!rest.contains("date"), "{rest}");
+    std::io::Read::read_to_string(&mut r, &mut rest).expect("the stream ends");
 }

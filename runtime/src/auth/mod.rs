@@ -208,6 +208,14 @@ impl LiveUser {
         }
     }
 
+    /// Resolves once the user has been dropped or deactivated, looking once a second (so that
+    /// an idle connection of a dropped user ends within about a second).
+    pub async fn gone(&self) {
+        while self.current().is_some() {
+            glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
     /// The user now; `None` once it has been dropped or deactivated (its connection should
     /// end). The user trusted on loopback (`authorizeLocal`) is not in the store and stays.
     pub fn current(&self) -> Option<Arc<User>> {

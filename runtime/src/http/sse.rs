@@ -18,9 +18,9 @@ use crate::realtime::{self, Guarantee, Scope, Subscriber, Subscriptions};
 impl Rest {
     /// Server-Sent Events: the current record(s), then every change, one
     /// `data:` line each, as `user`'s role may see it now (its attributes only; nothing once it
-    /// may no longer read the table; the stream ends once the user is dropped). The head waits
-    /// for the first event; a comment every 15 s notices a client that has gone. The connection
-    /// ends with the stream.
+    /// may no longer read the table; the stream ends within a second once the user is dropped
+    /// or deactivated). The head waits for the first event; a comment every 15 s notices a client
+    /// that has gone. The connection ends with the stream.
     pub(super) async fn event_stream(
         &self,
         table: &Arc<Table>,
@@ -73,23 +73,33 @@ impl Rest {
                     return Ok(());
                 }
             }
+            // Seconds without an event; a comment goes out every 15 of them.
+            let mut quiet = 0;
             loop {
                 if started && !reply.flush().await {
                     return Ok(());
                 }
-                match glommio::timer::timeout(Duration::from_secs(15), async {
+                match glommio::timer::timeout(Duration::from_secs(1), async {
                     Ok(inbox.recv().await)
                 })
                 .await
                 {
                     Ok(Some(d)) => {
+                        quiet = 0;
                         if !send(reply, &d.change, &mut started) {
                             return Ok(());
                         }
                     }
                     Ok(None) => return Ok(()),
-                    Err(_) if started => reply.frame(b":\n\n"),
-                    Err(_) => {}
+                    // A dropped or deactivated user's stream ends within a second.
+                    Err(_) if live.current().is_none() => return Ok(()),
+                    Err(_) => {
+                        quiet += 1;
+                        if quiet == 15 && started {
+                            quiet = 0;
+                            reply.frame(b":\n\n");
+                        }
+                    }
                 }
             }
         }

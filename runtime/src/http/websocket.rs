@@ -118,25 +118,28 @@ pub async fn serve(
         Ok(events::as_seen_by(change, &table, &user).and_then(|c| encode(&c)))
     };
     let mut open = true;
-    let mut gone = false;
+    let mut dropped = false;
     for change in current.iter().flatten() {
         match frame(change) {
             Ok(Some(m)) => open = tx.send(m).await.is_ok(),
             Ok(None) => {}
-            Err(()) => (open, gone) = (false, true),
+            Err(()) => (open, dropped) = (false, true),
         }
         if !open {
             break;
         }
     }
-    // Changes go out as they come; client messages are read (and ignored) until it closes.
+    // Changes go out as they come; client messages are read (and ignored) until it closes; a
+    // dropped or deactivated user's socket is closed within a second.
+    let mut gone = Box::pin(live.gone().fuse());
     while open {
         futures::select_biased! {
+            () = gone => (open, dropped) = (false, true),
             d = inbox.recv().fuse() => match d {
                 Some(d) => match frame(&d.change) {
                     Ok(Some(m)) => open = tx.send(m).await.is_ok(),
                     Ok(None) => {}
-                    Err(()) => (open, gone) = (false, true),
+                    Err(()) => (open, dropped) = (false, true),
                 },
                 None => open = false,
             },
@@ -146,7 +149,7 @@ pub async fn serve(
             },
         }
     }
-    if gone {
+    if dropped {
         // The user was dropped or deactivated: closed as a refused login is.
         let _ = tx
             .send(closing(3000, "Unauthorized: the user no longer exists"))

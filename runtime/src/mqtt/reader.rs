@@ -90,12 +90,23 @@ pub async fn run<R: AsyncRead + Unpin>(
     let mut clean_end = false;
     // MQTT 5 DISCONNECT: its session expiry replaces CONNECT's; reason 0x04 asks for the will.
     let mut goodbye: Option<Box<Disconnect>> = None;
+    // Ends the connection once its user is dropped or deactivated (one timer for the whole
+    // connection, not one per packet).
+    let live = connection.live.clone();
+    let mut gone = Box::pin(async move { live.gone().await });
     loop {
         let read = glommio::timer::timeout(keep_alive, async {
             Ok(packets.next(&mut rd, Some(version)).await)
         });
-        let next = match futures::future::select(Box::pin(read), &mut taken_over).await {
+        let ended = futures::future::select(&mut taken_over, &mut gone);
+        let next = match futures::future::select(Box::pin(read), ended).await {
             futures::future::Either::Left((next, _)) => next,
+            // The user was dropped or deactivated: not authorized any more.
+            futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
+                connection.disconnect(0x87).await;
+                clean_end = true;
+                break;
+            }
             futures::future::Either::Right(_) => {
                 // Another connection took the client id over.
                 connection.disconnect(0x8E).await;
