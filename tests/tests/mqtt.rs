@@ -1172,3 +1172,52 @@ fn disconnect_sets_the_session_expiry_and_may_ask_for_the_will() {
         b"asked"
     );
 }
+
+/// MQTT 5 subscription options: No Local keeps a client's own messages from it; Retain As
+/// Published delivers a record's changes (retained state) with RETAIN set, messages without.
+#[test]
+fn no_local_and_retain_as_published() {
+    use tessera_protocol::mqtt::{Options, Subscribe};
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let subscribe = |c: &mut MqttClient, options: Options| {
+        c.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Default::default(),
+            filters: vec![("Sensor/#".into(), options)],
+        }));
+        assert!(matches!(c.recv(WAIT), Some(Packet::SubAck(a)) if a.codes == vec![0]));
+    };
+    let mut local = client(&s, Version::V5, "no-local");
+    let mut options = Options::qos(QoS::AtMostOnce);
+    options.no_local = true;
+    subscribe(&mut local, options);
+    let mut plain = client(&s, Version::V5, "plain");
+    subscribe(&mut plain, Options::qos(QoS::AtMostOnce));
+    let mut kept_flag = client(&s, Version::V5, "rap");
+    let mut options = Options::qos(QoS::AtMostOnce);
+    options.retain_as_published = true;
+    subscribe(&mut kept_flag, options);
+
+    local.publish("Sensor/n1", b"{\"from\":\"local\"}", QoS::AtMostOnce, false);
+    plain.publish("Sensor/n2", b"{\"from\":\"plain\"}", QoS::AtMostOnce, false);
+    // The no-local client gets the other's message only; the plain one gets both, its own too.
+    let got = local.next_publish(WAIT).expect("the other's message");
+    assert_eq!(got.topic, "Sensor/n2");
+    assert!(local.next_publish(Duration::from_millis(300)).is_none());
+    // (Two publishers to two records: in either order.)
+    let mut topics: Vec<String> = (0..2)
+        .map(|_| plain.next_publish(WAIT).expect("a message").topic)
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["Sensor/n1", "Sensor/n2"]);
+    // Retain As Published: the messages without RETAIN, a record's change with it.
+    for _ in 0..2 {
+        assert!(!kept_flag.next_publish(WAIT).expect("a message").retain);
+    }
+    assert_eq!(
+        s.client().put_json("/Sensor/r", r#"{"temp":1}"#).status,
+        204
+    );
+    assert!(kept_flag.next_publish(WAIT).expect("the change").retain);
+    assert!(!plain.next_publish(WAIT).expect("the change").retain);
+}

@@ -40,6 +40,7 @@ impl Rest {
             conn,
             sub: 1,
             guarantee: Guarantee::AtMostOnce,
+            options: 0,
         };
         let result = async {
             let current = realtime::subscribe(&self.router, table, scope, since, sub, &mut held)

@@ -12,16 +12,17 @@ use futures::FutureExt;
 use futures::channel::oneshot;
 use glommio::channels::local_channel::LocalReceiver;
 use tessera_protocol::mqtt::{Ack, Packet, QoS};
-use tessera_storage::shard::Change;
+use tessera_storage::shard::{Change, Event};
 
 use super::inflight::next_packet_id;
-use super::publish::{publish_for, published_qos};
+use super::publish::{publish_for, published_by, published_qos};
 use super::sessions::{Pending, Redelivery};
+use super::subscribe::{NO_LOCAL, RETAIN_AS_PUBLISHED};
 use super::writer::{BATCH_BYTES, Outbox};
 use super::{Flow, qos_of};
 use crate::app::events;
 use crate::auth::LiveUser;
-use crate::realtime::{Broadcast, Delivery, Guarantee};
+use crate::realtime::{Delivery, Guarantee};
 use crate::worker::Worker;
 
 /// The inbox and what was not delivered, handed back when the session parks.
@@ -31,7 +32,7 @@ pub type HandedBack = Option<(LocalReceiver<Delivery>, VecDeque<Pending>)>;
 /// when `park` fires.
 pub async fn run(
     worker: &Worker,
-    live: &LiveUser,
+    (live, conn): (&LiveUser, u64),
     out: &Outbox,
     inbox: LocalReceiver<Delivery>,
     mut backlog: VecDeque<Pending>,
@@ -55,9 +56,10 @@ pub async fn run(
         };
         let deliver = async {
             if pending.delivery.guarantee == Guarantee::AtMostOnce {
-                send_qos0(worker, live, out, &pending.delivery, &inbox, &mut backlog).await
+                let who = (live, conn);
+                send_qos0(worker, who, out, &pending.delivery, &inbox, &mut backlog).await
             } else {
-                send_acknowledged(worker, live, out, &pending, &mut next_id, flow).await
+                send_acknowledged(worker, (live, conn), out, &pending, &mut next_id, flow).await
             }
         };
         // A session that parks keeps what this was delivering.
@@ -88,18 +90,18 @@ pub async fn run(
 /// `backlog`.
 async fn send_qos0(
     worker: &Worker,
-    live: &LiveUser,
+    who: (&LiveUser, u64),
     out: &Outbox,
     first: &Delivery,
     inbox: &LocalReceiver<Delivery>,
     backlog: &mut VecDeque<Pending>,
 ) -> Result<(), ()> {
     let mut batch = Vec::new();
-    push_qos0(worker, live, out, &first.change, &mut batch)?;
+    push_qos0(worker, who, out, first, &mut batch)?;
     while batch.len() < BATCH_BYTES && backlog.is_empty() {
         match inbox.recv().now_or_never().flatten() {
             Some(d) if d.guarantee == Guarantee::AtMostOnce => {
-                push_qos0(worker, live, out, &d.change, &mut batch)?
+                push_qos0(worker, who, out, &d, &mut batch)?
             }
             Some(other) => backlog.push_back(Pending::new(other)),
             None => break,
@@ -111,33 +113,43 @@ async fn send_qos0(
     out.queue(batch).await
 }
 
-/// What the connection's user may see of `change` now (`Ok(None)`: nothing); `Err` once the
-/// user is gone.
-fn seen<'c>(
+/// What this subscriber gets of `d` now: the change as its user's role may see it, with the
+/// RETAIN flag it goes with (set on a record's change under MQTT 5's Retain As Published; a
+/// record is retained state). `Ok(None)`: nothing (its own message under No Local, or a table
+/// its role may no longer read); `Err` once the user is gone.
+fn seen<'d>(
     worker: &Worker,
     live: &LiveUser,
-    change: &'c Change,
-) -> Result<Option<Cow<'c, Change>>, ()> {
+    conn: u64,
+    d: &'d Delivery,
+) -> Result<Option<(Cow<'d, Change>, bool)>, ()> {
     let user = live.current().ok_or(())?;
-    Ok(match worker.app.tables.export_by_id(change.table) {
+    let change: &Change = &d.change;
+    if d.options & NO_LOCAL != 0 && published_by(change, conn) {
+        return Ok(None);
+    }
+    let retain = d.options & RETAIN_AS_PUBLISHED != 0
+        && matches!(change.event, Event::Put(_) | Event::Delete);
+    let visible = match worker.app.tables.export_by_id(change.table) {
         Some(table) => events::as_seen_by(change, table, &user),
         None => Some(Cow::Borrowed(change)),
-    })
+    };
+    Ok(visible.map(|c| (c, retain)))
 }
 
 /// Adds a QoS 0 PUBLISH of `change` to `batch`: the encoding shared by every subscriber when
 /// this one sees the whole record, its own otherwise.
 fn push_qos0(
     worker: &Worker,
-    live: &LiveUser,
+    (live, conn): (&LiveUser, u64),
     out: &Outbox,
-    change: &Broadcast,
+    d: &Delivery,
     batch: &mut Vec<u8>,
 ) -> Result<(), ()> {
-    match seen(worker, live, change)? {
+    match seen(worker, live, conn, d)? {
         None => {}
-        Some(Cow::Borrowed(_)) => out.push_qos0(worker, change, batch),
-        Some(Cow::Owned(own)) => out.push_qos0_of(worker, &own, batch),
+        Some((Cow::Borrowed(_), false)) => out.push_qos0(worker, &d.change, batch),
+        Some((own, retain)) => out.push_qos0_of(worker, &own, retain, batch),
     }
     Ok(())
 }
@@ -146,14 +158,14 @@ fn push_qos0(
 /// Maximum allows, and remembers it until the client completes it.
 async fn send_acknowledged(
     worker: &Worker,
-    live: &LiveUser,
+    (live, conn): (&LiveUser, u64),
     out: &Outbox,
     pending: &Pending,
     next_id: &mut u16,
     flow: &Flow,
 ) -> Result<(), ()> {
     let qos = qos_of(pending.delivery.guarantee);
-    let Some(change) = seen(worker, live, &pending.delivery.change)? else {
+    let Some((change, retain)) = seen(worker, live, conn, &pending.delivery)? else {
         return Ok(());
     };
     let change = change.as_ref();
@@ -161,7 +173,7 @@ async fn send_acknowledged(
     // subscription's): nothing to number or remember.
     if published_qos(change) == Some(QoS::AtMostOnce) {
         let mut batch = Vec::new();
-        out.push_qos0_of(worker, change, &mut batch);
+        out.push_qos0_of(worker, change, retain, &mut batch);
         return if batch.is_empty() {
             Ok(())
         } else {
@@ -173,7 +185,7 @@ async fn send_acknowledged(
         Some(Redelivery { id, received: true }) => (id, Packet::PubRel(Ack::new(id))),
         // Sent before and never completed: its original id, with DUP.
         Some(Redelivery { id, .. }) => {
-            let Some(mut p) = publish_for(worker, change, qos, false, Some(id)) else {
+            let Some(mut p) = publish_for(worker, change, qos, retain, Some(id)) else {
                 return Ok(());
             };
             p.dup = true;
@@ -181,7 +193,7 @@ async fn send_acknowledged(
         }
         None => {
             let id = next_packet_id(*next_id);
-            let Some(p) = publish_for(worker, change, qos, false, Some(id)) else {
+            let Some(p) = publish_for(worker, change, qos, retain, Some(id)) else {
                 return Ok(());
             };
             *next_id = id;

@@ -186,7 +186,7 @@ where
     let writer = writer::run(frames, wr);
     let deliverer = async {
         let out = outbox;
-        deliverer::run(worker, &live, &out, inbox, backlog, park_rx, &flow).await
+        deliverer::run(worker, (&live, conn), &out, inbox, backlog, park_rx, &flow).await
     };
     let keep = kept.is_some();
     let reader = reader::run(

@@ -50,7 +50,7 @@ fn payload_value(p: &Publish) -> Result<Value, crate::app::body::BodyError> {
 /// What a published message keeps for its subscribers (its [`Event::Message`] meta): its QoS,
 /// then the MQTT 5 properties that travel with it to subscribers (payload format, content type,
 /// response topic, correlation data, user properties).
-fn message_meta(p: &Publish) -> Vec<u8> {
+fn message_meta(p: &Publish, conn: u64) -> Vec<u8> {
     let travelling = Properties {
         payload_format_indicator: p.properties.payload_format_indicator,
         content_type: p.properties.content_type.clone(),
@@ -60,6 +60,7 @@ fn message_meta(p: &Publish) -> Vec<u8> {
         ..Properties::default()
     };
     let mut meta = vec![p.qos as u8];
+    meta.extend_from_slice(&conn.to_be_bytes());
     travelling.write(&mut meta);
     meta
 }
@@ -67,18 +68,27 @@ fn message_meta(p: &Publish) -> Vec<u8> {
 /// The QoS a message was published at, when it is one an MQTT client published.
 pub fn published_qos(change: &Change) -> Option<QoS> {
     match &change.event {
-        Event::Message { meta, .. } => read_meta(meta).map(|(qos, _)| qos),
+        Event::Message { meta, .. } => read_meta(meta).map(|(qos, ..)| qos),
         _ => None,
     }
 }
 
-/// The QoS and properties [`message_meta`] kept (none for a message published otherwise: by a
-/// wasm resource).
-pub fn read_meta(meta: &[u8]) -> Option<(QoS, Properties)> {
+/// The QoS, properties and publishing connection [`message_meta`] kept (none for a message
+/// published otherwise: by a wasm resource).
+pub fn read_meta(meta: &[u8]) -> Option<(QoS, Properties, u64)> {
     let (&qos, rest) = meta.split_first()?;
     let qos = QoS::from_bits(qos).ok()?;
-    let properties = Properties::read(&mut Reader::new(rest), Context::Publish).ok()?;
-    Some((qos, properties))
+    let conn = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let properties = Properties::read(&mut Reader::new(&rest[8..]), Context::Publish).ok()?;
+    Some((qos, properties, conn))
+}
+
+/// Whether `change` is a message the connection `conn` published (MQTT 5's No Local).
+pub fn published_by(change: &Change, conn: u64) -> bool {
+    match &change.event {
+        Event::Message { meta, .. } => read_meta(meta).is_some_and(|(.., from)| from == conn),
+        _ => false,
+    }
 }
 
 /// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
@@ -106,7 +116,7 @@ pub fn publish_for(
             expires_at,
             meta,
         } => {
-            if let Some((published, kept)) = read_meta(meta) {
+            if let Some((published, kept, _)) = read_meta(meta) {
                 properties = kept;
                 qos = qos.min(published);
                 if qos == QoS::AtMostOnce {
@@ -206,7 +216,7 @@ impl Connection<'_> {
                         .properties
                         .message_expiry_interval
                         .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
-                    meta: message_meta(p),
+                    meta: message_meta(p, self.conn),
                 },
                 version: 0, // numbered where it is dispatched
             };

@@ -298,6 +298,7 @@ impl Saved {
                     delivery: Delivery {
                         change: Broadcast::new(change),
                         guarantee: guarantee_of(qos),
+                        options: 0,
                     },
                 })
             })

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tessera_protocol::mqtt::{
-    Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    Options, Packet, Properties, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use tessera_storage::Table;
 use tessera_storage::shard::Change;
@@ -24,14 +24,13 @@ use crate::worker::Worker;
 /// table or no possible id.
 async fn register(
     worker: &Worker,
-    conn: u64,
-    sub: u32,
+    (conn, sub): (u64, u32),
     filter: &str,
-    qos: QoS,
+    options: &Options,
     subscriptions: &mut Subscriptions,
 ) -> Option<Vec<Change>> {
     let (table, scope) = target(worker, filter)?;
-    let sub = subscriber(worker, conn, sub, qos);
+    let sub = subscriber(worker, conn, sub, options);
     realtime::subscribe(&worker.router, &table, scope, None, sub, subscriptions).await
 }
 
@@ -47,12 +46,18 @@ fn target(worker: &Worker, filter: &str) -> Option<(Arc<Table>, Scope)> {
     Some((table, scope))
 }
 
-fn subscriber(worker: &Worker, conn: u64, sub: u32, qos: QoS) -> Subscriber {
+/// [`Subscriber::options`] bits: MQTT 5's No Local and Retain As Published.
+pub const NO_LOCAL: u8 = 1;
+pub const RETAIN_AS_PUBLISHED: u8 = 2;
+
+fn subscriber(worker: &Worker, conn: u64, sub: u32, options: &Options) -> Subscriber {
     Subscriber {
         core: worker.router.core(),
         conn,
         sub,
-        guarantee: guarantee_of(qos),
+        guarantee: guarantee_of(options.qos),
+        options: u8::from(options.no_local) * NO_LOCAL
+            + u8::from(options.retain_as_published) * RETAIN_AS_PUBLISHED,
     }
 }
 
@@ -75,7 +80,8 @@ pub async fn resubscribe(
         let Some((table, scope)) = target(worker, filter) else {
             continue;
         };
-        let s = subscriber(worker, conn, sub, *qos);
+        // The subscription options other than QoS are not kept with a session.
+        let s = subscriber(worker, conn, sub, &Options::qos(*qos));
         let since = realtime::Since::After(after);
         let Some(found) =
             realtime::subscribe_since(&worker.router, &table, &scope, s, subscriptions, since)
@@ -88,6 +94,7 @@ pub async fn resubscribe(
             logged.extend(found.into_iter().map(|change| Delivery {
                 change,
                 guarantee: guarantee_of(*qos),
+                options: 0,
             }));
         }
     }
@@ -136,7 +143,7 @@ impl Connection<'_> {
                 continue;
             }
             let mut current = Vec::new();
-            let added = self.add_subscription(filter, qos, &mut current).await;
+            let added = self.add_subscription(filter, options, &mut current).await;
             if send_current {
                 retained.append(&mut current);
             }
@@ -183,13 +190,14 @@ impl Connection<'_> {
     pub(super) async fn add_subscription(
         &mut self,
         filter: &str,
-        qos: QoS,
+        options: &Options,
         retained: &mut Vec<(Change, QoS)>,
     ) -> Option<()> {
         self.next_sub += 1;
-        let (sub, conn) = (self.next_sub, self.conn);
-        let current =
-            register(self.worker, conn, sub, filter, qos, &mut self.subscriptions).await?;
+        let qos = options.qos;
+        let ids = (self.conn, self.next_sub);
+        let sub = self.next_sub;
+        let current = register(self.worker, ids, filter, options, &mut self.subscriptions).await?;
         self.filters.insert(filter.to_owned(), (sub, qos));
         retained.extend(current.into_iter().map(|c| (c, qos)));
         Some(())

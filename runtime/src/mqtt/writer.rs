@@ -55,25 +55,32 @@ impl Outbox {
     pub fn push_qos0(&self, worker: &Worker, change: &Broadcast, batch: &mut Vec<u8>) {
         // The change's wire slots: 0 for MQTT 3.1.1, 1 for MQTT 5.
         let slot = usize::from(self.version == Version::V5);
-        let frame =
-            change.wire[slot].get_or_init(|| self.qos0_frame(worker, change).map(Into::into));
+        let frame = change.wire[slot]
+            .get_or_init(|| self.qos0_frame(worker, change, false).map(Into::into));
         if let Some(f) = frame.as_deref().filter(|f| f.len() <= self.max) {
             batch.extend_from_slice(f);
         }
     }
 
-    /// [`Self::push_qos0`] of a change only this subscriber sees (its role's attributes).
-    pub fn push_qos0_of(&self, worker: &Worker, change: &Change, batch: &mut Vec<u8>) {
+    /// [`Self::push_qos0`] of a change only this subscriber sees (its role's attributes, or
+    /// `retain`, the RETAIN flag MQTT 5's Retain As Published gives it).
+    pub fn push_qos0_of(
+        &self,
+        worker: &Worker,
+        change: &Change,
+        retain: bool,
+        batch: &mut Vec<u8>,
+    ) {
         if let Some(f) = self
-            .qos0_frame(worker, change)
+            .qos0_frame(worker, change, retain)
             .filter(|f| f.len() <= self.max)
         {
             batch.extend_from_slice(&f);
         }
     }
 
-    fn qos0_frame(&self, worker: &Worker, change: &Change) -> Option<Vec<u8>> {
-        let p = publish_for(worker, change, QoS::AtMostOnce, false, None)?;
+    fn qos0_frame(&self, worker: &Worker, change: &Change, retain: bool) -> Option<Vec<u8>> {
+        let p = publish_for(worker, change, QoS::AtMostOnce, retain, None)?;
         let mut f = Vec::with_capacity(128);
         mqtt::encode(&Packet::Publish(p), self.version, &mut f);
         Some(f)

@@ -155,6 +155,7 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
                     Delivery {
                         change: change.clone(),
                         guarantee: s.guarantee,
+                        options: s.options,
                     },
                 ));
             }

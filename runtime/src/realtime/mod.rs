@@ -70,6 +70,9 @@ pub struct Subscriber {
     /// The connection's number for the subscription (to remove it).
     pub sub: u32,
     pub guarantee: Guarantee,
+    /// The front's own options for the subscription's deliveries (MQTT 5's No Local and Retain
+    /// As Published), carried to each [`Delivery`] untouched.
+    pub options: u8,
 }
 
 /// The record ids a table subscription covers: MQTT filter levels after the table's (`#`, `+`
@@ -144,6 +147,8 @@ pub enum Guarantee {
 pub struct Delivery {
     pub change: Arc<Broadcast>,
     pub guarantee: Guarantee,
+    /// The subscription's [`Subscriber::options`].
+    pub options: u8,
 }
 
 /// What a subscription covers.
