@@ -1221,3 +1221,47 @@ fn no_local_and_retain_as_published() {
     assert!(kept_flag.next_publish(WAIT).expect("the change").retain);
     assert!(!plain.next_publish(WAIT).expect("the change").retain);
 }
+
+/// MQTT 5 Will Delay Interval: the will goes out when the delay ends (or the session, sooner),
+/// and not at all when the session resumes first.
+#[test]
+fn a_will_waits_out_its_delay_unless_the_session_resumes() {
+    use tessera_protocol::mqtt::{Properties, Will};
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut watcher = client(&s, Version::V5, "delay-watcher");
+    assert_eq!(watcher.subscribe(&[("Sensor/#", QoS::AtMostOnce)]), vec![0]);
+    let will = |payload: &[u8], delay: u32| Will {
+        topic: "Sensor/w".into(),
+        payload: payload.to_vec(),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(delay),
+            ..Properties::default()
+        },
+    };
+    // A session kept an hour, a will delayed a second: not at once, then after the second.
+    let (c, _) = connect_session(&s, Version::V5, "delayed", false, Some(will(b"late", 1)));
+    hang_up(c);
+    assert!(
+        watcher.next_publish(Duration::from_millis(300)).is_none(),
+        "not yet"
+    );
+    assert_eq!(
+        watcher.next_publish(WAIT).expect("the will").payload,
+        b"late"
+    );
+    // The session resumes within the delay: no will.
+    let (c, _) = connect_session(&s, Version::V5, "back", false, Some(will(b"never", 2)));
+    hang_up(c);
+    let (_again, ack) = connect_session(&s, Version::V5, "back", false, None);
+    assert!(ack.session_present);
+    assert!(watcher.next_publish(Duration::from_secs(3)).is_none());
+    // A session that ends with its connection ends the delay too: the will goes at once.
+    let (c, _) = connect_session(&s, Version::V5, "short", true, Some(will(b"now", 60)));
+    hang_up(c);
+    assert_eq!(
+        watcher.next_publish(WAIT).expect("the will").payload,
+        b"now"
+    );
+}

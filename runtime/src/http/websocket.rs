@@ -24,7 +24,6 @@ use crate::auth::LiveUser;
 use crate::net::flush;
 use crate::net::ws_stream;
 use crate::realtime::{self, Guarantee, Pattern, Scope, Subscriber, Subscriptions};
-use crate::worker::Worker;
 
 /// Answers an upgrade request and serves the WebSocket until either side closes it.
 pub async fn serve(
@@ -164,8 +163,8 @@ pub async fn serve(
 /// MQTT over WebSocket (subprotocol `mqtt`): the MQTT session reads and writes a byte stream
 /// carried in binary frames. The one call from one front into another: MQTT's session entry
 /// point, for a transport the HTTP front accepted.
-pub async fn serve_mqtt(worker: &Worker, conn: &mut TcpStream, out: &mut Vec<u8>, key: &str) {
+pub async fn serve_mqtt(rest: &Rest, conn: &mut TcpStream, out: &mut Vec<u8>, key: &str) {
     if let Some((reader, writer)) = ws_stream::upgrade(conn, out, key, "mqtt").await {
-        crate::mqtt::session(worker, reader, writer).await;
+        crate::mqtt::session(&rest.worker, reader, writer).await;
     }
 }

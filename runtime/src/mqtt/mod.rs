@@ -107,6 +107,37 @@ impl Connection<'_> {
     }
 }
 
+/// Publishes the will connection `conn` left after `wait`, if it is still due then.
+async fn delayed_will(
+    worker: Rc<Worker>,
+    live: Rc<LiveUser>,
+    client_id: String,
+    conn: u64,
+    will: tessera_protocol::mqtt::Publish,
+    wait: Duration,
+) {
+    glommio::timer::sleep(wait).await;
+    if !sessions::will_due(&client_id, conn) {
+        return;
+    }
+    // The connection is gone: what it writes back goes nowhere.
+    let (outbox, _) = writer::Outbox::new(Version::V5, usize::MAX);
+    let mut gone = Connection {
+        worker: &worker,
+        live,
+        conn,
+        version: Version::V5,
+        outbox: Rc::new(outbox),
+        subscriptions: Subscriptions::default(),
+        next_sub: 0,
+        kept: None,
+        filters: HashMap::new(),
+        aliases: HashMap::new(),
+        messages: realtime::InFlight::default(),
+    };
+    let _ = gone.apply_publish(&will).await;
+}
+
 /// Flow control between the reader and the deliverer: at most the client's Receive Maximum
 /// (MQTT 5; 65,535 otherwise) QoS 1 and 2 deliveries not completed. While the client lags, its
 /// inbox fills.
@@ -129,7 +160,7 @@ impl Flow {
 /// One MQTT connection over any byte transport (TCP, or WebSocket binary frames): the
 /// handshake, then the reader, the writer and the deliverer together until the connection
 /// ends, then its session parks or goes.
-pub async fn session<R, W>(worker: &Worker, mut rd: R, mut wr: W)
+pub async fn session<R, W>(worker: &Rc<Worker>, mut rd: R, mut wr: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -208,6 +239,25 @@ where
         }
         (kept, _) => kept,
     };
+    // A will with a delay goes out when the delay (or, sooner, the session) ends, unless a new
+    // connection takes the session up first.
+    if let Some((will, delay)) = left.delayed_will {
+        let lasts = match &kept {
+            None => 0,
+            Some(owner) => owner.expiry.unwrap_or(u32::MAX),
+        };
+        let wait = Duration::from_secs(u64::from(delay.min(lasts)));
+        sessions::delay_will(&client_id, conn);
+        let task = delayed_will(
+            worker.clone(),
+            live.clone(),
+            client_id.clone(),
+            conn,
+            will,
+            wait,
+        );
+        glommio::spawn_local(task).detach();
+    }
     let ended = parked::Ended {
         client_id,
         conn,

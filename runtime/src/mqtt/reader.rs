@@ -60,12 +60,13 @@ impl PacketReader {
     }
 }
 
-/// What a connection's reader leaves: its subscriptions and filters, and the session expiry
-/// its client's DISCONNECT set (MQTT 5), if it set one.
+/// What a connection's reader leaves: its subscriptions and filters, the session expiry its
+/// client's DISCONNECT set (MQTT 5), if it set one, and a will to publish after its delay.
 pub struct ReaderEnd {
     pub subscriptions: Subscriptions,
     pub filters: Vec<(String, QoS)>,
     pub expiry: Option<u32>,
+    pub delayed_will: Option<(Publish, u32)>,
 }
 
 /// Reads and handles packets until the connection ends. When the session outlives the
@@ -133,6 +134,7 @@ pub async fn run<R: AsyncRead + Unpin>(
             AfterPacket::Unexpected => break,
         }
     }
+    let mut delayed_will = None;
     if !clean_end && let Some(will) = &connect.will {
         let p = Publish {
             dup: false,
@@ -147,7 +149,13 @@ pub async fn run<R: AsyncRead + Unpin>(
             },
             payload: will.payload.clone(),
         };
-        let _ = connection.apply_publish(&p).await;
+        // MQTT 5's Will Delay Interval: published later, unless the session resumes first.
+        match will.properties.will_delay_interval.filter(|d| *d > 0) {
+            Some(delay) => delayed_will = Some((p, delay)),
+            None => {
+                let _ = connection.apply_publish(&p).await;
+            }
+        }
     }
     let expiry = goodbye.and_then(|d| d.properties.session_expiry_interval);
     // Parking keeps the inbox (the deliverer hands it back); otherwise closing it ends the
@@ -166,6 +174,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         subscriptions: std::mem::take(&mut connection.subscriptions),
         filters,
         expiry,
+        delayed_will,
     }
 }
 

@@ -89,6 +89,29 @@ fn with<R>(f: impl FnOnce(&mut HashMap<String, Entry>) -> R) -> R {
     f(guard.get_or_insert_with(HashMap::new))
 }
 
+/// Wills waiting out their MQTT 5 Will Delay Interval: client id -> the connection that left
+/// it. A new connection with the client id cancels it ([`claim`]).
+static DELAYED_WILLS: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+
+fn with_wills<R>(f: impl FnOnce(&mut HashMap<String, u64>) -> R) -> R {
+    let mut guard = DELAYED_WILLS.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(HashMap::new))
+}
+
+/// Notes the will of connection `conn` as waiting for its delay.
+pub fn delay_will(client_id: &str, conn: u64) {
+    with_wills(|w| w.insert(client_id.to_owned(), conn));
+}
+
+/// Whether the will `conn` left is still due (no connection with its client id came since),
+/// and takes it off the list.
+pub fn will_due(client_id: &str, conn: u64) -> bool {
+    with_wills(|w| match w.get(client_id) {
+        Some(c) if *c == conn => w.remove(client_id).is_some(),
+        _ => false,
+    })
+}
+
 /// How long a new connection waits for the one it takes over to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
 
@@ -116,6 +139,8 @@ pub async fn claim(
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
     }
+    // A new connection to the session: a will still waiting for its delay is not sent.
+    with_wills(|w| w.remove(client_id));
     let (kill_tx, kill_rx) = oneshot::channel();
     let parked = with(|m| {
         let e = m.entry(client_id.to_owned()).or_default();
