@@ -281,6 +281,50 @@ pub fn hidden_price(price_readable: bool) -> serde_json::Value {
              "update": false}]}}}})
 }
 
+/// The schema of the attribute-permission subscription tests: `Item`, whose `price`
+/// [`hidden_price`] hides.
+pub const ITEMS: &str = "type Item @table @export { id: ID @primaryKey name: String price: Int }";
+
+/// Starts a server of [`ITEMS`] with the user `kim` (password `pw-kim`) of role `shopper`, which
+/// may not read `price`, and the record `Item/a` (`apple`, price 5). Returns the admin's
+/// Operations API client.
+pub fn shop_with_kim() -> (Server, App, tempfile::TempDir, Client) {
+    let (s, app, root) = Server::with_schema(ITEMS);
+    let mut admin = s.ops();
+    add_user_with_role(&mut admin, "kim", "pw-kim", "shopper", &hidden_price(false));
+    let r = s
+        .client()
+        .put_json("/Item/a", r#"{"name":"apple","price":5}"#);
+    assert_eq!(r.status, 204);
+    (s, app, root, admin)
+}
+
+/// Checks what kim's live subscription to `Item/` (its next record value from `next`) gets:
+/// `Item/a` without price, a later write without it too, and once `shopper` may read price, the
+/// next write with it.
+pub fn kim_sees_price_only_when_allowed(
+    s: &Server,
+    admin: &mut Client,
+    mut next: impl FnMut() -> serde_json::Value,
+) {
+    use serde_json::json;
+    assert_eq!(next(), json!({"id": "a", "name": "apple"}));
+    let mut c = s.client();
+    assert_eq!(
+        c.put_json("/Item/b", r#"{"name":"bean","price":2}"#).status,
+        204
+    );
+    assert_eq!(next(), json!({"id": "b", "name": "bean"}));
+    let (st, _) = admin.operation(&json!({"operation": "alter_role", "id": "shopper",
+        "permission": hidden_price(true)}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        c.put_json("/Item/c", r#"{"name":"corn","price":3}"#).status,
+        204
+    );
+    assert_eq!(next(), json!({"id": "c", "name": "corn", "price": 3}));
+}
+
 /// A parsed response.
 #[derive(Debug, Clone)]
 pub struct Response {

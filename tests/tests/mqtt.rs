@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tessera_protocol::mqtt::{Packet, QoS, Version};
 use tessera_tests::mqtt::MqttClient;
-use tessera_tests::{ADMIN, Server, add_user_with_role, hidden_price};
+use tessera_tests::{ADMIN, Server, hidden_price, shop_with_kim};
 
 const SCHEMA: &str = r#"
 type Sensor @table @export {
@@ -870,21 +870,8 @@ fn kept_sessions_and_what_they_are_owed_outlive_a_restart() {
 /// connections end.
 #[test]
 fn deliveries_and_publishes_follow_the_roles_attribute_permissions() {
-    let (s, _a, _r) = Server::with_schema(
-        "type Item @table @export { id: ID @primaryKey name: String price: Int }",
-    );
-    let mut ops = s.ops();
-    add_user_with_role(&mut ops, "kim", "pw-kim", "shopper", &hidden_price(false));
+    let (s, _a, _r, mut ops) = shop_with_kim();
     let mut admin = client(&s, Version::V5, "admin-pub");
-    assert_eq!(
-        admin.publish(
-            "Item/a",
-            br#"{"name":"apple","price":5}"#,
-            QoS::AtLeastOnce,
-            true
-        ),
-        Some(0)
-    );
     let mut subs = Vec::new();
     for (id, qos) in [("kim-0", QoS::AtMostOnce), ("kim-1", QoS::AtLeastOnce)] {
         let (mut kim, ack) =

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tessera_tests::{ADMIN, Server, add_user_with_role, basic, hidden_price};
+use tessera_tests::{ADMIN, Server, basic, kim_sees_price_only_when_allowed, shop_with_kim};
 
 /// Opens an event stream as the admin (or anonymously) and returns a reader positioned after
 /// the response head.
@@ -127,43 +127,10 @@ fn subscriptions_can_start_in_the_past() {
 /// live stream; a dropped user's stream ends.
 #[test]
 fn events_carry_only_what_the_role_may_read_as_it_is_now() {
-    let (s, _a, _r) = Server::with_schema(
-        "type Item @table @export { id: ID @primaryKey name: String price: Int }",
-    );
-    let mut admin = s.ops();
-    add_user_with_role(&mut admin, "kim", "pw-kim", "shopper", &hidden_price(false));
-    let mut c = s.client();
-    assert_eq!(
-        c.put_json("/Item/a", r#"{"name":"apple","price":5}"#)
-            .status,
-        204
-    );
+    let (s, _a, _r, mut admin) = shop_with_kim();
     let (code, mut r) = open_as(&s, "/Item/", Some(("kim", "pw-kim")));
     assert_eq!(code, 200);
-    assert_eq!(
-        next_event(&mut r)["value"],
-        json!({"id": "a", "name": "apple"})
-    );
-    assert_eq!(
-        c.put_json("/Item/b", r#"{"name":"bean","price":2}"#).status,
-        204
-    );
-    assert_eq!(
-        next_event(&mut r)["value"],
-        json!({"id": "b", "name": "bean"})
-    );
-    // The role may read price now: the next event has it.
-    let (st, _) = admin.operation(&json!({"operation": "alter_role", "id": "shopper",
-        "permission": hidden_price(true)}));
-    assert_eq!(st, 200);
-    assert_eq!(
-        c.put_json("/Item/c", r#"{"name":"corn","price":3}"#).status,
-        204
-    );
-    assert_eq!(
-        next_event(&mut r)["value"],
-        json!({"id": "c", "name": "corn", "price": 3})
-    );
+    kim_sees_price_only_when_allowed(&s, &mut admin, || next_event(&mut r)["value"].clone());
     // Dropped: the stream ends (within about a second; the socket's read limit is 10 s).
     let (st, _) = admin.operation(&json!({"operation": "drop_user", "username": "kim"}));
     assert_eq!(st, 200);

@@ -4,7 +4,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tessera_tests::{ADMIN, Server, add_user_with_role, basic, from_msgpack, hidden_price};
+use tessera_tests::{
+    ADMIN, Server, basic, from_msgpack, kim_sees_price_only_when_allowed, shop_with_kim,
+};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -99,38 +101,9 @@ fn refusals_are_close_codes() {
 /// live subscription; a dropped user's socket is closed with 3000.
 #[test]
 fn changes_carry_only_what_the_role_may_read_as_it_is_now() {
-    let (s, _a, _r) = Server::with_schema(
-        "type Item @table @export { id: ID @primaryKey name: String price: Int }",
-    );
-    let mut admin = s.ops();
-    add_user_with_role(&mut admin, "kim", "pw-kim", "shopper", &hidden_price(false));
-    let mut c = s.client();
-    assert_eq!(
-        c.put_json("/Item/a", r#"{"name":"apple","price":5}"#)
-            .status,
-        204
-    );
+    let (s, _a, _r, mut admin) = shop_with_kim();
     let mut ws = open(&s, "/Item/", &[("Authorization", basic("kim", "pw-kim"))]);
-    assert_eq!(
-        next_json(&mut ws)["value"],
-        json!({"id": "a", "name": "apple"})
-    );
-    assert_eq!(
-        c.put_json("/Item/b", r#"{"name":"bean","price":2}"#).status,
-        204
-    );
-    assert_eq!(
-        next_json(&mut ws)["value"],
-        json!({"id": "b", "name": "bean"})
-    );
-    let (st, _) = admin.operation(&json!({"operation": "alter_role", "id": "shopper",
-        "permission": hidden_price(true)}));
-    assert_eq!(st, 200);
-    assert_eq!(
-        c.put_json("/Item/c", r#"{"name":"corn","price":3}"#).status,
-        204
-    );
-    assert_eq!(next_json(&mut ws)["value"]["price"], 3);
+    kim_sees_price_only_when_allowed(&s, &mut admin, || next_json(&mut ws)["value"].clone());
     // Dropped: closed with 3000 (within about a second), with no change needed to notice.
     let (st, _) = admin.operation(&json!({"operation": "drop_user", "username": "kim"}));
     assert_eq!(st, 200);
