@@ -1252,3 +1252,35 @@ fn a_will_waits_out_its_delay_unless_the_session_resumes() {
         b"now"
     );
 }
+
+/// A QoS 1 subscriber that falls behind (its Receive Maximum full, it acknowledges nothing)
+/// while more messages arrive than a QoS 0 inbox holds loses none of them: once it catches up
+/// it gets every one, in publishing order.
+#[test]
+fn a_lagging_qos1_subscriber_loses_nothing() {
+    use tessera_protocol::mqtt::{Ack, Properties};
+    const N: usize = 3_000;
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let properties = Properties {
+        receive_maximum: Some(10),
+        ..Properties::default()
+    };
+    let (mut slow, ack) = connect_full(&s, Version::V5, "slow", true, None, properties);
+    assert_eq!(ack.code, 0);
+    assert_eq!(slow.subscribe(&[("Sensor/q", QoS::AtLeastOnce)]), vec![1]);
+    let mut publisher = client(&s, Version::V5, "fast");
+    for i in 0..N {
+        let payload = format!("{{\"n\":{i}}}");
+        assert_eq!(
+            publisher.publish("Sensor/q", payload.as_bytes(), QoS::AtLeastOnce, false),
+            Some(0)
+        );
+    }
+    for want in 0..N {
+        let p = slow
+            .next_publish(WAIT)
+            .unwrap_or_else(|| panic!("message {want} of {N} never came"));
+        assert_eq!(json_of(&p.payload)["n"], want);
+        slow.send(&Packet::PubAck(Ack::new(p.packet_id.unwrap())));
+    }
+}

@@ -91,10 +91,21 @@ pub async fn run<R: AsyncRead + Unpin>(
     let mut clean_end = false;
     // MQTT 5 DISCONNECT: its session expiry replaces CONNECT's; reason 0x04 asks for the will.
     let mut goodbye: Option<Box<Disconnect>> = None;
-    // Ends the connection once its user is dropped or deactivated (one timer for the whole
-    // connection, not one per packet).
-    let live = connection.live.clone();
-    let mut gone = Box::pin(async move { live.gone().await });
+    // Ends the connection, looking once a second (one timer for the whole connection, not one
+    // per packet), once its user is dropped or deactivated (0x87, not authorized) or it has let
+    // more acknowledged deliveries pile up than its inbox holds (0x97, quota exceeded).
+    let (live, conn) = (connection.live.clone(), connection.conn);
+    let mut gone = Box::pin(async move {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            if live.current().is_none() {
+                return 0x87u8;
+            }
+            if realtime::overrun(conn) {
+                return 0x97;
+            }
+        }
+    });
     loop {
         let read = glommio::timer::timeout(keep_alive, async {
             Ok(packets.next(&mut rd, Some(version)).await)
@@ -102,10 +113,10 @@ pub async fn run<R: AsyncRead + Unpin>(
         let ended = futures::future::select(&mut taken_over, &mut gone);
         let next = match futures::future::select(Box::pin(read), ended).await {
             futures::future::Either::Left((next, _)) => next,
-            // The user was dropped or deactivated: not authorized any more.
-            futures::future::Either::Right((futures::future::Either::Right(_), _)) => {
-                connection.disconnect(0x87).await;
-                clean_end = true;
+            // The server ends it (see `gone`).
+            futures::future::Either::Right((futures::future::Either::Right((reason, _)), _)) => {
+                connection.disconnect(reason).await;
+                clean_end = reason == 0x87;
                 break;
             }
             futures::future::Either::Right(_) => {

@@ -5,8 +5,10 @@
 //! shard's writer sends its committed changes to the owner core ([`follow`]; an MQTT message
 //! goes there directly, [`publish_message`]), which finds the subscribers of each change and
 //! hands the changes to the subscribers' cores over the mesh, grouped per core. There, each
-//! connection has a bounded inbox; when it is full, changes are dropped for that connection and
-//! counted, so a slow subscriber never holds up its core or anyone else.
+//! connection has a bounded inbox, so a slow subscriber never holds up its core or anyone else:
+//! past 1,024 waiting changes, those promised at most once are dropped and counted; those a
+//! subscriber acknowledges wait up to 65,536, past which the connection is marked overrun and
+//! its front ends it.
 //!
 //! The layer knows no protocol: a front subscribes a connection, reads its inbox, and encodes
 //! what it gets for its own wire ([`Broadcast::wire`] keeps an encoding a front wants to share
@@ -37,7 +39,7 @@ pub use fanout::{InFlight, follow, publish_message};
 use past::shards_of;
 pub use past::subscribe_since;
 use registry::{add_exact, add_pattern, remove};
-pub use registry::{close_inbox, id_text, new_conn, open_inbox};
+pub use registry::{close_inbox, id_text, new_conn, open_inbox, overrun};
 
 /// Where a subscription starts in the past (the Resource API's `previousCount` and `startTime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

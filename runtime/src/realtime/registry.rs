@@ -11,10 +11,15 @@ use tessera_shards::{Committed, ShardSet};
 use tessera_storage::key;
 
 use super::audit::AuditLog;
-use super::{Delivery, Pattern, Subscriber};
+use super::{Delivery, Guarantee, Pattern, Subscriber};
 
-/// Changes waiting for one connection before further ones are dropped.
+/// Changes waiting for one connection before further ones at most once (QoS 0) are dropped.
 pub const INBOX: usize = 1024;
+
+/// Changes waiting for one connection before it is overrun: the subscriber acknowledges what
+/// it receives (QoS 1 and 2), so its deliveries are not dropped while it catches up; past this
+/// many it is told to go (MQTT 5 reason 0x97, quota exceeded) rather than lose them quietly.
+pub const ACKNOWLEDGED_INBOX: usize = 65_536;
 
 /// A table subscription on one core.
 pub(super) struct PatternSub {
@@ -44,6 +49,8 @@ pub(super) struct Registry {
     pub(super) inboxes: HashMap<u64, LocalSender<Delivery>>,
     /// Changes dropped because an inbox was full.
     pub(super) dropped: u64,
+    /// Connections whose inbox overran [`ACKNOWLEDGED_INBOX`] (see [`overrun`]).
+    pub(super) overrun: hashbrown::HashSet<u64>,
     /// The audit log of each shard this core owns.
     pub(super) audit: HashMap<usize, AuditLog>,
 }
@@ -73,7 +80,17 @@ pub fn open_inbox(conn: u64) -> LocalReceiver<Delivery> {
 }
 
 pub fn close_inbox(conn: u64) {
-    REGISTRY.with(|r| r.borrow_mut().inboxes.remove(&conn));
+    REGISTRY.with(|r| {
+        let mut r = r.borrow_mut();
+        r.inboxes.remove(&conn);
+        r.overrun.remove(&conn);
+    });
+}
+
+/// Whether the connection's inbox overran [`ACKNOWLEDGED_INBOX`]: its front should end it (the
+/// deliveries past the limit were not queued).
+pub fn overrun(conn: u64) -> bool {
+    REGISTRY.with(|r| r.borrow().overrun.contains(&conn))
 }
 
 /// Adds a subscription to one record that gets the groups of its shard's feed after `from`;
@@ -136,11 +153,22 @@ pub(super) fn deliver(items: Vec<(u64, Delivery)>) {
     REGISTRY.with(|r| {
         let mut r = r.borrow_mut();
         for (conn, d) in items {
+            let acknowledged = d.guarantee != Guarantee::AtMostOnce;
+            let limit = if acknowledged {
+                ACKNOWLEDGED_INBOX
+            } else {
+                INBOX
+            };
             let full = match r.inboxes.get(&conn) {
-                Some(tx) if tx.len() >= INBOX => true,
+                Some(tx) if tx.len() >= limit => true,
                 Some(tx) => tx.try_send(d).is_err(),
                 None => false,
             };
+            if full && acknowledged && r.overrun.insert(conn) {
+                tracing::warn!(
+                    "realtime: connection {conn:x} has {ACKNOWLEDGED_INBOX} acknowledged deliveries waiting; it is ended (quota exceeded)"
+                );
+            }
             if full {
                 r.dropped += 1;
                 if r.dropped % 1000 == 1 {
