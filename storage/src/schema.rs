@@ -741,8 +741,14 @@ impl Catalog {
         if source.lines().all(blank) {
             return Ok(());
         }
-        let doc = graphql_parser::parse_schema::<String>(source)
-            .map_err(|e| src.syntax(e.to_string().trim().to_owned()))?;
+        // graphql-parser panics on some texts (a block string indented with non-ASCII whitespace,
+        // found by fuzzing): a schema it cannot read is refused like any other bad schema, and
+        // whoever sent it (a start, or `set_component_file`) is not brought down by it.
+        let parsed = std::panic::catch_unwind(|| graphql_parser::parse_schema::<String>(source))
+            .map_err(|_| {
+                src.syntax("the GraphQL parser failed on this text (check block strings for unusual whitespace)".to_owned())
+            })?;
+        let doc = parsed.map_err(|e| src.syntax(e.to_string().trim().to_owned()))?;
         let objects = object_types(&src, &doc)?;
         let type_names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
         let nested = Arc::new(nested_types(&src, &objects, &type_names)?);
@@ -904,6 +910,18 @@ fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`storage/fuzz`, target `schema`): graphql-parser panicked on a block
+    /// string indented with U+0085; the loader refuses it instead.
+    #[test]
+    fn a_text_the_parser_panics_on_is_refused() {
+        let text = include_str!("../fuzz/regressions/schema-block-string-nel.graphql");
+        let mut c = Catalog::default();
+        assert!(matches!(
+            c.load_schema("fuzz.graphql", text),
+            Err(SchemaError::Syntax { .. })
+        ));
+    }
 
     const PRODUCT: &str = r#"
 type Product @table @export {

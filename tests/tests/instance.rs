@@ -189,9 +189,16 @@ fn a_component_deployed_over_the_operations_api_is_served_after_a_restart() {
     let (st, body) = c.operation(&json!({"operation": "set_component_file", "project": "shop",
         "file": "schema.graphql", "payload": "type Toy @table @export { id: ID @primaryKey name: String }"}));
     assert_eq!(st, 200, "{body}");
-    // A schema that would not load is refused, and the one in place stays.
+    // A schema that would not load is refused, and the one in place stays; so is one the
+    // GraphQL parser itself fails on (found by fuzzing), and the server goes on.
     let (st, body) = c.operation(&json!({"operation": "set_component_file", "project": "shop",
         "file": "schema.graphql", "payload": "type Toy @table @export { id: ID @primaryKey x: Nope }"}));
+    assert_eq!(st, 400, "{body}");
+    let hostile = include_str!("../../storage/fuzz/regressions/schema-block-string-nel.graphql");
+    let (st, body) = c.operation(
+        &json!({"operation": "set_component_file", "project": "shop",
+        "file": "schema.graphql", "payload": hostile}),
+    );
     assert_eq!(st, 400, "{body}");
     let (_, listed) = c.operation(&json!({"operation": "get_components"}));
     assert_eq!(listed["entries"][0]["name"], "shop", "{listed}");
