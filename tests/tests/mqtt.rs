@@ -1284,3 +1284,78 @@ fn a_lagging_qos1_subscriber_loses_nothing() {
         slow.send(&Packet::PubAck(Ack::new(p.packet_id.unwrap())));
     }
 }
+
+/// Shared subscriptions (`$share/{group}/{filter}`): each message goes to one member of the
+/// group, taking turns; plain subscribers still get every one; a shared subscription gets no
+/// current records, and No Local on one is a protocol error.
+#[test]
+fn shared_subscriptions_take_turns() {
+    use tessera_protocol::mqtt::{Options, Subscribe};
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    assert_eq!(
+        s.client().put_json("/Sensor/old", r#"{"temp":1}"#).status,
+        204
+    );
+    let mut members: Vec<MqttClient> = ["m1", "m2"]
+        .iter()
+        .map(|id| {
+            let mut m = client(&s, Version::V5, id);
+            assert_eq!(
+                m.subscribe(&[("$share/workers/Sensor/#", QoS::AtLeastOnce)]),
+                vec![1]
+            );
+            m
+        })
+        .collect();
+    let mut everyone = client(&s, Version::V311, "everyone");
+    assert_eq!(
+        everyone.subscribe(&[("Sensor/#", QoS::AtMostOnce)]),
+        vec![0]
+    );
+    assert!(everyone.next_publish(WAIT).is_some(), "the current record");
+    let mut publisher = client(&s, Version::V5, "producer");
+    const N: usize = 12;
+    for i in 0..N {
+        let topic = format!("Sensor/job{i}");
+        assert_eq!(
+            publisher.publish(&topic, b"{}", QoS::AtLeastOnce, false),
+            Some(0)
+        );
+    }
+    for _ in 0..N {
+        assert!(everyone.next_publish(WAIT).is_some());
+    }
+    let mut got = Vec::new();
+    for m in &mut members {
+        let mut mine = Vec::new();
+        while let Some(p) = m.next_publish(Duration::from_millis(500)) {
+            mine.push(p.topic);
+        }
+        assert!(!mine.is_empty(), "every member takes a turn");
+        assert!(
+            !mine.contains(&"Sensor/old".to_owned()),
+            "no current records"
+        );
+        got.extend(mine);
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("Sensor/job{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each message to exactly one member");
+    // No Local on a shared subscription: a protocol error.
+    let mut bad = client(&s, Version::V5, "bad-share");
+    let mut options = Options::qos(QoS::AtMostOnce);
+    options.no_local = true;
+    bad.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Default::default(),
+        filters: vec![("$share/g/Sensor/#".into(), options)],
+    }));
+    assert!(matches!(bad.recv(WAIT), Some(Packet::Disconnect(d)) if d.reason == 0x82));
+    // A malformed share is refused in its SUBACK.
+    let mut odd = client(&s, Version::V5, "odd-share");
+    assert_eq!(
+        odd.subscribe(&[("$share/+/Sensor/#", QoS::AtMostOnce)]),
+        vec![0x8F]
+    );
+}

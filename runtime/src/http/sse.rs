@@ -41,6 +41,7 @@ impl Rest {
             sub: 1,
             guarantee: Guarantee::AtMostOnce,
             options: 0,
+            share: 0,
         };
         let result = async {
             let current = realtime::subscribe(&self.router, table, scope, since, sub, &mut held)

@@ -95,6 +95,7 @@ pub async fn serve(
         sub: 1,
         guarantee: Guarantee::AtMostOnce,
         options: 0,
+        share: 0,
     };
     let since = realtime::since_of(target.query);
     let current = realtime::subscribe(router, &table, scope, since, sub, &mut held).await;

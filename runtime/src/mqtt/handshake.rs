@@ -154,7 +154,7 @@ fn connack(connect: &Connect, client_id: &str, session_present: bool) -> ConnAck
     if connect.version == Version::V5 {
         connack.properties.maximum_packet_size = Some(MAX_PACKET as u32);
         connack.properties.retain_available = Some(1);
-        connack.properties.shared_subscription_available = Some(0);
+        connack.properties.shared_subscription_available = Some(1);
         connack.properties.subscription_identifier_available = Some(0);
         connack.properties.topic_alias_maximum = Some(TOPIC_ALIAS_MAXIMUM);
         if connect.client_id.is_empty() {

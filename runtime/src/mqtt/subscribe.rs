@@ -30,12 +30,30 @@ async fn register(
     subscriptions: &mut Subscriptions,
 ) -> Option<Vec<Change>> {
     let (table, scope) = target(worker, filter)?;
-    let sub = subscriber(worker, conn, sub, options);
+    let sub = subscriber(worker, conn, sub, filter, options);
     realtime::subscribe(&worker.router, &table, scope, None, sub, subscriptions).await
+}
+
+/// A shared subscription's filter (`$share/{group}/{filter}`, MQTT 5, also taken in 3.1.1):
+/// the filter it covers and its group's number (0: not shared; `None`: malformed).
+pub(super) fn shared(filter: &str) -> Option<(&str, u32)> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Some((filter, 0));
+    };
+    let (group, inner) = rest.split_once('/')?;
+    if group.is_empty() || group.contains(['+', '#']) || inner.is_empty() {
+        return None;
+    }
+    // Never 0; the same for every member, on every core.
+    Some((
+        inner,
+        (xxhash_rust::xxh3::xxh3_64(filter.as_bytes()) as u32) | 1,
+    ))
 }
 
 /// The exported table a filter names, and what it covers there.
 fn target(worker: &Worker, filter: &str) -> Option<(Arc<Table>, Scope)> {
+    let (filter, _) = shared(filter)?;
     let (table, rest) = filter.split_once('/')?;
     let table = worker.app.tables.mqtt_export(table)?.clone();
     let scope = if rest.contains(['+', '#']) {
@@ -50,7 +68,7 @@ fn target(worker: &Worker, filter: &str) -> Option<(Arc<Table>, Scope)> {
 pub const NO_LOCAL: u8 = 1;
 pub const RETAIN_AS_PUBLISHED: u8 = 2;
 
-fn subscriber(worker: &Worker, conn: u64, sub: u32, options: &Options) -> Subscriber {
+fn subscriber(worker: &Worker, conn: u64, sub: u32, filter: &str, options: &Options) -> Subscriber {
     Subscriber {
         core: worker.router.core(),
         conn,
@@ -58,6 +76,7 @@ fn subscriber(worker: &Worker, conn: u64, sub: u32, options: &Options) -> Subscr
         guarantee: guarantee_of(options.qos),
         options: u8::from(options.no_local) * NO_LOCAL
             + u8::from(options.retain_as_published) * RETAIN_AS_PUBLISHED,
+        share: shared(filter).map_or(0, |(_, share)| share),
     }
 }
 
@@ -81,7 +100,7 @@ pub async fn resubscribe(
             continue;
         };
         // The subscription options other than QoS are not kept with a session.
-        let s = subscriber(worker, conn, sub, &Options::qos(*qos));
+        let s = subscriber(worker, conn, sub, filter, &Options::qos(*qos));
         let since = realtime::Since::After(after);
         let Some(found) =
             realtime::subscribe_since(&worker.router, &table, &scope, s, subscriptions, since)
@@ -122,13 +141,25 @@ impl Connection<'_> {
                     .await;
             }
             // Retain Handling: the current records at every subscribe (0), only at a new one
-            // (1), or never (2).
-            let send_current = match options.retain_handling {
-                0 => true,
-                1 => existed.is_none(),
-                _ => false,
+            // (1), or never (2); never for a shared subscription.
+            let Some((inner, share)) = shared(filter) else {
+                codes.push(match self.version {
+                    Version::V311 => 0x80,
+                    Version::V5 => 0x8F, // topic filter invalid
+                });
+                continue;
             };
-            let readable = filter.split_once('/').and_then(|(t, _)| {
+            // No Local on a shared subscription is a protocol error (MQTT-3.8.3-4).
+            if share != 0 && options.no_local {
+                return Some(0x82);
+            }
+            let send_current = share == 0
+                && match options.retain_handling {
+                    0 => true,
+                    1 => existed.is_none(),
+                    _ => false,
+                };
+            let readable = inner.split_once('/').and_then(|(t, _)| {
                 let table = self.worker.app.tables.mqtt_export(t)?;
                 Some(user.as_ref().is_some_and(|u| {
                     u.permission

@@ -11,7 +11,7 @@ use tessera_storage::shard::{Change, Clock};
 
 use super::audit::AuditLog;
 use super::registry::{FEEDS, REGISTRY, deliver, id_text};
-use super::{Broadcast, Delivery};
+use super::{Broadcast, Delivery, Subscriber};
 
 /// Follows the change feed of every shard this core owns, for as long as the process runs.
 pub fn follow(router: &Router) {
@@ -146,7 +146,9 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
                     && id.as_deref().is_some_and(|id| p.pattern.matches(id)))
                 .then_some(&p.sub)
             });
-            for s in exact.chain(by_pattern) {
+            // Members of share groups wait until every subscriber is known; one per group gets it.
+            let mut shared: Vec<Subscriber> = Vec::new();
+            let to = |s: &Subscriber, per_core: &mut Vec<Vec<(u64, Delivery)>>| {
                 if per_core.is_empty() {
                     per_core.resize_with(router.cores(), Vec::new);
                 }
@@ -158,6 +160,25 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
                         options: s.options,
                     },
                 ));
+            };
+            for s in exact.chain(by_pattern) {
+                if s.share != 0 {
+                    shared.push(*s);
+                    continue;
+                }
+                to(s, &mut per_core);
+            }
+            if !shared.is_empty() {
+                // Members in a fixed order, so that taking turns reaches each of them.
+                shared.sort_unstable_by_key(|s| (s.share, s.core, s.conn, s.sub));
+                for members in shared.chunk_by(|a, b| a.share == b.share) {
+                    let turn = r.shares.entry(members[0].share).or_insert(0);
+                    to(
+                        &members[(*turn % members.len() as u64) as usize],
+                        &mut per_core,
+                    );
+                    *turn += 1;
+                }
             }
         }
     });

@@ -75,6 +75,8 @@ pub struct Subscriber {
     /// The front's own options for the subscription's deliveries (MQTT 5's No Local and Retain
     /// As Published), carried to each [`Delivery`] untouched.
     pub options: u8,
+    /// The share group it belongs to (0: none): each change goes to one member of a group.
+    pub share: u32,
 }
 
 /// The record ids a table subscription covers: MQTT filter levels after the table's (`#`, `+`

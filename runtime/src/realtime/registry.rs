@@ -51,6 +51,8 @@ pub(super) struct Registry {
     pub(super) dropped: u64,
     /// Connections whose inbox overran [`ACKNOWLEDGED_INBOX`] (see [`overrun`]).
     pub(super) overrun: hashbrown::HashSet<u64>,
+    /// Changes dispatched to each share group so far, which picks the member for the next.
+    pub(super) shares: HashMap<u32, u64>,
     /// The audit log of each shard this core owns.
     pub(super) audit: HashMap<usize, AuditLog>,
 }
