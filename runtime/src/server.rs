@@ -120,6 +120,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings.wasm,
     )?);
     let ports = Ports::reserve(&settings)?;
+    // MQTT over TLS, when a secure port and a certificate are configured.
+    let mqtts = match (settings.mqtt_secure_port, &settings.tls) {
+        (None, _) => None,
+        (Some(_), None) => {
+            bail!("mqtt.network.securePort needs tls.certificate and tls.privateKey")
+        }
+        (Some(port), Some(files)) => {
+            let acceptor = net::tls::acceptor(files)?;
+            let ip = ports.addrs[0].ip();
+            let (reservation, port) = reserve_port(SocketAddr::new(ip, port))?;
+            Some((reservation, SocketAddr::new(ip, port), acceptor))
+        }
+    };
+    let secure = mqtts
+        .as_ref()
+        .map(|(_, addr, acceptor)| (*addr, acceptor.clone()));
     // The ports as bound (a port of 0 picks a free one), for the configuration to show.
     let mut running = settings.clone();
     [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
@@ -144,6 +160,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
         let setup = CoreSetup {
             gates: gates.clone(),
+            mqtts: secure.clone(),
             app: app.clone(),
             wasm: wasm.clone(),
             auth: Authenticator::new(users.clone(), tokens.clone()),
@@ -163,6 +180,10 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     drop(ports.reservations);
+    let mqtts_addr = mqtts.map(|(reservation, addr, _)| {
+        drop(reservation);
+        addr
+    });
     let [http_addr, mqtt_addr, ops_addr] = addrs;
     println!(
         "tessera: HTTP (REST) listening on {http_addr} ({} threads, {shard_count} shards, {:?})",
@@ -170,6 +191,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     );
     println!("tessera: MQTT listening on {mqtt_addr}");
     println!("tessera: Operations API listening on {ops_addr}");
+    if let Some(addr) = mqtts_addr {
+        println!("tessera: MQTTS listening on {addr}");
+    }
     if settings.durability == Durability::Buffered {
         tracing::warn!(
             "buffered durability: acknowledged writes survive a process crash, not a power loss"
@@ -370,6 +394,8 @@ struct Gates {
 
 struct CoreSetup {
     gates: Gates,
+    /// The MQTTS listener's address and TLS acceptor, when configured.
+    mqtts: Option<(SocketAddr, futures_rustls::TlsAcceptor)>,
     app: Arc<App>,
     wasm: Arc<WasmHost>,
     auth: Authenticator,
@@ -406,6 +432,16 @@ async fn serve_core(
         glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
     }
     let gates = setup.gates;
+    if let Some((addr, acceptor)) = setup.mqtts {
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(listener) => {
+                let serving =
+                    mqtt::serve_tls(listener, worker.clone(), gates.mqtt.clone(), acceptor);
+                glommio::spawn_local(serving).detach();
+            }
+            Err(e) => tracing::error!("core {}: cannot listen on {addr} (MQTTS): {e}", ctx.core),
+        }
+    }
     glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone(), gates.mqtt)).detach();
     let limits = net::http::Limits {
         max_body: worker.app.settings.max_body,

@@ -108,6 +108,34 @@ pub struct Settings {
     pub graphql: bool,
     /// `logging.level`, `logging.root`, `logging.stdStreams`.
     pub logging: LogSettings,
+    /// `tls.certificate` and `tls.privateKey`: PEM files (relative to the root).
+    pub tls: Option<TlsFiles>,
+    /// `mqtt.network.securePort`: MQTT over TLS (with `tls`); 0 picks a free port.
+    pub mqtt_secure_port: Option<u16>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// `tls.*` of `tessera.yaml` (both or neither).
+fn tls_files(yaml: &serde_norway::Value, root: &Path) -> anyhow::Result<Option<TlsFiles>> {
+    let path = |key: &str| {
+        yaml_get(yaml, key)
+            .and_then(|v| v.as_str())
+            .map(|p| root.join(p))
+    };
+    match (path("tls.certificate"), path("tls.privateKey")) {
+        (Some(certificate), Some(private_key)) => Ok(Some(TlsFiles {
+            certificate,
+            private_key,
+        })),
+        (None, None) => Ok(None),
+        _ => bail!("tessera.yaml: tls needs both certificate and privateKey"),
+    }
 }
 
 /// What a client may take: time for a request and connections at once.
@@ -299,6 +327,12 @@ impl Settings {
             wasm: wasm_limits(&yaml)?,
             graphql: false,
             logging: log_settings(&yaml, &root)?,
+            tls: tls_files(&yaml, &root)?,
+            mqtt_secure_port: yaml_u64(&yaml, "mqtt.network.securePort")?
+                .map(|p| {
+                    u16::try_from(p).context("tessera.yaml: mqtt.network.securePort is not a port")
+                })
+                .transpose()?,
             root,
         })
     }

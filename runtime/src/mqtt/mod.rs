@@ -73,6 +73,31 @@ pub async fn serve(listener: TcpListener, worker: Rc<Worker>, gate: Arc<Gate>) {
     .await;
 }
 
+/// Serves MQTT over TLS (MQTTS) from `listener` forever: the TLS handshake (within the time
+/// CONNECT has), then the session as over plain TCP.
+pub async fn serve_tls(
+    listener: TcpListener,
+    worker: Rc<Worker>,
+    gate: Arc<Gate>,
+    acceptor: futures_rustls::TlsAcceptor,
+) {
+    crate::net::accept(listener, "MQTTS", gate, b"", move |stream| {
+        let (worker, acceptor) = (worker.clone(), acceptor.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
+            let handshake = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+                Ok(acceptor.accept(stream).await)
+            })
+            .await;
+            if let Ok(Ok(tls)) = handshake {
+                let (rd, wr) = futures_lite::io::split(tls);
+                session(&worker, rd, wr).await;
+            }
+        }
+    })
+    .await;
+}
+
 async fn connection(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = futures_lite::io::split(stream);

@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod reply;
+pub mod tls;
 pub mod ws_stream;
 
 use std::future::Future;
