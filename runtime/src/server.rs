@@ -120,22 +120,8 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings.wasm,
     )?);
     let ports = Ports::reserve(&settings)?;
-    // MQTT over TLS, when a secure port and a certificate are configured.
-    let mqtts = match (settings.mqtt_secure_port, &settings.tls) {
-        (None, _) => None,
-        (Some(_), None) => {
-            bail!("mqtt.network.securePort needs tls.certificate and tls.privateKey")
-        }
-        (Some(port), Some(files)) => {
-            let acceptor = net::tls::acceptor(files)?;
-            let ip = ports.addrs[0].ip();
-            let (reservation, port) = reserve_port(SocketAddr::new(ip, port))?;
-            Some((reservation, SocketAddr::new(ip, port), acceptor))
-        }
-    };
-    let secure = mqtts
-        .as_ref()
-        .map(|(_, addr, acceptor)| (*addr, acceptor.clone()));
+    let (secure, secure_reservations) = Secure::reserve(&settings, ports.addrs[0].ip())?;
+    let secure_addrs = secure.as_ref().map(|s| s.addrs);
     // The ports as bound (a port of 0 picks a free one), for the configuration to show.
     let mut running = settings.clone();
     [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
@@ -160,7 +146,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let _executors = start_executors(&exec, shards.clone(), move |ctx| {
         let setup = CoreSetup {
             gates: gates.clone(),
-            mqtts: secure.clone(),
+            secure: secure.clone(),
             app: app.clone(),
             wasm: wasm.clone(),
             auth: Authenticator::new(users.clone(), tokens.clone()),
@@ -180,10 +166,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     drop(ports.reservations);
-    let mqtts_addr = mqtts.map(|(reservation, addr, _)| {
-        drop(reservation);
-        addr
-    });
+    drop(secure_reservations);
     let [http_addr, mqtt_addr, ops_addr] = addrs;
     println!(
         "tessera: HTTP (REST) listening on {http_addr} ({} threads, {shard_count} shards, {:?})",
@@ -191,8 +174,12 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     );
     println!("tessera: MQTT listening on {mqtt_addr}");
     println!("tessera: Operations API listening on {ops_addr}");
-    if let Some(addr) = mqtts_addr {
-        println!("tessera: MQTTS listening on {addr}");
+    if let Some(addrs) = secure_addrs {
+        for (name, addr) in ["HTTPS", "MQTTS", "Operations API (TLS)"].iter().zip(addrs) {
+            if let Some(addr) = addr {
+                println!("tessera: {name} listening on {addr}");
+            }
+        }
     }
     if settings.durability == Durability::Buffered {
         tracing::warn!(
@@ -385,6 +372,41 @@ fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restore
 }
 
 /// What one executor starts with.
+/// The listeners served over TLS: the acceptor of the `tls` certificate, and the HTTPS, MQTTS
+/// and Operations API (TLS) addresses of those whose secure port is configured.
+#[derive(Clone)]
+struct Secure {
+    acceptor: futures_rustls::TlsAcceptor,
+    addrs: [Option<SocketAddr>; 3],
+}
+
+impl Secure {
+    /// Reserves the secure ports configured (on `ip`); `None` when none is. Refuses a secure
+    /// port without a certificate, and a certificate it cannot use.
+    fn reserve(
+        settings: &Settings,
+        ip: std::net::IpAddr,
+    ) -> anyhow::Result<(Option<Secure>, Vec<socket2::Socket>)> {
+        if settings.secure_ports.iter().all(Option::is_none) {
+            return Ok((None, Vec::new()));
+        }
+        let Some(files) = &settings.tls else {
+            bail!("a securePort needs tls.certificate and tls.privateKey");
+        };
+        let acceptor = net::tls::acceptor(files)?;
+        let mut reservations = Vec::new();
+        let mut addrs = [None; 3];
+        for (slot, port) in addrs.iter_mut().zip(settings.secure_ports) {
+            if let Some(port) = port {
+                let (reservation, port) = reserve_port(SocketAddr::new(ip, port))?;
+                reservations.push(reservation);
+                *slot = Some(SocketAddr::new(ip, port));
+            }
+        }
+        Ok((Some(Secure { acceptor, addrs }), reservations))
+    }
+}
+
 /// The connection limits' gates: the HTTP and Operations API ports', and MQTT's.
 #[derive(Clone)]
 struct Gates {
@@ -394,8 +416,8 @@ struct Gates {
 
 struct CoreSetup {
     gates: Gates,
-    /// The MQTTS listener's address and TLS acceptor, when configured.
-    mqtts: Option<(SocketAddr, futures_rustls::TlsAcceptor)>,
+    /// The listeners served over TLS, when any is configured.
+    secure: Option<Secure>,
     app: Arc<App>,
     wasm: Arc<WasmHost>,
     auth: Authenticator,
@@ -432,22 +454,46 @@ async fn serve_core(
         glommio::spawn_local(mqtt::restore(worker.clone(), saved, handover)).detach();
     }
     let gates = setup.gates;
-    if let Some((addr, acceptor)) = setup.mqtts {
-        match glommio::net::TcpListener::bind(addr) {
-            Ok(listener) => {
-                let serving =
-                    mqtt::serve_tls(listener, worker.clone(), gates.mqtt.clone(), acceptor);
-                glommio::spawn_local(serving).detach();
-            }
-            Err(e) => tracing::error!("core {}: cannot listen on {addr} (MQTTS): {e}", ctx.core),
-        }
-    }
-    glommio::spawn_local(mqtt::serve(mqtt_listener, worker.clone(), gates.mqtt)).detach();
+    glommio::spawn_local(mqtt::serve(
+        mqtt_listener,
+        worker.clone(),
+        gates.mqtt.clone(),
+    ))
+    .detach();
     let limits = net::http::Limits {
         max_body: worker.app.settings.max_body,
         times: worker.app.settings.limits,
     };
     let ops = Rc::new(Operations::new(worker.clone(), setup.jobs));
+    let rest = Rc::new(Rest::new(worker.clone()));
+    if let Some(Secure { acceptor, addrs }) = setup.secure {
+        let bind = |addr: SocketAddr| {
+            glommio::net::TcpListener::bind(addr)
+                .inspect_err(|e| tracing::error!("core {}: cannot listen on {addr}: {e}", ctx.core))
+                .ok()
+        };
+        if let Some(l) = addrs[0].and_then(bind) {
+            let serving = net::http::serve_tls(
+                l,
+                rest.clone(),
+                limits,
+                gates.http.clone(),
+                "HTTPS",
+                acceptor.clone(),
+            );
+            glommio::spawn_local(serving).detach();
+        }
+        if let Some(l) = addrs[1].and_then(bind) {
+            let serving = mqtt::serve_tls(l, worker.clone(), gates.mqtt.clone(), acceptor.clone());
+            glommio::spawn_local(serving).detach();
+        }
+        if let Some(l) = addrs[2].and_then(bind) {
+            let what = "Operations API (TLS)";
+            let serving =
+                net::http::serve_tls(l, ops.clone(), limits, gates.http.clone(), what, acceptor);
+            glommio::spawn_local(serving).detach();
+        }
+    }
     let ops_gate = gates.http.clone();
     glommio::spawn_local(net::http::serve(
         ops_listener,
@@ -457,6 +503,5 @@ async fn serve_core(
         "Operations API",
     ))
     .detach();
-    let rest = Rc::new(Rest::new(worker));
     net::http::serve(http_listener, rest, limits, gates.http, "HTTP").await;
 }

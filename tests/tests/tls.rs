@@ -1,5 +1,5 @@
-//! TLS through the real binary, with certificates of the test's own making (rcgen): MQTT over
-//! TLS on `mqtt.network.securePort`, with mosquitto's clients as the real clients.
+//! TLS through the real binary, with certificates of the test's own making (rcgen): HTTPS and the
+//! Operations API over TLS with curl, MQTT over TLS with mosquitto's clients.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -60,7 +60,7 @@ fn mqtt_over_tls_with_real_clients() {
     std::fs::write(&ca_file, ca).unwrap();
     std::fs::write(
         root.path().join("tessera.yaml"),
-        "tls:\n  certificate: tls/cert.pem\n  privateKey: tls/key.pem\nmqtt:\n  network:\n    securePort: 0\n",
+        "tls:\n  certificate: tls/cert.pem\n  privateKey: tls/key.pem\nmqtt:\n  network:\n    securePort: 0\nhttp:\n  securePort: 0\noperationsApi:\n  network:\n    securePort: 0\n",
     )
     .unwrap();
     let s = Start::new(app.dir.path(), root.path()).start();
@@ -95,6 +95,46 @@ fn mqtt_over_tls_with_real_clients() {
         .unwrap();
     assert!(st.success());
     assert_eq!(s.client().get("/Sensor/t2").json()["temp"], 3);
+    // HTTPS: REST and the Operations API, with curl trusting the test's CA.
+    let curl = |url: String, extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca_file)
+            .args(["-u", &format!("{}:{}", ADMIN.0, ADMIN.1)])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let https = port_of(&s, "HTTPS");
+    assert_eq!(
+        curl(format!("https://localhost:{https}/Sensor/t2"), &[]),
+        r#"{"id":"t2","temp":3}"#
+    );
+    let ops = port_of(&s, "Operations API (TLS)");
+    let described = curl(
+        format!("https://localhost:{ops}/"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"operation":"describe_table","table":"Sensor"}"#,
+        ],
+    );
+    assert!(described.contains(r#""name":"Sensor""#), "{described}");
+    // Plain HTTP on the HTTPS port gets nothing back.
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://localhost:{https}/Sensor/t2"))
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
     // A client that does not trust the server's CA is refused by its own side.
     let other = root.path().join("other-ca.pem");
     std::fs::write(&other, certificates().0).unwrap();

@@ -110,8 +110,9 @@ pub struct Settings {
     pub logging: LogSettings,
     /// `tls.certificate` and `tls.privateKey`: PEM files (relative to the root).
     pub tls: Option<TlsFiles>,
-    /// `mqtt.network.securePort`: MQTT over TLS (with `tls`); 0 picks a free port.
-    pub mqtt_secure_port: Option<u16>,
+    /// `http.securePort`, `mqtt.network.securePort`, `operationsApi.network.securePort`:
+    /// HTTPS (and WSS), MQTTS and the Operations API over TLS (with `tls`); 0 picks a free port.
+    pub secure_ports: [Option<u16>; 3],
 }
 
 /// A certificate chain and its private key, PEM files.
@@ -328,11 +329,23 @@ impl Settings {
             graphql: false,
             logging: log_settings(&yaml, &root)?,
             tls: tls_files(&yaml, &root)?,
-            mqtt_secure_port: yaml_u64(&yaml, "mqtt.network.securePort")?
-                .map(|p| {
-                    u16::try_from(p).context("tessera.yaml: mqtt.network.securePort is not a port")
-                })
-                .transpose()?,
+            secure_ports: [
+                "http.securePort",
+                "mqtt.network.securePort",
+                "operationsApi.network.securePort",
+            ]
+            .map(|key| {
+                yaml_u64(&yaml, key)?
+                    .map(|p| {
+                        u16::try_from(p)
+                            .with_context(|| format!("tessera.yaml: {key} is not a port"))
+                    })
+                    .transpose()
+            })
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three secure ports"))?,
             root,
         })
     }

@@ -9,7 +9,6 @@ use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use futures::{FutureExt, StreamExt};
-use glommio::net::TcpStream;
 use tessera_protocol::MediaType;
 use tessera_protocol::http::Request;
 use tessera_protocol::media::negotiate;
@@ -21,8 +20,8 @@ use crate::app::output::encode_value;
 use crate::app::permissions::Action;
 use crate::app::{AppError, events};
 use crate::auth::LiveUser;
-use crate::net::flush;
 use crate::net::ws_stream;
+use crate::net::{Transport, flush};
 use crate::realtime::{self, Guarantee, Pattern, Scope, Subscriber, Subscriptions};
 
 /// Answers an upgrade request and serves the WebSocket until either side closes it.
@@ -31,7 +30,7 @@ pub async fn serve(
     req: &Request<'_>,
     target: Target<'_>,
     from_loopback: bool,
-    conn: &mut TcpStream,
+    conn: &mut dyn Transport,
     out: &mut Vec<u8>,
 ) {
     let Some(key) = req.websocket_key else {
@@ -164,7 +163,7 @@ pub async fn serve(
 /// MQTT over WebSocket (subprotocol `mqtt`): the MQTT session reads and writes a byte stream
 /// carried in binary frames. The one call from one front into another: MQTT's session entry
 /// point, for a transport the HTTP front accepted.
-pub async fn serve_mqtt(rest: &Rest, conn: &mut TcpStream, out: &mut Vec<u8>, key: &str) {
+pub async fn serve_mqtt(rest: &Rest, conn: &mut dyn Transport, out: &mut Vec<u8>, key: &str) {
     if let Some((reader, writer)) = ws_stream::upgrade(conn, out, key, "mqtt").await {
         crate::mqtt::session(&rest.worker, reader, writer).await;
     }

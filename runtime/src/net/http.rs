@@ -6,14 +6,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use tessera_protocol::http::{
     BodyFraming, ChunkedDecoder, FramingError, Request, parse_head_info, parse_request, write_head,
 };
 
 use super::reply::Reply;
-use super::{FLUSH_AT, Gate, accept, flush};
+use super::{FLUSH_AT, Gate, Transport, accept, flush};
 use crate::app::settings::ConnectionLimits;
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -53,15 +53,15 @@ pub async fn serve<H: Handler>(
     what: &'static str,
 ) {
     accept(listener, what, gate, BUSY, move |stream| {
-        connection(handler.clone(), stream, limits)
+        plain(handler.clone(), stream, limits)
     })
     .await;
 }
 
 /// Reads more of a request (see [`Received::fill`]) until `deadline`: `Err` once it passed.
-async fn fill_until(
+async fn fill_until<S: Transport>(
     input: &mut Received,
-    stream: &mut TcpStream,
+    stream: &mut S,
     want: usize,
     deadline: Instant,
 ) -> Result<bool, ()> {
@@ -72,7 +72,7 @@ async fn fill_until(
 }
 
 /// Answers a client too slow to send its request (408) and closes.
-async fn too_slow(stream: &mut TcpStream, out: &mut Vec<u8>) {
+async fn too_slow(stream: &mut dyn Transport, out: &mut Vec<u8>) {
     let body = b"\"ClientError: Request timeout\"";
     write_head(
         out,
@@ -86,7 +86,7 @@ async fn too_slow(stream: &mut TcpStream, out: &mut Vec<u8>) {
     );
     out.extend_from_slice(body);
     flush(stream, out).await;
-    let _ = stream.shutdown(std::net::Shutdown::Both).await;
+    let _ = stream.close().await;
 }
 
 /// Bytes received and not yet consumed: `buf[start..end]`.
@@ -102,7 +102,7 @@ impl Received {
     }
 
     /// Reads more bytes, making room for at least `want` pending bytes. `false` on EOF or error.
-    async fn fill(&mut self, stream: &mut TcpStream, want: usize) -> bool {
+    async fn fill<S: Transport>(&mut self, stream: &mut S, want: usize) -> bool {
         if self.start > 0 && (self.start == self.end || self.buf.len() - self.end < READ_CHUNK) {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -133,16 +133,19 @@ impl Received {
 
 /// After an error answer, stops writing and drains what the client is still sending for a moment,
 /// so that closing does not reset the connection before the client has read the answer.
-async fn linger_close(stream: &mut TcpStream) {
-    let _ = stream.shutdown(std::net::Shutdown::Write).await;
-    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+async fn linger_close(stream: &mut dyn Transport) {
+    // Closing the writing side sends FIN (and, over TLS, close_notify) after the answer.
+    let _ = stream.close().await;
     let mut sink = [0u8; 8192];
     let mut budget: usize = 64 << 20;
-    while let Ok(n) = stream.read(&mut sink).await {
-        if n == 0 || n >= budget {
-            break;
+    let linger = Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        let left = linger.saturating_duration_since(Instant::now());
+        let read = glommio::timer::timeout(left, async { Ok(stream.read(&mut sink).await) });
+        match read.await {
+            Ok(Ok(n)) if n > 0 && n < budget => budget -= n,
+            _ => break,
         }
-        budget -= n;
     }
 }
 
@@ -163,10 +166,46 @@ fn framing_error(out: &mut Vec<u8>, e: &FramingError) {
     out.extend_from_slice(body.as_bytes());
 }
 
-async fn connection<H: Handler>(handler: Rc<H>, mut stream: TcpStream, limits: Limits) {
-    let max_body = limits.max_body;
+/// Serves HTTPS connections from `listener` forever, as [`serve`] serves HTTP: the TLS handshake
+/// (within `http.headersTimeout`), then the same connection loop over the TLS stream.
+pub async fn serve_tls<H: Handler>(
+    listener: TcpListener,
+    handler: Rc<H>,
+    limits: Limits,
+    gate: Arc<Gate>,
+    what: &'static str,
+    acceptor: futures_rustls::TlsAcceptor,
+) {
+    accept(listener, what, gate, b"", move |stream| {
+        let (handler, acceptor) = (handler.clone(), acceptor.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
+            let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            let handshake = glommio::timer::timeout(limits.times.headers, async {
+                Ok(acceptor.accept(stream).await)
+            });
+            if let Ok(Ok(tls)) = handshake.await {
+                connection(handler, tls, from_loopback, limits).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// A plain TCP connection: its options set, then [`connection`].
+async fn plain<H: Handler>(handler: Rc<H>, stream: TcpStream, limits: Limits) {
     let _ = stream.set_nodelay(true);
     let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+    connection(handler, stream, from_loopback, limits).await;
+}
+
+async fn connection<H: Handler, S: Transport>(
+    handler: Rc<H>,
+    mut stream: S,
+    from_loopback: bool,
+    limits: Limits,
+) {
+    let max_body = limits.max_body;
     let mut input = Received {
         buf: vec![0; READ_CHUNK],
         start: 0,

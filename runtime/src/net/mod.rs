@@ -94,11 +94,16 @@ pub async fn accept<F, Fut>(
     }
 }
 
+/// A connection's byte stream: a TCP stream, or a TLS one over it.
+pub trait Transport: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin {}
+
+impl<T: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin> Transport for T {}
+
 /// Responses are flushed early once this much is waiting.
 pub const FLUSH_AT: usize = 64 * 1024;
 
 /// Writes what is waiting in `out`. `false` when the client is gone.
-pub async fn flush(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+pub async fn flush(stream: &mut dyn Transport, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
     }

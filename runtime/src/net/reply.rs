@@ -4,11 +4,10 @@
 use std::io::Write;
 use std::time::Instant;
 
-use glommio::net::TcpStream;
 use tessera_protocol::MediaType;
 use tessera_protocol::http::{Method, Request, write_head};
 
-use super::{FLUSH_AT, flush};
+use super::{FLUSH_AT, Transport, flush};
 use crate::app::AppError;
 
 /// Sent with every CSV body (Harper names the download `data.csv`).
@@ -21,7 +20,7 @@ const VARY: &[u8] = b"Accept, Accept-Encoding";
 pub struct Reply<'o> {
     pub out: &'o mut Vec<u8>,
     /// The connection, for responses streamed in chunks.
-    pub conn: &'o mut TcpStream,
+    pub conn: &'o mut dyn Transport,
     pub keep_alive: bool,
     head_only: bool,
     started: Instant,
@@ -32,7 +31,7 @@ pub struct Reply<'o> {
 const MAX_REPLY_HEADERS: usize = 16;
 
 impl<'o> Reply<'o> {
-    pub fn new(req: &Request<'_>, out: &'o mut Vec<u8>, conn: &'o mut TcpStream) -> Reply<'o> {
+    pub fn new(req: &Request<'_>, out: &'o mut Vec<u8>, conn: &'o mut dyn Transport) -> Reply<'o> {
         Reply {
             out,
             conn,

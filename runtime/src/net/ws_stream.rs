@@ -1,26 +1,24 @@
 //! A WebSocket connection as a byte stream: the payloads of binary frames read as one stream,
 //! and each write sent as one binary frame (how MQTT runs over WebSocket).
 
+use super::{Transport, flush};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::handshake::derive_accept_key;
 use async_tungstenite::tungstenite::protocol::Role;
 use futures::StreamExt;
-use glommio::net::TcpStream;
-
-use super::flush;
 
 /// Answers an upgrade request (`key`: its `Sec-WebSocket-Key`) with `101 Switching Protocols`
 /// for `subprotocol`, and returns the connection as a reader and a writer of bytes. `None` when
 /// the client is gone.
 pub async fn upgrade<'c>(
-    conn: &'c mut TcpStream,
+    conn: &'c mut dyn Transport,
     out: &mut Vec<u8>,
     key: &str,
     subprotocol: &str,
 ) -> Option<(
-    FrameReader<&'c mut TcpStream>,
-    FrameWriter<&'c mut TcpStream>,
+    FrameReader<&'c mut dyn Transport>,
+    FrameWriter<&'c mut dyn Transport>,
 )> {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n");
     out.extend_from_slice(b"Connection: Upgrade\r\nSec-WebSocket-Protocol: ");
