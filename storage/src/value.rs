@@ -219,6 +219,19 @@ pub fn msgpack_to_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<usize, DecodeE
 mod msgpack {
     use super::{DecodeError, MAX_DEPTH, Value, json};
 
+    /// Found by fuzzing (`storage/fuzz`, target `msgpack`): a map keyed by an unsigned 64-bit
+    /// integer decoded (as the key's text) but did not transcode to JSON.
+    #[test]
+    fn integer_keys_decode_and_transcode_alike() {
+        let body = [
+            0x81, 0xcf, 0x27, 0x28, 0xfc, 0x00, 0xff, 0x1a, 0x00, 0x00, 0x00,
+        ];
+        let v = super::from_msgpack(&body).unwrap();
+        let mut text = Vec::new();
+        super::msgpack_to_json(&body, &mut text).unwrap();
+        assert_eq!(String::from_utf8(text).unwrap(), v.to_json());
+    }
+
     pub(super) fn write_value(v: &Value, out: &mut Vec<u8>) {
         match v {
             Value::Null => out.push(0xc0),
@@ -602,6 +615,7 @@ mod msgpack {
                         match self.item()? {
                             Item::Str(s) => json::write_str(s, out),
                             Item::Int(k) => json::write_str(itoa::Buffer::new().format(k), out),
+                            Item::UInt(k) => json::write_str(itoa::Buffer::new().format(k), out),
                             _ => return Err(DecodeError::NonStringKey(kat)),
                         }
                         out.push(b':');
