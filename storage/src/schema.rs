@@ -741,9 +741,15 @@ impl Catalog {
         if source.lines().all(blank) {
             return Ok(());
         }
-        // graphql-parser panics on some texts (a block string indented with non-ASCII whitespace,
-        // found by fuzzing): a schema it cannot read is refused like any other bad schema, and
-        // whoever sent it (a start, or `set_component_file`) is not brought down by it.
+        // graphql-parser panics on a block string indented with non-ASCII whitespace (it counts
+        // the indent in characters and cuts it in bytes; found by fuzzing): such a text is
+        // refused before it is parsed, and any other panic of the parser is caught, so that a
+        // bad schema never brings down whoever sent it (a start, or `set_component_file`).
+        if source.contains("\"\"\"") && source.chars().any(|c| c.is_whitespace() && !c.is_ascii()) {
+            return Err(src.syntax(
+                "a schema with block strings (\"\"\") may not hold non-ASCII whitespace".to_owned(),
+            ));
+        }
         let parsed = std::panic::catch_unwind(|| graphql_parser::parse_schema::<String>(source))
             .map_err(|_| {
                 src.syntax("the GraphQL parser failed on this text (check block strings for unusual whitespace)".to_owned())
