@@ -67,28 +67,30 @@ fn message_meta(p: &Publish, conn: u64) -> Vec<u8> {
 
 /// The QoS a message was published at, when it is one an MQTT client published.
 pub fn published_qos(change: &Change) -> Option<QoS> {
-    match &change.event {
-        Event::Message { meta, .. } => read_meta(meta).map(|(qos, ..)| qos),
-        _ => None,
-    }
+    meta_head(change).map(|(qos, _)| qos)
 }
 
-/// The QoS, properties and publishing connection [`message_meta`] kept (none for a message
-/// published otherwise: by a wasm resource).
-pub fn read_meta(meta: &[u8]) -> Option<(QoS, Properties, u64)> {
-    let (&qos, rest) = meta.split_first()?;
-    let qos = QoS::from_bits(qos).ok()?;
-    let conn = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    let properties = Properties::read(&mut Reader::new(&rest[8..]), Context::Publish).ok()?;
-    Some((qos, properties, conn))
+/// The QoS and publishing connection at the head of a message's meta, read without its
+/// properties (which only the PUBLISH itself needs): checked for every delivery.
+fn meta_head(change: &Change) -> Option<(QoS, u64)> {
+    let Event::Message { meta, .. } = &change.event else {
+        return None;
+    };
+    let qos = QoS::from_bits(*meta.first()?).ok()?;
+    Some((qos, u64::from_be_bytes(meta.get(1..9)?.try_into().ok()?)))
+}
+
+/// The QoS and properties [`message_meta`] kept (none for a message published otherwise: by a
+/// wasm resource).
+fn read_meta(meta: &[u8]) -> Option<(QoS, Properties)> {
+    let qos = QoS::from_bits(*meta.first()?).ok()?;
+    let properties = Properties::read(&mut Reader::new(meta.get(9..)?), Context::Publish).ok()?;
+    Some((qos, properties))
 }
 
 /// Whether `change` is a message the connection `conn` published (MQTT 5's No Local).
 pub fn published_by(change: &Change, conn: u64) -> bool {
-    match &change.event {
-        Event::Message { meta, .. } => read_meta(meta).is_some_and(|(.., from)| from == conn),
-        _ => false,
-    }
+    meta_head(change).is_some_and(|(_, from)| from == conn)
 }
 
 /// The PUBLISH that tells a subscriber about a change: the record as JSON, `null` for a delete,
@@ -116,7 +118,7 @@ pub fn publish_for(
             expires_at,
             meta,
         } => {
-            if let Some((published, kept, _)) = read_meta(meta) {
+            if let Some((published, kept)) = read_meta(meta) {
                 properties = kept;
                 qos = qos.min(published);
                 if qos == QoS::AtMostOnce {
