@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -104,7 +104,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
 
     let apps = component::with_managed(&settings.apps, &settings.root);
     let components = component::load(&apps)?;
-    let (shards, tables) = open_storage(&settings, &data, components.catalog)?;
+    let (shards, tables, wasm) =
+        open_storage(&settings, &data, components.catalog, &components.wasm)?;
+    let wasm = Arc::new(wasm);
     // Harper's `system.hdb_nodes`, the one system table with records of its own.
     if tables.table("system", "hdb_nodes").is_none() {
         tables
@@ -113,12 +115,6 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let shard_count = shards.count();
     let (users, tokens) = open_users(&settings, &data)?;
-    let wasm = Arc::new(crate::wasm::load(
-        &components.wasm,
-        tables.types(),
-        &settings.root.join("wasm-cache"),
-        settings.wasm,
-    )?);
     let ports = Ports::reserve(&settings)?;
     let (secure, secure_reservations) = Secure::reserve(&settings, ports.addrs[0].ip())?;
     let secure_addrs = secure.as_ref().map(|s| s.addrs);
@@ -229,13 +225,15 @@ fn restart(ports: [u16; 3]) -> anyhow::Error {
     anyhow::anyhow!("restart: {e}")
 }
 
-/// Gives tables and attributes their persisted ids, opens the shards in parallel, builds the
-/// indexes declared since the last run, and makes the table registry.
+/// Gives tables and attributes their persisted ids, opens the shards in parallel, loads the
+/// wasm resources (`wasm`: their modules), builds the indexes declared since the last run (after
+/// the resources, whose code may compute an indexed attribute), and makes the table registry.
 fn open_storage(
     settings: &Settings,
     data: &Path,
     mut catalog: Catalog,
-) -> anyhow::Result<(Arc<ShardSet>, Tables)> {
+    wasm: &[PathBuf],
+) -> anyhow::Result<(Arc<ShardSet>, Tables, WasmHost)> {
     let mut layout = Layout::open_or_create(data, settings.threads)?;
     let missing = layout.assign(&mut catalog)?;
     let shard_count = layout.shard_count();
@@ -253,6 +251,16 @@ fn open_storage(
         opening.elapsed().as_millis()
     );
     let tables: Vec<Arc<Table>> = catalog.tables.into_iter().map(Arc::new).collect();
+    let types = tables
+        .iter()
+        .map(|t| (t.type_name.clone(), t.clone()))
+        .collect();
+    let wasm = crate::wasm::load(
+        wasm,
+        &types,
+        &settings.root.join("wasm-cache"),
+        settings.wasm,
+    )?;
     for m in &missing {
         let Some(table) = tables.iter().find(|t| t.id == m.table_id) else {
             continue;
@@ -270,7 +278,7 @@ fn open_storage(
             .reduce(f64::max)
     };
     let registry = Tables::new(layout, &tables, max_key);
-    Ok((shards, registry))
+    Ok((shards, registry, wasm))
 }
 
 /// Builds a newly declared index on every shard, one thread per shard.

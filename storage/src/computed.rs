@@ -18,6 +18,7 @@
 //! `concat(...)`, `coalesce(...)` (first non-null), `substring(s, start[, end])`.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crate::value::Value;
 
@@ -31,6 +32,57 @@ pub enum Expr {
     Binary(BinOp, Box<Expr>, Box<Expr>),
     Cond(Box<Expr>, Box<Expr>, Box<Expr>),
     Call(Func, Vec<Expr>),
+    /// `@computed` with no `from:`: the application's code computes it ([`Code`]).
+    Code(Arc<Code>),
+}
+
+/// A function computing an attribute from a record.
+pub type ComputeFn = Box<dyn Fn(&Value) -> Value + Send + Sync>;
+
+/// An attribute computed by application code (Harper's `setComputedAttribute`; a wasm
+/// resource's `COMPUTES` in Tessera). The code is installed once, when it loads; until then, and
+/// for good if no code claims the attribute, it is null.
+pub struct Code {
+    /// The properties of the record the code is given: the table's stored attributes.
+    inputs: Vec<String>,
+    func: OnceLock<ComputeFn>,
+}
+
+impl Code {
+    pub fn new(inputs: Vec<String>) -> Code {
+        Code {
+            inputs,
+            func: OnceLock::new(),
+        }
+    }
+
+    /// Installs the code; fails if some code was installed already.
+    pub fn install(&self, f: ComputeFn) -> Result<(), &'static str> {
+        self.func
+            .set(f)
+            .map_err(|_| "is computed by other code already")
+    }
+
+    /// Whether code was installed.
+    pub fn installed(&self) -> bool {
+        self.func.get().is_some()
+    }
+}
+
+impl fmt::Debug for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Code")
+            .field("inputs", &self.inputs)
+            .field("installed", &self.installed())
+            .finish()
+    }
+}
+
+/// Two attributes' code is the same only if it is the same slot.
+impl PartialEq for Code {
+    fn eq(&self, other: &Code) -> bool {
+        std::ptr::eq(self, other)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -387,6 +439,13 @@ impl Expr {
                 c.reads(out);
             }
             Expr::Call(_, args) => args.iter().for_each(|a| a.reads(out)),
+            Expr::Code(c) => {
+                for p in &c.inputs {
+                    if !out.contains(p) {
+                        out.push(p.clone());
+                    }
+                }
+            }
         }
     }
 
@@ -395,6 +454,15 @@ impl Expr {
         match self {
             Expr::Lit(v) => v.clone(),
             Expr::Prop(p) => get(p).cloned().unwrap_or(Value::Null),
+            Expr::Code(c) => match c.func.get() {
+                None => Value::Null,
+                Some(f) => f(&Value::Object(
+                    c.inputs
+                        .iter()
+                        .filter_map(|n| Some((n.clone(), get(n)?.clone())))
+                        .collect(),
+                )),
+            },
             Expr::Member(obj, key) => {
                 let (obj, key) = (obj.eval(get), key.eval(get));
                 match (&obj, &key) {

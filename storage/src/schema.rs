@@ -103,7 +103,7 @@ pub struct Attribute {
     pub relationship: Option<Relationship>,
     /// `@computed(from: "expr")`: the expression, or empty for one set in code.
     pub computed: Option<String>,
-    /// The parsed `@computed` expression.
+    /// How a computed attribute is computed: the parsed `from:`, or the code's slot.
     pub expr: Option<Arc<Expr>>,
     /// `@computed(version: N)`: changing it rebuilds the attribute's index.
     pub computed_version: Option<i64>,
@@ -144,6 +144,12 @@ impl Attribute {
     /// Whether the attribute is part of the stored record (not a relationship or computed).
     pub fn is_stored(&self) -> bool {
         self.relationship.is_none() && self.computed.is_none()
+    }
+
+    /// Whether the attribute is computed by code that no loaded resource provides (it reads as
+    /// null).
+    pub fn lacks_code(&self) -> bool {
+        matches!(self.expr.as_deref(), Some(Expr::Code(c)) if !c.installed())
     }
 
     /// The name of the attribute's index in the layout: a computed attribute's includes its
@@ -301,15 +307,12 @@ impl Table {
         Some(every.max(1.0))
     }
 
-    /// The indexed attributes: stored ones, and computed ones with an expression (indexed on
-    /// their value at write time).
+    /// The indexed attributes: stored ones, and computed ones (indexed on their value at write
+    /// time).
     pub fn indexed(&self) -> impl Iterator<Item = &Attribute> {
-        self.attributes.iter().filter(|a| {
-            a.indexed
-                && !a.primary_key
-                && a.relationship.is_none()
-                && (a.computed.is_none() || a.expr.is_some())
-        })
+        self.attributes
+            .iter()
+            .filter(|a| a.indexed && !a.primary_key && a.relationship.is_none())
     }
 
     /// The description object of `GET /Table` (docs/rest.md).
@@ -677,6 +680,21 @@ fn table_of(
             .push(attribute(f, type_names).map_err(|(p, m)| src.at(p, m))?);
     }
     table.primary_key = primary_key(src, o, &mut table.attributes)?;
+    // `@computed` with no `from:` is computed by the application's code, from the record's
+    // stored attributes.
+    let stored: Vec<String> = table
+        .attributes
+        .iter()
+        .filter(|a| a.is_stored())
+        .map(|a| a.name.clone())
+        .collect();
+    for a in &mut table.attributes {
+        if a.computed.is_some() && a.expr.is_none() {
+            a.expr = Some(Arc::new(Expr::Code(Arc::new(computed::Code::new(
+                stored.clone(),
+            )))));
+        }
+    }
     Ok(table)
 }
 

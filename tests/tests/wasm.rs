@@ -15,6 +15,8 @@ const SCHEMA: &str = "
 type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
 type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
 type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
+type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
+  total: Float @computed  band: String @computed }
 ";
 
 fn start(app: &App, root: &Path) -> Server {
@@ -483,6 +485,68 @@ fn modules_are_compiled_once_and_bad_ones_stop_the_start_naming_the_file() {
         assert_eq!(code, Some(1), "{out}");
         assert!(out.contains(name), "the error names the file: {out}");
     }
+}
+
+#[test]
+fn attributes_a_resource_computes_are_seen_by_every_reader_and_indexed() {
+    let app = App::with_wasm(SCHEMA);
+    let root = tempfile::tempdir().unwrap();
+    let s = start(&app, root.path());
+    for (id, price, rate) in [
+        (1, 100.0, 0.25),
+        (2, 20.0, 0.5),
+        (3, 13.0, 0.0),
+        (4, -5.0, 0.0),
+    ] {
+        let path = format!("/Priced/{id}");
+        assert_eq!(put(&s, &path, json!({"price":price,"taxRate":rate})), 204);
+    }
+    let r = s.client().get("/Priced/1?select(id,total,band)");
+    assert_eq!(
+        r.json(),
+        json!({"id":1,"total":125,"band":"high"}),
+        "{}",
+        r.text()
+    );
+    // Conditions read it too (no index yet: a filter).
+    let r = s.client().get("/Priced/?total=gt=100&select(id,total)");
+    assert_eq!(r.json(), json!([{"id":1,"total":125}]), "{}", r.text());
+    // A guest that panics or fails computing gives null; the server keeps serving.
+    for id in [3, 4] {
+        let r = s.client().get(&format!("/Priced/{id}?select(id,total)"));
+        assert_eq!(r.json(), json!({"id":id,"total":null}), "{}", r.text());
+    }
+    let r = s.client().get("/Priced/2?select(total,band)");
+    assert_eq!(r.json(), json!({"total":30,"band":"low"}), "{}", r.text());
+    // The Operations API and SQL.
+    let (st, body) = s.ops().operation(&json!({"operation":"search_by_conditions",
+        "database":"data","table":"Priced","get_attributes":["id","total"],
+        "conditions":[{"search_attribute":"total","search_type":"greater_than","search_value":100}]}));
+    assert_eq!((st, body), (200, json!([{"id":1,"total":125}])));
+    let (st, body) = s.ops().operation(&json!({"operation":"sql",
+        "sql":"SELECT id, band FROM data.Priced WHERE total < 100"}));
+    assert_eq!((st, body), (200, json!([{"id":2,"band":"low"}])));
+    drop(s);
+
+    // Declared @indexed since: the index is built at start with the guest's code, and kept
+    // with each write.
+    let indexed = SCHEMA.replace("total: Float @computed", "total: Float @computed @indexed");
+    std::fs::write(app.dir.path().join("schema.graphql"), indexed).unwrap();
+    let s = start(&app, root.path());
+    let r = s.client().get("/Priced/?total=30&select(id)");
+    assert_eq!(r.json(), json!([2]), "{}", r.text());
+    assert_eq!(put(&s, "/Priced/2", json!({"price":40,"taxRate":0.5})), 204);
+    assert_eq!(s.client().get("/Priced/?total=30").json(), json!([]));
+    let r = s.client().get("/Priced/?total=60&select(id,total)");
+    assert_eq!(r.json(), json!([{"id":2,"total":60}]), "{}", r.text());
+    drop(s);
+
+    // Code claiming an attribute the schema stores stops the start, naming it.
+    let stored = SCHEMA.replace("band: String @computed", "band: String");
+    std::fs::write(app.dir.path().join("schema.graphql"), stored).unwrap();
+    let (code, out) = Start::new(app.dir.path(), root.path()).fail();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("computes Priced.band"), "{out}");
 }
 
 #[test]

@@ -1065,6 +1065,38 @@ pub trait Resource: Default + 'static {
     /// Whether one instance may serve many requests as it is, keeping what earlier requests left
     /// in its memory (a trap still discards the instance). Rarely faster than the default.
     const REUSE: bool = false;
+    /// Attributes of the table it extends that [`Resource::compute`] computes: those its schema
+    /// declares `@computed` with no `from:` (what Harper's `setComputedAttribute` does in
+    /// JavaScript). Every reader sees them: REST, the Operations API, SQL, subscriptions,
+    /// conditions, sorting and an `@indexed` index.
+    const COMPUTES: &'static [&'static str] = &[];
+
+    /// Computes `attribute`, one of [`Resource::COMPUTES`], of `record` (a map of the record's
+    /// stored attributes). The host calls it wherever the attribute is read or indexed, so it
+    /// must be a function of the record alone: table calls and publishing fail inside it.
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::{Resource, Result, Value};
+    /// #[derive(Default)]
+    /// struct Products;
+    /// impl Resource for Products {
+    ///     const NAME: &'static str = "Product";
+    ///     const EXTENDS: Option<&'static str> = Some("Product");
+    ///     const COMPUTES: &'static [&'static str] = &["totalPrice"];
+    ///     fn compute(&self, _attribute: &str, record: &Value) -> Result<Value> {
+    ///         let price = record["price"].as_f64().unwrap_or(0.0);
+    ///         let rate = record["taxRate"].as_f64().unwrap_or(0.0);
+    ///         Ok(Value::from(price + price * rate))
+    ///     }
+    /// }
+    /// ```
+    fn compute(&self, attribute: &str, record: &Value) -> Result<Value> {
+        let _ = record;
+        Err(Error::new(
+            500,
+            format!("{} does not compute {attribute}", Self::NAME),
+        ))
+    }
 
     /// `GET /NAME/id`.
     ///
@@ -1215,7 +1247,25 @@ pub mod __private {
             name: R::NAME.to_owned(),
             extends: R::EXTENDS.map(str::to_owned),
             reuse: R::REUSE,
+            computes: R::COMPUTES.iter().map(|a| (*a).to_owned()).collect(),
         }
+    }
+
+    fn wit_error(e: Error) -> types::Error {
+        types::Error {
+            status: e.status,
+            message: e.message,
+        }
+    }
+
+    pub fn compute<R: Resource>(attribute: &str, record: &[u8]) -> Result<Vec<u8>, types::Error> {
+        let record: Value = rmp_serde::from_slice(record)
+            .map_err(Error::from)
+            .map_err(wit_error)?;
+        R::default()
+            .compute(attribute, &record)
+            .and_then(|v| encode(&v))
+            .map_err(wit_error)
     }
 
     pub fn dispatch<R: Resource>(req: Request) -> Result<Outcome, types::Error> {
@@ -1248,14 +1298,11 @@ pub mod __private {
                 data: r.data,
                 body: r.body,
             })),
-            Err(e) => Err(types::Error {
-                status: e.status,
-                message: e.message,
-            }),
+            Err(e) => Err(wit_error(e)),
         }
     }
 
-    pub fn unknown(index: u32) -> Result<Outcome, types::Error> {
+    pub fn unknown<T>(index: u32) -> Result<T, types::Error> {
         Err(types::Error {
             status: 500,
             message: format!("no resource {index} in this module"),
@@ -1265,6 +1312,7 @@ pub mod __private {
     pub type Info = ResourceInfo;
     pub type Req = Request;
     pub type Out = Result<Outcome, types::Error>;
+    pub type Computed = Result<Vec<u8>, types::Error>;
 }
 
 /// Exports the crate's resources (every type that implements [`Resource`]) to the host.
@@ -1303,6 +1351,21 @@ macro_rules! export {
                 $(
                     if req.resource == index {
                         return $crate::__private::dispatch::<$resource>(req);
+                    }
+                    index += 1;
+                )+
+                $crate::__private::unknown(index)
+            }
+
+            fn compute(
+                resource: u32,
+                attribute: ::std::string::String,
+                record: ::std::vec::Vec<u8>,
+            ) -> $crate::__private::Computed {
+                let mut index = 0u32;
+                $(
+                    if resource == index {
+                        return $crate::__private::compute::<$resource>(&attribute, &record);
                     }
                     index += 1;
                 )+

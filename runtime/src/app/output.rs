@@ -278,9 +278,9 @@ fn csv_cell(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// The properties `names` of a record, in that order, absent ones as null.
 /// Sets on a decoded record each attribute its table computes from the record's own
-/// (`@computed(from:)`), for readers that name attributes rather than write the record out.
+/// (`@computed(from:)`, or a resource's code), for readers that name attributes rather than
+/// write the record out.
 pub fn with_computed(table: &Table, rec: &mut Value) {
     for a in &table.attributes {
         if let Some(e) = &a.expr {
@@ -290,6 +290,7 @@ pub fn with_computed(table: &Table, rec: &mut Value) {
     }
 }
 
+/// The properties `names` of a record, in that order, absent ones as null.
 pub fn pick(full: &Value, names: &[String]) -> Value {
     Value::Object(
         names

@@ -141,20 +141,20 @@ pub fn select(table: &Table, query: &str) -> Result<Option<Select>, AppError> {
     Ok(parsed.select)
 }
 
-/// Refuses selections this build cannot produce (properties computed by code).
+/// Refuses selections nothing can produce (properties computed by code no resource provides).
 fn check_select(table: &Table, select: Option<&Select>) -> Result<(), AppError> {
     for f in select.map(Select::fields).unwrap_or_default() {
-        if table
-            .attribute(&f.name)
-            .is_some_and(|a| a.computed.is_some() && a.expr.is_none())
-        {
-            return Err(AppError::NotImplemented(format!(
-                "{} is computed by code, which this build does not run",
-                f.name
-            )));
+        if let Some(a) = table.attribute(&f.name).filter(|a| a.lacks_code()) {
+            return Err(lacks_code(&a.name));
         }
     }
     Ok(())
+}
+
+fn lacks_code(name: &str) -> AppError {
+    AppError::NotImplemented(format!(
+        "{name} is computed by code, and no resource of the application computes it"
+    ))
 }
 
 /// The attribute whose index an index range walks.
@@ -186,10 +186,8 @@ fn defined<'t>(table: &'t Table, path: &[String]) -> Result<&'t Attribute, AppEr
             "{name} is a relationship: name a property of the related records ({name}.<property>)"
         )));
     }
-    if attr.computed.is_some() && attr.expr.is_none() {
-        return Err(AppError::NotImplemented(format!(
-            "{name} is computed by code, which this build does not run"
-        )));
+    if attr.lacks_code() {
+        return Err(lacks_code(name));
     }
     Ok(attr)
 }

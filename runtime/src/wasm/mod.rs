@@ -21,7 +21,8 @@
 //! Files, one per capability: `engine.rs` (engine and compile cache), `rewind.rs` (instrumenting
 //! a module so its instances can be rewound), `pool.rs` (stores and resting instances per core),
 //! `state.rs` (a request's host state), `txn.rs` (the request's transaction and the overlay of
-//! its writes on searches), `tables.rs` and `context.rs` (the WIT imports), `call.rs` (one call).
+//! its writes on searches), `tables.rs` and `context.rs` (the WIT imports), `call.rs` (one call),
+//! `compute.rs` (attributes a resource computes, for every reader).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use wasmtime::component::{ComponentExportIndex, Func, Linker, TypedFunc};
 use crate::app::settings::WasmLimits;
 
 mod call;
+mod compute;
 mod context;
 mod engine;
 mod pool;
@@ -219,6 +221,18 @@ pub fn load(
             };
             if info.name.is_empty() || info.name.contains(['/', '?', '#']) {
                 bail!("{}: bad resource name {:?}", file.display(), info.name);
+            }
+            if !info.computes.is_empty() {
+                let Some(table) = &extends else {
+                    bail!(
+                        "{}: resource {} computes attributes but extends no table",
+                        file.display(),
+                        info.name
+                    );
+                };
+                let resource = (index as u32, info.name.as_str());
+                compute::install(&engine, limits, &module, resource, table, &info.computes)
+                    .with_context(|| file.display().to_string())?;
             }
             let resource = WasmResource {
                 name: info.name.clone(),

@@ -93,11 +93,15 @@ impl wasmtime::component::HasData for HostCalls {
 }
 
 impl HostState {
-    /// The application (absent only in the store that lists a module's resources at load).
+    /// The application (absent in the store that lists a module's resources at load, and in
+    /// those that compute attributes).
     pub(super) fn app(&self) -> Result<&Arc<App>, types::Error> {
-        self.app
-            .as_ref()
-            .ok_or_else(|| error(500, "no application state"))
+        self.app.as_ref().ok_or_else(|| {
+            error(
+                500,
+                "no tables here: computing an attribute, a resource has only the record",
+            )
+        })
     }
 
     pub(super) fn table(&self, name: &str) -> Result<Arc<Table>, types::Error> {

@@ -5,7 +5,8 @@
 //! several records in one transaction; `Echo` returns what the host told it; `Edit` puts,
 //! patches, sets and deletes, then reads and searches its own writes; `Pass`, `Fresh` and
 //! `Typed` are the benchmark's pass-through GETs; `Hostile` misbehaves, in each way it can;
-//! `Residue` and `Keeper` look for what an earlier request left in their instance.
+//! `Residue` and `Keeper` look for what an earlier request left in their instance; `Priced`
+//! computes attributes of its table for every reader.
 
 use std::collections::BTreeMap;
 
@@ -453,6 +454,31 @@ fn memory_pages() -> usize {
     return 0;
 }
 
+/// `/Priced/`: the table's own verbs, and two attributes its schema leaves to code: `total`
+/// (price with tax; a price of 13 panics, a negative one is an error) and `band`.
+#[derive(Default)]
+struct Priced;
+
+impl Resource for Priced {
+    const NAME: &'static str = "Priced";
+    const EXTENDS: Option<&'static str> = Some("Priced");
+    const COMPUTES: &'static [&'static str] = &["total", "band"];
+
+    fn compute(&self, attribute: &str, record: &Value) -> Result<Value> {
+        let price = record["price"].as_f64();
+        match (attribute, price) {
+            (_, None) => Ok(Value::Nil),
+            ("total", Some(13.0)) => panic!("unlucky price"),
+            ("total", Some(p)) if p < 0.0 => Err(Error::bad_request("a negative price")),
+            ("total", Some(p)) => {
+                let rate = record["taxRate"].as_f64().unwrap_or(0.0);
+                Ok(Value::from(p + p * rate))
+            }
+            (_, Some(p)) => Ok(Value::from(if p < 50.0 { "low" } else { "high" })),
+        }
+    }
+}
+
 tessera_wasm_sdk::export!(
-    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper
+    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper, Priced
 );
