@@ -17,7 +17,7 @@ use tessera_storage::layout::{Layout, MissingIndex};
 use tessera_storage::shard::{Durability, ShardOptions};
 use tessera_storage::{Catalog, Table};
 
-use crate::app::settings::{self, BuildArgs};
+use crate::app::settings::{self, BuildArgs, Mtls};
 use crate::app::{App, Settings, Tables, component};
 use crate::auth::tokens::Tokens;
 use crate::auth::{Authenticator, users::Users};
@@ -380,11 +380,12 @@ fn restore_sessions(settings: &Settings) -> anyhow::Result<Arc<Vec<Mutex<Restore
 }
 
 /// What one executor starts with.
-/// The listeners served over TLS: the acceptor of the `tls` certificate, and the HTTPS, MQTTS
-/// and Operations API (TLS) addresses of those whose secure port is configured.
+/// The listeners served over TLS: the HTTPS, MQTTS and Operations API (TLS) addresses of those
+/// whose secure port is configured, and the acceptor and `mtls` of each (the Operations API
+/// takes `http.mtls`).
 #[derive(Clone)]
 struct Secure {
-    acceptor: futures_rustls::TlsAcceptor,
+    acceptors: [(futures_rustls::TlsAcceptor, Option<Mtls>); 3],
     addrs: [Option<SocketAddr>; 3],
 }
 
@@ -398,10 +399,16 @@ impl Secure {
         if settings.secure_ports.iter().all(Option::is_none) {
             return Ok((None, Vec::new()));
         }
-        let Some(files) = &settings.tls else {
+        if settings.tls.is_empty() {
             bail!("a securePort needs tls.certificate and tls.privateKey");
-        };
-        let acceptor = net::tls::acceptor(files)?;
+        }
+        let certs = net::tls::Certs::load(&settings.tls)?;
+        certs.watch().context("starting the certificate reloader")?;
+        let [http_mtls, mqtt_mtls] = settings.mtls;
+        let acceptors = [http_mtls, mqtt_mtls, http_mtls]
+            .map(|m| net::tls::acceptor(&certs, m).map(|a| (a, m)));
+        let [a, b, c] = acceptors;
+        let acceptors = [a?, b?, c?];
         let mut reservations = Vec::new();
         let mut addrs = [None; 3];
         for (slot, port) in addrs.iter_mut().zip(settings.secure_ports) {
@@ -411,7 +418,7 @@ impl Secure {
                 *slot = Some(SocketAddr::new(ip, port));
             }
         }
-        Ok((Some(Secure { acceptor, addrs }), reservations))
+        Ok((Some(Secure { acceptors, addrs }), reservations))
     }
 }
 
@@ -474,31 +481,26 @@ async fn serve_core(
     };
     let ops = Rc::new(Operations::new(worker.clone(), setup.jobs));
     let rest = Rc::new(Rest::new(worker.clone()));
-    if let Some(Secure { acceptor, addrs }) = setup.secure {
+    if let Some(Secure { acceptors, addrs }) = setup.secure {
+        let [https, mqtts, ops_tls] = acceptors;
         let bind = |addr: SocketAddr| {
             glommio::net::TcpListener::bind(addr)
                 .inspect_err(|e| tracing::error!("core {}: cannot listen on {addr}: {e}", ctx.core))
                 .ok()
         };
         if let Some(l) = addrs[0].and_then(bind) {
-            let serving = net::http::serve_tls(
-                l,
-                rest.clone(),
-                limits,
-                gates.http.clone(),
-                "HTTPS",
-                acceptor.clone(),
-            );
+            let serving =
+                net::http::serve_tls(l, rest.clone(), limits, gates.http.clone(), "HTTPS", https);
             glommio::spawn_local(serving).detach();
         }
         if let Some(l) = addrs[1].and_then(bind) {
-            let serving = mqtt::serve_tls(l, worker.clone(), gates.mqtt.clone(), acceptor.clone());
+            let serving = mqtt::serve_tls(l, worker.clone(), gates.mqtt.clone(), mqtts);
             glommio::spawn_local(serving).detach();
         }
         if let Some(l) = addrs[2].and_then(bind) {
             let what = "Operations API (TLS)";
             let serving =
-                net::http::serve_tls(l, ops.clone(), limits, gates.http.clone(), what, acceptor);
+                net::http::serve_tls(l, ops.clone(), limits, gates.http.clone(), what, ops_tls);
             glommio::spawn_local(serving).detach();
         }
     }

@@ -9,6 +9,7 @@ use tessera_shards::Router;
 use tessera_storage::validate::WriteMode;
 use tessera_storage::{Table, Value};
 
+use crate::app::Peer;
 use crate::app::permissions::User;
 use crate::app::{App, AppError, records};
 use crate::auth::{Authenticator, Denied};
@@ -39,15 +40,19 @@ impl Worker {
         }
     }
 
-    /// The user a request with this `Authorization` value is made by, or why there is none.
-    /// `authorizeLocal` trusts loopback clients as the super user.
+    /// The user a request with this `Authorization` value from `peer` is made by, or why there
+    /// is none. `authorizeLocal` trusts loopback clients as the super user; a client certificate
+    /// (mTLS) names its user, as Harper takes it, before any `Authorization`.
     pub async fn user(
         &self,
         authorization: Option<&[u8]>,
-        from_loopback: bool,
+        peer: &Peer,
     ) -> Result<Arc<User>, Denied> {
-        if self.app.settings.authorize_local && from_loopback {
+        if self.app.settings.authorize_local && peer.loopback {
             return Ok(Arc::new(User::local()));
+        }
+        if let Some(name) = &peer.certificate_user {
+            return self.auth.user_named(name);
         }
         self.auth.check(authorization.ok_or(Denied::Missing)?).await
     }
@@ -57,14 +62,12 @@ impl Worker {
     pub async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
-        from_loopback: bool,
+        peer: &Peer,
     ) -> Result<Arc<User>, AppError> {
-        self.user(authorization, from_loopback)
-            .await
-            .map_err(|d| match d {
-                Denied::Inactive => AppError::Inactive,
-                _ => AppError::Unauthorized,
-            })
+        self.user(authorization, peer).await.map_err(|d| match d {
+            Denied::Inactive => AppError::Inactive,
+            _ => AppError::Unauthorized,
+        })
     }
 
     /// Validates and commits a record (see [`records::write_record`]).

@@ -35,3 +35,19 @@ pub fn table_of(schema: &str) -> tessera_storage::Table {
         .expect("a valid schema");
     c.tables.remove(0)
 }
+
+/// Who is at the other end of a connection, before any request says who it is.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// It connected over loopback (`authentication.authorizeLocal` trusts it).
+    pub loopback: bool,
+    /// The user its client certificate names (mTLS), if the listener takes that.
+    pub certificate_user: Option<String>,
+}
+
+impl Peer {
+    /// Whether a request from it proves a user without credentials of its own.
+    pub fn vouched(&self, authorize_local: bool) -> bool {
+        (authorize_local && self.loopback) || self.certificate_user.is_some()
+    }
+}

@@ -108,34 +108,82 @@ pub struct Settings {
     pub graphql: bool,
     /// `logging.level`, `logging.root`, `logging.stdStreams`.
     pub logging: LogSettings,
-    /// `tls.certificate` and `tls.privateKey`: PEM files (relative to the root).
-    pub tls: Option<TlsFiles>,
+    /// `tls`: one certificate (`certificate`, `privateKey`, `certificateAuthority`: PEM files
+    /// relative to the root) or a list of them, picked by the name a client asks for (SNI).
+    pub tls: Vec<TlsFiles>,
+    /// `http.mtls` and `mqtt.network.mtls`: client certificates on HTTPS (and the Operations
+    /// API over TLS), and on MQTTS.
+    pub mtls: [Option<Mtls>; 2],
     /// `http.securePort`, `mqtt.network.securePort`, `operationsApi.network.securePort`:
     /// HTTPS (and WSS), MQTTS and the Operations API over TLS (with `tls`); 0 picks a free port.
     pub secure_ports: [Option<u16>; 3],
 }
 
-/// A certificate chain and its private key, PEM files.
+/// A certificate chain and its private key, PEM files; and the authority whose certificates
+/// clients may present (mTLS).
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    pub certificate_authority: Option<PathBuf>,
 }
 
-/// `tls.*` of `tessera.yaml` (both or neither).
-fn tls_files(yaml: &serde_norway::Value, root: &Path) -> anyhow::Result<Option<TlsFiles>> {
-    let path = |key: &str| {
-        yaml_get(yaml, key)
-            .and_then(|v| v.as_str())
-            .map(|p| root.join(p))
+/// `tls` of `tessera.yaml`: one entry or a list.
+fn tls_files(yaml: &serde_norway::Value, root: &Path) -> anyhow::Result<Vec<TlsFiles>> {
+    let entries = match yaml_get(yaml, "tls") {
+        None | Some(serde_norway::Value::Null) => return Ok(Vec::new()),
+        Some(serde_norway::Value::Sequence(list)) => list.iter().collect(),
+        Some(one) => vec![one],
     };
-    match (path("tls.certificate"), path("tls.privateKey")) {
-        (Some(certificate), Some(private_key)) => Ok(Some(TlsFiles {
-            certificate,
-            private_key,
+    entries
+        .into_iter()
+        .map(|e| {
+            let path = |key: &str| e.get(key).and_then(|v| v.as_str()).map(|p| root.join(p));
+            match (path("certificate"), path("privateKey")) {
+                (Some(certificate), Some(private_key)) => Ok(TlsFiles {
+                    certificate,
+                    private_key,
+                    certificate_authority: path("certificateAuthority"),
+                }),
+                _ => bail!("tessera.yaml: each tls entry needs certificate and privateKey"),
+            }
+        })
+        .collect()
+}
+
+/// `mtls` of a listener: a client certificate, checked against `tls.certificateAuthority`,
+/// authenticates the user its subject's Common Name names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtls {
+    /// `required: true`: a client without a valid certificate is refused at the handshake.
+    pub required: bool,
+    /// `user: null`: the certificate authenticates no user (the request still must).
+    pub names_user: bool,
+}
+
+/// `KEY` as `true`/`false` or `{required, user}` (Harper's forms).
+fn mtls(yaml: &serde_norway::Value, key: &str) -> anyhow::Result<Option<Mtls>> {
+    match yaml_get(yaml, key) {
+        None | Some(serde_norway::Value::Null) | Some(serde_norway::Value::Bool(false)) => Ok(None),
+        Some(serde_norway::Value::Bool(true)) => Ok(Some(Mtls {
+            required: false,
+            names_user: true,
         })),
-        (None, None) => Ok(None),
-        _ => bail!("tessera.yaml: tls needs both certificate and privateKey"),
+        Some(m @ serde_norway::Value::Mapping(_)) => {
+            let names_user = match m.get("user") {
+                None => true,
+                Some(serde_norway::Value::Null) => false,
+                Some(serde_norway::Value::String(s)) if s == "Common Name" || s == "CN" => true,
+                Some(other) => {
+                    bail!("tessera.yaml: {key}.user must be \"Common Name\" or null, not {other:?}")
+                }
+            };
+            Ok(Some(Mtls {
+                required: m.get("required").and_then(|v| v.as_bool()).unwrap_or(false),
+                names_user,
+            }))
+        }
+        Some(other) => bail!("tessera.yaml: {key} must be true, false or a map, not {other:?}"),
     }
 }
 
@@ -329,6 +377,7 @@ impl Settings {
             graphql: false,
             logging: log_settings(&yaml, &root)?,
             tls: tls_files(&yaml, &root)?,
+            mtls: [mtls(&yaml, "http.mtls")?, mtls(&yaml, "mqtt.network.mtls")?],
             secure_ports: [
                 "http.securePort",
                 "mqtt.network.securePort",

@@ -142,6 +142,15 @@ impl Authenticator {
         })
     }
 
+    /// The active user `name`, whom something other than a password proved (a client
+    /// certificate).
+    pub fn user_named(&self, name: &str) -> Result<Arc<User>, Denied> {
+        self.users
+            .active_user(name)
+            .map(Arc::new)
+            .ok_or(Denied::LoginFailed)
+    }
+
     /// The user an `Authorization` header value proves, or `None`.
     pub async fn authenticate(&self, header: &[u8]) -> Option<Arc<User>> {
         // A changed user or role (password, role, active flag, permissions) invalidates the cache.

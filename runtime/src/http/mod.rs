@@ -31,6 +31,7 @@ use tessera_storage::validate::WriteMode;
 use tessera_storage::{Table, Value};
 
 use crate::app::AppError;
+use crate::app::Peer;
 use crate::app::output::encode_value;
 use crate::app::permissions::{Action, User};
 use crate::data::query;
@@ -76,15 +77,9 @@ impl Deref for Rest {
 }
 
 impl Handler for Rest {
-    async fn handle(
-        &self,
-        req: &Request<'_>,
-        body: &mut [u8],
-        from_loopback: bool,
-        reply: &mut Reply<'_>,
-    ) {
+    async fn handle(&self, req: &Request<'_>, body: &mut [u8], peer: &Peer, reply: &mut Reply<'_>) {
         let mut fmt = MediaType::Json;
-        if let Err(e) = self.route(req, body, from_loopback, &mut fmt, reply).await {
+        if let Err(e) = self.route(req, body, peer, &mut fmt, reply).await {
             error::send(reply, &e, fmt);
         }
     }
@@ -107,7 +102,7 @@ impl Rest {
         &self,
         req: &Request<'_>,
         body: &mut [u8],
-        from_loopback: bool,
+        peer: &Peer,
         fmt: &mut MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
@@ -126,16 +121,16 @@ impl Rest {
                 .websocket_protocol
                 .is_some_and(|p| p.split(',').any(|t| t.trim() == "mqtt"));
             if mqtt {
-                websocket::serve_mqtt(self, reply.conn, reply.out, key).await;
+                websocket::serve_mqtt(self, peer, reply.conn, reply.out, key).await;
             } else {
-                websocket::serve(self, req, target, from_loopback, reply.conn, reply.out).await;
+                websocket::serve(self, req, target, peer, reply.conn, reply.out).await;
             }
             reply.keep_alive = false;
             return Ok(());
         }
         let event_stream = req.method == Method::Get
             && req.accept.is_some_and(|a| a.trim() == "text/event-stream");
-        let user = match self.authenticate(req.authorization, from_loopback).await {
+        let user = match self.authenticate(req.authorization, peer).await {
             Ok(user) => user,
             // SSE clients get the error as an event.
             Err(_) if event_stream => {

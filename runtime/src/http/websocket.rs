@@ -16,6 +16,7 @@ use tessera_protocol::rest::{PathKind, Target};
 
 use super::Rest;
 use super::error::class;
+use crate::app::Peer;
 use crate::app::output::encode_value;
 use crate::app::permissions::Action;
 use crate::app::{AppError, events};
@@ -29,7 +30,7 @@ pub async fn serve(
     rest: &Rest,
     req: &Request<'_>,
     target: Target<'_>,
-    from_loopback: bool,
+    peer: &Peer,
     conn: &mut dyn Transport,
     out: &mut Vec<u8>,
 ) {
@@ -51,7 +52,7 @@ pub async fn serve(
         }))
     };
     // As Harper closes: 401 -> 3000, 403 -> 3003.
-    let user = match rest.authenticate(req.authorization, from_loopback).await {
+    let user = match rest.authenticate(req.authorization, peer).await {
         Ok(user) => user,
         Err(e) => {
             let code = if e.status() == 403 { 3003 } else { 3000 };
@@ -163,8 +164,14 @@ pub async fn serve(
 /// MQTT over WebSocket (subprotocol `mqtt`): the MQTT session reads and writes a byte stream
 /// carried in binary frames. The one call from one front into another: MQTT's session entry
 /// point, for a transport the HTTP front accepted.
-pub async fn serve_mqtt(rest: &Rest, conn: &mut dyn Transport, out: &mut Vec<u8>, key: &str) {
+pub async fn serve_mqtt(
+    rest: &Rest,
+    peer: &Peer,
+    conn: &mut dyn Transport,
+    out: &mut Vec<u8>,
+    key: &str,
+) {
     if let Some((reader, writer)) = ws_stream::upgrade(conn, out, key, "mqtt").await {
-        crate::mqtt::session(&rest.worker, reader, writer).await;
+        crate::mqtt::session(&rest.worker, peer, reader, writer).await;
     }
 }

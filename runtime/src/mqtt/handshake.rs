@@ -15,6 +15,7 @@ use super::reader::PacketReader;
 use super::sessions::{self, Owner, Pending, Saved};
 use super::writer::Outbox;
 use super::{CONNECT_TIMEOUT, MAX_PACKET, TOPIC_ALIAS_MAXIMUM};
+use crate::app::Peer;
 use crate::app::permissions::User;
 use crate::realtime;
 use crate::worker::Worker;
@@ -51,6 +52,7 @@ impl Opened {
 /// connection is refused (the refusal already written) or gone.
 pub async fn open<R, W>(
     worker: &Worker,
+    peer: &Peer,
     packets: &mut PacketReader,
     rd: &mut R,
     wr: &mut W,
@@ -76,7 +78,7 @@ where
         let _ = wr.write_all(&[0x20, 0x02, 0x00, 0x02]).await;
         return None;
     }
-    let user = match check_credentials(worker, &connect).await {
+    let user = match check_credentials(worker, peer, &connect).await {
         Ok(user) => user,
         Err(code) => {
             let mut out = Vec::new();
@@ -166,11 +168,16 @@ fn connack(connect: &Connect, client_id: &str, session_present: bool) -> ConnAck
 
 /// Checks CONNECT's user name and password against Tessera's users. The error is the CONNACK
 /// code: 3.1.1 0x04 (bad user name or password) / 0x05 (not authorized), 5 0x86 / 0x87.
-async fn check_credentials(worker: &Worker, c: &Connect) -> Result<Arc<User>, u8> {
+/// The user CONNECT proves: the one a client certificate names (mTLS), else its user name and
+/// password.
+async fn check_credentials(worker: &Worker, peer: &Peer, c: &Connect) -> Result<Arc<User>, u8> {
     let (bad, unauthorized) = match c.version {
         Version::V311 => (0x04, 0x05),
         Version::V5 => (0x86, 0x87),
     };
+    if let Some(name) = &peer.certificate_user {
+        return worker.auth.user_named(name).map_err(|_| unauthorized);
+    }
     let (Some(user), Some(password)) = (&c.username, &c.password) else {
         return Err(unauthorized);
     };

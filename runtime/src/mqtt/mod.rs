@@ -32,7 +32,9 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use tessera_protocol::mqtt::{QoS, Version};
 
+use crate::app::Peer;
 use crate::app::permissions::User;
+use crate::app::settings::Mtls;
 use crate::auth::LiveUser;
 use crate::net::Gate;
 use crate::realtime::{self, Guarantee, Subscriptions};
@@ -79,7 +81,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     worker: Rc<Worker>,
     gate: Arc<Gate>,
-    acceptor: futures_rustls::TlsAcceptor,
+    (acceptor, mtls): (futures_rustls::TlsAcceptor, Option<Mtls>),
 ) {
     crate::net::accept(listener, "MQTTS", gate, b"", move |stream| {
         let (worker, acceptor) = (worker.clone(), acceptor.clone());
@@ -90,8 +92,12 @@ pub async fn serve_tls(
             })
             .await;
             if let Ok(Ok(tls)) = handshake {
+                let peer = Peer {
+                    loopback: false,
+                    certificate_user: crate::net::tls::certificate_user(tls.get_ref().1, mtls),
+                };
                 let (rd, wr) = futures_lite::io::split(tls);
-                session(&worker, rd, wr).await;
+                session(&worker, &peer, rd, wr).await;
             }
         }
     })
@@ -101,7 +107,7 @@ pub async fn serve_tls(
 async fn connection(worker: Rc<Worker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = futures_lite::io::split(stream);
-    session(&worker, rd, wr).await;
+    session(&worker, &Peer::default(), rd, wr).await;
 }
 
 /// What the reader knows about its connection.
@@ -185,13 +191,14 @@ impl Flow {
 /// One MQTT connection over any byte transport (TCP, or WebSocket binary frames): the
 /// handshake, then the reader, the writer and the deliverer together until the connection
 /// ends, then its session parks or goes.
-pub async fn session<R, W>(worker: &Rc<Worker>, mut rd: R, mut wr: W)
+pub async fn session<R, W>(worker: &Rc<Worker>, peer: &Peer, mut rd: R, mut wr: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut packets = reader::PacketReader::default();
-    let Some(mut opened) = handshake::open(worker, &mut packets, &mut rd, &mut wr).await else {
+    let Some(mut opened) = handshake::open(worker, peer, &mut packets, &mut rd, &mut wr).await
+    else {
         return;
     };
     let conn = opened.conn;

@@ -113,8 +113,10 @@ impl Client {
         let (to_server, server_rd) = pipe();
         let (server_wr, from_server) = pipe();
         let w = worker.clone();
-        glommio::spawn_local(async move { super::session(&w, server_rd, server_wr).await })
-            .detach();
+        glommio::spawn_local(async move {
+            super::session(&w, &crate::app::Peer::default(), server_rd, server_wr).await
+        })
+        .detach();
         let mut client = Client {
             to_server: Some(to_server),
             from_server,

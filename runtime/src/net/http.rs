@@ -14,7 +14,8 @@ use tessera_protocol::http::{
 
 use super::reply::Reply;
 use super::{FLUSH_AT, Gate, Transport, accept, flush};
-use crate::app::settings::ConnectionLimits;
+use crate::app::Peer;
+use crate::app::settings::{ConnectionLimits, Mtls};
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -23,13 +24,7 @@ const READ_CHUNK: usize = 16 * 1024;
 #[allow(async_fn_in_trait)]
 pub trait Handler: 'static {
     /// Handles one request, writing the whole response (or its chunks) through `reply`.
-    async fn handle(
-        &self,
-        req: &Request<'_>,
-        body: &mut [u8],
-        from_loopback: bool,
-        reply: &mut Reply<'_>,
-    );
+    async fn handle(&self, req: &Request<'_>, body: &mut [u8], peer: &Peer, reply: &mut Reply<'_>);
 }
 
 /// What a connection may take: its requests' body size and time, its idle time.
@@ -174,18 +169,22 @@ pub async fn serve_tls<H: Handler>(
     limits: Limits,
     gate: Arc<Gate>,
     what: &'static str,
-    acceptor: futures_rustls::TlsAcceptor,
+    (acceptor, mtls): (futures_rustls::TlsAcceptor, Option<Mtls>),
 ) {
     accept(listener, what, gate, b"", move |stream| {
         let (handler, acceptor) = (handler.clone(), acceptor.clone());
         async move {
             let _ = stream.set_nodelay(true);
-            let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
+            let loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
             let handshake = glommio::timer::timeout(limits.times.headers, async {
                 Ok(acceptor.accept(stream).await)
             });
             if let Ok(Ok(tls)) = handshake.await {
-                connection(handler, tls, from_loopback, limits).await;
+                let peer = Peer {
+                    loopback,
+                    certificate_user: super::tls::certificate_user(tls.get_ref().1, mtls),
+                };
+                connection(handler, tls, &peer, limits).await;
             }
         }
     })
@@ -195,14 +194,17 @@ pub async fn serve_tls<H: Handler>(
 /// A plain TCP connection: its options set, then [`connection`].
 async fn plain<H: Handler>(handler: Rc<H>, stream: TcpStream, limits: Limits) {
     let _ = stream.set_nodelay(true);
-    let from_loopback = stream.peer_addr().is_ok_and(|a| a.ip().is_loopback());
-    connection(handler, stream, from_loopback, limits).await;
+    let peer = Peer {
+        loopback: stream.peer_addr().is_ok_and(|a| a.ip().is_loopback()),
+        certificate_user: None,
+    };
+    connection(handler, stream, &peer, limits).await;
 }
 
 async fn connection<H: Handler, S: Transport>(
     handler: Rc<H>,
     mut stream: S,
-    from_loopback: bool,
+    peer: &Peer,
     limits: Limits,
 ) {
     let max_body = limits.max_body;
@@ -313,7 +315,7 @@ async fn connection<H: Handler, S: Transport>(
                 BodyFraming::Chunked => &mut chunked,
             };
             let mut reply = Reply::new(&req, &mut out, &mut stream);
-            handler.handle(&req, body, from_loopback, &mut reply).await;
+            handler.handle(&req, body, peer, &mut reply).await;
             reply.keep_alive
         };
         input.start += consumed;

@@ -32,6 +32,7 @@ use tessera_protocol::http::{Method, Request};
 use tessera_storage::Value;
 
 use crate::app::AppError;
+use crate::app::Peer;
 use crate::app::permissions::User;
 use crate::net::http::Handler;
 use crate::net::reply::Reply;
@@ -117,14 +118,8 @@ impl Deref for Operations {
 }
 
 impl Handler for Operations {
-    async fn handle(
-        &self,
-        req: &Request<'_>,
-        body: &mut [u8],
-        from_loopback: bool,
-        reply: &mut Reply<'_>,
-    ) {
-        match self.answer(req, body, from_loopback).await {
+    async fn handle(&self, req: &Request<'_>, body: &mut [u8], peer: &Peer, reply: &mut Reply<'_>) {
+        match self.answer(req, body, peer).await {
             Ok(Answer::Page(page)) => {
                 reply.send(200, None, &[("Content-Type", b"text/html")], page);
             }
@@ -159,12 +154,8 @@ impl Answer {
 
 impl Operations {
     /// The user an operation runs as: 401 with Harper's message when there is none.
-    async fn ops_user(
-        &self,
-        req: &Request<'_>,
-        from_loopback: bool,
-    ) -> Result<Arc<User>, OpsError> {
-        self.user(req.authorization, from_loopback)
+    async fn ops_user(&self, req: &Request<'_>, peer: &Peer) -> Result<Arc<User>, OpsError> {
+        self.user(req.authorization, peer)
             .await
             .map_err(|d| fail(401, d.message()))
     }
@@ -174,7 +165,7 @@ impl Operations {
         &self,
         req: &Request<'_>,
         body: &mut [u8],
-        from_loopback: bool,
+        peer: &Peer,
     ) -> Result<Answer, OpsError> {
         if req.method == Method::Get && req.target == "/" {
             return Ok(Answer::Page(
@@ -185,7 +176,7 @@ impl Operations {
             return Err(fail(405, "Operations are POSTed to /"));
         }
         let anonymous =
-            req.authorization.is_none() && !(self.app.settings.authorize_local && from_loopback);
+            req.authorization.is_none() && !peer.vouched(self.app.settings.authorize_local);
         let mut envelope = {
             let mut buffers = simd_json::Buffers::default();
             match crate::app::body::json(body, &mut buffers) {
@@ -203,17 +194,17 @@ impl Operations {
         // Token operations authenticate in their own ways.
         let tokens = match op {
             Some("create_authentication_tokens") => {
-                Some(self.create_tokens(req, &envelope, from_loopback).await?)
+                Some(self.create_tokens(req, &envelope, peer).await?)
             }
             Some("refresh_operation_token") => {
-                Some(self.refresh_token(req, &envelope, from_loopback).await?)
+                Some(self.refresh_token(req, &envelope, peer).await?)
             }
             _ => None,
         };
         if let Some(out) = tokens {
             return Ok(Answer::json(&out));
         }
-        let user = self.ops_user(req, from_loopback).await?;
+        let user = self.ops_user(req, peer).await?;
         let Some(op) = op.map(current_name) else {
             return Err(bad("Request body must include an 'operation' property."));
         };
@@ -473,7 +464,7 @@ mod tests {
         );
         let req = parse_request(head.as_bytes()).expect("a request head");
         let mut body = body.as_bytes().to_vec();
-        match ops.answer(&req, &mut body, false).await {
+        match ops.answer(&req, &mut body, &Peer::default()).await {
             Ok(Answer::Json(out)) => (200, serde_json::from_slice(&out).expect("JSON")),
             Ok(Answer::Page(page)) => (200, Json::String(String::from_utf8_lossy(page).into())),
             Err(OpsError { status, body }) => (status, body),

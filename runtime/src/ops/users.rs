@@ -8,6 +8,7 @@ use tessera_protocol::http::Request;
 use tessera_storage::Value;
 
 use super::{Operations, OpsError, bad, fail};
+use crate::app::Peer;
 use crate::app::permissions::KnownTables;
 use crate::auth::bearer;
 use crate::auth::tokens::{Kind, TokenError};
@@ -20,7 +21,7 @@ impl Operations {
         &self,
         req: &Request<'_>,
         env: &Value,
-        from_loopback: bool,
+        peer: &Peer,
     ) -> Result<Json, OpsError> {
         let empty = |k: &str| matches!(env.get(k), Some(Value::String(s)) if s.is_empty());
         let blank: Vec<String> = ["username", "password"]
@@ -30,7 +31,7 @@ impl Operations {
             .collect();
         // Both empty is no sign-in at all, unless loopback requests are trusted (then Harper
         // answers its validation message).
-        let trusted = self.app.settings.authorize_local && from_loopback;
+        let trusted = self.app.settings.authorize_local && peer.loopback;
         if blank.len() == 2 && !trusted {
             return Err(fail(401, "Must login"));
         }
@@ -48,7 +49,7 @@ impl Operations {
             }
             // A username without a password is a failed sign-in, not a missing one.
             (Some(_), _) | (_, Some(_)) => return Err(fail(401, "invalid credentials")),
-            _ => self.ops_user(req, from_loopback).await?,
+            _ => self.ops_user(req, peer).await?,
         };
         let tokens = self.auth.tokens();
         let ttl = match env.get("expires_in") {
@@ -67,17 +68,17 @@ impl Operations {
         &self,
         req: &Request<'_>,
         env: &Value,
-        from_loopback: bool,
+        peer: &Peer,
     ) -> Result<Json, OpsError> {
         let tokens = self.auth.tokens();
         let refreshing = match env.get("refresh_token") {
             Some(Value::String(t)) => {
-                self.ops_user(req, from_loopback).await?;
+                self.ops_user(req, peer).await?;
                 t.clone()
             }
             _ => {
                 let Some(token) = req.authorization.and_then(bearer) else {
-                    self.ops_user(req, from_loopback).await?;
+                    self.ops_user(req, peer).await?;
                     return Err(bad("'refresh_token' is required"));
                 };
                 if tokens.verify(token, Kind::Operation).is_ok() {
