@@ -14,6 +14,9 @@ pub struct MqttClient {
     buf: Vec<u8>,
     pub version: Version,
     next_id: u16,
+    /// Deliveries that arrived while [`Self::publish`] waited for its acknowledgement (the
+    /// broker may deliver a client's own publish first), for the next [`Self::recv`].
+    held: std::collections::VecDeque<Packet>,
 }
 
 impl MqttClient {
@@ -52,6 +55,7 @@ impl MqttClient {
             buf: Vec::new(),
             version,
             next_id: 0,
+            held: Default::default(),
         };
         c.send(&Packet::Connect(Box::new(connect)));
         let ack = match c.recv(Duration::from_secs(10)) {
@@ -67,12 +71,19 @@ impl MqttClient {
         self.stream.write_all(&out).expect("write");
     }
 
+    /// [`Self::send`] to a server that may have closed the connection: whether it was written.
+    pub fn try_send(&mut self, p: &Packet) -> bool {
+        let mut out = Vec::new();
+        mqtt::encode(p, self.version, &mut out);
+        self.stream.write_all(&out).is_ok()
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write");
     }
 
     fn id(&mut self) -> u16 {
-        self.next_id += 1;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         self.next_id
     }
 
@@ -108,15 +119,26 @@ impl MqttClient {
         if qos == QoS::AtMostOnce {
             return None;
         }
-        match self.recv(Duration::from_secs(10)) {
-            Some(Packet::PubAck(a)) => Some(a.reason),
-            Some(Packet::PubRec(a)) => Some(a.reason),
-            other => panic!("expected PUBACK, got {other:?}"),
+        loop {
+            match self.recv_wire(Duration::from_secs(10)) {
+                Some(Packet::PubAck(a)) => return Some(a.reason),
+                Some(Packet::PubRec(a)) => return Some(a.reason),
+                Some(p @ Packet::Publish(_)) => self.held.push_back(p),
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
         }
     }
 
     /// The next packet within `wait`, or `None` (timeout or closed).
     pub fn recv(&mut self, wait: Duration) -> Option<Packet> {
+        match self.held.pop_front() {
+            Some(p) => Some(p),
+            None => self.recv_wire(wait),
+        }
+    }
+
+    /// The next packet read from the connection within `wait`.
+    fn recv_wire(&mut self, wait: Duration) -> Option<Packet> {
         let deadline = Instant::now() + wait;
         loop {
             let state = Some(self.version);

@@ -1359,3 +1359,144 @@ fn shared_subscriptions_take_turns() {
         vec![0x8F]
     );
 }
+
+/// The server's resident memory, in MiB.
+fn rss_mib(s: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// A kept session whose client stops reading while 100,000 QoS 1 messages are published to its
+/// topic: the broker ends the connection once 65,536 wait (0x97), the session's backlog takes
+/// them and the rest (spilling to disk past 10,000), and the client, reading again and
+/// resuming the session, gets every one, in order.
+#[test]
+fn a_stalled_kept_session_gets_every_acknowledged_message_in_order() {
+    const N: usize = 100_000;
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    // A Receive Maximum of 100: what it does not take waits in the broker.
+    let session = || {
+        let properties = tessera_protocol::mqtt::Properties {
+            session_expiry_interval: Some(3600),
+            receive_maximum: Some(100),
+            ..Default::default()
+        };
+        let (c, ack) = MqttClient::connect_with(
+            s.mqtt_port,
+            tessera_protocol::mqtt::Connect {
+                version: Version::V5,
+                client_id: "stalled".into(),
+                clean_start: false,
+                keep_alive: 30,
+                username: Some(ADMIN.0.to_owned()),
+                password: Some(ADMIN.1.as_bytes().to_vec()),
+                will: None,
+                properties,
+            },
+        );
+        let out = s.output();
+        let tail = &out[out.len().saturating_sub(3000)..];
+        (c, ack.unwrap_or_else(|| panic!("no CONNACK: {tail}")))
+    };
+    let (mut sub, ack) = session();
+    assert_eq!(ack.code, 0);
+    assert_eq!(sub.subscribe(&[("Sensor/feed", QoS::AtLeastOnce)]), vec![1]);
+    let before = rss_mib(&s);
+    // Another client publishes them at QoS 1, up to 500 unacknowledged at a time (mosquitto_pub
+    // -l cannot be used: past its own queue of a few thousand, it drops lines); this
+    // subscriber reads nothing meanwhile.
+    let t0 = std::time::Instant::now();
+    let (mut publisher, ack) = MqttClient::connect(s.mqtt_port, Version::V5, "feeder", Some(ADMIN));
+    assert_eq!(ack.map(|a| a.code), Some(0));
+    let mut unacked = 0;
+    for n in 0..N {
+        publisher.send(&Packet::Publish(tessera_protocol::mqtt::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "Sensor/feed".into(),
+            packet_id: Some((n % 60_000) as u16 + 1),
+            properties: Default::default(),
+            payload: format!("{{\"n\":{n}}}").into_bytes(),
+        }));
+        unacked += 1;
+        while unacked >= 500 || (n + 1 == N && unacked > 0) {
+            match publisher.recv(Duration::from_secs(10)) {
+                Some(Packet::PubAck(a)) => {
+                    assert_eq!(a.reason, 0);
+                    unacked -= 1;
+                }
+                other => panic!("{other:?} instead of a PUBACK"),
+            }
+        }
+    }
+    eprintln!("published in {:?}", t0.elapsed());
+    // The broker ends the stalled connection and its session takes what waits, spilling past
+    // its first 10,000 to a file.
+    let spill = s.root.join("mqtt-sessions/backlog");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&spill).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no backlog file");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak = rss_mib(&s);
+    eprintln!("server RSS: {before} MiB before, {peak} MiB with {N} messages owed");
+    // Reading again: what the connection still carries, then the rest on resuming.
+    let mut first_seen: Vec<usize> = Vec::with_capacity(N);
+    let mut got = vec![false; N];
+    let mut resumes = 0;
+    let mut trace = Vec::new();
+    while first_seen.len() < N {
+        match sub.recv(Duration::from_secs(3)) {
+            Some(Packet::Publish(p)) => {
+                if let Some(id) = p.packet_id {
+                    // Unacknowledged if the broker has ended the connection: it goes again.
+                    sub.try_send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(id)));
+                }
+                let v: Value = serde_json::from_slice(&p.payload).unwrap();
+                let n = v["n"].as_u64().unwrap() as usize;
+                trace.push((n, p.dup, resumes));
+                if !std::mem::replace(&mut got[n], true) {
+                    first_seen.push(n);
+                }
+            }
+            Some(_) => {}
+            None => {
+                resumes += 1;
+                assert!(
+                    resumes < 10,
+                    "{} of {N} after {resumes} resumes",
+                    first_seen.len()
+                );
+                let (again, ack) = session();
+                assert_eq!(ack.code, 0);
+                assert!(ack.session_present);
+                sub = again;
+            }
+        }
+    }
+    let disorder = first_seen.windows(2).position(|w| w[0] > w[1]);
+    if let Some(i) = disorder {
+        let at = trace.iter().position(|t| t.0 == first_seen[i + 1]).unwrap();
+        eprintln!(
+            "TRACE {:?}",
+            &trace[at.saturating_sub(30)..(at + 30).min(trace.len())]
+        );
+    }
+    assert!(
+        disorder.is_none(),
+        "not in order at {disorder:?}: {:?}; {resumes} resumes",
+        disorder.map(|i| &first_seen[i.saturating_sub(3)..(i + 4).min(N)])
+    );
+    eprintln!("resumed {resumes} times");
+    // More than 65,536 waited: the connection was ended, and the session took them.
+    assert!(resumes >= 1);
+    assert!(s.output().contains("quota exceeded"), "{}", s.output());
+    // The owed deliveries waited on disk, not in memory.
+    assert!(peak < before + 256, "{before} MiB -> {peak} MiB");
+}

@@ -6,7 +6,6 @@
 //! ones are numbered, limited by the client's Receive Maximum and remembered until completed.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 
 use futures::FutureExt;
 use futures::channel::oneshot;
@@ -14,6 +13,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use tessera_protocol::mqtt::{Ack, Packet, QoS};
 use tessera_storage::shard::{Change, Event};
 
+use super::backlog::Backlog;
 use super::inflight::next_packet_id;
 use super::publish::{publish_for, published_by, published_qos};
 use super::sessions::{Pending, Redelivery};
@@ -26,7 +26,7 @@ use crate::realtime::{Delivery, Guarantee};
 use crate::worker::Worker;
 
 /// The inbox and what was not delivered, handed back when the session parks.
-pub type HandedBack = Option<(LocalReceiver<Delivery>, VecDeque<Pending>)>;
+pub type HandedBack = Option<(LocalReceiver<Delivery>, Backlog)>;
 
 /// Delivers until the inbox closes (`None`), or hands the inbox and what it has not sent back
 /// when `park` fires.
@@ -35,19 +35,20 @@ pub async fn run(
     (live, conn): (&LiveUser, u64),
     out: &Outbox,
     inbox: LocalReceiver<Delivery>,
-    mut backlog: VecDeque<Pending>,
+    mut backlog: Backlog,
     park: oneshot::Receiver<()>,
     flow: &Flow,
 ) -> HandedBack {
     // New packet ids follow those of the deliveries that go again.
     let mut next_id: u16 = backlog
+        .head()
         .iter()
         .filter_map(|p| p.redelivery.map(|r| r.id))
         .max()
         .unwrap_or(0);
     let mut park = park.fuse();
     loop {
-        let pending = match backlog.pop_front() {
+        let pending = match backlog.pop_front().await {
             Some(p) => p,
             None => futures::select_biased! {
                 _ = park => return Some((inbox, backlog)),
@@ -94,7 +95,7 @@ async fn send_qos0(
     out: &Outbox,
     first: &Delivery,
     inbox: &LocalReceiver<Delivery>,
-    backlog: &mut VecDeque<Pending>,
+    backlog: &mut Backlog,
 ) -> Result<(), ()> {
     let mut batch = Vec::new();
     push_qos0(worker, who, out, first, &mut batch)?;

@@ -1,7 +1,6 @@
 //! The start of a connection: CONNECT within its time limit, the user it names, the client id
 //! claimed (a live connection with the id is taken over, a kept session resumed), and CONNACK.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -11,8 +10,9 @@ use tessera_protocol::mqtt::{
     self, ConnAck, Connect, Error as MqttError, Packet, Properties, Version,
 };
 
+use super::backlog::Backlog;
 use super::reader::PacketReader;
-use super::sessions::{self, Owner, Pending, Saved};
+use super::sessions::{self, Owner, Saved};
 use super::writer::Outbox;
 use super::{CONNECT_TIMEOUT, MAX_PACKET, TOPIC_ALIAS_MAXIMUM};
 use crate::app::Peer;
@@ -40,7 +40,7 @@ pub struct Opened {
 
 impl Opened {
     /// The deliveries the resumed session had queued.
-    pub fn queued(&mut self) -> VecDeque<Pending> {
+    pub fn queued(&mut self) -> Backlog {
         self.resumed
             .as_mut()
             .map(|r| std::mem::take(&mut r.queued))

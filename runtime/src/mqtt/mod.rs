@@ -9,6 +9,7 @@
 //! The handshake (`handshake.rs`) comes first; a kept session parks when its connection ends
 //! (`parked.rs`, `sessions.rs`), with its unacknowledged deliveries (`inflight.rs`).
 
+mod backlog;
 mod deliverer;
 mod handshake;
 mod inflight;
@@ -39,6 +40,9 @@ use crate::auth::LiveUser;
 use crate::net::Gate;
 use crate::realtime::{self, Guarantee, Subscriptions};
 use crate::worker::Worker;
+
+/// How long a connection's last packets may take to go out once its reader has ended.
+const LINGER: Duration = Duration::from_secs(1);
 pub use parked::restore;
 
 /// Largest packet accepted (and announced to MQTT 5 clients).
@@ -225,7 +229,7 @@ where
     let mut backlog = opened.queued();
     if let Some(r) = &opened.resumed {
         let logged = connection.resume(&r.filters, r.parked_at).await;
-        sessions::append_new(&mut backlog, logged);
+        sessions::append_new(&mut backlog, logged).await;
     }
     let receive_maximum = opened
         .connect
@@ -246,15 +250,35 @@ where
         frames,
         ..
     } = opened;
-    let writer = writer::run(frames, wr);
+    let (reader_done, reader_ended) = futures::channel::oneshot::channel::<()>();
+    let writer = async move {
+        use futures::FutureExt;
+        let mut writing = std::pin::pin!(writer::run(frames, wr).fuse());
+        futures::select_biased! {
+            () = writing => return,
+            _ = reader_ended.fuse() => {}
+        }
+        // The reader has ended: what is queued (its DISCONNECT) has a moment to go out, and a
+        // client that stopped reading does not hold its session up past that.
+        let _ = glommio::timer::timeout(LINGER, async {
+            writing.await;
+            Ok(())
+        })
+        .await;
+    };
     let deliverer = async {
         let out = outbox;
         deliverer::run(worker, (&live, conn), &out, inbox, backlog, park_rx, &flow).await
     };
     let keep = kept.is_some();
-    let reader = reader::run(
-        connection, packets, rd, connect, taken_over, keep, park_tx, &flow,
-    );
+    let reader = async {
+        let left = reader::run(
+            connection, packets, rd, connect, taken_over, keep, park_tx, &flow,
+        )
+        .await;
+        let _ = reader_done.send(());
+        left
+    };
     // Each of the three is polled only when it was woken (`futures::join!` polls all of them on
     // every wake: each delivery to a subscriber would poll its reader's keep-alive timer and
     // socket again, about a tenth of the broker's CPU in a fan-out).

@@ -2,7 +2,6 @@
 //! their subscriptions and queueing their QoS 1 and 2 deliveries until a new connection with the
 //! client id takes them, or they expire. Sessions kept on disk are parked again at start-up.
 
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use tessera_protocol::mqtt::QoS;
 use tessera_shards::Router;
 use tessera_storage::shard::now_micros;
 
+use super::backlog::Backlog;
 use super::inflight::Unacked;
 use super::sessions::{self, Handover, Owner, Pending, Saved};
 use super::subscribe::resubscribe;
@@ -27,7 +27,7 @@ pub struct ParkedSession {
     inbox: LocalReceiver<Delivery>,
     subscriptions: Subscriptions,
     /// Deliveries for the next connection: unacknowledged ones first.
-    queue: VecDeque<Pending>,
+    queue: Backlog,
     /// When the connection ended, as saved on disk: after a restart, the audit logs give back
     /// the changes committed since, so only an earlier one still arriving is saved again.
     cut: Option<u64>,
@@ -44,7 +44,7 @@ pub struct Ended {
     /// Deliveries sent and not completed.
     pub unacked: Unacked,
     /// The inbox and the deliveries the deliverer had not sent, when it stopped to park.
-    pub parked_inbox: Option<(LocalReceiver<Delivery>, VecDeque<Pending>)>,
+    pub parked_inbox: Option<(LocalReceiver<Delivery>, Backlog)>,
 }
 
 /// Parks the session of a connection that has ended, if it is kept (and the deliverer handed
@@ -63,9 +63,11 @@ pub async fn end(worker: &Worker, ended: Ended) {
         (Some((inbox, backlog)), Some(owner)) => {
             // Unacknowledged deliveries go again first, then what was never sent, then what
             // reached the inbox meanwhile.
-            let mut queue = unacked.in_order();
-            for d in backlog {
-                sessions::push_bounded(&mut queue, d);
+            // Parked without waiting on anything: a new connection for the session waits
+            // for it.
+            let mut queue = backlog;
+            for d in unacked.in_order().into_iter().rev() {
+                queue.push_front(d);
             }
             drain(&inbox, &mut queue);
             let parked_at = now_micros();
@@ -103,11 +105,12 @@ pub async fn end(worker: &Worker, ended: Ended) {
     }
 }
 
-/// Moves the QoS 1 and 2 deliveries already in `inbox` to `queue`.
-fn drain(inbox: &LocalReceiver<Delivery>, queue: &mut VecDeque<Pending>) {
+/// Moves the QoS 1 and 2 deliveries already in `inbox` to `queue` (its spill's buffer holds
+/// what goes to disk until [`Backlog::settle`]).
+fn drain(inbox: &LocalReceiver<Delivery>, queue: &mut Backlog) {
     while let Some(Some(d)) = inbox.recv().now_or_never() {
         if d.guarantee != Guarantee::AtMostOnce {
-            sessions::push_bounded(queue, Pending::new(d));
+            queue.push_back(Pending::new(d));
         }
     }
 }
@@ -135,6 +138,8 @@ impl ParkedSession {
         }
         .fuse();
         futures::pin_mut!(expired);
+        // What parking left in memory beyond the backlog's head goes to disk now.
+        queue.settle().await;
         loop {
             futures::select_biased! {
                 reply = handover => {
@@ -147,17 +152,28 @@ impl ParkedSession {
                     }
                     return;
                 }
-                d = inbox.recv().fuse() => match d {
-                    Some(d) if d.guarantee != Guarantee::AtMostOnce => {
-                        let before_cut = cut.is_some_and(|c| d.change.version <= c);
-                        sessions::push_bounded(&mut queue, Pending::new(d));
-                        if let (Some(at), true) = (cut, before_cut) {
-                            sessions::save(Saved::parked(&owner, &filters, at, &queue));
+                d = inbox.recv().fuse() => {
+                    let Some(d) = d else {
+                        return;
+                    };
+                    // This and whatever else has arrived; the session is saved again once for
+                    // them if any was committed before it parked (after it is in the logs),
+                    // and is in the part of the queue saved with it (see `Saved::parked`).
+                    let mut resave = false;
+                    let mut next = Some(d);
+                    while let Some(d) = next {
+                        if d.guarantee != Guarantee::AtMostOnce {
+                            let before_cut = cut.is_some_and(|c| d.change.version <= c);
+                            queue.push_back(Pending::new(d));
+                            resave |= before_cut && !queue.spilled();
                         }
+                        next = inbox.recv().now_or_never().flatten();
                     }
-                    Some(_) => {}
-                    None => return,
-                },
+                    queue.settle().await;
+                    if let (Some(at), true) = (cut, resave) {
+                        sessions::save(Saved::parked(&owner, &filters, at, &queue));
+                    }
+                }
                 () = expired => {
                     subscriptions.release(&router, conn, None).await;
                     realtime::close_inbox(conn);
@@ -181,7 +197,7 @@ pub async fn restore(worker: Rc<Worker>, saved: Saved, handover: Handover) {
     let inbox = realtime::open_inbox(conn);
     let mut subscriptions = Subscriptions::default();
     let filters = saved.filters();
-    let mut queue = saved.queued();
+    let mut queue = Backlog::from(saved.queued());
     let (_, logged) = resubscribe(
         &worker,
         conn,
@@ -191,7 +207,7 @@ pub async fn restore(worker: Rc<Worker>, saved: Saved, handover: Handover) {
         &mut subscriptions,
     )
     .await;
-    sessions::append_new(&mut queue, logged);
+    sessions::append_new(&mut queue, logged).await;
     let parked = ParkedSession {
         router: worker.router.clone(),
         owner: saved.owner,

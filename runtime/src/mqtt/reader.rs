@@ -115,13 +115,13 @@ pub async fn run<R: AsyncRead + Unpin>(
             futures::future::Either::Left((next, _)) => next,
             // The server ends it (see `gone`).
             futures::future::Either::Right((futures::future::Either::Right((reason, _)), _)) => {
-                connection.disconnect(reason).await;
+                connection.disconnect(reason);
                 clean_end = reason == 0x87;
                 break;
             }
             futures::future::Either::Right(_) => {
                 // Another connection took the client id over.
-                connection.disconnect(0x8E).await;
+                connection.disconnect(0x8E);
                 clean_end = true;
                 break;
             }
@@ -129,7 +129,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         let packet = match next {
             Ok(Some(Ok(p))) => p,
             Ok(Some(Err(e))) => {
-                connection.disconnect(e.reason_code()).await;
+                connection.disconnect(e.reason_code());
                 break;
             }
             // EOF, or silence longer than one and a half keep-alive periods.
@@ -204,7 +204,7 @@ impl Connection<'_> {
         match packet {
             Packet::Publish(p) => {
                 if let Some(reason) = self.publish(p).await {
-                    self.disconnect(reason).await;
+                    self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
             }
@@ -216,7 +216,7 @@ impl Connection<'_> {
             }
             Packet::Subscribe(s) => {
                 if let Some(reason) = self.subscribe(s).await {
-                    self.disconnect(reason).await;
+                    self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
             }
@@ -248,13 +248,14 @@ impl Connection<'_> {
     }
 
     /// Tells an MQTT 5 client why the connection ends (MQTT 3.1.1 has no such packet).
-    async fn disconnect(&self, reason: u8) {
+    fn disconnect(&self, reason: u8) {
         if self.version == Version::V5 {
             let d = Disconnect {
                 reason,
                 properties: Properties::default(),
             };
-            let _ = self.outbox.send(Packet::Disconnect(d)).await;
+            // Not waiting on a client that stopped reading: it is not told.
+            self.outbox.try_send(Packet::Disconnect(d));
         }
     }
 }

@@ -2,8 +2,8 @@
 //! the id over and the old connection is closed), and persistent sessions (clean session 0, or
 //! MQTT 5 clean start 0 with a session expiry) that outlive their connection: their
 //! subscriptions stay registered, QoS 1 changes are queued while the client is away (after the
-//! deliveries it never acknowledged, which go again), and the next connection with the id gets
-//! both back. A session is resumed only by the user it belongs to.
+//! deliveries it never acknowledged, which go again) in its backlog (`backlog.rs`: 10,000 in
+//! memory, the rest on disk), and the next connection with the id gets both back. A session is resumed only by the user it belongs to.
 //!
 //! Kept sessions are also written to disk ([`save`], one file per client id under
 //! `<root>/mqtt-sessions/`), so that they outlive a restart: at start-up each one is parked again
@@ -22,11 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tessera_protocol::mqtt::QoS;
 
+use super::backlog::Backlog;
 use super::{guarantee_of, qos_of};
 use crate::realtime::{Broadcast, Delivery};
-
-/// Changes queued for an absent client before older ones are dropped.
-pub const PARKED_QUEUE: usize = 10_000;
 
 /// A delivery a session is owed; with a [`Redelivery`] when it was sent before and never
 /// completed.
@@ -60,7 +58,7 @@ pub struct Redelivery {
 /// still in the audit logs).
 pub struct Resumed {
     pub filters: Vec<(String, QoS)>,
-    pub queued: VecDeque<Pending>,
+    pub queued: Backlog,
     pub parked_at: Option<u64>,
 }
 
@@ -72,7 +70,7 @@ struct ParkedEntry {
     /// When its connection ended (µs, the clock of change versions), if known.
     parked_at: Option<u64>,
     /// Asks the parker to stop and hand over what it queued.
-    take: oneshot::Sender<oneshot::Sender<VecDeque<Pending>>>,
+    take: oneshot::Sender<oneshot::Sender<Backlog>>,
 }
 
 #[derive(Default)]
@@ -112,8 +110,9 @@ pub fn will_due(client_id: &str, conn: u64) -> bool {
     })
 }
 
-/// How long a new connection waits for the one it takes over to end.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+/// How long a new connection waits for the one it takes over to end (which takes up to the
+/// second its last packets may linger for, when its client stopped reading).
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Claims `client_id` for connection `conn` of `user`: a live connection with the id is told to
 /// go, and this waits until it has (parking or releasing its session). Returns the signal this
@@ -152,7 +151,7 @@ pub async fn claim(
             let (tx, rx) = oneshot::channel();
             let queued = match p.take.send(tx) {
                 Ok(()) => rx.await.unwrap_or_default(),
-                Err(_) => VecDeque::new(),
+                Err(_) => Backlog::default(),
             };
             (resume && p.user == user).then_some(Resumed {
                 filters: p.filters,
@@ -180,7 +179,7 @@ pub fn release(client_id: &str, conn: u64) {
 }
 
 /// Where whoever resumes a parked session asks its parker to hand over the queue.
-pub type Handover = oneshot::Receiver<oneshot::Sender<VecDeque<Pending>>>;
+pub type Handover = oneshot::Receiver<oneshot::Sender<Backlog>>;
 
 /// The connection `conn` (0: none, for a session restored at start-up) has ended, at
 /// `parked_at` if known, and its session stays: `filters` remain subscribed, and the returned
@@ -222,28 +221,23 @@ pub fn expire(client_id: &str) {
     forget(client_id);
 }
 
-/// Appends `logged` (in commit order) to `queue`, leaving out the changes `queue` already holds.
-pub fn append_new(queue: &mut VecDeque<Pending>, logged: Vec<Delivery>) {
+/// Appends `logged` (in commit order) to `queue`, leaving out the changes its head already holds
+/// (the deliveries saved with a session, which the logs give back too).
+pub async fn append_new(queue: &mut Backlog, logged: Vec<Delivery>) {
     if logged.is_empty() {
         return;
     }
     let queued: HashSet<(u64, Vec<u8>)> = queue
+        .head()
         .iter()
         .map(|p| (p.delivery.change.version, p.delivery.change.key.clone()))
         .collect();
     for d in logged {
         if !queued.contains(&(d.change.version, d.change.key.clone())) {
-            push_bounded(queue, Pending::new(d));
+            queue.push_back(Pending::new(d));
+            queue.settle().await;
         }
     }
-}
-
-/// A queue of deliveries bounded at [`PARKED_QUEUE`] (oldest dropped first).
-pub fn push_bounded(q: &mut VecDeque<Pending>, d: Pending) {
-    if q.len() == PARKED_QUEUE {
-        q.pop_front();
-    }
-    q.push_back(d);
 }
 
 /// Who a kept session belongs to and how long it outlives its connection.
@@ -290,16 +284,18 @@ impl Saved {
         }
     }
 
-    /// The session of `owner` as its connection ends at `parked_at`, owed `queue`.
+    /// The session of `owner` as its connection ends at `parked_at`, owed `queue` (the
+    /// deliveries in its head: see `backlog`).
     pub fn parked(
         owner: &Owner,
         filters: &[(String, QoS)],
         parked_at: u64,
-        queue: &VecDeque<Pending>,
+        queue: &Backlog,
     ) -> Saved {
         Saved {
             parked_at: Some(parked_at),
             queue: queue
+                .head()
                 .iter()
                 .map(|p| SavedDelivery {
                     again: p.redelivery.map(|a| (a.id, a.received)),
@@ -355,6 +351,8 @@ impl Saved {
 enum DiskOp {
     Save(Saved),
     Forget(String),
+    /// A backlog's file, no longer needed.
+    Remove(PathBuf),
     Flush(mpsc::Sender<()>),
 }
 
@@ -370,6 +368,11 @@ fn send(op: DiskOp) {
 /// Writes `saved` to disk (in the background: a session is not a write anyone waits for).
 pub fn save(saved: Saved) {
     send(DiskOp::Save(saved));
+}
+
+/// Removes a file in the background (a backlog's, see `backlog`).
+pub fn remove_file(path: PathBuf) {
+    send(DiskOp::Remove(path));
 }
 
 /// Removes the session of `client_id` from disk, if it is there.
@@ -396,9 +399,13 @@ fn file_of(dir: &Path, client_id: &str) -> PathBuf {
 /// sessions kept there that have not expired (expired ones are removed).
 pub fn open(dir: &Path) -> std::io::Result<Vec<Saved>> {
     std::fs::create_dir_all(dir)?;
+    super::backlog::open(&dir.join("backlog"))?;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "tmp") {
             let _ = std::fs::remove_file(&path);
             continue;
@@ -450,6 +457,7 @@ fn write_sessions(dir: &Path, mut known: HashSet<String>, rx: &mpsc::Receiver<Di
                     Ok(())
                 }
             }
+            DiskOp::Remove(path) => std::fs::remove_file(path),
             DiskOp::Flush(done) => {
                 let _ = done.send(());
                 Ok(())

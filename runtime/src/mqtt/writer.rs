@@ -44,6 +44,15 @@ impl Outbox {
         self.queue(frame).await
     }
 
+    /// Queues a packet if the outbox has room now (one the connection may end without).
+    pub fn try_send(&self, p: Packet) {
+        let mut frame = Vec::with_capacity(64);
+        mqtt::encode(&p, self.version, &mut frame);
+        if frame.len() <= self.max {
+            let _ = self.tx.try_send(frame);
+        }
+    }
+
     /// Queues encoded packets, each already checked against the client's maximum size.
     pub async fn queue(&self, frame: Vec<u8>) -> Result<(), ()> {
         self.tx.send(frame).await.map_err(|_| ())

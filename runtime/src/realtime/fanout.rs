@@ -1,6 +1,7 @@
 //! The fan-out: each owner core follows its shards' change feeds, finds the subscribers of each
 //! change and hands the changes to the subscribers' cores over the mesh, grouped per core.
 
+use std::cell::RefCell;
 use std::task::Poll;
 
 use futures::StreamExt;
@@ -189,11 +190,46 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
         if core == router.core() {
             deliver(items);
         } else {
-            let router = router.clone();
-            glommio::spawn_local(async move {
-                let _ = router.post(core, move |_| deliver(items)).await;
-            })
-            .detach();
+            forward(router, core, items);
         }
     }
+}
+
+/// Deliveries waiting to be posted to one core, in dispatch order, and whether a task is
+/// posting them.
+type Outgoing = (Vec<(u64, Delivery)>, bool);
+
+thread_local! {
+    /// Each other core's [`Outgoing`].
+    static OUTGOING: RefCell<Vec<Outgoing>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Posts deliveries to `core` in the order they were dispatched: one task per destination
+/// core posts whatever has gathered meanwhile (a task per dispatch, each waiting on a full
+/// mesh channel, could be woken in any order and reorder a topic's messages).
+fn forward(router: &Router, core: usize, items: Vec<(u64, Delivery)>) {
+    let start = OUTGOING.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.len() <= core {
+            o.resize_with(core + 1, Default::default);
+        }
+        let (waiting, posting) = &mut o[core];
+        waiting.extend(items);
+        !std::mem::replace(posting, true)
+    });
+    if !start {
+        return;
+    }
+    let router = router.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let items = OUTGOING.with(|o| std::mem::take(&mut o.borrow_mut()[core].0));
+            if items.is_empty() {
+                break;
+            }
+            let _ = router.post(core, move |_| deliver(items)).await;
+        }
+        OUTGOING.with(|o| o.borrow_mut()[core].1 = false);
+    })
+    .detach();
 }

@@ -7,8 +7,9 @@
 //! hands the changes to the subscribers' cores over the mesh, grouped per core. There, each
 //! connection has a bounded inbox, so a slow subscriber never holds up its core or anyone else:
 //! past 1,024 waiting changes, those promised at most once are dropped and counted; those a
-//! subscriber acknowledges wait up to 65,536, past which the connection is marked overrun and
-//! its front ends it.
+//! subscriber acknowledges are never dropped: past 65,536 the connection is marked overrun and
+//! its front ends it (an MQTT kept session takes what waits into its backlog). Deliveries for
+//! another core are posted to it in the order they were dispatched, by one task per core.
 //!
 //! The layer knows no protocol: a front subscribes a connection, reads its inbox, and encodes
 //! what it gets for its own wire ([`Broadcast::wire`] keeps an encoding a front wants to share

@@ -17,8 +17,9 @@ use super::{Delivery, Guarantee, Pattern, Subscriber};
 pub const INBOX: usize = 1024;
 
 /// Changes waiting for one connection before it is overrun: the subscriber acknowledges what
-/// it receives (QoS 1 and 2), so its deliveries are not dropped while it catches up; past this
-/// many it is told to go (MQTT 5 reason 0x97, quota exceeded) rather than lose them quietly.
+/// it receives (QoS 1 and 2), so its deliveries are never dropped; past this many it is told to
+/// go (MQTT 5 reason 0x97, quota exceeded), and a kept session takes what waits (and what comes)
+/// into its backlog, which spills to disk.
 pub const ACKNOWLEDGED_INBOX: usize = 65_536;
 
 /// A table subscription on one core.
@@ -161,16 +162,22 @@ pub(super) fn deliver(items: Vec<(u64, Delivery)>) {
             } else {
                 INBOX
             };
-            let full = match r.inboxes.get(&conn) {
-                Some(tx) if tx.len() >= limit => true,
-                Some(tx) => tx.try_send(d).is_err(),
-                None => false,
+            let Some(tx) = r.inboxes.get(&conn) else {
+                continue;
             };
-            if full && acknowledged && r.overrun.insert(conn) {
-                tracing::warn!(
-                    "realtime: connection {conn:x} has {ACKNOWLEDGED_INBOX} acknowledged deliveries waiting; it is ended (quota exceeded)"
-                );
+            let over = tx.len() >= limit;
+            if acknowledged {
+                // Queued even past the limit: its front ends the connection (within a second)
+                // and a kept session takes the inbox over.
+                let _ = tx.try_send(d);
+                if over && r.overrun.insert(conn) {
+                    tracing::warn!(
+                        "realtime: connection {conn:x} has {ACKNOWLEDGED_INBOX} acknowledged deliveries waiting; it is ended (quota exceeded)"
+                    );
+                }
+                continue;
             }
+            let full = over || tx.try_send(d).is_err();
             if full {
                 r.dropped += 1;
                 if r.dropped % 1000 == 1 {
