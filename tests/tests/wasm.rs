@@ -123,6 +123,34 @@ fn a_resource_extending_a_table_overrides_some_verbs_and_defaults_the_rest() {
     let r = rita.put_json("/Widget/1", r#"{"name":"bolt","price":1}"#);
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(stocks(&s), (5, 3));
+    // The guest acts for the request's user: its table calls are allowed what the role
+    // allows. Rita may not update widgets, so a transfer she asks for writes nothing.
+    let r = rita.post_json("/Transfer/", r#"{"from":1,"to":2,"amount":1}"#);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("may not update data.Widget"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(stocks(&s), (5, 3));
+    // A role that may not read price: the guest's get does not see it either.
+    let (st, _) = s.ops().operation(&json!({"operation":"add_role","role":"clerk",
+        "permission":{"data":{"tables":{"Widget":{"read":true,"insert":false,"update":false,"delete":false,
+        "attribute_permissions":[{"attribute_name":"price","read":false,"insert":false,"update":false},
+            {"attribute_name":"name","read":true,"insert":false,"update":false},
+            {"attribute_name":"stock","read":true,"insert":false,"update":false}]}}}}}));
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .ops()
+        .operation(&json!({"operation":"add_user","role":"clerk",
+        "username":"cleo","password":"pw-cleo-1","active":true}));
+    assert_eq!(st, 200);
+    let r = s.client().as_user("cleo", "pw-cleo-1").get("/Widget/1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"id":1,"name":"bolt","priceWithTax":0,"stock":5})
+    );
 }
 
 #[test]

@@ -80,11 +80,16 @@ pub fn readable_value(
 ) -> Result<Value, AppError> {
     let mut v = tessera_storage::value::from_msgpack(body)
         .map_err(|e| AppError::Internal(e.to_string()))?;
+    retain_readable(table, perm, &mut v);
+    Ok(v)
+}
+
+/// Takes out of a decoded record the attributes `perm` does not let its role read.
+pub fn retain_readable(table: &Table, perm: &TablePermission, rec: &mut Value) {
     let pk = &table.primary_key().name;
-    if let Value::Object(props) = &mut v {
+    if let Value::Object(props) = rec {
         props.retain(|(k, _)| perm.reads_attribute(k, k == pk));
     }
-    Ok(v)
 }
 
 /// Refuses (403) a record with a property `perm` does not let its role write with `action`

@@ -325,7 +325,7 @@ impl Rest {
 struct TableRequest<'q, 'r, 'u> {
     req: &'q Request<'r>,
     target: Target<'q>,
-    user: &'u User,
+    user: &'u Arc<User>,
     event_stream: bool,
 }
 

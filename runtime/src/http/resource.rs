@@ -1,6 +1,8 @@
 //! Requests served by a wasm resource: the method and path as the resource's verb, the body
 //! decoded into MessagePack, and the resource's response encoded as negotiated.
 
+use std::sync::Arc;
+
 use tessera_protocol::MediaType;
 use tessera_protocol::http::{Method, Request};
 use tessera_protocol::rest::PathKind;
@@ -26,7 +28,7 @@ impl Rest {
         body: &mut [u8],
         path: &PathKind,
         query: &str,
-        user: &User,
+        user: &Arc<User>,
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<bool, AppError> {
@@ -65,7 +67,7 @@ impl Rest {
             search: query,
             is_collection: id.is_none(),
             data,
-            user: Some(user.username.clone()),
+            user: Some(user.clone()),
             head: req.head.to_vec(),
         };
         let response = match wasm::call(&self.wasm, &self.app, &self.router, res, call).await? {

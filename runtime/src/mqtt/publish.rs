@@ -305,7 +305,7 @@ impl Connection<'_> {
             search: "",
             is_collection: id.is_empty(),
             data,
-            user: Some(user.username.clone()),
+            user: Some(user.clone()),
             head: Vec::new(),
         };
         match wasm::call(&worker.wasm, &worker.app, &worker.router, res, call).await {

@@ -16,6 +16,7 @@ use super::{MAX_RECORDS, Operations, OpsError, bad, database_of, fail, forbidden
 use crate::app::AppError;
 use crate::app::output::{self, pick};
 use crate::app::permissions::{Action, TablePermission, User};
+use crate::app::records::retain_readable;
 use crate::data::conditions::{condition, conditions_query, operand, wildcard};
 use crate::data::query;
 use crate::data::query::Joins;
@@ -186,7 +187,6 @@ fn shape(
     attrs: &Option<Vec<String>>,
     restricted: Option<&TablePermission>,
 ) -> Value {
-    let pk = &table.primary_key().name;
     match attrs {
         None => {
             for a in &table.attributes {
@@ -195,8 +195,8 @@ fn shape(
                 }
             }
             // Attributes the role may not read are left out.
-            if let (Some(p), Value::Object(props)) = (restricted, &mut full) {
-                props.retain(|(k, _)| p.reads_attribute(k, k == pk));
+            if let Some(p) = restricted {
+                retain_readable(table, p, &mut full);
             }
             full
         }

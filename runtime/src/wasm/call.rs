@@ -10,6 +10,7 @@ use super::pool::{RESTING, Resting};
 use super::state::HostState;
 use super::types::{self, Outcome, Request};
 use super::{Method, RESTING_PAGES, WasmHost, WasmResource, new_store};
+use crate::app::permissions::User;
 use crate::app::{App, AppError};
 
 /// What a request asks of a resource.
@@ -20,7 +21,8 @@ pub struct Call<'a> {
     pub search: &'a str,
     pub is_collection: bool,
     pub data: Option<Vec<u8>>,
-    pub user: Option<String>,
+    /// Who the request is made by: the guest's table calls are allowed what its role allows.
+    pub user: Option<Arc<User>>,
     /// The request's head (`Request::head`).
     pub head: Vec<u8>,
 }

@@ -11,7 +11,7 @@ impl types::Host for &mut HostState {}
 
 impl context::Host for &mut HostState {
     async fn user(&mut self) -> Option<String> {
-        self.user.clone()
+        self.user.as_ref().map(|u| u.username.clone())
     }
 
     async fn headers(&mut self) -> Vec<(String, String)> {

@@ -13,6 +13,8 @@ use wasmtime::StoreLimits;
 use super::txn::Txn;
 use super::types;
 use crate::app::keys::{id_value, set_primary_key};
+use crate::app::permissions::{Action, TablePermission, User};
+use crate::app::records::{check_writable, readable_value};
 use crate::app::{App, AppError, output};
 
 /// The body (MessagePack) of a stored record, `None` when there is none or it has expired.
@@ -27,7 +29,7 @@ fn live_body(stored: Option<tessera_storage::Slice>) -> Result<Option<Vec<u8>>, 
 pub struct HostState {
     pub(super) limits: StoreLimits,
     app: Option<Arc<App>>,
-    pub(super) user: Option<String>,
+    pub(super) user: Option<Arc<User>>,
     /// The request's head as received, parsed only if the guest asks for the headers.
     pub(super) head: Vec<u8>,
     /// When the request entered the guest: its time budget runs from here.
@@ -50,7 +52,7 @@ impl HostState {
     }
 
     /// Starts a request on this state: a new instance's, or a resting one's.
-    pub(super) fn begin(&mut self, app: &Arc<App>, user: Option<String>, head: Vec<u8>) {
+    pub(super) fn begin(&mut self, app: &Arc<App>, user: Option<Arc<User>>, head: Vec<u8>) {
         self.app = Some(app.clone());
         self.user = user;
         self.head = head;
@@ -102,6 +104,59 @@ impl HostState {
                 "no tables here: computing an attribute, a resource has only the record",
             )
         })
+    }
+
+    /// What the request's user may do to `table`: refused (403) when its role does not allow
+    /// `action` on it; otherwise the role's attribute limits (`None`: every attribute).
+    pub(super) fn access(
+        &self,
+        table: &Table,
+        action: Action,
+    ) -> Result<Option<&TablePermission>, types::Error> {
+        let Some(user) = &self.user else {
+            return Err(error(401, "no user: the request is not authenticated"));
+        };
+        if user.super_user {
+            return Ok(None);
+        }
+        let p = &user.permission;
+        if !p.allows(&table.database, &table.name, action) {
+            return Err(error(
+                403,
+                format!(
+                    "{} may not {} {}.{}",
+                    user.username,
+                    action.name(),
+                    table.database,
+                    table.name
+                ),
+            ));
+        }
+        Ok(p.attribute_limits(&table.database, &table.name))
+    }
+
+    /// Refuses (403) a record, patch or increment naming an attribute the user's role may not
+    /// write with `action`.
+    pub(super) fn check_write(
+        &self,
+        table: &Table,
+        action: Action,
+        rec: &Value,
+    ) -> Result<(), types::Error> {
+        let limits = self.access(table, action)?;
+        check_writable(table, limits, rec, action).map_err(types::Error::from)
+    }
+
+    /// A record (MessagePack) as the user's role may read it (`limits` from [`Self::access`]).
+    pub(super) fn readable(
+        table: &Table,
+        limits: Option<&TablePermission>,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, types::Error> {
+        match limits {
+            None => Ok(body),
+            Some(perm) => Ok(readable_value(table, perm, &body)?.to_msgpack()),
+        }
     }
 
     pub(super) fn table(&self, name: &str) -> Result<Arc<Table>, types::Error> {
@@ -194,7 +249,9 @@ impl HostState {
         table: Arc<Table>,
         pk: Value,
         mut rec: Value,
+        action: Action,
     ) -> Result<(), types::Error> {
+        self.check_write(&table, action, &rec)?;
         set_primary_key(&mut rec, &table.primary_key().name, pk.clone());
         check_record(&table, &mut rec, WriteMode::Replace)
             .map_err(|e| error(400, e.to_string()))?;

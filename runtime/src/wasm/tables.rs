@@ -11,6 +11,8 @@ use super::pool::on_core;
 use super::state::{HostState, error};
 use super::txn::Overlay;
 use super::{tables_wit as tables, types};
+use crate::app::permissions::Action;
+use crate::app::records::retain_readable;
 use crate::app::{AppError, output};
 use crate::data::query;
 use crate::data::query::Joins;
@@ -18,12 +20,17 @@ use crate::data::query::Joins;
 impl tables::Host for &mut HostState {
     async fn get(&mut self, table: String, id: Vec<u8>) -> Result<Option<Vec<u8>>, types::Error> {
         let table = self.table(&table)?;
+        let limits = self.access(&table, Action::Read)?;
         let (_, key) = HostState::key(&table, &id)?;
-        // A committed record goes to the guest as stored, without decoding it.
-        match self.txn.seen.get(&key) {
-            Some(seen) => Ok(seen.as_ref().map(Value::to_msgpack)),
-            None => self.committed(&key),
-        }
+        // A committed record goes to the guest as stored, without decoding it (unless the
+        // role may not read some of its attributes).
+        let found = match self.txn.seen.get(&key) {
+            Some(seen) => seen.as_ref().map(Value::to_msgpack),
+            None => self.committed(&key)?,
+        };
+        found
+            .map(|body| HostState::readable(&table, limits, body))
+            .transpose()
     }
 
     async fn put(
@@ -35,7 +42,7 @@ impl tables::Host for &mut HostState {
         let table = self.table(&table)?;
         let (pk, _) = HostState::key(&table, &id)?;
         let rec = HostState::object(&record)?;
-        self.put_record(table, pk, rec)
+        self.put_record(table, pk, rec, Action::Update)
     }
 
     async fn patch(
@@ -47,6 +54,7 @@ impl tables::Host for &mut HostState {
         let table = self.table(&table)?;
         let (pk, key) = HostState::key(&table, &id)?;
         let mut changes = HostState::object(&changes)?;
+        self.check_write(&table, Action::Update, &changes)?;
         changes.set(&table.primary_key().name, pk.clone());
         check_record(&table, &mut changes, WriteMode::Patch)
             .map_err(|e| error(400, e.to_string()))?;
@@ -68,7 +76,9 @@ impl tables::Host for &mut HostState {
     ) -> Result<(), types::Error> {
         let table = self.table(&table)?;
         let (pk, key) = HostState::key(&table, &id)?;
-        let Value::Object(deltas) = HostState::object(&deltas)? else {
+        let deltas = HostState::object(&deltas)?;
+        self.check_write(&table, Action::Update, &deltas)?;
+        let Value::Object(deltas) = deltas else {
             return Err(error(400, "addTo needs a map of numbers"));
         };
         if let Some((name, _)) = deltas.iter().find(|(_, v)| v.as_f64().is_none()) {
@@ -91,12 +101,13 @@ impl tables::Host for &mut HostState {
             _ => self.app()?.tables.new_key(&table)?,
         };
         let id = pk.to_msgpack();
-        self.put_record(table, pk, rec)?;
+        self.put_record(table, pk, rec, Action::Insert)?;
         Ok(id)
     }
 
     async fn delete(&mut self, table: String, id: Vec<u8>) -> Result<bool, types::Error> {
         let table = self.table(&table)?;
+        self.access(&table, Action::Delete)?;
         let (_, key) = HostState::key(&table, &id)?;
         let existed = self.current(&key)?.is_some();
         self.stage(table, key, WriteKind::Delete, None);
@@ -105,6 +116,7 @@ impl tables::Host for &mut HostState {
 
     async fn search(&mut self, table: String, query: Vec<u8>) -> Result<Vec<u8>, types::Error> {
         let table = self.table(&table)?;
+        let limits = self.access(&table, Action::Read)?.cloned();
         let q = value::from_msgpack(&query).map_err(|e| error(400, format!("bad query: {e}")))?;
         let select: Option<Vec<String>> = match q.get("select") {
             Some(Value::Array(names)) => Some(
@@ -139,9 +151,14 @@ impl tables::Host for &mut HostState {
         };
         let out = records
             .into_iter()
-            .map(|(_, full)| match &select {
-                None => full,
-                Some(names) => output::pick(&full, names),
+            .map(|(_, mut full)| {
+                if let Some(perm) = &limits {
+                    retain_readable(&table, perm, &mut full);
+                }
+                match &select {
+                    None => full,
+                    Some(names) => output::pick(&full, names),
+                }
             })
             .collect();
         Ok(Value::Array(out).to_msgpack())
