@@ -1360,6 +1360,48 @@ fn shared_subscriptions_take_turns() {
     );
 }
 
+/// A member of a share group that leaves (clean session) before acknowledging its QoS 1
+/// deliveries: the group's other member gets them.
+#[test]
+fn a_departing_share_members_unacknowledged_messages_go_to_another_member() {
+    const N: usize = 10;
+    let (s, _a, _r) = Server::with_schema(SCHEMA);
+    let mut leaver = client(&s, Version::V5, "leaver");
+    let mut stayer = client(&s, Version::V5, "stayer");
+    for m in [&mut leaver, &mut stayer] {
+        assert_eq!(
+            m.subscribe(&[("$share/g/Sensor/#", QoS::AtLeastOnce)]),
+            vec![1]
+        );
+    }
+    let mut publisher = client(&s, Version::V5, "boss");
+    for i in 0..N {
+        let topic = format!("Sensor/task{i}");
+        assert_eq!(
+            publisher.publish(&topic, b"{}", QoS::AtLeastOnce, false),
+            Some(0)
+        );
+    }
+    // The leaver takes its turns and acknowledges none, then goes.
+    let mut taken = Vec::new();
+    while let Some(p) = leaver.next_publish(Duration::from_millis(500)) {
+        taken.push(p.topic);
+    }
+    assert!(!taken.is_empty(), "the leaver took its turns");
+    drop(leaver);
+    let mut got = Vec::new();
+    while let Some(p) = stayer.next_publish(Duration::from_secs(2)) {
+        stayer.send(&Packet::PubAck(tessera_protocol::mqtt::Ack::new(
+            p.packet_id.unwrap(),
+        )));
+        got.push(p.topic);
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("Sensor/task{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "the stayer gets its own and the leaver's");
+}
+
 /// The server's resident memory, in MiB.
 fn rss_mib(s: &Server) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();

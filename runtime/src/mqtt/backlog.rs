@@ -279,6 +279,7 @@ fn decode(r: &[u8]) -> Option<Pending> {
             change: Broadcast::new(change),
             guarantee: guarantee_of(qos),
             options: *r.get(5)?,
+            share: 0,
         },
     })
 }

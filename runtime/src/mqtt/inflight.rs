@@ -88,6 +88,7 @@ mod tests {
     fn delivery(version: u64, guarantee: Guarantee) -> Delivery {
         Delivery {
             options: 0,
+            share: 0,
             change: Broadcast::new(Change {
                 table: 1,
                 key: vec![version as u8],

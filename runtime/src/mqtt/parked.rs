@@ -62,9 +62,8 @@ pub async fn end(worker: &Worker, ended: Ended) {
     match (parked_inbox, kept) {
         (Some((inbox, backlog)), Some(owner)) => {
             // Unacknowledged deliveries go again first, then what was never sent, then what
-            // reached the inbox meanwhile.
-            // Parked without waiting on anything: a new connection for the session waits
-            // for it.
+            // reached the inbox meanwhile. Parked without waiting on anything: a new
+            // connection for the session waits for it.
             let mut queue = backlog;
             for d in unacked.in_order().into_iter().rev() {
                 queue.push_front(d);
@@ -92,8 +91,26 @@ pub async fn end(worker: &Worker, ended: Ended) {
             };
             glommio::spawn_local(parked.run(handover, expiry)).detach();
         }
-        (_, kept) => {
+        (handed_back, kept) => {
             subscriptions.release(&worker.router, conn, None).await;
+            // What a share group gave this member and it will not complete goes to another
+            // member (MQTT 5, 4.8.2), now that this one has left the group.
+            // (A QoS 2 one the client has received, PUBREC, is its.)
+            let mut owed: Vec<Delivery> = unacked
+                .in_order()
+                .into_iter()
+                .filter(|p| !p.redelivery.is_some_and(|r| r.received))
+                .map(|p| p.delivery)
+                .collect();
+            if let Some((inbox, mut backlog)) = handed_back {
+                while let Some(p) = backlog.pop_front().await {
+                    owed.push(p.delivery);
+                }
+                while let Some(Some(d)) = inbox.recv().now_or_never() {
+                    owed.push(d);
+                }
+            }
+            realtime::redeliver_shared(&worker.router, owed);
             realtime::close_inbox(conn);
             sessions::release(&client_id, conn);
             // A kept session that could not be parked ends here (one that was never kept was

@@ -320,6 +320,7 @@ impl Saved {
                         change: Broadcast::new(change),
                         guarantee: guarantee_of(qos),
                         options: 0,
+                        share: 0,
                     },
                 })
             })

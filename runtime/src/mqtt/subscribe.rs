@@ -114,6 +114,7 @@ pub async fn resubscribe(
                 change,
                 guarantee: guarantee_of(*qos),
                 options: 0,
+                share: 0,
             }));
         }
     }

@@ -7,11 +7,12 @@ use std::task::Poll;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use futures::channel::oneshot;
+use hashbrown::HashMap;
 use tessera_shards::{Committed, Router};
 use tessera_storage::shard::{Change, Clock};
 
 use super::audit::AuditLog;
-use super::registry::{FEEDS, REGISTRY, deliver, id_text};
+use super::registry::{FEEDS, PatternSub, REGISTRY, deliver, id_text};
 use super::{Broadcast, Delivery, Subscriber};
 
 /// Follows the change feed of every shard this core owns, for as long as the process runs.
@@ -136,17 +137,6 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
         for change in changes {
             let change = Broadcast::new(change);
             log.push(&change);
-            let id = (!r.patterns.is_empty())
-                .then(|| id_text(&change.key))
-                .flatten();
-            let exact = r.exact.get(&change.key).into_iter().flatten();
-            let exact = exact.filter_map(|(s, from)| (group > *from).then_some(s));
-            let by_pattern = r.patterns.iter().filter_map(|p| {
-                (p.table == change.table
-                    && !p.saw(shard, group)
-                    && id.as_deref().is_some_and(|id| p.pattern.matches(id)))
-                .then_some(&p.sub)
-            });
             // Members of share groups wait until every subscriber is known; one per group gets it.
             let mut shared: Vec<Subscriber> = Vec::new();
             let to = |s: &Subscriber, per_core: &mut Vec<Vec<(u64, Delivery)>>| {
@@ -159,10 +149,11 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
                         change: change.clone(),
                         guarantee: s.guarantee,
                         options: s.options,
+                        share: s.share,
                     },
                 ));
             };
-            for s in exact.chain(by_pattern) {
+            for s in subscribers(&r.exact, &r.patterns, shard, group, &change) {
                 if s.share != 0 {
                     shared.push(*s);
                     continue;
@@ -170,15 +161,9 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
                 to(s, &mut per_core);
             }
             if !shared.is_empty() {
-                // Members in a fixed order, so that taking turns reaches each of them.
-                shared.sort_unstable_by_key(|s| (s.share, s.core, s.conn, s.sub));
+                shared.sort_unstable_by_key(|s| s.share);
                 for members in shared.chunk_by(|a, b| a.share == b.share) {
-                    let turn = r.shares.entry(members[0].share).or_insert(0);
-                    to(
-                        &members[(*turn % members.len() as u64) as usize],
-                        &mut per_core,
-                    );
-                    *turn += 1;
+                    to(&take_turn(&mut r.shares, members), &mut per_core);
                 }
             }
         }
@@ -198,6 +183,113 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
 /// Deliveries waiting to be posted to one core, in dispatch order, and whether a task is
 /// posting them.
 type Outgoing = (Vec<(u64, Delivery)>, bool);
+
+/// The subscribers on this core of `change`, a change of `shard` in its feed group `group`:
+/// those of its record, then the table subscriptions whose pattern matches its id; those whose
+/// starting read saw the group are left out.
+fn subscribers<'r>(
+    exact: &'r HashMap<Vec<u8>, Vec<(Subscriber, u64)>>,
+    patterns: &'r [PatternSub],
+    shard: usize,
+    group: u64,
+    change: &Change,
+) -> impl Iterator<Item = &'r Subscriber> + 'r {
+    let id = (!patterns.is_empty())
+        .then(|| id_text(&change.key))
+        .flatten();
+    let table = change.table;
+    let exact = exact.get(&change.key).into_iter().flatten();
+    let exact = exact.filter_map(move |(s, from)| (group > *from).then_some(s));
+    let by_pattern = patterns.iter().filter_map(move |p| {
+        (p.table == table
+            && !p.saw(shard, group)
+            && id.as_deref().is_some_and(|id| p.pattern.matches(id)))
+        .then_some(&p.sub)
+    });
+    exact.chain(by_pattern)
+}
+
+/// The member of a share group (`members`, all of one group) whose turn it is.
+fn take_turn(shares: &mut HashMap<u32, u64>, members: &[Subscriber]) -> Subscriber {
+    // Members in a fixed order, so that taking turns reaches each of them.
+    let mut members = members.to_vec();
+    members.sort_unstable_by_key(|s| (s.core, s.conn, s.sub));
+    let turn = shares.entry(members[0].share).or_insert(0);
+    let chosen = members[(*turn % members.len() as u64) as usize];
+    *turn += 1;
+    chosen
+}
+
+/// Gives each acknowledged delivery of a share group that a member took and will not complete
+/// (its session ended without being kept) to another member of the group, on the owner core of
+/// its record's shard, where the group's subscriptions are. The member must have left the
+/// group first. Deliveries of no group, and QoS 0 ones, are dropped.
+pub fn redeliver_shared(router: &Router, deliveries: Vec<Delivery>) {
+    let mut per_owner: Vec<Vec<(usize, Delivery)>> = vec![Vec::new(); router.cores()];
+    for d in deliveries {
+        if d.share == 0 || d.guarantee == super::Guarantee::AtMostOnce {
+            continue;
+        }
+        let shard = router.shard_of(&d.change.key);
+        per_owner[router.owner(shard)].push((shard, d));
+    }
+    for (core, items) in per_owner.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        if core == router.core() {
+            regive(router, items);
+        } else {
+            let router = router.clone();
+            glommio::spawn_local(async move {
+                let _ = router
+                    .post(core, move |_| {
+                        Router::with_local(|router| regive(router, items));
+                    })
+                    .await;
+            })
+            .detach();
+        }
+    }
+}
+
+/// [`redeliver_shared`] on the owner core.
+fn regive(router: &Router, items: Vec<(usize, Delivery)>) {
+    let mut per_core: Vec<Vec<(u64, Delivery)>> = vec![Vec::new(); router.cores()];
+    REGISTRY.with(|r| {
+        let r = &mut *r.borrow_mut();
+        for (shard, d) in items {
+            let members: Vec<Subscriber> =
+                subscribers(&r.exact, &r.patterns, shard, u64::MAX, &d.change)
+                    .filter(|s| s.share == d.share)
+                    .copied()
+                    .collect();
+            if members.is_empty() {
+                tracing::warn!("realtime: a shared delivery has no member left to go to; dropped");
+                continue;
+            }
+            let s = take_turn(&mut r.shares, &members);
+            per_core[s.core].push((
+                s.conn,
+                Delivery {
+                    guarantee: s.guarantee,
+                    options: s.options,
+                    ..d
+                },
+            ));
+        }
+    });
+    for (core, items) in per_core.into_iter().enumerate() {
+        if items.is_empty() {
+            continue;
+        }
+        if core == router.core() {
+            deliver(items);
+        } else {
+            forward(router, core, items);
+        }
+    }
+}
 
 thread_local! {
     /// Each other core's [`Outgoing`].

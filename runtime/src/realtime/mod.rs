@@ -36,7 +36,7 @@ use tessera_storage::shard::{Change, Event, now_micros, record_key};
 use crate::app::keys::id_value;
 use crate::data::query;
 
-pub use fanout::{InFlight, follow, publish_message};
+pub use fanout::{InFlight, follow, publish_message, redeliver_shared};
 use past::shards_of;
 pub use past::subscribe_since;
 use registry::{add_exact, add_pattern, remove};
@@ -154,6 +154,8 @@ pub struct Delivery {
     pub guarantee: Guarantee,
     /// The subscription's [`Subscriber::options`].
     pub options: u8,
+    /// The share group it was given to one member of (0: none); see [`redeliver_shared`].
+    pub share: u32,
 }
 
 /// What a subscription covers.
