@@ -168,6 +168,11 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
             }
         }
     });
+    send(router, per_core);
+}
+
+/// Delivers each core's deliveries: here, or posted to it.
+fn send(router: &Router, per_core: Vec<Vec<(u64, Delivery)>>) {
     for (core, items) in per_core.into_iter().enumerate() {
         if items.is_empty() {
             continue;
@@ -279,16 +284,7 @@ fn regive(router: &Router, items: Vec<(usize, Delivery)>) {
             ));
         }
     });
-    for (core, items) in per_core.into_iter().enumerate() {
-        if items.is_empty() {
-            continue;
-        }
-        if core == router.core() {
-            deliver(items);
-        } else {
-            forward(router, core, items);
-        }
-    }
+    send(router, per_core);
 }
 
 thread_local! {
