@@ -5,9 +5,10 @@
 //! arrive costs disk, not memory. The file's reads and writes run on glommio's blocking pool,
 //! never on an executor thread.
 //!
-//! A backlog lives for its session in this process: its file is removed when it is emptied or
-//! dropped, and the files left by an earlier process are removed at start-up (a session kept
-//! across a restart gets back the deliveries saved with it and the changes in the audit logs).
+//! A backlog lives for its session in this process: its file is unlinked as soon as it is
+//! created and used through its descriptor, so it goes when the backlog does, or with the
+//! process (a session kept across a restart gets back the deliveries saved with it and the
+//! changes in the audit logs).
 
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
@@ -18,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 use tessera_protocol::mqtt::QoS;
 use tessera_storage::shard::Change;
 
-use super::sessions::{self, Pending, Redelivery};
 use super::{guarantee_of, qos_of};
 use crate::realtime::{Broadcast, Delivery};
 
@@ -39,6 +39,33 @@ pub fn open(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let _ = DIR.set(dir.to_owned());
     Ok(())
+}
+
+/// A delivery a session is owed; with a [`Redelivery`] when it was sent before and never
+/// completed.
+#[derive(Clone)]
+pub struct Pending {
+    pub redelivery: Option<Redelivery>,
+    pub delivery: Delivery,
+}
+
+impl Pending {
+    /// A delivery never sent before.
+    pub fn new(delivery: Delivery) -> Pending {
+        Pending {
+            redelivery: None,
+            delivery,
+        }
+    }
+}
+
+/// A delivery that goes again with the packet id it was first sent with (MQTT 3.1.1 and 5,
+/// 4.4): its PUBLISH with DUP set or, for a QoS 2 one the client has received (it answered
+/// PUBREC), only the PUBREL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redelivery {
+    pub id: u16,
+    pub received: bool,
 }
 
 /// The deliveries a session is owed, oldest first.
@@ -196,6 +223,9 @@ impl Spill {
             .write(true)
             .create_new(true)
             .open(&path)?;
+        // Used through its descriptor only: unlinked now, it goes when the backlog does, or
+        // with the process.
+        std::fs::remove_file(&path)?;
         Ok(Spill {
             path,
             file: Arc::new(file),
@@ -224,12 +254,6 @@ impl Spill {
                 self.path.display()
             ),
         }
-    }
-}
-
-impl Drop for Spill {
-    fn drop(&mut self) {
-        sessions::remove_file(std::mem::take(&mut self.path));
     }
 }
 

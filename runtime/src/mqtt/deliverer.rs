@@ -14,9 +14,9 @@ use tessera_protocol::mqtt::{Ack, Packet, QoS};
 use tessera_storage::shard::{Change, Event};
 
 use super::backlog::Backlog;
+use super::backlog::{Pending, Redelivery};
 use super::inflight::next_packet_id;
 use super::publish::{publish_for, published_by, published_qos};
-use super::sessions::{Pending, Redelivery};
 use super::subscribe::{NO_LOCAL, RETAIN_AS_PUBLISHED};
 use super::writer::{BATCH_BYTES, Outbox};
 use super::{Flow, qos_of};

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::sessions::{Pending, Redelivery};
+use super::backlog::{Pending, Redelivery};
 use crate::realtime::Delivery;
 
 /// The packet id that follows `id` (1 after 65,535: 0 is not a packet id).

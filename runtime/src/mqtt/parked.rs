@@ -11,9 +11,9 @@ use tessera_protocol::mqtt::QoS;
 use tessera_shards::Router;
 use tessera_storage::shard::now_micros;
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Pending};
 use super::inflight::Unacked;
-use super::sessions::{self, Handover, Owner, Pending, Saved};
+use super::sessions::{self, Handover, Owner, Saved};
 use super::subscribe::resubscribe;
 use crate::realtime::{self, Delivery, Guarantee, Subscriptions};
 use crate::worker::Worker;

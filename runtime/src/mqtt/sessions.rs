@@ -22,36 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tessera_protocol::mqtt::QoS;
 
-use super::backlog::Backlog;
+use super::backlog::{Backlog, Pending, Redelivery};
 use super::{guarantee_of, qos_of};
 use crate::realtime::{Broadcast, Delivery};
-
-/// A delivery a session is owed; with a [`Redelivery`] when it was sent before and never
-/// completed.
-#[derive(Clone)]
-pub struct Pending {
-    pub redelivery: Option<Redelivery>,
-    pub delivery: Delivery,
-}
-
-impl Pending {
-    /// A delivery never sent before.
-    pub fn new(delivery: Delivery) -> Pending {
-        Pending {
-            redelivery: None,
-            delivery,
-        }
-    }
-}
-
-/// A delivery that goes again with the packet id it was first sent with (MQTT 3.1.1 and 5,
-/// 4.4): its PUBLISH with DUP set or, for a QoS 2 one the client has received (it answered
-/// PUBREC), only the PUBREL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Redelivery {
-    pub id: u16,
-    pub received: bool,
-}
 
 /// What a resumed session gets back: its filters, the changes queued while it was away, and
 /// when its connection ended (changes committed after it that never reached the queue are
@@ -352,8 +325,7 @@ impl Saved {
 enum DiskOp {
     Save(Saved),
     Forget(String),
-    /// A backlog's file, no longer needed.
-    Remove(PathBuf),
+
     Flush(mpsc::Sender<()>),
 }
 
@@ -369,11 +341,6 @@ fn send(op: DiskOp) {
 /// Writes `saved` to disk (in the background: a session is not a write anyone waits for).
 pub fn save(saved: Saved) {
     send(DiskOp::Save(saved));
-}
-
-/// Removes a file in the background (a backlog's, see `backlog`).
-pub fn remove_file(path: PathBuf) {
-    send(DiskOp::Remove(path));
 }
 
 /// Removes the session of `client_id` from disk, if it is there.
@@ -458,7 +425,6 @@ fn write_sessions(dir: &Path, mut known: HashSet<String>, rx: &mpsc::Receiver<Di
                     Ok(())
                 }
             }
-            DiskOp::Remove(path) => std::fs::remove_file(path),
             DiskOp::Flush(done) => {
                 let _ = done.send(());
                 Ok(())

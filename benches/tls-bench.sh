@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# TLS side by side, in one run on this machine: Tessera's GET by id over plain HTTP and over
+# HTTPS (keep-alive), and its TLS handshake rate (a new connection, so a full handshake, for every
+# request), beside nginx from Debian answering a fixed response over HTTP and HTTPS with the same
+# certificate (worker per core, access log off, as its docs advise).
+#
+# Tessera serves the Dog table of ../shared/bench/harper/app with BENCH_MAX_ID records (loaded
+# through the Operations API). Each measurement is a wrk run of WRK_DURATION; the rounds
+# interleave the servers and scenarios, REPEATS rounds; the summary gives medians of requests/s,
+# p99 and server CPU per request (utime+stime of the server's processes over the requests).
+#
+# Usage: benches/tls-bench.sh [WORKDIR]          (default WORKDIR: /tmp/tessera-tls-bench)
+# Environment: REPEATS [3]  WRK_DURATION [10s]  BENCH_MAX_ID [10000]  SHARED [../shared]
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+SHARED=${SHARED:-$(cd "$REPO/../shared" && pwd)}
+HB="$SHARED/bench/harper"
+WORK=${1:-/tmp/tessera-tls-bench}
+mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+OUT="$WORK/results/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+REPEATS=${REPEATS:-3}
+WRK_DURATION=${WRK_DURATION:-10s}
+export BENCH_MAX_ID=${BENCH_MAX_ID:-10000}
+T_HTTP=29946 T_HTTPS=29947 T_OPS=29948 N_HTTP=29956 N_HTTPS=29957
+
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/tls-bench.log"; }
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+command -v /usr/sbin/nginx >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+}
+
+log "building the release binary"
+(cd "$REPO" && cargo build --release -p tessera-runtime)
+TESSERA="$REPO/target/release/tessera"
+
+# One self-signed certificate for both servers (P-256, as most deployments).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2> /dev/null
+
+# ---------------------------------------------------------------- Tessera
+rm -rf "$WORK/root" && mkdir -p "$WORK/root"
+cat > "$WORK/root/tessera.yaml" <<EOF
+tls:
+  certificate: $WORK/cert.pem
+  privateKey: $WORK/key.pem
+http:
+  securePort: $T_HTTPS
+EOF
+TESSERA_ADMIN_USERNAME=admin TESSERA_ADMIN_PASSWORD=password \
+  "$TESSERA" run "$HB/app" --root "$WORK/root" --http-port $T_HTTP --ops-port $T_OPS \
+  --host 127.0.0.1 > "$OUT/tessera.out" 2>&1 < /dev/null &
+TPID=$!
+until curl -s -o /dev/null -u admin:password "http://127.0.0.1:$T_HTTP/Dog"; do sleep 0.05; done
+log "Tessera: loading $BENCH_MAX_ID records"
+SHARED_BENCH="$HB" python3 "$HERE/ops_load.py" --ops-url "http://127.0.0.1:$T_OPS" \
+  --count "$BENCH_MAX_ID" --concurrency 2 > "$OUT/load.json"
+
+# ---------------------------------------------------------------- nginx
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  ssl_certificate $WORK/cert.pem;
+  ssl_certificate_key $WORK/key.pem;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$N_HTTP;
+    listen 127.0.0.1:$N_HTTPS ssl;
+    location / { default_type application/json; return 200 '{"id":1,"name":"Rex","breed":"Collie","age":3}'; }
+  }
+}
+EOF
+/usr/sbin/nginx -c "$WORK/nginx/nginx.conf"
+sleep 0.5
+NPID=$(cat "$WORK/nginx/nginx.pid")
+
+# The CPU ticks (utime + stime) of a process and its children threads/processes.
+ticks() {
+  local total=0 p
+  for p in "$@" $(pgrep -P "$1" || true); do
+    [[ -r /proc/$p/stat ]] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
+# measure SERVER SCENARIO PID URL [wrk args...]: one wrk run; appends a JSON line.
+measure() {
+  local server=$1 scenario=$2 pid=$3 url=$4
+  shift 4
+  local before after out
+  before=$(ticks "$pid")
+  out=$(wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "$@" "$url")
+  after=$(ticks "$pid")
+  local file="$OUT/$server-$scenario-$(date +%s%N).wrk"
+  echo "$out" > "$file"
+  python3 - "$server" "$scenario" "$((after - before))" "$HZ" "$file" <<'PY' >> "$OUT/results.jsonl"
+import json, re, sys
+server, scenario, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out = open(sys.argv[5]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+total = int(re.search(r"(\d+) requests in", out).group(1))
+def ms(v, unit):
+    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+print(json.dumps({"server": server, "scenario": scenario, "rps": rps,
+                  "p99_ms": ms(*p99.groups()) if p99 else None,
+                  "cpu_us_per_req": ticks / hz * 1e6 / max(total, 1),
+                  "non_2xx": int(errors.group(1)) if errors else 0}))
+PY
+}
+
+for round in $(seq 1 "$REPEATS"); do
+  log "round $round of $REPEATS"
+  measure tessera http "$TPID" "http://127.0.0.1:$T_HTTP"
+  measure nginx http "$NPID" "http://127.0.0.1:$N_HTTP"
+  measure tessera https "$TPID" "https://127.0.0.1:$T_HTTPS"
+  measure nginx https "$NPID" "https://127.0.0.1:$N_HTTPS"
+  measure tessera handshake "$TPID" "https://127.0.0.1:$T_HTTPS" -H "Connection: close"
+  measure nginx handshake "$NPID" "https://127.0.0.1:$N_HTTPS" -H "Connection: close"
+done
+
+kill -TERM "$TPID"
+/usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -s stop
+wait "$TPID" 2>/dev/null || true
+
+python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/summary.md"
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(server, scenario, key):
+    v = [r[key] for r in rows if r["server"] == server and r["scenario"] == scenario and r[key] is not None]
+    return statistics.median(v) if v else float("nan")
+print("| scenario | Tessera req/s | nginx req/s | Tessera/nginx | Tessera p99 ms | nginx p99 ms | Tessera CPU us/req | nginx CPU us/req |")
+print("|---|---|---|---|---|---|---|---|")
+for sc, name in [("http", "GET over HTTP, keep-alive"), ("https", "GET over HTTPS, keep-alive"),
+                 ("handshake", "new TLS connection per GET (handshakes/s)")]:
+    t, n = med("tessera", sc, "rps"), med("nginx", sc, "rps")
+    print(f"| {name} | {t:,.0f} | {n:,.0f} | {t / n:.2f} | {med('tessera', sc, 'p99_ms'):.2f} | "
+          f"{med('nginx', sc, 'p99_ms'):.2f} | {med('tessera', sc, 'cpu_us_per_req'):.1f} | "
+          f"{med('nginx', sc, 'cpu_us_per_req'):.1f} |")
+t_http, t_https = med("tessera", "http", "rps"), med("tessera", "https", "rps")
+print(f"\nTessera HTTPS/HTTP (keep-alive GET): {t_https / t_http:.2f}")
+errs = sum(r["non_2xx"] for r in rows)
+print(f"non-2xx answers in all runs: {errs}")
+PY
+log "results in $OUT"
