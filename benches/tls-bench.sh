@@ -102,13 +102,12 @@ ticks() {
 HZ=$(getconf CLK_TCK)
 
 export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
-# measure SERVER SCENARIO PID URL [wrk args...]: one wrk run; appends a JSON line.
+# measure SERVER SCENARIO PID URL [LUA]: one wrk run (GET by id, or LUA); appends a JSON line.
 measure() {
-  local server=$1 scenario=$2 pid=$3 url=$4
-  shift 4
+  local server=$1 scenario=$2 pid=$3 url=$4 lua=${5:-$HB/wrk/get_by_id.lua}
   local before after out
   before=$(ticks "$pid")
-  out=$(wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "$@" "$url")
+  out=$(wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$lua" "$url")
   after=$(ticks "$pid")
   local file="$OUT/$server-$scenario-$(date +%s%N).wrk"
   echo "$out" > "$file"
@@ -135,8 +134,8 @@ for round in $(seq 1 "$REPEATS"); do
   measure nginx http "$NPID" "http://127.0.0.1:$N_HTTP"
   measure tessera https "$TPID" "https://127.0.0.1:$T_HTTPS"
   measure nginx https "$NPID" "https://127.0.0.1:$N_HTTPS"
-  measure tessera handshake "$TPID" "https://127.0.0.1:$T_HTTPS" -H "Connection: close"
-  measure nginx handshake "$NPID" "https://127.0.0.1:$N_HTTPS" -H "Connection: close"
+  measure tessera handshake "$TPID" "https://127.0.0.1:$T_HTTPS" "$HERE/wrk/get_by_id_close.lua"
+  measure nginx handshake "$NPID" "https://127.0.0.1:$N_HTTPS" "$HERE/wrk/get_by_id_close.lua"
 done
 
 kill -TERM "$TPID"

@@ -47,6 +47,26 @@ pub fn envelope_json(change: &Change) -> Option<Vec<u8>> {
 /// the role may read the whole record, the change with the record cut down to the attributes it
 /// may read, or `None` when it may not read the table (any more). The one place every
 /// subscription (SSE, WebSocket, MQTT) asks.
+/// What a user's role lets it see of a table's changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Nothing (it may not read the table).
+    Nothing,
+    /// Every attribute: a change goes as it is.
+    Whole,
+    /// Some attributes: each change is cut to them ([`as_seen_by`]).
+    Limited,
+}
+
+/// What `user`'s role lets it see of `table`'s changes.
+pub fn view_of(table: &Table, user: &User) -> View {
+    match user.permission.table(&table.database, &table.name) {
+        Some(perm) if perm.read && perm.attributes.is_empty() => View::Whole,
+        Some(perm) if perm.read => View::Limited,
+        _ => View::Nothing,
+    }
+}
+
 pub fn as_seen_by<'c>(change: &'c Change, table: &Table, user: &User) -> Option<Cow<'c, Change>> {
     let perm = user.permission.table(&table.database, &table.name)?;
     if !perm.read {

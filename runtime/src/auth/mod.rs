@@ -15,6 +15,7 @@ use base64::Engine;
 use futures::FutureExt;
 use futures::future::{LocalBoxFuture, Shared};
 
+use crate::app::events::View;
 use crate::app::permissions::User;
 use tokens::{Kind, TokenError, Tokens};
 use users::Users;
@@ -205,6 +206,9 @@ pub struct LiveUser {
     users: Arc<Users>,
     user: RefCell<Option<Arc<User>>>,
     seen: std::cell::Cell<u64>,
+    /// What the user may see of each table it was asked about, while its role is as it is
+    /// (table id, view): a fan-out asks once per delivery, always about the same few tables.
+    views: RefCell<Vec<(u32, View)>>,
 }
 
 impl LiveUser {
@@ -214,7 +218,22 @@ impl LiveUser {
             users,
             user: RefCell::new(Some(user)),
             seen,
+            views: RefCell::new(Vec::new()),
         }
+    }
+
+    /// What the user may see of table `table` now (`decide` works it out the first time after
+    /// each change of users or roles); `None` once the user is gone.
+    pub fn view(&self, table: u32, decide: impl FnOnce(&User) -> View) -> Option<View> {
+        self.refresh();
+        let user = self.user.borrow();
+        let user = user.as_ref()?;
+        if let Some((_, v)) = self.views.borrow().iter().find(|(t, _)| *t == table) {
+            return Some(*v);
+        }
+        let v = decide(user);
+        self.views.borrow_mut().push((table, v));
+        Some(v)
     }
 
     /// Resolves once the user has been dropped or deactivated, looking once a second (so that
@@ -228,6 +247,12 @@ impl LiveUser {
     /// The user now; `None` once it has been dropped or deactivated (its connection should
     /// end). The user trusted on loopback (`authorizeLocal`) is not in the store and stays.
     pub fn current(&self) -> Option<Arc<User>> {
+        self.refresh();
+        self.user.borrow().clone()
+    }
+
+    /// Reads the user again (and forgets its views) once users or roles have changed.
+    fn refresh(&self) {
         let generation = self.users.generation();
         if self.seen.get() != generation {
             self.seen.set(generation);
@@ -238,8 +263,8 @@ impl LiveUser {
                 None => None,
             };
             *user = fresh;
+            self.views.borrow_mut().clear();
         }
-        self.user.borrow().clone()
     }
 }
 

@@ -20,7 +20,7 @@ use super::publish::{publish_for, published_by, published_qos};
 use super::subscribe::{NO_LOCAL, RETAIN_AS_PUBLISHED};
 use super::writer::{BATCH_BYTES, Outbox};
 use super::{Flow, qos_of};
-use crate::app::events;
+use crate::app::events::{self, View};
 use crate::auth::LiveUser;
 use crate::realtime::{Delivery, Guarantee};
 use crate::worker::Worker;
@@ -124,16 +124,33 @@ fn seen<'d>(
     conn: u64,
     d: &'d Delivery,
 ) -> Result<Option<(Cow<'d, Change>, bool)>, ()> {
-    let user = live.current().ok_or(())?;
     let change: &Change = &d.change;
+    let tables = &worker.app.tables;
+    // Worked out once per table while the role stays as it is: a fan-out asks for every
+    // delivery.
+    let view = live
+        .view(change.table, |user| {
+            match tables.export_by_id(change.table) {
+                Some(table) => events::view_of(table, user),
+                None => View::Whole,
+            }
+        })
+        .ok_or(())?;
     if d.options & NO_LOCAL != 0 && published_by(change, conn) {
         return Ok(None);
     }
     let retain = d.options & RETAIN_AS_PUBLISHED != 0
         && matches!(change.event, Event::Put(_) | Event::Delete);
-    let visible = match worker.app.tables.export_by_id(change.table) {
-        Some(table) => events::as_seen_by(change, table, &user),
-        None => Some(Cow::Borrowed(change)),
+    let visible = match view {
+        View::Nothing => None,
+        View::Whole => Some(Cow::Borrowed(change)),
+        View::Limited => {
+            let user = live.current().ok_or(())?;
+            match tables.export_by_id(change.table) {
+                Some(table) => events::as_seen_by(change, table, &user),
+                None => Some(Cow::Borrowed(change)),
+            }
+        }
     };
     Ok(visible.map(|c| (c, retain)))
 }

@@ -201,8 +201,17 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut packets = reader::PacketReader::default();
-    let Some(mut opened) = handshake::open(worker, peer, &mut packets, &mut rd, &mut wr).await
-    else {
+    // The steps before and after the connection's life run in futures of their own (boxed), so
+    // that their states do not add to what every live connection holds.
+    let opened = Box::pin(handshake::open(
+        worker,
+        peer,
+        &mut packets,
+        &mut rd,
+        &mut wr,
+    ))
+    .await;
+    let Some(mut opened) = opened else {
         return;
     };
     let conn = opened.conn;
@@ -228,8 +237,8 @@ where
     // first, then what was committed after its connection ended and never reached the queue.
     let mut backlog = opened.queued();
     if let Some(r) = &opened.resumed {
-        let logged = connection.resume(&r.filters, r.parked_at).await;
-        sessions::append_new(&mut backlog, logged).await;
+        let logged = Box::pin(connection.resume(&r.filters, r.parked_at)).await;
+        Box::pin(sessions::append_new(&mut backlog, logged)).await;
     }
     let receive_maximum = opened
         .connect
@@ -323,5 +332,5 @@ where
         unacked: flow.unacked.take(),
         parked_inbox,
     };
-    parked::end(worker, ended).await;
+    Box::pin(parked::end(worker, ended)).await;
 }

@@ -164,7 +164,7 @@ pub async fn run<R: AsyncRead + Unpin>(
         match will.properties.will_delay_interval.filter(|d| *d > 0) {
             Some(delay) => delayed_will = Some((p, delay)),
             None => {
-                let _ = connection.apply_publish(&p).await;
+                let _ = Box::pin(connection.apply_publish(&p)).await;
             }
         }
     }
@@ -200,10 +200,13 @@ enum AfterPacket {
 
 impl Connection<'_> {
     /// Handles one packet from the client.
+    /// Handles one packet. What a PUBLISH, SUBSCRIBE or UNSUBSCRIBE does runs in a future of its
+    /// own (boxed): inline, their largest states would be held by every connection, idle ones
+    /// too, for as long as it lasts (about 5 KB each).
     async fn handle(&mut self, packet: Packet, flow: &Flow) -> AfterPacket {
         match packet {
             Packet::Publish(p) => {
-                if let Some(reason) = self.publish(p).await {
+                if let Some(reason) = Box::pin(self.publish(p)).await {
                     self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
@@ -215,12 +218,12 @@ impl Connection<'_> {
                     .await;
             }
             Packet::Subscribe(s) => {
-                if let Some(reason) = self.subscribe(s).await {
+                if let Some(reason) = Box::pin(self.subscribe(s)).await {
                     self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
             }
-            Packet::Unsubscribe(u) => self.unsubscribe(u).await,
+            Packet::Unsubscribe(u) => Box::pin(self.unsubscribe(u)).await,
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;
             }
