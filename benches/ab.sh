@@ -76,20 +76,12 @@ print(json.dumps({'build': '$1', 'scenario': '$2', 'rate': $3, 'p99_ms': $4,
 }
 
 get_by_id() {
-  local before after out file="$OUT/$1-get-$(date +%s%N).wrk"
+  local before after file="$OUT/$1-get-$(date +%s%N).wrk"
   before=$(ticks "$PID")
   wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$HTTP" > "$file"
   after=$(ticks "$PID")
-  read -r rps total p99 < <(python3 - "$file" <<'PY'
-import re, sys
-out = open(sys.argv[1]).read()
-p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-ms = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
-print(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1),
-      re.search(r"(\d+) requests in", out).group(1), ms)
-PY
-)
-  record "$1" get_by_id "$rps" "$p99" $((after - before)) "$total"
+  python3 "$HERE/wrk_result.py" "$file" "$((after - before))" "$HZ" build="$1" scenario=get_by_id \
+    >> "$OUT/results.jsonl"
 }
 
 fanout() {

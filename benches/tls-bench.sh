@@ -111,21 +111,8 @@ measure() {
   after=$(ticks "$pid")
   local file="$OUT/$server-$scenario-$(date +%s%N).wrk"
   echo "$out" > "$file"
-  python3 - "$server" "$scenario" "$((after - before))" "$HZ" "$file" <<'PY' >> "$OUT/results.jsonl"
-import json, re, sys
-server, scenario, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-out = open(sys.argv[5]).read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-total = int(re.search(r"(\d+) requests in", out).group(1))
-def ms(v, unit):
-    return float(v) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-print(json.dumps({"server": server, "scenario": scenario, "rps": rps,
-                  "p99_ms": ms(*p99.groups()) if p99 else None,
-                  "cpu_us_per_req": ticks / hz * 1e6 / max(total, 1),
-                  "non_2xx": int(errors.group(1)) if errors else 0}))
-PY
+  python3 "$HERE/wrk_result.py" "$file" "$((after - before))" "$HZ" server="$server" \
+    scenario="$scenario" >> "$OUT/results.jsonl"
 }
 
 for round in $(seq 1 "$REPEATS"); do
@@ -152,11 +139,11 @@ print("| scenario | Tessera req/s | nginx req/s | Tessera/nginx | Tessera p99 ms
 print("|---|---|---|---|---|---|---|---|")
 for sc, name in [("http", "GET over HTTP, keep-alive"), ("https", "GET over HTTPS, keep-alive"),
                  ("handshake", "new TLS connection per GET (handshakes/s)")]:
-    t, n = med("tessera", sc, "rps"), med("nginx", sc, "rps")
+    t, n = med("tessera", sc, "rate"), med("nginx", sc, "rate")
     print(f"| {name} | {t:,.0f} | {n:,.0f} | {t / n:.2f} | {med('tessera', sc, 'p99_ms'):.2f} | "
-          f"{med('nginx', sc, 'p99_ms'):.2f} | {med('tessera', sc, 'cpu_us_per_req'):.1f} | "
-          f"{med('nginx', sc, 'cpu_us_per_req'):.1f} |")
-t_http, t_https = med("tessera", "http", "rps"), med("tessera", "https", "rps")
+          f"{med('nginx', sc, 'p99_ms'):.2f} | {med('tessera', sc, 'cpu_us_per_op'):.1f} | "
+          f"{med('nginx', sc, 'cpu_us_per_op'):.1f} |")
+t_http, t_https = med("tessera", "http", "rate"), med("tessera", "https", "rate")
 print(f"\nTessera HTTPS/HTTP (keep-alive GET): {t_https / t_http:.2f}")
 errs = sum(r["non_2xx"] for r in rows)
 print(f"non-2xx answers in all runs: {errs}")

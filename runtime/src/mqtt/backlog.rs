@@ -161,54 +161,47 @@ impl Backlog {
         let Some(s) = &mut self.spill else {
             return;
         };
-        if s.read < s.written {
-            let (file, at) = (s.file.clone(), s.read);
-            let len = CHUNK.min((s.written - at) as usize);
-            let chunk = glommio::executor()
-                .spawn_blocking(move || {
-                    let mut buf = vec![0; len];
-                    file.read_exact_at(&mut buf, at).map(|()| buf)
-                })
-                .await;
-            match chunk {
-                Ok(chunk) => {
-                    let used = decode_all(&chunk, &mut self.head);
-                    s.read += used as u64;
-                    s.count -= self.head.len();
-                    if used == 0 {
-                        // A delivery larger than a chunk: read it whole.
-                        let need = u32::from_le_bytes(chunk[..4].try_into().unwrap_or_default());
-                        let file = s.file.clone();
-                        let whole = glommio::executor()
-                            .spawn_blocking(move || {
-                                let mut buf = vec![0; 4 + need as usize];
-                                file.read_exact_at(&mut buf, at).map(|()| buf)
-                            })
-                            .await;
-                        if let Ok(whole) = whole {
-                            s.read += decode_all(&whole, &mut self.head) as u64;
-                            s.count -= self.head.len();
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "mqtt: reading a session's backlog from {}: {e}; {} deliveries lost",
-                        s.path.display(),
-                        s.count
-                    );
+        if s.read == s.written {
+            // Nothing unread on disk: the buffer not written out yet.
+            let buffer = std::mem::take(&mut s.buffer);
+            decode_all(&buffer, &mut self.head);
+            self.spill = None;
+            return;
+        }
+        let len = CHUNK.min((s.written - s.read) as usize);
+        let mut read = s.read_at(s.read, len).await;
+        // A delivery larger than a chunk: read it whole.
+        if let Ok(chunk) = &read
+            && let Some(need) = whole_length(chunk)
+        {
+            read = s.read_at(s.read, need).await;
+        }
+        match read {
+            Ok(chunk) => {
+                let (used, records) = decode_all(&chunk, &mut self.head);
+                s.read += used as u64;
+                s.count -= records;
+                if s.count == 0 {
                     self.spill = None;
                 }
             }
-        } else {
-            let buffer = std::mem::take(&mut s.buffer);
-            decode_all(&buffer, &mut self.head);
-            s.count = 0;
-        }
-        if self.spill.as_ref().is_some_and(|s| s.count == 0) {
-            self.spill = None;
+            Err(e) => {
+                tracing::error!(
+                    "mqtt: reading a session's backlog from {}: {e}; {} deliveries lost",
+                    s.path.display(),
+                    s.count
+                );
+                self.spill = None;
+            }
         }
     }
+}
+
+/// The length of the first delivery of `chunk` (with its length prefix) when the chunk does not
+/// hold it whole.
+fn whole_length(chunk: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(chunk.get(..4)?.try_into().ok()?) as usize;
+    (chunk.len() < 4 + len).then_some(4 + len)
 }
 
 impl Spill {
@@ -234,6 +227,17 @@ impl Spill {
             read: 0,
             count: 0,
         })
+    }
+
+    /// `len` bytes of the file from `at`, read on the blocking pool.
+    async fn read_at(&self, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let file = self.file.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let mut buf = vec![0; len];
+                file.read_exact_at(&mut buf, at).map(|()| buf)
+            })
+            .await
     }
 
     async fn write_out(&mut self) {
@@ -273,9 +277,10 @@ fn encode(p: &Pending, out: &mut Vec<u8>) {
     out.extend_from_slice(&change);
 }
 
-/// Decodes the whole deliveries at the start of `bytes` onto `into`; returns the bytes used.
-fn decode_all(bytes: &[u8], into: &mut VecDeque<Pending>) -> usize {
-    let mut at = 0;
+/// Decodes the whole deliveries at the start of `bytes` onto `into`; returns the bytes and the
+/// deliveries used (one that does not decode is left out).
+fn decode_all(bytes: &[u8], into: &mut VecDeque<Pending>) -> (usize, usize) {
+    let (mut at, mut records) = (0, 0);
     while let Some(len) = bytes.get(at..at + 4) {
         let len = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
         let Some(record) = bytes.get(at + 4..at + 4 + len) else {
@@ -285,8 +290,9 @@ fn decode_all(bytes: &[u8], into: &mut VecDeque<Pending>) -> usize {
             into.push_back(p);
         }
         at += 4 + len;
+        records += 1;
     }
-    at
+    (at, records)
 }
 
 fn decode(r: &[u8]) -> Option<Pending> {
