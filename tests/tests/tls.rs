@@ -356,6 +356,29 @@ fn certificates_by_name_reloaded_when_changed_and_client_certificates_as_users()
     assert_eq!(s.client().get("/Sensor/m1").json()["temp"], 7);
     assert!(!publish(&["-u", ADMIN.0, "-P", ADMIN.1], "m2"));
     assert_eq!(s.client().get("/Sensor/m2").status, 404);
+    // paho (MQTT 5) the same way: its certificate is its user; without one it is refused.
+    let paho = |cert: &str, key: &str| {
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/py/paho_tls.py"))
+            .arg(&mqtts)
+            .arg(dir.join("ca.pem"))
+            .args([cert, key, "Sensor/p1"])
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "paho: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let (admin_pem, admin_key) = (dir.join("admin.pem"), dir.join("admin.key"));
+    assert_eq!(
+        paho(admin_pem.to_str().unwrap(), admin_key.to_str().unwrap()),
+        "ok"
+    );
+    assert_eq!(s.client().get("/Sensor/p1").json()["temp"], 9);
+    assert_eq!(paho("-", "-"), "refused");
 
     // WSS: a WebSocket subscription over HTTPS, its user named by the client certificate.
     let mut ws = wss(dir, https, "alpha.test", "admin");

@@ -263,7 +263,7 @@ impl Spill {
 
 /// `len (u32 LE) ++ again flag ++ id (u16 LE) ++ received ++ qos ++ options ++ change`.
 fn encode(p: &Pending, out: &mut Vec<u8>) {
-    let change = p.delivery.change.change.encode();
+    let change = p.delivery.change.change().encode();
     out.extend_from_slice(&(6 + change.len() as u32).to_le_bytes());
     let (again, id, received) = match p.redelivery {
         Some(r) => (1, r.id, r.received),

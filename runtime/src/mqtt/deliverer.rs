@@ -114,20 +114,20 @@ async fn send_qos0(
     out.queue(batch).await
 }
 
-/// What this subscriber gets of `d` now: the change as its user's role may see it, with the
-/// RETAIN flag it goes with (set on a record's change under MQTT 5's Retain As Published; a
-/// record is retained state). `Ok(None)`: nothing (its own message under No Local, or a table
-/// its role may no longer read); `Err` once the user is gone.
-fn seen<'d>(
+/// How this subscriber gets `d` now: what its user's role lets it see of the change's table,
+/// with the RETAIN flag it goes with (set on a record's change under MQTT 5's Retain As
+/// Published; a record is retained state). `Ok(None)`: nothing (its own message under No Local,
+/// or a table its role may no longer read); `Err` once the user is gone. Small and by value:
+/// a fan-out asks for every delivery, and most go whole.
+fn seen(
     worker: &Worker,
     live: &LiveUser,
     conn: u64,
-    d: &'d Delivery,
-) -> Result<Option<(Cow<'d, Change>, bool)>, ()> {
+    d: &Delivery,
+) -> Result<Option<(View, bool)>, ()> {
     let change: &Change = &d.change;
     let tables = &worker.app.tables;
-    // Worked out once per table while the role stays as it is: a fan-out asks for every
-    // delivery.
+    // Worked out once per table while the role stays as it is.
     let view = live
         .view(change.table, |user| {
             match tables.export_by_id(change.table) {
@@ -136,23 +136,25 @@ fn seen<'d>(
             }
         })
         .ok_or(())?;
-    if d.options & NO_LOCAL != 0 && published_by(change, conn) {
+    if view == View::Nothing || (d.options & NO_LOCAL != 0 && published_by(change, conn)) {
         return Ok(None);
     }
     let retain = d.options & RETAIN_AS_PUBLISHED != 0
         && matches!(change.event, Event::Put(_) | Event::Delete);
-    let visible = match view {
-        View::Nothing => None,
-        View::Whole => Some(Cow::Borrowed(change)),
-        View::Limited => {
-            let user = live.current().ok_or(())?;
-            match tables.export_by_id(change.table) {
-                Some(table) => events::as_seen_by(change, table, &user),
-                None => Some(Cow::Borrowed(change)),
-            }
-        }
-    };
-    Ok(visible.map(|c| (c, retain)))
+    Ok(Some((view, retain)))
+}
+
+/// The change as a user of a [`View::Limited`] sees it (`None`: nothing of it).
+fn cut<'d>(
+    worker: &Worker,
+    live: &LiveUser,
+    change: &'d Change,
+) -> Result<Option<Cow<'d, Change>>, ()> {
+    let user = live.current().ok_or(())?;
+    Ok(match worker.app.tables.export_by_id(change.table) {
+        Some(table) => events::as_seen_by(change, table, &user),
+        None => Some(Cow::Borrowed(change)),
+    })
 }
 
 /// Adds a QoS 0 PUBLISH of `change` to `batch`: the encoding shared by every subscriber when
@@ -166,8 +168,13 @@ fn push_qos0(
 ) -> Result<(), ()> {
     match seen(worker, live, conn, d)? {
         None => {}
-        Some((Cow::Borrowed(_), false)) => out.push_qos0(worker, &d.change, batch),
-        Some((own, retain)) => out.push_qos0_of(worker, &own, retain, batch),
+        Some((View::Whole, false)) => out.push_qos0(worker, &d.change, batch),
+        Some((View::Whole, retain)) => out.push_qos0_of(worker, &d.change, retain, batch),
+        Some((_, retain)) => {
+            if let Some(own) = cut(worker, live, &d.change)? {
+                out.push_qos0_of(worker, &own, retain, batch);
+            }
+        }
     }
     Ok(())
 }
@@ -183,8 +190,15 @@ async fn send_acknowledged(
     flow: &Flow,
 ) -> Result<(), ()> {
     let qos = qos_of(pending.delivery.guarantee);
-    let Some((change, retain)) = seen(worker, live, conn, &pending.delivery)? else {
+    let Some((view, retain)) = seen(worker, live, conn, &pending.delivery)? else {
         return Ok(());
+    };
+    let change = match view {
+        View::Whole => Cow::Borrowed(pending.delivery.change.change()),
+        _ => match cut(worker, live, &pending.delivery.change)? {
+            Some(c) => c,
+            None => return Ok(()),
+        },
     };
     let change = change.as_ref();
     // A message published at QoS 0 goes at QoS 0 (the lower of the publish's and the

@@ -135,7 +135,25 @@ pub async fn run<R: AsyncRead + Unpin>(
             // EOF, or silence longer than one and a half keep-alive periods.
             _ => break,
         };
-        match connection.handle(packet, flow).await {
+        let after = match packet {
+            // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
+            // refuses the message with an MQTT 5 reason code): room for the next one. The most
+            // frequent packet of a subscriber, handled without a future of its own.
+            Packet::PubAck(Ack { packet_id, .. })
+            | Packet::PubComp(Ack { packet_id, .. })
+            | Packet::PubRec(Ack {
+                packet_id,
+                reason: 0x80..,
+                ..
+            }) => {
+                flow.completed(packet_id);
+                AfterPacket::Continue
+            }
+            // In a future of its own (boxed): inline, its largest state (a PUBLISH's) would be
+            // held by every connection, idle ones too, for as long as it lasts.
+            other => Box::pin(connection.handle(other, flow)).await,
+        };
+        match after {
             AfterPacket::Continue => {}
             AfterPacket::Disconnect(d) => {
                 clean_end = d.reason != 0x04;
@@ -164,7 +182,8 @@ pub async fn run<R: AsyncRead + Unpin>(
         match will.properties.will_delay_interval.filter(|d| *d > 0) {
             Some(delay) => delayed_will = Some((p, delay)),
             None => {
-                let _ = Box::pin(connection.apply_publish(&p)).await;
+                let connection = &mut connection;
+                let _ = Box::pin(async move { connection.apply_publish(&p).await }).await;
             }
         }
     }
@@ -199,14 +218,11 @@ enum AfterPacket {
 }
 
 impl Connection<'_> {
-    /// Handles one packet from the client.
-    /// Handles one packet. What a PUBLISH, SUBSCRIBE or UNSUBSCRIBE does runs in a future of its
-    /// own (boxed): inline, their largest states would be held by every connection, idle ones
-    /// too, for as long as it lasts (about 5 KB each).
+    /// Handles one packet from the client (but for the acknowledgements [`run`] handles).
     async fn handle(&mut self, packet: Packet, flow: &Flow) -> AfterPacket {
         match packet {
             Packet::Publish(p) => {
-                if let Some(reason) = Box::pin(self.publish(p)).await {
+                if let Some(reason) = self.publish(p).await {
                     self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
@@ -218,25 +234,19 @@ impl Connection<'_> {
                     .await;
             }
             Packet::Subscribe(s) => {
-                if let Some(reason) = Box::pin(self.subscribe(s)).await {
+                if let Some(reason) = self.subscribe(s).await {
                     self.disconnect(reason);
                     return AfterPacket::Unexpected;
                 }
             }
-            Packet::Unsubscribe(u) => Box::pin(self.unsubscribe(u)).await,
+            Packet::Unsubscribe(u) => self.unsubscribe(u).await,
             Packet::PingReq => {
                 let _ = self.outbox.send(Packet::PingResp).await;
             }
             Packet::Disconnect(d) => return AfterPacket::Disconnect(Box::new(d)),
-            // A delivery completed (QoS 1 PUBACK, QoS 2 PUBCOMP, or a QoS 2 PUBREC that
-            // refuses the message with an MQTT 5 reason code): room for the next one.
-            Packet::PubAck(Ack { packet_id, .. })
-            | Packet::PubComp(Ack { packet_id, .. })
-            | Packet::PubRec(Ack {
-                packet_id,
-                reason: 0x80..,
-                ..
-            }) => flow.completed(packet_id),
+            Packet::PubAck(Ack { packet_id, .. }) | Packet::PubComp(Ack { packet_id, .. }) => {
+                flow.completed(packet_id)
+            }
             // A QoS 2 delivery received: released; it completes with the client's PUBCOMP.
             Packet::PubRec(a) => {
                 flow.unacked.borrow_mut().received(a.packet_id);

@@ -273,7 +273,7 @@ impl Saved {
                 .map(|p| SavedDelivery {
                     again: p.redelivery.map(|a| (a.id, a.received)),
                     qos: qos_of(p.delivery.guarantee) as u8,
-                    change: p.delivery.change.change.encode(),
+                    change: p.delivery.change.change().encode(),
                 })
                 .collect(),
             ..Saved::live(owner, filters.iter().cloned())

@@ -11,8 +11,10 @@ use super::publish::publish_for;
 use crate::realtime::Broadcast;
 use crate::worker::Worker;
 
-/// Packets waiting to be written before the reader waits for the writer.
-const OUTBOX: usize = 64;
+/// Frames waiting to be written before the reader or the deliverer waits for the writer, which
+/// writes all that wait at once. The channel keeps room for them from the start (24 bytes
+/// each, for every connection, idle ones too).
+const OUTBOX: usize = 32;
 /// Most bytes gathered into one frame (the deliverer's QoS 0 PUBLISH packets) or one send (the
 /// writer's queued frames).
 pub const BATCH_BYTES: usize = 64 * 1024;
@@ -64,7 +66,7 @@ impl Outbox {
     pub fn push_qos0(&self, worker: &Worker, change: &Broadcast, batch: &mut Vec<u8>) {
         // The change's wire slots: 0 for MQTT 3.1.1, 1 for MQTT 5.
         let slot = usize::from(self.version == Version::V5);
-        let frame = change.wire[slot]
+        let frame = change.wire()[slot]
             .get_or_init(|| self.qos0_frame(worker, change, false).map(Into::into));
         if let Some(f) = frame.as_deref().filter(|f| f.len() <= self.max) {
             batch.extend_from_slice(f);

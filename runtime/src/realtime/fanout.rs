@@ -2,6 +2,7 @@
 //! change and hands the changes to the subscribers' cores over the mesh, grouped per core.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::task::Poll;
 
 use futures::StreamExt;
@@ -139,14 +140,20 @@ fn dispatch(router: &Router, shard: usize, committed: Committed) {
             log.push(&change);
             // Members of share groups wait until every subscriber is known; one per group gets it.
             let mut shared: Vec<Subscriber> = Vec::new();
-            let to = |s: &Subscriber, per_core: &mut Vec<Vec<(u64, Delivery)>>| {
+            // Each core's subscribers share a handle of their own (see `Broadcast`).
+            let mut handles: Vec<Option<Arc<Broadcast>>> = Vec::new();
+            let mut to = |s: &Subscriber, per_core: &mut Vec<Vec<(u64, Delivery)>>| {
                 if per_core.is_empty() {
                     per_core.resize_with(router.cores(), Vec::new);
                 }
+                if handles.is_empty() {
+                    handles.resize(router.cores(), None);
+                }
+                let handle = handles[s.core].get_or_insert_with(|| change.for_core());
                 per_core[s.core].push((
                     s.conn,
                     Delivery {
-                        change: change.clone(),
+                        change: handle.clone(),
                         guarantee: s.guarantee,
                         options: s.options,
                         share: s.share,
