@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 command -v mosquitto_sub >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
 }
+# A real NATS server with JetStream for the replication tests (Debian's nats-server).
+[[ -x /usr/sbin/nats-server ]] || command -v nats-server >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
+}
 # The strict OpenAPI validator the OpenAPI test runs (PyPI).
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'

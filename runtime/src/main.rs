@@ -26,6 +26,7 @@ mod http;
 mod mqtt;
 mod net;
 mod ops;
+mod replication;
 
 // Start-up and shutdown: the one place that wires everything together.
 mod server;

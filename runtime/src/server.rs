@@ -126,6 +126,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         settings: running,
         tables,
     });
+    if let Some(config) = settings.replication.clone() {
+        crate::replication::start(config, shards.clone(), app.clone())?;
+    }
     let restored = restore_sessions(&settings)?;
     let jobs = Arc::new(Jobs::default());
     let (bound_tx, bound_rx) = std::sync::mpsc::channel::<Result<(), String>>();

@@ -208,6 +208,31 @@ impl ShardSet {
         Ok(())
     }
 
+    /// Commits one write through its shard's writer (group commit), from any thread: the
+    /// executors use [`Router::write`]; replication's own thread applies other nodes' changes
+    /// with this. Returns once the write is as durable as the configured mode promises.
+    pub async fn write(
+        &self,
+        op: tessera_storage::shard::WriteOp,
+    ) -> Result<tessera_storage::shard::WriteOutcome, ShardError> {
+        if self.is_closing() {
+            return Err(ShardError::Closing);
+        }
+        let shard = shard_of(&op.key, self.count());
+        let writer = self
+            .writers
+            .get(shard)
+            .ok_or(ShardError::Unavailable(shard))?;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        writer
+            .tx
+            .send(writer::Command::Write(op, tx))
+            .map_err(|_| ShardError::Unavailable(shard))?;
+        rx.await
+            .map_err(|_| ShardError::Unavailable(shard))?
+            .map_err(ShardError::Store)
+    }
+
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
     }

@@ -24,6 +24,8 @@ pub enum Operation {
     Upsert = 3,
     Delete = 4,
     Patch = 5,
+    /// A change another node made, applied here (its origin's `user` names the node).
+    Replicated = 6,
 }
 
 impl Operation {
@@ -34,6 +36,7 @@ impl Operation {
             Operation::Upsert => "upsert",
             Operation::Delete => "delete",
             Operation::Patch => "patch",
+            Operation::Replicated => "replicated",
         }
     }
 
@@ -44,6 +47,7 @@ impl Operation {
             3 => Operation::Upsert,
             4 => Operation::Delete,
             5 => Operation::Patch,
+            6 => Operation::Replicated,
             _ => return None,
         })
     }
@@ -183,8 +187,9 @@ impl AuditEntry {
         })
     }
 
-    /// The changes of table `table` in an entry, in commit order, each with its origin.
-    pub(crate) fn audited(b: &[u8], table: u32) -> Vec<Audited> {
+    /// The changes of table `table` (`None`: of every table) in an entry, in commit order,
+    /// each with its origin.
+    pub(crate) fn audited(b: &[u8], table: Option<u32>) -> Vec<Audited> {
         let mut out = Vec::new();
         let mut origin = None;
         for (item, _) in Self::items(b) {
@@ -192,7 +197,7 @@ impl AuditEntry {
                 Item::Origin(o) => origin = decode_origin(o),
                 Item::Change(c) => {
                     let from = origin.take();
-                    if Change::table_of(c) == Some(table)
+                    if table.is_none_or(|t| Change::table_of(c) == Some(t))
                         && let Some(change) = Change::decode(c)
                     {
                         out.push(Audited {
@@ -268,22 +273,22 @@ mod tests {
         e.push(12, 7, b"k3", None, Some(&p(&later, 1)));
         assert_eq!(AuditEntry::highest(&e.0), Some(12));
         assert_eq!(AuditEntry::changes(&e.0).count(), 3);
-        let of7 = AuditEntry::audited(&e.0, 7);
+        let of7 = AuditEntry::audited(&e.0, Some(7));
         assert_eq!(of7.len(), 2);
         assert_eq!(of7[0].change.event, Event::Put(b"r1".to_vec()));
         assert_eq!(of7[0].origin, Some(((*admin).clone(), 0)));
         assert_eq!(of7[1].change.event, Event::Delete);
         assert_eq!(of7[1].origin.as_ref().map(|o| &*o.0.user), Some("rita"));
         // Table 8's change had no origin.
-        assert_eq!(AuditEntry::audited(&e.0, 8)[0].origin, None);
+        assert_eq!(AuditEntry::audited(&e.0, Some(8))[0].origin, None);
 
         let (kept, dropped) = AuditEntry::without(&e.0, 7, 12).unwrap();
         assert_eq!(dropped, 1);
-        let left = AuditEntry::audited(&kept, 7);
+        let left = AuditEntry::audited(&kept, Some(7));
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].change.version, 12);
         assert_eq!(left[0].origin.as_ref().map(|o| o.1), Some(1));
-        assert_eq!(AuditEntry::audited(&kept, 8).len(), 1);
+        assert_eq!(AuditEntry::audited(&kept, Some(8)).len(), 1);
         assert!(AuditEntry::without(&kept, 7, 12).is_none());
     }
 }

@@ -108,6 +108,15 @@ pub enum WriteKind {
     /// Delete the record if it expired at or before this instant (ms), else leave it: eviction,
     /// which must not remove a record rewritten since it was found expired.
     Evict(u64),
+    /// A change another node committed (replication): the record as that node stored it
+    /// (`None`: deleted) at its version, kept only if newer than what this shard holds for the
+    /// key (last writer wins); the shard's clock moves past its version (a hybrid logical
+    /// clock). Its audit entry names the node, so that it is not sent on again.
+    Replicated {
+        record: Option<Value>,
+        version: u64,
+        expires_at: Option<u64>,
+    },
     /// Nothing is stored: a message to the record's subscribers (a non-retained MQTT publish),
     /// ordered with the record's writes, undeliverable after `expires_at` (ms) when given.
     Message {
@@ -298,6 +307,11 @@ impl Clock {
         Clock { last: version }
     }
 
+    /// Notes a version made elsewhere (another node's): the versions after it come later.
+    pub fn observe(&mut self, version: u64) {
+        self.last = self.last.max(version);
+    }
+
     pub fn tick(&mut self) -> u64 {
         let now = now_micros();
         self.last = now.max(self.last + 1);
@@ -362,6 +376,8 @@ fn new_record<'v>(
 ) -> Option<Cow<'v, Value>> {
     match kind {
         WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
+        // As its node stored it, stamps included.
+        WriteKind::Replicated { record, .. } => record.as_ref().map(Cow::Borrowed),
         WriteKind::Put(v) | WriteKind::Insert(v) => {
             Some(stamped(table, Cow::Borrowed(v), created, stamp))
         }
@@ -736,7 +752,13 @@ impl ShardStore {
         };
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
-            let version = clock.tick();
+            let version = match &op.kind {
+                WriteKind::Replicated { version, .. } => {
+                    clock.observe(*version);
+                    *version
+                }
+                _ => clock.tick(),
+            };
             let (outcome, event) = match &op.kind {
                 // A message stores nothing: it needs neither the record nor its index entries.
                 WriteKind::Message {
@@ -806,6 +828,15 @@ impl ShardStore {
             None => (None, false, None),
         };
         let unchanged = |existed| Ok((WriteOutcome { version, existed }, None));
+        // Last writer wins: a replicated change no newer than the record here is dropped (a
+        // duplicate, or one a newer write overtook).
+        if let WriteKind::Replicated { .. } = kind
+            && old_bytes
+                .and_then(RecordRef::parse)
+                .is_some_and(|r| r.version >= version)
+        {
+            return unchanged(live);
+        }
         // Conditional writes that do not apply leave the record as it is.
         match kind {
             WriteKind::Insert(_) if live => return unchanged(true),
@@ -828,7 +859,10 @@ impl ShardStore {
             None => Vec::new(),
         };
         diff_index(&old.entries, new_entries, &mut m.index);
-        let expires = table.expiration.map(|s| now_ms + (s * 1000.0) as u64);
+        let expires = match kind {
+            WriteKind::Replicated { expires_at, .. } => *expires_at,
+            _ => table.expiration.map(|s| now_ms + (s * 1000.0) as u64),
+        };
         let stored = new.map(|v| record::encode_value(version, expires, &v));
         m.audit
             .push(version, table.id, key, stored.as_deref(), from.as_ref());
@@ -974,7 +1008,27 @@ impl ShardStore {
         let mut out = Vec::new();
         for kv in self.audit.iter() {
             let (_, v) = kv.into_inner()?;
-            out.extend(AuditEntry::audited(&v, table));
+            out.extend(AuditEntry::audited(&v, Some(table)));
+        }
+        Ok(out)
+    }
+
+    /// The audit log's entries after the one numbered `after` (all: `None`), at most `limit`,
+    /// each with its number and its changes with their origins, in commit order: what
+    /// replication sends to other nodes.
+    pub fn audit_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<Audited>)>, StoreError> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut out = Vec::new();
+        for kv in self.audit.range(from.to_be_bytes()..).take(limit) {
+            let (k, v) = kv.into_inner()?;
+            let seq = <[u8; 8]>::try_from(k.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt(format!("audit key {k:?}")))?;
+            out.push((seq, AuditEntry::audited(&v, None)));
         }
         Ok(out)
     }

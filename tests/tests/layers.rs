@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("wasm", &["app", "data", "realtime"]),
     ("worker", &["app", "auth", "data", "realtime", "wasm"]),
     ("net", &["app"]),
+    ("replication", &["app"]),
     (
         "http",
         &["app", "auth", "data", "realtime", "wasm", "worker", "net"],

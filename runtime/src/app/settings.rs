@@ -117,6 +117,60 @@ pub struct Settings {
     /// `http.securePort`, `mqtt.network.securePort`, `operationsApi.network.securePort`:
     /// HTTPS (and WSS), MQTTS and the Operations API over TLS (with `tls`); 0 picks a free port.
     pub secure_ports: [Option<u16>; 3],
+    /// `replication`: the cluster this node replicates with, when configured.
+    pub replication: Option<Replication>,
+}
+
+/// `replication` of `tessera.yaml`: this node's name and the NATS server (with JetStream) that
+/// carries every node's committed changes.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// `replication.hostname` (Harper's key), else the machine's host name.
+    pub node: String,
+    /// `replication.nats`: the NATS server's URL (Tessera's key: Harper's nodes talk to one
+    /// another over WebSockets; Tessera's through JetStream).
+    pub nats: String,
+    /// `replication.databases`: the databases that replicate (all when unset).
+    pub databases: Option<Vec<String>>,
+}
+
+/// `replication.*` of `tessera.yaml` (`None` unless `replication.nats` is set).
+fn replication(yaml: &serde_norway::Value) -> anyhow::Result<Option<Replication>> {
+    let Some(nats) = yaml_get(yaml, "replication.nats") else {
+        return Ok(None);
+    };
+    let nats = nats
+        .as_str()
+        .context("tessera.yaml: replication.nats must be a URL such as nats://127.0.0.1:4222")?
+        .to_owned();
+    let node = match yaml_get(yaml, "replication.hostname").and_then(|v| v.as_str()) {
+        Some(n) => n.to_owned(),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .context("tessera.yaml: replication.hostname is not set and the host has no name")?,
+    };
+    let databases = match yaml_get(yaml, "replication.databases") {
+        None | Some(serde_norway::Value::Null) => None,
+        Some(serde_norway::Value::String(s)) if s == "*" => None,
+        Some(serde_norway::Value::Sequence(list)) => Some(
+            list.iter()
+                .map(|v| {
+                    v.as_str()
+                        .or_else(|| v.get("database").and_then(|d| d.as_str()))
+                        .map(str::to_owned)
+                        .context("tessera.yaml: replication.databases lists database names")
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
+        Some(_) => bail!("tessera.yaml: replication.databases must be a list of database names"),
+    };
+    Ok(Some(Replication {
+        node,
+        nats,
+        databases,
+    }))
 }
 
 /// A certificate chain and its private key, PEM files; and the authority whose certificates
@@ -395,6 +449,7 @@ impl Settings {
             .collect::<anyhow::Result<Vec<_>>>()?
             .try_into()
             .map_err(|_| anyhow::anyhow!("three secure ports"))?,
+            replication: replication(&yaml)?,
             root,
         })
     }
