@@ -243,6 +243,7 @@ fn open_storage(
     let opts = ShardOptions {
         cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
         read_cache_bytes: (READ_CACHE_BUDGET / shard_count as u64).max(2 << 20),
+        tombstones: settings.replication.is_some(),
         ..ShardOptions::default()
     };
     let opening = std::time::Instant::now();

@@ -54,6 +54,9 @@ pub struct ShardOptions {
     pub memtable_bytes: u64,
     /// Recently read records ([`ReadCache`]).
     pub read_cache_bytes: u64,
+    /// Whether a delete leaves a tombstone (its version, by key): replication needs it, so
+    /// that a change older than the delete, arriving after it, does not bring the record back.
+    pub tombstones: bool,
 }
 
 impl Default for ShardOptions {
@@ -62,6 +65,7 @@ impl Default for ShardOptions {
             cache_bytes: 16 << 20,
             memtable_bytes: 8 << 20,
             read_cache_bytes: 16 << 20,
+            tombstones: false,
         }
     }
 }
@@ -363,6 +367,9 @@ pub struct ShardStore {
     audit_seq: AtomicU64,
     /// Point reads of `records`; every batch that writes records takes its keys out.
     cache: ReadCache,
+    /// The version of each deleted record's delete, by key, when
+    /// [`ShardOptions::tombstones`] keeps them.
+    tombstones: Option<Keyspace>,
 }
 
 /// The record a write leaves (`None`: removed), from the old one as `full` (read when the write
@@ -429,6 +436,9 @@ pub struct Mutations {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: HashMap<Vec<u8>, bool>,
     audit: AuditEntry,
+    /// The deletes' versions, by key, for the tombstones (not part of a cross-shard intent: a
+    /// part redone after a crash leaves none).
+    tombstones: Vec<(Vec<u8>, u64)>,
 }
 
 impl Mutations {
@@ -449,6 +459,11 @@ impl Mutations {
                 batch.insert(&store.index, k.as_slice(), []);
             } else {
                 batch.remove(&store.index, k.as_slice());
+            }
+        }
+        if let Some(ks) = &store.tombstones {
+            for (k, version) in &self.tombstones {
+                batch.insert(ks, k.as_slice(), version.to_be_bytes());
             }
         }
         if !self.audit.is_empty() {
@@ -639,6 +654,11 @@ impl ShardStore {
                 .max_memtable_size(AUDIT_MEMTABLE)
                 .compaction_strategy(Arc::new(fjall::compaction::Fifo::new(AUDIT_BYTES, None)))
         })?;
+        let tombstones = if opts.tombstones {
+            Some(db.keyspace("tombstones", KeyspaceCreateOptions::default)?)
+        } else {
+            None
+        };
         // Audit keys continue after the last one kept.
         let next_seq = audit
             .last_key_value()
@@ -655,6 +675,7 @@ impl ShardStore {
             audit,
             audit_seq: AtomicU64::new(next_seq),
             cache: ReadCache::new(opts.read_cache_bytes),
+            tombstones,
         })
     }
 
@@ -749,6 +770,7 @@ impl ShardStore {
             index: HashMap::with_capacity(ops.len() * 2),
             // Room for a small record's change per op (the entry grows for larger ones).
             audit: AuditEntry::with_capacity(ops.len() * 128),
+            tombstones: Vec::new(),
         };
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
@@ -828,14 +850,16 @@ impl ShardStore {
             None => (None, false, None),
         };
         let unchanged = |existed| Ok((WriteOutcome { version, existed }, None));
-        // Last writer wins: a replicated change no newer than the record here is dropped (a
-        // duplicate, or one a newer write overtook).
-        if let WriteKind::Replicated { .. } = kind
-            && old_bytes
-                .and_then(RecordRef::parse)
-                .is_some_and(|r| r.version >= version)
-        {
-            return unchanged(live);
+        // Last writer wins: a replicated change no newer than the record here, or than its
+        // delete, is dropped (a duplicate, or one a newer write overtook).
+        if let WriteKind::Replicated { .. } = kind {
+            let here = match old_bytes {
+                Some(b) => RecordRef::parse(b).map(|r| r.version),
+                None => self.tombstone(key, m)?,
+            };
+            if here.is_some_and(|v| v >= version) {
+                return unchanged(live);
+            }
         }
         // Conditional writes that do not apply leave the record as it is.
         match kind {
@@ -870,10 +894,28 @@ impl ShardStore {
             Some(s) => Event::Put(s.clone()),
             None => Event::Delete,
         });
+        if stored.is_none() && self.tombstones.is_some() {
+            m.tombstones.push((key.clone(), version));
+        }
         m.records.insert(key.clone(), stored);
         // For an eviction: whether it removed the record.
         let existed = existed || matches!(kind, WriteKind::Evict(_));
         Ok((WriteOutcome { version, existed }, event))
+    }
+
+    /// The version of the delete that removed the record at `key`, if tombstones are kept and
+    /// it left one (in `m`, this group's, first).
+    fn tombstone(&self, key: &[u8], m: &Mutations) -> Result<Option<u64>, StoreError> {
+        let Some(ks) = &self.tombstones else {
+            return Ok(None);
+        };
+        if let Some((_, v)) = m.tombstones.iter().rev().find(|(k, _)| k == key) {
+            return Ok(Some(*v));
+        }
+        Ok(ks
+            .get(key)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes))
     }
 
     /// Records `plan` as this shard's prepared part of cross-shard transaction `txid`, whose
@@ -1296,6 +1338,68 @@ mod tests {
 
     fn index_keys(store: &ShardStore) -> Vec<Vec<u8>> {
         store.scan_index(&[]).map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    #[test]
+    fn replicated_changes_keep_the_last_writer_and_a_delete_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ShardOptions {
+            tombstones: true,
+            ..ShardOptions::default()
+        };
+        let store = ShardStore::open(dir.path(), opts).unwrap();
+        let (_, _, t) = setup();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        let far = now_micros() + 60_000_000;
+        let mut clock = Clock::default();
+        let mut apply = |kind| {
+            let op = WriteOp::new(t.clone(), key.clone(), kind);
+            store.apply(vec![op], &mut clock, None).unwrap()[0].clone()
+        };
+        let remote = |n: i64, version: u64| WriteKind::Replicated {
+            record: Some(obj(&[
+                ("id", Value::String("a".into())),
+                ("n", Value::Int(n)),
+            ])),
+            version,
+            expires_at: None,
+        };
+        let n_here = |store: &ShardStore| {
+            store.get(&key).unwrap().map(|b| {
+                let r = RecordRef::parse(&b).unwrap();
+                (
+                    crate::value::from_msgpack(r.body)
+                        .unwrap()
+                        .get("n")
+                        .cloned(),
+                    r.version,
+                )
+            })
+        };
+        // Newer than nothing: kept, at its own version; the clock moves past it.
+        apply(remote(1, far));
+        assert_eq!(n_here(&store), Some((Some(Value::Int(1)), far)));
+        // Older, or the same again: dropped.
+        apply(remote(2, far - 1));
+        apply(remote(3, far));
+        assert_eq!(n_here(&store), Some((Some(Value::Int(1)), far)));
+        // A local write comes after what was seen, though the wall clock is behind it.
+        let local = apply(WriteKind::Put(obj(&[("id", Value::String("a".into()))])));
+        assert!(local.version > far);
+        // A delete leaves a tombstone: a change older than it does not bring the record back,
+        // a newer one does.
+        let deleted = apply(WriteKind::Delete).version;
+        apply(remote(4, deleted - 1));
+        assert_eq!(n_here(&store), None);
+        apply(remote(5, deleted + 1));
+        assert_eq!(n_here(&store), Some((Some(Value::Int(5)), deleted + 1)));
+        // A replicated delete older than the record is dropped too.
+        apply(WriteKind::Replicated {
+            record: None,
+            version: deleted,
+            expires_at: None,
+        });
+        assert_eq!(n_here(&store).map(|(n, _)| n), Some(Some(Value::Int(5))));
     }
 
     #[test]

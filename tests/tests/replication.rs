@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera_tests::{App, Server, Start};
+use tessera_protocol::mqtt::{QoS, Version};
+use tessera_tests::mqtt::MqttClient;
+use tessera_tests::{ADMIN, App, Server, Start};
 
 const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String n: Int }";
 
@@ -108,6 +110,10 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     let a = Start::new(app.dir.path(), root_a.path()).start();
     let mut b = Start::new(app.dir.path(), root_b.path()).start();
 
+    // A subscriber on B is told of A's writes as of B's own.
+    let (mut sub, _) = MqttClient::connect(b.mqtt_port, Version::V5, "watcher", Some(ADMIN));
+    sub.subscribe(&[("Dog/1", QoS::AtLeastOnce)]);
+
     // Each way.
     assert_eq!(
         a.client()
@@ -118,6 +124,12 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     eventually(&b, "/Dog/1", "A's write on B", |st, v| {
         st == 200 && v["name"] == "Rex"
     });
+    let told = sub
+        .next_publish(Duration::from_secs(10))
+        .expect("B's subscriber is told of A's write");
+    assert_eq!(told.topic, "Dog/1");
+    let told: serde_json::Value = serde_json::from_slice(&told.payload).unwrap();
+    assert_eq!(told["name"], "Rex");
     assert_eq!(
         b.client()
             .put_json("/Dog/2", r#"{"name":"Ace","n":2}"#)
