@@ -15,6 +15,9 @@ use crate::shard::{Change, now_micros};
 
 /// The top bit of an item's length: the item is an origin, not a change.
 const ORIGIN_ITEM: u32 = 1 << 31;
+/// The next bit: the item is what an `addTo` added (a MessagePack map of attribute to amount)
+/// to make the change after it, which replication sends so that other nodes add it too.
+const ADDED_ITEM: u32 = 1 << 30;
 
 /// The operation a write was part of, as `read_audit_log` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,8 @@ pub struct Provenance {
 pub struct Audited {
     pub change: Change,
     pub origin: Option<(Origin, u32)>,
+    /// What an `addTo` added to make the change (attribute, amount), when it was one.
+    pub added: Option<Vec<(String, crate::Value)>>,
 }
 
 /// The audit entry of one write group, being built.
@@ -108,6 +113,7 @@ impl Default for AuditEntry {
 /// One item of an entry, undecoded.
 enum Item<'a> {
     Origin(&'a [u8]),
+    Added(&'a [u8]),
     Change(&'a [u8]),
 }
 
@@ -133,7 +139,8 @@ impl AuditEntry {
         Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
     }
 
-    /// Adds a put of `stored` (`None`: a delete), after its origin when it has one.
+    /// Adds a put of `stored` (`None`: a delete), after its origin when it has one, and what
+    /// an `addTo` added to make it.
     pub(crate) fn push(
         &mut self,
         version: u64,
@@ -141,6 +148,7 @@ impl AuditEntry {
         key: &[u8],
         stored: Option<&[u8]>,
         from: Option<&Provenance>,
+        added: Option<&[(String, crate::Value)]>,
     ) {
         if let Some(p) = from {
             let user = p.origin.user.as_bytes();
@@ -150,6 +158,13 @@ impl AuditEntry {
             self.0.extend_from_slice(&p.index.to_be_bytes());
             self.0.push(p.origin.operation as u8);
             self.0.extend_from_slice(user);
+        }
+        if let Some(added) = added {
+            let at = self.0.len();
+            self.0.extend_from_slice(&[0; 4]);
+            crate::Value::Object(added.to_vec()).write_msgpack(&mut self.0);
+            let len = (self.0.len() - at - 4) as u32 | ADDED_ITEM;
+            self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
         let at = self.0.len();
         self.0.extend_from_slice(&[0; 4]);
@@ -166,12 +181,14 @@ impl AuditEntry {
         let mut rest = b.get(8..).unwrap_or_default();
         std::iter::from_fn(move || {
             let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-            let n = (len & !ORIGIN_ITEM) as usize;
+            let n = (len & !(ORIGIN_ITEM | ADDED_ITEM)) as usize;
             let body = rest.get(4..4 + n)?;
             let whole = &rest[..4 + n];
             rest = &rest[4 + n..];
             let item = if len & ORIGIN_ITEM != 0 {
                 Item::Origin(body)
+            } else if len & ADDED_ITEM != 0 {
+                Item::Added(body)
             } else {
                 Item::Change(body)
             };
@@ -183,7 +200,7 @@ impl AuditEntry {
     pub(crate) fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
         Self::items(b).filter_map(|(item, _)| match item {
             Item::Change(c) => Change::decode(c),
-            Item::Origin(_) => None,
+            Item::Origin(_) | Item::Added(_) => None,
         })
     }
 
@@ -191,18 +208,20 @@ impl AuditEntry {
     /// each with its origin.
     pub(crate) fn audited(b: &[u8], table: Option<u32>) -> Vec<Audited> {
         let mut out = Vec::new();
-        let mut origin = None;
+        let (mut origin, mut added) = (None, None);
         for (item, _) in Self::items(b) {
             match item {
                 Item::Origin(o) => origin = decode_origin(o),
+                Item::Added(a) => added = decode_added(a),
                 Item::Change(c) => {
-                    let from = origin.take();
+                    let (from, added) = (origin.take(), added.take());
                     if table.is_none_or(|t| Change::table_of(c) == Some(t))
                         && let Some(change) = Change::decode(c)
                     {
                         out.push(Audited {
                             change,
                             origin: from,
+                            added,
                         });
                     }
                 }
@@ -216,25 +235,35 @@ impl AuditEntry {
     pub(crate) fn without(b: &[u8], table: u32, before: u64) -> Option<(Vec<u8>, usize)> {
         let mut out = Vec::with_capacity(b.len());
         out.extend_from_slice(b.get(..8)?);
-        let mut pending: Option<&[u8]> = None;
+        // The items before a change (its origin, what it added) go or stay with it.
+        let mut pending: Vec<&[u8]> = Vec::new();
         let mut dropped = 0;
         for (item, whole) in Self::items(b) {
             match item {
-                Item::Origin(_) => pending = Some(whole),
+                Item::Origin(_) | Item::Added(_) => pending.push(whole),
                 Item::Change(c) => {
-                    let origin = pending.take();
                     let old = Change::table_of(c) == Some(table)
                         && Change::version_of(c).is_some_and(|v| v < before);
                     if old {
                         dropped += 1;
                     } else {
-                        out.extend_from_slice(origin.unwrap_or_default());
+                        for p in &pending {
+                            out.extend_from_slice(p);
+                        }
                         out.extend_from_slice(whole);
                     }
+                    pending.clear();
                 }
             }
         }
         (dropped > 0).then_some((out, dropped))
+    }
+}
+
+fn decode_added(b: &[u8]) -> Option<Vec<(String, crate::Value)>> {
+    match crate::value::from_msgpack(b).ok()? {
+        crate::Value::Object(pairs) => Some(pairs),
+        _ => None,
     }
 }
 
@@ -268,9 +297,10 @@ mod tests {
             origin: origin.clone(),
             index,
         };
-        e.push(10, 7, b"k1", Some(b"r1"), Some(&p(&admin, 0)));
-        e.push(11, 8, b"k2", Some(b"r2"), None);
-        e.push(12, 7, b"k3", None, Some(&p(&later, 1)));
+        let three = [("n".to_owned(), crate::Value::Int(3))];
+        e.push(10, 7, b"k1", Some(b"r1"), Some(&p(&admin, 0)), None);
+        e.push(11, 8, b"k2", Some(b"r2"), None, Some(&three));
+        e.push(12, 7, b"k3", None, Some(&p(&later, 1)), None);
         assert_eq!(AuditEntry::highest(&e.0), Some(12));
         assert_eq!(AuditEntry::changes(&e.0).count(), 3);
         let of7 = AuditEntry::audited(&e.0, Some(7));
@@ -279,8 +309,13 @@ mod tests {
         assert_eq!(of7[0].origin, Some(((*admin).clone(), 0)));
         assert_eq!(of7[1].change.event, Event::Delete);
         assert_eq!(of7[1].origin.as_ref().map(|o| &*o.0.user), Some("rita"));
-        // Table 8's change had no origin.
+        // Table 8's change had no origin; it was an addTo of 3.
         assert_eq!(AuditEntry::audited(&e.0, Some(8))[0].origin, None);
+        assert_eq!(
+            AuditEntry::audited(&e.0, Some(8))[0].added.as_deref(),
+            Some(&three[..])
+        );
+        assert_eq!(of7[0].added, None);
 
         let (kept, dropped) = AuditEntry::without(&e.0, 7, 12).unwrap();
         assert_eq!(dropped, 1);
@@ -289,6 +324,10 @@ mod tests {
         assert_eq!(left[0].change.version, 12);
         assert_eq!(left[0].origin.as_ref().map(|o| o.1), Some(1));
         assert_eq!(AuditEntry::audited(&kept, Some(8)).len(), 1);
+        assert_eq!(
+            AuditEntry::audited(&kept, Some(8))[0].added.as_deref(),
+            Some(&three[..])
+        );
         assert!(AuditEntry::without(&kept, 7, 12).is_none());
     }
 }

@@ -54,8 +54,10 @@ pub struct ShardOptions {
     pub memtable_bytes: u64,
     /// Recently read records ([`ReadCache`]).
     pub read_cache_bytes: u64,
-    /// Whether a delete leaves a tombstone (its version, by key): replication needs it, so
-    /// that a change older than the delete, arriving after it, does not bring the record back.
+    /// Whether the version of each record's last full write (put or delete) is kept, by key,
+    /// a delete's as a tombstone: replication needs them, so that a change older than a delete
+    /// does not bring the record back, and so that another node's `addTo` is dropped only
+    /// under a newer full write.
     pub tombstones: bool,
 }
 
@@ -120,6 +122,10 @@ pub enum WriteKind {
         record: Option<Value>,
         version: u64,
         expires_at: Option<u64>,
+        /// For another node's `addTo`: what it added. Added here too (concurrent increments on
+        /// several nodes sum up), unless a full write or delete newer than it is here; the
+        /// record's version becomes the later of the two. `record` is then not used.
+        added: Option<Vec<(String, Value)>>,
     },
     /// Nothing is stored: a message to the record's subscribers (a non-retained MQTT publish),
     /// ordered with the record's writes, undeliverable after `expires_at` (ms) when given.
@@ -367,8 +373,8 @@ pub struct ShardStore {
     audit_seq: AtomicU64,
     /// Point reads of `records`; every batch that writes records takes its keys out.
     cache: ReadCache,
-    /// The version of each deleted record's delete, by key, when
-    /// [`ShardOptions::tombstones`] keeps them.
+    /// The version of each record's last full write (put or delete; a delete's is its
+    /// tombstone), by key, when [`ShardOptions::tombstones`] keeps them.
     tombstones: Option<Keyspace>,
 }
 
@@ -383,6 +389,16 @@ fn new_record<'v>(
 ) -> Option<Cow<'v, Value>> {
     match kind {
         WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
+        // Another node's addTo, added to the record here.
+        WriteKind::Replicated {
+            added: Some(deltas),
+            ..
+        } => Some(stamped(
+            table,
+            Cow::Owned(added_to(full, deltas)),
+            created,
+            stamp,
+        )),
         // As its node stored it, stamps included.
         WriteKind::Replicated { record, .. } => record.as_ref().map(Cow::Borrowed),
         WriteKind::Put(v) | WriteKind::Insert(v) => {
@@ -402,15 +418,23 @@ fn new_record<'v>(
             };
             Some(stamped(table, merged, created, stamp))
         }
-        WriteKind::Add(deltas) => {
-            let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
-            for (k, delta) in deltas {
-                let sum = value::add_numbers(v.get(k), delta);
-                v.set(k, sum);
-            }
-            Some(stamped(table, Cow::Owned(v), created, stamp))
-        }
+        WriteKind::Add(deltas) => Some(stamped(
+            table,
+            Cow::Owned(added_to(full, deltas)),
+            created,
+            stamp,
+        )),
     }
+}
+
+/// `full` (or an empty record) with each number of `deltas` added to its attribute.
+fn added_to(full: Option<Value>, deltas: &[(String, Value)]) -> Value {
+    let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
+    for (k, delta) in deltas {
+        let sum = value::add_numbers(v.get(k), delta);
+        v.set(k, sum);
+    }
+    v
 }
 
 /// Notes in `changes` the index entries a write removes (`false`) and adds (`true`); both lists
@@ -436,8 +460,8 @@ pub struct Mutations {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: HashMap<Vec<u8>, bool>,
     audit: AuditEntry,
-    /// The deletes' versions, by key, for the tombstones (not part of a cross-shard intent: a
-    /// part redone after a crash leaves none).
+    /// The full writes' versions, by key, for the tombstones (not part of a cross-shard
+    /// intent: a part redone after a crash leaves none).
     tombstones: Vec<(Vec<u8>, u64)>,
 }
 
@@ -574,7 +598,7 @@ impl Mutations {
         puts.sort_unstable_by_key(|&(version, ..)| version);
         let mut audit = AuditEntry::default();
         for (version, table, key, stored) in puts {
-            audit.push(version, table, key, Some(stored), None);
+            audit.push(version, table, key, Some(stored), None, None);
         }
         plan.audit = audit;
         Some((participants, plan))
@@ -851,14 +875,21 @@ impl ShardStore {
         };
         let unchanged = |existed| Ok((WriteOutcome { version, existed }, None));
         // Last writer wins: a replicated change no newer than the record here, or than its
-        // delete, is dropped (a duplicate, or one a newer write overtook).
-        if let WriteKind::Replicated { .. } = kind {
-            let here = match old_bytes {
-                Some(b) => RecordRef::parse(b).map(|r| r.version),
-                None => self.tombstone(key, m)?,
+        // delete, is dropped (a duplicate, or one a newer write overtook). Another node's
+        // addTo is dropped only under a newer full write or delete; it is added to anything
+        // else, and the record keeps the later version.
+        let mut version = version;
+        if let WriteKind::Replicated { added, .. } = kind {
+            let record_version = old_bytes.and_then(RecordRef::parse).map(|r| r.version);
+            let here = match (added, record_version) {
+                (None, Some(v)) => Some(v),
+                _ => self.tombstone(key, m)?,
             };
             if here.is_some_and(|v| v >= version) {
                 return unchanged(live);
+            }
+            if added.is_some() {
+                version = version.max(record_version.unwrap_or(0));
             }
         }
         // Conditional writes that do not apply leave the record as it is.
@@ -873,7 +904,10 @@ impl ShardStore {
         }
         let patch = matches!(
             kind,
-            WriteKind::Patch(_) | WriteKind::Update(_) | WriteKind::Add(_)
+            WriteKind::Patch(_)
+                | WriteKind::Update(_)
+                | WriteKind::Add(_)
+                | WriteKind::Replicated { added: Some(_), .. }
         );
         let old = OldRecord::read(table, old_body, patch, pk, live)?;
         let existed = old.existed;
@@ -888,13 +922,24 @@ impl ShardStore {
             _ => table.expiration.map(|s| now_ms + (s * 1000.0) as u64),
         };
         let stored = new.map(|v| record::encode_value(version, expires, &v));
-        m.audit
-            .push(version, table.id, key, stored.as_deref(), from.as_ref());
+        let added = match kind {
+            WriteKind::Add(deltas) => Some(deltas.as_slice()),
+            _ => None,
+        };
+        m.audit.push(
+            version,
+            table.id,
+            key,
+            stored.as_deref(),
+            from.as_ref(),
+            added,
+        );
         let event = want_event.then(|| match &stored {
             Some(s) => Event::Put(s.clone()),
             None => Event::Delete,
         });
-        if stored.is_none() && self.tombstones.is_some() {
+        // The last full write (a put or a delete) of each record, for replication's rules.
+        if self.tombstones.is_some() && !patch {
             m.tombstones.push((key.clone(), version));
         }
         m.records.insert(key.clone(), stored);
@@ -903,8 +948,8 @@ impl ShardStore {
         Ok((WriteOutcome { version, existed }, event))
     }
 
-    /// The version of the delete that removed the record at `key`, if tombstones are kept and
-    /// it left one (in `m`, this group's, first).
+    /// The version of the last full write (put or delete) of the record at `key`, if they are
+    /// kept (in `m`, this group's, first).
     fn tombstone(&self, key: &[u8], m: &Mutations) -> Result<Option<u64>, StoreError> {
         let Some(ks) = &self.tombstones else {
             return Ok(None);
@@ -1363,6 +1408,13 @@ mod tests {
             ])),
             version,
             expires_at: None,
+            added: None,
+        };
+        let remote_add = |n: i64, version: u64| WriteKind::Replicated {
+            record: None,
+            version,
+            expires_at: None,
+            added: Some(vec![("n".into(), Value::Int(n))]),
         };
         let n_here = |store: &ShardStore| {
             store.get(&key).unwrap().map(|b| {
@@ -1398,8 +1450,22 @@ mod tests {
             record: None,
             version: deleted,
             expires_at: None,
+            added: None,
         });
         assert_eq!(n_here(&store).map(|(n, _)| n), Some(Some(Value::Int(5))));
+        // Another node's addTo: added, whether older or newer than the record, as long as no
+        // newer full write is here; the record keeps the later version.
+        let local_add = apply(WriteKind::Add(vec![("n".into(), Value::Int(10))])).version;
+        apply(remote_add(100, local_add + 5));
+        assert_eq!(n_here(&store), Some((Some(Value::Int(115)), local_add + 5)));
+        apply(remote_add(1000, local_add + 3));
+        assert_eq!(
+            n_here(&store),
+            Some((Some(Value::Int(1115)), local_add + 5))
+        );
+        // Not newer than the last full write (the put at `deleted + 1`): dropped.
+        apply(remote_add(7, deleted + 1));
+        assert_eq!(n_here(&store).map(|(n, _)| n), Some(Some(Value::Int(1115))));
     }
 
     #[test]

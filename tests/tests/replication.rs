@@ -194,3 +194,63 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
         b.client().get("/Dog/c0").json()
     );
 }
+
+/// The test guests' schema (tests/guests): `Widget`'s resource adds a message's `restock` to
+/// the widget's stock with `addTo`.
+const WIDGETS: &str = "
+type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
+type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
+type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
+type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
+  total: Float @computed  band: String @computed }
+";
+
+#[test]
+fn increments_made_on_two_nodes_at_once_add_up_on_both() {
+    let nats = Nats::start();
+    let app = App::with_wasm(WIDGETS);
+    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
+    let start = |root: &Path| {
+        let mut s = Start::new(app.dir.path(), root);
+        // Each node compiles the guests' module (cranelift, in the debug build).
+        s.timeout = Duration::from_secs(300);
+        s.start()
+    };
+    let (a, b) = (start(root_a.path()), start(root_b.path()));
+    assert_eq!(
+        a.client()
+            .put_json("/Widget/1", r#"{"name":"bolt","price":8,"stock":5}"#)
+            .status,
+        204
+    );
+    eventually(&b, "/Widget/1", "the widget on B", |st, _| st == 200);
+    // Ten restocks of 1 through A and ten of 2 through B, at the same time: each an `addTo`.
+    let restock = |s: &Server, id: &str, n: i64| {
+        let port = s.mqtt_port;
+        let id = id.to_owned();
+        std::thread::spawn(move || {
+            let (mut c, _) = MqttClient::connect(port, Version::V5, &id, Some(ADMIN));
+            for _ in 0..10 {
+                let body = format!(r#"{{"restock":{n}}}"#);
+                assert_eq!(
+                    c.publish("Widget/1", body.as_bytes(), QoS::AtLeastOnce, false),
+                    Some(0)
+                );
+            }
+        })
+    };
+    let (ta, tb) = (restock(&a, "on-a", 1), restock(&b, "on-b", 2));
+    ta.join().unwrap();
+    tb.join().unwrap();
+    // 5 + 10 x 1 + 10 x 2, on both, with the same record.
+    for s in [&a, &b] {
+        eventually(s, "/Widget/1", "every increment", |st, v| {
+            st == 200 && v["stock"] == 35
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.client().get("/Widget/1").json() != b.client().get("/Widget/1").json() {
+        assert!(Instant::now() < deadline, "the two nodes' records differ");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

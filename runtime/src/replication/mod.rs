@@ -26,10 +26,10 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{FutureExt, StreamExt};
 use tessera_shards::ShardSet;
-use tessera_storage::Table;
 use tessera_storage::audit::{Audited, Operation, Origin, Provenance};
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
+use tessera_storage::{Table, Value};
 
 use crate::app::App;
 use crate::app::settings::Replication;
@@ -47,7 +47,7 @@ const IDLE: Duration = Duration::from_millis(20);
 /// The wait after a failure (NATS unreachable, say) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 /// The format of a published change (its first byte).
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 
 /// Starts replicating: the thread returns at once; it connects (and reconnects) in the
 /// background.
@@ -213,7 +213,7 @@ impl Node {
             subject_token(&table.database),
             self.name
         );
-        Some((subject, encode(table, change)))
+        Some((subject, encode(table, change, audited.added.as_deref())))
     }
 
     fn replicates(&self, database: &str) -> bool {
@@ -267,7 +267,7 @@ impl Node {
         if origin == self.name {
             return Ok(());
         }
-        let (database, name, change) =
+        let (database, name, change, added) =
             decode(payload).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
         if !self.replicates(&database) {
             return Ok(());
@@ -297,6 +297,7 @@ impl Node {
                 record,
                 version: change.version,
                 expires_at,
+                added,
             },
             from: Some(Provenance {
                 origin: Arc::new(Origin {
@@ -362,35 +363,56 @@ fn subject_token(name: &str) -> String {
         .collect()
 }
 
+/// What an `addTo` added (attribute, amount).
+type Added = Vec<(String, Value)>;
+
 /// A change as published: `FORMAT`, the database and table names (each a u16 BE length and
-/// the bytes: table ids are each node's own), then [`Change::encode`].
-fn encode(table: &Table, change: &Change) -> Vec<u8> {
+/// the bytes: table ids are each node's own), what an `addTo` added (a u32 BE length, 0 for
+/// none, and a MessagePack map), then [`Change::encode`].
+fn encode(table: &Table, change: &Change, added: Option<&[(String, Value)]>) -> Vec<u8> {
     let body = change.encode();
-    let mut out = Vec::with_capacity(5 + table.database.len() + table.name.len() + body.len());
+    let mut out = Vec::with_capacity(9 + table.database.len() + table.name.len() + body.len());
     out.push(FORMAT);
     for name in [&table.database, &table.name] {
         out.extend_from_slice(&(name.len() as u16).to_be_bytes());
         out.extend_from_slice(name.as_bytes());
     }
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Some(added) = added {
+        Value::Object(added.to_vec()).write_msgpack(&mut out);
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
     out.extend_from_slice(&body);
     out
 }
 
-/// [`encode`] undone: database, table and change.
-fn decode(b: &[u8]) -> Option<(String, String, Change)> {
+/// [`encode`] undone: database, table, change and what an `addTo` added.
+fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Added>)> {
     if *b.first()? != FORMAT {
         return None;
     }
     let mut rest = &b[1..];
-    let mut name = || -> Option<String> {
-        let n = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-        let s = std::str::from_utf8(rest.get(2..2 + n)?).ok()?.to_owned();
-        rest = &rest[2 + n..];
-        Some(s)
+    let mut take = |len_bytes: usize| -> Option<&[u8]> {
+        let n = match len_bytes {
+            2 => u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize,
+            _ => u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+        };
+        let bytes = rest.get(len_bytes..len_bytes + n)?;
+        rest = &rest[len_bytes + n..];
+        Some(bytes)
     };
-    let database = name()?;
-    let table = name()?;
-    Some((database, table, Change::decode(rest)?))
+    let database = std::str::from_utf8(take(2)?).ok()?.to_owned();
+    let table = std::str::from_utf8(take(2)?).ok()?.to_owned();
+    let added = match take(4)? {
+        [] => None,
+        map => match tessera_storage::value::from_msgpack(map).ok()? {
+            Value::Object(pairs) => Some(pairs),
+            _ => return None,
+        },
+    };
+    Some((database, table, Change::decode(rest)?, added))
 }
 
 #[cfg(test)]
@@ -406,7 +428,7 @@ mod tests {
             event: Event::Delete,
             version: 1_700_000_000_000_001,
         };
-        let (db, name, back) = decode(&encode(&table, &change)).unwrap();
+        let (db, name, back, added) = decode(&encode(&table, &change, None)).unwrap();
         assert_eq!(
             (db.as_str(), name.as_str()),
             (table.database.as_str(), "Dog")
@@ -414,6 +436,10 @@ mod tests {
         assert_eq!(back.version, change.version);
         assert_eq!(back.key, change.key);
         assert_eq!(back.event, Event::Delete);
+        assert_eq!(added, None);
+        let three = vec![("n".to_owned(), Value::Int(3))];
+        let (.., added) = decode(&encode(&table, &change, Some(&three))).unwrap();
+        assert_eq!(added, Some(three));
         assert!(decode(&[2, 0]).is_none());
         assert_eq!(subject_token("a.b c>*"), "a_b_c__");
     }
