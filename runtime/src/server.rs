@@ -125,6 +125,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let app = Arc::new(App {
         settings: running,
         tables,
+        cluster: Default::default(),
     });
     if let Some(config) = settings.replication.clone() {
         crate::replication::start(config, shards.clone(), app.clone())?;

@@ -186,6 +186,7 @@ pub mod testing {
         App {
             settings,
             tables: Tables::new(layout, &tables, |_| None),
+            cluster: Default::default(),
         }
     }
 }

@@ -140,6 +140,25 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
         st == 200 && v["name"] == "Ace"
     });
 
+    // Each node's cluster_status names the other, with the last change it applied from it.
+    let (st, status) = a
+        .ops()
+        .operation(&serde_json::json!({"operation": "cluster_status"}));
+    assert_eq!(st, 200, "{status}");
+    assert_eq!(status["type"], "cluster-status");
+    assert_eq!(status["node_name"], "alpha");
+    assert_eq!(status["is_enabled"], true);
+    let beta = &status["connections"][0];
+    assert_eq!(beta["name"], "beta", "{status}");
+    assert_eq!(beta["database_sockets"][0]["database"], "data", "{status}");
+    assert_eq!(beta["database_sockets"][0]["connected"], true, "{status}");
+    assert!(
+        beta["database_sockets"][0]["lastReceivedVersion"]
+            .as_f64()
+            .unwrap()
+            > 1.7e12
+    );
+
     // The same record written on both at once: both end with the same one (the later write).
     for round in 0..5 {
         let path = format!("/Dog/c{round}");
@@ -204,6 +223,17 @@ type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
 type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
   total: Float @computed  band: String @computed }
 ";
+
+#[test]
+fn a_node_without_replication_says_so_in_cluster_status() {
+    let (s, _app, _root) = Server::with_schema(SCHEMA);
+    let (st, status) = s
+        .ops()
+        .operation(&serde_json::json!({"operation": "cluster_status"}));
+    assert_eq!(st, 200, "{status}");
+    assert_eq!(status["is_enabled"], false);
+    assert_eq!(status["connections"], serde_json::json!([]));
+}
 
 #[test]
 fn increments_made_on_two_nodes_at_once_add_up_on_both() {

@@ -6,6 +6,7 @@
 //! the per-core worker (`worker.rs`), one layer up.
 
 pub mod body;
+pub mod cluster;
 pub mod component;
 pub mod error;
 pub mod events;
@@ -25,6 +26,8 @@ pub use tables::Tables;
 pub struct App {
     pub settings: Settings,
     pub tables: Tables,
+    /// What replication knows of the cluster (`cluster_status`).
+    pub cluster: cluster::Cluster,
 }
 
 /// The first table of a `schema.graphql` source, for unit tests.

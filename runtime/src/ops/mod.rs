@@ -235,6 +235,7 @@ impl Operations {
                     | "system_information"
                     | "restart"
                     | "read_log"
+                    | "cluster_status"
             ) {
                 self.instance(op, &envelope).await?
             } else if matches!(
@@ -364,6 +365,7 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "delete_audit_logs_before" => "deleteAuditLogsBefore",
         "export_local" => "exportLocal",
         "read_log" => "readLog",
+        "cluster_status" => "clusterStatus",
         _ => return None,
     })
 }

@@ -323,6 +323,46 @@ fn section(name: &str, settings: &Settings, table_sizes: &Json) -> Json {
     }
 }
 
+/// `cluster_status` in Harper's shape: each node this one has received from, per database, with
+/// the version and times of the last change applied from it (no connections and `is_enabled`
+/// false when replication is not configured).
+fn cluster_status(state: &crate::app::cluster::State) -> Json {
+    let Some(node) = &state.node else {
+        return json!({"node_name": null, "is_enabled": false, "connections": []});
+    };
+    let date = |ms: u64| {
+        chrono::DateTime::from_timestamp_millis(ms as i64)
+            .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+    };
+    let connections: Vec<Json> = state
+        .peers
+        .iter()
+        .map(|(name, databases)| {
+            let sockets: Vec<Json> = databases
+                .iter()
+                .map(|(database, last)| {
+                    json!({
+                        "database": database,
+                        "connected": state.connected,
+                        "nodes": [name],
+                        "lastReceivedRemoteTime": date(last.version / 1000),
+                        "lastReceivedLocalTime": date(last.at_ms),
+                        "lastReceivedVersion": last.version as f64 / 1000.0,
+                        "lastReceivedStatus": if state.connected { "Receiving" } else { "Waiting" },
+                    })
+                })
+                .collect();
+            json!({"name": name, "replicates": true, "database_sockets": sockets})
+        })
+        .collect();
+    json!({
+        "type": "cluster-status",
+        "connections": connections,
+        "node_name": node,
+        "is_enabled": true,
+    })
+}
+
 impl Operations {
     /// The instance operations: `get_configuration`, `set_configuration`,
     /// `system_information`.
@@ -365,6 +405,7 @@ impl Operations {
                     json!({"message": "Configuration successfully set. You must restart HarperDB for new config settings to take effect."}),
                 )
             }
+            "cluster_status" => Ok(cluster_status(&self.app.cluster.state())),
             "read_log" => {
                 let q = log_query(env)?;
                 let dir = settings.logging.dir.clone();

@@ -137,7 +137,10 @@ impl Node {
             .await
             .context("creating this node's consumer")?;
         tracing::info!("replication: connected; stream {STREAM}, consumer {durable}");
-        futures::try_join!(self.publish(&js), self.apply(&consumer))?;
+        self.app.cluster.connected(&self.name, true);
+        let served = futures::try_join!(self.publish(&js), self.apply(&consumer));
+        self.app.cluster.connected(&self.name, false);
+        served?;
         Ok(())
     }
 
@@ -308,11 +311,16 @@ impl Node {
                 index: 0,
             }),
         };
+        let version = change.version;
         self.shards
             .write(op)
             .await
-            .map(|_| ())
-            .map_err(|e| Apply::Retry(e.to_string()))
+            .map_err(|e| Apply::Retry(e.to_string()))?;
+        let now_ms = tessera_storage::shard::now_micros() / 1000;
+        self.app
+            .cluster
+            .received(origin, &database, version, now_ms);
+        Ok(())
     }
 
     /// Every table by its id here.
