@@ -371,6 +371,9 @@ pub struct ShardStore {
     audit: Keyspace,
     /// The key of the next audit entry.
     audit_seq: AtomicU64,
+    /// The audit entries numbered below this are persisted (as the durability mode promises):
+    /// replication publishes no change its own node could still lose.
+    persisted_seq: AtomicU64,
     /// Point reads of `records`; every batch that writes records takes its keys out.
     cache: ReadCache,
     /// The version of each record's last full write (put or delete; a delete's is its
@@ -698,6 +701,7 @@ impl ShardStore {
             markers,
             audit,
             audit_seq: AtomicU64::new(next_seq),
+            persisted_seq: AtomicU64::new(next_seq),
             cache: ReadCache::new(opts.read_cache_bytes),
             tombstones,
         })
@@ -1049,7 +1053,12 @@ impl ShardStore {
             Durability::Durable => PersistMode::SyncData,
             Durability::Buffered => PersistMode::Buffer,
         };
-        Ok(self.db.persist(mode)?)
+        // Everything applied so far is covered (the shard's writer thread is the one caller
+        // that applies and persists).
+        let applied = self.audit_seq.load(Ordering::Relaxed);
+        self.db.persist(mode)?;
+        self.persisted_seq.fetch_max(applied, Ordering::Release);
+        Ok(())
     }
 
     /// Flushes the memtables to disk tables so that the next start has no journal to replay
@@ -1100,8 +1109,8 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// The audit log's entries after the one numbered `after` (all: `None`), at most `limit`,
-    /// each with its number and its changes with their origins, in commit order: what
+    /// The audit log's persisted entries after the one numbered `after` (all: `None`), at most
+    /// `limit`, each with its number and its changes with their origins, in commit order: what
     /// replication sends to other nodes.
     pub fn audit_after(
         &self,
@@ -1109,8 +1118,16 @@ impl ShardStore {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<Audited>)>, StoreError> {
         let from = after.map_or(0, |a| a.saturating_add(1));
+        let to = self.persisted_seq.load(Ordering::Acquire);
         let mut out = Vec::new();
-        for kv in self.audit.range(from.to_be_bytes()..).take(limit) {
+        if from >= to {
+            return Ok(out);
+        }
+        for kv in self
+            .audit
+            .range(from.to_be_bytes()..to.to_be_bytes())
+            .take(limit)
+        {
             let (k, v) = kv.into_inner()?;
             let seq = <[u8; 8]>::try_from(k.as_ref())
                 .map(u64::from_be_bytes)

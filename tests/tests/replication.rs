@@ -284,3 +284,51 @@ fn increments_made_on_two_nodes_at_once_add_up_on_both() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The number of Dogs a node holds.
+fn dogs(s: &Server) -> i64 {
+    let (st, rows) = s.ops().operation(&serde_json::json!({
+        "operation": "sql",
+        "sql": "SELECT COUNT(*) AS n FROM data.Dog"
+    }));
+    assert_eq!(st, 200, "{rows}");
+    rows[0]["n"].as_i64().unwrap()
+}
+
+#[test]
+fn nothing_acknowledged_is_lost_to_replication_when_either_node_is_killed() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let mut b = Some(Start::new(app.dir.path(), root_b.path()).start());
+    // B is killed while A writes; A is killed right after its last write is acknowledged,
+    // before it can have published all of them.
+    let mut ca = a.client();
+    for id in 1..=150 {
+        let body = format!(r#"{{"name":"dog {id}","n":{id}}}"#);
+        assert_eq!(ca.put_json(&format!("/Dog/{id}"), &body).status, 204);
+        if id == 50 {
+            b.take().unwrap().kill9();
+        }
+    }
+    a.kill9();
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    assert_eq!(dogs(&a), 150, "A lost an acknowledged write");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dogs(&b) != 150 {
+        assert!(
+            Instant::now() < deadline,
+            "B holds {} of A's 150 Dogs\nA: {}\nB: {}",
+            dogs(&b),
+            a.output(),
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for id in [1, 50, 51, 149, 150] {
+        let path = format!("/Dog/{id}");
+        assert_eq!(a.client().get(&path).json(), b.client().get(&path).json());
+    }
+}

@@ -46,6 +46,10 @@ const BATCH_MESSAGES: usize = 512;
 const IDLE: Duration = Duration::from_millis(20);
 /// The wait after a failure (NATS unreachable, say) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long JetStream waits for this node to acknowledge a change before it delivers it again:
+/// what a node that was killed mid-batch waits, when it comes back, for the changes it had been
+/// handed (JetStream's default is 30 s; a batch here is applied in milliseconds).
+const ACK_WAIT: Duration = Duration::from_secs(5);
 /// The format of a published change (its first byte).
 const FORMAT: u8 = 2;
 
@@ -131,6 +135,7 @@ impl Node {
                     filter_subject: format!("{STREAM}.>"),
                     ack_policy: consumer::AckPolicy::Explicit,
                     deliver_policy: consumer::DeliverPolicy::All,
+                    ack_wait: ACK_WAIT,
                     ..Default::default()
                 },
             )
