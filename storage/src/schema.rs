@@ -197,6 +197,9 @@ pub struct Table {
     pub types: Arc<HashMap<String, ObjectType>>,
     /// `@table(audit:)`: whether its changes are kept in the audit log (true unless `false`).
     pub audit: bool,
+    /// `@table(replicate:)`: whether its changes go to the other nodes of a cluster (true
+    /// unless `false`).
+    pub replicate: bool,
     /// `@export(rest:)` and `@export(mqtt:)`: the protocols it is exported on (both unless one
     /// is turned off).
     pub rest: bool,
@@ -247,6 +250,7 @@ impl Table {
             primary_key: 0,
             types: Arc::default(),
             audit: true,
+            replicate: true,
             rest: true,
             mqtt: true,
         }
@@ -588,8 +592,9 @@ fn table_directive(
                 }
             }
             ("schema", graphql_parser::query::Value::String(s)) => table.database = s.clone(),
-            // Replication is one node's business until clustering lands: accepted, no effect.
-            ("replicate" | "replicated", graphql_parser::query::Value::Boolean(_)) => {}
+            ("replicate" | "replicated", graphql_parser::query::Value::Boolean(b)) => {
+                table.replicate = *b
+            }
             // A retention ("1d") or a flag: the audit log is kept unless it is off.
             ("audit", v) => {
                 table.audit = match v {
@@ -663,6 +668,7 @@ fn table_of(
         primary_key: 0,
         types: nested.clone(),
         audit: true,
+        replicate: true,
         rest: true,
         mqtt: true,
     };

@@ -12,7 +12,8 @@ use tessera_protocol::mqtt::{QoS, Version};
 use tessera_tests::mqtt::MqttClient;
 use tessera_tests::{ADMIN, App, Server, Start};
 
-const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String n: Int }";
+const SCHEMA: &str = "type Dog @table @export { id: ID @primaryKey name: String n: Int }
+type Local @table(replicate: false) @export { id: ID @primaryKey v: Int }";
 
 /// A NATS server with JetStream on a free loopback port, stopped when dropped.
 struct Nats {
@@ -180,6 +181,18 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    // A table declared `replicate: false` stays on its node.
+    assert_eq!(a.client().put_json("/Local/1", r#"{"v":1}"#).status, 204);
+    assert_eq!(
+        a.client().put_json("/Dog/after", r#"{"name":"x"}"#).status,
+        204
+    );
+    eventually(&b, "/Dog/after", "a write after the local one", |st, _| {
+        st == 200
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(b.client().get("/Local/1").status, 404);
 
     // A delete on B goes from A too.
     assert_eq!(b.client().delete("/Dog/1").status, 200);

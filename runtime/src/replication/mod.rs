@@ -213,7 +213,7 @@ impl Node {
         }
         let change = &audited.change;
         let table = tables.get(&change.table)?;
-        if !self.replicates(&table.database) {
+        if !table.replicate || !self.replicates(&table.database) {
             return None;
         }
         let subject = format!(
