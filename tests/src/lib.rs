@@ -622,6 +622,15 @@ pub fn wasm_target_dir() -> PathBuf {
     target.join("wasm-guests")
 }
 
+/// The schema the test guests (tests/guests) are written for.
+pub const GUEST_SCHEMA: &str = "
+type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
+type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
+type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
+type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
+  total: Float @computed  band: String @computed }
+";
+
 /// The test guests (`tests/guests`) built for `wasm32-unknown-unknown`, once per test binary
 /// (installing the target with rustup when it is missing).
 pub fn guest_module() -> PathBuf {

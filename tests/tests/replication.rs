@@ -103,6 +103,15 @@ fn eventually(
     }
 }
 
+/// PUTs `body` at `path` on `from`, then waits until `to` serves a record with its fields.
+fn put_and_see(from: &Server, to: &Server, path: &str, body: &str) {
+    assert_eq!(from.client().put_json(path, body).status, 204);
+    let want: serde_json::Value = serde_json::from_str(body).unwrap();
+    eventually(to, path, "a write made on the other node", |st, v| {
+        st == 200 && want.as_object().unwrap().iter().all(|(k, w)| &v[k] == w)
+    });
+}
+
 #[test]
 fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     let nats = Nats::start();
@@ -116,30 +125,14 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     sub.subscribe(&[("Dog/1", QoS::AtLeastOnce)]);
 
     // Each way.
-    assert_eq!(
-        a.client()
-            .put_json("/Dog/1", r#"{"name":"Rex","n":1}"#)
-            .status,
-        204
-    );
-    eventually(&b, "/Dog/1", "A's write on B", |st, v| {
-        st == 200 && v["name"] == "Rex"
-    });
+    put_and_see(&a, &b, "/Dog/1", r#"{"name":"Rex","n":1}"#);
     let told = sub
         .next_publish(Duration::from_secs(10))
         .expect("B's subscriber is told of A's write");
     assert_eq!(told.topic, "Dog/1");
     let told: serde_json::Value = serde_json::from_slice(&told.payload).unwrap();
     assert_eq!(told["name"], "Rex");
-    assert_eq!(
-        b.client()
-            .put_json("/Dog/2", r#"{"name":"Ace","n":2}"#)
-            .status,
-        204
-    );
-    eventually(&a, "/Dog/2", "B's write on A", |st, v| {
-        st == 200 && v["name"] == "Ace"
-    });
+    put_and_see(&b, &a, "/Dog/2", r#"{"name":"Ace","n":2}"#);
 
     // Each node's cluster_status names the other, with the last change it applied from it.
     let (st, status) = a
@@ -227,16 +220,6 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     );
 }
 
-/// The test guests' schema (tests/guests): `Widget`'s resource adds a message's `restock` to
-/// the widget's stock with `addTo`.
-const WIDGETS: &str = "
-type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
-type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
-type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
-type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
-  total: Float @computed  band: String @computed }
-";
-
 #[test]
 fn a_node_without_replication_says_so_in_cluster_status() {
     let (s, _app, _root) = Server::with_schema(SCHEMA);
@@ -251,7 +234,8 @@ fn a_node_without_replication_says_so_in_cluster_status() {
 #[test]
 fn increments_made_on_two_nodes_at_once_add_up_on_both() {
     let nats = Nats::start();
-    let app = App::with_wasm(WIDGETS);
+    // The guests' `Widget` resource adds a message's `restock` to the stock with `addTo`.
+    let app = App::with_wasm(tessera_tests::GUEST_SCHEMA);
     let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
     let start = |root: &Path| {
         let mut s = Start::new(app.dir.path(), root);

@@ -11,13 +11,7 @@ use tessera_protocol::mqtt::{QoS, Version};
 use tessera_tests::mqtt::MqttClient;
 use tessera_tests::{ADMIN, App, Server, Start};
 
-const SCHEMA: &str = "
-type Widget @table @export { id: Long @primaryKey  name: String  price: Float @indexed  stock: Int }
-type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: Int }
-type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
-type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
-  total: Float @computed  band: String @computed }
-";
+const SCHEMA: &str = tessera_tests::GUEST_SCHEMA;
 
 fn start(app: &App, root: &Path) -> Server {
     start_with_budget(app, root, 1500)
