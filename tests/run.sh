@@ -12,6 +12,10 @@ command -v mosquitto_sub >/dev/null || {
 [[ -x /usr/sbin/nats-server ]] || command -v nats-server >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
 }
+# nftables, for the replication test's silent partition (Debian's nftables).
+[[ -x /usr/sbin/nft ]] || command -v nft >/dev/null || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
+}
 # The strict OpenAPI validator the OpenAPI test runs (PyPI).
 python3 -c 'import openapi_spec_validator' 2>/dev/null \
   || python3 -m pip install --quiet --disable-pip-version-check 'openapi-spec-validator>=0.7,<1'

@@ -329,3 +329,93 @@ fn nothing_acknowledged_is_lost_to_replication_when_either_node_is_killed() {
         assert_eq!(a.client().get(&path).json(), b.client().get(&path).json());
     }
 }
+
+/// A silent partition between the nodes and the NATS server (an nftables rule dropping its
+/// port's packets both ways, as a cut cable would), removed when dropped.
+struct Partition(&'static str);
+
+impl Partition {
+    fn cut(port: u16) -> Partition {
+        let table = "tessera_replication_test";
+        let rules = format!(
+            "table inet {table} {{\n chain out {{\n type filter hook output priority 0;\n \
+             tcp dport {port} drop\n tcp sport {port} drop\n }}\n}}\n"
+        );
+        let mut nft = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft (Debian's nftables) runs");
+        use std::io::Write;
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft took the rule");
+        Partition(table)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", self.0])
+            .status();
+    }
+}
+
+#[test]
+fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    put_and_see(&a, &b, "/Dog/0", r#"{"name":"before"}"#);
+
+    let cut = Partition::cut(nats.port);
+    for i in 1..=20 {
+        let body = format!(r#"{{"name":"a{i}"}}"#);
+        assert_eq!(
+            a.client().put_json(&format!("/Dog/a{i}"), &body).status,
+            204
+        );
+        let body = format!(r#"{{"name":"b{i}"}}"#);
+        assert_eq!(
+            b.client().put_json(&format!("/Dog/b{i}"), &body).status,
+            204
+        );
+    }
+    assert_eq!(
+        a.client().put_json("/Dog/both", r#"{"name":"A"}"#).status,
+        204
+    );
+    assert_eq!(
+        b.client().put_json("/Dog/both", r#"{"name":"B"}"#).status,
+        204
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.client().get("/Dog/a1").status, 404, "the partition held");
+    drop(cut);
+
+    // Every write on both sides reaches the other, and the record written on both ends the
+    // same on both (the later write).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while dogs(&a) != 42 || dogs(&b) != 42 {
+        assert!(
+            Instant::now() < deadline,
+            "after healing: A {} and B {} of 42\nA: {}\nB: {}",
+            dogs(&a),
+            dogs(&b),
+            a.output(),
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while a.client().get("/Dog/both").json() != b.client().get("/Dog/both").json() {
+        assert!(Instant::now() < deadline, "/Dog/both differs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.client().get("/Dog/both").json()["name"], "B");
+}
