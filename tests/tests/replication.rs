@@ -212,12 +212,19 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     eventually(&b, "/Dog/2", "an update made while B was down", |st, v| {
         st == 200 && v["n"] == 22
     });
-    // B's own writes are not sent back to it as changes: its record of /Dog/c0 is still the
-    // one both agree on.
+    // B's own writes are not sent back to it as changes: its record of /Dog/c0 is the one both
+    // agree on.
     assert_eq!(
         a.client().get("/Dog/c0").json(),
         b.client().get("/Dog/c0").json()
     );
+    // B's data is lost; B starts again, empty, under the same name, at once: its new writes
+    // reach A (its message ids carry the new data directory's epoch).
+    assert!(b.terminate().is_some());
+    let root_b = node_root("beta", &nats);
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    // (What it held before is not copied to it: a new node's first copy is not built yet.)
+    put_and_see(&b, &a, "/Dog/5", r#"{"name":"Reborn","n":5}"#);
 }
 
 #[test]

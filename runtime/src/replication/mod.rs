@@ -7,7 +7,7 @@
 //!
 //! - **Out.** For each shard, the audit entries after a cursor kept on disk are published to the
 //!   stream [`STREAM`] under `tessera.<database>.<node>.<shard>`, each change with a message id
-//!   (`<node>.<shard>.<entry>.<change>`) that makes publishing it again after a crash harmless
+//!   (`<node>.<epoch>.<shard>.<entry>.<change>`) that makes publishing it again after a crash harmless
 //!   (JetStream drops a duplicate within its window; applying one twice changes nothing). The
 //!   cursor moves once JetStream has acknowledged everything before it.
 //! - **In.** A durable consumer per node reads every node's subjects (its own it skips) and
@@ -59,6 +59,7 @@ pub fn start(config: Replication, shards: Arc<ShardSet>, app: Arc<App>) -> anyho
     let dir = app.settings.root.join("data").join("replication");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let node = subject_token(&config.node);
+    let epoch = epoch(&dir)?;
     tracing::info!("replication: node {node}, through NATS at {}", config.nats);
     std::thread::Builder::new()
         .name("tessera-replication".into())
@@ -75,6 +76,7 @@ pub fn start(config: Replication, shards: Arc<ShardSet>, app: Arc<App>) -> anyho
             };
             let node = Node {
                 name: node,
+                epoch,
                 config,
                 shards,
                 app,
@@ -90,6 +92,8 @@ pub fn start(config: Replication, shards: Arc<ShardSet>, app: Arc<App>) -> anyho
 struct Node {
     /// Its name as a subject token.
     name: String,
+    /// When its data directory began (see [`epoch`]).
+    epoch: u64,
     config: Replication,
     shards: Arc<ShardSet>,
     app: Arc<App>,
@@ -175,7 +179,7 @@ impl Node {
                             continue;
                         };
                         let mut headers = async_nats::HeaderMap::new();
-                        let id = format!("{}.{shard}.{seq}.{i}", self.name);
+                        let id = format!("{}.{}.{shard}.{seq}.{i}", self.name, self.epoch);
                         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
                         let ack = js
                             .publish_with_headers(subject, headers, payload.into())
@@ -356,6 +360,23 @@ impl Node {
         )
         .context("keeping the replication cursor")
     }
+}
+
+/// When this node's data began (µs since the epoch), kept in `dir`: part of every message id,
+/// whose audit entry numbers start again with a new data directory. A node wiped and started
+/// again under the same name would otherwise have its first changes taken by JetStream for
+/// duplicates of its old ones.
+fn epoch(dir: &std::path::Path) -> anyhow::Result<u64> {
+    let path = dir.join("epoch");
+    if let Ok(b) = std::fs::read(&path)
+        && let Ok(b) = <[u8; 8]>::try_from(b.as_slice())
+    {
+        return Ok(u64::from_be_bytes(b));
+    }
+    let now = tessera_storage::shard::now_micros();
+    tessera_storage::layout::write_atomically(&path, &now.to_be_bytes(), 0o600)
+        .context("keeping the replication epoch")?;
+    Ok(now)
 }
 
 /// Why a change was not applied.
