@@ -7,9 +7,9 @@
 //!
 //! - **Out.** For each shard, the audit entries after a cursor kept on disk are published to the
 //!   stream [`STREAM`] under `tessera.<database>.<node>.<shard>`, each change with a message id
-//!   (`<node>.<epoch>.<shard>.<entry>.<change>`) that makes publishing it again after a crash harmless
-//!   (JetStream drops a duplicate within its window; applying one twice changes nothing). The
-//!   cursor moves once JetStream has acknowledged everything before it.
+//!   (`<node>.<epoch>.<shard>.<entry>.<change>`) that makes publishing it again after a crash
+//!   harmless (JetStream drops a duplicate within its window; applying one twice changes
+//!   nothing). The cursor moves once JetStream has acknowledged everything before it.
 //! - **In.** A durable consumer per node reads every node's subjects (its own it skips) and
 //!   applies each change on its shard as [`WriteKind::Replicated`]: kept only if its version is
 //!   newer than the record's, the shard's clock moved past it. A message is acknowledged after
