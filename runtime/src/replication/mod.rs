@@ -158,7 +158,8 @@ impl Node {
         let shards = self.shards.count();
         let mut cursors: Vec<Option<u64>> = (0..shards).map(|s| self.cursor(s)).collect();
         loop {
-            let tables = self.tables_by_id();
+            // Worked out when a shard has something to send, not on every idle look.
+            let mut tables: Option<HashMap<u32, Arc<Table>>> = None;
             let mut idle = true;
             for (shard, cursor) in cursors.iter_mut().enumerate() {
                 let Some(store) = self.shards.store(shard) else {
@@ -171,11 +172,11 @@ impl Node {
                     continue;
                 };
                 idle = false;
+                let tables = tables.get_or_insert_with(|| self.tables_by_id());
                 let mut acks = Vec::new();
                 for (seq, changes) in &entries {
                     for (i, audited) in changes.iter().enumerate() {
-                        let Some((subject, payload)) = self.outgoing(&tables, shard, audited)
-                        else {
+                        let Some((subject, payload)) = self.outgoing(tables, shard, audited) else {
                             continue;
                         };
                         let mut headers = async_nats::HeaderMap::new();
