@@ -6,10 +6,12 @@
 //! the log before anyone is answered) and writes through the shards' writer threads.
 //!
 //! - **Out.** For each shard, the audit entries after a cursor kept on disk are published to the
-//!   stream [`STREAM`] under `tessera.<database>.<node>.<shard>`, each change with a message id
-//!   (`<node>.<epoch>.<shard>.<entry>.<change>`) that makes publishing it again after a crash
-//!   harmless (JetStream drops a duplicate within its window; applying one twice changes
-//!   nothing). The cursor moves once JetStream has acknowledged everything before it.
+//!   stream [`STREAM`] under `tessera.<database>.<node>.<shard>`, in batches: the changes of up
+//!   to [`BATCH_ENTRIES`] entries, per database, as many to a message as NATS takes. A batch's
+//!   range is on disk before it goes, so after a crash it goes again as it was, under the same
+//!   message ids (`<node>.<epoch>.<shard>.<first>-<last>.<database>.<part>`), and JetStream
+//!   drops the duplicates within its window. The cursor moves once JetStream has acknowledged
+//!   the batch.
 //! - **In.** A durable consumer per node reads every node's subjects (its own it skips) and
 //!   applies each change on its shard as [`WriteKind::Replicated`]: kept only if its version is
 //!   newer than the record's, the shard's clock moved past it. A message is acknowledged after
@@ -40,8 +42,9 @@ pub const STREAM: &str = "tessera";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Audit entries published per shard at a time.
 const BATCH_ENTRIES: usize = 256;
-/// Messages applied together (one group commit per shard for all of them).
-const BATCH_MESSAGES: usize = 512;
+/// Messages applied together (one group commit per shard for all of them), each of up to
+/// [`BATCH_ENTRIES`] entries' changes.
+const BATCH_MESSAGES: usize = 16;
 /// How often a shard with nothing new is looked at again.
 const IDLE: Duration = Duration::from_millis(20);
 /// The wait after a failure (NATS unreachable, say) before trying again.
@@ -52,6 +55,8 @@ const RETRY: Duration = Duration::from_secs(1);
 const ACK_WAIT: Duration = Duration::from_secs(5);
 /// The format of a published change (its first byte).
 const FORMAT: u8 = 2;
+/// The format of a message: this byte, then changes, each a u32 BE length and the change.
+const BATCH: u8 = 3;
 
 /// Starts replicating: the thread returns at once; it connects (and reconnects) in the
 /// background.
@@ -119,6 +124,7 @@ impl Node {
             .connect(self.config.nats.as_str())
             .await
             .context("connecting to NATS")?;
+        let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client);
         let stream = js
             .get_or_create_stream(stream::Config {
@@ -147,16 +153,18 @@ impl Node {
             .context("creating this node's consumer")?;
         tracing::info!("replication: connected; stream {STREAM}, consumer {durable}");
         self.app.cluster.connected(&self.name, true);
-        let served = futures::try_join!(self.publish(&js), self.apply(&consumer));
+        // Room for the headers and the subject under the server's limit.
+        let max_payload = max_payload.saturating_sub(1024).max(64 * 1024);
+        let served = futures::try_join!(self.publish(&js, max_payload), self.apply(&consumer));
         self.app.cluster.connected(&self.name, false);
         served?;
         Ok(())
     }
 
     /// Publishes what every shard commits, for as long as the connection lasts.
-    async fn publish(&self, js: &jetstream::Context) -> anyhow::Result<()> {
+    async fn publish(&self, js: &jetstream::Context, max_payload: usize) -> anyhow::Result<()> {
         let shards = self.shards.count();
-        let mut cursors: Vec<Option<u64>> = (0..shards).map(|s| self.cursor(s)).collect();
+        let mut cursors: Vec<Cursor> = (0..shards).map(|s| self.cursor(s)).collect();
         loop {
             // Worked out when a shard has something to send, not on every idle look.
             let mut tables: Option<HashMap<u32, Arc<Table>>> = None;
@@ -165,35 +173,45 @@ impl Node {
                 let Some(store) = self.shards.store(shard) else {
                     continue;
                 };
-                let entries = store
-                    .audit_after(*cursor, BATCH_ENTRIES)
+                let mut entries = store
+                    .audit_after(cursor.done, BATCH_ENTRIES)
                     .context("reading the audit log")?;
+                // A batch begun before a crash goes again as it was, under the same ids.
+                if cursor.sending != cursor.done
+                    && let Some(sending) = cursor.sending
+                {
+                    entries.retain(|(seq, _)| *seq <= sending);
+                }
                 let Some(&(last, _)) = entries.last() else {
+                    if cursor.sending != cursor.done || cursor.on_disk != cursor.done {
+                        // Nothing left of the batch on disk (or it was sent): it is done.
+                        cursor.done = cursor.sending.max(cursor.done);
+                        cursor.sending = cursor.done;
+                        self.keep_cursor(shard, cursor)?;
+                    }
                     continue;
                 };
                 idle = false;
+                if cursor.sending != Some(last) || cursor.on_disk != cursor.done {
+                    cursor.sending = Some(last);
+                    self.keep_cursor(shard, cursor)?;
+                }
                 let tables = tables.get_or_insert_with(|| self.tables_by_id());
                 let mut acks = Vec::new();
-                for (seq, changes) in &entries {
-                    for (i, audited) in changes.iter().enumerate() {
-                        let Some((subject, payload)) = self.outgoing(tables, shard, audited) else {
-                            continue;
-                        };
-                        let mut headers = async_nats::HeaderMap::new();
-                        let id = format!("{}.{}.{shard}.{seq}.{i}", self.name, self.epoch);
-                        headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                        let ack = js
-                            .publish_with_headers(subject, headers, payload.into())
-                            .await
-                            .context("publishing")?;
-                        acks.push(ack);
-                    }
+                for (subject, id, payload) in self.outgoing(tables, shard, &entries, max_payload) {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                    let ack = js
+                        .publish_with_headers(subject, headers, payload.into())
+                        .await
+                        .context("publishing")?;
+                    acks.push(ack);
                 }
                 for ack in acks {
                     ack.await.context("JetStream did not store a change")?;
                 }
-                *cursor = Some(last);
-                self.keep_cursor(shard, last)?;
+                // Kept on disk with the next batch, or once there is none.
+                cursor.done = Some(last);
             }
             if idle {
                 tokio::time::sleep(IDLE).await;
@@ -201,14 +219,59 @@ impl Node {
         }
     }
 
-    /// The subject and payload a change goes out as; `None` for one that does not (applied
-    /// from another node, of a dropped table, or of a database that does not replicate).
+    /// The messages a batch of a shard's audit entries goes out as: per database, its changes
+    /// in commit order, as many to a message as fit in `max_payload`. What a batch sends, and
+    /// under which ids, depends only on its entries: sent again after a crash, JetStream drops
+    /// it as a duplicate.
     fn outgoing(
         &self,
         tables: &HashMap<u32, Arc<Table>>,
         shard: usize,
+        entries: &[(u64, Vec<Audited>)],
+        max_payload: usize,
+    ) -> Vec<(String, String, Vec<u8>)> {
+        let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
+            return Vec::new();
+        };
+        let changes = entries
+            .iter()
+            .flat_map(|(_, changes)| changes)
+            .filter_map(|audited| {
+                let table = self.outbound_table(tables, audited)?;
+                let change = encode(table, &audited.change, audited.added.as_deref());
+                if change.len() + 5 > max_payload {
+                    tracing::error!(
+                        "replication: a change to {}.{} of {} bytes is larger than NATS takes \
+                         ({max_payload}); not sent",
+                        table.database,
+                        table.name,
+                        change.len()
+                    );
+                    return None;
+                }
+                Some((table.database.as_str(), change))
+            });
+        pack(changes, max_payload)
+            .into_iter()
+            .map(|(database, part, payload)| {
+                let database = subject_token(database);
+                let subject = format!("{STREAM}.{database}.{}.{shard}", self.name);
+                let id = format!(
+                    "{}.{}.{shard}.{first}-{last}.{database}.{part}",
+                    self.name, self.epoch
+                );
+                (subject, id, payload)
+            })
+            .collect()
+    }
+
+    /// The table of a change that goes out; `None` for one that does not (applied from another
+    /// node, of a dropped table, of a table or database that does not replicate).
+    fn outbound_table<'t>(
+        &self,
+        tables: &'t HashMap<u32, Arc<Table>>,
         audited: &Audited,
-    ) -> Option<(String, Vec<u8>)> {
+    ) -> Option<&'t Table> {
         if audited
             .origin
             .as_ref()
@@ -216,17 +279,8 @@ impl Node {
         {
             return None;
         }
-        let change = &audited.change;
-        let table = tables.get(&change.table)?;
-        if !table.replicate || !self.replicates(&table.database) {
-            return None;
-        }
-        let subject = format!(
-            "{STREAM}.{}.{}.{shard}",
-            subject_token(&table.database),
-            self.name
-        );
-        Some((subject, encode(table, change, audited.added.as_deref())))
+        let table = tables.get(&audited.change.table)?;
+        (table.replicate && self.replicates(&table.database)).then_some(&**table)
     }
 
     fn replicates(&self, database: &str) -> bool {
@@ -251,7 +305,7 @@ impl Node {
             // gets together, in the order they came.
             let writes = batch
                 .iter()
-                .map(|m| self.apply_one(m.subject.as_str(), &m.payload));
+                .map(|m| self.apply_message(m.subject.as_str(), &m.payload));
             let results = futures::future::join_all(writes).await;
             for (m, result) in batch.iter().zip(results) {
                 match result {
@@ -273,15 +327,33 @@ impl Node {
         Ok(())
     }
 
-    /// Applies one published change (one of this node's own is left alone).
-    async fn apply_one(&self, subject: &str, payload: &[u8]) -> Result<(), Apply> {
+    /// Applies the changes of one message (this node's own are left alone), all queued at
+    /// once. A change that cannot be applied here is logged and passed over; one that failed
+    /// to be stored has the whole message come again.
+    async fn apply_message(&self, subject: &str, payload: &[u8]) -> Result<(), Apply> {
         let mut parts = subject.splitn(4, '.');
         let origin = parts.nth(2).unwrap_or_default();
         if origin == self.name {
             return Ok(());
         }
+        let changes =
+            split(payload).ok_or_else(|| Apply::Skip("not a message this node can read".into()))?;
+        let applied = changes.into_iter().map(|c| self.apply_one(origin, c));
+        let mut outcome = Ok(());
+        for result in futures::future::join_all(applied).await {
+            match result {
+                Ok(()) => {}
+                Err(Apply::Skip(why)) => tracing::warn!("replication: {subject}: {why}"),
+                Err(retry) => outcome = Err(retry),
+            }
+        }
+        outcome
+    }
+
+    /// Applies one change from `origin`.
+    async fn apply_one(&self, origin: &str, change: &[u8]) -> Result<(), Apply> {
         let (database, name, change, added) =
-            decode(payload).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
+            decode(change).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
         if !self.replicates(&database) {
             return Ok(());
         }
@@ -347,20 +419,43 @@ impl Node {
         self.dir.join(format!("shard-{shard}.cursor"))
     }
 
-    /// The last audit entry of `shard` published (`None`: none yet).
-    fn cursor(&self, shard: usize) -> Option<u64> {
-        let b = std::fs::read(self.cursor_path(shard)).ok()?;
-        Some(u64::from_be_bytes(b.get(..8)?.try_into().ok()?))
+    /// Where `shard`'s publishing stands, as kept on disk.
+    fn cursor(&self, shard: usize) -> Cursor {
+        let b = std::fs::read(self.cursor_path(shard)).unwrap_or_default();
+        let seq = |at: usize| {
+            let n = u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?);
+            (n != u64::MAX).then_some(n)
+        };
+        let done = seq(0);
+        let sending = if b.len() >= 16 { seq(8) } else { done };
+        Cursor {
+            done,
+            sending,
+            on_disk: done,
+        }
     }
 
-    fn keep_cursor(&self, shard: usize, seq: u64) -> anyhow::Result<()> {
-        tessera_storage::layout::write_atomically(
-            &self.cursor_path(shard),
-            &seq.to_be_bytes(),
-            0o600,
-        )
-        .context("keeping the replication cursor")
+    fn keep_cursor(&self, shard: usize, cursor: &mut Cursor) -> anyhow::Result<()> {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&cursor.done.unwrap_or(u64::MAX).to_be_bytes());
+        b[8..].copy_from_slice(&cursor.sending.unwrap_or(u64::MAX).to_be_bytes());
+        tessera_storage::layout::write_atomically(&self.cursor_path(shard), &b, 0o600)
+            .context("keeping the replication cursor")?;
+        cursor.on_disk = cursor.done;
+        Ok(())
     }
+}
+
+/// Where a shard's publishing stands in its audit log. On disk before a batch goes out, so
+/// that after a crash the same batch goes again, under the same message ids.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// The last entry JetStream has stored (`None`: none yet).
+    done: Option<u64>,
+    /// The last entry of the batch being sent (`done` when none is).
+    sending: Option<u64>,
+    /// `done` as the file says it.
+    on_disk: Option<u64>,
 }
 
 /// When this node's data began (µs since the epoch), kept in `dir`: part of every message id,
@@ -423,6 +518,47 @@ fn encode(table: &Table, change: &Change, added: Option<&[(String, Value)]>) -> 
     out
 }
 
+/// Changes, each with its database, as messages of at most `max` bytes: per database, its
+/// changes in order, numbered from 0 (every change must fit in one).
+fn pack<'a>(
+    changes: impl IntoIterator<Item = (&'a str, Vec<u8>)>,
+    max: usize,
+) -> Vec<(&'a str, usize, Vec<u8>)> {
+    // Per database: the message being filled and its number.
+    let mut open: HashMap<&str, (Vec<u8>, usize)> = HashMap::new();
+    let mut out = Vec::new();
+    for (database, change) in changes {
+        let (payload, part) = open.entry(database).or_insert_with(|| (vec![BATCH], 0));
+        if payload.len() > 1 && payload.len() + 4 + change.len() > max {
+            out.push((database, *part, std::mem::replace(payload, vec![BATCH])));
+            *part += 1;
+        }
+        payload.extend_from_slice(&(change.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&change);
+    }
+    out.extend(
+        open.into_iter()
+            .map(|(db, (payload, part))| (db, part, payload)),
+    );
+    out
+}
+
+/// The changes of a message: a [`BATCH`] of them, or one alone (as nodes sent them before).
+fn split(mut b: &[u8]) -> Option<Vec<&[u8]>> {
+    match *b.first()? {
+        FORMAT => return Some(vec![b]),
+        BATCH => b = &b[1..],
+        _ => return None,
+    }
+    let mut changes = Vec::new();
+    while !b.is_empty() {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        changes.push(b.get(4..4 + n)?);
+        b = &b[4 + n..];
+    }
+    Some(changes)
+}
+
 /// [`encode`] undone: database, table, change and what an `addTo` added.
 fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Added>)> {
     if *b.first()? != FORMAT {
@@ -476,6 +612,26 @@ mod tests {
         let (.., added) = decode(&encode(&table, &change, Some(&three))).unwrap();
         assert_eq!(added, Some(three));
         assert!(decode(&[2, 0]).is_none());
+        // Packed by database into messages that fit, and split back as they were.
+        let one = encode(&table, &change, None);
+        let changes = (0..10).map(|i| (if i % 3 == 0 { "a" } else { "b" }, one.clone()));
+        let messages = pack(changes, 1 + 3 * (4 + one.len()));
+        let parts = |db| {
+            let mut p: Vec<_> = messages.iter().filter(|m| m.0 == db).collect();
+            p.sort_by_key(|m| m.1);
+            p.iter()
+                .map(|m| split(&m.2).unwrap().len())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(parts("a"), [3, 1]);
+        assert_eq!(parts("b"), [3, 3]);
+        for m in &messages {
+            for c in split(&m.2).unwrap() {
+                assert_eq!(decode(c).unwrap().2.version, change.version);
+            }
+        }
+        assert_eq!(split(&one).unwrap(), [one.as_slice()]);
+        assert!(split(&[BATCH, 0, 0, 0, 9, 1]).is_none());
         assert_eq!(subject_token("a.b c>*"), "a_b_c__");
     }
 }
