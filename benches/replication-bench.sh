@@ -26,6 +26,7 @@ BIN="$REPO/target/release/tessera"
 rm -rf "$WORK" && mkdir -p "$WORK"
 OUT="$WORK/summary.md"
 PIDS=()
+NAMES=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 NATS_PORT=29422
@@ -40,6 +41,7 @@ start_node() { # name index [replicate]
     --threads "$THREADS" --http-port $http --mqtt-port $((http + 1)) --ops-port $((http + 2)) \
     --host 127.0.0.1 > "$root.out" 2>&1 &
   PIDS+=($!)
+  NAMES+=("$1")
   until curl -s -o /dev/null -u admin:password "http://127.0.0.1:$http/Dog"; do sleep 0.05; done
 }
 
@@ -49,11 +51,24 @@ ticks() { # every process started here (the nodes and nats-server): CPU clock ti
   echo $t
 }
 
+each_ticks() { # CPU clock ticks so far of each process started here, in the order started
+  for p in "${PIDS[@]}"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat"; done
+}
+
 put_load() { # port label: the wrk figures, CPU per request counting every node and nats-server
-  local t0
+  local t0 e0
   t0=$(ticks)
+  e0=$(each_ticks)
   wrk -t2 -c64 -d"$DURATION" --latency -s "$HB/wrk/put.lua" "http://127.0.0.1:$1" > "$WORK/$2.wrk"
   python3 "$REPO/benches/wrk_result.py" "$WORK/$2.wrk" $(($(ticks) - t0)) "$(getconf CLK_TCK)" scenario="$2"
+  # Each process's share: CPU us per request, in the order started (nats-server first in a cluster).
+  python3 - "$WORK/$2.wrk" "$e0" "$(each_ticks)" "$(getconf CLK_TCK)" "${NAMES[*]}" > "$WORK/$2.cpu" <<'PY'
+import re, sys
+wrk, before, after, tck, names = sys.argv[1:6]
+requests = int(re.search(r"(\d+) requests in", open(wrk).read()).group(1))
+per = [(int(a) - int(b)) / int(tck) * 1e6 / requests for a, b in zip(after.split(), before.split())]
+print(", ".join(f"{n} {round(c, 1)} us" for n, c in zip(names.split(), per)))
+PY
 }
 
 count() { # port
@@ -64,10 +79,11 @@ count() { # port
 echo "# Replication benchmark $(date -u +%F), $(nproc) cores, NODES=$NODES THREADS=$THREADS" | tee "$OUT"
 start_node alone 0
 echo "one node alone, PUT: $(put_load 29500 alone)" | tee -a "$OUT"
-cleanup; PIDS=()
+cleanup; PIDS=(); NAMES=()
 
 "$NATS" -js -a 127.0.0.1 -p $NATS_PORT -sd "$WORK/jetstream" > "$WORK/nats.out" 2>&1 &
 PIDS+=($!)
+NAMES+=(nats-server)
 sleep 0.5
 readers=()
 for i in $(seq 1 "$NODES"); do
@@ -78,6 +94,7 @@ READERS=$(IFS=,; echo "${readers[*]}")
 python3 "$REPO/benches/replication/lag_probe.py" 29510 "$READERS" 12 admin password > "$WORK/lag.json" &
 probe=$!
 echo "cluster of $NODES, PUT on node1: $(put_load 29510 cluster)" | tee -a "$OUT"
+echo "server CPU per PUT, each process: $(cat "$WORK/cluster.cpu")" | tee -a "$OUT"
 wait $probe
 echo "replication lag under that load (node1 commit -> visible on each other node): $(cat "$WORK/lag.json")" | tee -a "$OUT"
 want=$(count 29510)

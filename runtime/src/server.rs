@@ -128,7 +128,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         cluster: Default::default(),
     });
     if let Some(config) = settings.replication.clone() {
-        crate::replication::start(config, shards.clone(), app.clone())?;
+        crate::replication::start(config, shards.clone(), app.clone(), users.clone())?;
     }
     let restored = restore_sessions(&settings)?;
     let jobs = Arc::new(Jobs::default());

@@ -20,7 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("wasm", &["app", "data", "realtime"]),
     ("worker", &["app", "auth", "data", "realtime", "wasm"]),
     ("net", &["app"]),
-    ("replication", &["app"]),
+    ("replication", &["app", "auth"]),
     (
         "http",
         &["app", "auth", "data", "realtime", "wasm", "worker", "net"],

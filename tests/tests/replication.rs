@@ -426,3 +426,115 @@ fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
     }
     assert_eq!(b.client().get("/Dog/both").json()["name"], "B");
 }
+
+/// What the Operations API makes on one node (a database, a table, an attribute, a role, a
+/// user) appears on the other, a user's password works there, and a user dropped on one node
+/// cannot sign in on the other; a table dropped stays on the node that did not drop it (as in
+/// Harper).
+#[test]
+fn schema_users_and_roles_made_on_one_node_appear_on_the_other() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let op = |s: &Server, body: serde_json::Value| {
+        let (st, out) = s.ops().operation(&body);
+        assert_eq!(st, 200, "{body} on {}: {out}", s.ops_port);
+        out
+    };
+    op(
+        &a,
+        serde_json::json!({"operation": "create_database", "database": "shop"}),
+    );
+    op(
+        &a,
+        serde_json::json!({"operation": "create_table", "database": "shop", "table": "Order",
+                           "primary_key": "id", "attributes": [{"name": "total"}]}),
+    );
+    op(
+        &a,
+        serde_json::json!({"operation": "insert", "database": "shop", "table": "Order",
+                           "records": [{"id": 1, "total": 12.5, "note": "new attribute"}]}),
+    );
+    op(
+        &a,
+        serde_json::json!({"operation": "add_role", "role": "reader", "permission": {
+            "shop": {"tables": {"Order": {"read": true, "insert": false, "update": false,
+                                          "delete": false, "attribute_permissions": []}}}}}),
+    );
+    op(
+        &a,
+        serde_json::json!({"operation": "add_user", "username": "ann", "password": "s3cret!",
+                           "role": "reader", "active": true}),
+    );
+
+    // On B: the table with A's record and its new attribute, found by it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let search = serde_json::json!({"operation": "search_by_value", "database": "shop",
+        "table": "Order", "search_attribute": "note", "search_value": "new attribute",
+        "get_attributes": ["id", "total"]});
+    loop {
+        let (st, out) = b.ops().operation(&search);
+        if st == 200 && out == serde_json::json!([{"id": 1, "total": 12.5}]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B: {st} {out}\n{}", b.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let described = op(
+        &b,
+        serde_json::json!({"operation": "describe_table", "database": "shop", "table": "Order"}),
+    );
+    let names: Vec<&str> = described["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attribute"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"total") && names.contains(&"note"),
+        "{described}"
+    );
+
+    // Ann signs in on B with the password set on A, and has the role's limits there.
+    let ann =
+        |s: &Server, body: &serde_json::Value| s.ops().as_user("ann", "s3cret!").operation(body);
+    let read = serde_json::json!({"operation": "search_by_id", "database": "shop",
+                                  "table": "Order", "ids": [1], "get_attributes": ["total"]});
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (st, out) = ann(&b, &read);
+        if st == 200 {
+            assert_eq!(out, serde_json::json!([{"total": 12.5}]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "ann on B: {st} {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let write = serde_json::json!({"operation": "insert", "database": "shop", "table": "Order",
+                                   "records": [{"id": 2, "total": 1}]});
+    assert_eq!(ann(&b, &write).0, 403, "the reader role holds on B");
+
+    // Dropped on A: refused on B. A table dropped on B stays on A.
+    op(
+        &a,
+        serde_json::json!({"operation": "drop_user", "username": "ann"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ann(&b, &read).0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ann, dropped on A, still signs in on B"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(ann(&b, &read).0, 401);
+    op(
+        &b,
+        serde_json::json!({"operation": "drop_table", "database": "shop", "table": "Order"}),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (st, out) = a.ops().operation(&read);
+    assert_eq!((st, out), (200, serde_json::json!([{"total": 12.5}])));
+}

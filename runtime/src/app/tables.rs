@@ -11,7 +11,7 @@
 //! block on fsync, so callers run them off the executor.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tessera_storage::layout::{Layout, LayoutError};
@@ -92,6 +92,22 @@ impl State {
     }
 }
 
+/// The schema the Operations API made on a node, as replication sends it.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Made {
+    pub databases: Vec<String>,
+    pub tables: Vec<MadeTable>,
+}
+
+/// A dynamic table of [`Made`]: its attributes other than the key and the timestamps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MadeTable {
+    pub database: String,
+    pub name: String,
+    pub primary_key: String,
+    pub attributes: Vec<String>,
+}
+
 /// The registry.
 pub struct Tables {
     /// Exported schema tables by URL segment.
@@ -109,6 +125,8 @@ pub struct Tables {
     layout: Mutex<Layout>,
     /// Every table, dynamic ones included.
     state: RwLock<State>,
+    /// Schema changes so far (replication sends the schema again when it moves).
+    generation: AtomicU64,
 }
 
 impl Tables {
@@ -158,6 +176,7 @@ impl Tables {
             dropped,
             layout: Mutex::new(layout),
             state: RwLock::new(state),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -244,8 +263,69 @@ impl Tables {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state, to change: every change is a schema change, counted in [`Self::generation`].
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Schema changes since the start: one that moves may have made a database, a table or
+    /// an attribute.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// What the Operations API made here (databases, dynamic tables and their attributes), of
+    /// the databases `wanted` selects, for another node to make the same with [`Self::adopt`].
+    pub fn made(&self, wanted: impl Fn(&str) -> bool) -> Made {
+        let s = self.read();
+        let tables = s
+            .tables
+            .values()
+            .filter(|t| !t.schema_defined && wanted(&t.database))
+            .map(|t| MadeTable {
+                database: t.database.clone(),
+                name: t.name.clone(),
+                primary_key: t.primary_key().name.clone(),
+                attributes: t
+                    .attributes
+                    .iter()
+                    .filter(|a| !(a.primary_key || a.created_time || a.updated_time))
+                    .map(|a| a.name.clone())
+                    .collect(),
+            })
+            .collect();
+        let databases = s.databases.iter().filter(|d| wanted(d)).cloned().collect();
+        Made { databases, tables }
+    }
+
+    /// Makes here what another node's [`Made`] holds and this node lacks: databases, tables and
+    /// attributes (nothing is dropped: drops stay where they were made, as in Harper). Returns
+    /// what it made, one line each.
+    pub fn adopt(&self, made: &Made) -> Result<Vec<String>, SchemaError> {
+        let mut done = Vec::new();
+        let have = self.databases();
+        for d in made.databases.iter().filter(|d| !have.contains(*d)) {
+            self.create_database(d)?;
+            done.push(format!("database {d}"));
+        }
+        for t in &made.tables {
+            match self.table(&t.database, &t.name) {
+                None => {
+                    self.create_table(&t.database, &t.name, &t.primary_key, &t.attributes)?;
+                    done.push(format!("table {}.{}", t.database, t.name));
+                }
+                Some(here) if !here.schema_defined => {
+                    if t.attributes.iter().any(|a| here.attribute(a).is_none()) {
+                        self.add_attributes(&t.database, &t.name, &t.attributes)?;
+                        done.push(format!("attributes of {}.{}", t.database, t.name));
+                    }
+                }
+                // Declared here by a schema file: that declaration stands.
+                Some(_) => {}
+            }
+        }
+        Ok(done)
     }
 
     fn layout(&self) -> std::sync::MutexGuard<'_, Layout> {

@@ -58,6 +58,99 @@ struct UsersFile {
     users: Vec<StoredUser>,
     #[serde(default)]
     roles: Vec<StoredRole>,
+    /// Users dropped, so that another node's older copy of one does not bring it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dropped_users: Vec<Dropped>,
+    /// Roles dropped, likewise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dropped_roles: Vec<Dropped>,
+}
+
+/// A user or role dropped, and when (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Dropped {
+    name: String,
+    at: f64,
+}
+
+/// A user or role as [`merge_named`] sees it: its name, when it last changed, and something
+/// to order two different changes made at the same time.
+trait Named {
+    fn name(&self) -> &str;
+    fn updated(&self) -> f64;
+    fn tie(&self) -> String;
+}
+
+impl Named for StoredUser {
+    fn name(&self) -> &str {
+        &self.username
+    }
+    fn updated(&self) -> f64 {
+        self.updated
+    }
+    fn tie(&self) -> String {
+        format!("{}{}{}", self.password, self.role, self.active)
+    }
+}
+
+impl Named for StoredRole {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn updated(&self) -> f64 {
+        self.updated
+    }
+    fn tie(&self) -> String {
+        format!("{:?}{}", self.label, self.permission)
+    }
+}
+
+/// Notes that `name` was dropped `at`.
+fn note_drop(dropped: &mut Vec<Dropped>, name: &str, at: f64) {
+    dropped.retain(|d| d.name != name);
+    dropped.push(Dropped {
+        name: name.to_owned(),
+        at,
+    });
+}
+
+/// Takes into `mine` another node's users (or roles) and drops, the later change of each
+/// name winning. Returns whether `mine` changed.
+fn merge_named<T: Named>(
+    mine: &mut Vec<T>,
+    my_drops: &mut Vec<Dropped>,
+    theirs: Vec<T>,
+    their_drops: Vec<Dropped>,
+) -> bool {
+    let mut changed = false;
+    for d in their_drops {
+        if my_drops.iter().any(|m| m.name == d.name && m.at >= d.at) {
+            continue;
+        }
+        mine.retain(|m| m.name() != d.name || m.updated() >= d.at);
+        note_drop(my_drops, &d.name, d.at);
+        changed = true;
+    }
+    for t in theirs {
+        if my_drops
+            .iter()
+            .any(|d| d.name == t.name() && d.at >= t.updated())
+        {
+            continue;
+        }
+        match mine.iter_mut().find(|m| m.name() == t.name()) {
+            Some(m) if (t.updated(), t.tie()) > (m.updated(), m.tie()) => {
+                *m = t;
+                changed = true;
+            }
+            Some(_) => {}
+            None => {
+                mine.push(t);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// An operation on users or roles that failed: its status and JSON body.
@@ -135,6 +228,45 @@ impl Users {
             .map_err(|e| refuse(500, format!("writing {}: {e}", self.path.display())))?;
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(out)
+    }
+
+    /// Every user (with its password hash) and role, and what was dropped, for another node
+    /// to [`Self::merge`].
+    pub fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.read()).unwrap_or_default()
+    }
+
+    /// Takes in another node's [`Self::snapshot`]: each user and role changed there later
+    /// than here, and each drop made there after the last change here. Saved only when
+    /// something changed, which it returns. Blocking (file write and fsync).
+    pub fn merge(&self, snapshot: &[u8]) -> anyhow::Result<bool> {
+        let theirs: UsersFile =
+            serde_json::from_slice(snapshot).context("users from another node")?;
+        let mut file = self.file.write().unwrap_or_else(|e| e.into_inner());
+        let f = &mut *file;
+        let roles = merge_named(
+            &mut f.roles,
+            &mut f.dropped_roles,
+            theirs.roles,
+            theirs.dropped_roles,
+        );
+        let users = merge_named(
+            &mut f.users,
+            &mut f.dropped_users,
+            theirs.users,
+            theirs.dropped_users,
+        );
+        if !(roles || users) {
+            return Ok(false);
+        }
+        for role in &mut f.roles {
+            role.parsed = Arc::new(permissions::parse(Some(&role.permission)));
+        }
+        let bytes = serde_json::to_vec_pretty(f)?;
+        write_atomically(&self.path, &bytes, 0o600)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(true)
     }
 
     /// Changes so far: cached credentials of an older generation are checked again.
@@ -306,6 +438,7 @@ impl Users {
                 ));
             }
             f.roles.remove(at);
+            note_drop(&mut f.dropped_roles, id, now_ms());
             Ok(json!({ "message": format!("{id} successfully deleted") }))
         })
     }
@@ -418,6 +551,7 @@ impl Users {
                 return Err(refuse(404, format!("User {username} does not exist")));
             };
             f.users.remove(at);
+            note_drop(&mut f.dropped_users, username, now_ms());
             Ok(json!({ "message": format!("{username} successfully deleted") }))
         })
     }
@@ -606,6 +740,42 @@ fn permission_refusal(e: permissions::PermissionErrors) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two nodes' users merged either way end the same: the later change of each name wins,
+    /// a drop removes only what changed before it, and an older copy does not bring a dropped
+    /// user back.
+    #[test]
+    fn merged_users_keep_the_later_change_and_drops_stay_dropped() {
+        let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, b) = (
+            Users::open(da.path()).unwrap(),
+            Users::open(db.path()).unwrap(),
+        );
+        a.add_user("ann", Some("one"), SUPER_USER, true).unwrap();
+        a.add_user("bob", Some("two"), SUPER_USER, true).unwrap();
+        assert!(b.merge(&a.snapshot()).unwrap());
+        assert!(
+            !b.merge(&a.snapshot()).unwrap(),
+            "nothing new: not saved again"
+        );
+        assert!(b.verify("ann", "one").is_some());
+        let old_a = a.snapshot();
+        b.alter_user("ann", Some("three"), None, None).unwrap();
+        b.drop_user("bob").unwrap();
+        // A's older copy changes nothing on B; B's newer one wins on A.
+        assert!(!b.merge(&old_a).unwrap());
+        assert!(a.merge(&b.snapshot()).unwrap());
+        for users in [&a, &b] {
+            assert!(users.verify("ann", "three").is_some());
+            assert!(users.verify("ann", "one").is_none());
+            assert!(users.verify("bob", "two").is_none());
+        }
+        // Kept over a restart.
+        let b = Users::open(db.path()).unwrap();
+        assert!(!b.merge(&old_a).unwrap());
+        assert!(b.verify("bob", "two").is_none());
+        assert!(b.merge(b"not json").is_err());
+    }
 
     #[test]
     fn hashes_and_verifies() {

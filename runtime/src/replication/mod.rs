@@ -35,6 +35,8 @@ use tessera_storage::{Table, Value};
 
 use crate::app::App;
 use crate::app::settings::Replication;
+use crate::app::tables::Made;
+use crate::auth::users::Users;
 
 /// The JetStream stream every node's changes go to.
 pub const STREAM: &str = "tessera";
@@ -53,6 +55,11 @@ const RETRY: Duration = Duration::from_secs(1);
 /// what a node that was killed mid-batch waits, when it comes back, for the changes it had been
 /// handed (JetStream's default is 30 s; a batch here is applied in milliseconds).
 const ACK_WAIT: Duration = Duration::from_secs(5);
+/// The subject token, in place of a database's, of what is not a table's change: the schema
+/// ([`META_SCHEMA`]) and the users ([`META_USERS`]).
+const META: &str = "_meta";
+const META_SCHEMA: &str = "schema";
+const META_USERS: &str = "users";
 /// The format of a published change (its first byte).
 const FORMAT: u8 = 2;
 /// The format of a message: this byte, then changes, each a u32 BE length and the change.
@@ -60,7 +67,12 @@ const BATCH: u8 = 3;
 
 /// Starts replicating: the thread returns at once; it connects (and reconnects) in the
 /// background.
-pub fn start(config: Replication, shards: Arc<ShardSet>, app: Arc<App>) -> anyhow::Result<()> {
+pub fn start(
+    config: Replication,
+    shards: Arc<ShardSet>,
+    app: Arc<App>,
+    users: Arc<Users>,
+) -> anyhow::Result<()> {
     let dir = app.settings.root.join("data").join("replication");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let node = subject_token(&config.node);
@@ -85,6 +97,7 @@ pub fn start(config: Replication, shards: Arc<ShardSet>, app: Arc<App>) -> anyho
                 config,
                 shards,
                 app,
+                users,
                 dir,
             };
             runtime.block_on(node.run());
@@ -102,6 +115,7 @@ struct Node {
     config: Replication,
     shards: Arc<ShardSet>,
     app: Arc<App>,
+    users: Arc<Users>,
     /// Where the cursors are kept.
     dir: PathBuf,
 }
@@ -165,7 +179,9 @@ impl Node {
     async fn publish(&self, js: &jetstream::Context, max_payload: usize) -> anyhow::Result<()> {
         let shards = self.shards.count();
         let mut cursors: Vec<Cursor> = (0..shards).map(|s| self.cursor(s)).collect();
+        let mut sent = Generations::default();
         loop {
+            self.publish_meta(js, &mut sent).await?;
             // Worked out when a shard has something to send, not on every idle look.
             let mut tables: Option<HashMap<u32, Arc<Table>>> = None;
             let mut idle = true;
@@ -196,6 +212,9 @@ impl Node {
                     cursor.sending = Some(last);
                     self.keep_cursor(shard, cursor)?;
                 }
+                // A table these entries write was made before they were read: its schema
+                // goes first.
+                self.publish_meta(js, &mut sent).await?;
                 let tables = tables.get_or_insert_with(|| self.tables_by_id());
                 let mut acks = Vec::new();
                 for (subject, id, payload) in self.outgoing(tables, shard, &entries, max_payload) {
@@ -217,6 +236,77 @@ impl Node {
                 tokio::time::sleep(IDLE).await;
             }
         }
+    }
+
+    /// Publishes the schema the Operations API made here, and the users and roles, each when
+    /// it changed since it was last sent (and once per connection): whole, as other nodes
+    /// merge them.
+    async fn publish_meta(
+        &self,
+        js: &jetstream::Context,
+        sent: &mut Generations,
+    ) -> anyhow::Result<()> {
+        let schema = self.app.tables.generation();
+        if sent.schema != Some(schema) {
+            let made = self
+                .app
+                .tables
+                .made(|d| d != "system" && self.replicates(d));
+            let payload = serde_json::to_vec(&made)?;
+            self.publish_and_wait(js, META_SCHEMA, payload).await?;
+            sent.schema = Some(schema);
+        }
+        let users = self.users.generation();
+        if sent.users != Some(users) {
+            let payload = self.users.snapshot();
+            self.publish_and_wait(js, META_USERS, payload).await?;
+            sent.users = Some(users);
+        }
+        Ok(())
+    }
+
+    async fn publish_and_wait(
+        &self,
+        js: &jetstream::Context,
+        what: &str,
+        payload: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        let subject = format!("{STREAM}.{META}.{}.{what}", self.name);
+        js.publish(subject, payload.into())
+            .await
+            .context("publishing")?
+            .await
+            .with_context(|| format!("JetStream did not store the {what}"))?;
+        Ok(())
+    }
+
+    /// Takes in another node's schema or users (see [`Self::publish_meta`]).
+    fn apply_meta(&self, origin: &str, what: &str, payload: &[u8]) -> Result<(), Apply> {
+        let unreadable = |e: serde_json::Error| Apply::Skip(format!("unreadable {what}: {e}"));
+        match what {
+            META_SCHEMA => {
+                let made: Made = serde_json::from_slice(payload).map_err(unreadable)?;
+                let done = self
+                    .app
+                    .tables
+                    .adopt(&made)
+                    .map_err(|e| Apply::Retry(e.message))?;
+                for d in done {
+                    tracing::info!("replication: made {d}, as node {origin} did");
+                }
+            }
+            META_USERS => {
+                if self
+                    .users
+                    .merge(payload)
+                    .map_err(|e| Apply::Retry(e.to_string()))?
+                {
+                    tracing::info!("replication: took users and roles from node {origin}");
+                }
+            }
+            _ => return Err(Apply::Skip(format!("unknown {what}"))),
+        }
+        Ok(())
     }
 
     /// The messages a batch of a shard's audit entries goes out as: per database, its changes
@@ -332,9 +422,14 @@ impl Node {
     /// to be stored has the whole message come again.
     async fn apply_message(&self, subject: &str, payload: &[u8]) -> Result<(), Apply> {
         let mut parts = subject.splitn(4, '.');
-        let origin = parts.nth(2).unwrap_or_default();
+        let database = parts.nth(1).unwrap_or_default();
+        let origin = parts.next().unwrap_or_default();
         if origin == self.name {
             return Ok(());
+        }
+        // Done before any change of the batch is queued: a table is made before its records.
+        if database == META {
+            return self.apply_meta(origin, parts.next().unwrap_or_default(), payload);
         }
         let changes =
             split(payload).ok_or_else(|| Apply::Skip("not a message this node can read".into()))?;
@@ -444,6 +539,13 @@ impl Node {
         cursor.on_disk = cursor.done;
         Ok(())
     }
+}
+
+/// The schema and users generations last published.
+#[derive(Debug, Default)]
+struct Generations {
+    schema: Option<u64>,
+    users: Option<u64>,
 }
 
 /// Where a shard's publishing stands in its audit log. On disk before a batch goes out, so
