@@ -1109,6 +1109,12 @@ impl ShardStore {
         Ok(out)
     }
 
+    /// The number of the audit entry the next persisted group begins with: every entry below
+    /// it survives a crash.
+    pub fn persisted(&self) -> u64 {
+        self.persisted_seq.load(Ordering::Acquire)
+    }
+
     /// The audit log's persisted entries after the one numbered `after` (all: `None`), at most
     /// `limit`, each with its number and its changes with their origins, in commit order: what
     /// replication sends to other nodes.

@@ -236,6 +236,77 @@ fn a_node_without_replication_says_so_in_cluster_status() {
     assert_eq!(st, 200, "{status}");
     assert_eq!(status["is_enabled"], false);
     assert_eq!(status["connections"], serde_json::json!([]));
+    // A write that asks for confirmation by other nodes is told there are none to give it.
+    let r = s.client().request(
+        "PUT",
+        "/Dog/1",
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Replicate-To", "1;confirm=1"),
+        ],
+        Some(br#"{"name":"Rex"}"#),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("does not replicate"), "{}", r.text());
+    assert_eq!(
+        s.client().get("/Dog/1").status,
+        200,
+        "committed all the same"
+    );
+}
+
+/// A write that asks for confirmation (`X-Replicate-To: ...;confirm=N`, or
+/// `replicatedConfirmation` in an operation) is answered once the other node applied it: read
+/// there at once, it is there. With the other node away, it is answered 504 in time, and kept.
+#[test]
+fn a_confirmed_write_is_answered_once_the_other_node_has_it() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    // Both connected: B's consumer exists once it has applied anything of A's.
+    put_and_see(&a, &b, "/Dog/0", r#"{"name":"first"}"#);
+    let confirmed = |s: &Server, path: &str, header: &str, body: &str| {
+        s.client().request(
+            "PUT",
+            path,
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Replicate-To", header),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    for i in 1..=20 {
+        let path = format!("/Dog/{i}");
+        let r = confirmed(&a, &path, "2;confirm=1", &format!(r#"{{"name":"c{i}"}}"#));
+        assert_eq!(r.status, 204, "{}", r.text());
+        let there = b.client().get(&path);
+        assert_eq!(there.status, 200, "{path} confirmed but not on B");
+        assert_eq!(there.json()["name"], format!("c{i}"));
+    }
+    let (st, out) = a.ops().operation(&serde_json::json!({"operation": "upsert",
+        "table": "Dog", "records": [{"id": "op", "name": "by operation"}],
+        "replicatedConfirmation": 1}));
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(b.client().get("/Dog/op").json()["name"], "by operation");
+    assert_eq!(confirmed(&a, "/Dog/x", "two;confirm=1", "{}").status, 400);
+    let (st, _) = a.ops().operation(&serde_json::json!({"operation": "upsert",
+        "table": "Dog", "records": [{"id": "x"}], "replicatedConfirmation": "one"}));
+    assert_eq!(st, 400);
+
+    // More nodes than there are, or the only other one away: 504 after the wait, and the
+    // write kept here.
+    let r = confirmed(&a, "/Dog/many", "3;confirm=2", r#"{"name":"many"}"#);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("1 of the 2"), "{}", r.text());
+    assert!(b.terminate().is_some());
+    let r = confirmed(&a, "/Dog/away", "1;confirm=1", r#"{"name":"away"}"#);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("committed here"), "{}", r.text());
+    assert_eq!(a.client().get("/Dog/away").json()["name"], "away");
+    drop(nats);
 }
 
 #[test]

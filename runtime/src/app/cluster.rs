@@ -4,11 +4,30 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+
+use super::AppError;
+
+/// How long a write that asks for confirmation waits for it, at most.
+pub const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 
 /// The cluster as replication sees it.
 #[derive(Debug, Default)]
 pub struct Cluster {
     state: Mutex<State>,
+    /// Writes waiting for other nodes to confirm them, for replication to answer.
+    waiting: Mutex<Vec<Waiter>>,
+}
+
+/// A write waiting for `need` other nodes to have applied it: replication answers on `answer`
+/// with how many did, by `deadline` at the latest.
+#[derive(Debug)]
+pub struct Waiter {
+    pub need: usize,
+    pub deadline: Instant,
+    pub answer: oneshot::Sender<usize>,
 }
 
 /// A copy of what [`Cluster`] holds.
@@ -32,6 +51,49 @@ pub struct Received {
 }
 
 impl Cluster {
+    /// Waits until `need` other nodes have applied everything this node committed before the
+    /// call (Harper's `X-Replicate-To: ...;confirm=N` and `replicatedConfirmation`), for
+    /// [`CONFIRM_WITHIN`] at most. The write itself is committed here either way: the error
+    /// says so.
+    pub async fn confirm(&self, need: usize) -> Result<(), AppError> {
+        if need == 0 {
+            return Ok(());
+        }
+        if self.state().node.is_none() {
+            return Err(AppError::BadRequest(format!(
+                "the write is committed here, but confirmation by {need} other node(s) was \
+                 asked and this node does not replicate"
+            )));
+        }
+        let (answer, confirmed) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Waiter {
+                need,
+                deadline: Instant::now() + CONFIRM_WITHIN,
+                answer,
+            });
+        let confirmed = confirmed.await.unwrap_or(0);
+        if confirmed >= need {
+            return Ok(());
+        }
+        Err(AppError::Resource {
+            status: 504,
+            message: format!(
+                "the write is committed here, but {confirmed} of the {need} other node(s) asked \
+                 confirmed it within {} s",
+                CONFIRM_WITHIN.as_secs()
+            ),
+        })
+    }
+
+    /// The writes that began waiting since the last call (replication's side of
+    /// [`Self::confirm`]).
+    pub fn take_waiting(&self) -> Vec<Waiter> {
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn state(&self) -> State {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -275,6 +275,39 @@ impl Rest {
             .permission
             .attribute_limits(&table.database, &table.name);
         let query = target.query.filter(|q| !q.is_empty());
+        let confirm = match req.method {
+            Method::Put | Method::Patch | Method::Post | Method::Delete => confirmation(req.head)?,
+            _ => 0,
+        };
+        if confirm == 0 {
+            return self
+                .answer_table(table, req, target, query, body, restricted, fmt, reply)
+                .await;
+        }
+        // Answered once `confirm` other nodes applied the write: its reply is kept back until
+        // then, and replaced by the error if they do not in time.
+        let mark = reply.out.len();
+        self.answer_table(table, req, target, query, body, restricted, fmt, reply)
+            .await?;
+        if let Err(e) = self.app.cluster.confirm(confirm).await {
+            reply.out.truncate(mark);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_table(
+        &self,
+        table: &Arc<Table>,
+        req: &Request<'_>,
+        target: Target<'_>,
+        query: Option<&str>,
+        body: &mut [u8],
+        restricted: Option<&crate::app::permissions::TablePermission>,
+        fmt: MediaType,
+        reply: &mut Reply<'_>,
+    ) -> Result<(), AppError> {
         match (req.method, target.path) {
             (Method::Get | Method::Head, PathKind::Table) => {
                 let mut buf = self.scratch.borrow_mut();
@@ -319,6 +352,30 @@ impl Rest {
             (_, PathKind::Record(_)) => Err(AppError::MethodNotAllowed(ALLOW_RECORD)),
         }
     }
+}
+
+/// How many other nodes must confirm a write before it is answered: `confirm=N` of Harper's
+/// `X-Replicate-To` header (`X-Replicate-To: 2;confirm=1`); 0 without one. Every node holds
+/// every record here, so the header's first number (how many nodes to send to) is not used.
+fn confirmation(head: &[u8]) -> Result<usize, AppError> {
+    const NAME: &[u8] = b"x-replicate-to:";
+    let Some(line) = head
+        .split(|b| *b == b'\n')
+        .find(|l| l.len() > NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME))
+    else {
+        return Ok(0);
+    };
+    let value = std::str::from_utf8(&line[NAME.len()..]).unwrap_or_default();
+    let bad = || AppError::BadRequest(format!("bad X-Replicate-To header: {}", value.trim()));
+    let mut confirm = 0;
+    for (i, part) in value.split(';').map(str::trim).enumerate() {
+        match part.split_once('=') {
+            Some(("confirm", n)) => confirm = n.trim().parse().map_err(|_| bad())?,
+            None if i == 0 && (part == "*" || part.parse::<u32>().is_ok()) => {}
+            _ => return Err(bad()),
+        }
+    }
+    Ok(confirm)
 }
 
 /// What an authenticated request asks of a table.

@@ -296,11 +296,21 @@ impl Operations {
         {
             return Ok(answer?.into());
         }
+        // Harper's `replicatedConfirmation`: answered once that many other nodes applied it.
+        let confirm = match envelope.get("replicatedConfirmation") {
+            None | Some(Value::Null) => 0,
+            Some(Value::Int(n)) if *n >= 0 => *n as usize,
+            Some(_) => return Err(bad("'replicatedConfirmation' must be a whole number")),
+        };
+        let confirmed = |out: Value| async move {
+            self.app.cluster.confirm(confirm).await?;
+            Ok::<_, OpsError>(Out::Value(out))
+        };
         Ok(match op {
-            "insert" => self.write(envelope, Write::Insert, user).await?.into(),
-            "update" => self.write(envelope, Write::Update, user).await?.into(),
-            "upsert" => self.write(envelope, Write::Upsert, user).await?.into(),
-            "delete" => self.delete(envelope, user).await?.into(),
+            "insert" => confirmed(self.write(envelope, Write::Insert, user).await?).await?,
+            "update" => confirmed(self.write(envelope, Write::Update, user).await?).await?,
+            "upsert" => confirmed(self.write(envelope, Write::Upsert, user).await?).await?,
+            "delete" => confirmed(self.delete(envelope, user).await?).await?,
             "sql" => self.sql(envelope, user).await?.into(),
             "search_by_id" => self.search_by_id(envelope, user).await?.into(),
             "search_by_value" => self.search_by_value(envelope, user).await?.into(),

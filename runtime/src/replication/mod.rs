@@ -19,6 +19,7 @@
 //!
 //! Changes applied here carry their node in the audit log and are not published again.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
 use tessera_storage::{Table, Value};
 
 use crate::app::App;
+use crate::app::cluster::Waiter;
 use crate::app::settings::Replication;
 use crate::app::tables::Made;
 use crate::auth::users::Users;
@@ -49,6 +51,8 @@ const BATCH_ENTRIES: usize = 256;
 const BATCH_MESSAGES: usize = 16;
 /// How often a shard with nothing new is looked at again.
 const IDLE: Duration = Duration::from_millis(20);
+/// How often writes waiting for confirmation are looked at.
+const CONFIRM_POLL: Duration = Duration::from_millis(5);
 /// The wait after a failure (NATS unreachable, say) before trying again.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long JetStream waits for this node to acknowledge a change before it delivers it again:
@@ -99,6 +103,8 @@ pub fn start(
                 app,
                 users,
                 dir,
+                published: Default::default(),
+                live: Default::default(),
             };
             runtime.block_on(node.run());
         })
@@ -118,18 +124,122 @@ struct Node {
     users: Arc<Users>,
     /// Where the cursors are kept.
     dir: PathBuf,
+    /// How far publishing got, for confirmations.
+    published: RefCell<Published>,
+    /// The stream, while connected, for confirmations to read the other nodes' progress.
+    live: RefCell<Option<stream::Stream>>,
+}
+
+/// How far this node's publishing got.
+#[derive(Debug, Default)]
+struct Published {
+    /// The last audit entry of each shard JetStream stored (see [`Cursor::done`]).
+    done: Vec<Option<u64>>,
+    /// The stream's sequence number of the last message JetStream stored.
+    stream_seq: u64,
+}
+
+/// A write waiting for confirmation, with what it waits for.
+struct Pending {
+    waiter: Waiter,
+    /// Each shard's persisted audit entries when it began waiting (every entry below these
+    /// must be published).
+    marks: Vec<u64>,
+    /// Once they are: the stream sequence that other nodes must have applied up to.
+    stream_seq: Option<u64>,
 }
 
 impl Node {
     /// Connects, then publishes and applies until the process ends; starts again after an
     /// error.
     async fn run(self) {
-        loop {
-            if let Err(e) = self.session().await {
-                tracing::warn!("replication: {e:#}; trying again");
+        let sessions = async {
+            loop {
+                if let Err(e) = self.session().await {
+                    tracing::warn!("replication: {e:#}; trying again");
+                }
+                tokio::time::sleep(RETRY).await;
             }
-            tokio::time::sleep(RETRY).await;
+        };
+        futures::join!(sessions, self.confirm());
+    }
+
+    /// Answers the writes that wait for other nodes to confirm them (see
+    /// [`crate::app::cluster::Cluster::confirm`]): once everything the node had committed
+    /// when one began waiting is published, it waits until the other nodes' consumers have
+    /// acknowledged (so applied) the stream that far, or until its deadline; connected or not.
+    async fn confirm(&self) {
+        let mut pending: Vec<Pending> = Vec::new();
+        loop {
+            tokio::time::sleep(CONFIRM_POLL).await;
+            for waiter in self.app.cluster.take_waiting() {
+                let marks = (0..self.shards.count())
+                    .map(|s| self.shards.store(s).map_or(0, |st| st.persisted()))
+                    .collect();
+                pending.push(Pending {
+                    waiter,
+                    marks,
+                    stream_seq: None,
+                });
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            {
+                let published = self.published.borrow();
+                for p in pending.iter_mut().filter(|p| p.stream_seq.is_none()) {
+                    let sent = p.marks.iter().enumerate().all(|(shard, &mark)| {
+                        mark == 0
+                            || published
+                                .done
+                                .get(shard)
+                                .copied()
+                                .flatten()
+                                .is_some_and(|d| d + 1 >= mark)
+                    });
+                    if sent {
+                        p.stream_seq = Some(published.stream_seq);
+                    }
+                }
+            }
+            let floors = match self.other_floors().await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!("replication: reading the other nodes' progress: {e:#}");
+                    Vec::new()
+                }
+            };
+            let now = std::time::Instant::now();
+            pending.retain_mut(|p| {
+                let confirmed = p
+                    .stream_seq
+                    .map_or(0, |seq| floors.iter().filter(|f| **f >= seq).count());
+                if confirmed < p.waiter.need && now < p.waiter.deadline {
+                    return true;
+                }
+                let (spent, _) = futures::channel::oneshot::channel();
+                let answer = std::mem::replace(&mut p.waiter.answer, spent);
+                let _ = answer.send(confirmed);
+                false
+            });
         }
+    }
+
+    /// How far each other node's consumer has acknowledged the stream.
+    async fn other_floors(&self) -> anyhow::Result<Vec<u64>> {
+        let Some(stream) = self.live.borrow().clone() else {
+            return Ok(Vec::new());
+        };
+        let own = format!("node-{}", self.name);
+        let mut floors = Vec::new();
+        let mut consumers = stream.consumers();
+        while let Some(info) = consumers.next().await {
+            let info = info.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if info.name != own && info.name.starts_with("node-") {
+                floors.push(info.ack_floor.stream_sequence);
+            }
+        }
+        Ok(floors)
     }
 
     async fn session(&self) -> anyhow::Result<()> {
@@ -167,10 +277,12 @@ impl Node {
             .context("creating this node's consumer")?;
         tracing::info!("replication: connected; stream {STREAM}, consumer {durable}");
         self.app.cluster.connected(&self.name, true);
+        *self.live.borrow_mut() = Some(stream.clone());
         // Room for the headers and the subject under the server's limit.
         let max_payload = max_payload.saturating_sub(1024).max(64 * 1024);
         let served = futures::try_join!(self.publish(&js, max_payload), self.apply(&consumer));
         self.app.cluster.connected(&self.name, false);
+        *self.live.borrow_mut() = None;
         served?;
         Ok(())
     }
@@ -226,11 +338,17 @@ impl Node {
                         .context("publishing")?;
                     acks.push(ack);
                 }
+                let mut stream_seq = 0;
                 for ack in acks {
-                    ack.await.context("JetStream did not store a change")?;
+                    let ack = ack.await.context("JetStream did not store a change")?;
+                    stream_seq = stream_seq.max(ack.sequence);
                 }
                 // Kept on disk with the next batch, or once there is none.
                 cursor.done = Some(last);
+                let mut published = self.published.borrow_mut();
+                published.done.resize(shards, None);
+                published.done[shard] = Some(last);
+                published.stream_seq = published.stream_seq.max(stream_seq);
             }
             if idle {
                 tokio::time::sleep(IDLE).await;
