@@ -609,3 +609,85 @@ fn schema_users_and_roles_made_on_one_node_appear_on_the_other() {
     let (st, out) = a.ops().operation(&read);
     assert_eq!((st, out), (200, serde_json::json!([{"total": 12.5}])));
 }
+
+/// `replication.routes` are the NATS servers a node fails over to: a node whose own NATS
+/// server is down replicates through the route. The route operations keep them in the
+/// configuration with Harper's answers, and `remove_node` forgets a node.
+#[test]
+fn routes_are_kept_by_the_route_operations_and_a_node_fails_over_to_them() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root_a = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root_a.path().join("tessera.yaml"),
+        format!(
+            "replication:\n  hostname: alpha\n  nats: nats://127.0.0.1:{dead}\n  routes:\n    - hostname: 127.0.0.1\n      port: {}\n",
+            nats.port
+        ),
+    )
+    .unwrap();
+    let root_b = node_root("beta", &nats);
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    put_and_see(&a, &b, "/Dog/1", r#"{"name":"through the route"}"#);
+    put_and_see(&b, &a, "/Dog/2", r#"{"name":"and back"}"#);
+
+    let op = |body: serde_json::Value| {
+        let (st, out) = a.ops().operation(&body);
+        assert_eq!(st, 200, "{body}: {out}");
+        out
+    };
+    let route = serde_json::json!({"hostname": "127.0.0.1", "port": nats.port});
+    assert_eq!(
+        op(serde_json::json!({"operation": "cluster_get_routes"})),
+        serde_json::json!([route])
+    );
+    let set = op(serde_json::json!({"operation": "cluster_set_routes",
+        "routes": ["wss://server-two:9925", route]}));
+    assert_eq!(
+        set,
+        serde_json::json!({"message": "cluster routes successfully set",
+                           "set": ["wss://server-two:9925"], "skipped": [route]})
+    );
+    assert_eq!(
+        op(serde_json::json!({"operation": "cluster_get_routes"})),
+        serde_json::json!([route, "wss://server-two:9925"])
+    );
+    let deleted = op(serde_json::json!({"operation": "cluster_delete_routes",
+        "routes": ["wss://server-two:9925", "wss://nowhere:1"]}));
+    assert_eq!(
+        deleted,
+        serde_json::json!({"message": "cluster routes successfully deleted",
+                           "deleted": ["wss://server-two:9925"], "skipped": ["wss://nowhere:1"]})
+    );
+    let (st, _) = a.ops().operation(
+        &serde_json::json!({"operation": "cluster_set_routes", "routes": [{"port": 1}]}),
+    );
+    assert_eq!(st, 400);
+    assert_eq!(
+        op(
+            serde_json::json!({"operation": "add_node", "hostname": "gamma", "url": "nats://gamma:4222"})
+        )["message"],
+        "Successfully added 'gamma' to cluster"
+    );
+    assert_eq!(
+        op(serde_json::json!({"operation": "remove_node", "hostname": "gamma"}))["message"],
+        "Successfully removed 'gamma' from cluster"
+    );
+    assert_eq!(
+        op(serde_json::json!({"operation": "cluster_get_routes"})),
+        serde_json::json!([route])
+    );
+    // The configuration file holds them for the next start.
+    let config = std::fs::read_to_string(root_a.path().join("tessera.yaml")).unwrap();
+    assert!(config.contains(&nats.port.to_string()), "{config}");
+    // Removing beta forgets it here (until it sends again).
+    op(serde_json::json!({"operation": "remove_node", "hostname": "beta"}));
+    let status = op(serde_json::json!({"operation": "cluster_status"}));
+    assert_eq!(status["connections"], serde_json::json!([]), "{status}");
+}

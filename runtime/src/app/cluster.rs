@@ -19,6 +19,8 @@ pub struct Cluster {
     state: Mutex<State>,
     /// Writes waiting for other nodes to confirm them, for replication to answer.
     waiting: Mutex<Vec<Waiter>>,
+    /// Nodes `remove_node` removed, for replication to forget.
+    removed: Mutex<Vec<String>>,
 }
 
 /// A write waiting for `need` other nodes to have applied it: replication answers on `answer`
@@ -86,6 +88,28 @@ impl Cluster {
                 CONFIRM_WITHIN.as_secs()
             ),
         })
+    }
+
+    /// Forgets node `name` (`remove_node`): its last changes here, and, through replication,
+    /// its place in the stream.
+    pub fn remove(&self, name: &str) -> bool {
+        let known = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.peers.remove(name).is_some()
+        };
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_owned());
+        known
+    }
+
+    /// The nodes removed since the last call (replication's side of [`Self::remove`]).
+    pub fn take_removed(&self) -> Vec<String> {
+        if self.state().node.is_none() {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.removed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The writes that began waiting since the last call (replication's side of

@@ -132,6 +132,30 @@ pub struct Replication {
     pub nats: String,
     /// `replication.databases`: the databases that replicate (all when unset).
     pub databases: Option<Vec<String>>,
+    /// `replication.routes` (Harper's key, set by `cluster_set_routes`): other nodes' NATS
+    /// servers, as URLs, that the client fails over to when `nats` is unreachable.
+    pub routes: Vec<String>,
+}
+
+/// A route of `replication.routes` as a NATS URL: a URL as written (`wss://` and `ws://`
+/// become `nats://`: Tessera's nodes meet through NATS), or `{hostname (or host), port}`.
+pub fn route_url(route: &serde_json::Value) -> Option<String> {
+    if let Some(url) = route.as_str() {
+        let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+        return (!rest.is_empty()).then(|| format!("nats://{rest}"));
+    }
+    let host = route
+        .get("hostname")
+        .or_else(|| route.get("host"))?
+        .as_str()?;
+    let port = route.get("port").and_then(|p| {
+        p.as_u64()
+            .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
+    });
+    Some(match port {
+        Some(port) => format!("nats://{host}:{port}"),
+        None => format!("nats://{host}"),
+    })
 }
 
 /// `replication.*` of `tessera.yaml` (`None` unless `replication.nats` is set).
@@ -166,10 +190,25 @@ fn replication(yaml: &serde_norway::Value) -> anyhow::Result<Option<Replication>
         ),
         Some(_) => bail!("tessera.yaml: replication.databases must be a list of database names"),
     };
+    let routes = match yaml_get(yaml, "replication.routes") {
+        None | Some(serde_norway::Value::Null) => Vec::new(),
+        Some(serde_norway::Value::Sequence(list)) => list
+            .iter()
+            .map(|v| {
+                serde_json::to_value(v)
+                    .ok()
+                    .as_ref()
+                    .and_then(route_url)
+                    .context("tessera.yaml: replication.routes lists URLs or {hostname, port}")
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Some(_) => bail!("tessera.yaml: replication.routes must be a list"),
+    };
     Ok(Some(Replication {
         node,
         nats,
         databases,
+        routes,
     }))
 }
 

@@ -236,6 +236,11 @@ impl Operations {
                     | "restart"
                     | "read_log"
                     | "cluster_status"
+                    | "cluster_get_routes"
+                    | "cluster_set_routes"
+                    | "cluster_delete_routes"
+                    | "add_node"
+                    | "remove_node"
             ) {
                 self.instance(op, &envelope).await?
             } else if matches!(
@@ -376,6 +381,11 @@ fn super_user_only(op: &str) -> Option<&'static str> {
         "export_local" => "exportLocal",
         "read_log" => "readLog",
         "cluster_status" => "clusterStatus",
+        "cluster_get_routes" => "clusterGetRoutes",
+        "cluster_set_routes" => "clusterSetRoutes",
+        "cluster_delete_routes" => "clusterDeleteRoutes",
+        "add_node" => "addNode",
+        "remove_node" => "removeNode",
         _ => return None,
     })
 }

@@ -14,7 +14,7 @@ use tessera_storage::layout::write_atomically;
 
 use super::{Operations, OpsError, bad, fail};
 use crate::app::logging::{self, LogQuery};
-use crate::app::settings::Settings;
+use crate::app::settings::{Settings, route_url};
 
 /// What a known configuration key holds.
 #[derive(Clone, Copy)]
@@ -363,6 +363,106 @@ fn cluster_status(state: &crate::app::cluster::State) -> Json {
     })
 }
 
+/// `replication.routes` of the configuration file `file`: listed (`cluster_get_routes`),
+/// added to (`cluster_set_routes`, and `add_node` with a `url`) or taken from
+/// (`cluster_delete_routes`, and `remove_node` for the routes naming its host), with Harper's
+/// answers. They take effect at the next start (as in Harper): the NATS servers replication
+/// fails over to.
+fn change_routes(file: &Path, op: &str, env: &Json) -> Result<Json, OpsError> {
+    let mut tree = read_file(file).map_err(|e| fail(500, e))?;
+    let mut routes: Vec<Json> = tree
+        .pointer("/replication/routes")
+        .and_then(Json::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if op == "cluster_get_routes" {
+        return Ok(Json::Array(routes));
+    }
+    let same = |a: &Json, b: &Json| route_url(a).is_some() && route_url(a) == route_url(b);
+    let asked = |key: &str| -> Result<Vec<Json>, OpsError> {
+        let routes = match env.get(key) {
+            Some(Json::Array(r)) if !r.is_empty() => r.clone(),
+            _ => return Err(bad(format!("'{key}' must be a non-empty array"))),
+        };
+        match routes.iter().find(|r| route_url(r).is_none()) {
+            Some(r) => Err(bad(format!(
+                "a route is a URL or an object with 'hostname' and 'port', not {r}"
+            ))),
+            None => Ok(routes),
+        }
+    };
+    let hostname = || match env.get("hostname").and_then(Json::as_str) {
+        Some(h) if !h.trim().is_empty() => Ok(h.to_owned()),
+        _ => Err(bad("'hostname' is required")),
+    };
+    let out = match op {
+        "cluster_set_routes" | "add_node" => {
+            let new = if op == "add_node" {
+                hostname()?;
+                match env.get("url") {
+                    Some(url) => vec![url.clone()],
+                    None => Vec::new(),
+                }
+            } else {
+                asked("routes")?
+            };
+            let (mut set, mut skipped) = (Vec::new(), Vec::new());
+            for r in new {
+                if route_url(&r).is_none() {
+                    return Err(bad(format!("'url' must be a URL, not {r}")));
+                }
+                if routes.iter().any(|x| same(x, &r)) {
+                    skipped.push(r);
+                } else {
+                    routes.push(r.clone());
+                    set.push(r);
+                }
+            }
+            match op {
+                "add_node" => json!({"message":
+                    format!("Successfully added '{}' to cluster", hostname()?)}),
+                _ => json!({"message": "cluster routes successfully set", "set": set,
+                            "skipped": skipped}),
+            }
+        }
+        _ => {
+            let gone: Vec<Json> = if op == "remove_node" {
+                let host = hostname()?;
+                routes
+                    .iter()
+                    .filter(|r| {
+                        route_url(r).is_some_and(|u| {
+                            let rest = u.trim_start_matches("nats://");
+                            rest == host || rest.starts_with(&format!("{host}:"))
+                        })
+                    })
+                    .cloned()
+                    .collect()
+            } else {
+                asked("routes")?
+            };
+            let (mut deleted, mut skipped) = (Vec::new(), Vec::new());
+            for r in gone {
+                match routes.iter().position(|x| same(x, &r)) {
+                    Some(at) => deleted.push(routes.remove(at)),
+                    None => skipped.push(r),
+                }
+            }
+            match op {
+                "remove_node" => json!({"message":
+                    format!("Successfully removed '{}' from cluster", hostname()?)}),
+                _ => json!({"message": "cluster routes successfully deleted",
+                            "deleted": deleted, "skipped": skipped}),
+            }
+        }
+    };
+    set_path(&mut tree, "replication.routes", Json::Array(routes));
+    let text = serde_norway::to_string(&tree).map_err(|e| fail(500, e.to_string()))?;
+    write_atomically(file, text.as_bytes(), 0o644)
+        .map_err(|e| fail(500, format!("{}: {e}", file.display())))?;
+    Ok(out)
+}
+
 impl Operations {
     /// The instance operations: `get_configuration`, `set_configuration`,
     /// `system_information`.
@@ -406,6 +506,28 @@ impl Operations {
                 )
             }
             "cluster_status" => Ok(cluster_status(&self.app.cluster.state())),
+            "cluster_get_routes"
+            | "cluster_set_routes"
+            | "cluster_delete_routes"
+            | "add_node"
+            | "remove_node" => {
+                let env = crate::app::output::json_value(env);
+                let removed = (op == "remove_node")
+                    .then(|| {
+                        env.get("hostname")
+                            .and_then(|h| h.as_str())
+                            .map(str::to_owned)
+                    })
+                    .flatten();
+                let op = op.to_owned();
+                let out = glommio::executor()
+                    .spawn_blocking(move || change_routes(&file, &op, &env))
+                    .await?;
+                if let Some(name) = removed {
+                    self.app.cluster.remove(&name);
+                }
+                Ok(out)
+            }
             "read_log" => {
                 let q = log_query(env)?;
                 let dir = settings.logging.dir.clone();

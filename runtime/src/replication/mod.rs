@@ -172,6 +172,7 @@ impl Node {
         let mut pending: Vec<Pending> = Vec::new();
         loop {
             tokio::time::sleep(CONFIRM_POLL).await;
+            self.remove_nodes().await;
             for waiter in self.app.cluster.take_waiting() {
                 let marks = (0..self.shards.count())
                     .map(|s| self.shards.store(s).map_or(0, |st| st.persisted()))
@@ -225,6 +226,21 @@ impl Node {
         }
     }
 
+    /// Deletes the consumers of the nodes `remove_node` named: JetStream keeps nothing more
+    /// for them, and they no longer count for confirmations. Tried again while not connected.
+    async fn remove_nodes(&self) {
+        let Some(stream) = self.live.borrow().clone() else {
+            return;
+        };
+        for node in self.app.cluster.take_removed() {
+            let durable = format!("node-{}", subject_token(&node));
+            match stream.delete_consumer(&durable).await {
+                Ok(_) => tracing::info!("replication: node {node} removed from the stream"),
+                Err(e) => tracing::warn!("replication: removing node {node}'s consumer: {e}"),
+            }
+        }
+    }
+
     /// How far each other node's consumer has acknowledged the stream.
     async fn other_floors(&self) -> anyhow::Result<Vec<u64>> {
         let Some(stream) = self.live.borrow().clone() else {
@@ -243,9 +259,20 @@ impl Node {
     }
 
     async fn session(&self) -> anyhow::Result<()> {
+        // This node's NATS server first, then the routes to fail over to.
+        let servers: Vec<async_nats::ServerAddr> = std::iter::once(&self.config.nats)
+            .chain(&self.config.routes)
+            .filter_map(|url| match url.parse() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    tracing::warn!("replication: {url} is not a NATS server address: {e}");
+                    None
+                }
+            })
+            .collect();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
-            .connect(self.config.nats.as_str())
+            .connect(servers)
             .await
             .context("connecting to NATS")?;
         let max_payload = client.server_info().max_payload;
