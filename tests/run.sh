@@ -12,9 +12,14 @@ command -v mosquitto_sub >/dev/null || {
 [[ -x /usr/sbin/nats-server ]] || command -v nats-server >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
 }
-# nftables, for the replication test's silent partition (Debian's nftables).
+# nftables, for the replication tests' partitions and packet loss (Debian's nftables); iproute2
+# (ip netns, veth, tc tbf) and libfaketime (a node's clock ahead) for the fault harness.
 [[ -x /usr/sbin/nft ]] || command -v nft >/dev/null || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables
+}
+{ command -v ip >/dev/null && command -v tc >/dev/null \
+  && [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]]; } || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 faketime
 }
 # The strict OpenAPI validator the OpenAPI test runs (PyPI).
 python3 -c 'import openapi_spec_validator' 2>/dev/null \

@@ -135,6 +135,9 @@ pub struct Replication {
     /// `replication.routes` (Harper's key, set by `cluster_set_routes`): other nodes' NATS
     /// servers, as URLs, that the client fails over to when `nats` is unreachable.
     pub routes: Vec<String>,
+    /// `replication.streamReplicas` (Tessera's key): how many NATS servers of a JetStream
+    /// cluster keep the stream, when this node is the one that creates it (1 when unset).
+    pub stream_replicas: usize,
 }
 
 /// A route of `replication.routes` as a NATS URL: a URL as written (`wss://` and `ws://`
@@ -204,11 +207,19 @@ fn replication(yaml: &serde_norway::Value) -> anyhow::Result<Option<Replication>
             .collect::<anyhow::Result<_>>()?,
         Some(_) => bail!("tessera.yaml: replication.routes must be a list"),
     };
+    let stream_replicas = match yaml_get(yaml, "replication.streamReplicas") {
+        None | Some(serde_norway::Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n @ 1..=5) => n as usize,
+            _ => bail!("tessera.yaml: replication.streamReplicas must be 1 to 5"),
+        },
+    };
     Ok(Some(Replication {
         node,
         nats,
         databases,
         routes,
+        stream_replicas,
     }))
 }
 

@@ -283,6 +283,7 @@ impl Node {
                 subjects: vec![format!("{STREAM}.>")],
                 duplicate_window: DUPLICATE_WINDOW,
                 storage: stream::StorageType::File,
+                num_replicas: self.config.stream_replicas,
                 ..Default::default()
             })
             .await
