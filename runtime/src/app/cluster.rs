@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::channel::oneshot;
+use futures::channel::{mpsc, oneshot};
 
 use super::AppError;
 
@@ -21,7 +21,28 @@ pub struct Cluster {
     waiting: Mutex<Vec<Waiter>>,
     /// Nodes `remove_node` removed, for replication to forget.
     removed: Mutex<Vec<String>>,
+    /// Where messages published here (not stored: MQTT's non-retained) go to reach the other
+    /// nodes' subscribers, while replication runs.
+    messages: Mutex<Option<mpsc::Sender<Message>>>,
 }
+
+/// A message published on this node, for the other nodes' subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub database: String,
+    pub table: String,
+    /// The record's key without its table prefix.
+    pub key: Vec<u8>,
+    pub payload: Vec<u8>,
+    /// When it expires (ms since the epoch).
+    pub expires_at: Option<u64>,
+    /// What the publishing front keeps with it (MQTT: QoS, properties; no connection).
+    pub meta: Vec<u8>,
+}
+
+/// Messages waiting for replication to send them, at most: past that, they are dropped (and
+/// counted in the log): a message stores nothing, and its subscribers here have it.
+pub const MESSAGES_WAITING: usize = 4096;
 
 /// A write waiting for `need` other nodes to have applied it: replication answers on `answer`
 /// with how many did, by `deadline` at the latest.
@@ -110,6 +131,33 @@ impl Cluster {
             return Vec::new();
         }
         std::mem::take(&mut *self.removed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether messages published here are sent to the other nodes ([`Self::send_message`]).
+    pub fn sends_messages(&self) -> bool {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Hands a message published here to replication, for the other nodes' subscribers;
+    /// dropped when replication is far behind (more than [`MESSAGES_WAITING`]).
+    pub fn send_message(&self, message: Message) {
+        let mut sender = self.messages.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = sender.as_mut()
+            && let Err(e) = s.try_send(message)
+            && e.is_full()
+        {
+            tracing::warn!("replication: a message not sent to the other nodes: too many waiting");
+        }
+    }
+
+    /// Replication's side of [`Self::send_message`]: the messages, from now on.
+    pub fn take_messages(&self) -> mpsc::Receiver<Message> {
+        let (tx, rx) = mpsc::channel(MESSAGES_WAITING);
+        *self.messages.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
     }
 
     /// The writes that began waiting since the last call (replication's side of

@@ -208,6 +208,21 @@ impl Connection<'_> {
         let pk = id_value(table, id);
         let key = record_key(table.id, &pk).map_err(|_| 0x90u8)?;
         if !p.retain {
+            let cluster = &worker.app.cluster;
+            if cluster.sends_messages() {
+                cluster.send_message(crate::app::cluster::Message {
+                    database: table.database.clone(),
+                    table: table.name.clone(),
+                    key: key.get(4..).unwrap_or_default().to_vec(),
+                    payload: p.payload.clone(),
+                    expires_at: p
+                        .properties
+                        .message_expiry_interval
+                        .map(|s| now_micros() / 1000 + u64::from(s) * 1000),
+                    // No connection here publishes it there (MQTT 5's No Local).
+                    meta: message_meta(p, u64::MAX),
+                });
+            }
             let message = Change {
                 table: table.id,
                 key,

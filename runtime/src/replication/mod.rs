@@ -35,7 +35,7 @@ use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
 use tessera_storage::{Table, Value};
 
 use crate::app::App;
-use crate::app::cluster::Waiter;
+use crate::app::cluster::{Message, Waiter};
 use crate::app::settings::Replication;
 use crate::app::tables::Made;
 use crate::auth::users::Users;
@@ -64,6 +64,8 @@ const ACK_WAIT: Duration = Duration::from_secs(5);
 const META: &str = "_meta";
 const META_SCHEMA: &str = "schema";
 const META_USERS: &str = "users";
+/// The subjects (`<MESSAGES>.<node>`) of messages: plain NATS, outside the stream.
+const MESSAGES: &str = "tessera-msg";
 /// The format of a published change (its first byte).
 const FORMAT: u8 = 2;
 /// The format of a message: this byte, then changes, each a u32 BE length and the change.
@@ -81,6 +83,7 @@ pub fn start(
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let node = subject_token(&config.node);
     let epoch = epoch(&dir)?;
+    let messages = app.cluster.take_messages();
     tracing::info!("replication: node {node}, through NATS at {}", config.nats);
     std::thread::Builder::new()
         .name("tessera-replication".into())
@@ -105,8 +108,9 @@ pub fn start(
                 dir,
                 published: Default::default(),
                 live: Default::default(),
+                client: Default::default(),
             };
-            runtime.block_on(node.run());
+            runtime.block_on(node.run(messages));
         })
         .context("starting the replication thread")?;
     Ok(())
@@ -128,6 +132,8 @@ struct Node {
     published: RefCell<Published>,
     /// The stream, while connected, for confirmations to read the other nodes' progress.
     live: RefCell<Option<stream::Stream>>,
+    /// The connection, while connected, for messages.
+    client: RefCell<Option<async_nats::Client>>,
 }
 
 /// How far this node's publishing got.
@@ -152,7 +158,7 @@ struct Pending {
 impl Node {
     /// Connects, then publishes and applies until the process ends; starts again after an
     /// error.
-    async fn run(self) {
+    async fn run(self, messages: futures::channel::mpsc::Receiver<Message>) {
         let sessions = async {
             loop {
                 if let Err(e) = self.session().await {
@@ -161,7 +167,59 @@ impl Node {
                 tokio::time::sleep(RETRY).await;
             }
         };
-        futures::join!(sessions, self.confirm());
+        futures::join!(sessions, self.confirm(), self.send_messages(messages));
+    }
+
+    /// Sends the messages published here (MQTT's non-retained: nothing stored) to the other
+    /// nodes, on plain NATS subjects (not the stream): like the message itself, at most once,
+    /// and only to nodes connected now.
+    async fn send_messages(&self, mut messages: futures::channel::mpsc::Receiver<Message>) {
+        let subject = format!("{MESSAGES}.{}", self.name);
+        while let Some(m) = messages.next().await {
+            let Some(client) = self.client.borrow().clone() else {
+                continue;
+            };
+            if let Err(e) = client
+                .publish(subject.clone(), encode_message(&m).into())
+                .await
+            {
+                tracing::debug!("replication: a message not sent: {e}");
+            }
+        }
+    }
+
+    /// Delivers the other nodes' messages to subscribers here, through the shards' writers
+    /// as a message published here would be.
+    async fn receive_messages(&self, mut sub: async_nats::Subscriber) -> anyhow::Result<()> {
+        while let Some(m) = sub.next().await {
+            let origin = m.subject.as_str().split('.').nth(1).unwrap_or_default();
+            if origin == self.name {
+                continue;
+            }
+            let Some(message) = decode_message(&m.payload) else {
+                tracing::warn!("replication: a message from {origin} this node cannot read");
+                continue;
+            };
+            let Some(table) = self.app.tables.table(&message.database, &message.table) else {
+                continue;
+            };
+            let mut key = table_prefix(table.id).to_vec();
+            key.extend_from_slice(&message.key);
+            let op = WriteOp {
+                table,
+                key,
+                kind: WriteKind::Message {
+                    payload: message.payload,
+                    expires_at: message.expires_at,
+                    meta: message.meta,
+                },
+                from: None,
+            };
+            if let Err(e) = self.shards.write(op).await {
+                tracing::warn!("replication: a message from {origin} not delivered: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// Answers the writes that wait for other nodes to confirm them (see
@@ -276,7 +334,7 @@ impl Node {
             .await
             .context("connecting to NATS")?;
         let max_payload = client.server_info().max_payload;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
@@ -306,11 +364,21 @@ impl Node {
         tracing::info!("replication: connected; stream {STREAM}, consumer {durable}");
         self.app.cluster.connected(&self.name, true);
         *self.live.borrow_mut() = Some(stream.clone());
+        *self.client.borrow_mut() = Some(client.clone());
+        let messages = client
+            .subscribe(format!("{MESSAGES}.*"))
+            .await
+            .context("subscribing to messages")?;
         // Room for the headers and the subject under the server's limit.
         let max_payload = max_payload.saturating_sub(1024).max(64 * 1024);
-        let served = futures::try_join!(self.publish(&js, max_payload), self.apply(&consumer));
+        let served = futures::try_join!(
+            self.publish(&js, max_payload),
+            self.apply(&consumer),
+            self.receive_messages(messages)
+        );
         self.app.cluster.connected(&self.name, false);
         *self.live.borrow_mut() = None;
+        *self.client.borrow_mut() = None;
         served?;
         Ok(())
     }
@@ -807,6 +875,43 @@ fn split(mut b: &[u8]) -> Option<Vec<&[u8]>> {
     Some(changes)
 }
 
+/// A message as sent: database, table, key and meta each a u32 BE length and the bytes, the
+/// expiry (u64 BE, 0 for none), then the payload.
+fn encode_message(m: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + m.key.len() + m.meta.len() + m.payload.len());
+    for part in [m.database.as_bytes(), m.table.as_bytes(), &m.key, &m.meta] {
+        out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(&m.expires_at.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&m.payload);
+    out
+}
+
+/// [`encode_message`] undone.
+fn decode_message(mut b: &[u8]) -> Option<Message> {
+    let mut take = || -> Option<Vec<u8>> {
+        let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let part = b.get(4..4 + n)?.to_vec();
+        b = &b[4 + n..];
+        Some(part)
+    };
+    let (database, table) = (
+        String::from_utf8(take()?).ok()?,
+        String::from_utf8(take()?).ok()?,
+    );
+    let (key, meta) = (take()?, take()?);
+    let expires_at = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+    Some(Message {
+        database,
+        table,
+        key,
+        meta,
+        expires_at: (expires_at != 0).then_some(expires_at),
+        payload: b[8..].to_vec(),
+    })
+}
+
 /// [`encode`] undone: database, table, change and what an `addTo` added.
 fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Added>)> {
     if *b.first()? != FORMAT {
@@ -879,6 +984,16 @@ mod tests {
             }
         }
         assert_eq!(split(&one).unwrap(), [one.as_slice()]);
+        let m = Message {
+            database: "data".into(),
+            table: "Dog".into(),
+            key: vec![1, 2],
+            payload: b"{}".to_vec(),
+            expires_at: Some(9),
+            meta: vec![1, 255],
+        };
+        assert_eq!(decode_message(&encode_message(&m)), Some(m));
+        assert_eq!(decode_message(&[0, 0, 0, 9, 1]), None);
         assert!(split(&[BATCH, 0, 0, 0, 9, 1]).is_none());
         assert_eq!(subject_token("a.b c>*"), "a_b_c__");
     }
