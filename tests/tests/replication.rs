@@ -223,8 +223,27 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     assert!(b.terminate().is_some());
     let root_b = node_root("beta", &nats);
     let b = Start::new(app.dir.path(), root_b.path()).start();
-    // (What it held before is not copied to it: a new node's first copy is not built yet.)
+    // It copies what A holds (its old consumer's place means nothing to its new data).
+    eventually(&b, "/Dog/2", "A's data copied to the new B", |st, v| {
+        st == 200 && v["n"] == 22
+    });
+    eventually(
+        &b,
+        "/Dog/1",
+        "a delete stays deleted in the copy",
+        |st, _| st == 404,
+    );
     put_and_see(&b, &a, "/Dog/5", r#"{"name":"Reborn","n":5}"#);
+    // A third node, new, copies too, then tails: every record of A's, the same.
+    let root_c = node_root("gamma", &nats);
+    let c = Start::new(app.dir.path(), root_c.path()).start();
+    put_and_see(&a, &c, "/Dog/6", r#"{"name":"after the copy","n":6}"#);
+    let all = |s: &Server| s.client().get("/Dog/?sort(+id)").json();
+    eventually(&c, "/Dog/5", "B's write, through the stream", |st, _| {
+        st == 200
+    });
+    assert_eq!(all(&a), all(&c));
+    assert!(c.output().contains("copied"), "{}", c.output());
 }
 
 #[test]
@@ -730,4 +749,68 @@ fn a_message_published_on_one_node_reaches_subscribers_on_the_other() {
             "a message stores nothing"
         );
     }
+}
+
+/// A new node's copy killed (`kill -9`) half way goes on from where it was when the node
+/// starts again, and ends with every record.
+#[test]
+fn a_copy_cut_short_by_a_crash_goes_on_from_where_it_was() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let root_a = node_root("alpha", &nats);
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    const N: usize = 40_000;
+    for chunk in 0..N / 5_000 {
+        let records: Vec<_> = (chunk * 5_000..(chunk + 1) * 5_000)
+            .map(|i| serde_json::json!({"id": format!("d{i:06}"), "name": "x".repeat(64), "n": i}))
+            .collect();
+        let (st, out) = a.ops().operation(
+            &serde_json::json!({"operation": "insert", "table": "Dog", "records": records}),
+        );
+        assert_eq!(st, 200, "{out}");
+    }
+    let root_b = node_root("beta", &nats);
+    let progress = root_b.path().join("data/replication/copy");
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copied = std::fs::read(&progress)
+            .ok()
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|p| p["records"].as_u64())
+            .unwrap_or(0);
+        if copied > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B's copy did not begin\n{}",
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.kill9();
+    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let count = |s: &Server| {
+        let (_, out) = s.ops().operation(
+            &serde_json::json!({"operation": "sql", "sql": "SELECT COUNT(*) AS n FROM data.Dog"}),
+        );
+        out[0]["n"].as_u64().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&b) < N as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "B has {} of {N}\n{}",
+            count(&b),
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count(&b), N as u64);
+    assert!(b.output().contains("resuming the copy"), "{}", b.output());
+    assert!(
+        !progress.exists(),
+        "the copy's progress goes once it is done"
+    );
 }

@@ -34,6 +34,8 @@ use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
 use tessera_storage::{Table, Value};
 
+mod copy;
+
 use crate::app::App;
 use crate::app::cluster::{Message, Waiter};
 use crate::app::settings::Replication;
@@ -82,7 +84,7 @@ pub fn start(
     let dir = app.settings.root.join("data").join("replication");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let node = subject_token(&config.node);
-    let epoch = epoch(&dir)?;
+    let (epoch, fresh) = epoch(&dir)?;
     let messages = app.cluster.take_messages();
     tracing::info!("replication: node {node}, through NATS at {}", config.nats);
     std::thread::Builder::new()
@@ -109,6 +111,7 @@ pub fn start(
                 published: Default::default(),
                 live: Default::default(),
                 client: Default::default(),
+                fresh: std::cell::Cell::new(fresh),
             };
             runtime.block_on(node.run(messages));
         })
@@ -134,6 +137,9 @@ struct Node {
     live: RefCell<Option<stream::Stream>>,
     /// The connection, while connected, for messages.
     client: RefCell<Option<async_nats::Client>>,
+    /// Whether its data directory is new (until it has joined the stream): a consumer the
+    /// stream has under its name is an old one's.
+    fresh: std::cell::Cell<bool>,
 }
 
 /// How far this node's publishing got.
@@ -335,7 +341,7 @@ impl Node {
             .context("connecting to NATS")?;
         let max_payload = client.server_info().max_payload;
         let js = jetstream::new(client.clone());
-        let stream = js
+        let mut stream = js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
                 subjects: vec![format!("{STREAM}.>")],
@@ -346,36 +352,34 @@ impl Node {
             })
             .await
             .context("creating the stream")?;
-        let durable = format!("node-{}", self.name);
-        let consumer = stream
-            .get_or_create_consumer(
-                &durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: format!("{STREAM}.>"),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ack_wait: ACK_WAIT,
-                    ..Default::default()
-                },
-            )
-            .await
-            .context("creating this node's consumer")?;
-        tracing::info!("replication: connected; stream {STREAM}, consumer {durable}");
-        self.app.cluster.connected(&self.name, true);
-        *self.live.borrow_mut() = Some(stream.clone());
-        *self.client.borrow_mut() = Some(client.clone());
-        let messages = client
-            .subscribe(format!("{MESSAGES}.*"))
-            .await
-            .context("subscribing to messages")?;
         // Room for the headers and the subject under the server's limit.
         let max_payload = max_payload.saturating_sub(1024).max(64 * 1024);
-        let served = futures::try_join!(
-            self.publish(&js, max_payload),
-            self.apply(&consumer),
-            self.receive_messages(messages)
-        );
+        // Other nodes' copies are served from the start, this node's own join included.
+        let copies = client
+            .subscribe(format!("{}.{}", copy::COPY, self.name))
+            .await
+            .context("subscribing to copy requests")?;
+        let serving = self.serve_copies(&client, copies, max_payload);
+        let replicating = async {
+            let consumer = self.join(&client, &mut stream).await?;
+            tracing::info!(
+                "replication: connected; stream {STREAM}, consumer node-{}",
+                self.name
+            );
+            self.app.cluster.connected(&self.name, true);
+            *self.live.borrow_mut() = Some(stream.clone());
+            *self.client.borrow_mut() = Some(client.clone());
+            let messages = client
+                .subscribe(format!("{MESSAGES}.*"))
+                .await
+                .context("subscribing to messages")?;
+            futures::try_join!(
+                self.publish(&js, max_payload),
+                self.apply(&consumer),
+                self.receive_messages(messages)
+            )
+        };
+        let served = futures::try_join!(serving, replicating);
         self.app.cluster.connected(&self.name, false);
         *self.live.borrow_mut() = None;
         *self.client.borrow_mut() = None;
@@ -778,17 +782,18 @@ struct Cursor {
 /// whose audit entry numbers start again with a new data directory. A node wiped and started
 /// again under the same name would otherwise have its first changes taken by JetStream for
 /// duplicates of its old ones.
-fn epoch(dir: &std::path::Path) -> anyhow::Result<u64> {
+/// Also says whether it begins now.
+fn epoch(dir: &std::path::Path) -> anyhow::Result<(u64, bool)> {
     let path = dir.join("epoch");
     if let Ok(b) = std::fs::read(&path)
         && let Ok(b) = <[u8; 8]>::try_from(b.as_slice())
     {
-        return Ok(u64::from_be_bytes(b));
+        return Ok((u64::from_be_bytes(b), false));
     }
     let now = tessera_storage::shard::now_micros();
     tessera_storage::layout::write_atomically(&path, &now.to_be_bytes(), 0o600)
         .context("keeping the replication epoch")?;
-    Ok(now)
+    Ok((now, true))
 }
 
 /// Why a change was not applied.
