@@ -245,6 +245,11 @@ fn open_storage(
         cache_bytes: (CACHE_BUDGET / shard_count as u64).max(4 << 20),
         read_cache_bytes: (READ_CACHE_BUDGET / shard_count as u64).max(2 << 20),
         tombstones: settings.replication.is_some(),
+        node: settings
+            .replication
+            .as_ref()
+            .map_or("", |r| r.node.as_str())
+            .into(),
         ..ShardOptions::default()
     };
     let opening = std::time::Instant::now();

@@ -105,6 +105,7 @@ impl ShardSet {
             let handles: Vec<_> = (0..count)
                 .map(|i| {
                     let path = data_dir.join(format!("shard-{i}"));
+                    let opts = opts.clone();
                     s.spawn(move || ShardStore::open(&path, opts))
                 })
                 .collect();

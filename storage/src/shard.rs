@@ -47,7 +47,7 @@ const AUDIT_MEMTABLE: u64 = 2 << 20;
 const RECORDS_HASH_RATIO: f32 = 0.75;
 
 /// Size budget of one shard's store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ShardOptions {
     /// fjall's block cache.
     pub cache_bytes: u64,
@@ -59,6 +59,9 @@ pub struct ShardOptions {
     /// does not bring the record back, and so that another node's `addTo` is dropped only
     /// under a newer full write.
     pub tombstones: bool,
+    /// This node's name, for Harper's tie rule between two nodes' writes of one version (the
+    /// greater name wins): the last full write of a record made here is kept without one.
+    pub node: Box<str>,
 }
 
 impl Default for ShardOptions {
@@ -68,9 +71,14 @@ impl Default for ShardOptions {
             memtable_bytes: 8 << 20,
             read_cache_bytes: 16 << 20,
             tombstones: false,
+            node: "".into(),
         }
     }
 }
+
+/// The version of a record's last full write (put or delete) and the node that made it
+/// (`None`: this one).
+type FullWrite = (u64, Option<Box<str>>);
 
 /// When a committed write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +387,8 @@ pub struct ShardStore {
     /// The version of each record's last full write (put or delete; a delete's is its
     /// tombstone), by key, when [`ShardOptions::tombstones`] keeps them.
     tombstones: Option<Keyspace>,
+    /// [`ShardOptions::node`].
+    node: Box<str>,
 }
 
 /// The record a write leaves (`None`: removed), from the old one as `full` (read when the write
@@ -465,7 +475,7 @@ pub struct Mutations {
     audit: AuditEntry,
     /// The full writes' versions, by key, for the tombstones (not part of a cross-shard
     /// intent: a part redone after a crash leaves none).
-    tombstones: Vec<(Vec<u8>, u64)>,
+    tombstones: Vec<(Vec<u8>, FullWrite)>,
 }
 
 impl Mutations {
@@ -489,8 +499,13 @@ impl Mutations {
             }
         }
         if let Some(ks) = &store.tombstones {
-            for (k, version) in &self.tombstones {
-                batch.insert(ks, k.as_slice(), version.to_be_bytes());
+            for (k, (version, node)) in &self.tombstones {
+                let node = node.as_deref().unwrap_or_default().as_bytes();
+                batch.insert(
+                    ks,
+                    k.as_slice(),
+                    [&version.to_be_bytes()[..], node].concat(),
+                );
             }
         }
         if !self.audit.is_empty() {
@@ -704,6 +719,7 @@ impl ShardStore {
             persisted_seq: AtomicU64::new(next_seq),
             cache: ReadCache::new(opts.read_cache_bytes),
             tombstones,
+            node: opts.node,
         })
     }
 
@@ -889,7 +905,13 @@ impl ShardStore {
                 (None, Some(v)) => Some(v),
                 _ => self.tombstone(key, m)?,
             };
-            if here.is_some_and(|v| v >= version) {
+            let tie = here == Some(version)
+                && added.is_none()
+                && match from {
+                    Some(p) => self.wins_tie(key, m, version, &p.origin.user)?,
+                    None => false,
+                };
+            if here.is_some_and(|v| v >= version) && !tie {
                 return unchanged(live);
             }
             if added.is_some() {
@@ -944,7 +966,11 @@ impl ShardStore {
         });
         // The last full write (a put or a delete) of each record, for replication's rules.
         if self.tombstones.is_some() && !patch {
-            m.tombstones.push((key.clone(), version));
+            let node = match (kind, from) {
+                (WriteKind::Replicated { .. }, Some(p)) => Some(p.origin.user.clone()),
+                _ => None,
+            };
+            m.tombstones.push((key.clone(), (version, node)));
         }
         m.records.insert(key.clone(), stored);
         // For an eviction: whether it removed the record.
@@ -955,16 +981,44 @@ impl ShardStore {
     /// The version of the last full write (put or delete) of the record at `key`, if they are
     /// kept (in `m`, this group's, first).
     fn tombstone(&self, key: &[u8], m: &Mutations) -> Result<Option<u64>, StoreError> {
+        Ok(self.last_full_write(key, m)?.map(|(v, _)| v))
+    }
+
+    /// The version of the last full write of the record at `key` and the node that made it
+    /// (`None`: this one).
+    fn last_full_write(
+        &self,
+        key: &[u8],
+        m: &Mutations,
+    ) -> Result<Option<FullWrite>, StoreError> {
         let Some(ks) = &self.tombstones else {
             return Ok(None);
         };
-        if let Some((_, v)) = m.tombstones.iter().rev().find(|(k, _)| k == key) {
-            return Ok(Some(*v));
+        if let Some((_, last)) = m.tombstones.iter().rev().find(|(k, _)| k == key) {
+            return Ok(Some(last.clone()));
         }
-        Ok(ks
-            .get(key)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
-            .map(u64::from_be_bytes))
+        Ok(ks.get(key)?.and_then(|b| {
+            let version = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
+            let node = std::str::from_utf8(&b[8..]).ok().filter(|n| !n.is_empty());
+            Some((version, node.map(Into::into)))
+        }))
+    }
+
+    /// Harper's tie rule: whether a replicated full write from `node` at `version`, the
+    /// version of the record's last full write here, wins it: it does when its node's name is
+    /// greater than the name of the node that made that write. The same node again is a
+    /// duplicate, and loses.
+    fn wins_tie(
+        &self,
+        key: &[u8],
+        m: &Mutations,
+        version: u64,
+        node: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(match self.last_full_write(key, m)? {
+            Some((v, here)) if v == version => *node > *here.as_deref().unwrap_or(&self.node),
+            _ => false,
+        })
     }
 
     /// Records `plan` as this shard's prepared part of cross-shard transaction `txid`, whose
@@ -1406,6 +1460,150 @@ mod tests {
 
     fn index_keys(store: &ShardStore) -> Vec<Vec<u8>> {
         store.scan_index(&[]).map(|k| k.unwrap().to_vec()).collect()
+    }
+
+    /// Harper's tie rule: two nodes' full writes of one record at the same version end the
+    /// same on both, the greater node name winning, whichever arrives first.
+    #[test]
+    fn the_same_version_from_two_nodes_goes_to_the_greater_node_name() {
+        let (_, _, t) = setup();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        let version = now_micros() + 60_000_000;
+        let from = |node: &str| Provenance {
+            origin: Arc::new(crate::audit::Origin {
+                at: 0,
+                operation: crate::audit::Operation::Replicated,
+                user: node.into(),
+            }),
+            index: 0,
+        };
+        let write = |n: i64, node: &str| WriteOp {
+            table: t.clone(),
+            key: key.clone(),
+            kind: WriteKind::Replicated {
+                record: Some(obj(&[
+                    ("id", Value::String("a".into())),
+                    ("n", Value::Int(n)),
+                ])),
+                version,
+                expires_at: None,
+                added: None,
+            },
+            from: Some(from(node)),
+        };
+        let n_on = |node: &str, order: &[(i64, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = ShardOptions {
+                tombstones: true,
+                node: node.into(),
+                ..ShardOptions::default()
+            };
+            let store = ShardStore::open(dir.path(), opts).unwrap();
+            let mut clock = Clock::default();
+            for (n, origin) in order {
+                store
+                    .apply(vec![write(*n, origin)], &mut clock, None)
+                    .unwrap();
+            }
+            let b = store.get(&key).unwrap().unwrap();
+            let r = RecordRef::parse(&b).unwrap();
+            crate::value::from_msgpack(r.body)
+                .unwrap()
+                .get("n")
+                .cloned()
+        };
+        // On a third node, in either order; beta's wins, and again from alpha changes nothing.
+        assert_eq!(
+            n_on("gamma", &[(1, "alpha"), (2, "beta")]),
+            Some(Value::Int(2))
+        );
+        assert_eq!(
+            n_on("gamma", &[(2, "beta"), (1, "alpha"), (1, "alpha")]),
+            Some(Value::Int(2))
+        );
+        // A write made here counts as this node's: beta's beats it on alpha.
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ShardOptions {
+            tombstones: true,
+            node: "alpha".into(),
+            ..ShardOptions::default()
+        };
+        let store = ShardStore::open(dir.path(), opts).unwrap();
+        let mut clock = Clock::after(version - 1);
+        let local = store
+            .apply(
+                vec![WriteOp::new(
+                    t.clone(),
+                    key.clone(),
+                    WriteKind::Put(obj(&[
+                        ("id", Value::String("a".into())),
+                        ("n", Value::Int(7)),
+                    ])),
+                )],
+                &mut clock,
+                None,
+            )
+            .unwrap()[0]
+            .version;
+        assert_eq!(local, version);
+        let mut beta = write(9, "beta");
+        store.apply(vec![beta.clone()], &mut clock, None).unwrap();
+        let n = || {
+            let b = store.get(&key).unwrap().unwrap();
+            let r = RecordRef::parse(&b).unwrap();
+            crate::value::from_msgpack(r.body)
+                .unwrap()
+                .get("n")
+                .cloned()
+        };
+        assert_eq!(n(), Some(Value::Int(9)));
+        // A smaller name than this node's loses to a write made here.
+        let store2_dir = tempfile::tempdir().unwrap();
+        let store2 = ShardStore::open(
+            store2_dir.path(),
+            ShardOptions {
+                tombstones: true,
+                node: "zulu".into(),
+                ..ShardOptions::default()
+            },
+        )
+        .unwrap();
+        let mut clock = Clock::after(version - 1);
+        store2
+            .apply(
+                vec![WriteOp::new(
+                    t.clone(),
+                    key.clone(),
+                    WriteKind::Put(obj(&[
+                        ("id", Value::String("a".into())),
+                        ("n", Value::Int(7)),
+                    ])),
+                )],
+                &mut clock,
+                None,
+            )
+            .unwrap();
+        beta.kind = match beta.kind {
+            WriteKind::Replicated {
+                record, version, ..
+            } => WriteKind::Replicated {
+                record,
+                version,
+                expires_at: None,
+                added: None,
+            },
+            k => k,
+        };
+        store2.apply(vec![beta], &mut clock, None).unwrap();
+        let b = store2.get(&key).unwrap().unwrap();
+        let r = RecordRef::parse(&b).unwrap();
+        assert_eq!(
+            crate::value::from_msgpack(r.body)
+                .unwrap()
+                .get("n")
+                .cloned(),
+            Some(Value::Int(7))
+        );
     }
 
     #[test]
