@@ -108,8 +108,14 @@ def main():
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--apply-us", type=float, default=APPLY_US,
                     help="one core's time to apply a replicated change")
+    ap.add_argument("--cores", type=int, default=CORES, help="cores applying, per node")
+    ap.add_argument("--rates", default="100,1000,2500,3500,4000",
+                    help="writes per second per node to simulate")
+    ap.add_argument("--outage-rate", type=int, default=1000,
+                    help="writes per second per node while a region is lost")
     a = ap.parse_args()
     globals()["APPLY_US"] = a.apply_us
+    globals()["CORES"] = a.cores
     rng = random.Random(a.seed)
     out = {"inputs": {"regions": REGIONS, "one_way_ms": {f"{x}-{y}": v for (x, y), v in ONE_WAY_MS.items()},
                       "nodes_per_region": NODES_PER_REGION, "apply_us": APPLY_US, "cores": CORES,
@@ -117,7 +123,7 @@ def main():
     capacity = CORES * 1e6 / APPLY_US
     out["apply_capacity_per_node"] = round(capacity)
     rows = []
-    for rate in (100, 1000, 2500, 3500, 4000):
+    for rate in map(int, a.rates.split(",")):
         lags, _, _ = simulate(rate, 2, rng)
         every = [x for v in lags.values() for x in v]
         same = [x for (s, d), v in lags.items() if s == d for x in v]
@@ -130,7 +136,7 @@ def main():
                      "us_east_to_ap_p99": round(pct(far, 0.99), 1)})
     out["lag"] = rows
     # A region cut off for 20 s under 1,000 writes/s per node, then back; 40 s in all.
-    rate, cut, total = 1000, (10_000.0, 30_000.0), 40
+    rate, cut, total = a.outage_rate, (10_000.0, 30_000.0), 40
     _, _, drained = simulate(rate, total, rng, region_down="ap-se", down=cut)
     backlog = (cut[1] - cut[0]) / 1000 * rate * 12
     back = [t for (r, _), t in drained.items() if r == "ap-se"]
