@@ -75,6 +75,15 @@ fn node_root(name: &str, nats: &Nats) -> tempfile::TempDir {
     root
 }
 
+/// Two nodes of `app`, alpha and beta, replicating through `nats` (and their roots, to keep
+/// while they run).
+fn pair(nats: &Nats, app: &App) -> (Server, Server, [tempfile::TempDir; 2]) {
+    let roots = [node_root("alpha", nats), node_root("beta", nats)];
+    let a = Start::new(app.dir.path(), roots[0].path()).start();
+    let b = Start::new(app.dir.path(), roots[1].path()).start();
+    (a, b, roots)
+}
+
 /// The record at `path` on `s` once `done` holds for it (status, body), within 15 s.
 fn eventually(
     s: &Server,
@@ -281,9 +290,7 @@ fn a_node_without_replication_says_so_in_cluster_status() {
 fn a_confirmed_write_is_answered_once_the_other_node_has_it() {
     let nats = Nats::start();
     let app = App::new(SCHEMA);
-    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
-    let a = Start::new(app.dir.path(), root_a.path()).start();
-    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let (a, b, _roots) = pair(&nats, &app);
     // Both connected: B's consumer exists once it has applied anything of A's.
     put_and_see(&a, &b, "/Dog/0", r#"{"name":"first"}"#);
     let confirmed = |s: &Server, path: &str, header: &str, body: &str| {
@@ -466,9 +473,7 @@ impl Drop for Partition {
 fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
     let nats = Nats::start();
     let app = App::new(SCHEMA);
-    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
-    let a = Start::new(app.dir.path(), root_a.path()).start();
-    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let (a, b, _roots) = pair(&nats, &app);
     put_and_see(&a, &b, "/Dog/0", r#"{"name":"before"}"#);
 
     let cut = Partition::cut(nats.port);
@@ -525,9 +530,7 @@ fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
 fn schema_users_and_roles_made_on_one_node_appear_on_the_other() {
     let nats = Nats::start();
     let app = App::new(SCHEMA);
-    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
-    let a = Start::new(app.dir.path(), root_a.path()).start();
-    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let (a, b, _roots) = pair(&nats, &app);
     let op = |s: &Server, body: serde_json::Value| {
         let (st, out) = s.ops().operation(&body);
         assert_eq!(st, 200, "{body} on {}: {out}", s.ops_port);
@@ -717,9 +720,7 @@ fn routes_are_kept_by_the_route_operations_and_a_node_fails_over_to_them() {
 fn a_message_published_on_one_node_reaches_subscribers_on_the_other() {
     let nats = Nats::start();
     let app = App::new(SCHEMA);
-    let (root_a, root_b) = (node_root("alpha", &nats), node_root("beta", &nats));
-    let a = Start::new(app.dir.path(), root_a.path()).start();
-    let b = Start::new(app.dir.path(), root_b.path()).start();
+    let (a, b, _roots) = pair(&nats, &app);
     // Both connected to NATS: a replicated write has gone through.
     put_and_see(&a, &b, "/Dog/0", r#"{"name":"first"}"#);
     let (mut sub, _) = MqttClient::connect(b.mqtt_port, Version::V5, "listener", Some(ADMIN));
