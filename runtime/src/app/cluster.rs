@@ -82,7 +82,7 @@ impl Cluster {
         if need == 0 {
             return Ok(());
         }
-        if self.state().node.is_none() {
+        if !self.replicating() {
             return Err(AppError::BadRequest(format!(
                 "the write is committed here, but confirmation by {need} other node(s) was \
                  asked and this node does not replicate"
@@ -127,7 +127,7 @@ impl Cluster {
 
     /// The nodes removed since the last call (replication's side of [`Self::remove`]).
     pub fn take_removed(&self) -> Vec<String> {
-        if self.state().node.is_none() {
+        if !self.replicating() {
             return Vec::new();
         }
         std::mem::take(&mut *self.removed.lock().unwrap_or_else(|e| e.into_inner()))
@@ -164,6 +164,15 @@ impl Cluster {
     /// [`Self::confirm`]).
     pub fn take_waiting(&self) -> Vec<Waiter> {
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Whether replication runs (it has named this node), read without copying the state.
+    fn replicating(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .node
+            .is_some()
     }
 
     pub fn state(&self) -> State {

@@ -279,13 +279,8 @@ impl Rest {
             Method::Put | Method::Patch | Method::Post | Method::Delete => confirmation(req.head)?,
             _ => 0,
         };
-        if confirm == 0 {
-            return self
-                .answer_table(table, req, target, query, body, restricted, fmt, reply)
-                .await;
-        }
-        // Answered once `confirm` other nodes applied the write: its reply is kept back until
-        // then, and replaced by the error if they do not in time.
+        // A write asking for confirmation is answered once `confirm` other nodes applied it:
+        // its reply is kept back until then, and replaced by the error if they do not in time.
         let mark = reply.out.len();
         self.answer_table(table, req, target, query, body, restricted, fmt, reply)
             .await?;
