@@ -11,13 +11,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::history::{Delta, DeltaRef, decode_delta};
 use crate::shard::{Change, now_micros};
 
 /// The top bit of an item's length: the item is an origin, not a change.
 const ORIGIN_ITEM: u32 = 1 << 31;
 /// The next bit: the item is what an `addTo` added (a MessagePack map of attribute to amount)
-/// to make the change after it, which replication sends so that other nodes add it too.
+/// to make the change after it, as entries were written before [`DELTA_ITEM`].
 const ADDED_ITEM: u32 = 1 << 30;
+/// The next: the item is what a partial write changed to make the change after it (a patch's
+/// properties or an `addTo`'s amounts, [`DeltaRef::encode`]), which replication sends so that
+/// other nodes make the same change to their record rather than take the whole of this one.
+const DELTA_ITEM: u32 = 1 << 29;
+/// The bits of an item's length that say what it is.
+const KINDS: u32 = ORIGIN_ITEM | ADDED_ITEM | DELTA_ITEM;
 
 /// The operation a write was part of, as `read_audit_log` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +103,9 @@ pub struct Provenance {
 pub struct Audited {
     pub change: Change,
     pub origin: Option<(Origin, u32)>,
-    /// What an `addTo` added to make the change (attribute, amount), when it was one.
-    pub added: Option<Vec<(String, crate::Value)>>,
+    /// What a partial write (a patch or an `addTo`) changed to make the change, when it was
+    /// one and it was kept (patches' are kept only by a replicating shard).
+    pub delta: Option<Delta>,
 }
 
 /// The audit entry of one write group, being built.
@@ -114,6 +122,7 @@ impl Default for AuditEntry {
 enum Item<'a> {
     Origin(&'a [u8]),
     Added(&'a [u8]),
+    Delta(&'a [u8]),
     Change(&'a [u8]),
 }
 
@@ -148,7 +157,7 @@ impl AuditEntry {
         key: &[u8],
         stored: Option<&[u8]>,
         from: Option<&Provenance>,
-        added: Option<&[(String, crate::Value)]>,
+        delta: Option<DeltaRef<'_>>,
     ) {
         if let Some(p) = from {
             let user = p.origin.user.as_bytes();
@@ -159,11 +168,11 @@ impl AuditEntry {
             self.0.push(p.origin.operation as u8);
             self.0.extend_from_slice(user);
         }
-        if let Some(added) = added {
+        if let Some(delta) = delta {
             let at = self.0.len();
             self.0.extend_from_slice(&[0; 4]);
-            crate::Value::Object(added.to_vec()).write_msgpack(&mut self.0);
-            let len = (self.0.len() - at - 4) as u32 | ADDED_ITEM;
+            delta.encode(&mut self.0);
+            let len = (self.0.len() - at - 4) as u32 | DELTA_ITEM;
             self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
         let at = self.0.len();
@@ -181,7 +190,7 @@ impl AuditEntry {
         let mut rest = b.get(8..).unwrap_or_default();
         std::iter::from_fn(move || {
             let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
-            let n = (len & !(ORIGIN_ITEM | ADDED_ITEM)) as usize;
+            let n = (len & !KINDS) as usize;
             let body = rest.get(4..4 + n)?;
             let whole = &rest[..4 + n];
             rest = &rest[4 + n..];
@@ -189,6 +198,8 @@ impl AuditEntry {
                 Item::Origin(body)
             } else if len & ADDED_ITEM != 0 {
                 Item::Added(body)
+            } else if len & DELTA_ITEM != 0 {
+                Item::Delta(body)
             } else {
                 Item::Change(body)
             };
@@ -200,7 +211,7 @@ impl AuditEntry {
     pub(crate) fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
         Self::items(b).filter_map(|(item, _)| match item {
             Item::Change(c) => Change::decode(c),
-            Item::Origin(_) | Item::Added(_) => None,
+            Item::Origin(_) | Item::Added(_) | Item::Delta(_) => None,
         })
     }
 
@@ -208,20 +219,21 @@ impl AuditEntry {
     /// each with its origin.
     pub(crate) fn audited(b: &[u8], table: Option<u32>) -> Vec<Audited> {
         let mut out = Vec::new();
-        let (mut origin, mut added) = (None, None);
+        let (mut origin, mut delta) = (None, None);
         for (item, _) in Self::items(b) {
             match item {
                 Item::Origin(o) => origin = decode_origin(o),
-                Item::Added(a) => added = decode_added(a),
+                Item::Added(a) => delta = decode_added(a).map(Delta::Add),
+                Item::Delta(d) => delta = decode_delta(d),
                 Item::Change(c) => {
-                    let (from, added) = (origin.take(), added.take());
+                    let (from, delta) = (origin.take(), delta.take());
                     if table.is_none_or(|t| Change::table_of(c) == Some(t))
                         && let Some(change) = Change::decode(c)
                     {
                         out.push(Audited {
                             change,
                             origin: from,
-                            added,
+                            delta,
                         });
                     }
                 }
@@ -240,7 +252,7 @@ impl AuditEntry {
         let mut dropped = 0;
         for (item, whole) in Self::items(b) {
             match item {
-                Item::Origin(_) | Item::Added(_) => pending.push(whole),
+                Item::Origin(_) | Item::Added(_) | Item::Delta(_) => pending.push(whole),
                 Item::Change(c) => {
                     let old = Change::table_of(c) == Some(table)
                         && Change::version_of(c).is_some_and(|v| v < before);
@@ -299,7 +311,7 @@ mod tests {
         };
         let three = [("n".to_owned(), crate::Value::Int(3))];
         e.push(10, 7, b"k1", Some(b"r1"), Some(&p(&admin, 0)), None);
-        e.push(11, 8, b"k2", Some(b"r2"), None, Some(&three));
+        e.push(11, 8, b"k2", Some(b"r2"), None, Some(DeltaRef::Add(&three)));
         e.push(12, 7, b"k3", None, Some(&p(&later, 1)), None);
         assert_eq!(AuditEntry::highest(&e.0), Some(12));
         assert_eq!(AuditEntry::changes(&e.0).count(), 3);
@@ -312,10 +324,10 @@ mod tests {
         // Table 8's change had no origin; it was an addTo of 3.
         assert_eq!(AuditEntry::audited(&e.0, Some(8))[0].origin, None);
         assert_eq!(
-            AuditEntry::audited(&e.0, Some(8))[0].added.as_deref(),
-            Some(&three[..])
+            AuditEntry::audited(&e.0, Some(8))[0].delta,
+            Some(Delta::Add(three.to_vec()))
         );
-        assert_eq!(of7[0].added, None);
+        assert_eq!(of7[0].delta, None);
 
         let (kept, dropped) = AuditEntry::without(&e.0, 7, 12).unwrap();
         assert_eq!(dropped, 1);
@@ -325,8 +337,8 @@ mod tests {
         assert_eq!(left[0].origin.as_ref().map(|o| o.1), Some(1));
         assert_eq!(AuditEntry::audited(&kept, Some(8)).len(), 1);
         assert_eq!(
-            AuditEntry::audited(&kept, Some(8))[0].added.as_deref(),
-            Some(&three[..])
+            AuditEntry::audited(&kept, Some(8))[0].delta,
+            Some(Delta::Add(three.to_vec()))
         );
         assert!(AuditEntry::without(&kept, 7, 12).is_none());
     }

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod cbor;
 pub mod computed;
+pub mod history;
 pub mod key;
 pub mod layout;
 pub mod query;

@@ -26,6 +26,7 @@ use fjall::{
 use hashbrown::HashMap;
 
 use crate::audit::{AuditEntry, Audited, Provenance};
+use crate::history::{Delta, DeltaRef, History, Partial, Verdict};
 use crate::key::{self, KeyError};
 use crate::read_cache::ReadCache;
 use crate::record::{self, RecordRef};
@@ -54,10 +55,10 @@ pub struct ShardOptions {
     pub memtable_bytes: u64,
     /// Recently read records ([`ReadCache`]).
     pub read_cache_bytes: u64,
-    /// Whether the version of each record's last full write (put or delete) is kept, by key,
-    /// a delete's as a tombstone: replication needs them, so that a change older than a delete
-    /// does not bring the record back, and so that another node's `addTo` is dropped only
-    /// under a newer full write.
+    /// Whether each record's history (`history.rs`: its last full write, a delete's as a
+    /// tombstone, and the partial writes since) is kept, by key: replication needs them, so
+    /// that a change older than a delete does not bring the record back, a late change is
+    /// applied under newer patches, and an `addTo` delivered twice is counted once.
     pub tombstones: bool,
     /// This node's name, for Harper's tie rule between two nodes' writes of one version (the
     /// greater name wins): the last full write of a record made here is kept without one.
@@ -75,10 +76,6 @@ impl Default for ShardOptions {
         }
     }
 }
-
-/// The version of a record's last full write (put or delete) and the node that made it
-/// (`None`: this one).
-type FullWrite = (u64, Option<Box<str>>);
 
 /// When a committed write counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,17 +120,18 @@ pub enum WriteKind {
     /// which must not remove a record rewritten since it was found expired.
     Evict(u64),
     /// A change another node committed (replication): the record as that node stored it
-    /// (`None`: deleted) at its version, kept only if newer than what this shard holds for the
-    /// key (last writer wins); the shard's clock moves past its version (a hybrid logical
-    /// clock). Its audit entry names the node, so that it is not sent on again.
+    /// (`None`: deleted) at its version, applied by Harper's rules (last writer wins, a late
+    /// change applied under newer patches: see `history.rs`); the shard's clock moves past its
+    /// version (a hybrid logical clock). Its audit entry names the node, so that it is not sent
+    /// on again.
     Replicated {
         record: Option<Value>,
         version: u64,
         expires_at: Option<u64>,
-        /// For another node's `addTo`: what it added. Added here too (concurrent increments on
-        /// several nodes sum up), unless a full write or delete newer than it is here; the
-        /// record's version becomes the later of the two. `record` is then not used.
-        added: Option<Vec<(String, Value)>>,
+        /// For another node's partial write (a patch or an `addTo`): what it changed, made here
+        /// to the record as it is here (concurrent increments on several nodes sum up;
+        /// concurrent patches of different properties both stay). `record` is then not used.
+        delta: Option<Delta>,
     },
     /// Nothing is stored: a message to the record's subscribers (a non-retained MQTT publish),
     /// ordered with the record's writes, undeliverable after `expires_at` (ms) when given.
@@ -402,17 +400,7 @@ fn new_record<'v>(
 ) -> Option<Cow<'v, Value>> {
     match kind {
         WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
-        // Another node's addTo, added to the record here.
-        WriteKind::Replicated {
-            added: Some(deltas),
-            ..
-        } => Some(stamped(
-            table,
-            Cow::Owned(added_to(full, deltas)),
-            created,
-            stamp,
-        )),
-        // As its node stored it, stamps included.
+        // As its node stored it, stamps included (its partial writes: `replicated_record`).
         WriteKind::Replicated { record, .. } => record.as_ref().map(Cow::Borrowed),
         WriteKind::Put(v) | WriteKind::Insert(v) => {
             Some(stamped(table, Cow::Borrowed(v), created, stamp))
@@ -433,21 +421,57 @@ fn new_record<'v>(
         }
         WriteKind::Add(deltas) => Some(stamped(
             table,
-            Cow::Owned(added_to(full, deltas)),
+            Cow::Owned(DeltaRef::Add(deltas).apply(full)),
             created,
             stamp,
         )),
     }
 }
 
-/// `full` (or an empty record) with each number of `deltas` added to its attribute.
-fn added_to(full: Option<Value>, deltas: &[(String, Value)]) -> Value {
-    let mut v = full.unwrap_or_else(|| Value::Object(Vec::new()));
-    for (k, delta) in deltas {
-        let sum = value::add_numbers(v.get(k), delta);
-        v.set(k, sum);
+/// The record another node's change leaves here, and its version: a full write as that node
+/// stored it, a partial write made to the record here (`old`); either, when partial writes
+/// newer than it are kept (`rebuild`), with those applied again on top.
+#[allow(clippy::too_many_arguments)]
+fn replicated_record<'v>(
+    table: &Table,
+    record: &'v Option<Value>,
+    delta: Option<DeltaRef<'_>>,
+    (old_full, old_created): (Option<Value>, Option<Value>),
+    h: &History,
+    version: u64,
+    rebuild: bool,
+    old_version: u64,
+) -> (Option<Cow<'v, Value>>, u64) {
+    let newest = h.newest().unwrap_or(version).max(version);
+    let stamp = |at: u64| at as f64 / 1000.0;
+    match (delta, rebuild) {
+        (None, false) => (record.as_ref().map(Cow::Borrowed), version),
+        (None, true) => {
+            let created = table
+                .created_time()
+                .and_then(|c| record.as_ref()?.get(c).cloned());
+            let v = h.rebuild(version, record.clone(), None);
+            let v = stamped(table, Cow::Owned(v), created, stamp(newest));
+            (Some(v), newest)
+        }
+        (Some(d), _) => {
+            let base = d.apply(old_full);
+            let (v, at) = match d {
+                _ if !rebuild => (base, version),
+                DeltaRef::Set(props) => {
+                    let reset = props.iter().map(|(k, _)| k.clone()).collect();
+                    (h.rebuild(version, Some(base), Some(reset)), newest)
+                }
+                DeltaRef::Add(_) => (h.rebuild(version, Some(base), Some(Vec::new())), newest),
+            };
+            // An increment older than the record keeps the record's version.
+            let at = at.max(old_version);
+            (
+                Some(stamped(table, Cow::Owned(v), old_created, stamp(at))),
+                at,
+            )
+        }
     }
-    v
 }
 
 /// Notes in `changes` the index entries a write removes (`false`) and adds (`true`); both lists
@@ -473,9 +497,9 @@ pub struct Mutations {
     records: HashMap<Vec<u8>, Option<Vec<u8>>>,
     index: HashMap<Vec<u8>, bool>,
     audit: AuditEntry,
-    /// The full writes' versions, by key, for the tombstones (not part of a cross-shard
-    /// intent: a part redone after a crash leaves none).
-    tombstones: Vec<(Vec<u8>, FullWrite)>,
+    /// What replication keeps of each record written (`history.rs`), for the tombstones
+    /// keyspace (not part of a cross-shard intent: a part redone after a crash leaves none).
+    histories: Vec<(Vec<u8>, History)>,
 }
 
 impl Mutations {
@@ -499,13 +523,8 @@ impl Mutations {
             }
         }
         if let Some(ks) = &store.tombstones {
-            for (k, (version, node)) in &self.tombstones {
-                let node = node.as_deref().unwrap_or_default().as_bytes();
-                batch.insert(
-                    ks,
-                    k.as_slice(),
-                    [&version.to_be_bytes()[..], node].concat(),
-                );
+            for (k, history) in &self.histories {
+                batch.insert(ks, k.as_slice(), history.encode());
             }
         }
         if !self.audit.is_empty() {
@@ -814,7 +833,7 @@ impl ShardStore {
             index: HashMap::with_capacity(ops.len() * 2),
             // Room for a small record's change per op (the entry grows for larger ones).
             audit: AuditEntry::with_capacity(ops.len() * 128),
-            tombstones: Vec::new(),
+            histories: Vec::new(),
         };
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
@@ -894,29 +913,29 @@ impl ShardStore {
             None => (None, false, None),
         };
         let unchanged = |existed| Ok((WriteOutcome { version, existed }, None));
-        // Last writer wins: a replicated change no newer than the record here, or than its
-        // delete, is dropped (a duplicate, or one a newer write overtook). Another node's
-        // addTo is dropped only under a newer full write or delete; it is added to anything
-        // else, and the record keeps the later version.
-        let mut version = version;
-        if let WriteKind::Replicated { added, .. } = kind {
-            let record_version = old_bytes.and_then(RecordRef::parse).map(|r| r.version);
-            let here = match (added, record_version) {
-                (None, Some(v)) => Some(v),
-                _ => self.tombstone(key, m)?,
+        let record_version = old_bytes.and_then(RecordRef::parse).map(|r| r.version);
+        // Replication's rules (history.rs): a change from another node is dropped when a newer
+        // write overtook it or it was applied before; applied under the partial writes newer
+        // than it when there are some.
+        let mut history = None;
+        let mut rebuild = false;
+        if let WriteKind::Replicated { delta, .. } = kind {
+            let node = from.as_ref().map_or("", |p| &*p.origin.user);
+            let h = match self.history(key, m)? {
+                Some(h) => h,
+                // Not written since histories were kept: its version stands for a full write.
+                None => History {
+                    full: record_version.map(|v| (v, None)),
+                    ..History::default()
+                },
             };
-            let tie = here == Some(version)
-                && added.is_none()
-                && match from {
-                    Some(p) => self.wins_tie(key, m, version, &p.origin.user)?,
-                    None => false,
-                };
-            if here.is_some_and(|v| v >= version) && !tie {
+            let wins_tie = |by: Option<&str>| *node > *by.unwrap_or(&self.node);
+            if h.judge(version, node, delta.as_ref().map(Delta::as_ref), wins_tie) == Verdict::Drop
+            {
                 return unchanged(live);
             }
-            if added.is_some() {
-                version = version.max(record_version.unwrap_or(0));
-            }
+            rebuild = h.has_newer(version);
+            history = Some(h);
         }
         // Conditional writes that do not apply leave the record as it is.
         match kind {
@@ -928,16 +947,30 @@ impl ShardStore {
             }
             _ => {}
         }
-        let patch = matches!(
-            kind,
-            WriteKind::Patch(_)
-                | WriteKind::Update(_)
-                | WriteKind::Add(_)
-                | WriteKind::Replicated { added: Some(_), .. }
-        );
+        let delta = match kind {
+            WriteKind::Patch(Value::Object(props)) | WriteKind::Update(Value::Object(props)) => {
+                Some(DeltaRef::Set(props))
+            }
+            WriteKind::Add(deltas) => Some(DeltaRef::Add(deltas)),
+            WriteKind::Replicated { delta, .. } => delta.as_ref().map(Delta::as_ref),
+            _ => None,
+        };
+        let patch = delta.is_some() || matches!(kind, WriteKind::Patch(_) | WriteKind::Update(_));
         let old = OldRecord::read(table, old_body, patch, pk, live)?;
         let existed = old.existed;
-        let new = new_record(table, kind, old.full, old.created, version as f64 / 1000.0);
+        // The record's version: the write's, or, for another node's change applied under newer
+        // ones, the newest of them.
+        let (new, stored_version) = match (kind, &history) {
+            (WriteKind::Replicated { record, .. }, Some(h)) => {
+                let old_version = record_version.unwrap_or(0);
+                let old = (old.full, old.created);
+                replicated_record(table, record, delta, old, h, version, rebuild, old_version)
+            }
+            _ => (
+                new_record(table, kind, old.full, old.created, version as f64 / 1000.0),
+                version,
+            ),
+        };
         let new_entries = match &new {
             Some(v) => index_entries(table, |name| v.get(name), pk),
             None => Vec::new(),
@@ -947,74 +980,86 @@ impl ShardStore {
             WriteKind::Replicated { expires_at, .. } => *expires_at,
             _ => table.expiration.map(|s| now_ms + (s * 1000.0) as u64),
         };
-        let stored = new.map(|v| record::encode_value(version, expires, &v));
-        let added = match kind {
-            WriteKind::Add(deltas) => Some(deltas.as_slice()),
-            _ => None,
+        let stored = new.map(|v| record::encode_value(stored_version, expires, &v));
+        // Another node's partial write is not sent on: its audit entry needs no delta.
+        let replicated = matches!(kind, WriteKind::Replicated { .. });
+        let audited_delta = match delta {
+            Some(DeltaRef::Set(_)) if self.tombstones.is_none() => None,
+            _ if replicated => None,
+            d => d,
         };
         m.audit.push(
-            version,
+            stored_version,
             table.id,
             key,
             stored.as_deref(),
             from.as_ref(),
-            added,
+            audited_delta,
         );
         let event = want_event.then(|| match &stored {
             Some(s) => Event::Put(s.clone()),
             None => Event::Delete,
         });
-        // The last full write (a put or a delete) of each record, for replication's rules.
-        if self.tombstones.is_some() && !patch {
-            let node = match (kind, from) {
-                (WriteKind::Replicated { .. }, Some(p)) => Some(p.origin.user.clone()),
-                _ => None,
-            };
-            m.tombstones.push((key.clone(), (version, node)));
+        if self.tombstones.is_some() {
+            let h =
+                self.next_history(key, m, kind, from, delta, history, record_version, version)?;
+            m.histories.push((key.clone(), h));
         }
         m.records.insert(key.clone(), stored);
         // For an eviction: whether it removed the record.
         let existed = existed || matches!(kind, WriteKind::Evict(_));
+        let version = stored_version;
         Ok((WriteOutcome { version, existed }, event))
     }
 
-    /// The version of the last full write (put or delete) of the record at `key`, if they are
-    /// kept (in `m`, this group's, first).
-    fn tombstone(&self, key: &[u8], m: &Mutations) -> Result<Option<u64>, StoreError> {
-        Ok(self.last_full_write(key, m)?.map(|(v, _)| v))
-    }
-
-    /// The version of the last full write of the record at `key` and the node that made it
-    /// (`None`: this one).
-    fn last_full_write(&self, key: &[u8], m: &Mutations) -> Result<Option<FullWrite>, StoreError> {
-        let Some(ks) = &self.tombstones else {
-            return Ok(None);
-        };
-        if let Some((_, last)) = m.tombstones.iter().rev().find(|(k, _)| k == key) {
-            return Ok(Some(last.clone()));
-        }
-        Ok(ks.get(key)?.and_then(|b| {
-            let version = u64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-            let node = std::str::from_utf8(&b[8..]).ok().filter(|n| !n.is_empty());
-            Some((version, node.map(Into::into)))
-        }))
-    }
-
-    /// Harper's tie rule: whether a replicated full write from `node` at `version`, the
-    /// version of the record's last full write here, wins it: it does when its node's name is
-    /// greater than the name of the node that made that write. The same node again is a
-    /// duplicate, and loses.
-    fn wins_tie(
+    /// What is kept of the record at `key` after a write of `kind` at its version: a full
+    /// write starts its history again; a partial write joins it.
+    #[allow(clippy::too_many_arguments)]
+    fn next_history(
         &self,
         key: &[u8],
         m: &Mutations,
+        kind: &WriteKind,
+        from: &Option<Provenance>,
+        delta: Option<DeltaRef<'_>>,
+        history: Option<History>,
+        record_version: Option<u64>,
         version: u64,
-        node: &str,
-    ) -> Result<bool, StoreError> {
-        Ok(match self.last_full_write(key, m)? {
-            Some((v, here)) if v == version => *node > *here.as_deref().unwrap_or(&self.node),
-            _ => false,
-        })
+    ) -> Result<History, StoreError> {
+        let node = match (kind, from) {
+            (WriteKind::Replicated { .. }, Some(p)) => Some(p.origin.user.clone()),
+            _ => None,
+        };
+        let Some(delta) = delta else {
+            let mut h = history.unwrap_or_default();
+            h.full_write(version, node);
+            return Ok(h);
+        };
+        let mut h = match history {
+            Some(h) => h,
+            None => self.history(key, m)?.unwrap_or_else(|| History {
+                full: record_version.map(|v| (v, None)),
+                ..History::default()
+            }),
+        };
+        h.add(Partial {
+            version,
+            node,
+            delta: delta.to_owned(),
+        });
+        Ok(h)
+    }
+
+    /// What is kept of the record at `key` for replication (in `m`, this group's, first), when
+    /// histories are kept and it has one.
+    fn history(&self, key: &[u8], m: &Mutations) -> Result<Option<History>, StoreError> {
+        let Some(ks) = &self.tombstones else {
+            return Ok(None);
+        };
+        if let Some((_, last)) = m.histories.iter().rev().find(|(k, _)| k == key) {
+            return Ok(Some(last.clone()));
+        }
+        Ok(ks.get(key)?.and_then(|b| History::decode(&b)))
     }
 
     /// Records `plan` as this shard's prepared part of cross-shard transaction `txid`, whose
@@ -1445,6 +1490,15 @@ mod tests {
         (dir, store, Arc::new(c.tables.remove(0).numbered(7)))
     }
 
+    /// A store that keeps records' histories, as a replicating node's shards do.
+    fn replicating(dir: &std::path::Path) -> ShardStore {
+        let opts = ShardOptions {
+            tombstones: true,
+            ..ShardOptions::default()
+        };
+        ShardStore::open(dir, opts).unwrap()
+    }
+
     fn obj(pairs: &[(&str, Value)]) -> Value {
         Value::Object(
             pairs
@@ -1488,7 +1542,7 @@ mod tests {
                             record: Some(record),
                             version,
                             expires_at: None,
-                            added: None,
+                            delta: None,
                         },
                         from: Some(Provenance {
                             origin: Arc::new(crate::audit::Origin {
@@ -1523,11 +1577,7 @@ mod tests {
     #[test]
     fn replicated_changes_keep_the_last_writer_and_a_delete_stays_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = ShardOptions {
-            tombstones: true,
-            ..ShardOptions::default()
-        };
-        let store = ShardStore::open(dir.path(), opts).unwrap();
+        let store = replicating(dir.path());
         let (_, _, t) = setup();
         let key = record_key(t.id, &Value::String("a".into())).unwrap();
         let far = now_micros() + 60_000_000;
@@ -1543,13 +1593,13 @@ mod tests {
             ])),
             version,
             expires_at: None,
-            added: None,
+            delta: None,
         };
         let remote_add = |n: i64, version: u64| WriteKind::Replicated {
             record: None,
             version,
             expires_at: None,
-            added: Some(vec![("n".into(), Value::Int(n))]),
+            delta: Some(Delta::Add(vec![("n".into(), Value::Int(n))])),
         };
         let n_here = |store: &ShardStore| {
             store.get(&key).unwrap().map(|b| {
@@ -1585,7 +1635,7 @@ mod tests {
             record: None,
             version: deleted,
             expires_at: None,
-            added: None,
+            delta: None,
         });
         assert_eq!(n_here(&store).map(|(n, _)| n), Some(Some(Value::Int(5))));
         // Another node's addTo: added, whether older or newer than the record, as long as no
@@ -1601,6 +1651,92 @@ mod tests {
         // Not newer than the last full write (the put at `deleted + 1`): dropped.
         apply(remote_add(7, deleted + 1));
         assert_eq!(n_here(&store).map(|(n, _)| n), Some(Some(Value::Int(1115))));
+    }
+
+    #[test]
+    fn a_late_change_is_applied_under_newer_patches_and_an_increment_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = replicating(dir.path());
+        let (_, _, t) = setup();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        let far = now_micros() + 60_000_000;
+        let mut clock = Clock::default();
+        let ints = |pairs: &[(&str, i64)]| -> Vec<(String, Value)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::Int(*v)))
+                .collect()
+        };
+        let mut from = |node: &str, at: u64, record: Option<&[(&str, i64)]>, delta| {
+            let record = record.map(|r| {
+                let mut v = Value::Object(ints(r));
+                v.set("id", Value::String("a".into()));
+                v
+            });
+            let op = WriteOp {
+                table: t.clone(),
+                key: key.clone(),
+                kind: WriteKind::Replicated {
+                    record,
+                    version: far + at,
+                    expires_at: None,
+                    delta,
+                },
+                from: Some(Provenance {
+                    origin: Arc::new(crate::audit::Origin {
+                        at: far + at,
+                        operation: crate::audit::Operation::Replicated,
+                        user: node.into(),
+                    }),
+                    index: 0,
+                }),
+            };
+            store.apply(vec![op], &mut clock, None).unwrap();
+            store.get(&key).unwrap().map(|b| {
+                let r = RecordRef::parse(&b).unwrap();
+                let v = crate::value::from_msgpack(r.body).unwrap();
+                let n = |k| match v.get(k) {
+                    Some(Value::Int(n)) => *n,
+                    _ => -1,
+                };
+                ([n("x"), n("y"), n("n")], r.version - far)
+            })
+        };
+        let put = |x, y, n| Some([("x", x), ("y", y), ("n", n)]);
+        assert_eq!(
+            from("b", 0, put(1, 1, 0).as_ref().map(|p| &p[..]), None),
+            Some(([1, 1, 0], 0))
+        );
+        let patch = Some(Delta::Set(ints(&[("x", 2)])));
+        assert_eq!(from("b", 100, None, patch), Some(([2, 1, 0], 100)));
+        // Two nodes' increments add up; the same one delivered again is not counted twice.
+        let five = || Some(Delta::Add(ints(&[("n", 5)])));
+        assert_eq!(from("c", 200, None, five()), Some(([2, 1, 5], 200)));
+        assert_eq!(from("c", 200, None, five()), Some(([2, 1, 5], 200)));
+        assert_eq!(from("d", 200, None, five()), Some(([2, 1, 10], 200)));
+        // A put older than the patch and the increments: applied, and they again on top of it.
+        let late = put(9, 9, 100);
+        let late = late.as_ref().map(|p| &p[..]);
+        assert_eq!(from("c", 50, late, None), Some(([2, 9, 110], 200)));
+        // A patch older than the newer patch: only what that one did not set.
+        let patch = Some(Delta::Set(ints(&[("x", 8), ("y", 7)])));
+        assert_eq!(from("d", 70, None, patch), Some(([2, 7, 110], 200)));
+        // One older than the late put: dropped, as is the put again.
+        let patch = Some(Delta::Set(ints(&[("y", 3)])));
+        assert_eq!(from("d", 40, None, patch), Some(([2, 7, 110], 200)));
+        assert_eq!(from("c", 50, late, None), Some(([2, 7, 110], 200)));
+        // A late increment adds to what no newer patch set.
+        let one = Some(Delta::Add(ints(&[("n", 1)])));
+        assert_eq!(from("d", 60, None, one), Some(([2, 7, 111], 200)));
+        // Under a newer delete, nothing comes back.
+        assert_eq!(from("b", 300, None, None), None);
+        assert_eq!(from("c", 250, None, five()), None);
+        // What is kept survives reopening.
+        drop(store);
+        let store = replicating(dir.path());
+        let h = store.history(&key, &Mutations::default()).unwrap().unwrap();
+        assert_eq!(h.full, Some((far + 300, Some("b".into()))));
+        assert!(h.partials.is_empty());
     }
 
     #[test]

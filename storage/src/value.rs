@@ -88,6 +88,11 @@ impl Value {
         msgpack::write_value(self, out);
     }
 
+    /// Encodes an object's properties as a MessagePack map, appending to `out`.
+    pub fn write_msgpack_map(props: &[(String, Value)], out: &mut Vec<u8>) {
+        msgpack::write_map(props, out);
+    }
+
     /// Encodes as MessagePack into a new buffer.
     pub fn to_msgpack(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64);
@@ -271,13 +276,16 @@ mod msgpack {
                     write_value(v, out);
                 }
             }
-            Value::Object(props) => {
-                write_len(props.len(), 0x80, 0xde, out);
-                for (k, v) in props {
-                    write_str(k, out);
-                    write_value(v, out);
-                }
-            }
+            Value::Object(props) => write_map(props, out),
+        }
+    }
+
+    /// An object's properties as a MessagePack map.
+    pub fn write_map(props: &[(String, Value)], out: &mut Vec<u8>) {
+        write_len(props.len(), 0x80, 0xde, out);
+        for (k, v) in props {
+            write_str(k, out);
+            write_value(v, out);
         }
     }
 

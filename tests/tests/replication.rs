@@ -497,6 +497,22 @@ fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
         b.client().put_json("/Dog/both", r#"{"name":"B"}"#).status,
         204
     );
+    // Patches of different attributes of one record on both sides both stay; a put on A older
+    // than a patch on B is applied under it on B (Harper's rule), not dropped.
+    assert_eq!(
+        a.client()
+            .patch_json("/Dog/0", r#"{"name":"renamed"}"#)
+            .status,
+        204
+    );
+    assert_eq!(b.client().patch_json("/Dog/0", r#"{"n":7}"#).status, 204);
+    assert_eq!(
+        a.client()
+            .put_json("/Dog/late", r#"{"name":"put on A"}"#)
+            .status,
+        204
+    );
+    assert_eq!(b.client().patch_json("/Dog/late", r#"{"n":1}"#).status, 204);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(b.client().get("/Dog/a1").status, 404, "the partition held");
     drop(cut);
@@ -504,10 +520,10 @@ fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
     // Every write on both sides reaches the other, and the record written on both ends the
     // same on both (the later write).
     let deadline = Instant::now() + Duration::from_secs(90);
-    while dogs(&a) != 42 || dogs(&b) != 42 {
+    while dogs(&a) != 43 || dogs(&b) != 43 {
         assert!(
             Instant::now() < deadline,
-            "after healing: A {} and B {} of 42\nA: {}\nB: {}",
+            "after healing: A {} and B {} of 43\nA: {}\nB: {}",
             dogs(&a),
             dogs(&b),
             a.output(),
@@ -520,6 +536,13 @@ fn writes_on_both_sides_of_a_partition_converge_once_it_heals() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(b.client().get("/Dog/both").json()["name"], "B");
+    for (path, name, n) in [("/Dog/0", "renamed", 7), ("/Dog/late", "put on A", 1)] {
+        for s in [&a, &b] {
+            eventually(s, path, "both sides' writes", |st, v| {
+                st == 200 && v["name"] == name && v["n"] == n
+            });
+        }
+    }
 }
 
 /// What the Operations API makes on one node (a database, a table, an attribute, a role, a

@@ -255,7 +255,7 @@ impl Node {
                     record: Some(record),
                     version: r.version,
                     expires_at: r.expires_at,
-                    added: None,
+                    delta: None,
                 },
                 from: Some(Provenance {
                     origin: origin.clone(),

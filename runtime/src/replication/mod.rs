@@ -30,6 +30,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::{FutureExt, StreamExt};
 use tessera_shards::ShardSet;
 use tessera_storage::audit::{Audited, Operation, Origin, Provenance};
+use tessera_storage::history::{Delta, decode_delta};
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
 use tessera_storage::{Table, Value};
@@ -68,8 +69,10 @@ const META_SCHEMA: &str = "schema";
 const META_USERS: &str = "users";
 /// The subjects (`<MESSAGES>.<node>`) of messages: plain NATS, outside the stream.
 const MESSAGES: &str = "tessera-msg";
-/// The format of a published change (its first byte).
-const FORMAT: u8 = 2;
+/// The format of a published change (its first byte): with what a partial write changed.
+const FORMAT: u8 = 4;
+/// The format before: with what an `addTo` added only (read still).
+const FORMAT_ADDED: u8 = 2;
 /// The format of a message: this byte, then changes, each a u32 BE length and the change.
 const BATCH: u8 = 3;
 
@@ -546,7 +549,7 @@ impl Node {
             .flat_map(|(_, changes)| changes)
             .filter_map(|audited| {
                 let table = self.outbound_table(tables, audited)?;
-                let change = encode(table, &audited.change, audited.added.as_deref());
+                let change = encode(table, &audited.change, audited.delta.as_ref());
                 if change.len() + 5 > max_payload {
                     tracing::error!(
                         "replication: a change to {}.{} of {} bytes is larger than NATS takes \
@@ -665,7 +668,7 @@ impl Node {
 
     /// Applies one change from `origin`.
     async fn apply_one(&self, origin: &str, change: &[u8]) -> Result<(), Apply> {
-        let (database, name, change, added) =
+        let (database, name, change, delta) =
             decode(change).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
         if !self.replicates(&database) {
             return Ok(());
@@ -695,7 +698,7 @@ impl Node {
                 record,
                 version: change.version,
                 expires_at,
-                added,
+                delta,
             },
             from: Some(Provenance {
                 origin: Arc::new(Origin {
@@ -814,13 +817,10 @@ fn subject_token(name: &str) -> String {
         .collect()
 }
 
-/// What an `addTo` added (attribute, amount).
-type Added = Vec<(String, Value)>;
-
 /// A change as published: `FORMAT`, the database and table names (each a u16 BE length and
-/// the bytes: table ids are each node's own), what an `addTo` added (a u32 BE length, 0 for
-/// none, and a MessagePack map), then [`Change::encode`].
-fn encode(table: &Table, change: &Change, added: Option<&[(String, Value)]>) -> Vec<u8> {
+/// the bytes: table ids are each node's own), what a partial write changed (a u32 BE length, 0
+/// for none, and [`DeltaRef::encode`]), then [`Change::encode`].
+fn encode(table: &Table, change: &Change, delta: Option<&Delta>) -> Vec<u8> {
     let body = change.encode();
     let mut out = Vec::with_capacity(9 + table.database.len() + table.name.len() + body.len());
     out.push(FORMAT);
@@ -830,8 +830,8 @@ fn encode(table: &Table, change: &Change, added: Option<&[(String, Value)]>) -> 
     }
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
-    if let Some(added) = added {
-        Value::Object(added.to_vec()).write_msgpack(&mut out);
+    if let Some(delta) = delta {
+        delta.as_ref().encode(&mut out);
         let len = (out.len() - at - 4) as u32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
@@ -867,7 +867,7 @@ fn pack<'a>(
 /// The changes of a message: a [`BATCH`] of them, or one alone (as nodes sent them before).
 fn split(mut b: &[u8]) -> Option<Vec<&[u8]>> {
     match *b.first()? {
-        FORMAT => return Some(vec![b]),
+        FORMAT | FORMAT_ADDED => return Some(vec![b]),
         BATCH => b = &b[1..],
         _ => return None,
     }
@@ -917,9 +917,10 @@ fn decode_message(mut b: &[u8]) -> Option<Message> {
     })
 }
 
-/// [`encode`] undone: database, table, change and what an `addTo` added.
-fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Added>)> {
-    if *b.first()? != FORMAT {
+/// [`encode`] undone: database, table, change and what a partial write changed.
+fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Delta>)> {
+    let format = *b.first()?;
+    if format != FORMAT && format != FORMAT_ADDED {
         return None;
     }
     let mut rest = &b[1..];
@@ -934,14 +935,15 @@ fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Added>)> {
     };
     let database = std::str::from_utf8(take(2)?).ok()?.to_owned();
     let table = std::str::from_utf8(take(2)?).ok()?.to_owned();
-    let added = match take(4)? {
+    let delta = match take(4)? {
         [] => None,
+        d if format == FORMAT => Some(decode_delta(d)?),
         map => match tessera_storage::value::from_msgpack(map).ok()? {
-            Value::Object(pairs) => Some(pairs),
+            Value::Object(pairs) => Some(Delta::Add(pairs)),
             _ => return None,
         },
     };
-    Some((database, table, Change::decode(rest)?, added))
+    Some((database, table, Change::decode(rest)?, delta))
 }
 
 #[cfg(test)]
@@ -957,7 +959,7 @@ mod tests {
             event: Event::Delete,
             version: 1_700_000_000_000_001,
         };
-        let (db, name, back, added) = decode(&encode(&table, &change, None)).unwrap();
+        let (db, name, back, delta) = decode(&encode(&table, &change, None)).unwrap();
         assert_eq!(
             (db.as_str(), name.as_str()),
             (table.database.as_str(), "Dog")
@@ -965,10 +967,20 @@ mod tests {
         assert_eq!(back.version, change.version);
         assert_eq!(back.key, change.key);
         assert_eq!(back.event, Event::Delete);
-        assert_eq!(added, None);
+        assert_eq!(delta, None);
         let three = vec![("n".to_owned(), Value::Int(3))];
-        let (.., added) = decode(&encode(&table, &change, Some(&three))).unwrap();
-        assert_eq!(added, Some(three));
+        for d in [Delta::Add(three.clone()), Delta::Set(three.clone())] {
+            let (.., back) = decode(&encode(&table, &change, Some(&d))).unwrap();
+            assert_eq!(back, Some(d));
+        }
+        // As nodes sent an addTo before: format 2, the map alone.
+        let mut old = encode(&table, &change, None);
+        old[0] = FORMAT_ADDED;
+        let names = 1 + 4 + table.database.len() + table.name.len();
+        let map = Value::Object(three.clone()).to_msgpack();
+        old.splice(names..names + 4, (map.len() as u32).to_be_bytes());
+        old.splice(names + 4..names + 4, map);
+        assert_eq!(decode(&old).unwrap().3, Some(Delta::Add(three)));
         assert!(decode(&[2, 0]).is_none());
         // Packed by database into messages that fit, and split back as they were.
         let one = encode(&table, &change, None);
