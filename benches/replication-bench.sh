@@ -7,6 +7,7 @@
 #
 # Usage: benches/replication-bench.sh [WORKDIR]     (default /tmp/tessera-repl)
 # Environment: NODES [3]  THREADS [1] (per node)  DURATION [10s]  BENCH_MAX_ID [10000]
+#              SKIP_BUILD [0] (1: use target/release/tessera as it is)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -21,7 +22,7 @@ export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base6
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
 [[ -x $NATS ]] || { apt-get update -qq && apt-get install -y -qq nats-server; NATS=/usr/sbin/nats-server; }
-(cd "$REPO" && cargo build --release -p tessera-runtime)
+[[ ${SKIP_BUILD:-0} == 1 ]] || (cd "$REPO" && cargo build --release -p tessera-runtime)
 BIN="$REPO/target/release/tessera"
 rm -rf "$WORK" && mkdir -p "$WORK"
 OUT="$WORK/summary.md"
@@ -45,31 +46,11 @@ start_node() { # name index [replicate]
   until curl -s -o /dev/null -u admin:password "http://127.0.0.1:$http/Dog"; do sleep 0.05; done
 }
 
-ticks() { # every process started here (the nodes and nats-server): CPU clock ticks so far
-  local t=0
-  for p in "${PIDS[@]}"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-  echo $t
-}
-
 each_ticks() { # CPU clock ticks so far of each process started here, in the order started
   for p in "${PIDS[@]}"; do awk '{printf "%d ", $14 + $15}' "/proc/$p/stat"; done
 }
-
-put_load() { # port label: the wrk figures, CPU per request counting every node and nats-server
-  local t0 e0
-  t0=$(ticks)
-  e0=$(each_ticks)
-  wrk -t2 -c64 -d"$DURATION" --latency -s "$HB/wrk/put.lua" "http://127.0.0.1:$1" > "$WORK/$2.wrk"
-  python3 "$REPO/benches/wrk_result.py" "$WORK/$2.wrk" $(($(ticks) - t0)) "$(getconf CLK_TCK)" scenario="$2"
-  # Each process's share: CPU us per request, in the order started (nats-server first in a cluster).
-  python3 - "$WORK/$2.wrk" "$e0" "$(each_ticks)" "$(getconf CLK_TCK)" "${NAMES[*]}" > "$WORK/$2.cpu" <<'PY'
-import re, sys
-wrk, before, after, tck, names = sys.argv[1:6]
-requests = int(re.search(r"(\d+) requests in", open(wrk).read()).group(1))
-per = [(int(a) - int(b)) / int(tck) * 1e6 / requests for a, b in zip(after.split(), before.split())]
-print(", ".join(f"{n} {round(c, 1)} us" for n, c in zip(names.split(), per)))
-PY
-}
+# shellcheck source=replication/load.sh
+. "$HERE/replication/load.sh"
 
 count() { # port
   curl -s -u admin:password -H 'Content-Type: application/json' -d '{"operation":"sql","sql":"SELECT COUNT(*) AS n FROM data.Dog"}' \

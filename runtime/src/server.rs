@@ -452,6 +452,23 @@ struct CoreSetup {
 
 /// One executor: binds its listeners (reporting on `bound`), follows the feeds of its shards,
 /// sweeps expiring tables, parks its restored sessions, and serves the three fronts.
+/// Commits other nodes' cross-shard transactions, one at a time, as replication hands them
+/// over: the two-phase commit runs on an executor.
+async fn commit_replicated(
+    router: tessera_shards::Router,
+    mut transactions: futures::channel::mpsc::UnboundedReceiver<crate::app::cluster::Transaction>,
+) {
+    use futures::StreamExt;
+    while let Some((ops, done)) = transactions.next().await {
+        let outcome = router
+            .transact(ops)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let _ = done.send(outcome);
+    }
+}
+
 async fn serve_core(
     ctx: CoreContext,
     setup: CoreSetup,
@@ -472,6 +489,9 @@ async fn serve_core(
         };
     let _ = bound.send(Ok(()));
     realtime::follow(&ctx.router);
+    if let Some(transactions) = setup.app.cluster.take_transactions() {
+        glommio::spawn_local(commit_replicated(ctx.router.clone(), transactions)).detach();
+    }
     let expiring: Vec<_> = setup.app.tables.types().values().cloned().collect();
     expiry::run(ctx.router.clone(), expiring).await;
     let worker = Rc::new(Worker::new(setup.app, ctx.router, setup.auth, setup.wasm));

@@ -26,6 +26,9 @@ use crate::{Committed, failpoint};
 
 /// Most commands committed in one group.
 pub const MAX_GROUP: usize = 2048;
+/// How long a writer with a resolved transaction part not yet persisted waits for more work
+/// before it persists on its own.
+const IDLE_PERSIST: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub(crate) type StoreResult<T> = Result<T, Arc<StoreError>>;
 pub(crate) type WriteReply = oneshot::Sender<StoreResult<WriteOutcome>>;
@@ -195,7 +198,27 @@ impl Writer<'_> {
         let mut group = 0u64;
         let mut flushes = Vec::new();
         let mut queue: VecDeque<Command> = VecDeque::new();
-        while let Ok(first) = rx.recv() {
+        loop {
+            // A transaction's part resolved since the last persist is durable through its
+            // intents, but is persisted itself (for what waits on that: its markers' removal,
+            // replication's reading of the audit log) as soon as the writer has nothing else.
+            let first = if self.unpersisted.is_empty() {
+                rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                rx.recv_timeout(IDLE_PERSIST)
+            };
+            let first = match first {
+                Ok(cmd) => cmd,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.store.persist(durability).is_ok() {
+                        for tx in self.unpersisted.drain(..) {
+                            let _ = tx.send(());
+                        }
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             queue.push_back(first);
             while queue.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -322,7 +345,12 @@ impl Writer<'_> {
                 let planned = self
                     .store
                     .plan(&ops, &mut self.clock, Some(&mut changes))
-                    .and_then(|(plan, outcomes)| {
+                    .and_then(|(mut plan, outcomes)| {
+                        // So that other nodes apply the transaction's parts together.
+                        plan.mark_transaction(tessera_storage::audit::Txn {
+                            id: txid,
+                            parts: participants.len() as u32,
+                        });
                         self.store.prepare(txid, &participants, &plan)?;
                         Ok((plan, outcomes))
                     });

@@ -23,8 +23,20 @@ const ADDED_ITEM: u32 = 1 << 30;
 /// properties or an `addTo`'s amounts, [`DeltaRef::encode`]), which replication sends so that
 /// other nodes make the same change to their record rather than take the whole of this one.
 const DELTA_ITEM: u32 = 1 << 29;
+/// The next: the entry is one shard's part of a cross-shard transaction (`txid (u64 BE) ++
+/// parts (u32 BE)`, right after the header), which replication sends so that other nodes apply
+/// the transaction's parts together.
+const TXN_ITEM: u32 = 1 << 28;
 /// The bits of an item's length that say what it is.
-const KINDS: u32 = ORIGIN_ITEM | ADDED_ITEM | DELTA_ITEM;
+const KINDS: u32 = ORIGIN_ITEM | ADDED_ITEM | DELTA_ITEM | TXN_ITEM;
+
+/// The cross-shard transaction a change was part of: its id (unique on its node) and how many
+/// shards' parts it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Txn {
+    pub id: u64,
+    pub parts: u32,
+}
 
 /// The operation a write was part of, as `read_audit_log` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +118,8 @@ pub struct Audited {
     /// What a partial write (a patch or an `addTo`) changed to make the change, when it was
     /// one and it was kept (patches' are kept only by a replicating shard).
     pub delta: Option<Delta>,
+    /// The cross-shard transaction it was part of.
+    pub txn: Option<Txn>,
 }
 
 /// The audit entry of one write group, being built.
@@ -123,6 +137,7 @@ enum Item<'a> {
     Origin(&'a [u8]),
     Added(&'a [u8]),
     Delta(&'a [u8]),
+    Txn(&'a [u8]),
     Change(&'a [u8]),
 }
 
@@ -136,6 +151,19 @@ impl AuditEntry {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.len() <= 8
+    }
+
+    /// Marks the entry as one shard's part of cross-shard transaction `txn` (an entry with no
+    /// change is left alone).
+    pub(crate) fn mark_transaction(&mut self, txn: Txn) {
+        if self.is_empty() {
+            return;
+        }
+        let mut item = Vec::with_capacity(16);
+        item.extend_from_slice(&(12 | TXN_ITEM).to_be_bytes());
+        item.extend_from_slice(&txn.id.to_be_bytes());
+        item.extend_from_slice(&txn.parts.to_be_bytes());
+        self.0.splice(8..8, item);
     }
 
     /// Whether any change of the entry has its origin.
@@ -200,6 +228,8 @@ impl AuditEntry {
                 Item::Added(body)
             } else if len & DELTA_ITEM != 0 {
                 Item::Delta(body)
+            } else if len & TXN_ITEM != 0 {
+                Item::Txn(body)
             } else {
                 Item::Change(body)
             };
@@ -211,7 +241,7 @@ impl AuditEntry {
     pub(crate) fn changes(b: &[u8]) -> impl Iterator<Item = Change> + '_ {
         Self::items(b).filter_map(|(item, _)| match item {
             Item::Change(c) => Change::decode(c),
-            Item::Origin(_) | Item::Added(_) | Item::Delta(_) => None,
+            Item::Origin(_) | Item::Added(_) | Item::Delta(_) | Item::Txn(_) => None,
         })
     }
 
@@ -219,9 +249,10 @@ impl AuditEntry {
     /// each with its origin.
     pub(crate) fn audited(b: &[u8], table: Option<u32>) -> Vec<Audited> {
         let mut out = Vec::new();
-        let (mut origin, mut delta) = (None, None);
+        let (mut origin, mut delta, mut txn) = (None, None, None);
         for (item, _) in Self::items(b) {
             match item {
+                Item::Txn(t) => txn = decode_txn(t),
                 Item::Origin(o) => origin = decode_origin(o),
                 Item::Added(a) => delta = decode_added(a).map(Delta::Add),
                 Item::Delta(d) => delta = decode_delta(d),
@@ -234,6 +265,7 @@ impl AuditEntry {
                             change,
                             origin: from,
                             delta,
+                            txn,
                         });
                     }
                 }
@@ -252,6 +284,8 @@ impl AuditEntry {
         let mut dropped = 0;
         for (item, whole) in Self::items(b) {
             match item {
+                // The entry's, not a change's: it stays.
+                Item::Txn(_) => out.extend_from_slice(whole),
                 Item::Origin(_) | Item::Added(_) | Item::Delta(_) => pending.push(whole),
                 Item::Change(c) => {
                     let old = Change::table_of(c) == Some(table)
@@ -277,6 +311,13 @@ fn decode_added(b: &[u8]) -> Option<Vec<(String, crate::Value)>> {
         crate::Value::Object(pairs) => Some(pairs),
         _ => None,
     }
+}
+
+fn decode_txn(b: &[u8]) -> Option<Txn> {
+    Some(Txn {
+        id: u64::from_be_bytes(b.get(..8)?.try_into().ok()?),
+        parts: u32::from_be_bytes(b.get(8..12)?.try_into().ok()?),
+    })
 }
 
 fn decode_origin(b: &[u8]) -> Option<(Origin, u32)> {
@@ -328,6 +369,7 @@ mod tests {
             Some(Delta::Add(three.to_vec()))
         );
         assert_eq!(of7[0].delta, None);
+        assert_eq!(of7[0].txn, None);
 
         let (kept, dropped) = AuditEntry::without(&e.0, 7, 12).unwrap();
         assert_eq!(dropped, 1);
@@ -341,5 +383,20 @@ mod tests {
             Some(Delta::Add(three.to_vec()))
         );
         assert!(AuditEntry::without(&kept, 7, 12).is_none());
+
+        // A transaction's part: every change of the entry says so, after leaving some out too.
+        let txn = Txn { id: 77, parts: 3 };
+        e.mark_transaction(txn);
+        assert!(
+            AuditEntry::audited(&e.0, None)
+                .iter()
+                .all(|a| a.txn == Some(txn))
+        );
+        assert_eq!(AuditEntry::highest(&e.0), Some(12));
+        let (kept, _) = AuditEntry::without(&e.0, 7, 12).unwrap();
+        assert_eq!(AuditEntry::audited(&kept, None)[0].txn, Some(txn));
+        let mut empty = AuditEntry::default();
+        empty.mark_transaction(txn);
+        assert!(empty.is_empty());
     }
 }

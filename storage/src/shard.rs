@@ -503,6 +503,12 @@ pub struct Mutations {
 }
 
 impl Mutations {
+    /// Marks the plan's changes as this shard's part of a cross-shard transaction, for
+    /// replication (see [`crate::audit::Txn`]).
+    pub fn mark_transaction(&mut self, txn: crate::audit::Txn) {
+        self.audit.mark_transaction(txn);
+    }
+
     /// The record keys the plan writes.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.records.keys().map(Vec::as_slice)

@@ -838,3 +838,64 @@ fn a_copy_cut_short_by_a_crash_goes_on_from_where_it_was() {
         "the copy's progress goes once it is done"
     );
 }
+
+/// A transaction that spans shards on one node (an Operations API insert of many records)
+/// appears whole on the other: its changes come from each shard's part of it and are committed
+/// there together, so a query never sees some of its records without the rest.
+#[test]
+fn a_transaction_across_shards_appears_whole_on_the_other_node() {
+    let nats = Nats::start();
+    let app = App::new(SCHEMA);
+    let (a, b, _roots) = pair(&nats, &app);
+    const BATCHES: usize = 20;
+    const RECORDS: usize = 100;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (seen, done, port) = (seen.clone(), done.clone(), b.port);
+        std::thread::spawn(move || {
+            let mut client = tessera_tests::Client::connect(port);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client.get("/Dog/?select(id)");
+                assert_eq!(r.status, 200, "{}", r.text());
+                let n = r.json().as_array().map_or(0, Vec::len);
+                seen.lock().unwrap().push(n);
+            }
+        })
+    };
+    for batch in 0..BATCHES {
+        let records: Vec<_> = (0..RECORDS)
+            .map(|i| serde_json::json!({"id": format!("t{batch}-{i}"), "name": "txn", "n": i}))
+            .collect();
+        let (st, body) = a.ops().operation(&serde_json::json!({
+            "operation": "insert", "database": "data", "table": "Dog", "records": records
+        }));
+        assert_eq!(st, 200, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dogs(&b) != (BATCHES * RECORDS) as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "B has {} records (A {}), batches missing {:?}\n{}",
+            dogs(&b),
+            dogs(&a),
+            (0..BATCHES)
+                .filter(|i| b.client().get(&format!("/Dog/t{i}-0")).status != 200)
+                .collect::<Vec<_>>(),
+            b.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap();
+    let torn: Vec<_> = seen.iter().filter(|n| **n % RECORDS != 0).collect();
+    assert!(
+        torn.is_empty(),
+        "B showed part of a transaction in {} of {} reads: {torn:?}\n{}",
+        torn.len(),
+        seen.len(),
+        b.output()
+    );
+    assert!(seen.len() > 10, "the reader read {} times", seen.len());
+}

@@ -24,6 +24,32 @@ pub struct Cluster {
     /// Where messages published here (not stored: MQTT's non-retained) go to reach the other
     /// nodes' subscribers, while replication runs.
     messages: Mutex<Option<mpsc::Sender<Message>>>,
+    /// Other nodes' cross-shard transactions, for an executor core to commit (the two-phase
+    /// commit runs on the executors).
+    transactions: Transactions,
+}
+
+/// Another node's transaction to commit here, and where its outcome goes.
+pub type Transaction = (
+    Vec<tessera_storage::shard::WriteOp>,
+    oneshot::Sender<Result<(), String>>,
+);
+
+/// The queue of [`Transaction`]s: replication sends, one executor core takes the receiver.
+#[derive(Debug)]
+struct Transactions {
+    tx: mpsc::UnboundedSender<Transaction>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Transaction>>>,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded();
+        Transactions {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
 }
 
 /// A message published on this node, for the other nodes' subscribers.
@@ -74,6 +100,27 @@ pub struct Received {
 }
 
 impl Cluster {
+    /// The transactions other nodes made, for the one executor core that commits them (the
+    /// first to ask; `None` after).
+    pub fn take_transactions(&self) -> Option<mpsc::UnboundedReceiver<Transaction>> {
+        self.transactions
+            .rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    /// Commits another node's transaction here, all of its writes or none, through the
+    /// executor core that took [`Self::take_transactions`].
+    pub async fn transact(&self, ops: Vec<tessera_storage::shard::WriteOp>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.transactions
+            .tx
+            .unbounded_send((ops, tx))
+            .map_err(|_| "no executor commits transactions".to_owned())?;
+        rx.await.map_err(|_| "the executor went away".to_owned())?
+    }
+
     /// Waits until `need` other nodes have applied everything this node committed before the
     /// call (Harper's `X-Replicate-To: ...;confirm=N` and `replicatedConfirmation`), for
     /// [`CONFIRM_WITHIN`] at most. The write itself is committed here either way: the error

@@ -54,6 +54,10 @@ const BATCH_ENTRIES: usize = 256;
 const BATCH_MESSAGES: usize = 16;
 /// How often a shard with nothing new is looked at again.
 const IDLE: Duration = Duration::from_millis(20);
+/// How long the parts of another node's cross-shard transaction are waited for, at most.
+const TXN_WAIT: Duration = Duration::from_secs(10);
+/// How often held transactions are looked at while no message comes.
+const TXN_POLL: Duration = Duration::from_millis(100);
 /// How often writes waiting for confirmation are looked at.
 const CONFIRM_POLL: Duration = Duration::from_millis(5);
 /// The wait after a failure (NATS unreachable, say) before trying again.
@@ -544,12 +548,26 @@ impl Node {
         let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
             return Vec::new();
         };
-        let changes = entries
+        // Per entry, the changes that go out: a transaction's part says how many it has.
+        let outbound: Vec<Vec<(&Table, &Audited)>> = entries
             .iter()
-            .flat_map(|(_, changes)| changes)
-            .filter_map(|audited| {
-                let table = self.outbound_table(tables, audited)?;
-                let change = encode(table, &audited.change, audited.delta.as_ref());
+            .map(|(_, changes)| {
+                changes
+                    .iter()
+                    .filter_map(|a| Some((self.outbound_table(tables, a)?, a)))
+                    .collect()
+            })
+            .collect();
+        let changes = outbound
+            .iter()
+            .flat_map(|entry| entry.iter().map(move |c| (c, entry.len())))
+            .filter_map(|(&(table, audited), count)| {
+                let txn = audited.txn.map(|t| TxnMark {
+                    id: t.id,
+                    parts: t.parts,
+                    changes: count as u32,
+                });
+                let change = encode(table, &audited.change, audited.delta.as_ref(), txn);
                 if change.len() + 5 > max_payload {
                     tracing::error!(
                         "replication: a change to {}.{} of {} bytes is larger than NATS takes \
@@ -601,10 +619,27 @@ impl Node {
             .is_none_or(|dbs| dbs.iter().any(|d| d == database))
     }
 
-    /// Applies every other node's changes, for as long as the connection lasts.
+    /// Applies every other node's changes, for as long as the connection lasts. The changes of
+    /// another node's cross-shard transaction are held until every part of it is here, then
+    /// committed together; the messages that carried them are acknowledged after that.
     async fn apply(&self, consumer: &consumer::PullConsumer) -> anyhow::Result<()> {
         let mut messages = consumer.messages().await.context("consuming")?;
-        while let Some(first) = messages.next().await {
+        let mut held = Held::default();
+        loop {
+            let next = if held.txns.is_empty() {
+                messages.next().await
+            } else {
+                match tokio::time::timeout(TXN_POLL, messages.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.commit_held(&mut held).await?;
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = next else {
+                return Ok(());
+            };
             let mut batch = vec![first.map_err(|e| anyhow::anyhow!("consuming: {e}"))?];
             while batch.len() < BATCH_MESSAGES {
                 match messages.next().now_or_never() {
@@ -618,9 +653,14 @@ impl Node {
                 .iter()
                 .map(|m| self.apply_message(m.subject.as_str(), &m.payload));
             let results = futures::future::join_all(writes).await;
-            for (m, result) in batch.iter().zip(results) {
+            for (m, result) in batch.into_iter().zip(results) {
                 match result {
-                    Ok(()) => {}
+                    Ok(parts) if parts.is_empty() => {}
+                    // Acknowledged once its transactions are committed.
+                    Ok(parts) => {
+                        held.hold(m, parts);
+                        continue;
+                    }
                     // Not stored: it comes again (after JetStream's acknowledgement wait).
                     Err(Apply::Retry(e)) => {
                         tracing::warn!("replication: applying {}: {e}", m.subject);
@@ -634,44 +674,115 @@ impl Node {
                     .await
                     .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
             }
+            self.commit_held(&mut held).await?;
+        }
+    }
+
+    /// Commits the held transactions that are whole, and those waited for longer than
+    /// [`TXN_WAIT`] as they are (a part with nothing this node replicates never comes), then
+    /// acknowledges the messages no longer waiting for any.
+    async fn commit_held(&self, held: &mut Held) -> anyhow::Result<()> {
+        let ready: Vec<TxnKey> = held
+            .txns
+            .iter()
+            .filter(|(_, t)| t.whole() || t.since.elapsed() > TXN_WAIT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready {
+            let Some(txn) = held.txns.remove(&key) else {
+                continue;
+            };
+            if !txn.whole() {
+                tracing::warn!(
+                    "replication: transaction {} of node {} committed without the parts not \
+                     received in {TXN_WAIT:?}",
+                    key.1,
+                    key.0
+                );
+            }
+            let (database, newest) = (txn.database.clone(), txn.newest);
+            let ops: Vec<WriteOp> = txn.ops().collect();
+            match tokio::time::timeout(TXN_WAIT, self.app.cluster.transact(ops)).await {
+                Ok(Ok(())) => {
+                    let now_ms = tessera_storage::shard::now_micros() / 1000;
+                    self.app.cluster.received(&key.0, &database, newest, now_ms);
+                    held.committed(&key);
+                }
+                // Its messages come again, and it is gathered again.
+                Ok(Err(e)) => {
+                    tracing::warn!("replication: transaction {} of node {}: {e}", key.1, key.0);
+                    held.dropped(&key);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "replication: transaction {} of node {} not committed in {TXN_WAIT:?}",
+                        key.1,
+                        key.0
+                    );
+                    held.dropped(&key);
+                }
+            }
+        }
+        for m in held.acknowledgeable() {
+            m.ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("acknowledging: {e}"))?;
         }
         Ok(())
     }
 
     /// Applies the changes of one message (this node's own are left alone), all queued at
-    /// once. A change that cannot be applied here is logged and passed over; one that failed
-    /// to be stored has the whole message come again.
-    async fn apply_message(&self, subject: &str, payload: &[u8]) -> Result<(), Apply> {
+    /// once, but for those of cross-shard transactions, which it returns to be committed with
+    /// their other parts. A change that cannot be applied here is logged and passed over; one
+    /// that failed to be stored has the whole message come again.
+    async fn apply_message(&self, subject: &str, payload: &[u8]) -> Result<Vec<TxnPart>, Apply> {
         let mut parts = subject.splitn(4, '.');
         let database = parts.nth(1).unwrap_or_default();
         let origin = parts.next().unwrap_or_default();
         if origin == self.name {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let origin_shard = parts.next().unwrap_or_default();
         // Done before any change of the batch is queued: a table is made before its records.
         if database == META {
-            return self.apply_meta(origin, parts.next().unwrap_or_default(), payload);
+            return self
+                .apply_meta(origin, origin_shard, payload)
+                .map(|()| Vec::new());
         }
         let changes =
             split(payload).ok_or_else(|| Apply::Skip("not a message this node can read".into()))?;
-        let applied = changes.into_iter().map(|c| self.apply_one(origin, c));
-        let mut outcome = Ok(());
+        let applied = changes
+            .into_iter()
+            .map(|c| self.apply_one(origin, origin_shard, c));
+        let mut outcome = Ok(Vec::new());
         for result in futures::future::join_all(applied).await {
-            match result {
-                Ok(()) => {}
-                Err(Apply::Skip(why)) => tracing::warn!("replication: {subject}: {why}"),
-                Err(retry) => outcome = Err(retry),
+            match (result, &mut outcome) {
+                (Ok(Some(part)), Ok(held)) => held.push(part),
+                (Ok(_), _) => {}
+                (Err(Apply::Skip(why)), _) => tracing::warn!("replication: {subject}: {why}"),
+                (Err(retry), _) => outcome = Err(retry),
             }
         }
         outcome
     }
 
-    /// Applies one change from `origin`.
-    async fn apply_one(&self, origin: &str, change: &[u8]) -> Result<(), Apply> {
-        let (database, name, change, delta) =
-            decode(change).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
+    /// Applies one change from `origin`, or, when it is part of a cross-shard transaction,
+    /// returns it to be held.
+    async fn apply_one(
+        &self,
+        origin: &str,
+        origin_shard: &str,
+        change: &[u8],
+    ) -> Result<Option<TxnPart>, Apply> {
+        let Decoded {
+            database,
+            table: name,
+            change,
+            delta,
+            txn,
+        } = decode(change).ok_or_else(|| Apply::Skip("not a change this node can read".into()))?;
         if !self.replicates(&database) {
-            return Ok(());
+            return Ok(None);
         }
         let table = self
             .app
@@ -687,7 +798,7 @@ impl Node {
                 (Some(v), r.expires_at)
             }
             Event::Delete => (None, None),
-            Event::Message { .. } => return Ok(()),
+            Event::Message { .. } => return Ok(None),
         };
         let mut key = table_prefix(table.id).to_vec();
         key.extend_from_slice(change.key.get(4..).unwrap_or_default());
@@ -710,6 +821,16 @@ impl Node {
             }),
         };
         let version = change.version;
+        if let Some(txn) = txn {
+            return Ok(Some(TxnPart {
+                key: (origin.to_owned(), txn.id),
+                mark: txn,
+                origin_shard: origin_shard.to_owned(),
+                database,
+                version,
+                op,
+            }));
+        }
         self.shards
             .write(op)
             .await
@@ -718,7 +839,7 @@ impl Node {
         self.app
             .cluster
             .received(origin, &database, version, now_ms);
-        Ok(())
+        Ok(None)
     }
 
     /// Every table by its id here.
@@ -800,6 +921,107 @@ fn epoch(dir: &std::path::Path) -> anyhow::Result<(u64, bool)> {
 }
 
 /// Why a change was not applied.
+/// Another node's cross-shard transaction: its node and its id there.
+type TxnKey = (String, u64);
+
+/// A change of another node's cross-shard transaction, held until the rest is here.
+struct TxnPart {
+    key: TxnKey,
+    mark: TxnMark,
+    origin_shard: String,
+    database: String,
+    version: u64,
+    op: WriteOp,
+}
+
+/// A held part's changes, by record key and version (a message delivered again adds nothing).
+type HeldChanges = HashMap<(Vec<u8>, u64), WriteOp>;
+
+/// The changes of one held transaction.
+struct HeldTxn {
+    since: std::time::Instant,
+    parts: u32,
+    /// Per shard of the origin: how many changes its part sent, and those here.
+    shards: HashMap<String, (u32, HeldChanges)>,
+    database: String,
+    newest: u64,
+}
+
+impl HeldTxn {
+    fn whole(&self) -> bool {
+        self.shards.len() as u32 >= self.parts
+            && self.shards.values().all(|(n, ops)| ops.len() as u32 >= *n)
+    }
+
+    fn ops(self) -> impl Iterator<Item = WriteOp> {
+        self.shards
+            .into_values()
+            .flat_map(|(_, ops)| ops.into_values())
+    }
+}
+
+/// The transactions being gathered, and the messages that wait for them to be acknowledged.
+#[derive(Default)]
+struct Held {
+    txns: HashMap<TxnKey, HeldTxn>,
+    /// Each message (once: a message delivered again takes the place of the one before) with
+    /// the transactions it carries parts of that are not committed yet.
+    messages: Vec<(jetstream::Message, Vec<TxnKey>)>,
+}
+
+impl Held {
+    fn hold(&mut self, message: jetstream::Message, parts: Vec<TxnPart>) {
+        let mut keys: Vec<TxnKey> = Vec::new();
+        for part in parts {
+            let txn = self
+                .txns
+                .entry(part.key.clone())
+                .or_insert_with(|| HeldTxn {
+                    since: std::time::Instant::now(),
+                    parts: part.mark.parts,
+                    shards: HashMap::new(),
+                    database: part.database.clone(),
+                    newest: 0,
+                });
+            txn.newest = txn.newest.max(part.version);
+            let (_, ops) = txn
+                .shards
+                .entry(part.origin_shard)
+                .or_insert_with(|| (part.mark.changes, HashMap::new()));
+            ops.insert((part.op.key.clone(), part.version), part.op);
+            if !keys.contains(&part.key) {
+                keys.push(part.key);
+            }
+        }
+        let seq = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).ok();
+        let again = seq(&message);
+        self.messages
+            .retain(|(m, _)| again.is_none() || seq(m) != again);
+        self.messages.push((message, keys));
+    }
+
+    /// `key` was committed: its messages no longer wait for it.
+    fn committed(&mut self, key: &TxnKey) {
+        for (_, keys) in &mut self.messages {
+            keys.retain(|k| k != key);
+        }
+    }
+
+    /// `key` could not be committed: its messages are left unacknowledged, to come again.
+    fn dropped(&mut self, key: &TxnKey) {
+        self.messages.retain(|(_, keys)| !keys.contains(key));
+    }
+
+    /// The messages that wait for nothing any more, taken out.
+    fn acknowledgeable(&mut self) -> Vec<jetstream::Message> {
+        let (done, waiting) = std::mem::take(&mut self.messages)
+            .into_iter()
+            .partition(|(_, keys)| keys.is_empty());
+        self.messages = waiting;
+        done.into_iter().map(|(m, _)| m).collect()
+    }
+}
+
 enum Apply {
     /// A failure here (the store): not acknowledged, so delivered again.
     Retry(String),
@@ -817,12 +1039,22 @@ fn subject_token(name: &str) -> String {
         .collect()
 }
 
+/// The cross-shard transaction a published change was part of: its id on its node, how many
+/// shards' parts it had, and how many changes the part of the change's shard sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TxnMark {
+    id: u64,
+    parts: u32,
+    changes: u32,
+}
+
 /// A change as published: `FORMAT`, the database and table names (each a u16 BE length and
 /// the bytes: table ids are each node's own), what a partial write changed (a u32 BE length, 0
-/// for none, and [`DeltaRef::encode`]), then [`Change::encode`].
-fn encode(table: &Table, change: &Change, delta: Option<&Delta>) -> Vec<u8> {
+/// for none, and [`DeltaRef::encode`]), its transaction (a byte, 0 for none, else 1 and the
+/// [`TxnMark`]: u64 BE, u32 BE, u32 BE), then [`Change::encode`].
+fn encode(table: &Table, change: &Change, delta: Option<&Delta>, txn: Option<TxnMark>) -> Vec<u8> {
     let body = change.encode();
-    let mut out = Vec::with_capacity(9 + table.database.len() + table.name.len() + body.len());
+    let mut out = Vec::with_capacity(26 + table.database.len() + table.name.len() + body.len());
     out.push(FORMAT);
     for name in [&table.database, &table.name] {
         out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -835,8 +1067,27 @@ fn encode(table: &Table, change: &Change, delta: Option<&Delta>) -> Vec<u8> {
         let len = (out.len() - at - 4) as u32;
         out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
+    match txn {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.id.to_be_bytes());
+            out.extend_from_slice(&t.parts.to_be_bytes());
+            out.extend_from_slice(&t.changes.to_be_bytes());
+        }
+    }
     out.extend_from_slice(&body);
     out
+}
+
+/// A change as received.
+#[derive(Debug)]
+struct Decoded {
+    database: String,
+    table: String,
+    change: Change,
+    delta: Option<Delta>,
+    txn: Option<TxnMark>,
 }
 
 /// Changes, each with its database, as messages of at most `max` bytes: per database, its
@@ -917,8 +1168,8 @@ fn decode_message(mut b: &[u8]) -> Option<Message> {
     })
 }
 
-/// [`encode`] undone: database, table, change and what a partial write changed.
-fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Delta>)> {
+/// [`encode`] undone.
+fn decode(b: &[u8]) -> Option<Decoded> {
     let format = *b.first()?;
     if format != FORMAT && format != FORMAT_ADDED {
         return None;
@@ -943,7 +1194,29 @@ fn decode(b: &[u8]) -> Option<(String, String, Change, Option<Delta>)> {
             _ => return None,
         },
     };
-    Some((database, table, Change::decode(rest)?, delta))
+    let mut txn = None;
+    if format == FORMAT {
+        let (flag, tail) = rest.split_first()?;
+        rest = tail;
+        if *flag == 1 {
+            let n = |at: usize| -> Option<u32> {
+                Some(u32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?))
+            };
+            txn = Some(TxnMark {
+                id: u64::from_be_bytes(rest.get(..8)?.try_into().ok()?),
+                parts: n(8)?,
+                changes: n(12)?,
+            });
+            rest = &rest[16..];
+        }
+    }
+    Some(Decoded {
+        database,
+        table,
+        change: Change::decode(rest)?,
+        delta,
+        txn,
+    })
 }
 
 #[cfg(test)]
@@ -959,31 +1232,39 @@ mod tests {
             event: Event::Delete,
             version: 1_700_000_000_000_001,
         };
-        let (db, name, back, delta) = decode(&encode(&table, &change, None)).unwrap();
+        let back = decode(&encode(&table, &change, None, None)).unwrap();
         assert_eq!(
-            (db.as_str(), name.as_str()),
+            (back.database.as_str(), back.table.as_str()),
             (table.database.as_str(), "Dog")
         );
-        assert_eq!(back.version, change.version);
-        assert_eq!(back.key, change.key);
-        assert_eq!(back.event, Event::Delete);
-        assert_eq!(delta, None);
+        assert_eq!(back.change.version, change.version);
+        assert_eq!(back.change.key, change.key);
+        assert_eq!(back.change.event, Event::Delete);
+        assert_eq!((back.delta, back.txn), (None, None));
         let three = vec![("n".to_owned(), Value::Int(3))];
+        let txn = TxnMark {
+            id: 1 << 40,
+            parts: 3,
+            changes: 7,
+        };
         for d in [Delta::Add(three.clone()), Delta::Set(three.clone())] {
-            let (.., back) = decode(&encode(&table, &change, Some(&d))).unwrap();
-            assert_eq!(back, Some(d));
+            let back = decode(&encode(&table, &change, Some(&d), Some(txn))).unwrap();
+            assert_eq!((back.delta, back.txn), (Some(d), Some(txn)));
+            assert_eq!(back.change.key, change.key);
         }
-        // As nodes sent an addTo before: format 2, the map alone.
-        let mut old = encode(&table, &change, None);
+        // As nodes sent an addTo before: format 2, the map alone and no transaction.
+        let mut old = encode(&table, &change, None, None);
         old[0] = FORMAT_ADDED;
         let names = 1 + 4 + table.database.len() + table.name.len();
         let map = Value::Object(three.clone()).to_msgpack();
-        old.splice(names..names + 4, (map.len() as u32).to_be_bytes());
+        old.splice(names..names + 5, (map.len() as u32).to_be_bytes());
         old.splice(names + 4..names + 4, map);
-        assert_eq!(decode(&old).unwrap().3, Some(Delta::Add(three)));
+        let back = decode(&old).unwrap();
+        assert_eq!(back.delta, Some(Delta::Add(three)));
+        assert_eq!(back.change.key, change.key);
         assert!(decode(&[2, 0]).is_none());
         // Packed by database into messages that fit, and split back as they were.
-        let one = encode(&table, &change, None);
+        let one = encode(&table, &change, None, None);
         let changes = (0..10).map(|i| (if i % 3 == 0 { "a" } else { "b" }, one.clone()));
         let messages = pack(changes, 1 + 3 * (4 + one.len()));
         let parts = |db| {
@@ -997,7 +1278,7 @@ mod tests {
         assert_eq!(parts("b"), [3, 3]);
         for m in &messages {
             for c in split(&m.2).unwrap() {
-                assert_eq!(decode(c).unwrap().2.version, change.version);
+                assert_eq!(decode(c).unwrap().change.version, change.version);
             }
         }
         assert_eq!(split(&one).unwrap(), [one.as_slice()]);
