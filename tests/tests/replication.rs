@@ -24,6 +24,11 @@ struct Nats {
 
 impl Nats {
     fn start() -> Nats {
+        Nats::start_with(&[])
+    }
+
+    /// With more of nats-server's options (credentials, TLS).
+    fn start_with(options: &[&str]) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -37,6 +42,7 @@ impl Nats {
         let child = Command::new(binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.path())
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -898,4 +904,79 @@ fn a_transaction_across_shards_appears_whole_on_the_other_node() {
         b.output()
     );
     assert!(seen.len() > 10, "the reader read {} times", seen.len());
+}
+
+/// A NATS server that asks for a user and password over TLS (its certificate from the test's
+/// own CA): nodes configured with them (`replication.natsUser`, `natsPassword`,
+/// `natsTls.certificateAuthority`) replicate; a node with a wrong password gets nothing, and
+/// its log says why without the password.
+#[test]
+fn nodes_replicate_through_a_nats_server_that_asks_for_credentials_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    let file = |name: &str, pem: String| {
+        let path = certs.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        file("ca.pem", ca_cert.pem()),
+        file("server.pem", cert.pem()),
+        file("server.key", key.serialize_pem()),
+    );
+    let nats = Nats::start_with(&[
+        "--user",
+        "tessera",
+        "--pass",
+        "s3cret-pass",
+        "--tls",
+        "--tlscert",
+        &cert_pem,
+        "--tlskey",
+        &key_pem,
+    ]);
+    let app = App::new(SCHEMA);
+    let node = |name: &str, password: &str| {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("tessera.yaml"),
+            format!(
+                "replication:\n  hostname: {name}\n  nats: nats://127.0.0.1:{}\n  natsUser: tessera\n  \
+                 natsPassword: {password}\n  natsTls:\n    certificateAuthority: {ca_pem}\n",
+                nats.port
+            ),
+        )
+        .unwrap();
+        let s = Start::new(app.dir.path(), root.path()).start();
+        (s, root)
+    };
+    let (a, _ra) = node("alpha", "s3cret-pass");
+    let (b, _rb) = node("beta", "s3cret-pass");
+    let (c, _rc) = node("gamma", "n0t-the-pass");
+    put_and_see(&a, &b, "/Dog/1", r#"{"name":"over TLS"}"#);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.client().get("/Dog/1").status, 404, "gamma got it");
+    let (st, status) = c
+        .ops()
+        .operation(&serde_json::json!({"operation": "cluster_status"}));
+    assert_eq!(st, 200, "{status}");
+    let out = c.output();
+    assert!(
+        out.to_lowercase().contains("authorization"),
+        "gamma does not say why: {out}"
+    );
+    for s in [&a, &b, &c] {
+        assert!(
+            !s.output().contains("pass"),
+            "a password in the log: {}",
+            s.output()
+        );
+    }
 }

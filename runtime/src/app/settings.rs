@@ -138,6 +138,33 @@ pub struct Replication {
     /// `replication.streamReplicas` (Tessera's key): how many NATS servers of a JetStream
     /// cluster keep the stream, when this node is the one that creates it (1 when unset).
     pub stream_replicas: usize,
+    /// How this node proves itself to NATS and checks the server.
+    pub access: NatsAccess,
+}
+
+/// `replication.natsUser`/`natsPassword` or `natsToken`, and `replication.natsTls`
+/// (`certificateAuthority`: TLS required, the server checked against it; `certificate` and
+/// `privateKey`: this node's client certificate): Tessera's keys, as Harper's NATS clustering had
+/// its cluster user and `clustering.tls`. Without them, anyone who reaches the NATS server can
+/// publish changes (and users) to every node.
+#[derive(Clone, Default, PartialEq)]
+pub struct NatsAccess {
+    pub user: Option<(String, String)>,
+    pub token: Option<String>,
+    pub certificate_authority: Option<PathBuf>,
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// Secrets never logged.
+impl std::fmt::Debug for NatsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAccess")
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("certificate_authority", &self.certificate_authority)
+            .field("client_certificate", &self.client_certificate)
+            .finish()
+    }
 }
 
 /// A route of `replication.routes` as a NATS URL: a URL as written (`wss://` and `ws://`
@@ -162,7 +189,7 @@ pub fn route_url(route: &serde_json::Value) -> Option<String> {
 }
 
 /// `replication.*` of `tessera.yaml` (`None` unless `replication.nats` is set).
-fn replication(yaml: &serde_norway::Value) -> anyhow::Result<Option<Replication>> {
+fn replication(yaml: &serde_norway::Value, root: &Path) -> anyhow::Result<Option<Replication>> {
     let Some(nats) = yaml_get(yaml, "replication.nats") else {
         return Ok(None);
     };
@@ -214,12 +241,45 @@ fn replication(yaml: &serde_norway::Value) -> anyhow::Result<Option<Replication>
             _ => bail!("tessera.yaml: replication.streamReplicas must be 1 to 5"),
         },
     };
+    let text = |key: &str| -> anyhow::Result<Option<String>> {
+        match yaml_get(yaml, key) {
+            None | Some(serde_norway::Value::Null) => Ok(None),
+            Some(v) => match v {
+                serde_norway::Value::String(s) => Ok(Some(s.clone())),
+                serde_norway::Value::Number(n) => Ok(Some(n.to_string())),
+                _ => bail!("tessera.yaml: {key} must be a string"),
+            },
+        }
+    };
+    let user = match (
+        text("replication.natsUser")?,
+        text("replication.natsPassword")?,
+    ) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => bail!("tessera.yaml: replication.natsUser and replication.natsPassword go together"),
+    };
+    let path = |key: &str| -> anyhow::Result<Option<PathBuf>> {
+        Ok(text(&format!("replication.natsTls.{key}"))?.map(|p| root.join(p)))
+    };
+    let client_certificate = match (path("certificate")?, path("privateKey")?) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => bail!("tessera.yaml: replication.natsTls.certificate and privateKey go together"),
+    };
+    let access = NatsAccess {
+        user,
+        token: text("replication.natsToken")?,
+        certificate_authority: path("certificateAuthority")?,
+        client_certificate,
+    };
     Ok(Some(Replication {
         node,
         nats,
         databases,
         routes,
         stream_replicas,
+        access,
     }))
 }
 
@@ -499,7 +559,7 @@ impl Settings {
             .collect::<anyhow::Result<Vec<_>>>()?
             .try_into()
             .map_err(|_| anyhow::anyhow!("three secure ports"))?,
-            replication: replication(&yaml)?,
+            replication: replication(&yaml, &root)?,
             root,
         })
     }
@@ -597,5 +657,42 @@ mod tests {
         assert_eq!(parse_duration("90m"), Some(5400));
         assert_eq!(parse_duration("15"), Some(15));
         assert_eq!(parse_duration("x"), None);
+    }
+}
+
+#[cfg(test)]
+mod replication_tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> anyhow::Result<Option<Replication>> {
+        replication(&serde_norway::from_str(yaml).unwrap(), Path::new("/r"))
+    }
+
+    #[test]
+    fn nats_credentials_and_tls_are_read_and_never_shown() {
+        let r = parse(
+            "replication:\n  hostname: a\n  nats: nats://n:4222\n  natsUser: u\n  \
+             natsPassword: hush-hush\n  natsTls:\n    certificateAuthority: ca.pem\n    \
+             certificate: c.pem\n    privateKey: k.pem\n",
+        )
+        .unwrap()
+        .unwrap();
+        let access = &r.access;
+        assert_eq!(access.user, Some(("u".into(), "hush-hush".into())));
+        assert_eq!(access.certificate_authority, Some("/r/ca.pem".into()));
+        assert_eq!(
+            access.client_certificate,
+            Some(("/r/c.pem".into(), "/r/k.pem".into()))
+        );
+        assert!(!format!("{r:?}").contains("hush"), "{r:?}");
+        let token = parse("replication:\n  hostname: a\n  nats: n\n  natsToken: t0ken-x\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.access.token.as_deref(), Some("t0ken-x"));
+        assert!(!format!("{token:?}").contains("t0ken"));
+        // One without the other is a mistake.
+        assert!(parse("replication:\n  hostname: a\n  nats: n\n  natsUser: u\n").is_err());
+        let half = "replication:\n  hostname: a\n  nats: n\n  natsTls:\n    certificate: c\n";
+        assert!(parse(half).is_err());
     }
 }

@@ -341,7 +341,7 @@ impl Node {
                 }
             })
             .collect();
-        let client = async_nats::ConnectOptions::new()
+        let client = nats_options(&self.config.access)
             .retry_on_initial_connect()
             .connect(servers)
             .await
@@ -1027,6 +1027,26 @@ enum Apply {
     Retry(String),
     /// A change this node cannot apply (no such table): acknowledged and logged.
     Skip(String),
+}
+
+/// The NATS client's options for `access`: credentials and TLS.
+fn nats_options(access: &crate::app::settings::NatsAccess) -> async_nats::ConnectOptions {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = &access.user {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &access.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &access.certificate_authority {
+        options = options.require_tls(true).add_root_certificates(ca.clone());
+    }
+    if let Some((certificate, key)) = &access.client_certificate {
+        options = options
+            .require_tls(true)
+            .add_client_certificate(certificate.clone(), key.clone());
+    }
+    options
 }
 
 /// A name as one token of a NATS subject (no dots, wildcards or spaces).
