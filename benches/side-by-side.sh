@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side by side, in one run on this machine: real Harper (npm harperdb, installed by
-# ../shared/bench/harper/install-and-start.sh), Tessera (release build), and a bare glommio server
-# that answers a fixed response (the HTTP ceiling, benches/src/bin/floor.rs).
+# ../shared/bench/harper/install-and-start.sh), Tessera (release build), a bare glommio server
+# that answers a fixed response (benches/src/bin/floor.rs), and nginx from Debian answering a
+# fixed response with keep-alive, a worker per core and no access log, as its docs advise (the
+# HTTP ceiling: its CPU counts every worker).
 #
 # For each server: load the Dog table of ../shared/bench/harper/app (BENCH_MAX_ID records), read
 # its RSS, restart it and time start-up to the first answered GET, then run the wrk scenarios of
@@ -45,6 +47,7 @@ LOADS=$(wc -w <<< "$LOAD_CONNECTIONS")
 TESSERA_PORT=29926
 TESSERA_OPS_PORT=29925
 FLOOR_PORT=29980
+NGINX_PORT=29981
 
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/side-by-side.log"; }
 
@@ -162,6 +165,7 @@ log "Tessera: wrk scenarios"
 SERVER_PID=$TPID OUT_DIR="$OUT/tessera" LOAD=0 "$HB/bench.sh" "http://127.0.0.1:$TESSERA_PORT" 127.0.0.1 1 > /dev/null
 [[ "$RANGE" == 1 ]] && run_wrk tessera query_range "$HERE/wrk/query_range.lua" "http://127.0.0.1:$TESSERA_PORT" "$TPID" "$OUT/tessera"
 echo "tessera_rss_after_bench_mb $(rss_mb "$TPID")" | tee -a "$OUT/figures.txt"
+curl -s -u admin:password "http://127.0.0.1:$TESSERA_PORT/Dog/1" > "$OUT/dog-1.json" || true
 stop_pid "$TPID"
 
 # ---------------------------------------------------------------- the floor
@@ -171,6 +175,27 @@ FPID=$!
 sleep 0.5
 run_wrk floor get_by_id "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$FLOOR_PORT" "$FPID" "$OUT/floor"
 kill "$FPID"
+
+# ---------------------------------------------------------------- nginx, the HTTP ceiling
+log "nginx: fixed response, worker per core, get_by_id"
+# The body: a Dog as Tessera answered GET /Dog/1, so that both send as many bytes.
+BODY=$(cat "$OUT/dog-1.json" 2>/dev/null || true)
+[[ -n $BODY ]] || BODY='{"id":1,"name":"Dog 1","breed":"Labrador","age":3,"owner":"Owner 1","weight":20.5}'
+# shellcheck source=nginx.sh
+. "$HERE/nginx.sh"
+nginx_start "$WORK/nginx" "$NGINX_PORT" "$BODY"
+mkdir -p "$OUT/nginx"
+for run in $(seq 1 "$REPEATS"); do
+  t0=$(tree_ticks "$NPID") s0=$(date +%s.%N)
+  row=$(python3 "$HB/measure.py" --kind rest --label get_by_id --run "$run" --log "$OUT/nginx/wrk-$run.log" \
+    --prefix WRK_JSON --server-pid "$NPID" -- \
+    env BENCH_LABEL=nginx wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$HB/wrk/get_by_id.lua" "http://127.0.0.1:$NGINX_PORT")
+  t1=$(tree_ticks "$NPID") s1=$(date +%s.%N)
+  # measure.py sees the master only: the server's CPU is every worker's.
+  python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["server_cpu_cores"] = int(sys.argv[2]) / int(sys.argv[3]) / (float(sys.argv[5]) - float(sys.argv[4])); print(json.dumps(r))' \
+    "$row" "$((t1 - t0))" "$(getconf CLK_TCK)" "$s0" "$s1" >> "$OUT/nginx/results.jsonl"
+done
+nginx_stop "$WORK/nginx"
 
 # ---------------------------------------------------------------- summary
 python3 "$HERE/summarize.py" "$OUT" | tee "$OUT/summary.md"

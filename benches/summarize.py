@@ -84,6 +84,13 @@ def main():
     print()
     print(f"Floor (bare glommio, fixed response) get_by_id: {fmt(f.get('rps'))} req/s, p50/p99 {fmt(f.get('p50'), 2)}/{fmt(f.get('p99'), 2)} ms, "
           f"{fmt(f.get('cpu_us'))} us CPU/req; Tessera GET by id = {ratio(t.get('rps'), f.get('rps'))} of the floor")
+    n = scenario_stats(rows(os.path.join(out, "nginx", "results.jsonl"))).get("get_by_id", {})
+    if n:
+        print()
+        print(f"nginx (Debian, fixed response, a worker per core) get_by_id: {fmt(n.get('rps'))} req/s, "
+              f"p50/p99 {fmt(n.get('p50'), 2)}/{fmt(n.get('p99'), 2)} ms, {fmt(n.get('cpu_us'))} us CPU/req "
+              f"(every worker); Tessera GET by id = {ratio(t.get('rps'), n.get('rps'))} of nginx's rate, "
+              f"and nginx's CPU per request / Tessera's = {ratio(n.get('cpu_us'), t.get('cpu_us'))}")
     fig = figures(out)
     print()
     print("| figure | Harper | Tessera |")

@@ -30,10 +30,6 @@ T_HTTP=29946 T_HTTPS=29947 T_OPS=29948 N_HTTP=29956 N_HTTPS=29957
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/tls-bench.log"; }
 
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-command -v /usr/sbin/nginx >/dev/null || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light ||
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
-}
 
 log "building the release binary"
 (cd "$REPO" && cargo build --release -p tessera-runtime)
@@ -63,42 +59,10 @@ SHARED_BENCH="$HB" python3 "$HERE/ops_load.py" --ops-url "http://127.0.0.1:$T_OP
   --count "$BENCH_MAX_ID" --concurrency 2 > "$OUT/load.json"
 
 # ---------------------------------------------------------------- nginx
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes auto;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  ssl_certificate $WORK/cert.pem;
-  ssl_certificate_key $WORK/key.pem;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
-  server {
-    listen 127.0.0.1:$N_HTTP;
-    listen 127.0.0.1:$N_HTTPS ssl;
-    location / { default_type application/json; return 200 '{"id":1,"name":"Rex","breed":"Collie","age":3}'; }
-  }
-}
-EOF
-/usr/sbin/nginx -c "$WORK/nginx/nginx.conf"
-sleep 0.5
-NPID=$(cat "$WORK/nginx/nginx.pid")
+# shellcheck source=nginx.sh
+. "$HERE/nginx.sh"
+nginx_start "$WORK/nginx" "$N_HTTP" '{"id":1,"name":"Rex","breed":"Collie","age":3}' "$N_HTTPS" "$WORK/cert.pem" "$WORK/key.pem"
 
-# The CPU ticks (utime + stime) of a process and its children threads/processes.
-ticks() {
-  local total=0 p
-  for p in "$@" $(pgrep -P "$1" || true); do
-    [[ -r /proc/$p/stat ]] || continue
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
 HZ=$(getconf CLK_TCK)
 
 export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base64 -w0)"
@@ -106,9 +70,9 @@ export BENCH_LUA_DIR="$HB/wrk" BENCH_AUTH="Basic $(printf admin:password | base6
 measure() {
   local server=$1 scenario=$2 pid=$3 url=$4 lua=${5:-$HB/wrk/get_by_id.lua}
   local before after out
-  before=$(ticks "$pid")
+  before=$(tree_ticks "$pid")
   out=$(wrk -t2 -c64 -d"$WRK_DURATION" --latency -s "$lua" "$url")
-  after=$(ticks "$pid")
+  after=$(tree_ticks "$pid")
   local file="$OUT/$server-$scenario-$(date +%s%N).wrk"
   echo "$out" > "$file"
   python3 "$HERE/wrk_result.py" "$file" "$((after - before))" "$HZ" server="$server" \
@@ -126,7 +90,7 @@ for round in $(seq 1 "$REPEATS"); do
 done
 
 kill -TERM "$TPID"
-/usr/sbin/nginx -c "$WORK/nginx/nginx.conf" -s stop
+nginx_stop "$WORK/nginx"
 wait "$TPID" 2>/dev/null || true
 
 python3 - "$OUT/results.jsonl" <<'PY' | tee "$OUT/summary.md"
