@@ -36,6 +36,7 @@ use tessera_storage::shard::{Change, Event, WriteKind, WriteOp, table_prefix};
 use tessera_storage::{Table, Value};
 
 mod copy;
+mod cursor;
 
 use crate::app::App;
 use crate::app::cluster::{Message, Waiter};
@@ -115,6 +116,7 @@ pub fn start(
                 app,
                 users,
                 dir,
+                cursors: Default::default(),
                 published: Default::default(),
                 live: Default::default(),
                 client: Default::default(),
@@ -138,6 +140,8 @@ struct Node {
     users: Arc<Users>,
     /// Where the cursors are kept.
     dir: PathBuf,
+    /// Each shard's cursor file, once opened.
+    cursors: RefCell<HashMap<usize, cursor::CursorFile>>,
     /// How far publishing got, for confirmations.
     published: RefCell<Published>,
     /// The stream, while connected, for confirmations to read the other nodes' progress.
@@ -397,7 +401,9 @@ impl Node {
     /// Publishes what every shard commits, for as long as the connection lasts.
     async fn publish(&self, js: &jetstream::Context, max_payload: usize) -> anyhow::Result<()> {
         let shards = self.shards.count();
-        let mut cursors: Vec<Cursor> = (0..shards).map(|s| self.cursor(s)).collect();
+        let mut cursors = (0..shards)
+            .map(|s| self.cursor(s))
+            .collect::<anyhow::Result<Vec<Cursor>>>()?;
         let mut sent = Generations::default();
         loop {
             self.publish_meta(js, &mut sent).await?;
@@ -852,31 +858,29 @@ impl Node {
             .collect()
     }
 
-    fn cursor_path(&self, shard: usize) -> PathBuf {
-        self.dir.join(format!("shard-{shard}.cursor"))
-    }
-
-    /// Where `shard`'s publishing stands, as kept on disk.
-    fn cursor(&self, shard: usize) -> Cursor {
-        let b = std::fs::read(self.cursor_path(shard)).unwrap_or_default();
-        let seq = |at: usize| {
-            let n = u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?);
-            (n != u64::MAX).then_some(n)
-        };
-        let done = seq(0);
-        let sending = if b.len() >= 16 { seq(8) } else { done };
-        Cursor {
-            done,
-            sending,
-            on_disk: done,
-        }
+    /// Where `shard`'s publishing stands, as kept on disk (its file kept open to write).
+    fn cursor(&self, shard: usize) -> anyhow::Result<Cursor> {
+        let path = self.dir.join(format!("shard-{shard}.cursor"));
+        let (file, at) = cursor::CursorFile::open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        self.cursors.borrow_mut().insert(shard, file);
+        Ok(Cursor {
+            done: at.done,
+            sending: at.sending,
+            on_disk: at.done,
+        })
     }
 
     fn keep_cursor(&self, shard: usize, cursor: &mut Cursor) -> anyhow::Result<()> {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&cursor.done.unwrap_or(u64::MAX).to_be_bytes());
-        b[8..].copy_from_slice(&cursor.sending.unwrap_or(u64::MAX).to_be_bytes());
-        tessera_storage::layout::write_atomically(&self.cursor_path(shard), &b, 0o600)
+        let position = cursor::Position {
+            done: cursor.done,
+            sending: cursor.sending,
+        };
+        self.cursors
+            .borrow_mut()
+            .get_mut(&shard)
+            .context("a cursor not opened")?
+            .keep(position)
             .context("keeping the replication cursor")?;
         cursor.on_disk = cursor.done;
         Ok(())
