@@ -80,7 +80,18 @@ impl Node {
         stream: &mut stream::Stream,
     ) -> anyhow::Result<consumer::PullConsumer> {
         let durable = format!("node-{}", self.name);
-        let existing = stream.consumer_info(&durable).await.ok();
+        // Only a consumer JetStream says it does not have is missing: any other failure (a
+        // JetStream cluster electing a leader answers 503) is tried again, not taken for a new
+        // node's start (a copy, without the deletes made meanwhile).
+        let existing = match stream.consumer_info(&durable).await {
+            Ok(info) => Some(info),
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(anyhow::anyhow!("reading this node's consumer: {e}")),
+        };
         let first = stream
             .info()
             .await
