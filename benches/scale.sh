@@ -11,7 +11,7 @@
 #
 # Usage: benches/scale.sh [WORKDIR]           (default /tmp/tessera-scale)
 # Environment: SIZES ["100000 1000000 10000000"]  HARPER_SIZES ["100000 1000000"]
-#              DURATION [10s]  SKIP_BUILD [0]
+#              DURATION [10s]  SKIP_BUILD [0]  STOP_WAIT [300] (s a clean stop may take)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
@@ -114,17 +114,25 @@ PY
 }
 
 restarts() { # SERVER SIZE START_FN ARG HTTP_PORT: start-up after a clean stop and after kill -9
-  local server=$1 size=$2 clean killed
+  local server=$1 size=$2 clean killed stop start
+  # The clean stop is timed too, and bounded (STOP_WAIT s): past it, the start-up after it is
+  # not measured (null).
+  start=$(date +%s.%N)
   kill -TERM "$PID"
-  while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
+  while kill -0 "$PID" 2>/dev/null; do
+    if (($(date +%s) - ${start%.*} > ${STOP_WAIT:-300})); then kill -9 "$PID"; break; fi
+    sleep 0.05
+  done
+  stop=$(python3 -c "import time; print(round(time.time() - $start, 3))")
   "$3" "$4"
   clean=${STARTUP:-$(ready_in "http://127.0.0.1:$5/Dog/1" "$PID")}
+  ((${stop%.*} < ${STOP_WAIT:-300})) || clean=null
   kill -9 "$PID"
   while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
   "$3" "$4"
   killed=${STARTUP:-$(ready_in "http://127.0.0.1:$5/Dog/1" "$PID")}
-  echo "{\"server\": \"$server\", \"size\": $size, \"scenario\": \"startup\", \"clean_s\": $clean, \"killed_s\": $killed}" >> "$OUT/results.jsonl"
-  log "$server $size: start-up $clean s after a clean stop, $killed s after kill -9"
+  echo "{\"server\": \"$server\", \"size\": $size, \"scenario\": \"startup\", \"stop_s\": $stop, \"clean_s\": $clean, \"killed_s\": $killed}" >> "$OUT/results.jsonl"
+  log "$server $size: a clean stop in $stop s, start-up $clean s after it, $killed s after kill -9"
   kill -TERM "$PID"
   while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
 }
