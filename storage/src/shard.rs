@@ -1496,6 +1496,16 @@ mod tests {
         (dir, store, Arc::new(c.tables.remove(0).numbered(7)))
     }
 
+    /// A replicating store, its table, the key of record "a" and a version a minute ahead
+    /// (another node's, with a clock ahead of this one's).
+    fn replicating_record() -> (tempfile::TempDir, ShardStore, Arc<Table>, Vec<u8>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = replicating(dir.path());
+        let (_, _, t) = setup();
+        let key = record_key(t.id, &Value::String("a".into())).unwrap();
+        (dir, store, t, key, now_micros() + 60_000_000)
+    }
+
     /// A store that keeps records' histories, as a replicating node's shards do.
     fn replicating(dir: &std::path::Path) -> ShardStore {
         let opts = ShardOptions {
@@ -1582,11 +1592,7 @@ mod tests {
 
     #[test]
     fn replicated_changes_keep_the_last_writer_and_a_delete_stays_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = replicating(dir.path());
-        let (_, _, t) = setup();
-        let key = record_key(t.id, &Value::String("a".into())).unwrap();
-        let far = now_micros() + 60_000_000;
+        let (_dir, store, t, key, far) = replicating_record();
         let mut clock = Clock::default();
         let mut apply = |kind| {
             let op = WriteOp::new(t.clone(), key.clone(), kind);
@@ -1661,11 +1667,7 @@ mod tests {
 
     #[test]
     fn a_late_change_is_applied_under_newer_patches_and_an_increment_counts_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = replicating(dir.path());
-        let (_, _, t) = setup();
-        let key = record_key(t.id, &Value::String("a".into())).unwrap();
-        let far = now_micros() + 60_000_000;
+        let (dir, store, t, key, far) = replicating_record();
         let mut clock = Clock::default();
         let ints = |pairs: &[(&str, i64)]| -> Vec<(String, Value)> {
             pairs
