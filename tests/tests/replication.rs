@@ -149,11 +149,19 @@ fn two_nodes_replicate_writes_deletes_and_catch_up_through_jetstream() {
     assert_eq!(told["name"], "Rex");
     put_and_see(&b, &a, "/Dog/2", r#"{"name":"Ace","n":2}"#);
 
-    // Each node's cluster_status names the other, with the last change it applied from it.
-    let (st, status) = a
-        .ops()
-        .operation(&serde_json::json!({"operation": "cluster_status"}));
-    assert_eq!(st, 200, "{status}");
+    // Each node's cluster_status names the other, with the last change it applied from it (noted
+    // once the apply is answered, a moment after the record can be read).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (st, status) = a
+            .ops()
+            .operation(&serde_json::json!({"operation": "cluster_status"}));
+        assert_eq!(st, 200, "{status}");
+        if status["connections"][0]["name"] == "beta" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(status["type"], "cluster-status");
     assert_eq!(status["node_name"], "alpha");
     assert_eq!(status["is_enabled"], true);
