@@ -93,6 +93,9 @@ pub struct ShardSet {
     gate: txn::Gate,
 }
 
+/// How long a stop waits for the memtables to be flushed once everything is durable.
+pub const FLUSH_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ShardSet {
     /// Opens `count` shards under `data_dir` (`shard-N/`), in parallel, and starts their writers.
     pub fn open(
@@ -189,9 +192,11 @@ impl ShardSet {
         self.stores.get(shard)
     }
 
-    /// Refuses new writes, waits until every queued write is committed and fsynced, then flushes
-    /// every shard's memtables so the next start has no journal to replay.
-    /// Blocking: call from a plain thread (the signal handler), never from an executor.
+    /// Refuses new writes, waits until every queued write is committed and fsynced, then gives
+    /// every shard's memtables up to [`FLUSH_AT_STOP`] to be flushed, so the next start has no
+    /// sealed journal to replay. A flush queued behind a long compaction (minutes, with tens of
+    /// millions of records) is left: everything is in the fsynced journal, which the next start
+    /// replays. Blocking: call from a plain thread (the signal handler), never from an executor.
     pub fn close(&self) -> Result<(), ShardError> {
         self.closing.store(true, Ordering::SeqCst);
         let mut waits = Vec::new();
@@ -201,10 +206,22 @@ impl ShardSet {
                 .map_err(|_| ShardError::Unavailable(i))?;
             waits.push((i, rx));
         }
-        for (i, rx) in waits {
+        for (i, rx) in &waits {
             rx.recv()
-                .map_err(|_| ShardError::Unavailable(i))?
+                .map_err(|_| ShardError::Unavailable(*i))?
                 .map_err(ShardError::Store)?;
+        }
+        let deadline = std::time::Instant::now() + FLUSH_AT_STOP;
+        for (i, rx) in waits {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("shard {i}: memtables not flushed at stop: {e}"),
+                Err(_) => tracing::warn!(
+                    "shard {i}: memtables not flushed within {FLUSH_AT_STOP:?} (behind a \
+                     compaction); the next start replays the journal"
+                ),
+            }
         }
         Ok(())
     }

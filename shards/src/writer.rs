@@ -75,8 +75,9 @@ pub(crate) enum Command {
     },
     /// Drops the commit marker of a transaction every participant has durably resolved.
     Forget(u64),
-    /// Persist everything queued before this, write the memtables out as disk tables (so that
-    /// the next start has no journal to replay) and answer (used at shutdown).
+    /// Persist everything queued before this and answer, then write the memtables out as disk
+    /// tables (so that the next start has no sealed journal to replay) and answer again (used at
+    /// shutdown, which waits for the first answer and, for a bounded time, the second).
     Flush(mpsc::Sender<StoreResult<()>>),
 }
 
@@ -276,13 +277,17 @@ impl Writer<'_> {
                 );
             }
             for done in flushes.drain(..) {
-                let persisted = self.store.checkpoint().map_err(Arc::new);
+                let persisted = self.store.persist(Durability::Durable).map_err(Arc::new);
                 if persisted.is_ok() {
                     for tx in self.unpersisted.drain(..) {
                         let _ = tx.send(());
                     }
                 }
+                let failed = persisted.is_err();
                 let _ = done.send(persisted);
+                if !failed {
+                    let _ = done.send(self.store.flush_memtables().map_err(Arc::new));
+                }
             }
         }
     }
