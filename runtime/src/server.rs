@@ -39,6 +39,16 @@ const READ_CACHE_BUDGET: u64 = 32 << 20;
 /// port (and turns port 0 into a concrete one) until every executor has bound its own listener,
 /// without taking a share of the connections.
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, u16)> {
+    // Another process of the same user could join a port reserved with `SO_REUSEPORT` and take
+    // a share of its connections: a plain bind first fails if anything listens on it.
+    if addr.port() != 0 {
+        std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                anyhow::anyhow!("cannot bind {addr}: the address is in use (another server?)")
+            }
+            _ => anyhow::anyhow!("cannot bind {addr}: {e}"),
+        })?;
+    }
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6
     } else {

@@ -74,6 +74,8 @@ pub struct Start<'a> {
     pub env: Vec<(String, String)>,
     /// How long start-up may take (longer when the server builds wasm crates).
     pub timeout: Duration,
+    /// The HTTP, MQTT and Operations API ports (0: any free one).
+    pub ports: [u16; 3],
 }
 
 impl<'a> Start<'a> {
@@ -86,6 +88,7 @@ impl<'a> Start<'a> {
             admin: true,
             env: vec![],
             timeout: Duration::from_secs(60),
+            ports: [0; 3],
         }
     }
 
@@ -97,13 +100,14 @@ impl<'a> Start<'a> {
             .arg(self.root)
             .arg("--threads")
             .arg(self.threads.to_string());
+        let [http, mqtt, ops] = self.ports.map(|p| p.to_string());
         c.args([
             "--http-port",
-            "0",
+            &http,
             "--mqtt-port",
-            "0",
+            &mqtt,
             "--ops-port",
-            "0",
+            &ops,
             "--host",
             "127.0.0.1",
         ])
@@ -184,11 +188,29 @@ impl<'a> Start<'a> {
         }
     }
 
-    /// Runs the server expecting it to fail at start-up; returns (exit code, output).
+    /// Runs the server expecting it to fail at start-up; returns (exit code, output). One
+    /// still running after the start-up timeout is killed: (`None`, its output).
     pub fn fail(&self) -> (Option<i32>, String) {
-        let out = self.command().output().expect("run tessera");
+        let mut child = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tessera");
+        let deadline = std::time::Instant::now() + self.timeout;
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("wait for tessera") {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let out = child.wait_with_output().expect("tessera's output");
         (
-            out.status.code(),
+            code,
             String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr),
         )

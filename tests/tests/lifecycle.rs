@@ -1,6 +1,7 @@
 //! The binary: help, configuration, shutdown on signals, restart with the same root.
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::json;
 use tessera_tests::{App, Start, binary};
@@ -146,4 +147,23 @@ fn a_newly_indexed_attribute_is_built_at_start() {
     );
     let layout = std::fs::read_to_string(root.path().join("data/layout.json")).unwrap();
     assert!(layout.contains("\"name\""));
+}
+
+/// A second server asked for a port a running one listens on refuses to start, instead of
+/// taking half of its connections (every listener is shared across the executors with
+/// `SO_REUSEPORT`, which another process of the same user could join).
+#[test]
+fn a_port_another_server_listens_on_is_a_start_up_error() {
+    let app = App::new(SCHEMA);
+    let (root_a, root_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Start::new(app.dir.path(), root_a.path()).start();
+    for ports in [[a.port, 0, 0], [0, a.mqtt_port, 0], [0, 0, a.ops_port]] {
+        let mut b = Start::new(app.dir.path(), root_b.path());
+        b.ports = ports;
+        b.timeout = Duration::from_secs(10);
+        let (code, out) = b.fail();
+        assert_ne!(code, Some(0), "{out}");
+        assert!(out.contains("in use"), "{ports:?}: {out}");
+    }
+    assert_eq!(a.client().get("/Dog/").status, 200);
 }
