@@ -5,7 +5,9 @@
 # (wrk -t2 -c64, DURATION, the shared wrk scripts over the whole id range) with their p99; disk
 # bytes per record against the records' raw MessagePack size; write amplification (bytes the
 # server wrote to disk, /proc/PID/io write_bytes, per byte of raw records loaded); RSS; and the
-# start-up time to the first answered GET after a clean stop (SIGTERM) and after `kill -9`.
+# start-up time to the first answered GET after a clean stop (SIGTERM) and after `kill -9`, and
+# the disk bytes per record at rest (stopped cleanly after those starts; the PUT run's overwrites
+# included).
 # Tessera, then real Harper at the sizes of HARPER_SIZES. Writes results.jsonl, summary.md and
 # PNG plots (throughput and p99 against size, Tessera beside Harper) to WORKDIR/results.
 #
@@ -113,8 +115,10 @@ PY
   echo "{\"server\": \"$server\", \"size\": $size, \"scenario\": \"rss_after\", \"rss_mb\": $(rss_mb "$PID")}" >> "$OUT/results.jsonl"
 }
 
-restarts() { # SERVER SIZE START_FN ARG HTTP_PORT: start-up after a clean stop and after kill -9
-  local server=$1 size=$2 clean killed stop start
+restarts() { # SERVER SIZE START_FN ARG HTTP_PORT DATA_DIR: start-up after a clean stop and
+  # after kill -9, and the disk the data takes at rest (after the last of these starts and a clean
+  # stop: tables a compaction replaced are deleted by the next start)
+  local server=$1 size=$2 clean killed stop start rest
   # The clean stop is timed too, and bounded (STOP_WAIT s): past it, the start-up after it is
   # not measured (null).
   start=$(date +%s.%N)
@@ -131,10 +135,11 @@ restarts() { # SERVER SIZE START_FN ARG HTTP_PORT: start-up after a clean stop a
   while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
   "$3" "$4"
   killed=${STARTUP:-$(ready_in "http://127.0.0.1:$5/Dog/1" "$PID")}
-  echo "{\"server\": \"$server\", \"size\": $size, \"scenario\": \"startup\", \"stop_s\": $stop, \"clean_s\": $clean, \"killed_s\": $killed}" >> "$OUT/results.jsonl"
-  log "$server $size: a clean stop in $stop s, start-up $clean s after it, $killed s after kill -9"
   kill -TERM "$PID"
   while kill -0 "$PID" 2>/dev/null; do sleep 0.05; done
+  rest=$(du -sb "$6" | cut -f1)
+  echo "{\"server\": \"$server\", \"size\": $size, \"scenario\": \"startup\", \"stop_s\": $stop, \"clean_s\": $clean, \"killed_s\": $killed, \"disk_at_rest_bytes_per_record\": $((rest / size))}" >> "$OUT/results.jsonl"
+  log "$server $size: a clean stop in $stop s, start-up $clean s after it, $killed s after kill -9"
 }
 
 for size in $SIZES; do
@@ -143,7 +148,7 @@ for size in $SIZES; do
   start_tessera "$root"
   ready_in "http://127.0.0.1:$PORT/Dog" "$PID" > /dev/null
   measure tessera "$size" "$root" $PORT $OPS
-  restarts tessera "$size" start_tessera "$root" $PORT
+  restarts tessera "$size" start_tessera "$root" $PORT "$root"
   rm -rf "$root"
 done
 
@@ -156,7 +161,7 @@ for size in $HARPER_SIZES; do
     PID=$(cat "$WORK/harper/harper.pid")
     STARTUP=$(awk '/STARTUP_SECONDS/{print $2}' "$OUT/harper-start.log")
   }
-  restarts harper "$size" harper_again "" 19926
+  restarts harper "$size" harper_again "" 19926 "$WORK/harper/hdb/database"
 done
 
 python3 "$HERE/scale_plot.py" "$OUT"

@@ -29,8 +29,8 @@ def main():
 
     lines = ["| server | records | load rec/s | GET/s (p99 ms) | query/s (p99 ms) | PUT/s (p99 ms) | "
              "CPU us per GET / PUT | raw B/record | disk B/record (x raw) | write amplification | "
-             "RSS MB after load / after runs | start-up s clean / kill -9 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "disk B/record at rest | RSS MB after load / after runs | start-up s clean / kill -9 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for server in servers:
         for size in sorted({r["size"] for r in rows if r["server"] == server}):
             load, start = get(server, size, "load"), get(server, size, "startup")
@@ -48,6 +48,7 @@ def main():
                 f"{rate('query_breed')} | {rate('put')} | {cpu('get_by_id')} / {cpu('put')} | "
                 f"{load.get('raw_bytes_per_record', '-')} | {load.get('disk_bytes_per_record', '-')} "
                 f"({load.get('disk_over_raw', '-')}) | {load.get('write_amplification', '-')} | "
+                f"{start.get('disk_at_rest_bytes_per_record', '-')} | "
                 f"{load.get('rss_mb', '-')} / {rss_after.get('rss_mb', '-')} | "
                 f"{start.get('clean_s', '-')} / {start.get('killed_s', '-')} |")
     open(os.path.join(out, "summary.md"), "w").write("\n".join(lines) + "\n")
