@@ -361,7 +361,7 @@ impl Writer<'_> {
                     });
                 match planned {
                     Ok((plan, outcomes)) => {
-                        for k in plan.keys() {
+                        for (k, _) in plan.records() {
                             self.locks.insert(k.to_vec(), txid);
                         }
                         self.prepared
@@ -422,7 +422,7 @@ impl Writer<'_> {
         self.flush_ops(g, watched);
         let mut part = self.prepared.remove(&txid)?;
         let result = self.store.resolve(txid, commit.then_some(&part.plan));
-        for k in part.plan.keys() {
+        for (k, _) in part.plan.records() {
             self.locks.remove(k);
         }
         if commit && watched {

@@ -1,15 +1,16 @@
 //! A shard's cache of recently read records, in front of fjall's point reads.
 //!
 //! A GET by id spent about a quarter of the server's CPU in fjall (the memtables' skiplists, the
-//! disk tables' filters, block index and block cache), against a hash lookup here. Only reads
-//! fill the cache, and only with what fjall returned; every committed batch that writes records
-//! takes its keys out of it before the batch is answered.
+//! disk tables' filters, block index and block cache), against a hash lookup here. Reads fill
+//! the cache with what fjall returned, and every committed batch that writes records puts their
+//! new bytes in (or takes a removed record out) before the batch is answered: the next write of
+//! a record finds the old one here (to update its index entries) and so does the next read.
 //!
 //! A read that misses may race a write: it can read the old record from fjall, then the write
-//! commits and removes the key, then the read would put the old record back. `writes` closes
+//! commits and caches the new one, then the read would put the old record back. `writes` closes
 //! that gap: the read notes it before reading fjall and fills the cache only if it is unchanged,
-//! checked under the same lock under which a writer bumps it and removes its keys. So a fill
-//! either happens before the writer's removal (which then removes it) or sees the bump.
+//! checked under the same lock under which a writer bumps it and writes its keys. So a fill
+//! either happens before the writer's (which then replaces it) or sees the bump.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,16 +69,22 @@ impl ReadCache {
         }
     }
 
-    /// After a committed batch that wrote the records `keys`: they leave the cache.
-    pub fn written<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) {
-        let mut keys = keys.into_iter().peekable();
-        if keys.peek().is_none() {
+    /// After a committed batch that wrote `records` (key, new bytes or `None` when removed): the
+    /// cache holds what the batch left.
+    pub fn written<'k>(&self, records: impl IntoIterator<Item = (&'k [u8], Option<&'k [u8]>)>) {
+        let mut records = records.into_iter().peekable();
+        if records.peek().is_none() {
             // A group of messages only: nothing a fill could race.
             return;
         }
         let _held = self.bump();
-        for k in keys {
-            self.entries.remove(k);
+        for (k, v) in records {
+            match v {
+                Some(v) => self.entries.insert(k.to_vec(), Slice::from(v)),
+                None => {
+                    self.entries.remove(k);
+                }
+            }
         }
     }
 
@@ -103,20 +110,26 @@ mod tests {
     fn a_write_between_a_miss_and_its_fill_keeps_the_old_record_out() {
         let cache = ReadCache::new(1 << 20);
         let old = Slice::from(b"old".as_slice());
+        let new = b"new".as_slice();
         let miss = cache.get(b"k").unwrap_err();
-        // The write commits and removes the key after the read got the old bytes from fjall.
-        cache.written([b"k".as_slice()]);
+        // The write commits and caches the new bytes after the read got the old ones from fjall.
+        cache.written([(b"k".as_slice(), Some(new))]);
         cache.fill(miss, b"k", &old);
-        assert!(cache.get(b"k").is_err(), "the old record was cached");
-        // A read after the write fills it.
-        let new = Slice::from(b"new".as_slice());
-        let miss = cache.get(b"k").unwrap_err();
-        cache.fill(miss, b"k", &new);
-        assert_eq!(cache.get(b"k").ok().as_deref(), Some(b"new".as_slice()));
-        // And the next write takes it out.
-        cache.written([b"k".as_slice()]);
+        assert_eq!(
+            cache.get(b"k").ok().as_deref(),
+            Some(new),
+            "the old record was cached"
+        );
+        // A removal takes it out, and a fill that raced the removal stays out.
+        let miss = cache.get(b"j").unwrap_err();
+        cache.written([(b"k".as_slice(), None)]);
         assert!(cache.get(b"k").is_err());
-        cache.fill(cache.get(b"k").unwrap_err(), b"k", &new);
+        cache.fill(miss, b"k", &old);
+        assert!(cache.get(b"k").is_err(), "the removed record was cached");
+        // A read after the write fills it.
+        let miss = cache.get(b"k").unwrap_err();
+        cache.fill(miss, b"k", &Slice::from(new));
+        assert_eq!(cache.get(b"k").ok().as_deref(), Some(new));
         cache.written_any();
         assert!(cache.get(b"k").is_err(), "clear keeps nothing");
     }

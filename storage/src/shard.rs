@@ -512,9 +512,11 @@ impl Mutations {
         self.audit.mark_transaction(txn);
     }
 
-    /// The record keys the plan writes.
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.records.keys().map(Vec::as_slice)
+    /// The records the plan writes: key, and the new bytes (`None`: removed).
+    pub fn records(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.records
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
 
     fn add_to(&self, batch: &mut fjall::OwnedWriteBatch, store: &ShardStore) {
@@ -835,7 +837,7 @@ impl ShardStore {
         let mut batch = self.db.batch();
         plan.add_to(&mut batch, self);
         batch.commit()?;
-        self.cache.written(plan.keys());
+        self.cache.written(plan.records());
         Ok(outcomes)
     }
 
@@ -919,7 +921,7 @@ impl ShardStore {
         let old_bytes = match m.records.get(key) {
             Some(v) => v.as_deref(),
             None => {
-                fetched = self.records.get(key)?;
+                fetched = self.get(key)?;
                 fetched.as_deref()
             }
         };
@@ -1108,7 +1110,7 @@ impl ShardStore {
         batch.remove(&self.intents, txid.to_be_bytes());
         batch.commit()?;
         if let Some(plan) = plan {
-            self.cache.written(plan.keys());
+            self.cache.written(plan.records());
         }
         Ok(())
     }
