@@ -40,14 +40,21 @@ const READ_CACHE_BUDGET: u64 = 32 << 20;
 /// without taking a share of the connections.
 fn reserve_port(addr: SocketAddr) -> anyhow::Result<(socket2::Socket, u16)> {
     // Another process of the same user could join a port reserved with `SO_REUSEPORT` and take
-    // a share of its connections: a plain bind first fails if anything listens on it.
+    // a share of its connections: a port something answers on is refused. (Not a plain bind:
+    // that also fails on the connections a restart in place leaves closing on its ports.)
     if addr.port() != 0 {
-        std::net::TcpListener::bind(addr).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                anyhow::anyhow!("cannot bind {addr}: the address is in use (another server?)")
-            }
-            _ => anyhow::anyhow!("cannot bind {addr}: {e}"),
-        })?;
+        let mut probe = addr;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(500))
+            .is_ok()
+        {
+            anyhow::bail!("cannot bind {addr}: the address is in use (another server answers)");
+        }
     }
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6
