@@ -861,6 +861,12 @@ fn a_transaction_across_shards_appears_whole_on_the_other_node() {
     let nats = Nats::start();
     let app = App::new(SCHEMA);
     let (a, b, _roots) = pair(&nats, &app);
+    // B, new, first copies what A has, table by table and shard by shard (not transaction by
+    // transaction), then tails the stream: the reads start once B tails, which its seeing a
+    // record made and then deleted on A shows.
+    put_and_see(&a, &b, "/Dog/ready", r#"{"name":"ready"}"#);
+    assert!(matches!(a.client().delete("/Dog/ready").status, 200 | 204));
+    eventually(&b, "/Dog/ready", "a delete made on A", |st, _| st == 404);
     const BATCHES: usize = 20;
     const RECORDS: usize = 100;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
