@@ -278,14 +278,14 @@ impl Writer<'_> {
             }
             for done in flushes.drain(..) {
                 let persisted = self.store.persist(Durability::Durable).map_err(Arc::new);
-                if persisted.is_ok() {
+                let ok = persisted.is_ok();
+                if ok {
                     for tx in self.unpersisted.drain(..) {
                         let _ = tx.send(());
                     }
                 }
-                let failed = persisted.is_err();
                 let _ = done.send(persisted);
-                if !failed {
+                if ok {
                     let _ = done.send(self.store.flush_memtables().map_err(Arc::new));
                 }
             }

@@ -1980,30 +1980,27 @@ mod tests {
     /// After the memtables are flushed no journal but the active one is left to replay, even when a
     /// cross-shard transaction left its marker (a few bytes in a memtable of its own).
     #[test]
-    fn a_checkpoint_leaves_no_journal_to_replay() {
+    fn flushed_memtables_leave_no_sealed_journal_to_replay() {
         let dir = tempfile::tempdir().unwrap();
         let (_d, _, t) = setup();
         let store = ShardStore::open(dir.path(), ShardOptions::default()).unwrap();
         let mut clock = Clock::default();
-        let op = |i: u32| WriteOp {
-            table: t.clone(),
-            key: record_key(t.id, &Value::Int(i.into())).unwrap(),
-            kind: WriteKind::Add(vec![("n".into(), Value::Int(1))]),
-            from: None,
+        let op = |i: u32, kind| {
+            let key = record_key(t.id, &Value::Int(i.into())).unwrap();
+            WriteOp::new(t.clone(), key, kind)
         };
-        let (plan, _) = store.plan(&[op(0)], &mut clock, None).unwrap();
+        let add = WriteKind::Add(vec![("n".into(), Value::Int(1))]);
+        let (plan, _) = store.plan(&[op(0, add)], &mut clock, None).unwrap();
         store.prepare(7, &[0, 1], &plan).unwrap();
         store.resolve(7, Some(&plan)).unwrap();
         // Past the 64 MiB at which fjall seals a journal (the marker in it), short of the
         // JOURNAL_BYTES at which it would flush the marker to drop that journal by itself.
         let big = Value::String("x".repeat(64 << 10));
         for i in 1..600u32 {
-            let id = Value::Int(i.into());
-            let put = WriteOp {
-                kind: WriteKind::Put(obj(&[("id", id), ("blob", big.clone())])),
-                ..op(i)
-            };
-            store.apply(vec![put], &mut clock, None).unwrap();
+            let record = obj(&[("id", Value::Int(i.into())), ("blob", big.clone())]);
+            store
+                .apply(vec![op(i, WriteKind::Put(record))], &mut clock, None)
+                .unwrap();
         }
         store.persist(Durability::Durable).unwrap();
         store.flush_memtables().unwrap();

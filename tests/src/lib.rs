@@ -124,14 +124,18 @@ impl<'a> Start<'a> {
         c
     }
 
-    /// Starts the server and waits for its listener line.
-    pub fn start(&self) -> Server {
-        let mut child = self
-            .command()
+    /// The server process, its output piped.
+    fn spawn(&self) -> std::process::Child {
+        self.command()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn tessera");
+            .expect("spawn tessera")
+    }
+
+    /// Starts the server and waits for its listener line.
+    pub fn start(&self) -> Server {
+        let mut child = self.spawn();
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
@@ -191,12 +195,7 @@ impl<'a> Start<'a> {
     /// Runs the server expecting it to fail at start-up; returns (exit code, output). One
     /// still running after the start-up timeout is killed: (`None`, its output).
     pub fn fail(&self) -> (Option<i32>, String) {
-        let mut child = self
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run tessera");
+        let mut child = self.spawn();
         let deadline = std::time::Instant::now() + self.timeout;
         let code = loop {
             if let Some(status) = child.try_wait().expect("wait for tessera") {
