@@ -18,6 +18,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 use tessera_storage::{Catalog, Table};
 
 use crate::app::settings::{self, BuildArgs, Mtls};
+use crate::app::sources::Sources;
 use crate::app::{App, Settings, Tables, component};
 use crate::auth::tokens::Tokens;
 use crate::auth::{Authenticator, users::Users};
@@ -139,10 +140,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let mut running = settings.clone();
     [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
     running.graphql = components.graphql;
+    let outbound = crate::app::outbound::Outbound::new(&components.outbound_allow)?;
+    let sources = Sources::new(components.sources.clone(), outbound, |db, name| {
+        tables.table(db, name)
+    })?;
     let app = Arc::new(App {
         settings: running,
         tables,
         cluster: Default::default(),
+        sources,
     });
     if let Some(config) = settings.replication.clone() {
         crate::replication::start(config, shards.clone(), app.clone(), users.clone())?;

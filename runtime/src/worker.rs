@@ -187,6 +187,7 @@ pub mod testing {
             settings,
             tables: Tables::new(layout, &tables, |_| None),
             cluster: Default::default(),
+            sources: Default::default(),
         }
     }
 }

@@ -49,6 +49,7 @@
 
 #[cfg(all(target_arch = "wasm32", feature = "allocator"))]
 mod heap;
+pub mod http;
 
 use std::marker::PhantomData;
 

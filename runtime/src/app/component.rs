@@ -8,9 +8,17 @@ use anyhow::{Context, bail};
 use tessera_storage::Catalog;
 
 use super::settings::read_yaml;
+use super::sources::SourceConfig;
 
 /// Keys of a component's `config.yaml` that this build reads.
-const KNOWN: &[&str] = &["rest", "graphqlSchema", "wasmResource", "graphql"];
+const KNOWN: &[&str] = &[
+    "rest",
+    "graphqlSchema",
+    "wasmResource",
+    "graphql",
+    "sources",
+    "outbound",
+];
 /// Keys Harper knows whose features Tessera does not serve yet: warned about, not fatal.
 const LATER: &[&str] = &[
     "jsResource",
@@ -28,6 +36,10 @@ pub struct Components {
     pub wasm: Vec<PathBuf>,
     /// Whether a component turns on the GraphQL endpoint (`graphql: true`).
     pub graphql: bool,
+    /// Caching tables' sources (`sources`, see `app/sources.rs`).
+    pub sources: Vec<SourceConfig>,
+    /// Origins wasm resources may call (`outbound.allow`).
+    pub outbound_allow: Vec<String>,
 }
 
 /// The directory of the components managed over the Operations API, under `root`.
@@ -168,6 +180,8 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
     let mut catalog = Catalog::default();
     let mut wasm = Vec::new();
     let mut graphql = false;
+    let mut sources = Vec::new();
+    let mut outbound_allow = Vec::new();
     for app in apps {
         let dir = app.as_ref();
         if !dir.is_dir() {
@@ -214,6 +228,27 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
         for krate in strings(resources.and_then(|r| r.get("crate")), "wasmResource.crate")? {
             wasm.push(build_crate(&dir.join(krate))?);
         }
+        let at = || dir.join("config.yaml").display().to_string();
+        if let Some(declared) = config.get("sources") {
+            let declared = declared
+                .as_mapping()
+                .with_context(|| format!("{}: sources must map table names", at()))?;
+            for (name, source) in declared {
+                let name = name.as_str().unwrap_or_default();
+                let table = catalog.tables[before..]
+                    .iter()
+                    .find(|t| t.name == name)
+                    .with_context(|| {
+                        format!("{}: sources.{name}: no such table in this component", at())
+                    })?;
+                let config = SourceConfig::parse(&table.database, name, source).with_context(at)?;
+                sources.push(config);
+            }
+        }
+        outbound_allow.extend(strings(
+            config.get("outbound").and_then(|o| o.get("allow")),
+            "outbound.allow",
+        )?);
         if !rest {
             for t in &mut catalog.tables[before..] {
                 t.export = None;
@@ -224,6 +259,8 @@ pub fn load(apps: &[impl AsRef<Path>]) -> anyhow::Result<Components> {
         catalog,
         wasm,
         graphql,
+        sources,
+        outbound_allow,
     })
 }
 

@@ -12,10 +12,12 @@ pub mod error;
 pub mod events;
 pub mod keys;
 pub mod logging;
+pub mod outbound;
 pub mod output;
 pub mod permissions;
 pub mod records;
 pub mod settings;
+pub mod sources;
 pub mod tables;
 
 pub use error::AppError;
@@ -28,6 +30,8 @@ pub struct App {
     pub tables: Tables,
     /// What replication knows of the cluster (`cluster_status`).
     pub cluster: cluster::Cluster,
+    /// Caching tables' sources and the outbound HTTP client.
+    pub sources: sources::Sources,
 }
 
 /// The first table of a `schema.graphql` source, for unit tests.

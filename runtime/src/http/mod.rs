@@ -307,7 +307,13 @@ impl Rest {
             (Method::Get | Method::Head, PathKind::Table) => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
-                encode_value(&table.describe(0), fmt, &mut buf);
+                let mut description = table.describe(0);
+                if self.app.sources.of(table.id).is_some() {
+                    self.app
+                        .sources
+                        .describe_into(table.id, &mut description, "sources");
+                }
+                encode_value(&description, fmt, &mut buf);
                 reply.send(200, Some(fmt), &[], &buf);
                 Ok(())
             }

@@ -18,6 +18,7 @@ use crate::app::keys::id_value;
 use crate::app::output::{self, encode_value};
 use crate::app::permissions::{Action, TablePermission};
 use crate::app::records::{check_writable, decode_record, readable_only};
+use crate::data::cache::{self, CacheStatus};
 use crate::data::{query, related};
 use crate::net::reply::Reply;
 
@@ -73,7 +74,14 @@ impl Rest {
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
         let key = record_key(table.id, &id_value(table, id)).map_err(|_| AppError::NoSuchRecord)?;
-        let stored = self.router.get(&key)?;
+        let (stored, cache) = match self.app.sources.of(table.id) {
+            None => (self.router.get(&key)?, None),
+            Some(source) => {
+                let (stored, status) =
+                    cache::read_through(&self.app, &self.router, table, source, id, &key).await?;
+                (stored, Some(status))
+            }
+        };
         let Some(stored) = stored else {
             // `/Product/p01.brand`: a property of a record (stored, computed or related).
             if let Some((rid, prop)) = id.rsplit_once('.')
@@ -98,12 +106,19 @@ impl Rest {
             return Err(AppError::NoSuchRecord);
         };
         let rec = output::stored_record(&stored)?;
-        if rec.is_expired(now_micros() / 1000) {
+        // A caching table's read-through answers with an expired record on purpose (stale
+        // while revalidating).
+        if cache.is_none() && rec.is_expired(now_micros() / 1000) {
             return Err(AppError::NoSuchRecord);
         }
         let tag = etag(rec.version);
+        let both = [
+            ("ETag", &tag[..]),
+            ("Cache-Status", cache.map_or(&b""[..], CacheStatus::header)),
+        ];
+        let tagged = &both[..if cache.is_some() { 2 } else { 1 }];
         if if_none_match_hits(req.if_none_match, &tag) {
-            reply.send(304, None, &[("ETag", &tag)], b"");
+            reply.send(304, None, tagged, b"");
             return Ok(());
         }
         let visible;
@@ -117,23 +132,24 @@ impl Rest {
         if select.is_none()
             && let Some((content_type, data)) = opaque(table, body)
         {
-            let headers = [("Content-Type", content_type.as_bytes()), ("ETag", &tag)];
+            let mut headers = vec![("Content-Type", content_type.as_bytes())];
+            headers.extend_from_slice(tagged);
             reply.send(200, None, &headers, &data);
             return Ok(());
         }
         match (fmt, select) {
-            (MediaType::MsgPack, None) => reply.send(200, Some(fmt), &[("ETag", &tag)], body),
+            (MediaType::MsgPack, None) => reply.send(200, Some(fmt), tagged, body),
             (_, Some(s)) if query::selects_derived(table, Some(s)) => {
                 let v = related::project(&self.related(), table, body, s, &HashMap::new()).await?;
                 let mut buf = Vec::new();
                 encode_value(&v, fmt, &mut buf);
-                reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
+                reply.send(200, Some(fmt), tagged, &buf);
             }
             _ => {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
                 output::write_record(body, select, fmt, &mut buf)?;
-                reply.send(200, Some(fmt), &[("ETag", &tag)], &buf);
+                reply.send(200, Some(fmt), tagged, &buf);
             }
         }
         Ok(())
@@ -150,8 +166,23 @@ impl Rest {
         restricted: Option<&TablePermission>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
+        // A caching table hands the write to its source first, with the body as sent (decoding
+        // rewrites it in place).
+        let sent = self
+            .app
+            .sources
+            .of(table.id)
+            .map(|source| (source, body.to_vec()));
         let rec = decode_record(req.content_type, body, &self.json_buffers)?;
         check_writable(table, restricted, &rec, Action::Update)?;
+        if let Some((source, sent)) = sent {
+            let method = match mode {
+                WriteMode::Patch => "PATCH",
+                WriteMode::Replace => "PUT",
+            };
+            let body = Some((req.content_type, sent));
+            cache::write_through(&self.app, table, source, method, id, body).await?;
+        }
         self.write_record(table, rec, id_value(table, id), mode)
             .await?;
         reply.send(204, None, &[], b"");
@@ -167,12 +198,26 @@ impl Rest {
         restricted: Option<&TablePermission>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
+        let sent = self
+            .app
+            .sources
+            .of(table.id)
+            .map(|source| (source, body.to_vec()));
         let rec = decode_record(req.content_type, body, &self.json_buffers)?;
         check_writable(table, restricted, &rec, Action::Insert)?;
         let pk = match rec.get(&table.primary_key().name) {
             Some(v) if *v != Value::Null => v.clone(),
             _ => self.app.tables.new_key(table)?,
         };
+        if let Some((source, sent)) = sent {
+            // The source gets the new record at its URL: a PUT of its new id.
+            let id = match &pk {
+                Value::String(s) => s.clone(),
+                other => other.to_json(),
+            };
+            let body = Some((req.content_type, sent));
+            cache::write_through(&self.app, table, source, "PUT", &id, body).await?;
+        }
         let pk = self
             .write_record(table, rec, pk, WriteMode::Replace)
             .await?;
@@ -194,6 +239,9 @@ impl Rest {
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
+        if let Some(source) = self.app.sources.of(table.id) {
+            cache::write_through(&self.app, table, source, "DELETE", id, None).await?;
+        }
         if let Ok(key) = record_key(table.id, &id_value(table, id)) {
             self.router
                 .write(WriteOp {

@@ -204,6 +204,9 @@ impl Operations {
     ) -> Result<Value, OpsError> {
         let (count, bytes, last) = self.measure(table).await?;
         let mut out = table.describe_operation(count);
+        self.app
+            .sources
+            .describe_into(table.id, &mut out, "sources");
         if let Some(p) = user
             .permission
             .attribute_limits(&table.database, &table.name)

@@ -41,6 +41,7 @@ mod call;
 mod compute;
 mod context;
 mod engine;
+mod outbound;
 mod pool;
 mod rewind;
 mod state;
@@ -64,7 +65,9 @@ mod bindings {
 use bindings::ResourceModulePre;
 pub use bindings::tessera::wasm::types::Method;
 use bindings::tessera::wasm::types::{self, Outcome, Request};
-use bindings::tessera::wasm::{context as context_wit, tables as tables_wit};
+use bindings::tessera::wasm::{
+    context as context_wit, outbound as outbound_wit, tables as tables_wit,
+};
 
 /// How often the epoch advances: a running guest yields to the core's other work this often.
 const TICK: Duration = Duration::from_millis(5);
@@ -175,6 +178,7 @@ pub fn load(
     let mut linker: Linker<HostState> = Linker::new(&engine);
     tables_wit::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
     context_wit::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
+    outbound_wit::add_to_linker::<_, HostCalls>(&mut linker, |s| s)?;
     let mut resources = HashMap::new();
     for file in files {
         let (component, rewindable) = compile(&engine, file, cache)?;

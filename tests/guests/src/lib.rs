@@ -479,6 +479,35 @@ impl Resource for Priced {
     }
 }
 
+/// `GET /Fetch/x?url=...&ms=...`: an outbound GET of `url` with a time limit of `ms`, answered
+/// as `{status, body}`, or as `{error}` with the failure the host gave back as a value.
+#[derive(Default)]
+struct Fetch;
+
+impl Resource for Fetch {
+    const NAME: &'static str = "Fetch";
+
+    fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+        let url = target.get("url").unwrap_or_default();
+        let ms = target
+            .get("ms")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(2000);
+        let sent = tessera_wasm_sdk::http::Request::get(&url)
+            .timeout(std::time::Duration::from_millis(ms))
+            .max_bytes(64)
+            .send();
+        let out = match sent {
+            Ok(r) => {
+                let body = String::from_utf8_lossy(&r.body).into_owned();
+                BTreeMap::from([("status", r.status.to_string()), ("body", body)])
+            }
+            Err(e) => BTreeMap::from([("error", format!("{e:?}"))]),
+        };
+        Response::with_data(200, &out)
+    }
+}
+
 tessera_wasm_sdk::export!(
-    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper, Priced
+    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper, Priced, Fetch
 );
