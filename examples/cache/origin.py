@@ -3,10 +3,14 @@ that starts with "missing"); PUT and DELETE are accepted. Every request is print
 can watch the cache ask once per miss."""
 
 import json
+import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BREEDS = {"1": "Labrador", "2": "Beagle", "3": "Whippet"}
+# A slower origin, for benchmarks (benches/caching.sh): each GET waits this long.
+DELAY = float(os.environ.get("ORIGIN_DELAY_MS", "0")) / 1000
 
 
 class Origin(BaseHTTPRequestHandler):
@@ -20,6 +24,7 @@ class Origin(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        time.sleep(DELAY)
         bid = self.path.rsplit("/", 1)[-1]
         if bid.startswith("missing"):
             return self.answer(404)
@@ -36,4 +41,5 @@ class Origin(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8090
+    ThreadingHTTPServer.request_queue_size = 1024
     ThreadingHTTPServer(("127.0.0.1", port), Origin).serve_forever()

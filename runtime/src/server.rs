@@ -18,7 +18,7 @@ use tessera_storage::shard::{Durability, ShardOptions};
 use tessera_storage::{Catalog, Table};
 
 use crate::app::settings::{self, BuildArgs, Mtls};
-use crate::app::sources::Sources;
+use crate::app::sources::{Origin, SourceConfig, Sources};
 use crate::app::{App, Settings, Tables, component};
 use crate::auth::tokens::Tokens;
 use crate::auth::{Authenticator, users::Users};
@@ -141,9 +141,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     [running.http_port, running.mqtt_port, running.ops_port] = ports.addrs.map(|a| a.port());
     running.graphql = components.graphql;
     let outbound = crate::app::outbound::Outbound::new(&components.outbound_allow)?;
-    let sources = Sources::new(components.sources.clone(), outbound, |db, name| {
-        tables.table(db, name)
-    })?;
+    let mut configs = components.sources.clone();
+    for res in wasm.resources() {
+        if let Some((table, stale)) = &res.source_for {
+            let loader = crate::wasm::WasmSource {
+                host: wasm.clone(),
+                resource: res.clone(),
+            };
+            configs.push(SourceConfig {
+                database: table.database.clone(),
+                table: table.name.clone(),
+                origin: Origin::Code(Arc::new(loader)),
+                stale_while_revalidate: *stale,
+            });
+        }
+    }
+    let sources = Sources::new(configs, outbound, |db, name| tables.table(db, name))?;
     let app = Arc::new(App {
         settings: running,
         tables,

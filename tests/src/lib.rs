@@ -650,6 +650,7 @@ type Log @table @export { id: Long @primaryKey  from: Long  to: Long  amount: In
 type Plain @table @export { id: Long @primaryKey  name: String  price: Float }
 type Priced @table @export { id: Long @primaryKey  price: Float  taxRate: Float
   total: Float @computed  band: String @computed }
+type Cached @table(expiration: 60) @export { id: ID @primaryKey  name: String }
 ";
 
 /// The test guests (`tests/guests`) built for `wasm32-unknown-unknown`, once per test binary

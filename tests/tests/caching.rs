@@ -452,7 +452,7 @@ fn the_example_caches_its_sample_origin() {
 }
 
 #[test]
-fn a_wasm_resource_calls_allowed_origins_and_gets_failures_as_values() {
+fn a_wasm_resource_calls_allowed_origins_and_can_be_a_tables_source() {
     let origin = Origin::start();
     let app = tessera_tests::App::with_wasm(tessera_tests::GUEST_SCHEMA);
     let config = std::fs::read_to_string(app.dir.path().join("config.yaml")).unwrap();
@@ -513,4 +513,47 @@ fn a_wasm_resource_calls_allowed_origins_and_gets_failures_as_values() {
         "{r}"
     );
     assert_eq!(origin.count("GET", "/x"), 0);
+    // The guests' CachedSource is the source of `Cached`: it reads its origin from Plain/1.
+    let body = json!({"name": base}).to_string();
+    assert_eq!(c.put_json("/Plain/1", &body).status, 204);
+    let r = c.get("/Cached/c1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!({"id": "c1", "name": "c1 v1"}));
+    assert_eq!(r.header("cache-status"), Some("tessera; fwd=miss; stored"));
+    let r = c.get("/Cached/c1");
+    assert_eq!(r.header("cache-status"), Some("tessera; hit"));
+    assert_eq!(origin.count("GET", "/breeds/c1"), 1);
+    origin.set(|b| b.delay = Duration::from_millis(300));
+    let answers: Vec<_> = (0..16)
+        .map(|_| s.client())
+        .map(|mut c| std::thread::spawn(move || c.get("/Cached/hot")))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    origin.set(|b| b.delay = Duration::ZERO);
+    for r in answers {
+        assert_eq!(r.json(), json!({"id": "hot", "name": "hot v1"}));
+    }
+    assert_eq!(origin.count("GET", "/breeds/hot"), 1);
+    for _ in 0..5 {
+        assert_eq!(c.get("/Cached/missing-2").status, 404);
+    }
+    assert_eq!(origin.count("GET", "/breeds/missing-2"), 1);
+    assert_eq!(c.put_json("/Cached/w", r#"{"name":"written"}"#).status, 204);
+    let seen = origin.seen.lock().unwrap().last().unwrap().clone();
+    assert_eq!(
+        seen,
+        (
+            "PUT".into(),
+            "/breeds/w".into(),
+            r#"{"name":"written"}"#.into()
+        )
+    );
+    assert_eq!(c.get("/Cached/w").json()["name"], "written");
+    assert_eq!(c.delete("/Cached/w").status, 200);
+    assert_eq!(origin.count("DELETE", "/breeds/w"), 1);
+    let d = c.get("/Cached").json();
+    assert_eq!(d["sources"][0]["type"], "resource", "{d}");
+    assert_eq!(d["sources"][0]["resource"], "CachedSource");
 }

@@ -1071,6 +1071,37 @@ pub trait Resource: Default + 'static {
     /// JavaScript). Every reader sees them: REST, the Operations API, SQL, subscriptions,
     /// conditions, sorting and an `@indexed` index.
     const COMPUTES: &'static [&'static str] = &[];
+    /// The caching table this resource is the source of (the seed's `sourcedFrom`): a read of
+    /// a missing or expired record of that table calls this resource's [`Resource::get`] with
+    /// the record's id, as the user whose read missed; `Ok` with data (status 200) becomes the
+    /// stored record, kept for the table's `expiration`; a 404 says there is none (remembered
+    /// for the expiration too); another error fails the read with a 502 (504 for a 504). One
+    /// call per missing key, however many requests want it. The table's REST writes call
+    /// [`Resource::put`], [`Resource::patch`] and [`Resource::delete`] first, and are made in
+    /// the table only when they succeed. A response says which happened in `Cache-Status`.
+    ///
+    /// ```
+    /// use tessera_wasm_sdk::{Context, Resource, Response, Result, Target};
+    /// #[derive(Default)]
+    /// struct Breeds;
+    /// impl Resource for Breeds {
+    ///     const NAME: &'static str = "BreedSource";
+    ///     const SOURCE_FOR: Option<&'static str> = Some("Breed");
+    ///     fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+    ///         let url = format!("https://api.example/breeds/{}", target.id()?);
+    ///         let r = tessera_wasm_sdk::http::Request::get(&url).send()?;
+    ///         match r.status {
+    ///             200 => Response::with_data(200, &r.json::<tessera_wasm_sdk::Value>()?),
+    ///             404 => Err(tessera_wasm_sdk::Error::not_found("no such breed")),
+    ///             s => Err(tessera_wasm_sdk::Error::new(502, format!("origin answered {s}"))),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    const SOURCE_FOR: Option<&'static str> = None;
+    /// With [`Resource::SOURCE_FOR`]: serve an expired record at once, marked stale, while one
+    /// call of `get` refreshes it (the seed's `allowStaleWhileRevalidate`).
+    const ALLOW_STALE_WHILE_REVALIDATE: bool = false;
 
     /// Computes `attribute`, one of [`Resource::COMPUTES`], of `record` (a map of the record's
     /// stored attributes). The host calls it wherever the attribute is read or indexed, so it
@@ -1249,6 +1280,10 @@ pub mod __private {
             extends: R::EXTENDS.map(str::to_owned),
             reuse: R::REUSE,
             computes: R::COMPUTES.iter().map(|a| (*a).to_owned()).collect(),
+            source_for: R::SOURCE_FOR.map(|table| types::SourceInfo {
+                table: table.to_owned(),
+                allow_stale_while_revalidate: R::ALLOW_STALE_WHILE_REVALIDATE,
+            }),
         }
     }
 

@@ -21,9 +21,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
 use tessera_storage::{Table, Value};
 
 use super::outbound::{FetchError, Outbound};
+use super::permissions::User;
+use super::{App, AppError};
 
 /// A source as `config.yaml` declares it, before the table has an id.
 #[derive(Debug, Clone)]
@@ -35,8 +38,33 @@ pub struct SourceConfig {
     pub stale_while_revalidate: bool,
 }
 
+/// A source written as code (a wasm resource's `SOURCE_FOR`), called on the core that needs it.
+pub trait Loader: Send + Sync {
+    /// Record `id` (as the URL writes it), asked as `user`: `Ok(None)` when there is none.
+    fn load(
+        &self,
+        app: Arc<App>,
+        id: String,
+        user: Option<Arc<User>>,
+    ) -> LocalBoxFuture<'static, Result<Option<Value>, LoadError>>;
+
+    /// Hands a write of record `id` to the source: `method` PUT, PATCH or DELETE, with the
+    /// record or the changes for the first two.
+    fn write(
+        &self,
+        app: Arc<App>,
+        method: &'static str,
+        id: String,
+        record: Option<Value>,
+        user: Option<Arc<User>>,
+    ) -> LocalBoxFuture<'static, Result<(), AppError>>;
+
+    /// What `describe` says it is.
+    fn name(&self) -> String;
+}
+
 /// Where a source's records come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Origin {
     /// An HTTP(S) origin: `url` with `{id}` replaced by the record id. GET loads a record (a
     /// JSON object, or any other content type kept as it came); PUT, PATCH and DELETE hand
@@ -47,6 +75,17 @@ pub enum Origin {
         timeout: Duration,
         max_bytes: usize,
     },
+    /// Code: a wasm resource.
+    Code(Arc<dyn Loader>),
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Http { url, .. } => f.debug_struct("Http").field("url", url).finish(),
+            Origin::Code(l) => f.debug_tuple("Code").field(&l.name()).finish(),
+        }
+    }
 }
 
 impl SourceConfig {
@@ -238,6 +277,14 @@ impl Source {
                     Value::Bool(self.config.stale_while_revalidate),
                 ),
             ]),
+            Origin::Code(loader) => Value::Object(vec![
+                s("type", Value::String("resource".into())),
+                s("resource", Value::String(loader.name())),
+                s(
+                    "allowStaleWhileRevalidate",
+                    Value::Bool(self.config.stale_while_revalidate),
+                ),
+            ]),
         }
     }
 }
@@ -288,14 +335,14 @@ impl Sources {
 }
 
 /// The status a failed load answers a request with.
-pub fn load_failure(table: &str, e: &LoadError) -> super::AppError {
+pub fn load_failure(table: &str, e: &LoadError) -> AppError {
     match e {
-        LoadError::NotFound => super::AppError::NoSuchRecord,
-        LoadError::Timeout(why) => super::AppError::Resource {
+        LoadError::NotFound => AppError::NoSuchRecord,
+        LoadError::Timeout(why) => AppError::Resource {
             status: 504,
             message: format!("the source of {table} did not answer in time: {why}"),
         },
-        LoadError::Failed(why) => super::AppError::Resource {
+        LoadError::Failed(why) => AppError::Resource {
             status: 502,
             message: format!("the source of {table} failed: {why}"),
         },

@@ -23,10 +23,11 @@ use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::now_micros;
 use tessera_storage::validate::WriteMode;
-use tessera_storage::{Slice, Table};
+use tessera_storage::{Slice, Table, Value};
 
 use crate::app::keys::id_value;
 use crate::app::outbound::FetchRequest;
+use crate::app::permissions::User;
 use crate::app::records::{decode_record, write_record};
 use crate::app::sources::{Flight, LoadError, Loaded, Origin, Source, load_failure};
 use crate::app::{App, AppError};
@@ -63,6 +64,7 @@ pub async fn read_through(
     source: &Arc<Source>,
     id: &str,
     key: &[u8],
+    user: &Arc<User>,
 ) -> Result<(Option<Slice>, CacheStatus), AppError> {
     let now_ms = now_micros() / 1000;
     let stored = router.get(key)?;
@@ -73,14 +75,14 @@ pub async fn read_through(
         if source.config.stale_while_revalidate {
             if !source.in_flight(key) {
                 // Not awaited: this request answers with the stale record now.
-                drop(load(app, router, table, source, id, key));
+                drop(load(app, router, table, source, id, key, user));
             }
             return Ok((stored, CacheStatus::Stale));
         }
     } else if source.known_absent(key, now_ms) {
         return Ok((None, CacheStatus::Hit));
     }
-    match load(app, router, table, source, id, key).await {
+    match load(app, router, table, source, id, key, user).await {
         Ok(()) => Ok((router.get(key)?, CacheStatus::Loaded)),
         Err(LoadError::NotFound) => Ok((None, CacheStatus::Loaded)),
         Err(e) => Err(load_failure(&table.name, &e)),
@@ -97,15 +99,16 @@ fn load(
     source: &Arc<Source>,
     id: &str,
     key: &[u8],
+    user: &Arc<User>,
 ) -> impl Future<Output = Loaded> + use<> {
     let rx = match source.board(key) {
         Flight::Follow(rx) => rx,
         Flight::Lead(rx) => {
             let (app, router, table, source) =
                 (app.clone(), router.clone(), table.clone(), source.clone());
-            let (id, key) = (id.to_owned(), key.to_vec());
+            let (id, key, user) = (id.to_owned(), key.to_vec(), user.clone());
             glommio::spawn_local(async move {
-                let out = fetch_and_store(&app, &router, &table, &source, &id, &key).await;
+                let out = fetch_and_store(&app, &router, &table, &source, &id, &key, user).await;
                 if let Err(e @ (LoadError::Failed(_) | LoadError::Timeout(_))) = &out {
                     tracing::warn!("caching table {}: loading {id}: {e:?}", table.full_name());
                 }
@@ -146,7 +149,10 @@ fn request(
         headers,
         timeout,
         max_bytes,
-    } = &source.config.origin;
+    } = &source.config.origin
+    else {
+        unreachable!("a request is made only to an HTTP origin")
+    };
     let mut headers = headers.clone();
     let body = body.map(|(content_type, bytes)| {
         if let Some(ct) = content_type {
@@ -171,13 +177,15 @@ async fn fetch_and_store(
     source: &Source,
     id: &str,
     key: &[u8],
+    user: Arc<User>,
 ) -> Loaded {
-    let req = request(source, "GET", id, None);
-    let url = req.url.clone();
-    let resp = app.sources.outbound.fetch(req).await?;
-    match resp.status {
-        200..=299 => {}
-        404 | 410 => {
+    let rec = match &source.config.origin {
+        Origin::Code(loader) => loader.load(app.clone(), id.to_owned(), Some(user)).await,
+        Origin::Http { .. } => fetch(app, source, id).await,
+    };
+    let rec = match rec {
+        Ok(Some(rec)) => rec,
+        Ok(None) => {
             let until = match table.expiration {
                 Some(s) => now_micros() / 1000 + (s * 1000.0) as u64,
                 None => u64::MAX,
@@ -185,13 +193,8 @@ async fn fetch_and_store(
             source.note_absent(key, until);
             return Err(LoadError::NotFound);
         }
-        s => return Err(LoadError::Failed(format!("GET {url} answered {s}"))),
-    }
-    let content_type = resp.header("content-type").map(str::to_owned);
-    let mut body = resp.body;
-    let buffers = RefCell::new(simd_json::Buffers::default());
-    let rec = decode_record(content_type.as_deref(), &mut body, &buffers)
-        .map_err(|e| LoadError::Failed(format!("GET {url}: the answer is no record: {e}")))?;
+        Err(e) => return Err(e),
+    };
     write_record(
         app,
         router,
@@ -201,22 +204,50 @@ async fn fetch_and_store(
         WriteMode::Replace,
     )
     .await
-    .map_err(|e| LoadError::Failed(format!("GET {url}: storing the answer: {e}")))?;
+    .map_err(|e| LoadError::Failed(format!("storing the source's record {id}: {e}")))?;
     source.forget_absent(key);
     Ok(())
 }
 
+/// Record `id` from an HTTP origin; `None` for its 404 or 410.
+async fn fetch(app: &App, source: &Source, id: &str) -> Result<Option<Value>, LoadError> {
+    let req = request(source, "GET", id, None);
+    let url = req.url.clone();
+    let resp = app.sources.outbound.fetch(req).await?;
+    match resp.status {
+        200..=299 => {}
+        404 | 410 => return Ok(None),
+        s => return Err(LoadError::Failed(format!("GET {url} answered {s}"))),
+    }
+    let content_type = resp.header("content-type").map(str::to_owned);
+    let mut body = resp.body;
+    let buffers = RefCell::new(simd_json::Buffers::default());
+    decode_record(content_type.as_deref(), &mut body, &buffers)
+        .map(Some)
+        .map_err(|e| LoadError::Failed(format!("GET {url}: the answer is no record: {e}")))
+}
+
 /// Hands a write of record `id` to the table's source before it is made here: `method` (PUT,
-/// PATCH or DELETE) with the body as the client sent it. A source's 404 to a DELETE counts as
-/// done.
+/// PATCH or DELETE) with the body as the client sent it (its content type, its bytes, and the
+/// record decoded from them). An HTTP origin's 404 to a DELETE counts as done.
+#[allow(clippy::too_many_arguments)]
 pub async fn write_through(
-    app: &App,
+    app: &Arc<App>,
     table: &Table,
     source: &Source,
-    method: &str,
+    method: &'static str,
     id: &str,
-    body: Option<(Option<&str>, Vec<u8>)>,
+    body: Option<(Option<&str>, Vec<u8>, &Value)>,
+    user: &Arc<User>,
 ) -> Result<(), AppError> {
+    if let Origin::Code(loader) = &source.config.origin {
+        let record = body.map(|(_, _, rec)| rec.clone());
+        let user = Some(user.clone());
+        return loader
+            .write(app.clone(), method, id.to_owned(), record, user)
+            .await;
+    }
+    let body = body.map(|(content_type, bytes, _)| (content_type, bytes));
     let req = request(source, method, id, body);
     let url = req.url.clone();
     let resp = app

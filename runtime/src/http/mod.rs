@@ -266,7 +266,7 @@ impl Rest {
         req: &Request<'_>,
         target: Target<'_>,
         body: &mut [u8],
-        user: &User,
+        user: &Arc<User>,
         fmt: MediaType,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
@@ -282,8 +282,10 @@ impl Rest {
         // A write asking for confirmation is answered once `confirm` other nodes applied it:
         // its reply is kept back until then, and replaced by the error if they do not in time.
         let mark = reply.out.len();
-        self.answer_table(table, req, target, query, body, restricted, fmt, reply)
-            .await?;
+        self.answer_table(
+            table, req, target, query, body, user, restricted, fmt, reply,
+        )
+        .await?;
         if let Err(e) = self.app.cluster.confirm(confirm).await {
             reply.out.truncate(mark);
             return Err(e);
@@ -299,6 +301,7 @@ impl Rest {
         target: Target<'_>,
         query: Option<&str>,
         body: &mut [u8],
+        user: &Arc<User>,
         restricted: Option<&crate::app::permissions::TablePermission>,
         fmt: MediaType,
         reply: &mut Reply<'_>,
@@ -324,7 +327,8 @@ impl Rest {
                     .await
             }
             (Method::Post, PathKind::Collection(prefix)) if prefix.is_empty() => {
-                self.post(table, req, body, fmt, restricted, reply).await
+                self.post(table, req, body, fmt, user, restricted, reply)
+                    .await
             }
             (Method::Delete, PathKind::Collection(prefix)) => {
                 self.delete_collection(table, &prefix, query.unwrap_or(""), fmt, reply)
@@ -336,19 +340,30 @@ impl Rest {
                     Some(q) => query::select(table, q)?,
                     None => None,
                 };
-                self.get_record(table, &id, req, select.as_ref(), fmt, restricted, reply)
-                    .await
+                self.get_record(
+                    table,
+                    &id,
+                    req,
+                    select.as_ref(),
+                    fmt,
+                    user,
+                    restricted,
+                    reply,
+                )
+                .await
             }
             (Method::Put, PathKind::Record(id)) => {
-                self.put(table, &id, req, body, WriteMode::Replace, restricted, reply)
+                let mode = WriteMode::Replace;
+                self.put(table, &id, req, body, mode, user, restricted, reply)
                     .await
             }
             (Method::Patch, PathKind::Record(id)) => {
-                self.put(table, &id, req, body, WriteMode::Patch, restricted, reply)
+                let mode = WriteMode::Patch;
+                self.put(table, &id, req, body, mode, user, restricted, reply)
                     .await
             }
             (Method::Delete, PathKind::Record(id)) => {
-                self.delete_record(table, &id, fmt, reply).await
+                self.delete_record(table, &id, fmt, user, reply).await
             }
             (_, PathKind::Record(_)) => Err(AppError::MethodNotAllowed(ALLOW_RECORD)),
         }

@@ -16,7 +16,7 @@ use super::{Rest, send_true};
 use crate::app::AppError;
 use crate::app::keys::id_value;
 use crate::app::output::{self, encode_value};
-use crate::app::permissions::{Action, TablePermission};
+use crate::app::permissions::{Action, TablePermission, User};
 use crate::app::records::{check_writable, decode_record, readable_only};
 use crate::data::cache::{self, CacheStatus};
 use crate::data::{query, related};
@@ -70,6 +70,7 @@ impl Rest {
         req: &Request<'_>,
         select: Option<&Select>,
         fmt: MediaType,
+        user: &Arc<User>,
         restricted: Option<&TablePermission>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
@@ -77,8 +78,9 @@ impl Rest {
         let (stored, cache) = match self.app.sources.of(table.id) {
             None => (self.router.get(&key)?, None),
             Some(source) => {
+                let (app, router) = (&self.app, &self.router);
                 let (stored, status) =
-                    cache::read_through(&self.app, &self.router, table, source, id, &key).await?;
+                    cache::read_through(app, router, table, source, id, &key, user).await?;
                 (stored, Some(status))
             }
         };
@@ -98,6 +100,7 @@ impl Rest {
                     req,
                     Some(&property),
                     fmt,
+                    user,
                     restricted,
                     reply,
                 ))
@@ -163,6 +166,7 @@ impl Rest {
         req: &Request<'_>,
         body: &mut [u8],
         mode: WriteMode,
+        user: &Arc<User>,
         restricted: Option<&TablePermission>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
@@ -180,8 +184,8 @@ impl Rest {
                 WriteMode::Patch => "PATCH",
                 WriteMode::Replace => "PUT",
             };
-            let body = Some((req.content_type, sent));
-            cache::write_through(&self.app, table, source, method, id, body).await?;
+            let body = Some((req.content_type, sent, &rec));
+            cache::write_through(&self.app, table, source, method, id, body, user).await?;
         }
         self.write_record(table, rec, id_value(table, id), mode)
             .await?;
@@ -189,12 +193,14 @@ impl Rest {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn post(
         &self,
         table: &Arc<Table>,
         req: &Request<'_>,
         body: &mut [u8],
         fmt: MediaType,
+        user: &Arc<User>,
         restricted: Option<&TablePermission>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
@@ -215,8 +221,8 @@ impl Rest {
                 Value::String(s) => s.clone(),
                 other => other.to_json(),
             };
-            let body = Some((req.content_type, sent));
-            cache::write_through(&self.app, table, source, "PUT", &id, body).await?;
+            let body = Some((req.content_type, sent, &rec));
+            cache::write_through(&self.app, table, source, "PUT", &id, body, user).await?;
         }
         let pk = self
             .write_record(table, rec, pk, WriteMode::Replace)
@@ -237,10 +243,11 @@ impl Rest {
         table: &Arc<Table>,
         id: &str,
         fmt: MediaType,
+        user: &Arc<User>,
         reply: &mut Reply<'_>,
     ) -> Result<(), AppError> {
         if let Some(source) = self.app.sources.of(table.id) {
-            cache::write_through(&self.app, table, source, "DELETE", id, None).await?;
+            cache::write_through(&self.app, table, source, "DELETE", id, None, user).await?;
         }
         if let Ok(key) = record_key(table.id, &id_value(table, id)) {
             self.router

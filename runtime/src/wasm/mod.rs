@@ -44,6 +44,7 @@ mod engine;
 mod outbound;
 mod pool;
 mod rewind;
+mod source;
 mod state;
 mod tables;
 mod txn;
@@ -51,6 +52,7 @@ mod txn;
 pub use call::{Call, Handled, call};
 use engine::{compile, engine};
 use pool::new_store;
+pub use source::WasmSource;
 use state::{HostCalls, HostState};
 
 mod bindings {
@@ -126,6 +128,9 @@ pub struct WasmResource {
     index: u32,
     /// Verbs the guest does not override (learnt from its answers): served natively.
     fallback: [AtomicBool; 7],
+    /// The caching table it is the source of, and whether that table serves stale records
+    /// while revalidating.
+    pub source_for: Option<(Arc<Table>, bool)>,
 }
 
 impl WasmResource {
@@ -238,8 +243,23 @@ pub fn load(
                 compute::install(&engine, limits, &module, resource, table, &info.computes)
                     .with_context(|| file.display().to_string())?;
             }
+            let source_for = match &info.source_for {
+                None => None,
+                Some(src) => Some((
+                    tables.get(&src.table).cloned().with_context(|| {
+                        format!(
+                            "{}: resource {} is the source of {}, which is not a table",
+                            file.display(),
+                            info.name,
+                            src.table
+                        )
+                    })?,
+                    src.allow_stale_while_revalidate,
+                )),
+            };
             let resource = WasmResource {
                 name: info.name.clone(),
+                source_for,
                 extends,
                 reuse: info.reuse,
                 module: module.clone(),

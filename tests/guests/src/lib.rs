@@ -508,6 +508,68 @@ impl Resource for Fetch {
     }
 }
 
+/// The source of the caching table `Cached`: its origin's base URL is the `name` of `Plain`
+/// record 1 (read as the user whose read missed); `GET <base>/breeds/<id>` gives the record,
+/// and writes go to the same URL.
+#[derive(Default)]
+struct CachedSource;
+
+impl CachedSource {
+    fn url(cx: &Context, target: &Target) -> Result<String> {
+        let base: Value = cx
+            .table("Plain")
+            .get(1)?
+            .ok_or_else(|| Error::new(500, "no origin configured in Plain/1"))?;
+        let base = base["name"].as_str().unwrap_or_default().to_owned();
+        Ok(format!("{base}/breeds/{}", target.id()?))
+    }
+
+    fn send(request: tessera_wasm_sdk::http::Request) -> Result<Response> {
+        let r = request.send()?;
+        match r.status {
+            200..=299 => Ok(Response::status(204)),
+            s => Err(Error::new(502, format!("the origin answered {s}"))),
+        }
+    }
+}
+
+impl Resource for CachedSource {
+    const NAME: &'static str = "CachedSource";
+    const SOURCE_FOR: Option<&'static str> = Some("Cached");
+
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        let r = tessera_wasm_sdk::http::Request::get(&Self::url(cx, target)?).send()?;
+        match r.status {
+            200 => Response::with_data(200, &r.json::<BTreeMap<String, String>>()?),
+            404 => Err(Error::not_found("the origin has no such record")),
+            s => Err(Error::new(502, format!("the origin answered {s}"))),
+        }
+    }
+
+    fn put(&mut self, cx: &Context, target: &Target, data: Data) -> Result<Response> {
+        let record: BTreeMap<String, String> = data.parse()?;
+        let url = Self::url(cx, target)?;
+        Self::send(tessera_wasm_sdk::http::Request::new("PUT", &url).json(&record)?)
+    }
+
+    fn delete(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        let url = Self::url(cx, target)?;
+        Self::send(tessera_wasm_sdk::http::Request::new("DELETE", &url))
+    }
+}
+
 tessera_wasm_sdk::export!(
-    Widgets, Transfer, Echo, Edit, Pass, Fresh, Typed, Hostile, Residue, Keeper, Priced, Fetch
+    Widgets,
+    Transfer,
+    Echo,
+    Edit,
+    Pass,
+    Fresh,
+    Typed,
+    Hostile,
+    Residue,
+    Keeper,
+    Priced,
+    Fetch,
+    CachedSource
 );
