@@ -553,6 +553,12 @@ fn a_wasm_resource_calls_allowed_origins_and_can_be_a_tables_source() {
     assert_eq!(c.get("/Cached/w").json()["name"], "written");
     assert_eq!(c.delete("/Cached/w").status, 200);
     assert_eq!(origin.count("DELETE", "/breeds/w"), 1);
+    // A guest reading a caching table reads through its source too.
+    let r = c.get("/Fetch/x?table=Cached&id=viaguest");
+    assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v1"}));
+    let r = c.get("/Fetch/x?table=Cached&id=viaguest");
+    assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v1"}));
+    assert_eq!(origin.count("GET", "/breeds/viaguest"), 1);
     let d = c.get("/Cached").json();
     assert_eq!(d["sources"][0]["type"], "resource", "{d}");
     assert_eq!(d["sources"][0]["resource"], "CachedSource");

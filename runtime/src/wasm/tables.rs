@@ -14,19 +14,41 @@ use super::{tables_wit as tables, types};
 use crate::app::permissions::Action;
 use crate::app::records::retain_readable;
 use crate::app::{AppError, output};
-use crate::data::query;
 use crate::data::query::Joins;
+use crate::data::{cache, query};
 
 impl tables::Host for &mut HostState {
     async fn get(&mut self, table: String, id: Vec<u8>) -> Result<Option<Vec<u8>>, types::Error> {
         let table = self.table(&table)?;
         let limits = self.access(&table, Action::Read)?;
-        let (_, key) = HostState::key(&table, &id)?;
+        let (pk, key) = HostState::key(&table, &id)?;
         // A committed record goes to the guest as stored, without decoding it (unless the
         // role may not read some of its attributes).
         let found = match self.txn.seen.get(&key) {
             Some(seen) => seen.as_ref().map(Value::to_msgpack),
-            None => self.committed(&key)?,
+            None => match (self.app()?.sources.of(table.id).cloned(), self.user.clone()) {
+                // A caching table's record is read through its source, as the request's user.
+                (Some(source), Some(user)) => {
+                    let (app, table) = (self.app()?.clone(), table.clone());
+                    let id = match &pk {
+                        Value::String(s) => s.clone(),
+                        other => other.to_json(),
+                    };
+                    let read = on_core(move |router| async move {
+                        let (stored, _) =
+                            cache::read_through(&app, &router, &table, &source, &id, &key, &user)
+                                .await?;
+                        Ok::<_, AppError>(stored.map(|s| s.to_vec()))
+                    });
+                    let stored = read
+                        .await
+                        .map_err(|_| error(503, "the core is shutting down"))??;
+                    stored
+                        .map(|s| output::stored_record(&s).map(|r| r.body.to_vec()))
+                        .transpose()?
+                }
+                _ => self.committed(&key)?,
+            },
         };
         found
             .map(|body| HostState::readable(&table, limits, body))

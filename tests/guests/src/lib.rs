@@ -480,14 +480,23 @@ impl Resource for Priced {
 }
 
 /// `GET /Fetch/x?url=...&ms=...`: an outbound GET of `url` with a time limit of `ms`, answered
-/// as `{status, body}`, or as `{error}` with the failure the host gave back as a value.
+/// as `{status, body}`, or as `{error}` with the failure the host gave back as a value;
+/// `GET /Fetch/x?table=T&id=I`: a record read by the guest.
 #[derive(Default)]
 struct Fetch;
 
 impl Resource for Fetch {
     const NAME: &'static str = "Fetch";
 
-    fn get(&mut self, _cx: &Context, target: &Target) -> Result<Response> {
+    fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
+        // `?table=T&id=I`: record I of table T as the guest reads it (a caching table's
+        // through its source).
+        if let (Some(table), Some(id)) = (target.get("table"), target.get("id")) {
+            return match cx.table(&table).get_data(id)? {
+                Some(record) => Ok(Response::with_raw(200, record)),
+                None => Err(Error::not_found("no such record")),
+            };
+        }
         let url = target.get("url").unwrap_or_default();
         let ms = target
             .get("ms")
