@@ -559,6 +559,14 @@ fn a_wasm_resource_calls_allowed_origins_and_can_be_a_tables_source() {
     let r = c.get("/Fetch/x?table=Cached&id=viaguest");
     assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v1"}));
     assert_eq!(origin.count("GET", "/breeds/viaguest"), 1);
+    // Invalidated: the next read asks the source again.
+    assert_eq!(c.get("/Fetch/x?invalidate=viaguest").status, 204);
+    let r = c.get("/Cached/viaguest");
+    assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v2"}));
+    assert_eq!(r.header("cache-status"), Some("tessera; fwd=miss; stored"));
+    let r = c.get("/Fetch/x?invalidate=nope&table=Plain");
+    assert_eq!(r.status, 204, "an absent record invalidates fine");
+    assert_eq!(origin.count("GET", "/breeds/viaguest"), 2);
     let d = c.get("/Cached").json();
     assert_eq!(d["sources"][0]["type"], "resource", "{d}");
     assert_eq!(d["sources"][0]["resource"], "CachedSource");

@@ -607,6 +607,20 @@ impl Table {
         Ok(tables::delete(&self.name, &id.into().bytes())?)
     }
 
+    /// Drops a caching table's copy of the record, so that the next read loads it from the
+    /// table's source (the seed's `invalidate`). It takes effect when the request commits, as a
+    /// delete that subscribers see; the source itself is not asked to delete anything. A 400
+    /// for a table with no source.
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// cx.table("Breed").invalidate("lab")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn invalidate(&self, id: impl Into<Id>) -> Result<()> {
+        Ok(tables::invalidate(&self.name, &id.into().bytes())?)
+    }
+
     /// The records matching `query`.
     ///
     /// ```no_run

@@ -136,6 +136,21 @@ impl tables::Host for &mut HostState {
         Ok(existed)
     }
 
+    async fn invalidate(&mut self, table: String, id: Vec<u8>) -> Result<(), types::Error> {
+        let table = self.table(&table)?;
+        self.access(&table, Action::Delete)?;
+        let source = self.app()?.sources.of(table.id).cloned().ok_or_else(|| {
+            error(
+                400,
+                format!("{} is not a caching table: it has no source", table.name),
+            )
+        })?;
+        let (_, key) = HostState::key(&table, &id)?;
+        source.forget_absent(&key);
+        self.stage(table, key, WriteKind::Delete, None);
+        Ok(())
+    }
+
     async fn search(&mut self, table: String, query: Vec<u8>) -> Result<Vec<u8>, types::Error> {
         let table = self.table(&table)?;
         let limits = self.access(&table, Action::Read)?.cloned();

@@ -481,7 +481,8 @@ impl Resource for Priced {
 
 /// `GET /Fetch/x?url=...&ms=...`: an outbound GET of `url` with a time limit of `ms`, answered
 /// as `{status, body}`, or as `{error}` with the failure the host gave back as a value;
-/// `GET /Fetch/x?table=T&id=I`: a record read by the guest.
+/// `GET /Fetch/x?table=T&id=I`: a record read by the guest; `GET /Fetch/x?invalidate=I`:
+/// `Cached` record I invalidated.
 #[derive(Default)]
 struct Fetch;
 
@@ -491,6 +492,10 @@ impl Resource for Fetch {
     fn get(&mut self, cx: &Context, target: &Target) -> Result<Response> {
         // `?table=T&id=I`: record I of table T as the guest reads it (a caching table's
         // through its source).
+        if let Some(id) = target.get("invalidate") {
+            cx.table("Cached").invalidate(id)?;
+            return Ok(Response::status(204));
+        }
         if let (Some(table), Some(id)) = (target.get("table"), target.get("id")) {
             return match cx.table(&table).get_data(id)? {
                 Some(record) => Ok(Response::with_raw(200, record)),
