@@ -60,10 +60,10 @@ until curl -s -o /dev/null "http://127.0.0.1:$ORIGIN_PORT/breeds/0"; do sleep 0.
 # origin_gets ID: how many GETs of /breeds/ID reached the origin.
 origin_gets() { grep -c "\"GET /breeds/$1 HTTP" "$OUT/origin.log" || true; }
 
-# hit LABEL SCENARIO URL PID: REPEATS wrk runs, one JSON line each.
+# hit LABEL SCENARIO URL PID [RUN]: REPEATS wrk runs (or just run RUN), one JSON line each.
 hit() {
   local label=$1 scenario=$2 url=$3 pid=$4 i t0 t1
-  for i in $(seq "$REPEATS"); do
+  for i in ${5:-$(seq "$REPEATS")}; do
     t0=$(tree_ticks "$pid")
     wrk -t2 -c64 -d"$DURATION" --latency -H "Authorization: $AUTH" "$url" > "$OUT/$label-$scenario-$i.wrk"
     t1=$(tree_ticks "$pid")
@@ -100,8 +100,8 @@ curl -s -H "Authorization: $AUTH" -H 'Content-Type: application/json' -X PUT \
   -d '{"name":"Labrador","group":"sample"}' "http://127.0.0.1:$TESSERA_PORT/Plain/1"
 curl -s -o /dev/null -H "Authorization: $AUTH" "http://127.0.0.1:$TESSERA_PORT/Breed/1"
 for i in $(seq "$REPEATS"); do
-  REPEATS=1 hit tessera hit "http://127.0.0.1:$TESSERA_PORT/Breed/1" $TPID
-  REPEATS=1 hit tessera plain "http://127.0.0.1:$TESSERA_PORT/Plain/1" $TPID
+  hit tessera hit "http://127.0.0.1:$TESSERA_PORT/Breed/1" $TPID "$i"
+  hit tessera plain "http://127.0.0.1:$TESSERA_PORT/Plain/1" $TPID "$i"
 done
 cold tessera "http://127.0.0.1:$TESSERA_PORT/Breed/cold-tessera" cold-tessera
 kill $TPID
@@ -165,8 +165,8 @@ if [[ ${SKIP_HARPER:-0} != 1 ]]; then
     -d '{"name":"Labrador","group":"sample"}' "http://127.0.0.1:19926/Plain/1"
   curl -s -o /dev/null -H "Authorization: $AUTH" "http://127.0.0.1:19926/Breed/1"
   for i in $(seq "$REPEATS"); do
-    REPEATS=1 hit harper hit "http://127.0.0.1:19926/Breed/1" "$HPID"
-    REPEATS=1 hit harper plain "http://127.0.0.1:19926/Plain/1" "$HPID"
+    hit harper hit "http://127.0.0.1:19926/Breed/1" "$HPID" "$i"
+    hit harper plain "http://127.0.0.1:19926/Plain/1" "$HPID" "$i"
   done
   cold harper "http://127.0.0.1:19926/Breed/cold-harper" cold-harper
   "$WORK/kit/stop.sh" "$WORK/harper" > /dev/null

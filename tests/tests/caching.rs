@@ -402,28 +402,13 @@ fn subscribers_see_loads_and_the_description_shows_the_source() {
 #[test]
 fn the_example_caches_its_sample_origin() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cache");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let (mut py, port) = sample_origin(&example);
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.yaml", "schema.graphql", "origin.py"] {
+    for f in ["config.yaml", "schema.graphql"] {
         let text = std::fs::read_to_string(example.join(f))
             .unwrap()
             .replace("8090", &port.to_string());
         std::fs::write(dir.path().join(f), text).unwrap();
-    }
-    let mut py = std::process::Command::new("python3")
-        .arg(dir.path().join("origin.py"))
-        .arg(port.to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the sample origin did not start");
-        std::thread::sleep(Duration::from_millis(50));
     }
     let (s, _root) = start(dir.path());
     let mut c = s.client();
@@ -556,8 +541,10 @@ fn a_wasm_resource_calls_allowed_origins_and_can_be_a_tables_source() {
     // A guest reading a caching table reads through its source too.
     let r = c.get("/Fetch/x?table=Cached&id=viaguest");
     assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v1"}));
+    assert_eq!(r.header("x-loaded-from-source"), Some("yes"));
     let r = c.get("/Fetch/x?table=Cached&id=viaguest");
     assert_eq!(r.json(), json!({"id": "viaguest", "name": "viaguest v1"}));
+    assert_eq!(r.header("x-loaded-from-source"), Some("no"));
     assert_eq!(origin.count("GET", "/breeds/viaguest"), 1);
     // Invalidated: the next read asks the source again.
     assert_eq!(c.get("/Fetch/x?invalidate=viaguest").status, 204);
@@ -570,4 +557,85 @@ fn a_wasm_resource_calls_allowed_origins_and_can_be_a_tables_source() {
     let d = c.get("/Cached").json();
     assert_eq!(d["sources"][0]["type"], "resource", "{d}");
     assert_eq!(d["sources"][0]["resource"], "CachedSource");
+}
+
+/// Starts `examples/cache/origin.py` on a free port; returns it and the port.
+fn sample_origin(dir: &Path) -> (std::process::Child, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let py = std::process::Command::new("python3")
+        .arg(dir.join("origin.py"))
+        .arg(port.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the sample origin did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (py, port)
+}
+
+#[test]
+fn the_rust_source_example_caches_its_sample_origin() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let (mut py, port) = sample_origin(&examples.join("cache"));
+    // The example as it is, but for the origin's port; its crate built in place, in the tests'
+    // wasm target directory.
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = examples
+        .join("cache-rust/resources")
+        .canonicalize()
+        .unwrap();
+    let config = std::fs::read_to_string(examples.join("cache-rust/config.yaml"))
+        .unwrap()
+        .replace("8090", &port.to_string())
+        .replace(
+            "crate: resources",
+            &format!("crate: '{}'", crate_dir.display()),
+        );
+    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+    std::fs::copy(
+        examples.join("cache-rust/schema.graphql"),
+        dir.path().join("schema.graphql"),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut start = Start::new(dir.path(), root.path());
+    start.timeout = Duration::from_secs(300);
+    start.env.push((
+        "CARGO_TARGET_DIR".into(),
+        tessera_tests::wasm_target_dir().display().to_string(),
+    ));
+    let s = start.start();
+    let mut c = s.client();
+    let origin = json!({"url": format!("http://127.0.0.1:{port}")}).to_string();
+    assert_eq!(c.put_json("/Origin/breeds", &origin).status, 204);
+    let r = c.get("/Breed/2");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"id": "2", "name": "Beagle", "group": "sample"})
+    );
+    assert_eq!(r.header("cache-status"), Some("tessera; fwd=miss; stored"));
+    assert_eq!(
+        c.get("/Breed/2").header("cache-status"),
+        Some("tessera; hit")
+    );
+    assert_eq!(c.get("/Breed/missing-3").status, 404);
+    assert_eq!(c.put_json("/Breed/9", r#"{"name":"Saluki"}"#).status, 204);
+    assert_eq!(c.get("/Breed/9").json()["name"], "Saluki");
+    drop(s);
+    let _ = py.kill();
+    let _ = py.wait();
+    let mut log = String::new();
+    py.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    assert_eq!(log.matches("\"GET /breeds/2 ").count(), 1, "{log}");
+    assert_eq!(log.matches("\"GET /breeds/missing-3 ").count(), 1, "{log}");
+    assert_eq!(log.matches("\"PUT /breeds/9 ").count(), 1, "{log}");
+    assert_eq!(log.matches("\"GET /breeds/9 ").count(), 0, "{log}");
 }

@@ -621,6 +621,23 @@ impl Table {
         Ok(tables::invalidate(&self.name, &id.into().bytes())?)
     }
 
+    /// Whether this request's [`Table::get`] of the record loaded it from the caching table's
+    /// source rather than finding it in the table (the seed's `wasLoadedFromSource`).
+    ///
+    /// ```no_run
+    /// # fn f(cx: &tessera_wasm_sdk::Context) -> tessera_wasm_sdk::Result<()> {
+    /// let breeds = cx.table("Breed");
+    /// let breed: Option<tessera_wasm_sdk::Value> = breeds.get("lab")?;
+    /// let miss = breeds.was_loaded_from_source("lab")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn was_loaded_from_source(&self, id: impl Into<Id>) -> Result<bool> {
+        Ok(tables::was_loaded_from_source(
+            &self.name,
+            &id.into().bytes(),
+        )?)
+    }
+
     /// The records matching `query`.
     ///
     /// ```no_run

@@ -20,7 +20,7 @@ use crate::data::{cache, query};
 impl tables::Host for &mut HostState {
     async fn get(&mut self, table: String, id: Vec<u8>) -> Result<Option<Vec<u8>>, types::Error> {
         let table = self.table(&table)?;
-        let limits = self.access(&table, Action::Read)?;
+        let limits = self.access(&table, Action::Read)?.cloned();
         let (pk, key) = HostState::key(&table, &id)?;
         // A committed record goes to the guest as stored, without decoding it (unless the
         // role may not read some of its attributes).
@@ -34,15 +34,19 @@ impl tables::Host for &mut HostState {
                         Value::String(s) => s.clone(),
                         other => other.to_json(),
                     };
+                    let k = key.clone();
                     let read = on_core(move |router| async move {
-                        let (stored, _) =
-                            cache::read_through(&app, &router, &table, &source, &id, &key, &user)
+                        let (stored, status) =
+                            cache::read_through(&app, &router, &table, &source, &id, &k, &user)
                                 .await?;
-                        Ok::<_, AppError>(stored.map(|s| s.to_vec()))
+                        Ok::<_, AppError>((stored.map(|s| s.to_vec()), status))
                     });
-                    let stored = read
+                    let (stored, status) = read
                         .await
                         .map_err(|_| error(503, "the core is shutting down"))??;
+                    if status == cache::CacheStatus::Loaded {
+                        self.txn.loaded.insert(key);
+                    }
                     stored
                         .map(|s| output::stored_record(&s).map(|r| r.body.to_vec()))
                         .transpose()?
@@ -51,7 +55,7 @@ impl tables::Host for &mut HostState {
             },
         };
         found
-            .map(|body| HostState::readable(&table, limits, body))
+            .map(|body| HostState::readable(&table, limits.as_ref(), body))
             .transpose()
     }
 
@@ -134,6 +138,16 @@ impl tables::Host for &mut HostState {
         let existed = self.current(&key)?.is_some();
         self.stage(table, key, WriteKind::Delete, None);
         Ok(existed)
+    }
+
+    async fn was_loaded_from_source(
+        &mut self,
+        table: String,
+        id: Vec<u8>,
+    ) -> Result<bool, types::Error> {
+        let table = self.table(&table)?;
+        let (_, key) = HostState::key(&table, &id)?;
+        Ok(self.txn.loaded.contains(&key))
     }
 
     async fn invalidate(&mut self, table: String, id: Vec<u8>) -> Result<(), types::Error> {

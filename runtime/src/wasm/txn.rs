@@ -20,6 +20,8 @@ pub(super) struct Txn {
     pub(super) seen: HashMap<Vec<u8>, Option<Value>>,
     /// Messages to publish once the writes commit.
     pub(super) messages: Vec<WriteOp>,
+    /// Keys of caching tables' records this request's reads loaded from their sources.
+    pub(super) loaded: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Txn {

@@ -497,8 +497,17 @@ impl Resource for Fetch {
             return Ok(Response::status(204));
         }
         if let (Some(table), Some(id)) = (target.get("table"), target.get("id")) {
-            return match cx.table(&table).get_data(id)? {
-                Some(record) => Ok(Response::with_raw(200, record)),
+            let t = cx.table(&table);
+            let found = t.get_data(id.as_str())?;
+            let loaded = if t.was_loaded_from_source(id.as_str())? {
+                "yes"
+            } else {
+                "no"
+            };
+            return match found {
+                Some(record) => {
+                    Ok(Response::with_raw(200, record).header("X-Loaded-From-Source", loaded))
+                }
                 None => Err(Error::not_found("no such record")),
             };
         }
