@@ -639,3 +639,50 @@ fn the_rust_source_example_caches_its_sample_origin() {
     assert_eq!(log.matches("\"PUT /breeds/9 ").count(), 1, "{log}");
     assert_eq!(log.matches("\"GET /breeds/9 ").count(), 0, "{log}");
 }
+
+#[test]
+fn an_event_stream_sees_loads_refreshes_and_deletes_of_a_caching_table() {
+    let origin = Origin::start();
+    let dir = app(&origin);
+    let (s, _root) = start(dir.path());
+    let mut stream = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /Strict/ HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nAuthorization: {}\r\n\r\n",
+        tessera_tests::basic(ADMIN.0, ADMIN.1)
+    )
+    .unwrap();
+    let mut events = BufReader::new(stream);
+    // The head first: the stream is subscribed (a record loaded before it would still come
+    // first, as the table's current state).
+    let mut head = String::new();
+    events.read_line(&mut head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut next = move || loop {
+        let mut line = String::new();
+        assert!(events.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(data) = line.strip_prefix("data: ") {
+            let e: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+            return (e["type"].as_str().unwrap().to_owned(), e["value"].clone());
+        }
+    };
+    let mut c = s.client();
+    assert_eq!(c.get("/Strict/r1").status, 200);
+    assert_eq!(
+        next(),
+        ("put".into(), json!({"id": "r1", "name": "r1 v1"})),
+        "the load"
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(c.get("/Strict/r1").json()["name"], "r1 v2");
+    assert_eq!(
+        next(),
+        ("put".into(), json!({"id": "r1", "name": "r1 v2"})),
+        "the refresh"
+    );
+    assert_eq!(c.delete("/Strict/r1").status, 200);
+    assert_eq!(next().0, "delete");
+}

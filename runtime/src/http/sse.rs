@@ -47,20 +47,19 @@ impl Rest {
             let current = realtime::subscribe(&self.router, table, scope, since, sub, &mut held)
                 .await
                 .ok_or(AppError::NoSuchRecord)?;
-            let mut started = false;
+            // The head goes out at once, so that a client knows the stream is open (a
+            // browser's `EventSource` fires `open`) before any change, and quiet streams get
+            // their keep-alive comments from the start.
+            reply.start_chunked(MediaType::EventStream);
             let mut buf = Vec::new();
             // Whether the stream goes on (the user still exists).
-            let mut send = |reply: &mut Reply<'_>, change: &Change, started: &mut bool| {
+            let mut send = |reply: &mut Reply<'_>, change: &Change| {
                 let Some(user) = live.current() else {
                     return false;
                 };
                 let Some(change) = events::as_seen_by(change, table, &user) else {
                     return true;
                 };
-                if !*started {
-                    reply.start_chunked(MediaType::EventStream);
-                    *started = true;
-                }
                 buf.clear();
                 buf.extend_from_slice(b"data: ");
                 if let Some(e) = events::envelope_json(&change) {
@@ -71,14 +70,14 @@ impl Rest {
                 true
             };
             for c in &current {
-                if !send(reply, c, &mut started) {
+                if !send(reply, c) {
                     return Ok(());
                 }
             }
             // Seconds without an event; a comment goes out every 15 of them.
             let mut quiet = 0;
             loop {
-                if started && !reply.flush().await {
+                if !reply.flush().await {
                     return Ok(());
                 }
                 match glommio::timer::timeout(Duration::from_secs(1), async {
@@ -88,7 +87,7 @@ impl Rest {
                 {
                     Ok(Some(d)) => {
                         quiet = 0;
-                        if !send(reply, &d.change, &mut started) {
+                        if !send(reply, &d.change) {
                             return Ok(());
                         }
                     }
@@ -97,7 +96,7 @@ impl Rest {
                     Err(_) if live.current().is_none() => return Ok(()),
                     Err(_) => {
                         quiet += 1;
-                        if quiet == 15 && started {
+                        if quiet == 15 {
                             quiet = 0;
                             reply.frame(b":\n\n");
                         }
