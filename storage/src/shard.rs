@@ -119,6 +119,13 @@ pub enum WriteKind {
     /// increments never lose one another.
     Add(Vec<(String, Value)>),
     Delete,
+    /// Create or fully replace with this (validated) record as a caching table's source gave
+    /// it, expiring at `expires_at` (ms since the epoch) when the source said when, else after
+    /// the table's expiration: otherwise a [`WriteKind::Put`].
+    Loaded {
+        record: Value,
+        expires_at: Option<u64>,
+    },
     /// Delete the record if it expired at or before this instant (ms), else leave it: eviction,
     /// which must not remove a record rewritten since it was found expired.
     Evict(u64),
@@ -405,7 +412,7 @@ fn new_record<'v>(
         WriteKind::Delete | WriteKind::Evict(_) | WriteKind::Message { .. } => None,
         // As its node stored it, stamps included (its partial writes: `replicated_record`).
         WriteKind::Replicated { record, .. } => record.as_ref().map(Cow::Borrowed),
-        WriteKind::Put(v) | WriteKind::Insert(v) => {
+        WriteKind::Put(v) | WriteKind::Insert(v) | WriteKind::Loaded { record: v, .. } => {
             Some(stamped(table, Cow::Borrowed(v), created, stamp))
         }
         WriteKind::Patch(props) | WriteKind::Update(props) => {
@@ -1000,6 +1007,10 @@ impl ShardStore {
         diff_index(&old.entries, new_entries, &mut m.index);
         let expires = match kind {
             WriteKind::Replicated { expires_at, .. } => *expires_at,
+            WriteKind::Loaded {
+                expires_at: Some(at),
+                ..
+            } => Some(*at),
             _ => table.expiration.map(|s| now_ms + (s * 1000.0) as u64),
         };
         let stored = new.map(|v| record::encode_value(stored_version, expires, &v));

@@ -27,7 +27,8 @@ struct Behaviour {
 
 /// A plain HTTP/1.1 origin: `GET /breeds/<id>` answers `{"name": "<id> v<n>"}`, n counting the
 /// GETs of that id (404 for ids starting with `missing`, a 3 s wait for ids starting with
-/// `slow`); PUT, PATCH and DELETE answer 204. Every request is recorded.
+/// `slow`, `Cache-Control: max-age=1` for ids starting with `short`); PUT, PATCH and DELETE
+/// answer 204. Every request is recorded.
 struct Origin {
     port: u16,
     seen: Arc<Mutex<Vec<(String, String, String)>>>,
@@ -132,8 +133,14 @@ fn serve(
             }
             _ => (204, String::new()),
         };
+        // Ids starting with `short` are to be kept one second.
+        let keep = if id.starts_with("short") {
+            "Cache-Control: public, max-age=1\r\n"
+        } else {
+            ""
+        };
         let head = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{keep}Content-Length: {}\r\n\r\n",
             answer.len()
         );
         if out.write_all(head.as_bytes()).is_err() || out.write_all(answer.as_bytes()).is_err() {
@@ -142,7 +149,8 @@ fn serve(
     }
 }
 
-/// `Breed` serves stale while revalidating; `Strict` does not, and gives its origin 500 ms.
+/// `Breed` serves stale while revalidating; `Strict` does not, and gives its origin 500 ms;
+/// `Long` keeps records an hour.
 /// Both expire after a second; expired Breeds are kept a minute (`eviction`) to be served stale.
 fn app(origin: &Origin) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +160,8 @@ fn app(origin: &Origin) -> tempfile::TempDir {
         format!(
             "rest: true\ngraphqlSchema:\n  files: schema.graphql\nsources:\n  Breed:\n    \
              url: http://127.0.0.1:{port}/breeds/{{id}}\n    allowStaleWhileRevalidate: true\n  \
-             Strict:\n    url: http://127.0.0.1:{port}/strict/{{id}}\n    timeout: 500\n"
+             Strict:\n    url: http://127.0.0.1:{port}/strict/{{id}}\n    timeout: 500\n  \
+             Long:\n    url: http://127.0.0.1:{port}/long/{{id}}\n"
         ),
     )
     .unwrap();
@@ -160,7 +169,8 @@ fn app(origin: &Origin) -> tempfile::TempDir {
         dir.path().join("schema.graphql"),
         "type Breed @table(expiration: 1, eviction: 60) @export { id: ID @primaryKey name: String }\n\
          type Strict @table(expiration: 1) @export { id: ID @primaryKey name: String }\n\
-         type Plain @table @export { id: ID @primaryKey name: String }\n",
+         type Plain @table @export { id: ID @primaryKey name: String }\n\
+         type Long @table(expiration: 3600) @export { id: ID @primaryKey name: String }\n",
     )
     .unwrap();
     dir
@@ -685,4 +695,24 @@ fn an_event_stream_sees_loads_refreshes_and_deletes_of_a_caching_table() {
     );
     assert_eq!(c.delete("/Strict/r1").status, 200);
     assert_eq!(next().0, "delete");
+}
+
+#[test]
+fn the_origins_cache_control_sets_a_records_lifetime() {
+    let origin = Origin::start();
+    let dir = app(&origin);
+    let (s, _root) = start(dir.path());
+    let mut c = s.client();
+    assert_eq!(c.get("/Long/short-1").json()["name"], "short-1 v1");
+    assert_eq!(c.get("/Long/kept-1").json()["name"], "kept-1 v1");
+    std::thread::sleep(Duration::from_millis(1300));
+    // max-age=1 overrides the table's hour; the other record keeps it.
+    let r = c.get("/Long/short-1");
+    assert_eq!(r.json()["name"], "short-1 v2");
+    assert_eq!(r.header("cache-status"), Some("tessera; fwd=miss; stored"));
+    let r = c.get("/Long/kept-1");
+    assert_eq!(r.json()["name"], "kept-1 v1");
+    assert_eq!(r.header("cache-status"), Some("tessera; hit"));
+    assert_eq!(origin.count("GET", "/long/short-1"), 2);
+    assert_eq!(origin.count("GET", "/long/kept-1"), 1);
 }

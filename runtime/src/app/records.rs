@@ -21,9 +21,39 @@ pub async fn write_record(
     app: &App,
     router: &Router,
     table: &Arc<Table>,
+    rec: Value,
+    pk: Value,
+    mode: WriteMode,
+) -> Result<Value, AppError> {
+    let kind = |rec| match mode {
+        WriteMode::Patch => WriteKind::Patch(rec),
+        WriteMode::Replace => WriteKind::Put(rec),
+    };
+    write_as(app, router, table, rec, pk, mode, kind).await
+}
+
+/// [`write_record`] of a record a caching table's source gave, expiring when it said
+/// (`expires_at`, ms) or after the table's expiration.
+pub async fn write_loaded(
+    app: &App,
+    router: &Router,
+    table: &Arc<Table>,
+    rec: Value,
+    pk: Value,
+    expires_at: Option<u64>,
+) -> Result<Value, AppError> {
+    let kind = |record| WriteKind::Loaded { record, expires_at };
+    write_as(app, router, table, rec, pk, WriteMode::Replace, kind).await
+}
+
+async fn write_as(
+    app: &App,
+    router: &Router,
+    table: &Arc<Table>,
     mut rec: Value,
     pk: Value,
     mode: WriteMode,
+    kind: impl FnOnce(Value) -> WriteKind,
 ) -> Result<Value, AppError> {
     let pk_name = &table.primary_key().name;
     set_primary_key(&mut rec, pk_name, pk);
@@ -32,10 +62,7 @@ pub async fn write_record(
     let key = record_key(table.id, &pk)
         .map_err(|e| AppError::BadRequest(format!("Invalid primary key: {e}")))?;
     app.tables.saw_key(table, &pk);
-    let kind = match mode {
-        WriteMode::Patch => WriteKind::Patch(rec),
-        WriteMode::Replace => WriteKind::Put(rec),
-    };
+    let kind = kind(rec);
     router
         .write(WriteOp {
             table: table.clone(),

@@ -38,6 +38,49 @@ pub struct SourceConfig {
     pub stale_while_revalidate: bool,
 }
 
+/// A record as a source gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FromSource {
+    pub record: Value,
+    /// How long it may be kept (seconds), when the source said (`Cache-Control: max-age`);
+    /// else the table's expiration.
+    pub max_age: Option<u64>,
+}
+
+/// The lifetime a `Cache-Control` header gives (`s-maxage` over `max-age`; `no-store` and
+/// `no-cache`: none, so that every read asks again).
+pub fn max_age<'h>(headers: impl IntoIterator<Item = (&'h str, &'h str)>) -> Option<u64> {
+    let (_, value) = headers
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("cache-control"))?;
+    let directives: Vec<(String, Option<&str>)> = value
+        .split(',')
+        .map(|d| {
+            let (k, v) = d
+                .trim()
+                .split_once('=')
+                .map_or((d.trim(), None), |(k, v)| (k, Some(v)));
+            (
+                k.to_ascii_lowercase(),
+                v.map(|v| v.trim().trim_matches('"')),
+            )
+        })
+        .collect();
+    let seconds = |name: &str| {
+        directives
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_ref()?.parse().ok())
+    };
+    if directives
+        .iter()
+        .any(|(k, _)| k == "no-store" || k == "no-cache")
+    {
+        return Some(0);
+    }
+    seconds("s-maxage").or_else(|| seconds("max-age"))
+}
+
 /// A source written as code (a wasm resource's `SOURCE_FOR`), called on the core that needs it.
 pub trait Loader: Send + Sync {
     /// Record `id` (as the URL writes it), asked as `user`: `Ok(None)` when there is none.
@@ -46,7 +89,7 @@ pub trait Loader: Send + Sync {
         app: Arc<App>,
         id: String,
         user: Option<Arc<User>>,
-    ) -> LocalBoxFuture<'static, Result<Option<Value>, LoadError>>;
+    ) -> LocalBoxFuture<'static, Result<Option<FromSource>, LoadError>>;
 
     /// Hands a write of record `id` to the source: `method` PUT, PATCH or DELETE, with the
     /// record or the changes for the first two.
@@ -394,6 +437,17 @@ mod tests {
             matches!(s.board(b"k"), Flight::Lead(_)),
             "a new load after landing"
         );
+    }
+
+    #[test]
+    fn cache_control_gives_the_lifetime() {
+        let of = |v: &str| max_age([("Cache-Control", v)]);
+        assert_eq!(of("public, max-age=30"), Some(30));
+        assert_eq!(of("max-age=30, s-maxage=\"5\""), Some(5));
+        assert_eq!(of("no-store"), Some(0));
+        assert_eq!(of("private"), None);
+        assert_eq!(of("max-age=soon"), None);
+        assert_eq!(max_age([("etag", "x")]), None);
     }
 
     #[test]

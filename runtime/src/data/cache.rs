@@ -22,14 +22,15 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tessera_shards::Router;
 use tessera_storage::record::RecordRef;
 use tessera_storage::shard::now_micros;
-use tessera_storage::validate::WriteMode;
 use tessera_storage::{Slice, Table, Value};
 
 use crate::app::keys::id_value;
 use crate::app::outbound::FetchRequest;
 use crate::app::permissions::User;
-use crate::app::records::{decode_record, write_record};
-use crate::app::sources::{Flight, LoadError, Loaded, Origin, Source, load_failure};
+use crate::app::records::{decode_record, write_loaded};
+use crate::app::sources::{
+    Flight, FromSource, LoadError, Loaded, Origin, Source, load_failure, max_age,
+};
 use crate::app::{App, AppError};
 
 /// How a caching table's read was answered.
@@ -183,8 +184,8 @@ async fn fetch_and_store(
         Origin::Code(loader) => loader.load(app.clone(), id.to_owned(), Some(user)).await,
         Origin::Http { .. } => fetch(app, source, id).await,
     };
-    let rec = match rec {
-        Ok(Some(rec)) => rec,
+    let loaded = match rec {
+        Ok(Some(loaded)) => loaded,
         Ok(None) => {
             let until = match table.expiration {
                 Some(s) => now_micros() / 1000 + (s * 1000.0) as u64,
@@ -195,22 +196,18 @@ async fn fetch_and_store(
         }
         Err(e) => return Err(e),
     };
-    write_record(
-        app,
-        router,
-        table,
-        rec,
-        id_value(table, id),
-        WriteMode::Replace,
-    )
-    .await
-    .map_err(|e| LoadError::Failed(format!("storing the source's record {id}: {e}")))?;
+    let expires_at = loaded.max_age.map(|s| now_micros() / 1000 + s * 1000);
+    let pk = id_value(table, id);
+    write_loaded(app, router, table, loaded.record, pk, expires_at)
+        .await
+        .map_err(|e| LoadError::Failed(format!("storing the source's record {id}: {e}")))?;
     source.forget_absent(key);
     Ok(())
 }
 
-/// Record `id` from an HTTP origin; `None` for its 404 or 410.
-async fn fetch(app: &App, source: &Source, id: &str) -> Result<Option<Value>, LoadError> {
+/// Record `id` from an HTTP origin, kept as long as its `Cache-Control` says; `None` for its
+/// 404 or 410.
+async fn fetch(app: &App, source: &Source, id: &str) -> Result<Option<FromSource>, LoadError> {
     let req = request(source, "GET", id, None);
     let url = req.url.clone();
     let resp = app.sources.outbound.fetch(req).await?;
@@ -220,11 +217,12 @@ async fn fetch(app: &App, source: &Source, id: &str) -> Result<Option<Value>, Lo
         s => return Err(LoadError::Failed(format!("GET {url} answered {s}"))),
     }
     let content_type = resp.header("content-type").map(str::to_owned);
+    let max_age = max_age(resp.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let mut body = resp.body;
     let buffers = RefCell::new(simd_json::Buffers::default());
-    decode_record(content_type.as_deref(), &mut body, &buffers)
-        .map(Some)
-        .map_err(|e| LoadError::Failed(format!("GET {url}: the answer is no record: {e}")))
+    let record = decode_record(content_type.as_deref(), &mut body, &buffers)
+        .map_err(|e| LoadError::Failed(format!("GET {url}: the answer is no record: {e}")))?;
+    Ok(Some(FromSource { record, max_age }))
 }
 
 /// Hands a write of record `id` to the table's source before it is made here: `method` (PUT,

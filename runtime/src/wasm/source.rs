@@ -11,7 +11,7 @@ use tessera_storage::{Value, value};
 use super::call::{Call, Handled, call};
 use super::{Method, WasmHost, WasmResource};
 use crate::app::permissions::User;
-use crate::app::sources::{LoadError, Loader};
+use crate::app::sources::{FromSource, LoadError, Loader, max_age};
 use crate::app::{App, AppError};
 
 pub struct WasmSource {
@@ -50,7 +50,7 @@ impl Loader for WasmSource {
         app: Arc<App>,
         id: String,
         user: Option<Arc<User>>,
-    ) -> LocalBoxFuture<'static, Result<Option<Value>, LoadError>> {
+    ) -> LocalBoxFuture<'static, Result<Option<FromSource>, LoadError>> {
         let this = WasmSource {
             host: self.host.clone(),
             resource: self.resource.clone(),
@@ -63,8 +63,9 @@ impl Loader for WasmSource {
                     let data = r.data.ok_or_else(|| {
                         LoadError::Failed(format!("source {name} answered {id} with no data"))
                     })?;
+                    let max_age = max_age(r.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
                     match value::from_msgpack(&data) {
-                        Ok(rec @ Value::Object(_)) => Ok(Some(rec)),
+                        Ok(record @ Value::Object(_)) => Ok(Some(FromSource { record, max_age })),
                         _ => Err(LoadError::Failed(format!(
                             "source {name} answered {id} with something not a record"
                         ))),
