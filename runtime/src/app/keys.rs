@@ -21,6 +21,14 @@ pub fn id_value(table: &Table, id: &str) -> Value {
     Value::String(id.to_owned())
 }
 
+/// A primary key as a URL writes it: the inverse of [`id_value`].
+pub fn id_text(pk: &Value) -> String {
+    match pk {
+        Value::String(s) => s.clone(),
+        other => other.to_json(),
+    }
+}
+
 /// Puts the primary key first in a record object, replacing one from the body.
 pub fn set_primary_key(rec: &mut Value, name: &str, pk: Value) {
     if let Value::Object(props) = rec {

@@ -112,20 +112,28 @@ pub enum Origin {
     /// An HTTP(S) origin: `url` with `{id}` replaced by the record id. GET loads a record (a
     /// JSON object, or any other content type kept as it came); PUT, PATCH and DELETE hand
     /// the table's writes to it.
-    Http {
-        url: String,
-        headers: Vec<(String, String)>,
-        timeout: Duration,
-        max_bytes: usize,
-    },
+    Http(HttpOrigin),
     /// Code: a wasm resource.
     Code(Arc<dyn Loader>),
+}
+
+/// An HTTP(S) origin of a source (`sources.<table>` in config.yaml).
+#[derive(Debug, Clone)]
+pub struct HttpOrigin {
+    /// With `{id}` where the record id goes.
+    pub url: String,
+    /// Sent with every request.
+    pub headers: Vec<(String, String)>,
+    /// The whole exchange.
+    pub timeout: Duration,
+    /// The longest answer taken.
+    pub max_bytes: usize,
 }
 
 impl std::fmt::Debug for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Origin::Http { url, .. } => f.debug_struct("Http").field("url", url).finish(),
+            Origin::Http(http) => f.debug_tuple("Http").field(&http.url).finish(),
             Origin::Code(l) => f.debug_tuple("Code").field(&l.name()).finish(),
         }
     }
@@ -193,12 +201,12 @@ impl SourceConfig {
         Ok(SourceConfig {
             database: database.to_owned(),
             table: table.to_owned(),
-            origin: Origin::Http {
+            origin: Origin::Http(HttpOrigin {
                 url: url.to_owned(),
                 headers,
                 timeout: Duration::from_millis(number("timeout", 10_000)?),
                 max_bytes: number("maxBytes", 10 << 20)? as usize,
-            },
+            }),
             stale_while_revalidate,
         })
     }
@@ -308,7 +316,7 @@ impl Source {
     pub fn describe(&self) -> Value {
         let s = |k: &str, v: Value| (k.to_owned(), v);
         match &self.config.origin {
-            Origin::Http { url, timeout, .. } => Value::Object(vec![
+            Origin::Http(HttpOrigin { url, timeout, .. }) => Value::Object(vec![
                 s("type", Value::String("http".into())),
                 s(
                     "url",

@@ -29,7 +29,7 @@ use crate::app::outbound::FetchRequest;
 use crate::app::permissions::User;
 use crate::app::records::{decode_record, write_loaded};
 use crate::app::sources::{
-    Flight, FromSource, LoadError, Loaded, Origin, Source, load_failure, max_age,
+    Flight, FromSource, HttpOrigin, LoadError, Loaded, Origin, Source, load_failure, max_age,
 };
 use crate::app::{App, AppError};
 
@@ -140,21 +140,12 @@ fn url_of(template: &str, id: &str) -> String {
 /// The request `method` of record `id` makes to the source's origin, with a body (and its
 /// content type) for a write.
 fn request(
-    source: &Source,
+    origin: &HttpOrigin,
     method: &str,
     id: &str,
     body: Option<(Option<&str>, Vec<u8>)>,
 ) -> FetchRequest {
-    let Origin::Http {
-        url,
-        headers,
-        timeout,
-        max_bytes,
-    } = &source.config.origin
-    else {
-        unreachable!("a request is made only to an HTTP origin")
-    };
-    let mut headers = headers.clone();
+    let mut headers = origin.headers.clone();
     let body = body.map(|(content_type, bytes)| {
         if let Some(ct) = content_type {
             headers.push(("content-type".into(), ct.to_owned()));
@@ -163,11 +154,11 @@ fn request(
     });
     FetchRequest {
         method: method.into(),
-        url: url_of(url, id),
+        url: url_of(&origin.url, id),
         headers,
         body,
-        timeout: *timeout,
-        max_bytes: *max_bytes,
+        timeout: origin.timeout,
+        max_bytes: origin.max_bytes,
     }
 }
 
@@ -182,7 +173,7 @@ async fn fetch_and_store(
 ) -> Loaded {
     let rec = match &source.config.origin {
         Origin::Code(loader) => loader.load(app.clone(), id.to_owned(), Some(user)).await,
-        Origin::Http { .. } => fetch(app, source, id).await,
+        Origin::Http(http) => fetch(app, http, id).await,
     };
     let loaded = match rec {
         Ok(Some(loaded)) => loaded,
@@ -207,8 +198,8 @@ async fn fetch_and_store(
 
 /// Record `id` from an HTTP origin, kept as long as its `Cache-Control` says; `None` for its
 /// 404 or 410.
-async fn fetch(app: &App, source: &Source, id: &str) -> Result<Option<FromSource>, LoadError> {
-    let req = request(source, "GET", id, None);
+async fn fetch(app: &App, origin: &HttpOrigin, id: &str) -> Result<Option<FromSource>, LoadError> {
+    let req = request(origin, "GET", id, None);
     let url = req.url.clone();
     let resp = app.sources.outbound.fetch(req).await?;
     match resp.status {
@@ -238,15 +229,18 @@ pub async fn write_through(
     body: Option<(Option<&str>, Vec<u8>, &Value)>,
     user: &Arc<User>,
 ) -> Result<(), AppError> {
-    if let Origin::Code(loader) = &source.config.origin {
-        let record = body.map(|(_, _, rec)| rec.clone());
-        let user = Some(user.clone());
-        return loader
-            .write(app.clone(), method, id.to_owned(), record, user)
-            .await;
-    }
+    let http = match &source.config.origin {
+        Origin::Code(loader) => {
+            let record = body.map(|(_, _, rec)| rec.clone());
+            let user = Some(user.clone());
+            return loader
+                .write(app.clone(), method, id.to_owned(), record, user)
+                .await;
+        }
+        Origin::Http(http) => http,
+    };
     let body = body.map(|(content_type, bytes, _)| (content_type, bytes));
-    let req = request(source, method, id, body);
+    let req = request(http, method, id, body);
     let url = req.url.clone();
     let resp = app
         .sources

@@ -14,7 +14,7 @@ use tessera_storage::{Table, Value, value};
 
 use super::{Rest, send_true};
 use crate::app::AppError;
-use crate::app::keys::id_value;
+use crate::app::keys::{id_text, id_value};
 use crate::app::output::{self, encode_value};
 use crate::app::permissions::{Action, TablePermission, User};
 use crate::app::records::{check_writable, decode_record, readable_only};
@@ -217,10 +217,7 @@ impl Rest {
         };
         if let Some((source, sent)) = sent {
             // The source gets the new record at its URL: a PUT of its new id.
-            let id = match &pk {
-                Value::String(s) => s.clone(),
-                other => other.to_json(),
-            };
+            let id = id_text(&pk);
             let body = Some((req.content_type, sent, &rec));
             cache::write_through(&self.app, table, source, "PUT", &id, body, user).await?;
         }

@@ -14,6 +14,7 @@ use crate::app::permissions::User;
 use crate::app::sources::{FromSource, LoadError, Loader, max_age};
 use crate::app::{App, AppError};
 
+#[derive(Clone)]
 pub struct WasmSource {
     pub host: Arc<WasmHost>,
     pub resource: Arc<WasmResource>,
@@ -51,10 +52,7 @@ impl Loader for WasmSource {
         id: String,
         user: Option<Arc<User>>,
     ) -> LocalBoxFuture<'static, Result<Option<FromSource>, LoadError>> {
-        let this = WasmSource {
-            host: self.host.clone(),
-            resource: self.resource.clone(),
-        };
+        let this = self.clone();
         Box::pin(async move {
             let name = &this.resource.name;
             match this.call(&app, Method::Get, &id, None, user).await {
@@ -96,10 +94,7 @@ impl Loader for WasmSource {
         record: Option<Value>,
         user: Option<Arc<User>>,
     ) -> LocalBoxFuture<'static, Result<(), AppError>> {
-        let this = WasmSource {
-            host: self.host.clone(),
-            resource: self.resource.clone(),
-        };
+        let this = self.clone();
         Box::pin(async move {
             let verb = match method {
                 "PUT" => Method::Put,

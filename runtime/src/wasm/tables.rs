@@ -11,6 +11,7 @@ use super::pool::on_core;
 use super::state::{HostState, error};
 use super::txn::Overlay;
 use super::{tables_wit as tables, types};
+use crate::app::keys::id_text;
 use crate::app::permissions::Action;
 use crate::app::records::retain_readable;
 use crate::app::{AppError, output};
@@ -30,10 +31,7 @@ impl tables::Host for &mut HostState {
                 // A caching table's record is read through its source, as the request's user.
                 (Some(source), Some(user)) => {
                     let (app, table) = (self.app()?.clone(), table.clone());
-                    let id = match &pk {
-                        Value::String(s) => s.clone(),
-                        other => other.to_json(),
-                    };
+                    let id = id_text(&pk);
                     let k = key.clone();
                     let read = on_core(move |router| async move {
                         let (stored, status) =
